@@ -1,0 +1,189 @@
+"""Q4_K: 256-weight super-blocks of 8 sub-blocks of 32, 4-bit quants with a scale and a min each.
+
+GGUF block (144 bytes): d fp16, dmin fp16, scales[12] (8 six-bit scales + 8 six-bit mins, packed),
+qs[128] (byte 32*g + l holds sub-block 2g element l in its low nibble, sub-block 2g+1 element l in
+its high nibble).
+
+Planes for a weight [N, K] (nb = K/256 blocks per row):
+    qs  uint8   [N, K/2]   each block's 128 qs bytes in GGUF order
+    sm  uint8   [N, K/16]  per sub-block j: sc_j, m_j (6-bit, unpacked), interleaved sc0, m0, sc1, ...
+    dm  float16 [N, 2*nb]  per block: d, dmin
+
+Dequantization (float32, this op order, as gguf.quants / ggml):
+    w[j, l] = (d * sc_j) * q[j, l] - (dmin * m_j)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gguf import GGMLQuantizationType
+
+from .formats import PlaneSpec, WeightFormat
+
+QK_K = 256
+
+
+def _unpack_scale_min(s: Tensor) -> tuple[Tensor, Tensor]:
+    # s: uint8 [..., 12] -> sc, m: uint8 [..., 8]
+    # bytes 0-3: sc0-3 (low 6 bits), high 2 bits = sc4-7 >> 4
+    # bytes 4-7: m0-3  (low 6 bits), high 2 bits = m4-7 >> 4
+    # bytes 8-11: sc4-7 low 4 bits | m4-7 low 4 bits << 4
+    s0, s1, s2 = s[..., 0:4], s[..., 4:8], s[..., 8:12]
+    sc = torch.cat([s0 & 63, (s2 & 0xF) | ((s0 >> 6) << 4)], dim=-1)
+    m = torch.cat([s1 & 63, (s2 >> 4) | ((s1 >> 6) << 4)], dim=-1)
+    return sc, m
+
+
+def _pack_scale_min(sc: Tensor, m: Tensor) -> Tensor:
+    # sc, m: uint8 [..., 8] (values < 64) -> uint8 [..., 12], inverse of _unpack_scale_min
+    lo_sc, hi_sc = sc[..., :4], sc[..., 4:]
+    lo_m, hi_m = m[..., :4], m[..., 4:]
+    s0 = lo_sc | ((hi_sc >> 4) << 6)
+    s1 = lo_m | ((hi_m >> 4) << 6)
+    s2 = (hi_sc & 0xF) | ((hi_m & 0xF) << 4)
+    return torch.cat([s0, s1, s2], dim=-1)
+
+
+def _unpack_nibbles(qs: Tensor) -> Tensor:
+    # qs: uint8 [..., 128] -> uint8 [..., 8, 32]; sub-block 2g = low nibbles of bytes 32g..32g+31,
+    # sub-block 2g+1 = their high nibbles
+    qs = qs.unflatten(-1, (4, 32))
+    return torch.stack([qs & 0xF, qs >> 4], dim=-2).flatten(-3, -2)
+
+
+def _pack_nibbles(q: Tensor) -> Tensor:
+    # q: uint8 [..., 8, 32] (values < 16) -> uint8 [..., 128]
+    q = q.unflatten(-2, (4, 2))
+    return (q[..., 0, :] | (q[..., 1, :] << 4)).flatten(-2)
+
+
+# make_qkx2_quants (ggml-quants.c), vectorised over sub-blocks, with Q4_K's parameters
+# (nmax = 15, rmin = -1, rdelta = 0.1, 20 steps, squared error):
+#   min = min(min(x), 0), max = max(x); start from L = round(nmax (x - min) / (max - min)) and
+#   for iscale_s = (nmax + rmin + rdelta s) / (max - min), s = 0..20:
+#     L_s = clamp(round(iscale_s (x - min)), 0, nmax)
+#     (scale, min) = weighted least squares fit of x ~ scale * L_s + min   (min forced <= 0)
+#     keep the candidate with the smallest sum w (scale L_s + min - x)^2.
+def _search_scale_min(x: Tensor, w: Tensor, nmax: int = 15) -> tuple[Tensor, Tensor, Tensor]:
+    # x, w: [S, 32] -> scale [S], the_min [S] (= -min >= 0), L uint8 [S, 32]
+    mn = x.amin(-1).clamp(max=0.0)
+    mx = x.amax(-1)
+    flat = mx == mn  # all equal (and <= 0): scale 0, L = 0
+    rng = torch.where(flat, torch.ones_like(mx), mx - mn)
+    sum_w = w.sum(-1)
+    sum_x = (w * x).sum(-1)
+    xm = x - mn[:, None]
+
+    iscale = nmax / rng
+    scale = 1.0 / iscale
+    L = torch.round(iscale[:, None] * xm).clamp(0, nmax)
+    best = (w * (scale[:, None] * L + mn[:, None] - x).square()).sum(-1)
+    best_min = mn
+
+    for step in range(21):
+        # float32 arithmetic of rmin + rdelta * step + nmax, as in C
+        num = float(np.float32(-1.0) + np.float32(0.1) * np.float32(step) + np.float32(nmax))
+        Laux = torch.round((num / rng)[:, None] * xm).clamp(0, nmax)
+        wl = w * Laux
+        sum_l = wl.sum(-1)
+        sum_l2 = (wl * Laux).sum(-1)
+        sum_xl = (wl * x).sum(-1)
+        D = sum_w * sum_l2 - sum_l * sum_l
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+        pos = this_min > 0
+        this_scale = torch.where(pos, sum_xl / sum_l2, this_scale)
+        this_min = torch.where(pos, torch.zeros_like(this_min), this_min)
+        err = (w * (this_scale[:, None] * Laux + this_min[:, None] - x).square()).sum(-1)
+        better = (D > 0) & (err < best)
+        L = torch.where(better[:, None], Laux, L)
+        best = torch.where(better, err, best)
+        scale = torch.where(better, this_scale, scale)
+        best_min = torch.where(better, this_min, best_min)
+
+    scale = torch.where(flat, torch.zeros_like(scale), scale)
+    L = torch.where(flat[:, None], torch.zeros_like(L), L)
+    return scale, -best_min, L.to(torch.uint8)
+
+
+def _nearest_u8(v: Tensor) -> Tensor:
+    # C: uint8_t l = nearest_int(v)  (round half to even, then wrap to 8 bits)
+    return (torch.round(v).to(torch.int64) & 0xFF).to(torch.uint8)
+
+
+class Q4KFormat(WeightFormat):
+    @property
+    def plane_specs(self) -> tuple[PlaneSpec, ...]:
+        return (
+            PlaneSpec("qs", torch.uint8, QK_K // 2),
+            PlaneSpec("sm", torch.uint8, 16),
+            PlaneSpec("dm", torch.float16, 2),
+        )
+
+    def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
+        # blocks: uint8 [N, nb, 144]
+        n, nb, _ = blocks.shape
+        dm = blocks[..., 0:4].contiguous().view(torch.float16)  # [N, nb, 2]: d, dmin
+        sc, m = _unpack_scale_min(blocks[..., 4:16])  # [N, nb, 8] each
+        sm = torch.stack([sc, m], dim=-1)  # [N, nb, 8, 2]
+        qs = blocks[..., 16:]  # [N, nb, 128]
+        return qs.reshape(n, -1), sm.reshape(n, -1), dm.reshape(n, -1)
+
+    def _to_blocks(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
+        qs, sm, dm = planes
+        nb = k // QK_K
+        sm = sm.view(n, nb, 8, 2)
+        scales = _pack_scale_min(sm[..., 0], sm[..., 1])  # [N, nb, 12]
+        dm = dm.view(n, nb, 2).view(torch.uint8)  # [N, nb, 4]
+        return torch.cat([dm, scales, qs.view(n, nb, QK_K // 2)], dim=-1)
+
+    def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
+        qs, sm, dm = planes
+        nb = k // QK_K
+        q = _unpack_nibbles(qs.view(n, nb, QK_K // 2)).to(torch.float32)  # [N, nb, 8, 32]
+        sm = sm.view(n, nb, 8, 2).to(torch.float32)
+        dm = dm.view(n, nb, 2).to(torch.float32)
+        d_sc = dm[..., 0:1] * sm[..., 0]  # [N, nb, 8]
+        dmin_m = dm[..., 1:2] * sm[..., 1]  # [N, nb, 8]
+        return (d_sc[..., None] * q - dmin_m[..., None]).reshape(n, k)
+
+    # quantize_row_q4_K_ref (ggml-quants.c), vectorised:
+    #   per sub-block j: weights = sqrt(mean(x^2)) + |x|; (scale_j, min_j) = make_qkx2 search
+    #   d = fp16(max_j scale_j / 63), dmin = fp16(max_j min_j / 63)
+    #   sc_j = min(63, round(63 scale_j / max scale)), m_j likewise with the mins
+    #   L = clamp(round((x + dmin m_j) / (d sc_j)), 0, 15)  (sub-blocks with d sc_j == 0 keep the
+    #   search's L)
+    def _quantize(self, w: Tensor) -> tuple[Tensor, ...]:
+        n, k = w.shape
+        nb = k // QK_K
+        x = w.reshape(n * nb * 8, 32)  # sub-blocks
+        av_x = torch.sqrt(x.square().sum(-1) / 32)
+        weights = av_x[:, None] + x.abs()
+        scales, mins, L = _search_scale_min(x, weights)
+
+        scales = scales.view(n * nb, 8)
+        mins = mins.view(n * nb, 8)
+        max_scale = scales.amax(-1).clamp(min=0.0)
+        max_min = mins.amax(-1).clamp(min=0.0)
+        inv_scale = torch.where(max_scale > 0, 63.0 / max_scale, torch.zeros_like(max_scale))
+        inv_min = torch.where(max_min > 0, 63.0 / max_min, torch.zeros_like(max_min))
+        ls = _nearest_u8(inv_scale[:, None] * scales).clamp(max=63)  # [R, 8]
+        lm = _nearest_u8(inv_min[:, None] * mins).clamp(max=63)
+        d = (max_scale / 63.0).to(torch.float16)  # [R]
+        dmin = (max_min / 63.0).to(torch.float16)
+
+        d_sc = (d.to(torch.float32)[:, None] * ls.to(torch.float32)).reshape(-1, 1)  # [R*8, 1]
+        dmin_m = (dmin.to(torch.float32)[:, None] * lm.to(torch.float32)).reshape(-1, 1)
+        Lq = torch.round((x + dmin_m) / d_sc).clamp(0, 15).to(torch.uint8)
+        L = torch.where(d_sc == 0, L, Lq)
+
+        qs = _pack_nibbles(L.view(n * nb, 8, 32))  # [R, 128]
+        sm = torch.stack([ls, lm], dim=-1)  # [R, 8, 2]
+        dm = torch.stack([d, dmin], dim=-1)  # [R, 2]
+        return qs.reshape(n, -1), sm.reshape(n, -1), dm.reshape(n, -1)
+
+
+Q4_K = Q4KFormat(name="q4_k", block_size=QK_K, ggml_type=GGMLQuantizationType.Q4_K, type_size=144)

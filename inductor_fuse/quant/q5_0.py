@@ -1,0 +1,82 @@
+"""Q5_0: 32-weight blocks, 5-bit quants, one fp16 scale, no min.
+
+GGUF block (22 bytes): d fp16, qh[4] (bit i of the little-endian uint32 = bit 4 of q[i]),
+qs[16] (byte j: q[j] low 4 bits in the low nibble, q[j + 16] low 4 bits in the high nibble).
+
+Planes for a weight [N, K] (nb = K/32 blocks per row):
+    qs uint8 [N, K/2], qh uint8 [N, K/8] (GGUF's 4 bytes per block), d float16 [N, nb]
+
+Dequantization (float32): w[i] = d * (q[i] - 16)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gguf import GGMLQuantizationType
+
+from .formats import PlaneSpec, WeightFormat
+
+QK = 32
+
+
+def _bits(qh: Tensor) -> Tensor:
+    # qh: uint8 [..., 4] -> uint8 [..., 32], element i = bit i of the little-endian uint32
+    shifts = torch.arange(8, dtype=torch.uint8, device=qh.device)
+    return ((qh[..., None] >> shifts) & 1).flatten(-2)
+
+
+def _pack_bits(b: Tensor) -> Tensor:
+    # b: uint8 [..., 32] in {0, 1} -> uint8 [..., 4]; inverse of _bits
+    shifts = torch.arange(8, dtype=torch.uint8, device=b.device)
+    return (b.unflatten(-1, (4, 8)) << shifts).sum(-1, dtype=torch.uint8)
+
+
+class Q50Format(WeightFormat):
+    @property
+    def plane_specs(self) -> tuple[PlaneSpec, ...]:
+        return (
+            PlaneSpec("qs", torch.uint8, QK // 2),
+            PlaneSpec("qh", torch.uint8, 4),
+            PlaneSpec("d", torch.float16, 1),
+        )
+
+    def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
+        # blocks: uint8 [N, nb, 22]
+        n = blocks.shape[0]
+        d = blocks[..., 0:2].contiguous().view(torch.float16)
+        return blocks[..., 6:22].reshape(n, -1), blocks[..., 2:6].reshape(n, -1), d.reshape(n, -1)
+
+    def _to_blocks(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
+        qs, qh, d = planes
+        nb = k // QK
+        return torch.cat([d.view(n, nb, 1).view(torch.uint8), qh.view(n, nb, 4), qs.view(n, nb, 16)], dim=-1)
+
+    def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
+        qs, qh, d = planes
+        nb = k // QK
+        qs = qs.view(n, nb, 16)
+        lo = torch.cat([qs & 0xF, qs >> 4], dim=-1)  # [N, nb, 32]
+        q = lo | (_bits(qh.view(n, nb, 4)) << 4)
+        q = (q.to(torch.int8) - 16).to(torch.float32)
+        return (d.view(n, nb, 1).to(torch.float32) * q).reshape(n, k)
+
+    # quantize_row_q5_0_ref (ggml-quants.c):
+    #   max = signed absmax of the block, d = max / -16, id = 1/d (0 if d == 0)
+    #   q = min(31, trunc(x id + 16.5))        (x id is in [-16, 16], so this is round-half-up)
+    def _quantize(self, w: Tensor) -> tuple[Tensor, ...]:
+        n, k = w.shape
+        nb = k // QK
+        x = w.reshape(n, nb, QK)
+        idx = x.abs().argmax(-1, keepdim=True)
+        mx = x.gather(-1, idx)  # [N, nb, 1]
+        d = mx / -16
+        inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+        q = torch.trunc(x * inv + 16.5).clamp(0, 31).to(torch.uint8)  # [N, nb, 32]
+        qs = (q[..., :16] & 0xF) | ((q[..., 16:] & 0xF) << 4)
+        qh = _pack_bits(q >> 4)
+        return qs.reshape(n, -1), qh.reshape(n, -1), d.to(torch.float16).reshape(n, -1)
+
+
+Q5_0 = Q50Format(name="q5_0", block_size=QK, ggml_type=GGMLQuantizationType.Q5_0, type_size=22)

@@ -1,0 +1,84 @@
+"""Repack + dequantization of the GGUF formats, bit-exact against gguf.quants.dequantize."""
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from inductor_fuse.quant import FORMATS
+
+from .conftest import GGUF_FORMATS, assert_bits_equal, random_gguf_bytes
+
+
+@pytest.mark.parametrize("name", GGUF_FORMATS)
+@pytest.mark.parametrize("n, k", [(1, 256), (37, 512), (5, 1024)])
+def test_dequantize_random_blocks(name, n, k):
+    f = FORMATS[name]
+    raw = random_gguf_bytes(f, n, k, seed=n + k)
+    ref = gguf.quants.dequantize(raw.numpy(), f.ggml_type)
+    assert_bits_equal(f.dequantize(f.from_gguf_bytes(raw)), ref)
+
+
+@pytest.mark.parametrize("name", GGUF_FORMATS)
+def test_gguf_bytes_round_trip(name):
+    f = FORMATS[name]
+    raw = torch.randint(0, 256, (37, f.row_bytes(512)), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    planes = f.from_gguf_bytes(raw)
+    assert torch.equal(f.to_gguf_bytes(planes), raw)
+
+
+@pytest.mark.parametrize("name", GGUF_FORMATS)
+def test_plane_layout(name):
+    # the contract table of docs/design.md: dtypes, shapes, contiguity, leading dim N
+    f = FORMATS[name]
+    n, k = 3, 512
+    expected = {
+        "q4_k": [(torch.uint8, k // 2), (torch.uint8, k // 16), (torch.float16, 2 * k // 256)],
+        "q6_k": [(torch.uint8, k // 2), (torch.uint8, k // 4), (torch.int8, k // 16), (torch.float16, k // 256)],
+        "q5_0": [(torch.uint8, k // 2), (torch.uint8, k // 8), (torch.float16, k // 32)],
+        "q8_0": [(torch.int8, k), (torch.float16, k // 32)],
+    }[name]
+    planes = f.from_gguf_bytes(random_gguf_bytes(f, n, k))
+    assert [(p.dtype, tuple(p.shape)) for p in planes] == [(dt, (n, w)) for dt, w in expected]
+    assert all(p.is_contiguous() for p in planes)
+
+
+@pytest.mark.parametrize("name", GGUF_FORMATS)
+def test_concat_along_n_is_plane_cat(name):
+    # the sibling-fusion invariant: cat of planes along dim 0 == cat of weights along N
+    f = FORMATS[name]
+    a = f.from_gguf_bytes(random_gguf_bytes(f, 5, 512, seed=2))
+    b = f.from_gguf_bytes(random_gguf_bytes(f, 3, 512, seed=3))
+    cat = f.dequantize([torch.cat(pair, 0) for pair in zip(a, b)])
+    assert torch.equal(cat, torch.cat([f.dequantize(a), f.dequantize(b)], 0))
+
+
+def test_q4_k_scale_min_unpacking():
+    # sm holds the 6-bit sc_j, m_j of get_scale_min_k4, interleaved
+    f = FORMATS["q4_k"]
+    raw = random_gguf_bytes(f, 4, 256, seed=4)
+    _, sm, _ = f.from_gguf_bytes(raw)
+    s = raw[:, 4:16].to(torch.int64)
+    for j in range(8):
+        if j < 4:
+            sc, m = s[:, j] & 63, s[:, j + 4] & 63
+        else:
+            sc = (s[:, j + 4] & 0xF) | ((s[:, j - 4] >> 6) << 4)
+            m = (s[:, j + 4] >> 4) | ((s[:, j] >> 6) << 4)
+        assert torch.equal(sm[:, 2 * j].to(torch.int64), sc)
+        assert torch.equal(sm[:, 2 * j + 1].to(torch.int64), m)
+
+
+def _first_tensor(reader, ggml_type):
+    return next(t for t in reader.tensors if t.tensor_type == ggml_type and len(t.shape) == 2)
+
+
+@pytest.mark.parametrize("name", GGUF_FORMATS)
+def test_dequantize_gemma_tensor(gemma_reader, name):
+    f = FORMATS[name]
+    t = _first_tensor(gemma_reader, f.ggml_type)
+    rows = np.array(t.data[:300], dtype=np.uint8)  # a slice of rows keeps it fast
+    raw = torch.from_numpy(rows)
+    planes = f.from_gguf_bytes(raw)
+    assert torch.equal(f.to_gguf_bytes(planes), raw)
+    assert_bits_equal(f.dequantize(planes), gguf.quants.dequantize(rows, f.ggml_type))
