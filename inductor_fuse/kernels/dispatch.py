@@ -1,0 +1,70 @@
+"""CUDA dispatch of qlinear: W4A8 matvec for small M, dequant-in-register GEMM for large M.
+
+    M <= MATVEC_MAX_M[fmt]: act_quant(x) -> <fmt>_matvec     (2 launches, +1 when split-K)
+    otherwise:              qgemm                              (1 launch)
+
+MATVEC_MAX_M is the measured crossover on an H200 (benchmarks/bench_kernels.py --crossover).
+INDUCTOR_FUSE_EXACT_MATVEC=1 sends every M to the GEMM (activations stay float: no int8
+rounding of x, slower at small M).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from . import int4, q4_k, q5_0, q6_k, q8_0
+from ._common import MatvecConfig, act_quant, launch_matvec, pick_config
+from .gemm import qgemm
+
+MATVEC_MAX_M = {"q4_k": 8, "q6_k": 8, "q5_0": 8, "q8_0": 8, "int4_g32": 8, "int4_g64": 8, "int4_g128": 8}
+
+# fmt -> (module, matvec kernel, elements per unit, interleaved activation, group)
+_MATVEC = {
+    "q4_k": (q4_k, q4_k._q4k_matvec_kernel, 64, False, 0),
+    "q6_k": (q6_k, q6_k._q6k_matvec_kernel, 32, False, 0),
+    "q5_0": (q5_0, q5_0._q5_0_matvec_kernel, 32, False, 0),
+    "q8_0": (q8_0, q8_0._q8_0_matvec_kernel, 32, False, 0),
+    "int4_g32": (int4, int4._int4_matvec_kernel, 32, True, 32),
+    "int4_g64": (int4, int4._int4_matvec_kernel, 32, True, 64),
+    "int4_g128": (int4, int4._int4_matvec_kernel, 32, True, 128),
+}
+
+
+def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None = None) -> torch.Tensor:
+    """x [M, K] -> [M, N] through act_quant + the format's W4A8 matvec (tuned config unless given)."""
+    mod, kernel, unit, interleave, group = _MATVEC[fmt]
+    M, K = x.shape
+    N = planes[0].shape[0]
+    views = mod.plane_views(planes)
+    xa = act_quant(x, interleave=interleave)
+    if config is None:
+        out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+        key = ("matvec", fmt, M, N, K)
+        config = pick_config(key, mod.MATVEC_CONFIGS,
+                             lambda c: launch_matvec(kernel, xa, views, bias, M, N, K, K // unit, c, x.dtype,
+                                                     group=group, out=out))
+        return launch_matvec(kernel, xa, views, bias, M, N, K, K // unit, config, x.dtype, group=group, out=out)
+    return launch_matvec(kernel, xa, views, bias, M, N, K, K // unit, config, x.dtype, group=group)
+
+
+def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str) -> torch.Tensor:
+    K = x.shape[-1]
+    N = planes[0].shape[0]
+    x2 = x.reshape(-1, K)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    if M == 0:
+        return x.new_empty((*x.shape[:-1], N))
+    planes = [p if p.is_contiguous() else p.contiguous() for p in planes]
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    exact = os.environ.get("INDUCTOR_FUSE_EXACT_MATVEC", "0") == "1"
+    if M <= MATVEC_MAX_M[fmt] and not exact:
+        out = matvec(x2, planes, bias, fmt)
+    else:
+        out = qgemm(x2, planes, bias, fmt)
+    return out.reshape(*x.shape[:-1], N)

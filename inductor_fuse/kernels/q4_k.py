@@ -1,0 +1,140 @@
+"""Q4_K kernels: W4A8 decode matvec (dp4a) and the weight tile dequantizer used by the GEMM.
+
+Planes (docs/design.md contract), weight [N, K], K % 256 == 0:
+    qs uint8 [N, K/2]    block b, chunk j (0..3), byte l (0..31) at 128b + 32j + l:
+                         low nibble = sub-block 2j element l, high nibble = sub-block 2j+1 element l
+    sm uint8 [N, K/16]   sub-block s of block b: sc at 16b + 2s, m at 16b + 2s + 1 (6-bit)
+    dm f16   [N, K/128]  block b: d at 2b, dmin at 2b + 1
+    w[n, 256b + 32s + l] = d*sc_s * q - dmin*m_s
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_matvec
+
+# ---------------------------------------------------------------------------------------------
+# Matvec. A unit is one 64-wide chunk u = 4b + j of K: 32 qs bytes = 8 int32 words, whose low
+# nibbles are sub-block 2j and high nibbles sub-block 2j+1; word t holds elements 4t..4t+3 of
+# both. With x quantized per 32-group (xq, xd, xs32 = xd * sum(xq)):
+#   out[m, n] = sum_u  d*sc_lo*xd_lo * dp4a(w & 0x0F0F0F0F, x_lo)
+#                    + d*sc_hi*xd_hi * dp4a((w >> 4) & 0x0F0F0F0F, x_hi)
+#                    - dmin*(m_lo*xs32_lo + m_hi*xs32_hi)
+# where dp4a sums over the 8 words of the sub-block: the scales are applied once per 32 weights,
+# to an integer partial sum. The 4 bytes (sc_lo, m_lo, sc_hi, m_hi) of unit u are sm's int32
+# word u.
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _q4k_matvec_kernel(
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]
+    qs_ptr, sm_ptr, dm_ptr, unused_ptr,  # qs int32 [N, K/8]; sm int32 [N, K/64]; dm f16 [N, K/128]
+    bias_ptr, out_ptr,  # bias [N]; out [M, N] (or f32 [split, M, N] when SPLIT)
+    M, N, K, UNITS_PER_SPLIT,
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, USE_ASM: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_c = tl.minimum(rows, N - 1)  # clamped: loads need no row mask
+    n_units = K // 64
+    u_lo = pid_k * UNITS_PER_SPLIT
+    u_hi = tl.minimum(u_lo + UNITS_PER_SPLIT, n_units)
+    ub = tl.arange(0, BLOCK_U)
+    t = tl.arange(0, 8)
+    mrow = tl.arange(0, BLOCK_M)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    w_row = rows_c.to(tl.int64) * (K // 8)
+    for u0 in range(u_lo, u_hi, BLOCK_U):
+        u = u0 + ub  # [BU]
+        umask = u < u_hi
+        w = tl.load(qs_ptr + w_row[:, None, None] + u[None, :, None] * 8 + t[None, None, :],
+                    mask=umask[None, :, None], other=0)  # [BN, BU, 8]
+        w_lo = w & 0x0F0F0F0F
+        w_hi = (w >> 4) & 0x0F0F0F0F
+        smw = tl.load(sm_ptr + rows_c[:, None] * (K // 64) + u[None, :], mask=umask[None, :], other=0)  # [BN, BU]
+        d = tl.load(dm_ptr + rows_c[:, None] * (K // 128) + (u // 4)[None, :] * 2, mask=umask[None, :], other=0.0)
+        dmin = tl.load(dm_ptr + rows_c[:, None] * (K // 128) + (u // 4)[None, :] * 2 + 1, mask=umask[None, :], other=0.0)
+        d = d.to(tl.float32)
+        dmin = dmin.to(tl.float32)
+        dsc_lo = d * (smw & 0xFF).to(tl.float32)
+        dm_lo = dmin * ((smw >> 8) & 0xFF).to(tl.float32)
+        dsc_hi = d * ((smw >> 16) & 0xFF).to(tl.float32)
+        dm_hi = dmin * ((smw >> 24) & 0xFF).to(tl.float32)
+        for mi in tl.static_range(BLOCK_M):
+            m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
+            xrow = m * (K // 4)
+            x_lo = tl.load(xq_ptr + xrow + u[:, None] * 16 + t[None, :], mask=umask[:, None], other=0)  # [BU, 8]
+            x_hi = tl.load(xq_ptr + xrow + u[:, None] * 16 + 8 + t[None, :], mask=umask[:, None], other=0)
+            s_lo = tl.sum(_dp4a(w_lo, tl.broadcast_to(x_lo[None, :, :], w_lo.shape), False, USE_ASM), axis=2)
+            s_hi = tl.sum(_dp4a(w_hi, tl.broadcast_to(x_hi[None, :, :], w_hi.shape), False, USE_ASM), axis=2)
+            g = m * (K // 32) + 2 * u
+            xd_lo = tl.load(xd_ptr + g, mask=umask, other=0.0)
+            xd_hi = tl.load(xd_ptr + g + 1, mask=umask, other=0.0)
+            xs_lo = tl.load(xs32_ptr + g, mask=umask, other=0.0)
+            xs_hi = tl.load(xs32_ptr + g + 1, mask=umask, other=0.0)
+            part = (dsc_lo * (xd_lo[None, :] * s_lo.to(tl.float32)) + dsc_hi * (xd_hi[None, :] * s_hi.to(tl.float32))
+                    - dm_lo * xs_lo[None, :] - dm_hi * xs_hi[None, :])
+            contrib = tl.sum(part, axis=1)  # [BN]
+            acc += tl.where(mrow[:, None] == mi, contrib[None, :], 0.0)
+    _matvec_epilogue(acc, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, HAS_BIAS, SPLIT, BLOCK_M)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight tile for the GEMM: w[n, k] for k in [k0, k0 + BK), BK % 32 == 0, as float32 [BN, BK].
+# Sub-block s = k // 32: block b = s // 8, sb = s % 8, bytes 128b + 32(sb//2) + l, nibble sb % 2.
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _q4k_dequant_tile(qs_ptr, sm_ptr, dm_ptr, rows, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # qs uint8 [N, K/2]; sm uint8 [N, K/16]; dm f16 [N, K/128]; rows [BN] (valid) -> f32 [BN, BK]
+    S: tl.constexpr = BLOCK_K // 32
+    s = k0 // 32 + tl.arange(0, S)
+    l = tl.arange(0, 32)
+    b = s // 8
+    sb = s % 8
+    rows64 = rows.to(tl.int64)
+    byte = (b * 128 + (sb // 2) * 32)[:, None] + l[None, :]  # [S, 32]
+    qb = tl.load(qs_ptr + rows64[:, None, None] * (K // 2) + byte[None, :, :]).to(tl.int32)
+    q = (qb >> ((sb % 2) * 4)[None, :, None]) & 0xF
+    sc = tl.load(sm_ptr + rows[:, None] * (K // 16) + (b * 16 + sb * 2)[None, :]).to(tl.float32)
+    mn = tl.load(sm_ptr + rows[:, None] * (K // 16) + (b * 16 + sb * 2 + 1)[None, :]).to(tl.float32)
+    d = tl.load(dm_ptr + rows[:, None] * (K // 128) + (b * 2)[None, :]).to(tl.float32)
+    dmin = tl.load(dm_ptr + rows[:, None] * (K // 128) + (b * 2 + 1)[None, :]).to(tl.float32)
+    w = (d * sc)[:, :, None] * q.to(tl.float32) - (dmin * mn)[:, :, None]
+    return tl.reshape(w, (BLOCK_N, BLOCK_K))
+
+
+# ---------------------------------------------------------------------------------------------
+# Launcher
+# ---------------------------------------------------------------------------------------------
+
+MATVEC_CONFIGS = [  # the first is the default (interpreter, capture)
+    MatvecConfig(block_n=8, block_u=4, num_warps=4),
+    MatvecConfig(block_n=4, block_u=8, num_warps=4),
+    MatvecConfig(block_n=16, block_u=4, num_warps=8),
+    MatvecConfig(block_n=8, block_u=8, num_warps=8),
+    MatvecConfig(block_n=4, block_u=4, num_warps=2),
+    MatvecConfig(block_n=8, block_u=4, split_k=4, num_warps=4),
+]
+
+
+def plane_views(planes):
+    qs, sm, dm = planes
+    return (qs.view(torch.int32), sm.view(torch.int32), dm)
+
+
+def q4k_matvec(x: torch.Tensor, planes, bias=None, config: MatvecConfig | None = None, xa=None) -> torch.Tensor:
+    """x [M, K] float -> [M, N] in x.dtype; activation quantized per 32-group to int8."""
+    M, K = x.shape
+    N = planes[0].shape[0]
+    xa = act_quant(x) if xa is None else xa
+    cfg = config or MATVEC_CONFIGS[0]
+    return launch_matvec(_q4k_matvec_kernel, xa, plane_views(planes), bias, M, N, K, K // 64, cfg, x.dtype)

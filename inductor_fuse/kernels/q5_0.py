@@ -1,0 +1,118 @@
+"""Q5_0 kernels: W5A8 decode matvec (dp4a) and the weight tile dequantizer used by the GEMM.
+
+Planes (docs/design.md contract), weight [N, K], K % 32 == 0, block b of 32:
+    qs uint8 [N, K/2]   byte 16b + j: low nibble -> element j, high nibble -> element 16 + j
+    qh uint8 [N, K/8]   4 little-endian bytes per block: bit i = 5th bit of element i
+    d  f16   [N, K/32]
+    w[n, 32b + i] = d * ((nibble | bit << 4) - 16)
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_matvec
+
+# ---------------------------------------------------------------------------------------------
+# Matvec. A unit is one block: 4 qs words + 1 qh word (the block's 32 bits). qs word e holds
+# elements 4e..4e+3 (low nibbles) and 16+4e.. (high nibbles); their 5th bits are qh bits 4e..4e+3
+# and 16+4e.., spread to bit 4 of each byte by the multiply trick
+#   spread(b4) = ((b4 * 0x00204081) & 0x01010101) << 4       (b4 = 4 bits)
+#   out[m, n] += d * (xd * (dp4a(q_lo, x_lo) + dp4a(q_hi, x_hi)) - 16 * xs32)
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _q5_0_matvec_kernel(
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]
+    qs_ptr, qh_ptr, d_ptr, unused_ptr,  # qs int32 [N, K/8]; qh int32 [N, K/32]; d f16 [N, K/32]
+    bias_ptr, out_ptr,
+    M, N, K, UNITS_PER_SPLIT,
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, USE_ASM: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_c = tl.minimum(rows, N - 1)
+    n_units = K // 32
+    u_lo = pid_k * UNITS_PER_SPLIT
+    u_hi = tl.minimum(u_lo + UNITS_PER_SPLIT, n_units)
+    ub = tl.arange(0, BLOCK_U)
+    e = tl.arange(0, 4)
+    mrow = tl.arange(0, BLOCK_M)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    w_row = rows_c.to(tl.int64) * (K // 8)
+    for u0 in range(u_lo, u_hi, BLOCK_U):
+        u = u0 + ub
+        umask = u < u_hi
+        w = tl.load(qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :],
+                    mask=umask[None, :, None], other=0)  # [BN, BU, 4]
+        qh = tl.load(qh_ptr + rows_c[:, None] * (K // 32) + u[None, :], mask=umask[None, :], other=0)  # [BN, BU]
+        qh = qh[:, :, None]
+        sh = (4 * e)[None, None, :]
+        h_lo = ((((qh >> sh) & 0xF) * 0x00204081) & 0x01010101) << 4
+        h_hi = ((((qh >> (sh + 16)) & 0xF) * 0x00204081) & 0x01010101) << 4
+        q_lo = (w & 0x0F0F0F0F) | h_lo
+        q_hi = ((w >> 4) & 0x0F0F0F0F) | h_hi
+        d = tl.load(d_ptr + rows_c[:, None] * (K // 32) + u[None, :], mask=umask[None, :], other=0.0).to(tl.float32)
+        for mi in tl.static_range(BLOCK_M):
+            m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
+            xrow = m * (K // 4)
+            x_lo = tl.load(xq_ptr + xrow + u[:, None] * 8 + e[None, :], mask=umask[:, None], other=0)
+            x_hi = tl.load(xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :], mask=umask[:, None], other=0)
+            s = (_dp4a(q_lo, tl.broadcast_to(x_lo[None, :, :], q_lo.shape), False, USE_ASM)
+                 + _dp4a(q_hi, tl.broadcast_to(x_hi[None, :, :], q_hi.shape), False, USE_ASM))
+            s = tl.sum(s, axis=2)
+            xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
+            xs = tl.load(xs32_ptr + m * (K // 32) + u, mask=umask, other=0.0)
+            part = d * (xd[None, :] * s.to(tl.float32) - 16.0 * xs[None, :])
+            contrib = tl.sum(part, axis=1)
+            acc += tl.where(mrow[:, None] == mi, contrib[None, :], 0.0)
+    _matvec_epilogue(acc, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, HAS_BIAS, SPLIT, BLOCK_M)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight tile for the GEMM, float32 [BN, BK]: block s = k // 32, i = k % 32, j = i % 16,
+# nibble i // 16 of qs byte 16s + j, 5th bit = bit i of the block's qh (byte 4s + i // 8).
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _q5_0_dequant_tile(qs_ptr, qh_ptr, d_ptr, unused_ptr, rows, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    S: tl.constexpr = BLOCK_K // 32
+    s = k0 // 32 + tl.arange(0, S)
+    i = tl.arange(0, 32)
+    rows64 = rows.to(tl.int64)
+    qsb = (s * 16)[:, None] + (i % 16)[None, :]
+    qhb = (s * 4)[:, None] + (i // 8)[None, :]
+    lo = tl.load(qs_ptr + rows64[:, None, None] * (K // 2) + qsb[None, :, :]).to(tl.int32)
+    hb = tl.load(qh_ptr + rows64[:, None, None] * (K // 8) + qhb[None, :, :]).to(tl.int32)
+    d = tl.load(d_ptr + rows[:, None] * (K // 32) + s[None, :]).to(tl.float32)
+    q = ((lo >> ((i // 16) * 4)[None, None, :]) & 0xF) | (((hb >> (i % 8)[None, None, :]) & 1) << 4)
+    w = d[:, :, None] * (q - 16).to(tl.float32)
+    return tl.reshape(w, (BLOCK_N, BLOCK_K))
+
+
+MATVEC_CONFIGS = [
+    MatvecConfig(block_n=8, block_u=8, num_warps=4),
+    MatvecConfig(block_n=4, block_u=16, num_warps=4),
+    MatvecConfig(block_n=16, block_u=8, num_warps=8),
+    MatvecConfig(block_n=8, block_u=8, split_k=4, num_warps=4),
+]
+
+
+def plane_views(planes):
+    qs, qh, d = planes
+    return (qs.view(torch.int32), qh.view(torch.int32), d)
+
+
+def q5_0_matvec(x: torch.Tensor, planes, bias=None, config: MatvecConfig | None = None, xa=None) -> torch.Tensor:
+    M, K = x.shape
+    N = planes[0].shape[0]
+    xa = act_quant(x) if xa is None else xa
+    cfg = config or MATVEC_CONFIGS[0]
+    return launch_matvec(_q5_0_matvec_kernel, xa, plane_views(planes), bias, M, N, K, K // 32, cfg, x.dtype)

@@ -1,0 +1,60 @@
+"""GPU tests at full size (run with INDUCTOR_FUSE_GPU_TESTS=1 on a CUDA machine)."""
+
+import os
+
+import pytest
+import torch
+
+import inductor_fuse.kernels.ops  # noqa: F401
+from inductor_fuse.quant.formats import FORMATS
+
+GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not GPU, reason="needs CUDA (and TRITON_INTERPRET unset)")]
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q5_0", "q8_0", "int4_g32", "int4_g128"])
+@pytest.mark.parametrize("N,K", [(4096, 14336), (6144, 4096), (1000, 2048)])
+@pytest.mark.parametrize("M", [1, 3, 8, 17, 300])
+def test_qlinear_cuda(fmt, N, K, M):
+    from inductor_fuse.kernels._common import act_quant_reference
+
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(N + K + M)
+    w = torch.randn(N, K, device=dev, generator=g)
+    planes = [p.to(dev) for p in FORMATS[fmt].quantize(w)]
+    wd = FORMATS[fmt].dequantize(planes)
+    x = torch.randn(M, K, device=dev, generator=g, dtype=torch.bfloat16)
+    bias = torch.randn(N, device=dev, dtype=torch.bfloat16)
+    out = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
+    torch.cuda.synchronize()
+    ref = x.float() @ wd.T + bias.float()
+    assert out.dtype == torch.bfloat16 and out.shape == (M, N)
+    assert torch.isfinite(out).all()
+    err = _rel(out.float(), ref)
+    assert err < 1.5e-2, f"{fmt} M={M}: rel err {err:.3e}"
+    from inductor_fuse.kernels.dispatch import MATVEC_MAX_M
+
+    if M <= MATVEC_MAX_M[fmt]:  # W4A8: exact up to fp32 rounding against the dequantized activation
+        refq = act_quant_reference(x.float()) @ wd.T + bias.float()
+        assert _rel(out.float(), refq) < 5e-3
+
+
+def test_cuda_graph_capture():
+    dev = "cuda"
+    fmt, N, K = "q4_k", 4096, 4096
+    planes = [p.to(dev) for p in FORMATS[fmt].quantize(torch.randn(N, K, device=dev))]
+    for M in (1, 4, 64):
+        x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+        ref = torch.ops.inductor_fuse.qlinear(x, planes, None, fmt)  # warm up (tunes)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = torch.ops.inductor_fuse.qlinear(x, planes, None, fmt)
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        ref = torch.ops.inductor_fuse.qlinear(x, planes, None, fmt)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)

@@ -1,0 +1,132 @@
+"""Every Triton kernel against its pure-torch reference, on the CPU under TRITON_INTERPRET=1.
+
+Matvec kernels quantize the activation to int8 per 32-group (W4A8), so they are compared with
+the reference on the dequantized activation (tight), and with the float reference (loose).
+"""
+
+import os
+
+import pytest
+import torch
+
+from inductor_fuse.quant.formats import FORMATS
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+pytestmark = pytest.mark.skipif(not INTERPRET, reason="CPU interpreter tests (TRITON_INTERPRET=1)")
+
+from inductor_fuse.kernels import dispatch  # noqa: E402
+from inductor_fuse.kernels._common import MatvecConfig, act_quant, act_quant_reference  # noqa: E402
+from inductor_fuse.kernels.gemm import qgemm  # noqa: E402
+
+ALL_FORMATS = ["q4_k", "q6_k", "q5_0", "q8_0", "int4_g32", "int4_g64", "int4_g128"]
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _assert_close(out, ref, tol, what):
+    err = _rel(out, ref)
+    if not err <= tol:
+        bad = ((out.double() - ref.double()).abs() > tol * ref.double().abs().max()).nonzero()[:8].tolist()
+        raise AssertionError(f"{what}: rel err {err:.3e} > {tol:.1e}; first mismatching [m, n]: {bad}")
+
+
+def _weight(fmt, N, K, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=g)
+    return FORMATS[fmt].quantize(w)
+
+
+def _x(M, K, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed + 1000)
+    return torch.randn(M, K, generator=g).to(dtype)
+
+
+def test_act_quant_matches_reference():
+    x = _x(3, 256, 0) * 3
+    x[1, :32] = 0.0  # an all-zero group
+    for interleave in (False, True):
+        xa = act_quant(x, interleave=interleave)
+        q = xa.xq.view(torch.int8).float().reshape(3, 8, 32)
+        if interleave:  # undo [0,2,4,6,1,3,5,7]
+            q = q.reshape(3, 32, 2, 4).transpose(-1, -2).reshape(3, 8, 32)
+        deq = (q * xa.xd[:, :, None]).reshape(3, 256)
+        torch.testing.assert_close(deq, act_quant_reference(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(xa.xs32, q.sum(-1) * xa.xd, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(xa.xs16, (q.reshape(3, 16, 16).sum(-1) * xa.xd.repeat_interleave(2, 1)),
+                                   rtol=1e-6, atol=1e-6)
+    assert (_rel(act_quant_reference(x), x)) < 1e-2
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("N,K,M", [(37, 256, 1), (129, 512, 3), (37, 256, 17)])
+def test_matvec(fmt, N, K, M):
+    planes = _weight(fmt, N, K, seed=N + K)
+    x = _x(M, K, seed=M)
+    bias = torch.randn(N) if M == 3 else None
+    out = dispatch.matvec(x, planes, bias, fmt)
+    w = FORMATS[fmt].dequantize(planes)
+    ref_q = act_quant_reference(x) @ w.T + (bias if bias is not None else 0)
+    ref_f = x @ w.T + (bias if bias is not None else 0)
+    assert out.shape == (M, N) and out.dtype == x.dtype
+    _assert_close(out, ref_q, 1e-5, f"{fmt} matvec vs dequantized-activation reference")
+    _assert_close(out, ref_f, 2e-2, f"{fmt} matvec vs float reference")
+
+
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "int4_g64"])
+def test_matvec_split_k(fmt):
+    N, K, M = 37, 1024, 2
+    planes = _weight(fmt, N, K, seed=5)
+    x = _x(M, K, seed=5)
+    bias = torch.randn(N)
+    cfg = MatvecConfig(block_n=8, block_u=2, split_k=3)
+    out = dispatch.matvec(x, planes, bias, fmt, config=cfg)
+    ref = act_quant_reference(x) @ FORMATS[fmt].dequantize(planes).T + bias
+    _assert_close(out, ref, 1e-5, f"{fmt} split-K matvec")
+
+
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k"])
+def test_matvec_random_bytes(fmt):
+    # every bit pattern of the quant bytes, not only what the quantizer emits
+    N, K = 19, 256
+    g = torch.Generator().manual_seed(7)
+    f = FORMATS[fmt]
+    planes = []
+    for spec, shape in zip(f.plane_specs, f.plane_shapes(N, K)):
+        if spec.dtype == torch.float16:
+            planes.append((torch.rand(shape, generator=g) * 0.02).half())
+        elif spec.dtype == torch.uint8:
+            hi = 64 if spec.name == "sm" else 256
+            planes.append(torch.randint(0, hi, shape, generator=g, dtype=torch.uint8))
+        else:
+            planes.append(torch.randint(-128, 128, shape, generator=g, dtype=torch.int8))
+    x = _x(2, K, seed=3)
+    out = dispatch.matvec(x, planes, None, fmt)
+    ref = act_quant_reference(x) @ f.dequantize(planes).T
+    _assert_close(out, ref, 1e-5, f"{fmt} matvec on random bytes")
+    out = qgemm(x, planes, None, fmt)
+    _assert_close(out, x @ f.dequantize(planes).T, 1e-5, f"{fmt} gemm on random bytes")
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("N,K,M", [(37, 256, 1), (37, 512, 17)])
+def test_gemm(fmt, N, K, M):
+    planes = _weight(fmt, N, K, seed=N * K)
+    x = _x(M, K, seed=M)
+    bias = torch.randn(N) if M == 17 else None
+    out = qgemm(x, planes, bias, fmt)
+    ref = x @ FORMATS[fmt].dequantize(planes).T + (bias if bias is not None else 0)
+    assert out.shape == (M, N)
+    _assert_close(out, ref, 1e-5, f"{fmt} gemm")
+
+
+def test_gemm_bf16_and_dispatch_any_m():
+    fmt, N, K = "q4_k", 37, 256
+    planes = _weight(fmt, N, K, seed=1)
+    w = FORMATS[fmt].dequantize(planes)
+    for M in (1, 3, 17):
+        x = _x(M, K, seed=M, dtype=torch.bfloat16)
+        out = dispatch.qlinear_cuda(x.reshape(1, M, K), planes, None, fmt)  # the CUDA body, on CPU tensors
+        assert out.shape == (1, M, N) and out.dtype == torch.bfloat16
+        _assert_close(out[0].float(), x.float() @ w.T, 2e-2, f"dispatch M={M}")

@@ -1,0 +1,75 @@
+"""torch.ops.inductor_fuse.qlinear: CPU reference body, fake impl under torch.compile, validation."""
+
+import pytest
+import torch
+
+import inductor_fuse.kernels.ops  # noqa: F401  (registers the op)
+from inductor_fuse.kernels.ops import qlinear_reference
+from inductor_fuse.quant.formats import FORMATS
+
+qlinear = torch.ops.inductor_fuse.qlinear
+
+
+def _planes(fmt, N, K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return list(FORMATS[fmt].quantize(torch.randn(N, K, generator=g)))
+
+
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q5_0", "q8_0", "int4_g32", "int4_g64", "int4_g128"])
+def test_cpu_body_is_the_reference(fmt):
+    N, K = 37, 256
+    planes = _planes(fmt, N, K)
+    x = torch.randn(2, 3, K)
+    bias = torch.randn(N)
+    out = qlinear(x, planes, bias, fmt)
+    assert out.shape == (2, 3, N) and out.dtype == torch.float32
+    torch.testing.assert_close(out, qlinear_reference(x, planes, bias, fmt), rtol=1e-5, atol=1e-4)
+    xb = x.bfloat16()
+    outb = qlinear(xb, planes, None, fmt)
+    assert outb.dtype == torch.bfloat16
+    torch.testing.assert_close(outb.float(), qlinear_reference(xb, planes, None, fmt).float(), rtol=2e-2, atol=2e-1)
+
+
+def test_opcheck():
+    planes = _planes("q4_k", 37, 256)
+    torch.library.opcheck(qlinear, (torch.randn(3, 256), planes, torch.randn(37), "q4_k"))
+    torch.library.opcheck(qlinear, (torch.randn(1, 2, 256), planes, None, "q4_k"))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
+    planes = _planes("q6_k", 37, 512, seed=1)
+    bias = torch.randn(37)
+
+    def f(x):
+        return torch.relu(qlinear(x * 2.0, planes, bias, "q6_k")) + 1.0
+
+    x = torch.randn(5, 512)
+    torch._dynamo.reset()
+    got = torch.compile(f, backend=backend, fullgraph=True)(x)
+    torch.testing.assert_close(got, f(x), rtol=1e-5, atol=1e-4)
+
+
+def _raises(match, *args):
+    with pytest.raises(ValueError, match=match):
+        qlinear(*args)
+    # the fake impl validates the same way
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        with pytest.raises(ValueError, match=match):
+            qlinear(*args)
+
+
+def test_bad_inputs():
+    planes = _planes("q4_k", 37, 256)
+    _raises("K = x.shape.* multiple", torch.randn(2, 200), planes, None, "q4_k")
+    _raises("plane 'qs' must have shape", torch.randn(2, 512), planes, None, "q4_k")
+    _raises("x must be float32", torch.randint(0, 3, (2, 256)), planes, None, "q4_k")
+    _raises("plane 'dm' must be torch.float16", torch.randn(2, 256), [planes[0], planes[1], planes[2].float()],
+            None, "q4_k")
+    _raises("expected 3 planes", torch.randn(2, 256), planes[:2], None, "q4_k")
+    _raises("bias must have shape", torch.randn(2, 256), planes, torch.randn(36), "q4_k")
+    _raises("unknown format", torch.randn(2, 256), planes, None, "q4_x")
+    bad_rows = [planes[0], planes[1][:36].contiguous(), planes[2]]
+    _raises("plane 'sm' must have shape", torch.randn(2, 256), bad_rows, None, "q4_k")
