@@ -1,0 +1,298 @@
+"""GGUF file -> (Transformer with quantized weights, tokenizer).
+
+    model, tokenizer = load_gguf("gemma-3-270m-q4_k_m.gguf", device="cuda", max_seq_len=4096)
+
+The file is read with `gguf.GGUFReader` (memory-mapped). Linear weights stay in their GGUF
+format as `QuantizedLinear` (no re-quantization); F32/F16/BF16 linears become float `nn.Linear`.
+The token embedding is dequantized to the model dtype (it is a gather); a tied output projection
+(no `output.weight`) reuses the embedding's quantized planes. Norms are float.
+
+Every failure -- unreadable file, wrong magic, truncated data, unknown architecture, missing
+tensor, unsupported tensor type -- raises GGUFLoadError naming the file and the cause, before
+anything is returned.
+
+llama.cpp conventions this loader undoes or relies on:
+- ggml lists dims innermost first: a weight [N, K] has GGUF shape (K, N).
+- For `llama` the converter permuted the q/k rows of each head from the rotate-half layout to
+  interleaved pairs (llama.cpp's "normal" rope). We permute them back (a row gather, exact on the
+  quantized planes too) so every family uses one rotate-half rope. qwen2/qwen3/gemma3 are stored
+  unpermuted (NeoX rope).
+- Gemma's RMSNorm multiplies by (1 + w); the converter stores w + 1, so the file's weight is used
+  as a plain x * w.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize as gguf_dequantize
+
+from ..models.transformer import ModelArgs, RMSNorm, Transformer
+from .metadata import GGUFLoadError, field_value, require
+from .tokenizer import GGUFTokenizer
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+
+
+def load_gguf(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    max_seq_len: int = 4096,
+    dtype: torch.dtype | None = None,
+    max_batch_size: int = 1,
+    progress: bool = True,
+) -> tuple[Transformer, GGUFTokenizer]:
+    """Build the model and tokenizer a GGUF file describes.
+
+    dtype: activations, KV cache, embedding and float weights (default: float32 on CPU, bfloat16
+    elsewhere). Returns the model in eval mode with caches for `max_batch_size` x `max_seq_len`.
+    """
+    path = os.fspath(path)
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    reader = _open(path)
+    args = model_args(reader, path)
+    arch = field_value(reader, "general.architecture")
+    tensors = {t.name: t for t in reader.tensors}
+    plan = _plan(args, reader, tensors, path)  # every tensor checked before anything is built
+    try:
+        model = _build(args, arch, plan, tensors, path, device, dtype, progress)
+        model.setup_caches(max_batch_size, max_seq_len, dtype)
+        tokenizer = GGUFTokenizer.from_reader(reader, path)
+    except GGUFLoadError:
+        raise
+    except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as e:
+        raise GGUFLoadError(f"{path}: {type(e).__name__}: {e}") from e
+    return model.eval(), tokenizer
+
+
+def _open(path: str) -> GGUFReader:
+    if not os.path.isfile(path):
+        raise GGUFLoadError(f"{path}: no such file")
+    try:
+        reader = GGUFReader(path, "r")
+    except Exception as e:  # the reader raises ValueError, struct/numpy errors, ... on a bad header
+        raise GGUFLoadError(f"{path}: not a readable GGUF file: {type(e).__name__}: {e}") from e
+    size = os.path.getsize(path)
+    for t in reader.tensors:
+        end = t.data_offset + int(t.n_bytes)
+        if end > size or t.data.nbytes != int(t.n_bytes):
+            raise GGUFLoadError(f"{path}: truncated: tensor {t.name!r} ends at byte {end}, the file has {size}")
+    return reader
+
+
+def _scalar(reader: GGUFReader, key: str, path: str, default: Any = None) -> Any:
+    """A per-model hyperparameter; GGUF allows a per-layer array, which must be uniform here."""
+    value = field_value(reader, key, default) if default is not None else require(reader, key, path)
+    if isinstance(value, list):
+        if not value or any(v != value[0] for v in value):
+            raise GGUFLoadError(f"{path}: {key} varies per layer ({value}); not supported")
+        value = value[0]
+    return value
+
+
+def model_args(reader: GGUFReader, path: str = "<gguf>") -> ModelArgs:
+    """ModelArgs from a GGUF file's metadata (and the shapes of its tensors)."""
+    arch = field_value(reader, "general.architecture")
+    if arch is None:
+        raise GGUFLoadError(f"{path}: missing metadata key 'general.architecture'")
+    if arch not in ARCHITECTURES:
+        raise GGUFLoadError(f"{path}: unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise GGUFLoadError(f"{path}: missing tensor 'token_embd.weight'")
+
+    dim = int(_scalar(reader, f"{arch}.embedding_length", path))
+    n_heads = int(_scalar(reader, f"{arch}.attention.head_count", path))
+    n_kv_heads = int(_scalar(reader, f"{arch}.attention.head_count_kv", path, n_heads))
+    head_dim = int(_scalar(reader, f"{arch}.attention.key_length", path, dim // n_heads))
+    value_dim = int(_scalar(reader, f"{arch}.attention.value_length", path, head_dim))
+    if value_dim != head_dim:
+        raise GGUFLoadError(f"{path}: key_length {head_dim} != value_length {value_dim}; not supported")
+    rope_dims = int(_scalar(reader, f"{arch}.rope.dimension_count", path, head_dim))
+    if rope_dims != head_dim:
+        raise GGUFLoadError(f"{path}: partial rope ({rope_dims} of {head_dim} dims) is not supported")
+    n_layers = int(_scalar(reader, f"{arch}.block_count", path))
+
+    rope_scale = 1.0
+    scaling = field_value(reader, f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none", "linear"):
+        raise GGUFLoadError(f"{path}: rope scaling {scaling!r} is not supported (only linear)")
+    if scaling == "linear":
+        rope_scale = float(_scalar(reader, f"{arch}.rope.scaling.factor", path, 1.0))
+    factors = None
+    if "rope_freqs.weight" in tensors:  # Llama 3.1 long-context frequency factors
+        factors = tuple(float(f) for f in gguf_dequantize(tensors["rope_freqs.weight"].data, tensors["rope_freqs.weight"].tensor_type).reshape(-1))
+
+    common = dict(
+        vocab_size=int(tensors["token_embd.weight"].shape[1]),
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        intermediate_size=int(_scalar(reader, f"{arch}.feed_forward_length", path)),
+        norm_eps=float(_scalar(reader, f"{arch}.attention.layer_norm_rms_epsilon", path, 1e-5)),
+        rope_base=float(_scalar(reader, f"{arch}.rope.freq_base", path, 10000.0)),
+        rope_scale=rope_scale,
+        rope_freq_factors=factors,
+        tie_embeddings="output.weight" not in tensors,
+    )
+    if arch == "llama":
+        return ModelArgs(**common)
+    if arch == "qwen2":
+        return ModelArgs(**common, qkv_bias=True)
+    if arch == "qwen3":
+        return ModelArgs(**common, qk_norm=True)
+    # gemma3, as llama.cpp builds it: every 6th layer global, the others a sliding window with
+    # rope base 10000 and no rope scaling; queries scaled by 1/sqrt(head_dim), except the 62-layer
+    # 27B whose query_pre_attn_scalar is dim / n_heads.
+    return ModelArgs(
+        **common,
+        act="gelu_tanh",
+        qk_norm=True,
+        sandwich_norm=True,
+        embed_scale=True,
+        sliding_window=int(_scalar(reader, "gemma3.attention.sliding_window", path)),
+        sliding_window_pattern=6,
+        rope_local_base=10000.0,
+        query_pre_attn_scalar=float(dim // n_heads if n_layers == 62 else head_dim),
+    )
+
+
+# module path in Transformer -> GGUF tensor name, per layer ("{i}") and global.
+_GLOBAL = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output"}
+_LAYER = {
+    "attention_norm": "attn_norm",
+    "attention.q_proj": "attn_q",
+    "attention.k_proj": "attn_k",
+    "attention.v_proj": "attn_v",
+    "attention.o_proj": "attn_output",
+    "attention.q_norm": "attn_q_norm",
+    "attention.k_norm": "attn_k_norm",
+    "post_attention_norm": "post_attention_norm",
+    "ffn_norm": "ffn_norm",
+    "feed_forward.gate_proj": "ffn_gate",
+    "feed_forward.up_proj": "ffn_up",
+    "feed_forward.down_proj": "ffn_down",
+    "post_ffn_norm": "post_ffw_norm",
+}
+
+
+def _plan(args: ModelArgs, reader: GGUFReader, tensors: dict, path: str) -> dict[str, str]:
+    """module path -> GGUF tensor name for every weight the model needs; checks presence, shape, type."""
+    from ..quant.formats import GGUF_FORMATS
+
+    with torch.device("meta"):
+        skeleton = Transformer(args)
+    plan = {}
+    for name, module in skeleton.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding, RMSNorm)):
+            if name.startswith("layers."):
+                _, i, rest = name.split(".", 2)
+                gguf_name = f"blk.{i}.{_LAYER[rest]}"
+            else:
+                gguf_name = _GLOBAL[name]
+            if name == "output" and args.tie_embeddings:
+                continue
+            plan[name] = gguf_name
+    for name, gguf_name in plan.items():
+        module = skeleton.get_submodule(name)
+        for part, param in module.named_parameters():
+            key = f"{gguf_name}.{part}"
+            if key not in tensors:
+                raise GGUFLoadError(f"{path}: missing tensor {key!r} (for {name}.{part})")
+            t = tensors[key]
+            shape = tuple(int(d) for d in reversed(t.shape))  # ggml order -> torch order
+            if shape != tuple(param.shape):
+                raise GGUFLoadError(f"{path}: tensor {key!r} has shape {shape}, the model expects {tuple(param.shape)}")
+            ggml_type = GGMLQuantizationType(t.tensor_type)
+            quantized_ok = isinstance(module, nn.Linear) and part == "weight" and ggml_type in GGUF_FORMATS
+            if name == "tok_embeddings":
+                quantized_ok = ggml_type in GGUF_FORMATS
+            if ggml_type not in FLOAT_TYPES and not quantized_ok:
+                supported = sorted(t.name for t in (*FLOAT_TYPES, *GGUF_FORMATS))
+                raise GGUFLoadError(
+                    f"{path}: tensor {key!r} has unsupported type {ggml_type.name} for {name}.{part} (supported: {supported})"
+                )
+    return plan
+
+
+def _float(t, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A GGUF tensor dequantized to `dtype`, in torch order."""
+    from ..quant import QuantizedWeight
+    from ..quant.formats import GGUF_FORMATS
+
+    if GGMLQuantizationType(t.tensor_type) in GGUF_FORMATS and len(t.shape) == 2:
+        return QuantizedWeight.from_gguf(t).dequantize().to(device=device, dtype=dtype)  # torch, bit-exact
+    shape = tuple(int(d) for d in reversed(t.shape))
+    values = np.array(gguf_dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+    return torch.from_numpy(values).to(device=device, dtype=dtype)
+
+
+def _unpermute_rows(n_heads: int, head_dim: int) -> torch.Tensor:
+    """Row order undoing llama.cpp's q/k permute: GGUF row h*D + 2j + s holds HF row h*D + s*D/2 + j."""
+    h = torch.arange(n_heads)[:, None, None]
+    s = torch.arange(2)[None, :, None]
+    j = torch.arange(head_dim // 2)[None, None, :]
+    return (h * head_dim + 2 * j + s).reshape(-1)  # indexed by HF row (h, s, j)
+
+
+def _linear(t, bias, rows: torch.Tensor | None, dtype, device) -> nn.Module:
+    from ..quant import QuantizedLinear, QuantizedWeight
+
+    if GGMLQuantizationType(t.tensor_type) in FLOAT_TYPES:
+        w = _float(t, dtype, device)
+        if rows is not None:
+            w = w[rows.to(device)].contiguous()
+        linear = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta")
+        linear.weight = nn.Parameter(w, requires_grad=False)
+        if bias is not None:
+            linear.bias = nn.Parameter(bias, requires_grad=False)
+        return linear
+    qw = QuantizedWeight.from_gguf(t)
+    if rows is not None:
+        qw = QuantizedWeight(qw.fmt, tuple(p[rows].contiguous() for p in qw.planes), qw.shape)
+    qw = qw.to(device)
+    return QuantizedLinear.from_weight(qw, bias)
+
+
+def _build(args, arch, plan, tensors, path, device, dtype, progress) -> Transformer:
+    from tqdm.auto import tqdm
+
+    with torch.device("meta"):
+        model = Transformer(args)
+    for name, gguf_name in tqdm(plan.items(), desc=f"loading {os.path.basename(path)}", unit="tensor", disable=not progress):
+        t = tensors[f"{gguf_name}.weight"]
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        module = getattr(parent, attr)
+        if isinstance(module, nn.Embedding):
+            module.weight = nn.Parameter(_float(t, dtype, device), requires_grad=False)
+        elif isinstance(module, nn.Linear):
+            bias = _float(tensors[f"{gguf_name}.bias"], dtype, device) if module.bias is not None else None
+            rows = None
+            if arch == "llama" and attr in ("q_proj", "k_proj"):
+                n = args.n_heads if attr == "q_proj" else args.n_kv_heads
+                rows = _unpermute_rows(n, args.head_dim)
+            setattr(parent, attr, _linear(t, bias, rows, dtype, device))
+        else:  # RMSNorm: float32 weights, whatever the activation dtype
+            module.weight = nn.Parameter(_float(t, torch.float32, device).reshape(-1), requires_grad=False)
+    if args.tie_embeddings:
+        t = tensors["token_embd.weight"]
+        if GGMLQuantizationType(t.tensor_type) in FLOAT_TYPES:
+            model.output = nn.Linear(args.dim, args.vocab_size, bias=False, device="meta")
+            model.output.weight = model.tok_embeddings.weight  # shared
+        else:
+            model.output = _linear(t, None, None, dtype, device)
+    leftover = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if leftover:
+        raise GGUFLoadError(f"{path}: no tensor for {leftover[:5]}")
+    return model

@@ -1,0 +1,244 @@
+"""A decoder-only transformer covering Llama 2/3 (and Mistral), Qwen2, Qwen3 and Gemma 3.
+
+Written plainly, gpt-fast style: separate q/k/v and gate/up projections, `act(gate(x)) * up(x)`,
+RMSNorm as a few tensor ops. No fusion here -- the compiler does that. The families differ only
+by flags in `ModelArgs`:
+
+    llama   SiLU GLU, pre-norms
+    qwen2   + q/k/v bias
+    qwen3   + RMSNorm on each query/key head (QK-norm)
+    gemma3  QK-norm, GELU-tanh GLU, sandwich norms (a norm before *and* after attention / MLP),
+            embedding scaled by sqrt(dim), 5 of every 6 layers attend within a sliding window with
+            their own rope base, query scale 1/sqrt(query_pre_attn_scalar)
+
+Rope is the rotate-half ("NeoX") form everywhere; the GGUF loader un-permutes llama's q/k rows,
+which llama.cpp's converter stored for the interleaved-pair form, so one rope serves all.
+
+Decoding uses a static KV cache of `max_seq_len` positions: `forward(tokens [B, S], input_pos [S])`
+writes positions `input_pos` and attends over the whole cache through a mask row picked by
+`input_pos` -- no data-dependent shapes and no host sync, so the S=1 step captures in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+ACTIVATIONS = ("silu", "gelu_tanh")
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    rope_scale: float = 1.0  # linear position scaling of the (global) rope
+    rope_freq_factors: tuple[float, ...] | None = None  # Llama 3.1 long-context: frequency i is divided by factor i
+    act: str = "silu"
+    qkv_bias: bool = False  # qwen2
+    qk_norm: bool = False  # qwen3, gemma3
+    sandwich_norm: bool = False  # gemma3
+    embed_scale: bool = False  # gemma3: embeddings times sqrt(dim)
+    sliding_window: int | None = None  # gemma3: tokens a sliding layer sees, itself included
+    sliding_window_pattern: int = 0  # gemma3: 6 -> layers 5, 11, 17, ... are global, the rest sliding
+    rope_local_base: float = 10000.0  # rope base of sliding-window layers
+    query_pre_attn_scalar: float | None = None  # queries scaled by its rsqrt; None: head_dim
+    tie_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rope, got {self.head_dim}")
+        if self.rope_freq_factors is not None and len(self.rope_freq_factors) != self.head_dim // 2:
+            raise ValueError(f"rope_freq_factors needs head_dim/2 = {self.head_dim // 2} entries")
+        if self.sliding_window_pattern and not self.sliding_window:
+            raise ValueError("sliding_window_pattern needs sliding_window")
+
+    def is_sliding(self, layer: int) -> bool:
+        p = self.sliding_window_pattern
+        return bool(p) and (layer + 1) % p != 0
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.max_seq_len = 0
+
+    def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:
+        """(Re)allocate the KV caches, rope tables and masks for `max_seq_len` positions."""
+        args = self.args
+        device = self.norm.weight.device
+        dtype = dtype or self.norm.weight.dtype
+        self.max_seq_len = max_seq_len
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(max_batch_size, args.n_kv_heads, max_seq_len, args.head_dim, dtype, device)
+        pos = torch.arange(max_seq_len, device=device)
+        # causal[i, j]: query at position i sees key at j
+        causal = pos[:, None] >= pos[None, :]
+        self.register_buffer("causal_mask", causal, persistent=False)
+        rope = rope_table(args.head_dim, args.rope_base, args.rope_scale, args.rope_freq_factors, max_seq_len, device)
+        self.register_buffer("rope_global", rope, persistent=False)
+        if args.sliding_window_pattern:
+            window = causal & (pos[:, None] - pos[None, :] < args.sliding_window)
+            self.register_buffer("sliding_mask", window, persistent=False)
+            rope = rope_table(args.head_dim, args.rope_local_base, 1.0, None, max_seq_len, device)
+            self.register_buffer("rope_local", rope, persistent=False)
+
+    def forward(self, tokens: Tensor, input_pos: Tensor, last_only: bool = False) -> Tensor:
+        # tokens: [B, S] int, input_pos: [S] int -> logits [B, S, V] (S = 1 with last_only)
+        args = self.args
+        x = self.tok_embeddings(tokens)  # [B, S, D]
+        if args.embed_scale:
+            x = x * torch.tensor(args.dim**0.5, dtype=x.dtype)  # rounded to the embedding dtype, as HF does
+        global_rope = self.rope_global[input_pos]  # [S, head_dim, 2] (cos, sin)
+        global_mask = self.causal_mask[None, None, input_pos]  # [1, 1, S, max_seq_len]
+        if args.sliding_window_pattern:
+            local_rope = self.rope_local[input_pos]
+            local_mask = self.sliding_mask[None, None, input_pos]
+        for i, layer in enumerate(self.layers):
+            if args.is_sliding(i):
+                x = layer(x, input_pos, local_rope, local_mask)
+            else:
+                x = layer(x, input_pos, global_rope, global_mask)
+        if last_only:
+            x = x[:, -1:]
+        return self.output(self.norm(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int):
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.sandwich_norm = args.sandwich_norm
+        if args.sandwich_norm:
+            self.post_attention_norm = RMSNorm(args.dim, args.norm_eps)
+            self.post_ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x: Tensor, input_pos: Tensor, rope: Tensor, mask: Tensor) -> Tensor:
+        # x: [B, S, D]
+        h = self.attention(self.attention_norm(x), input_pos, rope, mask)
+        if self.sandwich_norm:
+            h = self.post_attention_norm(h)
+        x = x + h
+        h = self.feed_forward(self.ffn_norm(x))
+        if self.sandwich_norm:
+            h = self.post_ffn_norm(h)
+        return x + h
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.qkv_bias)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.qk_norm = args.qk_norm
+        if args.qk_norm:
+            self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
+            self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
+        self.scale = (args.query_pre_attn_scalar or args.head_dim) ** -0.5
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, input_pos: Tensor, rope: Tensor, mask: Tensor) -> Tensor:
+        B, S, _ = x.shape
+        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, S, self.n_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, hd]
+        k, v = self.kv_cache.update(input_pos, k, v)  # [B, Hkv, max_seq_len, hd]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.n_heads != self.n_kv_heads
+        )  # [B, H, S, hd]
+        y = y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim)
+        return self.o_proj(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.dim, args.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(args.dim, args.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(args.intermediate_size, args.dim, bias=False)
+        self.act = args.act
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.act == "silu":
+            gate = F.silu(self.gate_proj(x))
+        else:
+            gate = F.gelu(self.gate_proj(x), approximate="tanh")
+        return self.down_proj(gate * self.up_proj(x))
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * w, computed in float32. (Gemma's `1 + w` is already folded into the GGUF weight.)"""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).type_as(x)
+
+
+class KVCache(nn.Module):
+    def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # input_pos: [S], k, v: [B, Hkv, S, hd]
+        self.k_cache[:, :, input_pos] = k.to(self.k_cache.dtype)
+        self.v_cache[:, :, input_pos] = v.to(self.v_cache.dtype)
+        return self.k_cache, self.v_cache
+
+
+def rope_table(head_dim: int, base: float, scale: float, factors, max_seq_len: int, device) -> Tensor:
+    """cos and sin of every position's rotation angles: [max_seq_len, head_dim, 2], rotate-half layout.
+    angle(p, i) = p / scale * base^(-2i/head_dim) / factors[i]"""
+    half = head_dim // 2
+    inv_freq = 1.0 / (base ** (torch.arange(half, dtype=torch.float64, device=device) * 2 / head_dim))
+    if factors is not None:
+        inv_freq = inv_freq / torch.tensor(factors, dtype=torch.float64, device=device)
+    pos = torch.arange(max_seq_len, dtype=torch.float64, device=device) / scale
+    angles = torch.outer(pos, inv_freq).repeat(1, 2)  # [max_seq_len, head_dim]: (f0..f_half-1, f0..f_half-1)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1).float()
+
+
+def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
+    # x: [B, S, H, hd], rope: [S, hd, 2]  ->  x * cos + rotate_half(x) * sin, in float32
+    cos, sin = rope[None, :, None, :, 0], rope[None, :, None, :, 1]
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (xf * cos + rotated * sin).type_as(x)
