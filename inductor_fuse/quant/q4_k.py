@@ -63,7 +63,7 @@ def _pack_nibbles(q: Tensor) -> Tensor:
 # make_qkx2_quants (ggml-quants.c), vectorised over sub-blocks, with Q4_K's parameters
 # (nmax = 15, rmin = -1, rdelta = 0.1, 20 steps, squared error):
 #   min = min(min(x), 0), max = max(x); start from L = round(nmax (x - min) / (max - min)) and
-#   for iscale_s = (nmax + rmin + rdelta s) / (max - min), s = 0..20:
+#   for iscale_s = (nmax + rmin + rdelta s) / (max - min), s = 0..20 (min: the best so far):
 #     L_s = clamp(round(iscale_s (x - min)), 0, nmax)
 #     (scale, min) = weighted least squares fit of x ~ scale * L_s + min   (min forced <= 0)
 #     keep the candidate with the smallest sum w (scale L_s + min - x)^2.
@@ -75,18 +75,18 @@ def _search_scale_min(x: Tensor, w: Tensor, nmax: int = 15) -> tuple[Tensor, Ten
     rng = torch.where(flat, torch.ones_like(mx), mx - mn)
     sum_w = w.sum(-1)
     sum_x = (w * x).sum(-1)
-    xm = x - mn[:, None]
-
     iscale = nmax / rng
     scale = 1.0 / iscale
-    L = torch.round(iscale[:, None] * xm).clamp(0, nmax)
+    L = torch.round(iscale[:, None] * (x - mn[:, None])).clamp(0, nmax)
     best = (w * (scale[:, None] * L + mn[:, None] - x).square()).sum(-1)
     best_min = mn
 
     for step in range(21):
-        # float32 arithmetic of rmin + rdelta * step + nmax, as in C
+        # float32 arithmetic of rmin + rdelta * step + nmax, as in C. As in C, each step measures
+        # from the best min found so far (not the initial one).
         num = float(np.float32(-1.0) + np.float32(0.1) * np.float32(step) + np.float32(nmax))
-        Laux = torch.round((num / rng)[:, None] * xm).clamp(0, nmax)
+        rng = torch.where(flat, torch.ones_like(mx), mx - best_min)
+        Laux = torch.round((num / rng)[:, None] * (x - best_min[:, None])).clamp(0, nmax)
         wl = w * Laux
         sum_l = wl.sum(-1)
         sum_l2 = (wl * Laux).sum(-1)

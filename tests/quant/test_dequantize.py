@@ -69,14 +69,14 @@ def test_q4_k_scale_min_unpacking():
         assert torch.equal(sm[:, 2 * j + 1].to(torch.int64), m)
 
 
-def _first_tensor(reader, ggml_type):
-    return next(t for t in reader.tensors if t.tensor_type == ggml_type and len(t.shape) == 2)
+def _first_tensor(tensors, ggml_type):
+    return next(t for t in tensors if t.tensor_type == ggml_type and len(t.shape) == 2)
 
 
 @pytest.mark.parametrize("name", GGUF_FORMATS)
-def test_dequantize_gemma_tensor(gemma_reader, name):
+def test_dequantize_gemma_tensor(gemma_tensors, name):
     f = FORMATS[name]
-    t = _first_tensor(gemma_reader, f.ggml_type)
+    t = _first_tensor(gemma_tensors, f.ggml_type)
     rows = np.array(t.data[:300], dtype=np.uint8)  # a slice of rows keeps it fast
     raw = torch.from_numpy(rows)
     planes = f.from_gguf_bytes(raw)
