@@ -1,0 +1,160 @@
+"""Rule family `siblings`: N linears sharing an input become one matmul + split."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch._inductor.utils import run_and_get_code
+
+import inductor_fuse
+from toy_models import TinyLlama, rel_err
+
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+class Siblings(nn.Module):
+    """n linears of unequal widths on one input; bias on every other one."""
+
+    def __init__(self, k=48, widths=(40, 24, 24), bias=(True, False, True)):
+        super().__init__()
+        self.lins = nn.ModuleList(nn.Linear(k, n, bias=b) for n, b in zip(widths, bias))
+
+    def forward(self, x):
+        outs = [lin(x) for lin in self.lins]
+        return torch.cat([o.sum(-1, keepdim=True) * (i + 1) for i, o in enumerate(outs)], -1), outs[0]
+
+
+def compile_and_run(model, *args, **compile_kw):
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="inductor_fuse", **compile_kw)
+        return compiled(*args), model(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(5, 48), (2, 7, 48)])
+def test_unequal_widths_mixed_bias(dtype, shape):
+    torch.manual_seed(0)
+    model = Siblings().to(dtype).eval()
+    x = torch.randn(shape, dtype=dtype)
+    (got, got0), (ref, ref0) = compile_and_run(model, x)
+    assert rel_err(got, ref) < TOL[dtype] and rel_err(got0, ref0) < TOL[dtype]
+    rep = inductor_fuse.last_report()
+    assert rep.counts["siblings"] == 1
+    assert "40+24+24" in rep.rewrites[0].detail
+
+
+@pytest.mark.parametrize("n", [2, 5, 8])
+def test_n_way(n):
+    torch.manual_seed(n)
+    widths = tuple(16 + 8 * i for i in range(n))
+    model = Siblings(k=32, widths=widths, bias=tuple(i % 2 == 0 for i in range(n))).eval()
+    x = torch.randn(3, 32)
+    (got, _), (ref, _) = compile_and_run(model, x)
+    assert rel_err(got, ref) < 1e-4
+    rep = inductor_fuse.last_report()
+    assert rep.counts["siblings"] == 1 and len(rep.rewrites[0].nodes) == n
+
+
+def test_outputs_with_other_users():
+    # Every sibling output is returned and also consumed: the splits must feed both.
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(32, 16), nn.Linear(32, 8, bias=False)
+
+        def forward(self, x):
+            a, b = self.a(x), self.b(x)
+            return a, b, a.relu().sum() + b.tanh().sum()
+
+    torch.manual_seed(1)
+    model = M().eval()
+    x = torch.randn(4, 32)
+    got, ref = compile_and_run(model, x)
+    for g, r in zip(got, ref):
+        assert rel_err(g, r) < 1e-5
+    assert inductor_fuse.last_report().counts["siblings"] == 1
+
+
+def test_no_per_call_cat_in_generated_code():
+    # The weights are concatenated once at compile time: the generated code runs one addmm over
+    # a single fused constant and never concatenates weights per call.
+    torch.manual_seed(2)
+    model = Siblings(k=64, widths=(64, 16, 16), bias=(True, True, True)).eval()
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        _, (code,) = run_and_get_code(torch.compile(model, backend="inductor_fuse"), x)
+    call = code[code.index("def call(") :]
+    assert call.count("extern_kernels.addmm(") == 1, call
+    assert "extern_kernels.mm(" not in call
+    assert "cat" not in call.lower(), call
+    assert "_inductor_fuse_siblings" in call
+
+
+def test_two_block_llama_counts_every_group():
+    torch.manual_seed(3)
+    model = TinyLlama(n_layers=2).eval()
+    x = torch.randn(2, 5, 64)
+    got, ref = compile_and_run(model, x)
+    assert rel_err(got, ref) < 1e-4
+    rep = inductor_fuse.last_report()
+    assert rep.counts["siblings"] == 4  # (q,k,v) and (gate,up) in each of 2 blocks
+    labels = sorted(r.label for r in rep.rewrites)
+    assert labels == ["(gate_proj,up_proj)"] * 2 + ["(q_proj,k_proj,v_proj)"] * 2
+    assert "siblings x2 (q_proj,k_proj,v_proj), x2 (gate_proj,up_proj)" in rep.summary()
+
+
+# -- negative cases: no rewrite, correct result, a reason in the report ---------------------
+
+
+def test_linears_reading_different_tensors():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(32, 16), nn.Linear(32, 16)
+
+        def forward(self, x, y):
+            return self.a(x) + self.b(y)
+
+    model = M().eval()
+    x, y = torch.randn(3, 32), torch.randn(3, 32)
+    got, ref = compile_and_run(model, x, y)
+    assert rel_err(got, ref) < 1e-5
+    rep = inductor_fuse.last_report()
+    assert rep.counts["siblings"] == 0
+    assert len(rep.skipped) == 2 and all("no other linear reads" in s.reason for s in rep.skipped)
+
+
+def test_weight_that_is_a_graph_input():
+    def f(x, w1, w2):
+        return F.linear(x, w1) + F.linear(x, w2)
+
+    x, w1, w2 = torch.randn(3, 32), torch.randn(16, 32), torch.randn(16, 32)
+    with torch.no_grad():
+        got = torch.compile(f, backend="inductor_fuse")(x, w1, w2)
+    assert rel_err(got, f(x, w1, w2)) < 1e-5
+    rep = inductor_fuse.last_report()
+    assert rep.counts["siblings"] == 0
+    assert rep.skipped and all("is a graph input" in s.reason and "not a frozen constant" in s.reason for s in rep.skipped)
+
+
+def test_grad_enabled_graph_passes_through():
+    torch.manual_seed(4)
+    model = Siblings().train()
+    x = torch.randn(4, 48)
+    compiled = torch.compile(model, backend="inductor_fuse")
+    got, _ = compiled(x)
+    ref, _ = model(x)
+    assert rel_err(got, ref) < 1e-5
+    got.sum().backward()  # gradients still flow
+    assert model.lins[0].weight.grad is not None
+    rep = inductor_fuse.last_report()
+    assert rep.counts["siblings"] == 0
+    assert any("needs gradients" in n for n in rep.notes)
+
+
+def test_family_switched_off():
+    model = Siblings().eval()
+    x = torch.randn(4, 48)
+    (got, _), (ref, _) = compile_and_run(model, x, options={"siblings": False})
+    assert rel_err(got, ref) < 1e-5
+    assert inductor_fuse.last_report().counts["siblings"] == 0

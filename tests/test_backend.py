@@ -1,0 +1,123 @@
+"""The backend as a user meets it: entry point, options, modes, the report, cache correctness."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+
+import inductor_fuse
+from toy_models import TinyLlama, rel_err
+
+TESTS_DIR = os.path.dirname(__file__)
+
+
+def run_script(code: str, env_extra: dict | None = None, timeout: int = 600) -> dict:
+    """Run ``code`` in a fresh interpreter; its last stdout line is a JSON object."""
+    env = {**os.environ, "PYTHONPATH": TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.update(env_extra or {})
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_fresh_process_without_import():
+    # The entry point registers the backend: no `import inductor_fuse` before compiling.
+    out = run_script(
+        """
+        import json, sys, torch
+        from toy_models import TinyLlama, rel_err
+        torch.manual_seed(0)
+        model = TinyLlama(n_layers=2).eval()
+        x = torch.randn(2, 6, 64)
+        with torch.no_grad():
+            imported_before = "inductor_fuse" in sys.modules
+            got = torch.compile(model, backend="inductor_fuse")(x)
+            err = rel_err(got, model(x))
+        import inductor_fuse
+        print(json.dumps({"imported_before": imported_before, "err": err,
+                          "counts": inductor_fuse.last_report().counts,
+                          "summary": inductor_fuse.last_report().summary()}))
+        """
+    )
+    assert not out["imported_before"]
+    assert out["err"] < 1e-4
+    assert out["counts"]["siblings"] == 4, out["summary"]
+
+
+CACHE_SCRIPT = """
+    import json, torch
+    from torch._dynamo.utils import counters
+    from toy_models import TinyLlama, rel_err
+    import inductor_fuse
+    x = torch.randn(1, 4, 64, generator=torch.Generator().manual_seed(9))
+    errs, counts = {}, {}
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        model = TinyLlama(n_layers=2).eval()
+        torch._dynamo.reset()
+        with torch.no_grad():
+            got = torch.compile(model, backend="inductor_fuse")(x)
+            errs[seed] = rel_err(got, model(x))
+        counts[seed] = inductor_fuse.last_report().counts["siblings"]
+    print(json.dumps({"errs": errs, "counts": counts, "hits": counters["inductor"]["fxgraph_cache_hit"],
+                      "misses": counters["inductor"]["fxgraph_cache_miss"]}))
+"""
+
+
+def test_cache_serves_each_model_its_own_weights(tmp_path):
+    # Same structure, different weights, warm FX graph cache: each model gets its own result.
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1"}
+    cold = run_script(CACHE_SCRIPT.replace("SEEDS", "[0, 1]"), env)
+    warm = run_script(CACHE_SCRIPT.replace("SEEDS", "[1, 0, 2]"), env)
+    for out in (cold, warm):
+        assert all(e < 1e-4 for e in out["errs"].values()), out
+        assert all(c == 4 for c in out["counts"].values()), out
+    assert cold["misses"] >= 1
+    assert warm["hits"] >= 3 and warm["misses"] == 0, warm  # the warm run really hit the cache
+
+
+def test_reduce_overhead_mode_and_make_backend():
+    torch.manual_seed(5)
+    model = TinyLlama(n_layers=1).eval()
+    x = torch.randn(1, 3, 64)
+    with torch.no_grad():
+        got = torch.compile(model, backend="inductor_fuse", mode="reduce-overhead")(x)
+        assert rel_err(got, model(x)) < 1e-4
+        torch._dynamo.reset()
+        got = torch.compile(model, backend=inductor_fuse.make_backend(mode="reduce-overhead", siblings=True))(x)
+        assert rel_err(got, model(x)) < 1e-4
+    assert inductor_fuse.last_report().counts["siblings"] == 2
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match=r"unknown inductor_fuse option\(s\) \['sibling'\]; valid options are"):
+        inductor_fuse.make_backend(sibling=False)
+    with pytest.raises(TypeError, match="must be a bool"):
+        inductor_fuse.FuseOptions.from_dict({"siblings": "no"})
+    with pytest.raises(ValueError, match="unknown mode 'fast'"):
+        inductor_fuse.make_backend(mode="fast")
+    model = nn.Linear(8, 8).eval()
+    with pytest.raises(Exception, match="unknown inductor_fuse option"):
+        with torch.no_grad():
+            torch.compile(model, backend="inductor_fuse", options={"bogus": True})(torch.randn(2, 8))
+
+
+def test_report_history_and_totals():
+    inductor_fuse.clear_reports()
+    assert inductor_fuse.last_report() is None
+    model = TinyLlama(n_layers=1).eval()
+    with torch.no_grad():
+        torch.compile(model, backend="inductor_fuse")(torch.randn(1, 2, 64))
+        torch._dynamo.reset()
+        torch.compile(model, backend="inductor_fuse")(torch.randn(1, 2, 64))
+    assert len(inductor_fuse.all_reports()) == 2
+    assert inductor_fuse.total_counts()["siblings"] == 4
+    text = str(inductor_fuse.last_report())
+    assert "rewrite siblings (q_proj,k_proj,v_proj)" in text and "skipped siblings" in text
