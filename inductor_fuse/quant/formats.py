@@ -11,6 +11,11 @@ table drives all shape / dtype validation here; the format files only hold the b
     FORMATS["q4_k"].dequantize(planes)      # float32 [N, K], bit-exact with gguf.quants
     FORMATS["q4_k"].quantize(w)             # planes, llama.cpp's reference search
     FORMATS["q4_k"].from_gguf_bytes(raw)    # uint8 [N, row_bytes] -> planes (and back)
+
+Everything is plain torch and runs on the tensors' device. Eager dequantization is bit-exact on
+CPU and CUDA alike (checked on an H200); under torch.compile, Inductor may fuse `a * q - b` into
+an FMA, which is close but not bit-exact. Quantizing on CUDA can differ from CPU in a few
+rounding ties (reduction order, division by reciprocal); both give valid, equally good weights.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ class QuantizedLinear(nn.Module):
         return [getattr(self, f"plane{i}") for i in range(self.n_planes)]
 
     @property
-    def weight(self) -> QuantizedWeight:
+    def quantized_weight(self) -> QuantizedWeight:
         return QuantizedWeight(self.fmt, self.planes, (self.out_features, self.in_features))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -134,10 +134,11 @@ class QuantConfig:
 
 
 def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
-    """Replace every nn.Linear in `model` (recursively, in place) by a QuantizedLinear.
+    """Replace every nn.Linear below `model` (recursively, in place) by a QuantizedLinear.
 
     Linears named in config.skip stay float; so do those whose in_features is not a multiple
-    of the format's block (with a warning). Returns the model."""
+    of the format's block (with a warning). The root module itself is never replaced.
+    Quantization runs on each weight's device. Returns the model."""
     block = FORMATS[config.fmt].block_size
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):

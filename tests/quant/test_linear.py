@@ -101,3 +101,22 @@ def test_config_validation():
     assert QuantConfig(skip=["lm_head"]).skip == ("lm_head",)
     with pytest.raises(Exception):
         QuantConfig().fmt = "q6_k"  # frozen
+
+
+def test_from_weight_and_quantized_weight():
+    torch.manual_seed(0)
+    q = QuantizedLinear.from_float(nn.Linear(64, 8, bias=False), "q8_0")
+    qw = q.quantized_weight
+    assert qw.shape == (8, 64) and qw.fmt == "q8_0"
+    q2 = QuantizedLinear.from_weight(qw)
+    x = torch.randn(2, 64)
+    assert torch.equal(q2(x), q(x))
+
+
+def test_traces_in_one_graph():
+    # forward is one qlinear call per module: dynamo traces it without graph breaks
+    torch.manual_seed(0)
+    model = quantize_(nn.Sequential(nn.Linear(256, 512), nn.SiLU(), nn.Linear(512, 256)), QuantConfig("q4_k"))
+    x = torch.randn(3, 256)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x), model(x))
