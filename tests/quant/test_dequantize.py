@@ -4,6 +4,8 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inductor_fuse.quant import FORMATS
 
@@ -82,3 +84,14 @@ def test_dequantize_gemma_tensor(gemma_tensors, name):
     planes = f.from_gguf_bytes(raw)
     assert torch.equal(f.to_gguf_bytes(planes), raw)
     assert_bits_equal(f.dequantize(planes), gguf.quants.dequantize(rows, f.ggml_type))
+
+
+@settings(max_examples=30, deadline=None)
+@given(name=st.sampled_from(GGUF_FORMATS), n=st.integers(1, 40), blocks=st.integers(1, 3), seed=st.integers(0, 2**31))
+def test_any_shape_round_trip_and_bit_exact(name, n, blocks, seed):
+    f = FORMATS[name]
+    k = blocks * max(f.block_size, 64)
+    raw = random_gguf_bytes(f, n, k, seed=seed)
+    planes = f.from_gguf_bytes(raw)
+    assert torch.equal(f.to_gguf_bytes(planes), raw)
+    assert_bits_equal(f.dequantize(planes), gguf.quants.dequantize(raw.numpy(), f.ggml_type))
