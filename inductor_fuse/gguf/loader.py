@@ -154,6 +154,9 @@ def model_args(reader: GGUFReader, path: str = "<gguf>") -> ModelArgs:
     # gemma3, as llama.cpp builds it: every 6th layer global, the others a sliding window with
     # rope base 10000 and no rope scaling; queries scaled by 1/sqrt(head_dim), except the 62-layer
     # 27B whose query_pre_attn_scalar is dim / n_heads.
+    pattern = field_value(reader, "gemma3.attention.sliding_window_pattern", 6)
+    if not isinstance(pattern, int):
+        raise GGUFLoadError(f"{path}: a per-layer gemma3.attention.sliding_window_pattern is not supported")
     return ModelArgs(
         **common,
         act="gelu_tanh",
@@ -161,8 +164,8 @@ def model_args(reader: GGUFReader, path: str = "<gguf>") -> ModelArgs:
         sandwich_norm=True,
         embed_scale=True,
         sliding_window=int(_scalar(reader, "gemma3.attention.sliding_window", path)),
-        sliding_window_pattern=6,
-        rope_local_base=10000.0,
+        sliding_window_pattern=pattern,
+        rope_local_base=float(_scalar(reader, "gemma3.rope.freq_base_swa", path, 10000.0)),
         query_pre_attn_scalar=float(dim // n_heads if n_layers == 62 else head_dim),
     )
 

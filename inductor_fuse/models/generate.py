@@ -1,0 +1,82 @@
+"""Token generation with a static KV cache, gpt-fast style.
+
+    next_tok = prefill(model, prompt[None], torch.arange(len(prompt)))      # eager (any S)
+    step = torch.compile(decode_one_token, backend="inductor_fuse", mode="reduce-overhead", fullgraph=True)
+    tokens = generate(model, prompt, 32, eos_ids=tok.eos_ids, decode_fn=step)
+
+`decode_one_token` is the only function meant for compilation: fixed shapes (S = 1), no host
+sync, sampling on device (the exponential-race trick instead of torch.multinomial).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .transformer import Transformer
+
+
+def sample(logits: Tensor, temperature: float = 0.0, top_k: int | None = None) -> Tensor:
+    # logits: [B, V] -> token ids [B]; temperature 0 is greedy
+    if temperature <= 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = torch.where(logits < kth, float("-inf"), logits)
+    probs = torch.softmax(logits, dim=-1)
+    # argmax(p / Exp(1)) draws from p without a device->host sync
+    return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
+
+
+def prefill(model: Transformer, tokens: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None) -> Tensor:
+    # tokens: [B, S], input_pos: [S] -> next token [B]
+    logits = model(tokens, input_pos, last_only=True)
+    return sample(logits[:, -1], temperature, top_k)
+
+
+def decode_one_token(model: Transformer, token: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None) -> Tensor:
+    # token: [B, 1], input_pos: [1] -> next token [B]
+    logits = model(token, input_pos)
+    return sample(logits[:, -1], temperature, top_k)
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    eos_ids: Sequence[int] = (),
+    decode_fn: Callable = decode_one_token,
+    prefill_fn: Callable = prefill,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Greedy (or sampled) continuation of one prompt: the new tokens, the EOS included if hit.
+
+    on_token(id) is called as each token is known (for streaming). Stops after max_new_tokens,
+    at an EOS, or when the KV cache is full.
+    """
+    device = model.norm.weight.device
+    prompt_t = torch.tensor([list(prompt)], dtype=torch.long, device=device)
+    n = prompt_t.shape[1]
+    if n + max_new_tokens > model.max_seq_len:
+        max_new_tokens = model.max_seq_len - n
+    if max_new_tokens <= 0:
+        return []
+    token = prefill_fn(model, prompt_t, torch.arange(n, device=device), temperature, top_k)
+    out: list[int] = []
+    input_pos = torch.tensor([n], dtype=torch.long, device=device)
+    eos = set(eos_ids)
+    while True:
+        t = int(token[0])
+        out.append(t)
+        if on_token is not None:
+            on_token(t)
+        if t in eos or len(out) >= max_new_tokens:
+            return out
+        token = decode_fn(model, token.view(1, 1).clone(), input_pos, temperature, top_k)
+        input_pos += 1
