@@ -6,83 +6,57 @@
     torch.compile(model, backend=inductor_fuse.make_backend(mode="reduce-overhead", siblings=True))
 
 What it does, per Dynamo graph:
-1. Inference graphs (no input needs a gradient) are compiled with Inductor's freezing on:
-   nn.Parameters become constants of the graph. Dynamo lifts parameters to graph inputs unless
-   freezing was on while it traced, which a backend cannot arrange without touching the global
-   config; so the backend turns parameter inputs back into graph attributes first, as Dynamo
-   does itself under freezing. Weights are then fixed at compile time (stock freezing has the
-   same contract): after changing weights, compile again (``torch._dynamo.reset()``).
-2. Right after freezing, before Inductor computes its FX-graph-cache key, our rule families run
-   on the frozen graph (``patterns/``). A weight concatenation happens there, once, and the
-   result is a frozen constant: the cache keys it by metadata and re-reads it from the live
-   graph on a hit, so a warm cache never serves stale weights.
-3. Everything else is stock ``compile_fx``; options are scoped with ``config_patches``; the
-   plugin's source hash is part of the cache key (``PluginVersion.uuid``).
+1. Inference graphs (no input needs a gradient) are compiled with Inductor's freezing on.
+   Dynamo lifts parameters and buffers to graph inputs unless freezing was on while it traced,
+   which a backend cannot arrange without touching the global config; so the backend turns
+   them back into graph attributes first, as Dynamo does itself under freezing. Freezing then
+   makes the ones the graph does not mutate constants. Weights are fixed at compile time (the
+   contract of stock freezing): after changing weights, compile again (``torch._dynamo.reset()``).
+2. Our rule families (``patterns/``) run as ``joint_custom_post_pass``, just before freezing.
+   They express weight concatenations as graph nodes; freezing folds them into constants once,
+   before Inductor's FX-graph-cache key is taken. Folded constants are frozen parameters: the
+   cache keys them by metadata and re-reads them from the live graph on a hit, so a warm cache
+   never serves stale weights. ``RulePass.uuid()`` (a hash of every plugin file) is in the key.
+3. Everything else is stock ``compile_fx``; options are scoped with ``config_patches``, never
+   by assigning Inductor's global config.
 Graphs that need gradients go to stock Inductor untouched, with a log line.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
-from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from . import report
 from .options import FuseOptions, validate_mode
+from .patterns import RulePass
 
 log = logging.getLogger("inductor_fuse")
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
 
-
-@functools.cache
-def plugin_hash() -> str:
-    """SHA-256 over every source file of the package: changes to any rule or kernel change it."""
-    h = hashlib.sha256()
-    for path in sorted(_PACKAGE_DIR.rglob("*.py")):
-        h.update(str(path.relative_to(_PACKAGE_DIR)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-class PluginVersion(CustomGraphPass):
-    """Carries the plugin hash into Inductor's FX graph cache key.
-
-    Our rewrites happen before the cache key is computed, so the key already sees the rewritten
-    graph; but the graph only names ``torch.ops.inductor_fuse.*`` ops, whose kernels live in this
-    package. Installed as ``post_grad_custom_post_pass`` so that ``uuid()`` enters the key; it
-    changes nothing in the graph.
-    """
-
-    def __call__(self, graph: fx.Graph) -> None:
-        return None
-
-    def uuid(self) -> str:
-        return plugin_hash()
-
-
-def rule_passes(options: FuseOptions) -> list[CustomGraphPass]:
-    """The enabled rule families' passes, in the order they must run."""
-    from .patterns.siblings import SiblingLinearPass
-
-    passes: list[CustomGraphPass] = []
-    if options.siblings:
-        passes.append(SiblingLinearPass())
-    return passes
-
-
-def _is_weight(value: Any) -> bool:
-    return isinstance(value, torch.nn.Parameter)
+def _is_module_state(value: Any, source: Any) -> bool:
+    """Parameters, and tensors Dynamo read from an nn.Module (buffers): what Dynamo itself
+    turns into graph attributes under freezing. User-passed tensors stay graph inputs."""
+    if isinstance(value, torch.nn.Parameter):
+        return True
+    if not isinstance(value, torch.Tensor) or getattr(value, "_dynamo_static_input_type", None) is None:
+        return False
+    guard_source = getattr(source, "guard_source", None)
+    guard_source = guard_source() if callable(guard_source) else guard_source
+    return guard_source is not None and (
+        guard_source.is_unspecialized_nn_module() or guard_source.is_specialized_nn_module()
+    )
 
 
 def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[int]:
-    """Turn parameter placeholders into graph attributes (what Dynamo does under freezing).
+    """Turn parameter/buffer placeholders into graph attributes (as Dynamo does under freezing).
+
+    Freezing then makes the ones the graph does not mutate constants; mutated buffers (a KV
+    cache) stay inputs, static ones, so CUDA graphs still capture the step.
 
     Returns the indices of the inputs that stay graph inputs.
     """
@@ -92,11 +66,14 @@ def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[
     keep = []
     for i, (node, value) in enumerate(zip(placeholders, example_inputs)):
         source = getattr(node, "_dynamo_source", None)
-        if not _is_weight(value) or source is None:
+        if source is None or not _is_module_state(value, source):
             keep.append(i)
             continue
-        name = f"_inductor_fuse_param{i}"
-        gm.register_parameter(name, value)
+        name = f"_inductor_fuse_input{i}"
+        if isinstance(value, torch.nn.Parameter):
+            gm.register_parameter(name, value)
+        else:
+            gm.register_buffer(name, value)
         gm._param_name_to_source[name] = source
         with gm.graph.inserting_before(node):
             attr = gm.graph.get_attr(name)
@@ -105,19 +82,6 @@ def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[
         gm.graph.erase_node(node)
     gm.recompile()
     return keep
-
-
-def _inner_compile(gm: fx.GraphModule, example_inputs, *, passes: Sequence[CustomGraphPass], **kwargs):
-    """Run the rule families on the frozen graph, then Inductor's own inner compile (and cache)."""
-    from torch._inductor.compile_fx import compile_fx_inner
-    from torch._inductor.freezing_utils import has_frozen_params
-
-    if passes and has_frozen_params(gm):
-        for rule in passes:
-            rule(gm.graph)
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
-    return compile_fx_inner(gm, example_inputs, **kwargs)
 
 
 def inductor_fuse_backend(
@@ -146,23 +110,20 @@ def inductor_fuse_backend(
             return compile_fx(gm, example_inputs, config_patches=patches)
 
         keep = _lift_parameters(gm, example_inputs)
-        rep.notes.append(f"froze {len(example_inputs) - len(keep)} parameter(s); rule families {opts.enabled()}")
+        rep.notes.append(
+            f"{len(example_inputs) - len(keep)} parameter/buffer input(s) made graph state for freezing;"
+            f" rule families {opts.enabled()}"
+        )
         patches.update(
             {
                 "freezing": True,
-                # CPU: keep frozen linears as mm/addmm (mkldnn prepacking would hide them).
+                # CPU: keep frozen linears as mm/addmm (mkldnn weight prepacking would hide them).
                 "cpp.weight_prepack": False,
-                "post_grad_custom_post_pass": PluginVersion(),
+                "joint_custom_post_pass": RulePass(opts),
             }
         )
-        passes = rule_passes(opts)
         with torch.no_grad():
-            compiled = compile_fx(
-                gm,
-                [example_inputs[i] for i in keep],
-                inner_compile=functools.partial(_inner_compile, passes=passes),
-                config_patches=patches,
-            )
+            compiled = compile_fx(gm, [example_inputs[i] for i in keep], config_patches=patches)
 
     n_all, n_keep = len(example_inputs), len(keep)
     if n_keep == n_all:

@@ -27,15 +27,16 @@ def run_script(code: str, env_extra: dict | None = None, timeout: int = 600) -> 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_fresh_process_without_import():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fresh_process_without_import(device):
     # The entry point registers the backend: no `import inductor_fuse` before compiling.
     out = run_script(
         """
         import json, sys, torch
         from toy_models import TinyLlama, rel_err
         torch.manual_seed(0)
-        model = TinyLlama(n_layers=2).eval()
-        x = torch.randn(2, 6, 64)
+        model = TinyLlama(n_layers=2).eval().to("DEVICE")
+        x = torch.randn(2, 6, 64, device="DEVICE")
         with torch.no_grad():
             imported_before = "inductor_fuse" in sys.modules
             got = torch.compile(model, backend="inductor_fuse")(x)
@@ -43,9 +44,11 @@ def test_fresh_process_without_import():
         import inductor_fuse
         print(json.dumps({"imported_before": imported_before, "err": err,
                           "counts": inductor_fuse.last_report().counts,
-                          "summary": inductor_fuse.last_report().summary()}))
-        """
+                          "summary": inductor_fuse.last_report().summary(),
+                          "torch": torch.__version__}))
+        """.replace("DEVICE", device)
     )
+    print(device, out)
     assert not out["imported_before"]
     assert out["err"] < 1e-4
     assert out["counts"]["siblings"] == 4, out["summary"]

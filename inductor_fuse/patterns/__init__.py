@@ -1,0 +1,52 @@
+"""Rule families, one file each. ``RulePass`` runs the enabled ones, in order, as Inductor's
+``joint_custom_post_pass`` (before freezing; see ``graph_utils``)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import torch.fx as fx
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+from ..options import FuseOptions
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def plugin_hash() -> str:
+    """SHA-256 over every source file of the package: a change to any rule or kernel changes it."""
+    h = hashlib.sha256()
+    for path in sorted(_PACKAGE_DIR.rglob("*.py")):
+        h.update(str(path.relative_to(_PACKAGE_DIR)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _families():
+    # Order matters: a later family must not steal the nodes an earlier one needs
+    # (GLU chains before siblings, once GLU rules exist).
+    from .siblings import fuse_sibling_linears
+
+    return {"siblings": fuse_sibling_linears}
+
+
+class RulePass(CustomGraphPass):
+    """The enabled rule families as one Inductor custom pass.
+
+    ``uuid()`` hashes every file of the plugin plus the options, so Inductor's FX graph cache
+    never reuses code compiled by another version of a rule or kernel.
+    """
+
+    def __init__(self, options: FuseOptions):
+        self.options = options
+
+    def __call__(self, graph: fx.Graph) -> None:
+        for name, rule in _families().items():
+            if getattr(self.options, name):
+                rule(graph)
+
+    def uuid(self) -> str:
+        return f"{plugin_hash()}-{self.options.enabled()}"

@@ -1,82 +1,77 @@
-"""Small helpers the rule families share: frozen constants, fake values, module names."""
+"""Helpers the rule families share.
+
+Rules run as Inductor's ``joint_custom_post_pass`` on the inference graph *before* freezing.
+There, weights are still placeholders; freezing then turns every non-mutated parameter/buffer
+into a constant and constant-folds whatever the rules computed from weights only (a
+concatenation, a transpose). So a rule builds weight expressions as graph nodes and the fold
+happens during freezing, before Inductor's FX-graph-cache key: the folded constants are frozen
+parameters, keyed by metadata and re-read from the live graph on a cache hit.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.fx as fx
-from torch._subclasses.fake_tensor import FakeTensor
-from torch.utils._python_dispatch import _disable_current_modes
 
-def constant_of(node: Any) -> torch.Tensor | None:
-    """The real tensor behind a frozen-constant ``get_attr`` node, else None."""
-    if not isinstance(node, fx.Node) or node.op != "get_attr":
-        return None
-    gm = node.graph.owning_module
-    value = getattr(gm, node.target, None)
-    return value if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor) else None
+aten = torch.ops.aten
+
+# ops that only change how a weight is viewed: weight-ness flows through them
+LAYOUT_OPS = (aten.permute.default, aten.t.default, aten.reshape.default, aten.view.default)
 
 
-def add_constant(graph: fx.Graph, tensor: torch.Tensor, prefix: str) -> fx.Node:
-    """Register ``tensor`` as a frozen constant of the graph's module; return its get_attr node.
+def frozen_placeholders(graph: fx.Graph) -> set[fx.Node]:
+    """Placeholders that freezing will turn into constants (parameters and buffers that the
+    graph does not mutate). Empty when the graph is not being frozen."""
+    from torch._functorch._aot_autograd.schemas import MutationType
+    from torch._guards import TracingContext
 
-    The tensor is marked a frozen parameter, so Inductor's FX graph cache keys it by metadata
-    and reads its value from this module on a cache hit (never a stale copy from the cache).
-    """
-    gm = graph.owning_module
-    # Names are deterministic per graph: they are part of Inductor's cache key.
-    i = 0
-    while hasattr(gm, f"_inductor_fuse_{prefix}{i}"):
-        i += 1
-    name = f"_inductor_fuse_{prefix}{i}"
-    tensor._is_frozen_param = True  # type: ignore[attr-defined]
-    gm.register_buffer(name, tensor)
-    first = next(iter(graph.nodes))
-    with graph.inserting_before(first):
-        node = graph.get_attr(name)
-    fake_mode = _fake_mode(graph)
-    if fake_mode is not None:
-        node.meta["val"] = fake_mode.from_tensor(tensor, static_shapes=True)
+    tc = TracingContext.try_get()
+    params = getattr(tc, "params_flat_unwrap_subclasses", None) or getattr(tc, "params_flat", None)
+    meta = getattr(tc, "fw_metadata", None)
+    if not params or meta is None:
+        return set()
+    mutated = {
+        i
+        for i, info in enumerate(meta.input_info)
+        if info.mutation_type in (MutationType.MUTATED_IN_GRAPH, MutationType.MUTATED_OUT_GRAPH)
+    }
+    aliased = {out.base_idx for out in meta.output_info if out.base_idx is not None}
+    placeholders = graph.find_nodes(op="placeholder")
+    return {placeholders[i] for i in range(min(len(params), len(placeholders))) if i not in mutated | aliased}
+
+
+def weight_root(node: fx.Node) -> fx.Node:
+    """The node a weight expression is a view of (through permute / t / reshape / view)."""
+    while node.op == "call_function" and node.target in LAYOUT_OPS:
+        node = node.args[0]
     return node
 
 
-def erase_if_unused(node: fx.Node) -> None:
-    """Erase a dead node; for a dead constant, also drop the tensor from the module."""
-    if node.users:
-        return
-    graph = node.graph
-    if node.op == "get_attr":
-        gm = graph.owning_module
-        still_used = any(n.op == "get_attr" and n.target == node.target and n is not node for n in graph.nodes)
-        graph.erase_node(node)
-        if not still_used and hasattr(gm, node.target):
-            delattr(gm, node.target)
-    elif node.op == "call_function":
-        graph.erase_node(node)
+def is_frozen(node: object, frozen: set[fx.Node]) -> bool:
+    return isinstance(node, fx.Node) and (weight_root(node) in frozen or weight_root(node).op == "get_attr")
 
 
-def set_fake_value(node: fx.Node) -> None:
-    """Fill ``node.meta['val']`` by running the node's target on its inputs' fake values."""
-    fake_mode = _fake_mode(node.graph)
-    if fake_mode is None:
-        return
-    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta["val"])
-    with fake_mode:
-        node.meta["val"] = node.target(*args, **kwargs)
+def not_frozen_reason(what: str, node: fx.Node) -> str:
+    root = weight_root(node)
+    kind = f"a graph input ({root.name})" if root.op == "placeholder" else f"computed at run time ({root.target})"
+    return f"{what} {node.name} is {kind}, not a frozen constant"
 
 
-def _fake_mode(graph: fx.Graph):
-    for n in graph.nodes:
-        val = n.meta.get("val")
-        if isinstance(val, FakeTensor):
-            return val.fake_mode
-    return None
+def call(graph: fx.Graph, target, *args, **kwargs) -> fx.Node:
+    """Insert ``target(*args)`` at the graph's insertion point and fill ``meta['val']``."""
+    node = graph.call_function(target, args, kwargs)
+    fake_args, fake_kwargs = fx.node.map_arg((args, kwargs), lambda n: n.meta["val"])
+    fake_mode = next(
+        (n.meta["val"].fake_mode for n in node.all_input_nodes if hasattr(n.meta.get("val"), "fake_mode")), None
+    )
+    if fake_mode is not None:
+        with fake_mode:
+            node.meta["val"] = target(*fake_args, **fake_kwargs)
+    return node
 
 
-def real_tensors():
-    """Context for computing real (not fake) tensors inside a compilation."""
-    return _disable_current_modes()
+def val(node: fx.Node):
+    return node.meta["val"]
 
 
 def module_name(node: fx.Node) -> str:

@@ -87,7 +87,8 @@ def test_no_per_call_cat_in_generated_code():
     assert call.count("extern_kernels.addmm(") == 1, call
     assert "extern_kernels.mm(" not in call
     assert "cat" not in call.lower(), call
-    assert "_inductor_fuse_siblings" in call
+    assert "rand_strided((64, 96), (1, 64)" in call  # the one fused [K, 64+16+16] weight constant
+    assert "rand_strided((96, ), (1, )" in call  # and its fused bias
 
 
 def test_two_block_llama_counts_every_group():
