@@ -1,0 +1,111 @@
+"""The plain Transformer with float weights: KV-cache decoding equals full forwards, the sliding
+window is a mask, generation stops where it should, and the S=1 step compiles whole."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from inductor_fuse.models import ModelArgs, Transformer
+from inductor_fuse.models.generate import decode_one_token, generate, sample
+
+LLAMA = ModelArgs(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96)
+GEMMA = dataclasses.replace(
+    LLAMA, n_layers=6, act="gelu_tanh", qk_norm=True, sandwich_norm=True, embed_scale=True,
+    sliding_window=3, sliding_window_pattern=6, query_pre_attn_scalar=24.0, tie_embeddings=True,
+)
+QWEN2 = dataclasses.replace(LLAMA, qkv_bias=True, n_kv_heads=1)
+FAMILIES = {"llama": LLAMA, "gemma3": GEMMA, "qwen2": QWEN2}
+
+
+def build(args: ModelArgs, max_seq_len: int = 32, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(args)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, p.shape[-1] ** -0.5 if p.ndim == 2 else 0.2).add_(1.0 if p.ndim == 1 else 0.0)
+    model.setup_caches(1, max_seq_len)
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_incremental_decode_equals_full_forward(family):
+    model = build(FAMILIES[family])
+    tokens = torch.randint(0, 97, (1, 12))
+    full = model(tokens, torch.arange(12))
+    model(tokens[:, :5], torch.arange(5))  # prefill 5, then one at a time
+    steps = [model(tokens[:, i : i + 1], torch.tensor([i])) for i in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, 5:], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_last_only():
+    model = build(LLAMA)
+    tokens = torch.randint(0, 97, (1, 7))
+    torch.testing.assert_close(model(tokens, torch.arange(7), last_only=True), model(tokens, torch.arange(7))[:, -1:])
+
+
+@torch.no_grad()
+def test_sliding_window_limits_what_a_token_sees():
+    """All-sliding layers (window 3, 2 layers): position p sees tokens p-4 .. p, nothing earlier."""
+    args = dataclasses.replace(GEMMA, n_layers=2, sliding_window_pattern=7)  # layers 0, 1 both sliding
+    model = build(args)
+    a = torch.randint(0, 97, (1, 10))
+    b = a.clone()
+    b[0, 0] = (a[0, 0] + 1) % 97
+    la, lb = model(a, torch.arange(10)), model(b, torch.arange(10))
+    assert not torch.allclose(la[:, 4], lb[:, 4])  # within reach: 2 layers x (window - 1) = 4
+    torch.testing.assert_close(la[:, 5:], lb[:, 5:], atol=0, rtol=0)
+
+
+def test_global_layers_see_everything():
+    assert [GEMMA.is_sliding(i) for i in range(6)] == [True] * 5 + [False]
+    assert not any(LLAMA.is_sliding(i) for i in range(2))
+
+
+def test_model_args_validation():
+    with pytest.raises(ValueError, match="act"):
+        dataclasses.replace(LLAMA, act="relu")
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        dataclasses.replace(LLAMA, n_kv_heads=3)
+    with pytest.raises(ValueError, match="sliding_window"):
+        dataclasses.replace(LLAMA, sliding_window_pattern=6)
+    with pytest.raises(ValueError, match="rope_freq_factors"):
+        dataclasses.replace(LLAMA, rope_freq_factors=(1.0, 2.0))
+
+
+def test_rope_freq_factors_change_frequencies():
+    a = build(LLAMA)
+    b = build(dataclasses.replace(LLAMA, rope_freq_factors=(1.0,) * 4 + (8.0,) * 4))
+    assert torch.equal(a.rope_global[:, :4], b.rope_global[:, :4])
+    assert not torch.equal(a.rope_global[:, 4:8], b.rope_global[:, 4:8])
+
+
+def test_generate_stops_at_eos_and_cache_end():
+    model = build(LLAMA, max_seq_len=16)
+    prompt = [1, 2, 3]
+    out = generate(model, prompt, 10)
+    assert len(out) == 10
+    assert generate(model, prompt, 10, eos_ids=[out[2]]) == out[:3]
+    assert len(generate(model, prompt, 100)) == 16 - 3  # the KV cache holds 16 positions
+
+
+def test_sample():
+    logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 0.0]])
+    assert sample(logits).tolist() == [1, 0]
+    torch.manual_seed(0)
+    draws = torch.stack([sample(logits, temperature=1.0, top_k=1) for _ in range(20)])
+    assert (draws == torch.tensor([1, 0])).all()  # top_k=1 is greedy
+    draws = torch.stack([sample(logits, temperature=100.0) for _ in range(200)])
+    assert len(set(draws[:, 0].tolist())) == 3
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_compiled_step_equals_eager_without_recompiles(family):
+    model = build(FAMILIES[family])
+    prompt = [5, 7, 11, 13]
+    eager = generate(model, prompt, 8)
+    step = torch.compile(decode_one_token, backend="inductor", fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert generate(model, prompt, 8, decode_fn=step) == eager
