@@ -58,14 +58,14 @@ def load_gguf(
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     reader = _open(path)
-    args = model_args(reader, path)
-    arch = field_value(reader, "general.architecture")
-    tensors = {t.name: t for t in reader.tensors}
-    plan = _plan(args, reader, tensors, path)  # every tensor checked before anything is built
     try:
+        args = model_args(reader, path)
+        arch = field_value(reader, "general.architecture")
+        tensors = {t.name: t for t in reader.tensors}
+        plan = _plan(args, reader, tensors, path)  # every tensor checked before anything is built
+        tokenizer = GGUFTokenizer.from_reader(reader, path)
         model = _build(args, arch, plan, tensors, path, device, dtype, progress)
         model.setup_caches(max_batch_size, max_seq_len, dtype)
-        tokenizer = GGUFTokenizer.from_reader(reader, path)
     except GGUFLoadError:
         raise
     except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as e:

@@ -107,7 +107,8 @@ class Transformer(nn.Module):
         args = self.args
         x = self.tok_embeddings(tokens)  # [B, S, D]
         if args.embed_scale:
-            x = x * torch.tensor(args.dim**0.5, dtype=x.dtype)  # rounded to the embedding dtype, as HF does
+            # sqrt(dim) rounded to the embedding dtype, as HF does (a device constant: no host tensor in the graph)
+            x = x * torch.full((), args.dim**0.5, dtype=x.dtype, device=x.device)
         global_rope = self.rope_global[input_pos]  # [S, head_dim, 2] (cos, sin)
         global_mask = self.causal_mask[None, None, input_pos]  # [1, 1, S, max_seq_len]
         if args.sliding_window_pattern:

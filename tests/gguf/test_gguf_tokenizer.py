@@ -99,6 +99,48 @@ def test_unsupported_pre_tokenizer(tmp_path, tiny_gguf):
         GGUFTokenizer.from_reader(gguf.GGUFReader(path), str(path))
 
 
+# ---- SentencePiece ("llama" model): a Llama-2-style vocabulary written by the tests ----
+
+
+@pytest.fixture(scope="module")
+def spm_path(tmp_path_factory):
+    from tiny_gguf import write_spm_gguf
+
+    path = tmp_path_factory.mktemp("spm") / "spm.gguf"
+    write_spm_gguf(path)
+    return str(path)
+
+
+def test_sentencepiece_equals_transformers(spm_path):
+    tok = GGUFTokenizer.from_reader(gguf.GGUFReader(spm_path), spm_path)
+    hf = transformers_tokenizer(spm_path)
+    assert tok.kind == "llama" and tok.add_bos and tok.eos_ids == (2,)
+    for text in PROMPTS + ["<s>hi</s>", " x"]:
+        ids = tok.encode(text)
+        assert ids == hf(text)["input_ids"], text
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True), text
+        check_stream(tok, text)
+
+
+def test_sentencepiece_byte_fallback_and_space_prefix(spm_path):
+    tok = GGUFTokenizer.from_reader(gguf.GGUFReader(spm_path), spm_path)
+    pieces = tok.backend.encode("Hi 日", add_special_tokens=False).tokens
+    assert pieces[0].startswith("\u2581")  # the space prefix
+    assert pieces[-3:] == ["<0xE6>", "<0x97>", "<0xA5>"]  # 日 is not in the vocabulary: its UTF-8 bytes
+
+
+def test_sentencepiece_without_space_prefix(tmp_path):
+    # llama.cpp honours add_space_prefix = false (transformers' GGUF loader prepends "▁" anyway)
+    from tiny_gguf import write_spm_gguf
+
+    path = str(tmp_path / "nospace.gguf")
+    write_spm_gguf(path, add_space_prefix=False)
+    tok = GGUFTokenizer.from_reader(gguf.GGUFReader(path), path)
+    assert not tok.backend.encode("The capital", add_special_tokens=False).tokens[0].startswith("\u2581")
+    for text in PROMPTS:
+        assert tok.decode(tok.encode(text)) == text
+
+
 # ---- SentencePiece: the real Gemma 3 file ("llama" model) ----
 
 

@@ -274,3 +274,38 @@ def hf_reference(arch: str, state_dict: dict, config: dict):
     missing = [m for m in missing if "rotary" not in m and not (cfg.tie_word_embeddings and m == "lm_head.weight")]
     assert not missing and not unexpected, (missing, unexpected)
     return model
+
+
+def write_spm_gguf(path, vocab_size: int = 300, add_space_prefix: bool | None = None):
+    """A Llama-2-style SentencePiece vocabulary (tokenizer.ggml.model "llama"): <unk> <s> </s>,
+    the 256 byte tokens, then BPE pieces trained on CORPUS with scores falling by position.
+    Metadata only (no tensors): enough for the tokenizer. Returns the token list."""
+    from tokenizers import SentencePieceBPETokenizer
+
+    spm = SentencePieceBPETokenizer()
+    spm.train_from_iterator(CORPUS, vocab_size=vocab_size, show_progress=False)
+    pieces = [t for t, _ in sorted(spm.get_vocab().items(), key=lambda kv: kv[1])]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256 + [TokenType.NORMAL] * len(pieces)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    w = GGUFWriter(path, "llama")
+    w.add_context_length(2048)
+    w.add_embedding_length(256)
+    w.add_block_count(1)
+    w.add_feed_forward_length(512)
+    w.add_head_count(4)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    if add_space_prefix is not None:
+        w.add_add_space_prefix(add_space_prefix)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return tokens
