@@ -1,5 +1,7 @@
 """Rule family `siblings`: N linears sharing an input become one matmul + split."""
 
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -159,3 +161,39 @@ def test_family_switched_off():
     (got, _), (ref, _) = compile_and_run(model, x, options={"siblings": False})
     assert rel_err(got, ref) < 1e-5
     assert inductor_fuse.last_report().counts["siblings"] == 0
+
+
+# -- quantized siblings: planes concatenate when format and K match ------------------------
+
+
+class QuantSiblings(nn.Module):
+    def __init__(self, fmts, widths, k=256):
+        super().__init__()
+        from inductor_fuse.quant import QuantizedLinear
+
+        self.lins = nn.ModuleList(
+            QuantizedLinear.from_float(nn.Linear(k, n, bias=i == 0), fmt) for i, (n, fmt) in enumerate(zip(widths, fmts))
+        )
+
+    def forward(self, x):
+        return torch.cat([lin(x) * (i + 1) for i, lin in enumerate(self.lins)], -1)
+
+
+def test_quantized_siblings_fuse_per_format():
+    torch.manual_seed(6)
+    # q/k/v in q4_k with GQA widths, plus one q6_k sibling that must stay on its own
+    model = QuantSiblings(["q4_k", "q4_k", "q4_k", "q6_k"], [64, 32, 32, 48]).eval()
+    x = torch.randn(2, 3, 256)
+    with torch.no_grad():
+        got, (code,) = run_and_get_code(torch.compile(model, backend="inductor_fuse"), x)
+        ref = model(x)
+    assert rel_err(got, ref) < 1e-5
+    rep = inductor_fuse.last_report()
+    assert rep.counts["siblings"] == 1
+    assert "64+32+32] q4_k" in rep.rewrites[0].detail
+    assert any("no sibling with the same weight kind" in s.reason for s in rep.skipped)
+    call = code[code.index("def call(") :]
+    calls = re.findall(r"= torch\.ops\.inductor_fuse\.qlinear\.default\((\w+), \[([^\]]*)\]", call)
+    assert len(calls) == 2, call  # the fused q4_k linear + the lone q6_k one
+    for _, planes in calls:  # every plane is a constant folded at compile time, no per-call cat
+        assert all(p.strip().startswith("_frozen_param") for p in planes.split(",")), planes
