@@ -65,8 +65,9 @@ def _dp4a(a, b, SIGNED_A: tl.constexpr, USE_ASM: tl.constexpr):
 #   s16[m,h] = d[m, h//2] * sum_{l<16} q[m, 16h+l]        (per 16-group; Q6_K's -32 offset)
 #   s32[m,g] = s16[m,2g] + s16[m,2g+1]                    (mins / offsets / zero points)
 # so that sum_k w[n,k] * (d*q)[m,k] is what every W4A8 kernel computes exactly.
-# INTERLEAVE stores q of each 8 elements as [0,2,4,6,1,3,5,7]: the even/odd nibble order of the
-# int4_g* planes, so that low and high nibbles of one weight word meet contiguous x words.
+# INTERLEAVE permutes each 32 elements so that element l lands at (l%2)*16 + (l//8)*4 + (l%8)//2:
+# the even elements of each 8 (the low nibbles of one int4_g* weight word) form x word l//8, the
+# odd ones (high nibbles) x word 4 + l//8 - so both nibble halves meet contiguous x words.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -95,7 +96,7 @@ def _act_quant_kernel(
     tl.store(xs16_ptr + m * 2 * G + 2 * g, s_lo, mask=gmask)
     tl.store(xs16_ptr + m * 2 * G + 2 * g + 1, s_hi, mask=gmask)
     if INTERLEAVE:
-        dst = (l // 8) * 8 + (l % 2) * 4 + (l % 8) // 2
+        dst = (l % 2) * 16 + (l // 8) * 4 + (l % 8) // 2
     else:
         dst = l
     tl.store(xq_ptr + m * K + g[:, None] * 32 + dst[None, :], q.to(tl.int8), mask=gmask[:, None])
@@ -174,6 +175,8 @@ class MatvecConfig:
     block_u: int  # format units (see each kernel) per K step
     split_k: int = 1  # programs along K (partials reduced by splitk_reduce)
     num_warps: int = 4
+    num_stages: int = 1
+    prefetch: bool = False  # double-buffer the next units' loads in registers (q4_k, q6_k)
 
     def __post_init__(self):
         for v in (self.block_n, self.block_u):
@@ -230,9 +233,14 @@ def tuned_configs() -> dict:
 # The matvec launcher shared by every format (each format file passes its kernel).
 # Every matvec kernel has the signature
 #   kernel(xq, xd, xs32, xs16, p0, p1, p2, p3, bias, out, M, N, K, UNITS_PER_SPLIT,
-#          GROUP, HAS_BIAS, SPLIT, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM)
+#          rs0, rs1, rs2, rs3, GROUP, HAS_BIAS, SPLIT, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM)
+# s_i: row stride of plane i (elements of its view), passed from the host so that Triton sees
+# their divisibility by 16 and emits 16-byte loads.
 # grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M), split); a "unit" is the format's natural K step.
 # ---------------------------------------------------------------------------------------------
+
+
+LAST_COMPILED = None  # the last matvec launch's compiled kernel (registers, spills, asm: benchmarks)
 
 
 def matvec_block_m(M: int) -> int:
@@ -256,12 +264,14 @@ def launch_matvec(kernel, xa: QuantizedActivation, planes: Sequence[torch.Tensor
         dst = ws
     else:
         dst = out
-    kernel[grid](
+    global LAST_COMPILED
+    LAST_COMPILED = kernel[grid](
         xa.xq, xa.xd, xa.xs32, xa.xs16, ps[0], ps[1], ps[2], ps[3],
         bias if bias is not None else dst, dst, M, N, K, ups,
-        GROUP=group, HAS_BIAS=bias is not None, SPLIT=split > 1,
+        ps[0].stride(0), ps[1].stride(0), ps[2].stride(0), ps[3].stride(0),
+        GROUP=group, HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=cfg.prefetch,
         BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u, USE_ASM=use_asm,
-        num_warps=cfg.num_warps,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1:
         splitk_reduce(ws, bias, out)
@@ -269,10 +279,24 @@ def launch_matvec(kernel, xa: QuantizedActivation, planes: Sequence[torch.Tensor
 
 
 @triton.jit
-def _matvec_epilogue(acc, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N,
-                     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr):
-    # acc: f32 [BLOCK_M, BLOCK_N]; rows: [BLOCK_N]
-    mrow = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+def _matvec_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N,
+                     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # acc_i: f32 [BLOCK_N, BLOCK_U] partial sums of row m = pid_m * BLOCK_M + i (i < BLOCK_M), summed
+    # over units only here, once: no cross-thread reduction inside the K loop.
+    mrow = tl.arange(0, BLOCK_M)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc = tl.where(mrow[:, None] == 0, tl.sum(acc0, axis=1)[None, :], acc)
+    if BLOCK_M > 1:
+        acc = tl.where(mrow[:, None] == 1, tl.sum(acc1, axis=1)[None, :], acc)
+    if BLOCK_M > 2:
+        acc = tl.where(mrow[:, None] == 2, tl.sum(acc2, axis=1)[None, :], acc)
+        acc = tl.where(mrow[:, None] == 3, tl.sum(acc3, axis=1)[None, :], acc)
+    if BLOCK_M > 4:
+        acc = tl.where(mrow[:, None] == 4, tl.sum(acc4, axis=1)[None, :], acc)
+        acc = tl.where(mrow[:, None] == 5, tl.sum(acc5, axis=1)[None, :], acc)
+        acc = tl.where(mrow[:, None] == 6, tl.sum(acc6, axis=1)[None, :], acc)
+        acc = tl.where(mrow[:, None] == 7, tl.sum(acc7, axis=1)[None, :], acc)
+    mrow = pid_m * BLOCK_M + mrow
     mask = (mrow[:, None] < M) & (rows[None, :] < N)
     if SPLIT:
         tl.store(out_ptr + pid_k * M * N + mrow[:, None] * N + rows[None, :], acc, mask=mask)

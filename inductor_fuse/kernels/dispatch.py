@@ -1,7 +1,9 @@
-"""CUDA dispatch of qlinear: W4A8 matvec for small M, dequant-in-register GEMM for large M.
+"""CUDA dispatch of qlinear: W4A8 matvec for small M, dequantize + cuBLAS for large M.
 
     M <= MATVEC_MAX_M[fmt]: act_quant(x) -> <fmt>_matvec     (2 launches, +1 when split-K)
-    otherwise:              qgemm                              (1 launch)
+    M < FUSED_GEMM_MAX_M:   qgemm, the fused Triton GEMM (dequant in registers + tl.dot)
+    otherwise:              dequant_mm (chunked dequant -> cuBLAS); INDUCTOR_FUSE_GEMM=fused
+                            forces qgemm
 
 MATVEC_MAX_M is the measured crossover on an H200 (benchmarks/bench_kernels.py --crossover).
 INDUCTOR_FUSE_EXACT_MATVEC=1 sends every M to the GEMM (activations stay float: no int8
@@ -16,10 +18,14 @@ import torch
 import triton
 
 from . import int4, q4_k, q5_0, q6_k, q8_0
-from ._common import MatvecConfig, act_quant, launch_matvec, pick_config
-from .gemm import qgemm
+from ._common import MatvecConfig, act_quant, interpreting, launch_matvec, pick_config
+from .gemm import dequant_mm, qgemm
 
-MATVEC_MAX_M = {"q4_k": 8, "q6_k": 8, "q5_0": 8, "q8_0": 8, "int4_g32": 8, "int4_g64": 8, "int4_g128": 8}
+MATVEC_MAX_M = {"q4_k": 8, "q6_k": 16, "q5_0": 8, "q8_0": 8, "int4_g32": 8, "int4_g64": 8, "int4_g128": 8}
+# Above MATVEC_MAX_M: the fused Triton GEMM up to FUSED_GEMM_MAX_M (its dequant is cheap next to
+# cuBLAS' fixed cost there; not for q6_k, whose tile needs three gathers per weight), then
+# dequantize + cuBLAS.
+FUSED_GEMM_MAX_M = {"q4_k": 64, "q6_k": 0, "q5_0": 64, "q8_0": 64, "int4_g32": 64, "int4_g64": 64, "int4_g128": 64}
 
 # fmt -> (module, matvec kernel, elements per unit, interleaved activation, group)
 _MATVEC = {
@@ -40,6 +46,8 @@ def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None 
     N = planes[0].shape[0]
     views = mod.plane_views(planes)
     xa = act_quant(x, interleave=interleave)
+    if config is None and interpreting():  # fewer, larger programs: the interpreter is slow per program
+        config = MatvecConfig(block_n=16, block_u=8, prefetch=True)
     if config is None:
         out = torch.empty((M, N), dtype=x.dtype, device=x.device)
         key = ("matvec", fmt, M, N, K)
@@ -65,6 +73,8 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str) -> torch.Tensor:
     exact = os.environ.get("INDUCTOR_FUSE_EXACT_MATVEC", "0") == "1"
     if M <= MATVEC_MAX_M[fmt] and not exact:
         out = matvec(x2, planes, bias, fmt)
-    else:
+    elif exact or M < FUSED_GEMM_MAX_M[fmt] or os.environ.get("INDUCTOR_FUSE_GEMM", "") == "fused":
         out = qgemm(x2, planes, bias, fmt)
+    else:
+        out = dequant_mm(x2, planes, bias, fmt)
     return out.reshape(*x.shape[:-1], N)

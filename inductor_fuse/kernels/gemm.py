@@ -1,9 +1,13 @@
-"""Quantized GEMM for prefill (large M): each program dequantizes a [BLOCK_N, BLOCK_K] weight tile
-in registers (the format's `_*_dequant_tile`) and feeds it to `tl.dot` with the activation tile,
-accumulating in float32. No int8 activation here: x stays in its own dtype (bf16/fp16 dots; fp32
-x runs tf32 dots).
+"""Large-M (prefill) paths. No int8 activation here: x stays in its own dtype.
 
-    out[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]),  w = dequant(planes) tile by tile
+1. `qgemm`: fused GEMM. Each program dequantizes a [BLOCK_N, BLOCK_K] weight tile in registers
+   (the format's `_*_dequant_tile`) and feeds it to `tl.dot` with the activation tile (float32
+   accumulate; bf16/fp16 dots, tf32 for fp32 x).
+       out[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]),  w = dequant(planes) tile by tile
+2. `dequant_mm`: dequantize a chunk of rows into a reusable x.dtype scratch (`_dequant_kernel`,
+   one pass over the quantized bytes), then cuBLAS writes out[:, chunk] directly (ldc = N).
+   A chunk is ~32 MB so it is still in the 50 MB L2 when cuBLAS reads it: the cost over a bf16
+   GEMM is about one read of the quantized weight plus one write of the chunk.
 """
 
 from __future__ import annotations
@@ -21,6 +25,39 @@ from .q8_0 import _q8_0_dequant_tile
 
 FMT_IDS = {"q4_k": 0, "q6_k": 1, "q5_0": 2, "q8_0": 3, "int4_g32": 4, "int4_g64": 4, "int4_g128": 4}
 FMT_GROUP = {"int4_g32": 32, "int4_g64": 64, "int4_g128": 128}
+
+
+@triton.jit
+def _dequant_tile(p0, p1, p2, p3, rows, k0, K, FMT: tl.constexpr, GROUP: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # -> float32 [BLOCK_N, BLOCK_K // 32, 32]: w[rows, k0 + 32s + i]
+    if FMT == 0:
+        w = _q4k_dequant_tile(p0, p1, p2, rows, k0, K, BLOCK_N, BLOCK_K)
+    elif FMT == 1:
+        w = _q6k_dequant_tile(p0, p1, p2, p3, rows, k0, K, BLOCK_N, BLOCK_K)
+    elif FMT == 2:
+        w = _q5_0_dequant_tile(p0, p1, p2, p3, rows, k0, K, BLOCK_N, BLOCK_K)
+    elif FMT == 3:
+        w = _q8_0_dequant_tile(p0, p1, p2, p3, rows, k0, K, BLOCK_N, BLOCK_K)
+    else:
+        w = _int4_dequant_tile(p0, p1, p2, p3, rows, k0, K, GROUP, BLOCK_N, BLOCK_K)
+    return w
+
+
+@triton.jit
+def _dequant_kernel(
+    p0, p1, p2, p3, out_ptr,  # planes; out [n1 - n0, K] (x.dtype): rows n0.. of the weight
+    N, K, n0, n1,
+    FMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = n0 + tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_c = tl.minimum(rows, n1 - 1)
+    k0 = tl.program_id(1) * BLOCK_K
+    w = _dequant_tile(p0, p1, p2, p3, rows_c, k0, K, FMT, GROUP, BLOCK_N, BLOCK_K)
+    s = tl.arange(0, BLOCK_K // 32)
+    i = tl.arange(0, 32)
+    offs = ((rows - n0).to(tl.int64) * K)[:, None, None] + (k0 + s * 32)[None, :, None] + i[None, None, :]
+    tl.store(out_ptr + offs, w.to(out_ptr.dtype.element_ty), mask=(rows < n1)[:, None, None])
 
 
 @triton.jit
@@ -48,16 +85,7 @@ def _qgemm_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         x = tl.load(x_ptr + rm[:, None] * K + (k0 + offs_k)[None, :])  # [BM, BK]
-        if FMT == 0:
-            w = _q4k_dequant_tile(p0, p1, p2, rn, k0, K, BLOCK_N, BLOCK_K)
-        elif FMT == 1:
-            w = _q6k_dequant_tile(p0, p1, p2, p3, rn, k0, K, BLOCK_N, BLOCK_K)
-        elif FMT == 2:
-            w = _q5_0_dequant_tile(p0, p1, p2, p3, rn, k0, K, BLOCK_N, BLOCK_K)
-        elif FMT == 3:
-            w = _q8_0_dequant_tile(p0, p1, p2, p3, rn, k0, K, BLOCK_N, BLOCK_K)
-        else:
-            w = _int4_dequant_tile(p0, p1, p2, p3, rn, k0, K, GROUP, BLOCK_N, BLOCK_K)
+        w = tl.reshape(_dequant_tile(p0, p1, p2, p3, rn, k0, K, FMT, GROUP, BLOCK_N, BLOCK_K), (BLOCK_N, BLOCK_K))
         if DOT_F32:  # the interpreter's bf16 dot is wrong (triton 3.6/3.9): do it in float32 there
             acc = tl.dot(x.to(tl.float32), tl.trans(w), acc)
         else:
@@ -109,6 +137,41 @@ def qgemm(x: torch.Tensor, planes, bias, fmt: str, config: GemmConfig | None = N
         key = ("gemm", fmt, _bucket(M), N, K, x.dtype)
         config = pick_config(key, cands, lambda c: launch_gemm(x, planes, bias, fmt, c, out))
     return launch_gemm(x, planes, bias, fmt, config, out)
+
+
+def dequantize_rows(planes, fmt: str, n0: int, n1: int, out: torch.Tensor) -> torch.Tensor:
+    """Weight rows [n0, n1) dequantized into out [n1 - n0, K] (any float dtype)."""
+    N = planes[0].shape[0]
+    K = out.shape[1]
+    ps = list(planes) + [planes[0]] * (4 - len(planes))
+    BLOCK_N, BLOCK_K = (16, 64) if interpreting() else (32, 256 if K % 256 == 0 else 32)
+    grid = (triton.cdiv(n1 - n0, BLOCK_N), K // BLOCK_K)
+    _dequant_kernel[grid](ps[0], ps[1], ps[2], ps[3], out, N, K, n0, n1, FMT=FMT_IDS[fmt],
+                          GROUP=FMT_GROUP.get(fmt, 32), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=4)
+    return out
+
+
+DEQUANT_CHUNK_BYTES = 32 << 20
+
+
+def dequant_mm(x: torch.Tensor, planes, bias, fmt: str) -> torch.Tensor:
+    """x [M, K] -> [M, N]: dequantize ~32 MB row chunks into one reusable scratch, cuBLAS each."""
+    M, K = x.shape
+    N = planes[0].shape[0]
+    rows = max(256, (DEQUANT_CHUNK_BYTES // (K * x.element_size())) // 256 * 256)
+    if rows >= N:
+        w = dequantize_rows(planes, fmt, 0, N, torch.empty((N, K), dtype=x.dtype, device=x.device))
+        return torch.nn.functional.linear(x, w, bias)
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    scratch = torch.empty((rows, K), dtype=x.dtype, device=x.device)
+    for n0 in range(0, N, rows):
+        n1 = min(N, n0 + rows)
+        w = dequantize_rows(planes, fmt, n0, n1, scratch[: n1 - n0])
+        if bias is not None:
+            torch.addmm(bias[n0:n1], x, w.t(), out=out[:, n0:n1])
+        else:
+            torch.mm(x, w.t(), out=out[:, n0:n1])
+    return out
 
 
 def _bucket(M: int) -> int:

@@ -19,7 +19,7 @@ from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_ma
 # ---------------------------------------------------------------------------------------------
 # Matvec. A unit is one 64-wide chunk u = 4b + j of K: 32 qs bytes = 8 int32 words, whose low
 # nibbles are sub-block 2j and high nibbles sub-block 2j+1; word t holds elements 4t..4t+3 of
-# both. With x quantized per 32-group (xq, xd, xs32 = xd * sum(xq)):
+# both. Loaded as two 16-byte halves (words 0-3, 4-7) of one layout, so a thread owns a unit. With x quantized per 32-group (xq, xd, xs32 = xd * sum(xq)):
 #   out[m, n] = sum_u  d*sc_lo*xd_lo * dp4a(w & 0x0F0F0F0F, x_lo)
 #                    + d*sc_hi*xd_hi * dp4a((w >> 4) & 0x0F0F0F0F, x_hi)
 #                    - dmin*(m_lo*xs32_lo + m_hi*xs32_hi)
@@ -30,12 +30,78 @@ from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_ma
 
 
 @triton.jit
+def _q4k_load_units(qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, u, umask, e):
+    # -> wa, wb int32 [BN, BU, 4]: the two 16-byte halves of each unit (same layout, so one thread
+    #    holds a whole unit: no shuffle for the sub-block sums and the unit's scale math done once);
+    #    smw int32 [BN, BU] (sc_lo, m_lo, sc_hi, m_hi); d, dmin f16 [BN, BU]
+    wp = qs_ptr + w_row[:, None, None] + u[None, :, None] * 8 + e[None, None, :]
+    wa = tl.load(wp, mask=umask[None, :, None], other=0)
+    wb = tl.load(wp + 4, mask=umask[None, :, None], other=0)
+    smw = tl.load(sm_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0)
+    d = tl.load(dm_ptr + rows_c[:, None] * rs2 + (u // 4)[None, :] * 2, mask=umask[None, :], other=0.0)
+    dmin = tl.load(dm_ptr + rows_c[:, None] * rs2 + (u // 4)[None, :] * 2 + 1, mask=umask[None, :], other=0.0)
+    return wa, wb, smw, d, dmin
+
+
+@triton.jit
+def _q4k_units_dot(wa, wb, smw, d, dmin, u, umask, e, xq_ptr, xd_ptr, xs32_ptr, pid_m, M, K,
+                   acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
+    # adds the units' contributions to acc_i [BN, BU] (row m = pid_m * BLOCK_M + i)
+    wa_lo = wa & 0x0F0F0F0F
+    wa_hi = (wa >> 4) & 0x0F0F0F0F
+    wb_lo = wb & 0x0F0F0F0F
+    wb_hi = (wb >> 4) & 0x0F0F0F0F
+    d = d.to(tl.float32)
+    dmin = dmin.to(tl.float32)
+    dsc_lo = d * (smw & 0xFF).to(tl.float32)
+    dm_lo = dmin * ((smw >> 8) & 0xFF).to(tl.float32)
+    dsc_hi = d * ((smw >> 16) & 0xFF).to(tl.float32)
+    dm_hi = dmin * ((smw >> 24) & 0xFF).to(tl.float32)
+    for mi in tl.static_range(BLOCK_M):
+        m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
+        xrow = tl.multiple_of(m * (K // 4), 8)
+        # x words loaded in the weight tile's shape (broadcast pointers): same layout, no shuffle
+        xp = tl.broadcast_to((xq_ptr + xrow + u[:, None] * 16 + e[None, :])[None, :, :], wa.shape)
+        xmask = tl.broadcast_to(umask[None, :, None], wa.shape)
+        x_lo_a = tl.load(xp, mask=xmask, other=0)
+        x_lo_b = tl.load(xp + 4, mask=xmask, other=0)
+        x_hi_a = tl.load(xp + 8, mask=xmask, other=0)
+        x_hi_b = tl.load(xp + 12, mask=xmask, other=0)
+        s_lo = tl.sum(_dp4a(wa_lo, x_lo_a, False, USE_ASM) + _dp4a(wb_lo, x_lo_b, False, USE_ASM), axis=2)
+        s_hi = tl.sum(_dp4a(wa_hi, x_hi_a, False, USE_ASM) + _dp4a(wb_hi, x_hi_b, False, USE_ASM), axis=2)
+        g = m * (K // 32) + 2 * u
+        xd_lo = tl.load(xd_ptr + g, mask=umask, other=0.0)
+        xd_hi = tl.load(xd_ptr + g + 1, mask=umask, other=0.0)
+        xs_lo = tl.load(xs32_ptr + g, mask=umask, other=0.0)
+        xs_hi = tl.load(xs32_ptr + g + 1, mask=umask, other=0.0)
+        part = (dsc_lo * (xd_lo[None, :] * s_lo.to(tl.float32)) + dsc_hi * (xd_hi[None, :] * s_hi.to(tl.float32))
+                - dm_lo * xs_lo[None, :] - dm_hi * xs_hi[None, :])
+        if mi == 0:
+            acc0 += part
+        if mi == 1:
+            acc1 += part
+        if mi == 2:
+            acc2 += part
+        if mi == 3:
+            acc3 += part
+        if mi == 4:
+            acc4 += part
+        if mi == 5:
+            acc5 += part
+        if mi == 6:
+            acc6 += part
+        if mi == 7:
+            acc7 += part
+    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+
+
+@triton.jit
 def _q4k_matvec_kernel(
     xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]
     qs_ptr, sm_ptr, dm_ptr, unused_ptr,  # qs int32 [N, K/8]; sm int32 [N, K/64]; dm f16 [N, K/128]
     bias_ptr, out_ptr,  # bias [N]; out [M, N] (or f32 [split, M, N] when SPLIT)
-    M, N, K, UNITS_PER_SPLIT,
-    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    M, N, K, UNITS_PER_SPLIT, rs0, rs1, rs2, rs3,  # rs_i: row strides of the planes
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, USE_ASM: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -47,47 +113,43 @@ def _q4k_matvec_kernel(
     u_lo = pid_k * UNITS_PER_SPLIT
     u_hi = tl.minimum(u_lo + UNITS_PER_SPLIT, n_units)
     ub = tl.arange(0, BLOCK_U)
-    t = tl.arange(0, 8)
-    mrow = tl.arange(0, BLOCK_M)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    w_row = rows_c.to(tl.int64) * (K // 8)
-    for u0 in range(u_lo, u_hi, BLOCK_U):
-        u = u0 + ub  # [BU]
+    e = tl.arange(0, 4)
+    acc0 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc4 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc5 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc6 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc7 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    w_row = rows_c.to(tl.int64) * rs0
+    if PREFETCH:  # registers double-buffered: the next units' loads fly while these compute
+        u = u_lo + ub
         umask = u < u_hi
-        w = tl.load(qs_ptr + w_row[:, None, None] + u[None, :, None] * 8 + t[None, None, :],
-                    mask=umask[None, :, None], other=0)  # [BN, BU, 8]
-        w_lo = w & 0x0F0F0F0F
-        w_hi = (w >> 4) & 0x0F0F0F0F
-        smw = tl.load(sm_ptr + rows_c[:, None] * (K // 64) + u[None, :], mask=umask[None, :], other=0)  # [BN, BU]
-        d = tl.load(dm_ptr + rows_c[:, None] * (K // 128) + (u // 4)[None, :] * 2, mask=umask[None, :], other=0.0)
-        dmin = tl.load(dm_ptr + rows_c[:, None] * (K // 128) + (u // 4)[None, :] * 2 + 1, mask=umask[None, :], other=0.0)
-        d = d.to(tl.float32)
-        dmin = dmin.to(tl.float32)
-        dsc_lo = d * (smw & 0xFF).to(tl.float32)
-        dm_lo = dmin * ((smw >> 8) & 0xFF).to(tl.float32)
-        dsc_hi = d * ((smw >> 16) & 0xFF).to(tl.float32)
-        dm_hi = dmin * ((smw >> 24) & 0xFF).to(tl.float32)
-        for mi in tl.static_range(BLOCK_M):
-            m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
-            xrow = m * (K // 4)
-            x_lo = tl.load(xq_ptr + xrow + u[:, None] * 16 + t[None, :], mask=umask[:, None], other=0)  # [BU, 8]
-            x_hi = tl.load(xq_ptr + xrow + u[:, None] * 16 + 8 + t[None, :], mask=umask[:, None], other=0)
-            s_lo = tl.sum(_dp4a(w_lo, tl.broadcast_to(x_lo[None, :, :], w_lo.shape), False, USE_ASM), axis=2)
-            s_hi = tl.sum(_dp4a(w_hi, tl.broadcast_to(x_hi[None, :, :], w_hi.shape), False, USE_ASM), axis=2)
-            g = m * (K // 32) + 2 * u
-            xd_lo = tl.load(xd_ptr + g, mask=umask, other=0.0)
-            xd_hi = tl.load(xd_ptr + g + 1, mask=umask, other=0.0)
-            xs_lo = tl.load(xs32_ptr + g, mask=umask, other=0.0)
-            xs_hi = tl.load(xs32_ptr + g + 1, mask=umask, other=0.0)
-            part = (dsc_lo * (xd_lo[None, :] * s_lo.to(tl.float32)) + dsc_hi * (xd_hi[None, :] * s_hi.to(tl.float32))
-                    - dm_lo * xs_lo[None, :] - dm_hi * xs_hi[None, :])
-            contrib = tl.sum(part, axis=1)  # [BN]
-            acc += tl.where(mrow[:, None] == mi, contrib[None, :], 0.0)
-    _matvec_epilogue(acc, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, HAS_BIAS, SPLIT, BLOCK_M)
+        wa, wb, smw, d, dmin = _q4k_load_units(qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, u, umask, e)
+        for u0 in range(u_lo, u_hi, BLOCK_U):
+            un = u0 + BLOCK_U + ub
+            unmask = un < u_hi
+            wa_n, wb_n, smw_n, d_n, dmin_n = _q4k_load_units(qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2,
+                                                             un, unmask, e)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _q4k_units_dot(
+                wa, wb, smw, d, dmin, u, umask, e, xq_ptr, xd_ptr, xs32_ptr, pid_m, M, K,
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, BLOCK_M, USE_ASM)
+            wa, wb, smw, d, dmin, u, umask = wa_n, wb_n, smw_n, d_n, dmin_n, un, unmask
+    else:
+        for u0 in range(u_lo, u_hi, BLOCK_U):
+            u = u0 + ub  # [BU]
+            umask = u < u_hi
+            wa, wb, smw, d, dmin = _q4k_load_units(qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, u, umask, e)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _q4k_units_dot(
+                wa, wb, smw, d, dmin, u, umask, e, xq_ptr, xd_ptr, xs32_ptr, pid_m, M, K,
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, BLOCK_M, USE_ASM)
+    _matvec_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N,
+                     HAS_BIAS, SPLIT, BLOCK_M, BLOCK_N)
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight tile for the GEMM: w[n, k] for k in [k0, k0 + BK), BK % 32 == 0, as float32 [BN, BK].
+# Weight tile for the GEMM / dequant kernel: w[n, k0 + 32s + i] as float32 [BN, BK/32, 32].
 # Sub-block s = k // 32: block b = s // 8, sb = s % 8, bytes 128b + 32(sb//2) + l, nibble sb % 2.
 # ---------------------------------------------------------------------------------------------
 
@@ -102,27 +164,29 @@ def _q4k_dequant_tile(qs_ptr, sm_ptr, dm_ptr, rows, k0, K, BLOCK_N: tl.constexpr
     sb = s % 8
     rows64 = rows.to(tl.int64)
     byte = (b * 128 + (sb // 2) * 32)[:, None] + l[None, :]  # [S, 32]
-    qb = tl.load(qs_ptr + rows64[:, None, None] * (K // 2) + byte[None, :, :]).to(tl.int32)
+    qb = tl.load(qs_ptr + tl.multiple_of(rows64 * (K // 2), 16)[:, None, None] + byte[None, :, :]).to(tl.int32)
     q = (qb >> ((sb % 2) * 4)[None, :, None]) & 0xF
     sc = tl.load(sm_ptr + rows[:, None] * (K // 16) + (b * 16 + sb * 2)[None, :]).to(tl.float32)
     mn = tl.load(sm_ptr + rows[:, None] * (K // 16) + (b * 16 + sb * 2 + 1)[None, :]).to(tl.float32)
     d = tl.load(dm_ptr + rows[:, None] * (K // 128) + (b * 2)[None, :]).to(tl.float32)
     dmin = tl.load(dm_ptr + rows[:, None] * (K // 128) + (b * 2 + 1)[None, :]).to(tl.float32)
     w = (d * sc)[:, :, None] * q.to(tl.float32) - (dmin * mn)[:, :, None]
-    return tl.reshape(w, (BLOCK_N, BLOCK_K))
+    return w  # [BN, BK // 32, 32]
 
 
 # ---------------------------------------------------------------------------------------------
 # Launcher
 # ---------------------------------------------------------------------------------------------
 
-MATVEC_CONFIGS = [  # the first is the default (interpreter, capture)
-    MatvecConfig(block_n=8, block_u=4, num_warps=4),
-    MatvecConfig(block_n=4, block_u=8, num_warps=4),
-    MatvecConfig(block_n=16, block_u=4, num_warps=8),
-    MatvecConfig(block_n=8, block_u=8, num_warps=8),
-    MatvecConfig(block_n=4, block_u=4, num_warps=2),
-    MatvecConfig(block_n=8, block_u=4, split_k=4, num_warps=4),
+MATVEC_CONFIGS = [  # the first is the default (interpreter, capture); a unit is 32 bytes of qs
+    MatvecConfig(block_n=2, block_u=16, num_warps=1),
+    MatvecConfig(block_n=2, block_u=32, num_warps=1),
+    MatvecConfig(block_n=4, block_u=16, num_warps=1),
+    MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=True),
+    MatvecConfig(block_n=4, block_u=32, num_warps=2),
+    MatvecConfig(block_n=2, block_u=32, num_warps=2),
+    MatvecConfig(block_n=1, block_u=32, num_warps=1),
+    MatvecConfig(block_n=4, block_u=16, num_warps=2, prefetch=True),
 ]
 
 

@@ -29,8 +29,8 @@ def _q5_0_matvec_kernel(
     xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]
     qs_ptr, qh_ptr, d_ptr, unused_ptr,  # qs int32 [N, K/8]; qh int32 [N, K/32]; d f16 [N, K/32]
     bias_ptr, out_ptr,
-    M, N, K, UNITS_PER_SPLIT,
-    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    M, N, K, UNITS_PER_SPLIT, rs0, rs1, rs2, rs3,  # rs_i: row strides of the planes
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, USE_ASM: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -43,40 +43,63 @@ def _q5_0_matvec_kernel(
     u_hi = tl.minimum(u_lo + UNITS_PER_SPLIT, n_units)
     ub = tl.arange(0, BLOCK_U)
     e = tl.arange(0, 4)
-    mrow = tl.arange(0, BLOCK_M)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    w_row = rows_c.to(tl.int64) * (K // 8)
+    acc0 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc4 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc5 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc6 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    acc7 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    w_row = rows_c.to(tl.int64) * rs0
     for u0 in range(u_lo, u_hi, BLOCK_U):
         u = u0 + ub
         umask = u < u_hi
         w = tl.load(qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :],
                     mask=umask[None, :, None], other=0)  # [BN, BU, 4]
-        qh = tl.load(qh_ptr + rows_c[:, None] * (K // 32) + u[None, :], mask=umask[None, :], other=0)  # [BN, BU]
+        qh = tl.load(qh_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0)  # [BN, BU]
         qh = qh[:, :, None]
         sh = (4 * e)[None, None, :]
         h_lo = ((((qh >> sh) & 0xF) * 0x00204081) & 0x01010101) << 4
         h_hi = ((((qh >> (sh + 16)) & 0xF) * 0x00204081) & 0x01010101) << 4
         q_lo = (w & 0x0F0F0F0F) | h_lo
         q_hi = ((w >> 4) & 0x0F0F0F0F) | h_hi
-        d = tl.load(d_ptr + rows_c[:, None] * (K // 32) + u[None, :], mask=umask[None, :], other=0.0).to(tl.float32)
+        d = tl.load(d_ptr + rows_c[:, None] * rs2 + u[None, :], mask=umask[None, :], other=0.0).to(tl.float32)
         for mi in tl.static_range(BLOCK_M):
             m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
-            xrow = m * (K // 4)
-            x_lo = tl.load(xq_ptr + xrow + u[:, None] * 8 + e[None, :], mask=umask[:, None], other=0)
-            x_hi = tl.load(xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :], mask=umask[:, None], other=0)
-            s = (_dp4a(q_lo, tl.broadcast_to(x_lo[None, :, :], q_lo.shape), False, USE_ASM)
-                 + _dp4a(q_hi, tl.broadcast_to(x_hi[None, :, :], q_hi.shape), False, USE_ASM))
+            xrow = tl.multiple_of(m * (K // 4), 8)
+            x_lo = tl.load(tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + e[None, :])[None, :, :], w.shape),
+                           mask=tl.broadcast_to(umask[None, :, None], w.shape), other=0)
+            x_hi = tl.load(tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :])[None, :, :], w.shape),
+                           mask=tl.broadcast_to(umask[None, :, None], w.shape), other=0)
+            s = (_dp4a(q_lo, x_lo, False, USE_ASM)
+                 + _dp4a(q_hi, x_hi, False, USE_ASM))
             s = tl.sum(s, axis=2)
             xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
             xs = tl.load(xs32_ptr + m * (K // 32) + u, mask=umask, other=0.0)
             part = d * (xd[None, :] * s.to(tl.float32) - 16.0 * xs[None, :])
-            contrib = tl.sum(part, axis=1)
-            acc += tl.where(mrow[:, None] == mi, contrib[None, :], 0.0)
-    _matvec_epilogue(acc, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, HAS_BIAS, SPLIT, BLOCK_M)
+            if mi == 0:
+                acc0 += part
+            if mi == 1:
+                acc1 += part
+            if mi == 2:
+                acc2 += part
+            if mi == 3:
+                acc3 += part
+            if mi == 4:
+                acc4 += part
+            if mi == 5:
+                acc5 += part
+            if mi == 6:
+                acc6 += part
+            if mi == 7:
+                acc7 += part
+    _matvec_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N,
+                     HAS_BIAS, SPLIT, BLOCK_M, BLOCK_N)
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight tile for the GEMM, float32 [BN, BK]: block s = k // 32, i = k % 32, j = i % 16,
+# Weight tile for the GEMM / dequant kernel, float32 [BN, BK/32, 32]: block s = k // 32, i = k % 32, j = i % 16,
 # nibble i // 16 of qs byte 16s + j, 5th bit = bit i of the block's qh (byte 4s + i // 8).
 # ---------------------------------------------------------------------------------------------
 
@@ -89,19 +112,19 @@ def _q5_0_dequant_tile(qs_ptr, qh_ptr, d_ptr, unused_ptr, rows, k0, K, BLOCK_N: 
     rows64 = rows.to(tl.int64)
     qsb = (s * 16)[:, None] + (i % 16)[None, :]
     qhb = (s * 4)[:, None] + (i // 8)[None, :]
-    lo = tl.load(qs_ptr + rows64[:, None, None] * (K // 2) + qsb[None, :, :]).to(tl.int32)
+    lo = tl.load(qs_ptr + tl.multiple_of(rows64 * (K // 2), 16)[:, None, None] + qsb[None, :, :]).to(tl.int32)
     hb = tl.load(qh_ptr + rows64[:, None, None] * (K // 8) + qhb[None, :, :]).to(tl.int32)
     d = tl.load(d_ptr + rows[:, None] * (K // 32) + s[None, :]).to(tl.float32)
     q = ((lo >> ((i // 16) * 4)[None, None, :]) & 0xF) | (((hb >> (i % 8)[None, None, :]) & 1) << 4)
     w = d[:, :, None] * (q - 16).to(tl.float32)
-    return tl.reshape(w, (BLOCK_N, BLOCK_K))
+    return w  # [BN, BK // 32, 32]
 
 
-MATVEC_CONFIGS = [
-    MatvecConfig(block_n=8, block_u=8, num_warps=4),
-    MatvecConfig(block_n=4, block_u=16, num_warps=4),
-    MatvecConfig(block_n=16, block_u=8, num_warps=8),
-    MatvecConfig(block_n=8, block_u=8, split_k=4, num_warps=4),
+MATVEC_CONFIGS = [  # the first is the default (interpreter, capture); a unit is 32 weights
+    MatvecConfig(block_n=2, block_u=32, num_warps=2),
+    MatvecConfig(block_n=2, block_u=64, num_warps=4),
+    MatvecConfig(block_n=4, block_u=32, num_warps=4),
+    MatvecConfig(block_n=1, block_u=32, num_warps=1),
 ]
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import inductor_fuse.kernels.ops  # noqa: F401
+from inductor_fuse.kernels.testing import random_planes
 from inductor_fuse.quant.formats import FORMATS
 
 GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
@@ -24,8 +25,7 @@ def test_qlinear_cuda(fmt, N, K, M):
 
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(N + K + M)
-    w = torch.randn(N, K, device=dev, generator=g)
-    planes = [p.to(dev) for p in FORMATS[fmt].quantize(w)]
+    planes = random_planes(fmt, N, K, dev, seed=N + M)
     wd = FORMATS[fmt].dequantize(planes)
     x = torch.randn(M, K, device=dev, generator=g, dtype=torch.bfloat16)
     bias = torch.randn(N, device=dev, dtype=torch.bfloat16)
@@ -46,7 +46,7 @@ def test_qlinear_cuda(fmt, N, K, M):
 def test_cuda_graph_capture():
     dev = "cuda"
     fmt, N, K = "q4_k", 4096, 4096
-    planes = [p.to(dev) for p in FORMATS[fmt].quantize(torch.randn(N, K, device=dev))]
+    planes = random_planes(fmt, N, K, dev)
     for M in (1, 4, 64):
         x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
         ref = torch.ops.inductor_fuse.qlinear(x, planes, None, fmt)  # warm up (tunes)

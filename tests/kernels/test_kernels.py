@@ -49,8 +49,9 @@ def test_act_quant_matches_reference():
     for interleave in (False, True):
         xa = act_quant(x, interleave=interleave)
         q = xa.xq.view(torch.int8).float().reshape(3, 8, 32)
-        if interleave:  # undo [0,2,4,6,1,3,5,7]
-            q = q.reshape(3, 32, 2, 4).transpose(-1, -2).reshape(3, 8, 32)
+        if interleave:  # undo: element l is stored at (l%2)*16 + (l//8)*4 + (l%8)//2
+            l = torch.arange(32)
+            q = q[..., (l % 2) * 16 + (l // 8) * 4 + (l % 8) // 2]
         deq = (q * xa.xd[:, :, None]).reshape(3, 256)
         torch.testing.assert_close(deq, act_quant_reference(x), rtol=0, atol=1e-6)
         torch.testing.assert_close(xa.xs32, q.sum(-1) * xa.xd, rtol=1e-6, atol=1e-6)
@@ -74,13 +75,14 @@ def test_matvec(fmt, N, K, M):
     _assert_close(out, ref_f, 2e-2, f"{fmt} matvec vs float reference")
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "int4_g64"])
-def test_matvec_split_k(fmt):
+def test_matvec_split_k(fmt, prefetch):
     N, K, M = 37, 1024, 2
     planes = _weight(fmt, N, K, seed=5)
     x = _x(M, K, seed=5)
     bias = torch.randn(N)
-    cfg = MatvecConfig(block_n=8, block_u=2, split_k=3)
+    cfg = MatvecConfig(block_n=8, block_u=2, split_k=3, prefetch=prefetch)  # 3 programs along K, masked tail
     out = dispatch.matvec(x, planes, bias, fmt, config=cfg)
     ref = act_quant_reference(x) @ FORMATS[fmt].dequantize(planes).T + bias
     _assert_close(out, ref, 1e-5, f"{fmt} split-K matvec")
@@ -130,3 +132,26 @@ def test_gemm_bf16_and_dispatch_any_m():
         out = dispatch.qlinear_cuda(x.reshape(1, M, K), planes, None, fmt)  # the CUDA body, on CPU tensors
         assert out.shape == (1, M, N) and out.dtype == torch.bfloat16
         _assert_close(out[0].float(), x.float() @ w.T, 2e-2, f"dispatch M={M}")
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_dequantize_rows_bit_exact(fmt):
+    from inductor_fuse.kernels.gemm import dequantize_rows
+
+    N, K = 37, 512
+    planes = _weight(fmt, N, K, seed=11)
+    ref = FORMATS[fmt].dequantize(planes)
+    out = dequantize_rows(planes, fmt, 5, 30, torch.full((25, K), float("nan")))
+    torch.testing.assert_close(out, ref[5:30], rtol=0, atol=0)
+
+
+def test_dequant_mm_chunks(monkeypatch):
+    from inductor_fuse.kernels import gemm
+
+    monkeypatch.setattr(gemm, "DEQUANT_CHUNK_BYTES", 256 * 256 * 4)  # 256-row chunks: 2 of them
+    fmt, N, K = "q6_k", 300, 256
+    planes = _weight(fmt, N, K, seed=12)
+    x = _x(5, K, seed=12)
+    bias = torch.randn(N)
+    out = gemm.dequant_mm(x, planes, bias, fmt)
+    _assert_close(out, x @ FORMATS[fmt].dequantize(planes).T + bias, 1e-6, "dequant_mm")

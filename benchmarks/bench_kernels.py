@@ -1,0 +1,308 @@
+"""Kernel benchmark: torch.ops.inductor_fuse.qlinear on Llama-3-8B shapes against bf16 F.linear and
+tinygemm int4 (aten._weight_int4pack_mm, group 32 and 128).
+
+Method (see the device notes' METHOD.md): measure a device-to-device copy first (bytes read +
+written / time) as the bandwidth ceiling; for each case rotate enough weight copies that they
+exceed 3x the L2, capture many calls in one CUDA graph (launch gaps out, but the launches our op
+really makes stay in: act_quant + matvec), time graph replays with CUDA events, take the median.
+GB/s counts the bytes every call must read (weight planes + activation) and write (output).
+
+    python benchmarks/bench_kernels.py                       # full table + JSON
+    python benchmarks/bench_kernels.py --quick               # M=1 only, fewer shapes
+    python benchmarks/bench_kernels.py --crossover           # matvec vs GEMM over M
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import triton  # noqa: E402
+
+import inductor_fuse.kernels.ops  # noqa: E402,F401
+from inductor_fuse.kernels import dispatch  # noqa: E402
+from inductor_fuse.kernels._common import act_quant, launch_matvec, tuned_configs  # noqa: E402
+from inductor_fuse.kernels.gemm import dequant_mm, qgemm  # noqa: E402
+from inductor_fuse.kernels.testing import random_planes  # noqa: E402
+
+SHAPES = [  # name, N, K, formats
+    ("qkv", 6144, 4096, ["q4_k"]),
+    ("gate_up", 28672, 4096, ["q4_k"]),
+    ("down", 4096, 14336, ["q4_k", "q6_k"]),
+    ("lm_head", 128256, 4096, ["q6_k"]),
+]
+L2_BYTES = 50 * 2**20
+
+
+def copy_bandwidth(dev) -> float:
+    n = 1 << 30  # 1 GiB each way
+    a = torch.empty(n, dtype=torch.uint8, device=dev).random_(0, 255)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    ts = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e) * 1e-3)
+    del a, b
+    return 2 * n / statistics.median(ts) / 1e9
+
+
+def n_copies(bytes_per_copy: int) -> int:
+    return max(2, math.ceil(3 * L2_BYTES / max(bytes_per_copy, 1)) + 1)
+
+
+def time_graph(fns, calls_per_copy: int = 0, replays: int = 7) -> float:
+    """fns: one closure per weight copy. Captures rounds over all copies in one CUDA graph;
+    returns the median seconds per call."""
+    total_target = 200  # calls per graph
+    rounds = max(1, calls_per_copy or total_target // len(fns))
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for f in fns:  # warm up (compiles, tunes) outside the capture
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(rounds):
+            for f in fns:
+                f()
+    g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(replays):
+        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        st.record()
+        g.replay()
+        en.record()
+        en.synchronize()
+        ts.append(st.elapsed_time(en) * 1e-3 / (rounds * len(fns)))
+    del g
+    return statistics.median(ts)
+
+
+def plane_bytes(planes) -> int:
+    return sum(p.numel() * p.element_size() for p in planes)
+
+
+def tinygemm_weights(N, K, group, dev, seed):
+    g = torch.Generator(device=dev).manual_seed(seed)
+    q = torch.randint(0, 256, (N, K // 2), generator=g, device=dev, dtype=torch.uint8)
+    packed = torch.ops.aten._convert_weight_to_int4pack(q, 8)
+    sz = (torch.rand((K // group, N, 2), generator=g, device=dev) * 0.02 + 1e-3).to(torch.bfloat16)
+    return packed, sz, N * K // 2 + sz.numel() * 2
+
+
+def bench_case(name, N, K, fmt, M, dev, results, with_baselines=True, seed=0):
+    row = {"shape": name, "N": N, "K": K, "fmt": fmt, "M": M}
+    x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+    probe = random_planes(fmt, N, K, dev, seed=seed)
+    wbytes = plane_bytes(probe)
+    copies = [probe] + [random_planes(fmt, N, K, dev, seed=seed + i + 1) for i in range(n_copies(wbytes) - 1)]
+    io = M * K * 2 + M * N * 2
+    op = torch.ops.inductor_fuse.qlinear
+    t = time_graph([lambda p=p: op(x, p, None, fmt) for p in copies])
+    row.update(ours_us=t * 1e6, ours_gbs=(wbytes + io) / t / 1e9, weight_bytes=wbytes)
+    if M <= dispatch.MATVEC_MAX_M[fmt]:
+        row["path"] = "matvec"
+    else:
+        row["path"] = "fused" if M < dispatch.FUSED_GEMM_MAX_M[fmt] else "deq+mm"
+    if M <= dispatch.MATVEC_MAX_M[fmt]:  # the matvec kernel alone, activation quantized outside
+        mod, kernel, unit, inter, group = dispatch._MATVEC[fmt]
+        xa = act_quant(x, interleave=inter)
+        dispatch.matvec(x, probe, None, fmt)  # tune
+        cfg = tuned_configs().get(("matvec", fmt, M, N, K), mod.MATVEC_CONFIGS[0])
+        out = torch.empty((M, N), dtype=x.dtype, device=dev)
+        views = [mod.plane_views(p) for p in copies]
+        tk = time_graph([lambda v=v: launch_matvec(kernel, xa, v, None, M, N, K, K // unit, cfg, x.dtype, group=group,
+                                                   out=out) for v in views])
+        row.update(matvec_only_us=tk * 1e6, matvec_only_gbs=(wbytes + io) / tk / 1e9, config=str(cfg))
+    if M > dispatch.MATVEC_MAX_M[fmt]:  # both large-M paths, for the record
+        tf = time_graph([lambda p=p: qgemm(x, p, None, fmt) for p in copies])
+        td = time_graph([lambda p=p: dequant_mm(x, p, None, fmt) for p in copies])
+        row.update(fused_gemm_us=tf * 1e6, dequant_mm_us=td * 1e6)
+    del copies
+    if with_baselines:
+        wb = N * K * 2
+        ws = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) for _ in range(n_copies(wb))]
+        tb = time_graph([lambda w=w: F.linear(x, w) for w in ws])
+        row.update(bf16_us=tb * 1e6, bf16_gbs=(wb + io) / tb / 1e9)
+        del ws
+        for group in (32, 128):
+            tw = [tinygemm_weights(N, K, group, dev, seed + i) for i in range(n_copies(N * K // 2))]
+            tg = time_graph([lambda w=w: torch.ops.aten._weight_int4pack_mm(x, w[0], group, w[1]) for w in tw])
+            row.update({f"tinygemm_g{group}_us": tg * 1e6, f"tinygemm_g{group}_gbs": (tw[0][2] + io) / tg / 1e9})
+            del tw
+    torch.cuda.empty_cache()
+    results.append(row)
+    return row
+
+
+def crossover(dev, out):
+    """Time matvec (act_quant + matvec) and GEMM over M; the crossover is the largest M at which
+    the matvec is still faster."""
+    rows = []
+    for name, N, K, fmt in [("gate_up", 28672, 4096, "q4_k"), ("down", 4096, 14336, "q4_k"),
+                            ("down", 4096, 14336, "q6_k")]:
+        probe = random_planes(fmt, N, K, dev)
+        copies = [probe] + [random_planes(fmt, N, K, dev, seed=i + 1) for i in range(n_copies(plane_bytes(probe)) - 1)]
+        for M in (2, 4, 8, 16):
+            x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+            tm = time_graph([lambda p=p: dispatch.matvec(x, p, None, fmt) for p in copies])
+            td = time_graph([lambda p=p: dequant_mm(x, p, None, fmt) for p in copies])
+            tg = time_graph([lambda p=p: qgemm(x, p, None, fmt) for p in copies])
+            rows.append({"shape": name, "fmt": fmt, "M": M, "matvec_us": tm * 1e6, "dequant_mm_us": td * 1e6,
+                         "fused_gemm_us": tg * 1e6})
+            print(f"crossover {name:8s} {fmt:5s} M={M:3d} matvec {tm*1e6:8.1f} us  dequant+cuBLAS {td*1e6:8.1f} us"
+                  f"  fused gemm {tg*1e6:8.1f} us", flush=True)
+        del copies
+        torch.cuda.empty_cache()
+    best = {}
+    for fmt in {r["fmt"] for r in rows}:
+        ms = sorted({r["M"] for r in rows if r["fmt"] == fmt})
+        cross = 1
+        for m in ms:
+            rs = [r for r in rows if r["fmt"] == fmt and r["M"] == m]
+            if sum(r["matvec_us"] for r in rs) <= sum(min(r["dequant_mm_us"], r["fused_gemm_us"]) for r in rs):
+                cross = m
+        best[fmt] = cross
+    out["crossover"] = {"rows": rows, "matvec_max_m": best}
+    print("crossover (largest M where matvec wins, summed over shapes):", best)
+
+
+def sweep(dev, out, args_dump=None, sweep_formats=("q4_k", "q6_k"), sweep_ms=(1, 4)):
+    """Every matvec candidate config (kernel alone, M=1) on the decode shapes."""
+    rows = []
+    for name, N, K, fmt in [("gate_up", 28672, 4096, "q4_k"), ("down", 4096, 14336, "q4_k"),
+                            ("qkv", 6144, 4096, "q4_k"), ("down", 4096, 14336, "q6_k"),
+                            ("lm_head", 128256, 4096, "q6_k")]:
+        if fmt not in sweep_formats:
+            continue
+        mod, kernel, unit, inter, group = dispatch._MATVEC[fmt]
+        probe = random_planes(fmt, N, K, dev)
+        wbytes = plane_bytes(probe)
+        copies = [probe] + [random_planes(fmt, N, K, dev, seed=i + 1) for i in range(n_copies(wbytes) - 1)]
+        views = [mod.plane_views(p) for p in copies]
+        for M in sweep_ms:
+            x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+            xa = act_quant(x, interleave=inter)
+            o = torch.empty((M, N), dtype=x.dtype, device=dev)
+            for cfg in mod.MATVEC_CONFIGS:
+                try:
+                    t = time_graph([lambda v=v: launch_matvec(kernel, xa, v, None, M, N, K, K // unit, cfg, x.dtype,
+                                                              group=group, out=o) for v in views])
+                except Exception as e:  # noqa: BLE001
+                    print(f"sweep {name} {fmt} {cfg}: failed {type(e).__name__}: {str(e)[:200]}")
+                    continue
+                pct = 100 * wbytes / t / 1e9 / out["copy_gbs"]
+                from inductor_fuse.kernels import _common
+
+                k = _common.LAST_COMPILED
+                regs = (getattr(k, "n_regs", -1), getattr(k, "n_spills", -1))
+                rows.append({"shape": name, "fmt": fmt, "M": M, "config": str(cfg), "us": t * 1e6, "pct": pct,
+                             "regs_spills": regs})
+                print(f"sweep {name:8s} {fmt} M={M} {cfg}: {t*1e6:8.1f} us {pct:5.1f}% regs/spills {regs}", flush=True)
+                if args_dump and cfg == mod.MATVEC_CONFIGS[0] and M == 1 and name in ("gate_up", "lm_head"):
+                    for kind in ("ttgir", "sass"):
+                        try:
+                            with open(os.path.join(args_dump, f"{fmt}_{name}_M{M}.{kind}"), "w") as f:
+                                f.write(k.asm[kind])
+                        except Exception as e:  # noqa: BLE001
+                            print("asm dump failed", kind, e)
+        del copies, views
+        torch.cuda.empty_cache()
+    out["sweep"] = rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="M=1 only")
+    ap.add_argument("--ms", default="1,4,16,512")
+    ap.add_argument("--crossover", action="store_true")
+    ap.add_argument("--crossover-only", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="time every matvec config, then exit")
+    ap.add_argument("--sweep-formats", default="q4_k,q6_k")
+    ap.add_argument("--sweep-ms", default="1,4")
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--dump", default=None, help="folder for ttgir/sass of the default matvec configs (--sweep)")
+    ap.add_argument("--json", default=os.environ.get("BENCH_JSON", "benchmarks/results/kernels_h200.json"))
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    out = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "method": "CUDA graph of many calls over rotated weight copies (>3x 50 MB L2), median of replays",
+    }
+    bw = copy_bandwidth(dev)
+    out["copy_gbs"] = bw
+    print(f"{out['gpu']}  torch {out['torch']}  triton {out['triton']}  copy bandwidth {bw:.0f} GB/s", flush=True)
+    if args.sweep:
+        sweep(dev, out, args.dump, args.sweep_formats.split(","), [int(m) for m in args.sweep_ms.split(",")])
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+        return
+    if args.crossover:
+        crossover(dev, out)
+        if args.crossover_only:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+            return
+    ms = [1] if args.quick else [int(m) for m in args.ms.split(",")]
+    results = []
+    for name, N, K, fmts in SHAPES:
+        for fmt in fmts:
+            for M in ms:
+                r = bench_case(name, N, K, fmt, M, dev, results, with_baselines=not args.no_baselines)
+                print(_fmt_row(r, bw), flush=True)
+    out["results"] = results
+    out["tuned"] = {str(k): str(v) for k, v in tuned_configs().items()}
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=1)
+    print()
+    print(f"time per call in us (% of copy bandwidth {bw:.0f} GB/s for matvec rows); GPU {out['gpu']}")
+    print("kernel only: the matvec without act_quant (M <= MATVEC_MAX_M); bf16 = F.linear (cuBLAS)")
+    print(f"{'shape':8s} {'fmt':5s} {'M':>4s} {'path':6s} {'ours':>16s} {'kernel only':>16s} {'bf16':>16s} "
+          f"{'tinygemm g32':>16s} {'tinygemm g128':>16s} {'vs g128':>7s} {'vs bf16':>7s}")
+    for r in results:
+        print(_fmt_row(r, bw))
+    print(f"JSON: {args.json}")
+
+
+def _cell(us, gbs, bw):
+    if us is None:
+        return f"{'-':>16s}"
+    return f"{us:8.1f} ({100 * gbs / bw:4.0f}%)"
+
+
+def _fmt_row(r, bw):
+    vs_tg = r["tinygemm_g128_us"] / r["ours_us"] if "tinygemm_g128_us" in r else float("nan")
+    vs_bf = r["bf16_us"] / r["ours_us"] if "bf16_us" in r else float("nan")
+    return (f"{r['shape']:8s} {r['fmt']:5s} {r['M']:4d} {r['path']:6s} {_cell(r['ours_us'], r['ours_gbs'], bw)} "
+            f"{_cell(r.get('matvec_only_us'), r.get('matvec_only_gbs', 0), bw)} "
+            f"{_cell(r.get('bf16_us'), r.get('bf16_gbs', 0), bw)} "
+            f"{_cell(r.get('tinygemm_g32_us'), r.get('tinygemm_g32_gbs', 0), bw)} "
+            f"{_cell(r.get('tinygemm_g128_us'), r.get('tinygemm_g128_gbs', 0), bw)} {vs_tg:7.2f} {vs_bf:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
