@@ -127,7 +127,7 @@ def bench_case(name, N, K, fmt, M, dev, results, with_baselines=True, seed=0):
         mod, kernel, unit, inter, group = dispatch._MATVEC[fmt]
         xa = act_quant(x, interleave=inter)
         dispatch.matvec(x, probe, None, fmt)  # tune
-        cfg = tuned_configs().get(("matvec", fmt, M, N, K), mod.MATVEC_CONFIGS[0])
+        cfg = tuned_configs().get(("matvec", fmt, M, N, K), dispatch.default_matvec_config(fmt, M, N, K))
         out = torch.empty((M, N), dtype=x.dtype, device=dev)
         views = [mod.plane_views(p) for p in copies]
         tk = time_graph([lambda v=v: launch_matvec(kernel, xa, v, None, M, N, K, K // unit, cfg, x.dtype, group=group,

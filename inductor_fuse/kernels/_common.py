@@ -199,11 +199,12 @@ class GemmConfig:
 _TUNED: dict[tuple, object] = {}
 
 
-def pick_config(key: tuple, candidates: Sequence, bench: Callable[[object], None]):
+def pick_config(key: tuple, candidates: Sequence, bench: Callable[[object], None], tune: bool = True):
     """The fastest of `candidates` for `key` = (kernel, M, N, K, fmt, ...), measured once.
 
-    Under TRITON_INTERPRET=1 and during CUDA-graph capture (no benchmarking allowed there) the
-    first candidate (the default) is used unless the key was tuned before.
+    The first candidate (the default) is used under TRITON_INTERPRET=1, during CUDA-graph capture
+    (no benchmarking allowed there) unless the key was tuned before, with INDUCTOR_FUSE_NO_TUNE=1,
+    and when `tune` is False. INDUCTOR_FUSE_TUNE=1 forces tuning.
     """
     if key in _TUNED:
         return _TUNED[key]
@@ -212,6 +213,8 @@ def pick_config(key: tuple, candidates: Sequence, bench: Callable[[object], None
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return candidates[0]
     if os.environ.get("INDUCTOR_FUSE_NO_TUNE", "0") == "1":
+        return candidates[0]
+    if not tune and os.environ.get("INDUCTOR_FUSE_TUNE", "0") != "1":
         return candidates[0]
     best, best_t = candidates[0], float("inf")
     for c in candidates:

@@ -39,6 +39,23 @@ _MATVEC = {
 }
 
 
+# Measured defaults (H200, CUDA graph over rotated weight copies: benchmarks/results/
+# kernels_h200_tuning.json). Runtime tuning of the matvec is opt-in (INDUCTOR_FUSE_TUNE=1):
+# triton's do_bench times one launch at a time and, for kernels of a few microseconds, ranked the
+# configs differently from the graph measurement (qkv: picked 9.5 us over 6.2 us).
+def default_matvec_config(fmt: str, M: int, N: int, K: int) -> MatvecConfig:
+    if fmt == "q4_k":
+        return MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=M > 1)
+    if fmt == "q6_k":
+        if M > 1:
+            return MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=True)
+        if K >= 8192:
+            return MatvecConfig(block_n=1, block_u=32, num_warps=1, prefetch=True)
+        return MatvecConfig(block_n=2, block_u=32, num_warps=2)
+    mod = _MATVEC[fmt][0]
+    return mod.MATVEC_CONFIGS[0]
+
+
 def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None = None) -> torch.Tensor:
     """x [M, K] -> [M, N] through act_quant + the format's W4A8 matvec (tuned config unless given)."""
     mod, kernel, unit, interleave, group = _MATVEC[fmt]
@@ -51,9 +68,10 @@ def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None 
     if config is None:
         out = torch.empty((M, N), dtype=x.dtype, device=x.device)
         key = ("matvec", fmt, M, N, K)
-        config = pick_config(key, mod.MATVEC_CONFIGS,
+        cands = [default_matvec_config(fmt, M, N, K)] + [c for c in mod.MATVEC_CONFIGS]
+        config = pick_config(key, cands,
                              lambda c: launch_matvec(kernel, xa, views, bias, M, N, K, K // unit, c, x.dtype,
-                                                     group=group, out=out))
+                                                     group=group, out=out), tune=False)
         return launch_matvec(kernel, xa, views, bias, M, N, K, K // unit, config, x.dtype, group=group, out=out)
     return launch_matvec(kernel, xa, views, bias, M, N, K, K // unit, config, x.dtype, group=group)
 

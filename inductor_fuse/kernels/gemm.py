@@ -6,8 +6,8 @@
        out[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]),  w = dequant(planes) tile by tile
 2. `dequant_mm`: dequantize a chunk of rows into a reusable x.dtype scratch (`_dequant_kernel`,
    one pass over the quantized bytes), then cuBLAS writes out[:, chunk] directly (ldc = N).
-   A chunk is ~32 MB so it is still in the 50 MB L2 when cuBLAS reads it: the cost over a bf16
-   GEMM is about one read of the quantized weight plus one write of the chunk.
+   A chunk is at least ~32 MB (so small weights stay in the 50 MB L2 between the two steps) and
+   at least enough rows for ~2 waves of 128x128 cuBLAS tiles (narrow chunks starve the GEMM).
 """
 
 from __future__ import annotations
@@ -152,6 +152,7 @@ def dequantize_rows(planes, fmt: str, n0: int, n1: int, out: torch.Tensor) -> to
 
 
 DEQUANT_CHUNK_BYTES = 32 << 20
+_NUM_SMS = 132  # H100 / H200; only sizes the chunks
 
 
 def dequant_mm(x: torch.Tensor, planes, bias, fmt: str) -> torch.Tensor:
@@ -159,6 +160,7 @@ def dequant_mm(x: torch.Tensor, planes, bias, fmt: str) -> torch.Tensor:
     M, K = x.shape
     N = planes[0].shape[0]
     rows = max(256, (DEQUANT_CHUNK_BYTES // (K * x.element_size())) // 256 * 256)
+    rows = max(rows, triton.cdiv(2 * _NUM_SMS * 128, triton.cdiv(M, 128)))  # >= 2 waves of 128x128 tiles
     if rows >= N:
         w = dequantize_rows(planes, fmt, 0, N, torch.empty((N, K), dtype=x.dtype, device=x.device))
         return torch.nn.functional.linear(x, w, bias)

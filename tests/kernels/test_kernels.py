@@ -149,6 +149,7 @@ def test_dequant_mm_chunks(monkeypatch):
     from inductor_fuse.kernels import gemm
 
     monkeypatch.setattr(gemm, "DEQUANT_CHUNK_BYTES", 256 * 256 * 4)  # 256-row chunks: 2 of them
+    monkeypatch.setattr(gemm, "_NUM_SMS", 1)
     fmt, N, K = "q6_k", 300, 256
     planes = _weight(fmt, N, K, seed=12)
     x = _x(5, K, seed=12)
