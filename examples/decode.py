@@ -61,6 +61,11 @@ def compile_step(backend: str, device: str):
     if backend == "eager":
         return decode_one_token
     mode = "reduce-overhead" if device == "cuda" else None
+    if backend == "inductor_fuse" and backend not in torch._dynamo.list_backends():
+        # a source tree that is not pip-installed has no entry point: pass the backend itself
+        import inductor_fuse
+
+        return torch.compile(decode_one_token, backend=inductor_fuse.make_backend(mode=mode), fullgraph=True)
     return torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
 
 
