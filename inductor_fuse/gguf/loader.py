@@ -23,6 +23,7 @@ llama.cpp conventions this loader undoes or relies on:
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -35,6 +36,8 @@ from gguf.quants import dequantize as gguf_dequantize
 from ..models.transformer import ModelArgs, RMSNorm, Transformer
 from .metadata import GGUFLoadError, field_value, require
 from .tokenizer import GGUFTokenizer
+
+log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
@@ -225,6 +228,10 @@ def _plan(args: ModelArgs, reader: GGUFReader, tensors: dict, path: str) -> dict
                 raise GGUFLoadError(
                     f"{path}: tensor {key!r} has unsupported type {ggml_type.name} for {name}.{part} (supported: {supported})"
                 )
+    used = {f"{g}.{part}" for n, g in plan.items() for part, _ in skeleton.get_submodule(n).named_parameters()}
+    unused = sorted(set(tensors) - used - {"rope_freqs.weight"})
+    if unused:
+        log.warning("%s: %d tensor(s) not used by the model, e.g. %s", path, len(unused), unused[:5])
     return plan
 
 
