@@ -34,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--backend", choices=BACKENDS, default="inductor_fuse")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                   help="activation dtype (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: prompt + new tokens, rounded up to 256)")
@@ -90,7 +92,8 @@ def main(argv=None) -> dict:
     log = sys.stderr if args.json else sys.stdout
 
     t0 = time.perf_counter()
-    model, tokenizer = load_gguf(path, device=args.device, max_seq_len=args.max_seq_len or 256)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model, tokenizer = load_gguf(path, device=args.device, max_seq_len=args.max_seq_len or 256, dtype=dtype)
     prompt = tokenizer.encode(args.prompt)
     need = len(prompt) + args.max_new_tokens
     max_seq_len = args.max_seq_len or -(-need // 256) * 256
@@ -153,6 +156,7 @@ def main(argv=None) -> dict:
         "report": counts,
         "backend": args.backend,
         "device": args.device,
+        "dtype": str(model.norm.weight.dtype).removeprefix("torch."),
         "gguf": path,
         "load_s": load_s,
         "warmup_s": warmup_s,
