@@ -58,3 +58,21 @@ def test_cuda_graph_capture():
         torch.cuda.synchronize()
         ref = torch.ops.inductor_fuse.qlinear(x, planes, None, fmt)
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_torch_compile_reduce_overhead():
+    # the real use: the op inside a compiled decode step replayed as a CUDA graph
+    dev = "cuda"
+    fmt, N, K = "q4_k", 4096, 4096
+    planes = random_planes(fmt, N, K, dev, seed=3)
+    bias = torch.randn(N, device=dev, dtype=torch.bfloat16)
+
+    def f(x):
+        return torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt) * 2.0
+
+    torch._dynamo.reset()
+    cf = torch.compile(f, mode="reduce-overhead", fullgraph=True)
+    for M in (1, 1, 1, 4, 4, 4, 64, 64):
+        x = torch.randn(1, M, K, device=dev, dtype=torch.bfloat16)
+        got = cf(x).clone()
+        torch.testing.assert_close(got, f(x), rtol=1e-2, atol=1e-2)
