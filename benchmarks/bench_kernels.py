@@ -257,15 +257,11 @@ def main():
     print(f"{out['gpu']}  torch {out['torch']}  triton {out['triton']}  copy bandwidth {bw:.0f} GB/s", flush=True)
     if args.sweep:
         sweep(dev, out, args.dump, args.sweep_formats.split(","), [int(m) for m in args.sweep_ms.split(",")])
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-        return
+        return _save(out, args.json)
     if args.crossover:
         crossover(dev, out)
         if args.crossover_only:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=1)
-            return
+            return _save(out, args.json)
     ms = [1] if args.quick else [int(m) for m in args.ms.split(",")]
     results = []
     for name, N, K, fmts in SHAPES:
@@ -275,9 +271,7 @@ def main():
                 print(_fmt_row(r, bw), flush=True)
     out["results"] = results
     out["tuned"] = {str(k): str(v) for k, v in tuned_configs().items()}
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=1)
+    _save(out, args.json)
     print()
     print(f"time per call in us (% of copy bandwidth {bw:.0f} GB/s for matvec rows); GPU {out['gpu']}")
     print("kernel only: the matvec without act_quant (M <= MATVEC_MAX_M); bf16 = F.linear (cuBLAS)")
@@ -286,6 +280,12 @@ def main():
     for r in results:
         print(_fmt_row(r, bw))
     print(f"JSON: {args.json}")
+
+
+def _save(out: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
 
 
 def _cell(us, gbs, bw):

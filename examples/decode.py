@@ -20,6 +20,7 @@ import time
 
 import torch
 
+import inductor_fuse
 from inductor_fuse.gguf import load_gguf
 from inductor_fuse.models.generate import decode_one_token, generate, prefill
 
@@ -65,19 +66,8 @@ def compile_step(backend: str, device: str):
     mode = "reduce-overhead" if device == "cuda" else None
     if backend == "inductor_fuse" and backend not in torch._dynamo.list_backends():
         # a source tree that is not pip-installed has no entry point: pass the backend itself
-        import inductor_fuse
-
         return torch.compile(decode_one_token, backend=inductor_fuse.make_backend(mode=mode), fullgraph=True)
     return torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
-
-
-def fusion_reports():
-    """The inductor_fuse report module, or None while the backend does not provide one."""
-    try:
-        import inductor_fuse
-    except ImportError:
-        return None
-    return inductor_fuse if hasattr(inductor_fuse, "total_counts") else None
 
 
 def sync(device: str) -> None:
@@ -103,9 +93,7 @@ def main(argv=None) -> dict:
     print(f"loaded {path} in {load_s:.1f} s: {model.args.n_layers} layers, dim {model.args.dim}, "
           f"vocab {model.args.vocab_size}, on {args.device}, KV cache {max_seq_len}", file=log)
 
-    reports = fusion_reports()
-    if reports is not None:
-        reports.clear_reports()
+    inductor_fuse.clear_reports()
     step = compile_step(args.backend, args.device)
     sampling = dict(temperature=args.temperature, top_k=args.top_k)
 
@@ -138,13 +126,10 @@ def main(argv=None) -> dict:
 
     counts: dict[str, int] = {}
     if args.backend == "inductor_fuse":
-        if reports is None:
-            print("fusion report: not available in this version of inductor_fuse", file=log)
-        else:
-            counts = reports.total_counts()
-            print(f"fusion report ({len(reports.all_reports())} graph(s) compiled): {counts}", file=log)
-            for rep in reports.all_reports():
-                print(rep, file=log)
+        counts = inductor_fuse.total_counts()
+        print(f"fusion report ({len(inductor_fuse.all_reports())} graph(s) compiled): {counts}", file=log)
+        for rep in inductor_fuse.all_reports():
+            print(rep, file=log)
 
     result = {
         "text": tokenizer.decode(tokens),

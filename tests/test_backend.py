@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 import inductor_fuse
-from toy_models import TinyLlama, rel_err
+from numerics import rel_err
+from toy_models import TinyLlama
 
 TESTS_DIR = os.path.dirname(__file__)
 
@@ -33,7 +34,8 @@ def test_fresh_process_without_import(device):
     out = run_script(
         """
         import json, sys, torch
-        from toy_models import TinyLlama, rel_err
+        from numerics import rel_err
+        from toy_models import TinyLlama
         torch.manual_seed(0)
         model = TinyLlama(n_layers=2).eval().to("DEVICE")
         x = torch.randn(2, 6, 64, device="DEVICE")
@@ -57,7 +59,8 @@ def test_fresh_process_without_import(device):
 CACHE_SCRIPT = """
     import json, torch
     from torch._dynamo.utils import counters
-    from toy_models import TinyLlama, rel_err
+    from numerics import rel_err
+    from toy_models import TinyLlama
     import inductor_fuse
     x = torch.randn(1, 4, 64, generator=torch.Generator().manual_seed(9))
     errs, counts = {}, {}

@@ -56,7 +56,3 @@ class TinyLlama(nn.Module):
             x = layer(x)
         return x
 
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()

@@ -48,7 +48,10 @@ def weight_root(node: fx.Node) -> fx.Node:
 
 
 def is_frozen(node: object, frozen: set[fx.Node]) -> bool:
-    return isinstance(node, fx.Node) and (weight_root(node) in frozen or weight_root(node).op == "get_attr")
+    if not isinstance(node, fx.Node):
+        return False
+    root = weight_root(node)
+    return root in frozen or root.op == "get_attr"
 
 
 def not_frozen_reason(what: str, node: fx.Node) -> str:

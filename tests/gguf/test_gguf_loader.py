@@ -5,6 +5,7 @@ dequantized weights (prefill and step-by-step decode)."""
 import pytest
 import torch
 import torch.nn as nn
+from numerics import rel_err
 from tiny_gguf import hf_reference
 
 from inductor_fuse.gguf import load_gguf
@@ -14,10 +15,6 @@ from inductor_fuse.quant import QuantizedLinear
 ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 PROMPT = "Once upon a time, the capital of France is Paris. def f(x):\n    return x"
 RTOL = 1e-3  # relative error (Frobenius) in float32
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +120,10 @@ def test_bfloat16_load(tiny_gguf):
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_compiled_decode_step_gives_eager_tokens(loaded, arch):
     """The S=1 step compiled whole (fullgraph, no recompiles across positions) = eager, token for token."""
-    import importlib.util
-
-    backend = "inductor_fuse" if importlib.util.find_spec("inductor_fuse.backend") else "inductor"
     model, tok, _ = loaded(arch)
     ids = tok.encode("The capital of France is")
     eager = generate(model, ids, 10)
-    step = torch.compile(decode_one_token, backend=backend, fullgraph=True)
+    step = torch.compile(decode_one_token, backend="inductor_fuse", fullgraph=True)
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled = generate(model, ids, 10, decode_fn=step)
     assert compiled == eager

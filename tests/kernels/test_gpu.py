@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from numerics import rel_err
 
 import inductor_fuse.kernels.ops  # noqa: F401
 from inductor_fuse.kernels.testing import random_planes
@@ -12,9 +13,6 @@ from inductor_fuse.quant.formats import FORMATS
 GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not GPU, reason="needs CUDA (and TRITON_INTERPRET unset)")]
 
-
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q5_0", "q8_0", "int4_g32", "int4_g128"])
@@ -34,13 +32,13 @@ def test_qlinear_cuda(fmt, N, K, M):
     ref = x.float() @ wd.T + bias.float()
     assert out.dtype == torch.bfloat16 and out.shape == (M, N)
     assert torch.isfinite(out).all()
-    err = _rel(out.float(), ref)
+    err = rel_err(out.float(), ref)
     assert err < 1.5e-2, f"{fmt} M={M}: rel err {err:.3e}"
     from inductor_fuse.kernels.dispatch import MATVEC_MAX_M
 
     if M <= MATVEC_MAX_M[fmt]:  # W4A8: exact up to fp32 rounding against the dequantized activation
         refq = act_quant_reference(x.float()) @ wd.T + bias.float()
-        assert _rel(out.float(), refq) < 5e-3
+        assert rel_err(out.float(), refq) < 5e-3
 
 
 def test_cuda_graph_capture():

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from numerics import rel_err
 
 from inductor_fuse.quant.formats import FORMATS
 
@@ -21,12 +22,9 @@ from inductor_fuse.kernels.gemm import qgemm  # noqa: E402
 ALL_FORMATS = ["q4_k", "q6_k", "q5_0", "q8_0", "int4_g32", "int4_g64", "int4_g128"]
 
 
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
 
 def _assert_close(out, ref, tol, what):
-    err = _rel(out, ref)
+    err = rel_err(out, ref)
     if not err <= tol:
         bad = ((out.double() - ref.double()).abs() > tol * ref.double().abs().max()).nonzero()[:8].tolist()
         raise AssertionError(f"{what}: rel err {err:.3e} > {tol:.1e}; first mismatching [m, n]: {bad}")
@@ -57,7 +55,7 @@ def test_act_quant_matches_reference():
         torch.testing.assert_close(xa.xs32, q.sum(-1) * xa.xd, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(xa.xs16, (q.reshape(3, 16, 16).sum(-1) * xa.xd.repeat_interleave(2, 1)),
                                    rtol=1e-6, atol=1e-6)
-    assert (_rel(act_quant_reference(x), x)) < 1e-2
+    assert (rel_err(act_quant_reference(x), x)) < 1e-2
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
 
 import inductor_fuse
-from toy_models import TinyLlama, rel_err
+from numerics import rel_err
+from toy_models import TinyLlama
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
