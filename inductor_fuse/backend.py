@@ -9,9 +9,14 @@ What it does, per Dynamo graph:
 1. Inference graphs (no input needs a gradient) are compiled with Inductor's freezing on.
    Dynamo lifts parameters and buffers to graph inputs unless freezing was on while it traced,
    which a backend cannot arrange without touching the global config; so the backend turns
-   them back into graph attributes first, as Dynamo does itself under freezing. Freezing then
-   makes the ones the graph does not mutate constants. Weights are fixed at compile time (the
-   contract of stock freezing): after changing weights, compile again (``torch._dynamo.reset()``).
+   them back into graph attributes first, as Dynamo does itself under freezing, and installs
+   the guards Dynamo would have installed then: an ID_MATCH guard per lifted tensor. Another
+   model of the same class, a tensor replaced by ``load_state_dict(..., assign=True)`` or a
+   ``.to()`` that makes new tensors therefore recompiles instead of running with the first
+   model's frozen weights. Freezing then makes the tensors the graph does not mutate constants;
+   each of those also gets a guard on its version counter, so an in-place edit after compiling
+   (``load_state_dict`` without ``assign``, ``p += d`` under no_grad) recompiles too. Edits
+   through ``.data`` bypass the version counter and are not seen (README: "Weights are frozen").
 2. Our rule families (``patterns/``) run as ``joint_custom_post_pass``, just before freezing.
    They express weight concatenations as graph nodes; freezing folds them into constants once,
    before Inductor's FX-graph-cache key is taken. Folded constants are frozen parameters: the
@@ -19,7 +24,11 @@ What it does, per Dynamo graph:
    never serves stale weights. ``RulePass.uuid()`` (a hash of every plugin file) is in the key.
 3. Everything else is stock ``compile_fx``; options are scoped with ``config_patches``, never
    by assigning Inductor's global config.
-Graphs that need gradients go to stock Inductor untouched, with a log line.
+Failures never fail the user's compile when stock Inductor can compile the graph: a rule that
+raises is skipped for that graph (``patterns.RulePass``); any other error of a compile with our
+rules makes the backend compile the graph again with stock Inductor (freezing, no rules). Both
+are logged at WARNING and recorded in the report.
+Graphs that need gradients go to stock Inductor untouched, with a WARNING (once).
 """
 
 from __future__ import annotations
@@ -30,6 +39,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
+
+from torch._dynamo.guards import GuardBuilder, install_guard
+from torch._dynamo.source import AttrSource
+from torch._guards import TracingContext
 
 from . import report
 from .options import FuseOptions, validate_mode
@@ -52,18 +65,46 @@ def _is_module_state(value: Any, source: Any) -> bool:
     )
 
 
-def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[int]:
+def _graph_state(gm: fx.GraphModule) -> list[torch.Tensor]:
+    """The module state AOT autograd passes before the user inputs, in its order."""
+    state = {**dict(gm.named_parameters(remove_duplicate=False)), **dict(gm.named_buffers(remove_duplicate=False))}
+    return list(state.values())
+
+
+def _guard_versions_of_frozen(state: list[torch.Tensor], lifted: dict[int, Any]) -> int:
+    """Install a guard on ``_version`` of every lifted tensor that freezing made a constant.
+
+    ``state``: the graph state in AOT's order (``_graph_state``); ``lifted``: id(tensor) -> Dynamo
+    source. An in-place edit through autograd's view of a tensor (``load_state_dict`` without
+    ``assign``, ``with torch.no_grad(): p += 1``) bumps its version, fails the guard and
+    recompiles. Tensors the graph mutates (a KV cache) are not guarded. Returns the count."""
+    tc = TracingContext.try_get()
+    meta = getattr(tc, "fw_metadata", None)
+    if meta is None:
+        return 0
+    n = 0
+    for t, info in zip(state, meta.input_info):
+        source = lifted.get(id(t))
+        if source is None or info.mutates_data or info.mutates_metadata:
+            continue
+        install_guard(AttrSource(source, "_version").make_guard(GuardBuilder.EQUALS_MATCH))
+        n += 1
+    return n
+
+
+def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[list[int], dict[int, Any]]:
     """Turn parameter/buffer placeholders into graph attributes (as Dynamo does under freezing).
 
     Freezing then makes the ones the graph does not mutate constants; mutated buffers (a KV
     cache) stay inputs, static ones, so CUDA graphs still capture the step.
 
-    Returns the indices of the inputs that stay graph inputs.
+    Returns the indices of the inputs that stay graph inputs, and id(tensor) -> Dynamo source of
+    the lifted ones.
     """
     placeholders = gm.graph.find_nodes(op="placeholder")
     if len(placeholders) != len(example_inputs) or not hasattr(gm, "_param_name_to_source"):
-        return list(range(len(example_inputs)))
-    keep = []
+        return list(range(len(example_inputs))), {}
+    keep, lifted = [], {}
     for i, (node, value) in enumerate(zip(placeholders, example_inputs)):
         source = getattr(node, "_dynamo_source", None)
         if source is None or not _is_module_state(value, source):
@@ -75,13 +116,34 @@ def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[
         else:
             gm.register_buffer(name, value)
         gm._param_name_to_source[name] = source
+        # Dynamo traced this tensor as an input and guards only its metadata; from now on its
+        # value is baked in, so guard its identity (what Dynamo does itself under freezing).
+        install_guard(source.make_guard(GuardBuilder.ID_MATCH))
+        lifted[id(value)] = source
         with gm.graph.inserting_before(node):
             attr = gm.graph.get_attr(name)
         attr.meta.update(node.meta)
         node.replace_all_uses_with(attr)
         gm.graph.erase_node(node)
     gm.recompile()
-    return keep
+    return keep, lifted
+
+
+NEEDS_GRAD = (
+    "graph needs gradients: compiled by stock Inductor, no rewrites "
+    "(compile under torch.no_grad() or torch.inference_mode() for the rules)"
+)
+MIN_TORCH = (2, 11)
+TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+OLD_TORCH = (
+    f"torch {torch.__version__} is older than {'.'.join(map(str, MIN_TORCH))}, the oldest this plugin "
+    "supports: compiled by stock Inductor, no rewrites"
+)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning("inductor_fuse: %s", message)
 
 
 def inductor_fuse_backend(
@@ -104,12 +166,15 @@ def inductor_fuse_backend(
             isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs
         )
         if needs_grad:
-            msg = "graph needs gradients: compiled by stock Inductor, no rewrites"
-            log.info("inductor_fuse: %s", msg)
-            rep.notes.append(msg)
+            _warn_once(NEEDS_GRAD)
+            rep.notes.append(NEEDS_GRAD)
+            return compile_fx(gm, example_inputs, config_patches=patches)
+        if TORCH_VERSION < MIN_TORCH:
+            _warn_once(OLD_TORCH)
+            rep.notes.append(OLD_TORCH)
             return compile_fx(gm, example_inputs, config_patches=patches)
 
-        keep = _lift_parameters(gm, example_inputs)
+        keep, lifted = _lift_parameters(gm, example_inputs)
         rep.notes.append(
             f"{len(example_inputs) - len(keep)} parameter/buffer input(s) made graph state for freezing;"
             f" rule families {opts.enabled()}"
@@ -119,11 +184,26 @@ def inductor_fuse_backend(
                 "freezing": True,
                 # CPU: keep frozen linears as mm/addmm (mkldnn weight prepacking would hide them).
                 "cpp.weight_prepack": False,
-                "joint_custom_post_pass": RulePass(opts),
             }
         )
+        inputs = [example_inputs[i] for i in keep]
+        state = _graph_state(gm)
         with torch.no_grad():
-            compiled = compile_fx(gm, [example_inputs[i] for i in keep], config_patches=patches)
+            try:
+                compiled = compile_fx(gm, inputs, config_patches={**patches, "joint_custom_post_pass": RulePass(opts)})
+            except Exception as e:  # noqa: BLE001 -- any failure of ours must leave the user a working compile
+                where = report.where(e)
+                rep.rewrites.clear()
+                rep.skipped.clear()
+                rep.failures.append(report.Failure("backend", f"{type(e).__name__}: {e}", where))
+                log.warning(
+                    "inductor_fuse: compiling with rules failed (%s: %s, at %s); compiling this graph with "
+                    "stock Inductor (freezing, no rules) instead",
+                    type(e).__name__, e, where,
+                )
+                compiled = compile_fx(gm, inputs, config_patches=patches)
+        n_versions = _guard_versions_of_frozen(state, lifted)
+        rep.notes.append(f"{len(lifted)} identity guard(s), {n_versions} version guard(s) on frozen state")
 
     n_all, n_keep = len(example_inputs), len(keep)
     if n_keep == n_all:

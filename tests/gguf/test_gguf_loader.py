@@ -124,6 +124,9 @@ def test_compiled_decode_step_gives_eager_tokens(loaded, arch):
     ids = tok.encode("The capital of France is")
     eager = generate(model, ids, 10)
     step = torch.compile(decode_one_token, backend="inductor_fuse", fullgraph=True)
+    # decode_one_token may already be compiled for another model in this process: the first
+    # step compiles for this one (its weights are guarded), later positions must not recompile.
+    generate(model, ids, 2, decode_fn=step)
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled = generate(model, ids, 10, decode_fn=step)
     assert compiled == eager

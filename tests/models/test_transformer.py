@@ -107,5 +107,6 @@ def test_compiled_step_equals_eager_without_recompiles(family):
     prompt = [5, 7, 11, 13]
     eager = generate(model, prompt, 8)
     step = torch.compile(decode_one_token, backend="inductor", fullgraph=True)
+    generate(model, prompt, 2, decode_fn=step)  # compiles for this model (another may have compiled before)
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert generate(model, prompt, 8, decode_fn=step) == eager

@@ -1,0 +1,152 @@
+"""Frozen weights belong to one model: another model of the same class, a tensor replaced by
+``load_state_dict(assign=True)`` or ``.to()``, an in-place edit that bumps a tensor's version
+recompiles; it never runs with stale constants. Edits through ``.data`` are the documented limit.
+
+No test here calls ``torch._dynamo.reset()`` before compiling: several models in one process is
+exactly the case under test.
+"""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import inductor_fuse
+from numerics import rel_err
+from toy_models import TinyLlama
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def seq_model(seed: int, device: str = "cpu") -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)).eval().to(device)
+
+
+def compiled_err(model, *args, **compile_kw) -> float:
+    with torch.no_grad():
+        ref = model(*args)
+        out = torch.compile(model, backend="inductor_fuse", **compile_kw)(*args)
+    return rel_err(out, ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_second_instance_of_a_class_gets_its_own_weights(device):
+    # The reproducer of the defect: without identity guards the second error was 1.27.
+    x = torch.randn(4, 64, device=device)
+    errs = [compiled_err(seq_model(seed, device), x) for seed in (0, 1)]
+    print(device, errs)
+    assert errs == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_compiled_function_called_on_two_models(device):
+    # docs/decode.md's pattern: step = torch.compile(decode_one_token); step(model_a) / step(model_b).
+    def step(model, x):
+        return model(x)
+
+    cstep = torch.compile(step, backend="inductor_fuse")
+    x = torch.randn(2, 5, 64, device=device)
+    a, b = TinyLlama(n_layers=2).eval().to(device), TinyLlama(n_layers=2).eval().to(device)
+    with torch.no_grad():
+        for m in (a, b, a):
+            assert rel_err(cstep(m, x), m(x)) < 1e-5
+    assert inductor_fuse.last_report().counts["siblings"] == 4  # the rules fired for b too
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_transformers_model_twice(device):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128,
+    )
+    ids = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(0)).to(device)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = transformers.LlamaForCausalLM(cfg).eval().to(device)
+        with torch.no_grad():
+            ref = model(ids, use_cache=False).logits
+            out = torch.compile(model, backend="inductor_fuse")(ids, use_cache=False).logits
+        assert rel_err(out, ref) < 1e-5, seed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_k"])
+def test_quantized_models_twice(device, fmt):
+    x = torch.randn(3, 256, device=device)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = TinyLlama(n_layers=1, dim=256, n_heads=4, n_kv_heads=2, hidden=256).eval()
+        inductor_fuse.quantize_(model, inductor_fuse.QuantConfig(fmt=fmt))
+        model.to(device)
+        assert compiled_err(model, x[None]) < 1e-5, seed
+        assert inductor_fuse.last_report().counts["siblings"] == 2
+
+
+def test_load_state_dict_assign_and_to_recompile():
+    x = torch.randn(1, 3, 64)
+    model = TinyLlama(n_layers=1).eval()
+    compiled = torch.compile(model, backend="inductor_fuse")
+    with torch.no_grad():
+        compiled(x)
+        model.load_state_dict(TinyLlama(n_layers=1).state_dict(), assign=True)  # new tensors
+        assert rel_err(compiled(x), model(x)) < 1e-5
+        model.to(torch.float64)  # new data and dtype
+        assert rel_err(compiled(x.double()), model(x.double())) < 1e-12
+        model.to(torch.float32)
+        assert rel_err(compiled(x), model(x)) < 1e-5
+
+
+def test_in_place_edits_recompile():
+    # load_state_dict without assign copies into the same tensors; p += d under no_grad likewise:
+    # both bump the version counter, which the backend guards for every frozen tensor.
+    x = torch.randn(1, 3, 64)
+    model = TinyLlama(n_layers=1).eval()
+    compiled = torch.compile(model, backend="inductor_fuse")
+    with torch.no_grad():
+        before = model(x)
+        compiled(x)
+        assert inductor_fuse.last_report().counts["siblings"] == 2  # q/k/v and gate/up are folded copies
+        model.load_state_dict(TinyLlama(n_layers=1).state_dict())
+        assert rel_err(model(x), before) > 0.1
+        assert rel_err(compiled(x), model(x)) < 1e-5
+        model.layers[0].q_proj.weight += 0.5
+        model.layers[0].up_proj.weight.mul_(2)
+        assert rel_err(compiled(x), model(x)) < 1e-5
+
+
+def test_edits_through_data_are_not_seen_until_reset():
+    # The documented limit (README, "Weights are frozen at compile time"): `.data` bypasses the
+    # version counter, so the compiled code keeps its values until torch._dynamo.reset().
+    x = torch.randn(1, 3, 64)
+    model = TinyLlama(n_layers=1).eval()
+    compiled = torch.compile(model, backend="inductor_fuse")
+    with torch.no_grad():
+        compiled(x)
+        assert inductor_fuse.last_report().counts["siblings"] == 2, str(inductor_fuse.last_report())
+        model.layers[0].q_proj.weight.data.mul_(3)
+        assert rel_err(compiled(x), model(x)) > 1e-3  # not seen: the fused q|k|v is a copy
+        torch._dynamo.reset()
+        assert rel_err(torch.compile(model, backend="inductor_fuse")(x), model(x)) < 1e-5
+
+
+def test_past_the_recompile_limit():
+    # Each instance recompiles; past Dynamo's limit (default 8 per function) further instances run
+    # eagerly: still their own weights, just not compiled. (Config patched with its own patch():
+    # pytest's monkeypatch leaves torch's config module unreadable.)
+
+    class Fresh(nn.Module):  # a class of its own: no earlier compiles of its forward count
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.a(x) * self.b(x)
+
+    x = torch.randn(2, 16)
+    n_reports = len(inductor_fuse.all_reports())
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for _ in range(4):
+            assert compiled_err(Fresh().eval(), x) < 1e-5
+    assert len(inductor_fuse.all_reports()) - n_reports == 2  # two compiled, two eager
