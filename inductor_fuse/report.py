@@ -6,6 +6,8 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
+import traceback
 from typing import Iterator
 
 from .options import FAMILIES
@@ -28,6 +30,35 @@ class Skip:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """A rule (or the backend's compile with rules) raised; the graph compiled without it."""
+
+    family: str  # rule family, or "backend" for a failure outside the rules
+    error: str  # "ValueError: ..."
+    where: str  # innermost frame of this package: "patterns/siblings.py:131 in _fuse"
+
+
+def where(exc: BaseException) -> str:
+    """Where ``exc`` was raised: the innermost frame of this package, and the frame that raised
+    when that is elsewhere (torch, a monkeypatched function): "a.py:1 in f (raised at b.py:2 in g)"."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+    def fmt(f: traceback.FrameSummary) -> str:
+        path = os.path.abspath(f.filename)
+        return f"{path.removeprefix(pkg)}:{f.lineno} in {f.name}"
+
+    ours = [f for f in frames if os.path.abspath(f.filename).startswith(pkg)]
+    if not ours:
+        return fmt(frames[-1])
+    if ours[-1] is frames[-1]:
+        return fmt(ours[-1])
+    return f"{fmt(ours[-1])} (raised at {fmt(frames[-1])})"
+
+
 @dataclasses.dataclass
 class FusionReport:
     """Report of one backend compilation (one Dynamo graph)."""
@@ -35,6 +66,7 @@ class FusionReport:
     rewrites: list[Rewrite] = dataclasses.field(default_factory=list)
     skipped: list[Skip] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    failures: list[Failure] = dataclasses.field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -59,12 +91,15 @@ class FusionReport:
         line = "inductor_fuse: " + "; ".join(parts)
         if self.skipped:
             line += f" ({len(self.skipped)} candidate(s) skipped)"
+        if self.failures:
+            line += " [FAILED, skipped: " + ", ".join(f.family for f in self.failures) + "]"
         return line
 
     def __str__(self) -> str:
         lines = [self.summary()]
         lines += [f"  rewrite {r.family} {r.label}: {r.detail} [{', '.join(r.nodes)}]" for r in self.rewrites]
         lines += [f"  skipped {s.family} [{', '.join(s.nodes)}]: {s.reason}" for s in self.skipped]
+        lines += [f"  FAILED {f.family} at {f.where}: {f.error}" for f in self.failures]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -108,6 +143,17 @@ def collecting() -> Iterator[FusionReport]:
         _history.append(report)
         log.info("%s", report.summary())
         log.debug("%s", report)
+
+
+@contextlib.contextmanager
+def discarding() -> Iterator[FusionReport]:
+    """Collect into a report that is thrown away (a rule's trial run on a copy of the graph)."""
+    report = FusionReport()
+    _current.append(report)
+    try:
+        yield report
+    finally:
+        _current.pop()
 
 
 def current() -> FusionReport:

@@ -8,6 +8,8 @@
   FORMATS[fmt].dequantize(planes).to(x.dtype) then F.linear.
 - CUDA: Triton kernels (kernels/dispatch.py): W4A8 dp4a matvec for small M (activation
   quantized per 32-group to int8, as llama.cpp's MMVQ), dequant + tl.dot GEMM for large M.
+  If the CUDA path raises (no Triton, a kernel that cannot compile or take the call), the call
+  runs the reference instead and a WARNING says so once per format and error.
 - fake: shape [..., N], dtype x.dtype, with the same validation (ValueError naming the problem).
 
 Registration happens at import; nothing touches a device then. This is a custom_op, not a
@@ -16,11 +18,15 @@ triton_op: a triton_op breaks torch.compile on a machine without a GPU (docs/des
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+log = logging.getLogger("inductor_fuse")
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -60,14 +66,18 @@ def check_qlinear_args(x: Tensor, planes: Sequence[Tensor], bias: Optional[Tenso
     return N, K
 
 
+def _dequantize_linear(x: Tensor, planes: Sequence[Tensor], bias: Optional[Tensor], fmt: str) -> Tensor:
+    from inductor_fuse.quant.formats import FORMATS
+
+    w = FORMATS[fmt].dequantize(planes).to(x.dtype)
+    return F.linear(x, w, bias.to(x.dtype) if bias is not None else None)
+
+
 @torch.library.custom_op("inductor_fuse::qlinear", mutates_args=())
 def qlinear(x: Tensor, planes: list[Tensor], bias: Optional[Tensor], fmt: str) -> Tensor:
     """Pure-torch reference: dequantize -> F.linear (the default for every device)."""
-    from inductor_fuse.quant.formats import FORMATS
-
     check_qlinear_args(x, planes, bias, fmt)
-    w = FORMATS[fmt].dequantize(planes).to(x.dtype)
-    return F.linear(x, w, bias.to(x.dtype) if bias is not None else None)
+    return _dequantize_linear(x, planes, bias, fmt)
 
 
 @qlinear.register_fake
@@ -78,10 +88,25 @@ def _qlinear_fake(x: Tensor, planes: list[Tensor], bias: Optional[Tensor], fmt: 
 
 @qlinear.register_kernel("cuda")
 def _qlinear_cuda(x: Tensor, planes: list[Tensor], bias: Optional[Tensor], fmt: str) -> Tensor:
-    from .dispatch import qlinear_cuda
-
     check_qlinear_args(x, planes, bias, fmt)
-    return qlinear_cuda(x, planes, bias, fmt)
+    try:
+        from .dispatch import qlinear_cuda
+
+        return qlinear_cuda(x, planes, bias, fmt)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the reference needs more memory, not less
+    except Exception as e:  # noqa: BLE001 -- no Triton, a kernel that cannot compile or take the call
+        _warn_kernel_fallback(fmt, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return _dequantize_linear(x, planes, bias, fmt)
+
+
+@functools.cache
+def _warn_kernel_fallback(fmt: str, error: str, message: str) -> None:
+    log.warning(
+        "inductor_fuse: the %s CUDA kernel failed (%s: %s); this call and others like it run the "
+        "pure-torch reference (dequantize + F.linear): correct, slower",
+        fmt, error, message,
+    )
 
 
 def qlinear_reference(x: Tensor, planes: Sequence[Tensor], bias: Optional[Tensor], fmt: str) -> Tensor:

@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
+import logging
 from pathlib import Path
 
 import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
+from .. import report
 from ..options import FuseOptions
+
+log = logging.getLogger("inductor_fuse")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -33,6 +38,23 @@ def _families():
     return {"siblings": fuse_sibling_linears}
 
 
+def _rule_runs(name: str, rule, graph: fx.Graph) -> bool:
+    """Run ``rule`` on a copy of ``graph`` first (report discarded): a rule that raises is
+    skipped for this graph -- recorded in the report, logged at WARNING -- and the real graph is
+    never left half rewritten. Rules are deterministic, so the real run then succeeds too (if it
+    does not, the backend compiles the graph with stock Inductor)."""
+    try:
+        with report.discarding():
+            rule(copy.deepcopy(graph))
+        return True
+    except Exception as e:  # noqa: BLE001 -- a failing rule must not fail the user's compile
+        where = report.where(e)
+        report.current().failures.append(report.Failure(name, f"{type(e).__name__}: {e}", where))
+        log.warning("inductor_fuse: rule family %r raised %s: %s (at %s); skipped for this graph", name,
+                    type(e).__name__, e, where)
+        return False
+
+
 class RulePass(CustomGraphPass):
     """The enabled rule families as one Inductor custom pass.
 
@@ -45,7 +67,7 @@ class RulePass(CustomGraphPass):
 
     def __call__(self, graph: fx.Graph) -> None:
         for name, rule in _families().items():
-            if getattr(self.options, name):
+            if getattr(self.options, name) and _rule_runs(name, rule, graph):
                 rule(graph)
 
     def uuid(self) -> str:

@@ -73,3 +73,28 @@ def test_bad_inputs():
     _raises("unknown format", torch.randn(2, 256), planes, None, "q4_x")
     bad_rows = [planes[0], planes[1][:36].contiguous(), planes[2]]
     _raises("plane 'sm' must have shape", torch.randn(2, 256), bad_rows, None, "q4_k")
+
+
+def test_cuda_kernel_failure_falls_back_to_the_reference(monkeypatch, caplog):
+    # The CUDA implementation, called directly on CPU tensors: when the kernel path raises (no
+    # Triton, a kernel that cannot compile or take the call), the reference answers and a WARNING
+    # says so once.
+    import logging
+
+    from inductor_fuse.kernels import dispatch, ops
+
+    def broken(*args):
+        raise RuntimeError("no kernel for this shape")
+
+    monkeypatch.setattr(dispatch, "qlinear_cuda", broken)
+    ops._warn_kernel_fallback.cache_clear()
+    planes = _planes("q8_0", 24, 64)
+    x, bias = torch.randn(3, 64), torch.randn(24)
+    with caplog.at_level(logging.WARNING, logger="inductor_fuse"):
+        for _ in range(2):
+            out = ops._qlinear_cuda(x, planes, bias, "q8_0")
+            torch.testing.assert_close(out, qlinear_reference(x, planes, bias, "q8_0"), rtol=1e-5, atol=1e-4)
+    warned = [r for r in caplog.records if "q8_0 CUDA kernel failed (RuntimeError: no kernel for this shape)" in r.message]
+    assert len(warned) == 1
+    with pytest.raises(ValueError, match="must be a positive multiple"):  # bad input is still an error
+        ops._qlinear_cuda(torch.randn(3, 48), planes, bias, "q8_0")
