@@ -40,6 +40,46 @@ def frozen_placeholders(graph: fx.Graph) -> set[fx.Node]:
     return {placeholders[i] for i in range(min(len(params), len(placeholders))) if i not in mutated | aliased}
 
 
+# ops whose output is a view of their first argument: a strided view may reach ``view`` through them
+_VIEW_CHAIN_OPS = (
+    aten.permute.default,
+    aten.t.default,
+    aten.transpose.int,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
+    aten.expand.default,
+    aten.slice.Tensor,
+    aten.select.int,
+    aten.alias.default,
+    aten.reshape.default,
+)
+_STRICT_VIEWS = (aten.view.default, aten._unsafe_view.default)
+
+
+def views_to_reshapes(node: fx.Node) -> int:
+    """A rewrite that hands consumers a slice of a wider tensor changes their strides: an
+    ``aten.view`` traced on the contiguous original can fail on the slice ("Cannot view a tensor
+    with shape ... and strides ..."). Turn every ``view`` reached from ``node`` through view ops
+    into ``reshape``, which is the same view where one exists and a copy where not. Returns the
+    number of nodes changed."""
+    changed, stack, seen = 0, [node], set()
+    while stack:
+        n = stack.pop()
+        for user in n.users:
+            if user in seen or user.op != "call_function" or user.args[0] is not n:
+                continue
+            seen.add(user)
+            if user.target in _STRICT_VIEWS:
+                user.target = aten.reshape.default
+                changed += 1
+                stack.append(user)
+            elif user.target in _VIEW_CHAIN_OPS:
+                stack.append(user)
+    return changed
+
+
 def weight_root(node: fx.Node) -> fx.Node:
     """The node a weight expression is a view of (through permute / t / reshape / view)."""
     while node.op == "call_function" and node.target in LAYOUT_OPS:

@@ -23,10 +23,11 @@ import torch.fx as fx
 from torch._inductor.pattern_matcher import stable_topological_sort
 
 from .. import report
-from .graph_utils import call, frozen_placeholders, is_frozen, module_name, not_frozen_reason, val, weight_root
+from .graph_utils import call, frozen_placeholders, views_to_reshapes, is_frozen, module_name, not_frozen_reason, val, weight_root
 
 FAMILY = "siblings"
 aten = torch.ops.aten
+prims = torch.ops.prims
 
 
 def _qlinear_op():
@@ -82,10 +83,13 @@ def _weight_key(lin: _Linear) -> tuple:
 
 
 def _activation_key(x: fx.Node):
-    # Siblings of a 3-D input read x through reshape(x, [-1, K]); CSE usually merges those
-    # reshapes, but two identical reshapes of one tensor are one activation too.
+    # Siblings of a 3-D input read x through reshape(x, [-1, K]), those of a cast model through
+    # convert_element_type(x, dtype); CSE usually merges such twins, but two identical reshapes
+    # or casts of one tensor are one activation too (a cast of a reshape, too: recursive).
     if x.op == "call_function" and x.target in (aten.reshape.default, aten.view.default):
-        return ("reshape", x.args[0], tuple(x.args[1]))
+        return ("reshape", _activation_key(x.args[0]), tuple(x.args[1]))
+    if x.op == "call_function" and x.target is prims.convert_element_type.default:
+        return ("cast", _activation_key(x.args[0]), x.args[1])
     return x
 
 
@@ -111,6 +115,9 @@ def _fused_bias(graph: fx.Graph, lins: list[_Linear]) -> fx.Node | None:
 
 def _fuse(graph: fx.Graph, lins: list[_Linear]) -> str:
     """Replace ``lins`` (in graph order) by one fused linear + slices; return the detail line."""
+    # Read the linears again: an earlier group's rewrite may have replaced their input (a group
+    # that reads another group's output now reads a slice of the fused one).
+    lins = [_as_linear(l.node, _qlinear_op()) for l in lins]
     first = lins[0]
     with graph.inserting_before(first.node):
         bias = _fused_bias(graph, lins)
@@ -129,6 +136,7 @@ def _fuse(graph: fx.Graph, lins: list[_Linear]) -> str:
             piece = call(graph, aten.slice.Tensor, fused, out_dim, offset, offset + n)
             piece.meta.update({k: v for k, v in lin.node.meta.items() if k != "val"})
             lin.node.replace_all_uses_with(piece)
+            views_to_reshapes(piece)
             offset += n
     for lin in lins:
         graph.erase_node(lin.node)

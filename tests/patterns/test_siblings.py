@@ -107,6 +107,40 @@ def test_two_block_llama_counts_every_group():
     assert "siblings x2 (q_proj,k_proj,v_proj), x2 (gate_proj,up_proj)" in rep.summary()
 
 
+class HeadsMergedWithTokens(nn.Module):
+    """What Qwen3.5's GatedDeltaNet does with in_proj_z: view the output as [B, S, H, D], then
+    flatten tokens and heads together. On a slice of the fused output (row stride = the fused
+    width) that view is impossible, so the rewrite must hand the consumer a reshape."""
+
+    def __init__(self, k=32, heads=4, d=8, quant=None):
+        super().__init__()
+        self.heads, self.d = heads, d
+        self.a, self.z = nn.Linear(k, 24, bias=False), nn.Linear(k, heads * d, bias=False)
+        if quant is not None:
+            from inductor_fuse.quant import QuantizedLinear
+
+            self.a, self.z = QuantizedLinear.from_float(self.a, quant), QuantizedLinear.from_float(self.z, quant)
+
+    def forward(self, x):  # x: [B, S, K]
+        B, S, _ = x.shape
+        z = self.z(x).reshape(B, S, -1, self.d)
+        z = z.reshape(-1, self.d)  # [B*S*H, D]: merges S and H
+        return self.a(x).sum(-1), z * 2
+
+
+@pytest.mark.parametrize("quant", [None, "q8_0"])
+def test_consumer_view_merging_tokens_and_heads(quant):
+    # Regression: BackendCompilerFailed "Cannot view a tensor with shape [1, 12, 4, 32] and
+    # strides (4704, 392, 32, 1) as a tensor with shape (48, 32)" on transformers' Qwen3.5.
+    torch.manual_seed(7)
+    model = HeadsMergedWithTokens(k=32 if quant is None else 64, quant=quant).eval()
+    x = torch.randn(1, 12, 32 if quant is None else 64)
+    got, ref = compile_and_run(model, x)
+    for g, r in zip(got, ref):
+        assert rel_err(g, r) < 1e-5
+    assert inductor_fuse.last_report().counts["siblings"] == 1
+
+
 # -- negative cases: no rewrite, correct result, a reason in the report ---------------------
 
 

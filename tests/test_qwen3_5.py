@@ -1,0 +1,45 @@
+"""transformers' Qwen3.5 (GatedDeltaNet linear attention + full attention), unmodified.
+
+Regression: the sibling rewrite handed in_proj_z's consumer a slice of the fused output, and the
+consumer's view (tokens and heads flattened together) failed with BackendCompilerFailed "Cannot
+view a tensor with shape [1, 12, 4, 32] and strides (4704, 392, 32, 1) as a tensor with shape
+(48, 32)".
+"""
+
+import pytest
+import torch
+
+import inductor_fuse
+from numerics import rel_err
+
+transformers = pytest.importorskip("transformers")
+if not hasattr(transformers, "Qwen3_5ForCausalLM"):
+    pytest.skip(f"transformers {transformers.__version__} has no Qwen3.5", allow_module_level=True)
+
+
+def tiny_qwen3_5(seed: int = 0):
+    cfg = transformers.Qwen3_5TextConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        layer_types=["linear_attention", "full_attention"],
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=256,
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=32,
+    )
+    torch.manual_seed(seed)
+    return transformers.Qwen3_5ForCausalLM(cfg).eval()
+
+
+def test_compiles_fuses_and_matches_eager():
+    model = tiny_qwen3_5()
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
+    n_reports = len(inductor_fuse.all_reports())
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+        out = torch.compile(model, backend="inductor_fuse")(ids, use_cache=False).logits
+    assert rel_err(out, ref) < 1e-4
+    reports = inductor_fuse.all_reports()[n_reports:]
+    assert not any(r.failures for r in reports), [str(r) for r in reports]
+    labels = [rw.label for r in reports for rw in r.rewrites]
+    # linear-attention layer: the 4-way input projection; full-attention layer: q/k/v; both: gate/up
+    assert labels.count("(in_proj_qkv,in_proj_z,in_proj_b,in_proj_a)") == 1, labels
+    assert labels.count("(q_proj,k_proj,v_proj)") == 1, labels
+    assert labels.count("(gate_proj,up_proj)") == 2, labels
