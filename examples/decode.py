@@ -21,7 +21,7 @@ import time
 import torch
 
 import inductor_fuse
-from inductor_fuse.gguf import load_gguf
+from inductor_fuse.gguf import GGUFLoadError, load_gguf
 from inductor_fuse.models.generate import decode_one_token, generate, prefill
 
 BACKENDS = ("inductor_fuse", "inductor", "eager")
@@ -83,7 +83,10 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, tokenizer = load_gguf(path, device=args.device, max_seq_len=args.max_seq_len or 256, dtype=dtype)
+    try:
+        model, tokenizer = load_gguf(path, device=args.device, max_seq_len=args.max_seq_len or 256, dtype=dtype)
+    except GGUFLoadError as e:  # the message names the file and the cause: one line, no traceback
+        sys.exit(f"error: {e}")
     prompt = tokenizer.encode(args.prompt)
     need = len(prompt) + args.max_new_tokens
     max_seq_len = args.max_seq_len or -(-need // 256) * 256

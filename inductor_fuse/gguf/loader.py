@@ -36,6 +36,7 @@ from gguf.quants import dequantize as gguf_dequantize
 from ..models.transformer import ModelArgs, RMSNorm, Transformer
 from .metadata import GGUFLoadError, field_value, require
 from .tokenizer import GGUFTokenizer
+from .validate import check_gguf_structure
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +80,12 @@ def load_gguf(
 def _open(path: str) -> GGUFReader:
     if not os.path.isfile(path):
         raise GGUFLoadError(f"{path}: no such file")
+    # GGUFReader trusts every declared length; check them (and every tensor's byte range) first.
+    check_gguf_structure(path)
     try:
-        reader = GGUFReader(path, "r")
-    except Exception as e:  # the reader raises ValueError, struct/numpy errors, ... on a bad header
+        return GGUFReader(path, "r")
+    except Exception as e:  # a file the structural check passed; kept as a backstop
         raise GGUFLoadError(f"{path}: not a readable GGUF file: {type(e).__name__}: {e}") from e
-    size = os.path.getsize(path)
-    for t in reader.tensors:
-        end = t.data_offset + int(t.n_bytes)
-        if end > size or t.data.nbytes != int(t.n_bytes):
-            raise GGUFLoadError(f"{path}: truncated: tensor {t.name!r} ends at byte {end}, the file has {size}")
-    return reader
 
 
 def _scalar(reader: GGUFReader, key: str, path: str, default: Any = None) -> Any:
@@ -115,6 +112,15 @@ def model_args(reader: GGUFReader, path: str = "<gguf>") -> ModelArgs:
     dim = int(_scalar(reader, f"{arch}.embedding_length", path))
     n_heads = int(_scalar(reader, f"{arch}.attention.head_count", path))
     n_kv_heads = int(_scalar(reader, f"{arch}.attention.head_count_kv", path, n_heads))
+    n_layers = int(_scalar(reader, f"{arch}.block_count", path))
+    # a lying header must not build a 16M-layer skeleton or divide by zero
+    for key, n, most in (
+        ("attention.head_count", n_heads, dim),
+        ("attention.head_count_kv", n_kv_heads, n_heads),
+        ("block_count", n_layers, len(tensors)),
+    ):
+        if not 0 < n <= most:
+            raise GGUFLoadError(f"{path}: {arch}.{key} is {n}, not in 1..{most}")
     head_dim = int(_scalar(reader, f"{arch}.attention.key_length", path, dim // n_heads))
     value_dim = int(_scalar(reader, f"{arch}.attention.value_length", path, head_dim))
     if value_dim != head_dim:
@@ -122,7 +128,6 @@ def model_args(reader: GGUFReader, path: str = "<gguf>") -> ModelArgs:
     rope_dims = int(_scalar(reader, f"{arch}.rope.dimension_count", path, head_dim))
     if rope_dims != head_dim:
         raise GGUFLoadError(f"{path}: partial rope ({rope_dims} of {head_dim} dims) is not supported")
-    n_layers = int(_scalar(reader, f"{arch}.block_count", path))
 
     rope_scale = 1.0
     scaling = field_value(reader, f"{arch}.rope.scaling.type")

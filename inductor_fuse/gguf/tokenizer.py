@@ -225,7 +225,10 @@ def _byte_level_bpe(reader: GGUFReader, tokens: list[str], types: list[int], pat
     vocab = {(t if spelled(t) else "".join(spelling[b] for b in t.encode("utf-8"))): i for i, t in enumerate(tokens)}
     pairs = [tuple(m.split(" ", 1)) for m in merges]
     spec = PRE_TOKENIZERS[pre]
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=spec.ignore_merges))
+    try:
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=spec.ignore_merges))
+    except Exception as e:  # tokenizers raises a bare Exception ("Token ... out of vocabulary")
+        raise GGUFLoadError(f"{path}: bad tokenizer.ggml.merges: {e}") from e
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(spec.regex), behavior="isolated", invert=False),

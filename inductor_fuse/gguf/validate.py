@@ -1,0 +1,187 @@
+"""A strict structural check of a GGUF file, run before `gguf.GGUFReader` sees it.
+
+GGUFReader trusts the header: it loops in Python over whatever element count an array declares
+and builds numpy views from declared sizes, so a corrupt or lying file can make it hang, crash
+or raise something obscure. `check_gguf_structure` walks the header, the metadata (KV) section
+and the tensor-info section, checks every length and count against the bytes left in the file,
+and checks that every tensor's data lies inside the file -- without reading the tensor data.
+
+Layout (GGUF v2/v3, little-endian; ggml/docs/gguf.md):
+
+    header        magic b"GGUF", version u32, tensor_count u64, kv_count u64     (24 bytes)
+    kv_count x    key string, value_type u32, value
+    tensor_count x  name string, n_dims u32, dims u64[n_dims] (innermost first),
+                  ggml_type u32, offset u64 (relative to the data section)
+    padding to `general.alignment` (a u32 KV, default 32)
+    data section  each tensor at data_start + offset, offset a multiple of the alignment
+
+    string = length u64 + that many UTF-8 bytes; array = item_type u32, count u64, items
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
+
+from .metadata import GGUFLoadError
+
+VERSIONS = (2, 3)
+MAX_DIMS = 4  # GGML_MAX_DIMS
+HEADER_BYTES = 24
+# bytes of one scalar value
+SCALAR_BYTES = {
+    GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1,
+    GGUFValueType.UINT16: 2, GGUFValueType.INT16: 2,
+    GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4,
+    GGUFValueType.UINT64: 8, GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8,
+}  # fmt: skip
+MIN_KV_BYTES = 8 + 4 + 1  # empty key, type, a one-byte value
+MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # empty name, n_dims = 0, type, offset
+
+
+class _Cursor:
+    """Little-endian reads from `buf` that never go past its end."""
+
+    def __init__(self, buf, path: str):
+        self.buf, self.path, self.pos = buf, path, 0
+
+    def error(self, cause: str) -> GGUFLoadError:
+        return GGUFLoadError(f"{self.path}: not a readable GGUF file: {cause}")
+
+    def left(self) -> int:
+        return len(self.buf) - self.pos
+
+    def skip(self, n: int, what: str) -> int:
+        """Advance past `n` bytes; the offset they start at."""
+        if n > self.left():
+            raise self.error(f"{what} at byte {self.pos} needs {n} bytes, {self.left()} left (truncated or corrupt)")
+        self.pos += n
+        return self.pos - n
+
+    def u32(self, what: str) -> int:
+        return struct.unpack_from("<I", self.buf, self.skip(4, what))[0]
+
+    def u64(self, what: str) -> int:
+        return struct.unpack_from("<Q", self.buf, self.skip(8, what))[0]
+
+    def string(self, what: str, decode: bool = True) -> str:
+        n = self.u64(f"length of {what}")
+        start = self.skip(n, what)
+        if not decode:
+            return ""
+        try:
+            return self.buf[start : start + n].decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.error(f"{what} at byte {start} is not UTF-8") from None
+
+    def count(self, n: int, min_bytes: int, what: str) -> int:
+        """`n` items of at least `min_bytes` each must fit in the bytes left."""
+        if n * min_bytes > self.left():
+            raise self.error(f"{what} {n} at byte {self.pos} cannot fit in the {self.left()} bytes left")
+        return n
+
+    def value_type(self, what: str) -> GGUFValueType:
+        raw = self.u32(f"value type of {what}")
+        try:
+            return GGUFValueType(raw)
+        except ValueError:
+            raise self.error(f"unknown value type {raw} for {what}") from None
+
+
+def check_gguf_structure(path: str) -> None:
+    """GGUFLoadError naming `path` and the cause unless the file is structurally sound GGUF."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+            if head[:4] != b"GGUF":
+                raise GGUFLoadError(f"{path}: not a readable GGUF file: bad magic {head[:4]!r} (expected b'GGUF')")
+            if len(head) < HEADER_BYTES:
+                raise GGUFLoadError(f"{path}: not a readable GGUF file: {len(head)} bytes, shorter than the {HEADER_BYTES}-byte header")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                _walk(_Cursor(buf, path))
+    except OSError as e:
+        raise GGUFLoadError(f"{path}: cannot read: {e}") from e
+
+
+def _walk(c: _Cursor) -> None:
+    c.skip(4, "magic")  # checked by the caller
+    version = c.u32("version")
+    if version not in VERSIONS:
+        if version & 0xFFFF == 0:  # GGUFReader's test: a small version number written big-endian
+            raise c.error("big-endian GGUF files are not supported")
+        raise c.error(f"unsupported GGUF version {version} (supported: {VERSIONS})")
+    n_tensors = c.u64("tensor count")
+    n_kv = c.u64("kv count")
+    c.count(n_kv, MIN_KV_BYTES, "kv count")
+    c.count(n_tensors, MIN_TENSOR_INFO_BYTES, "tensor count")
+
+    alignment = GGUF_DEFAULT_ALIGNMENT
+    keys = set()
+    for i in range(n_kv):
+        key = c.string(f"key of metadata entry {i}")
+        if key in keys:
+            raise c.error(f"duplicate metadata key {key!r}")
+        keys.add(key)
+        vtype = c.value_type(repr(key))
+        if key == "general.alignment":
+            if vtype != GGUFValueType.UINT32:
+                raise c.error(f"general.alignment has type {vtype.name}, expected UINT32")
+            alignment = c.u32("general.alignment")
+            if alignment == 0 or alignment & (alignment - 1):
+                raise c.error(f"general.alignment {alignment} is not a power of two")
+        else:
+            _skip_value(c, vtype, repr(key))
+
+    names = set()
+    tensors = []  # (name, offset, n_bytes)
+    for i in range(n_tensors):
+        name = c.string(f"name of tensor {i}")
+        if name in names:
+            raise c.error(f"duplicate tensor name {name!r}")
+        names.add(name)
+        n_dims = c.u32(f"n_dims of {name!r}")
+        if n_dims > MAX_DIMS:
+            raise c.error(f"tensor {name!r} has {n_dims} dims (at most {MAX_DIMS})")
+        dims = [c.u64(f"dims of {name!r}") for _ in range(n_dims)]
+        raw = c.u32(f"type of {name!r}")
+        try:
+            block, type_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(raw)]
+        except (ValueError, KeyError):
+            raise c.error(f"tensor {name!r} has unknown ggml type {raw}") from None
+        offset = c.u64(f"offset of {name!r}")
+        n_elements = 1
+        for d in dims:
+            n_elements *= d  # a Python int: no uint64 wrap-around (numpy's product in GGUFReader wraps)
+        if dims and dims[0] % block:
+            raise c.error(f"tensor {name!r}: row of {dims[0]} elements is not a multiple of the block size {block}")
+        if offset % alignment:
+            raise c.error(f"tensor {name!r}: offset {offset} is not a multiple of the alignment {alignment}")
+        tensors.append((name, offset, n_elements // block * type_bytes))
+
+    data_start = -(-c.pos // alignment) * alignment  # the tensor infos padded to the alignment
+    for name, offset, n_bytes in tensors:
+        end = data_start + offset + n_bytes
+        if end > len(c.buf):
+            raise c.error(f"tensor {name!r} ({n_bytes} bytes at offset {offset}) ends at byte {end}, "
+                          f"past the end of the file ({len(c.buf)} bytes): truncated or corrupt")
+
+
+def _skip_value(c: _Cursor, vtype: GGUFValueType, what: str) -> None:
+    """Move past one metadata value of type `vtype`; value strings are not decoded."""
+    if vtype in SCALAR_BYTES:
+        c.skip(SCALAR_BYTES[vtype], what)
+    elif vtype == GGUFValueType.STRING:
+        c.string(what, decode=False)
+    else:  # ARRAY
+        itype = c.value_type(f"items of {what}")
+        n = c.u64(f"length of {what}")
+        if itype == GGUFValueType.ARRAY:  # no converter writes these; refusing them bounds the recursion
+            raise c.error(f"{what} is an array of arrays (not supported)")
+        if itype == GGUFValueType.STRING:
+            c.count(n, 8, f"{what}: string count")
+            for _ in range(n):
+                c.string(what, decode=False)
+        else:
+            c.skip(c.count(n, SCALAR_BYTES[itype], f"{what}: item count") * SCALAR_BYTES[itype], what)
