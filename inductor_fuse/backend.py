@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx as fx
 
+from torch._dynamo.exc import RestartAnalysis
 from torch._dynamo.guards import GuardBuilder, install_guard
 from torch._dynamo.source import AttrSource
 from torch._guards import TracingContext
@@ -191,6 +192,8 @@ def inductor_fuse_backend(
         with torch.no_grad():
             try:
                 compiled = compile_fx(gm, inputs, config_patches={**patches, "joint_custom_post_pass": RulePass(opts)})
+            except RestartAnalysis:
+                raise  # Dynamo asks to trace again (e.g. a float input specialized): not a failure
             except Exception as e:  # noqa: BLE001 -- any failure of ours must leave the user a working compile
                 where = report.where(e)
                 rep.rewrites.clear()

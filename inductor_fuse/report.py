@@ -133,16 +133,17 @@ def clear_reports() -> None:
 
 @contextlib.contextmanager
 def collecting() -> Iterator[FusionReport]:
-    """Collect the rewrites of one compilation into a new report, then publish it."""
+    """Collect the rewrites of one compilation into a new report, then publish it (not when the
+    compilation raised: e.g. Dynamo's request to trace again, whose retry reports itself)."""
     report = FusionReport()
     _current.append(report)
     try:
         yield report
     finally:
         _current.pop()
-        _history.append(report)
-        log.info("%s", report.summary())
-        log.debug("%s", report)
+    _history.append(report)
+    log.info("%s", report.summary())
+    log.debug("%s", report)
 
 
 @contextlib.contextmanager

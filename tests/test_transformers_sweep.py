@@ -1,0 +1,84 @@
+"""Sweep: the backend on tiny random decoder-only LMs of the installed `transformers`.
+
+Each family of tests/hf_models.FAMILIES is built from a config alone (no hub), compiled as users
+do, `torch.compile(model, backend="inductor_fuse")`, and run once on input_ids [1, 8]
+(use_cache=False). Its logits must match eager, and the `siblings` rule must fire at least as
+often as the family's table entry says. What fired is printed (`pytest -s`):
+
+    llama {'siblings': 4}
+
+No `torch._dynamo.reset()` between families: a process that compiles one model after another is
+what a user has.
+A family this transformers cannot build is skipped with the reason; the list stays explicit.
+
+GPU variants (`-m gpu`, INDUCTOR_FUSE_GPU_TESTS=1): bfloat16, and Q4_K weights via
+`quantize_` (hidden 256: Q4_K needs K % 256 == 0; linears that do not fit stay float).
+"""
+
+import pytest
+import torch
+
+import inductor_fuse
+from hf_models import FAMILIES, Family, FamilyUnavailable, build, input_ids
+from numerics import rel_err
+
+FP32_TOL = 1e-4
+BF16_TOL = 3e-2
+
+
+def compile_and_run(family: Family, model: torch.nn.Module, ids: torch.Tensor):
+    """Eager logits, compiled logits, and the reports of this compile (a graph break gives
+    several Dynamo graphs, hence several reports)."""
+    n_before = len(inductor_fuse.all_reports())
+    with torch.no_grad():
+        want = model(ids, use_cache=False).logits
+        got = torch.compile(model, backend="inductor_fuse")(ids, use_cache=False).logits
+    reports = inductor_fuse.all_reports()[n_before:]
+    print(family.name, inductor_fuse.total_counts(reports), f"({len(reports)} graph(s))")
+    return want, got, reports
+
+
+def check(family: Family, want: torch.Tensor, got: torch.Tensor, reports: list, tol: float) -> None:
+    counts = inductor_fuse.total_counts(reports)
+    text = "\n".join(str(rep) for rep in reports) or "(no inductor_fuse compilation)"
+    assert got.shape == want.shape
+    assert not any(rep.failures for rep in reports), f"{family.name}: a rule or the compile with rules failed\n{text}"
+    err = rel_err(got.float(), want.float())
+    assert err < tol, f"{family.name}: logits rel err {err:.3e} >= {tol:g}\n{text}"
+    assert counts["siblings"] >= family.min_siblings, (
+        f"{family.name}: siblings fired {counts['siblings']}x, expected >= {family.min_siblings} "
+        f"({family.where})\n{text}"
+    )
+
+
+def build_or_skip(family: Family, **kw) -> torch.nn.Module:
+    try:
+        return build(family, **kw)
+    except FamilyUnavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_family_fp32_cpu(family):
+    model = build_or_skip(family)
+    want, got, reports = compile_and_run(family, model, input_ids())
+    check(family, want, got, reports, FP32_TOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_family_bf16_gpu(family):
+    model = build_or_skip(family, dtype=torch.bfloat16, device="cuda")
+    want, got, reports = compile_and_run(family, model, input_ids(device="cuda"))
+    check(family, want, got, reports, BF16_TOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_family_q4k_gpu(family):
+    # Compiled vs eager of the same quantized model: the rewrite must not change what Q4_K computes.
+    model = build_or_skip(family, hidden=256, dtype=torch.bfloat16, device="cuda")
+    inductor_fuse.quantize_(model, inductor_fuse.QuantConfig(fmt="q4_k"))
+    assert any(isinstance(m, inductor_fuse.QuantizedLinear) for m in model.modules())
+    want, got, reports = compile_and_run(family, model, input_ids(device="cuda"))
+    check(family, want, got, reports, BF16_TOL)
