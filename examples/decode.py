@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
         "report": counts,
         "backend": args.backend,
         "device": args.device,
-        "dtype": str(model.norm.weight.dtype).removeprefix("torch."),
+        "dtype": str(model.tok_embeddings.weight.dtype).removeprefix("torch."),
         "gguf": path,
         "load_s": load_s,
         "warmup_s": warmup_s,

@@ -83,10 +83,13 @@ class Transformer(nn.Module):
         self.max_seq_len = 0
 
     def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:
-        """(Re)allocate the KV caches, rope tables and masks for `max_seq_len` positions."""
+        """(Re)allocate the KV caches, rope tables and masks for `max_seq_len` positions.
+
+        dtype: of the KV cache; default: the activation dtype (the embedding's: norms may be
+        float32 under bfloat16 activations, as load_gguf keeps them)."""
         args = self.args
-        device = self.norm.weight.device
-        dtype = dtype or self.norm.weight.dtype
+        device = self.tok_embeddings.weight.device
+        dtype = dtype or self.tok_embeddings.weight.dtype
         self.max_seq_len = max_seq_len
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(max_batch_size, args.n_kv_heads, max_seq_len, args.head_dim, dtype, device)

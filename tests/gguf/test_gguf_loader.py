@@ -130,3 +130,13 @@ def test_compiled_decode_step_gives_eager_tokens(loaded, arch):
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled = generate(model, ids, 10, decode_fn=step)
     assert compiled == eager
+
+
+def test_resized_cache_keeps_the_activation_dtype(tiny_gguf):
+    # examples/decode.py re-sizes the cache for long generations; norms stay float32 under
+    # bfloat16 activations, and the cache once took their dtype: "query bf16, key float" in SDPA.
+    path = tiny_gguf("gemma3")[0]
+    model, _ = load_gguf(path, max_seq_len=16, dtype=torch.bfloat16, progress=False)
+    model.setup_caches(1, 64)
+    assert model.layers[0].attention.kv_cache.k_cache.dtype == torch.bfloat16
+    assert len(generate(model, [5, 7, 11], 4)) == 4
