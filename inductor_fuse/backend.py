@@ -39,7 +39,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
-
 from torch._dynamo.exc import RestartAnalysis
 from torch._dynamo.guards import GuardBuilder, install_guard
 from torch._dynamo.source import AttrSource

@@ -132,21 +132,6 @@ def clear_reports() -> None:
 
 
 @contextlib.contextmanager
-def collecting() -> Iterator[FusionReport]:
-    """Collect the rewrites of one compilation into a new report, then publish it (not when the
-    compilation raised: e.g. Dynamo's request to trace again, whose retry reports itself)."""
-    report = FusionReport()
-    _current.append(report)
-    try:
-        yield report
-    finally:
-        _current.pop()
-    _history.append(report)
-    log.info("%s", report.summary())
-    log.debug("%s", report)
-
-
-@contextlib.contextmanager
 def discarding() -> Iterator[FusionReport]:
     """Collect into a report that is thrown away (a rule's trial run on a copy of the graph)."""
     report = FusionReport()
@@ -155,6 +140,17 @@ def discarding() -> Iterator[FusionReport]:
         yield report
     finally:
         _current.pop()
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[FusionReport]:
+    """Collect the rewrites of one compilation into a new report, then publish it (not when the
+    compilation raised: e.g. Dynamo's request to trace again, whose retry reports itself)."""
+    with discarding() as report:
+        yield report
+    _history.append(report)
+    log.info("%s", report.summary())
+    log.debug("%s", report)
 
 
 def current() -> FusionReport:
