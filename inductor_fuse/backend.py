@@ -16,7 +16,7 @@ What it does, per Dynamo graph:
    model's frozen weights. Freezing then makes the tensors the graph does not mutate constants;
    each of those also gets a guard on its version counter, so an in-place edit after compiling
    (``load_state_dict`` without ``assign``, ``p += d`` under no_grad) recompiles too. Edits
-   through ``.data`` bypass the version counter and are not seen (README: "Weights are frozen").
+   through ``.data`` bypass the version counter and are not tracked (README: "Weights are frozen").
 2. Our rule families (``patterns/``) run as ``joint_custom_post_pass``, just before freezing.
    They express weight concatenations as graph nodes; freezing folds them into constants once,
    before Inductor's FX-graph-cache key is taken. Folded constants are frozen parameters: the
