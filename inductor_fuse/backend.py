@@ -194,14 +194,14 @@ def inductor_fuse_backend(
             except RestartAnalysis:
                 raise  # Dynamo asks to trace again (e.g. a float input specialized): not a failure
             except Exception as e:  # noqa: BLE001 -- any failure of ours must leave the user a working compile
-                where = report.where(e)
+                failure = report.Failure.of("backend", e)
                 rep.rewrites.clear()
                 rep.skipped.clear()
-                rep.failures.append(report.Failure("backend", f"{type(e).__name__}: {e}", where))
+                rep.failures.append(failure)
                 log.warning(
-                    "inductor_fuse: compiling with rules failed (%s: %s, at %s); compiling this graph with "
+                    "inductor_fuse: compiling with rules failed (%s, at %s); compiling this graph with "
                     "stock Inductor (freezing, no rules) instead",
-                    type(e).__name__, e, where,
+                    failure.error, failure.where,
                 )
                 compiled = compile_fx(gm, inputs, config_patches=patches)
         n_versions = _guard_versions_of_frozen(state, lifted)

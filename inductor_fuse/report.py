@@ -36,7 +36,11 @@ class Failure:
 
     family: str  # rule family, or "backend" for a failure outside the rules
     error: str  # "ValueError: ..."
-    where: str  # innermost frame of this package: "patterns/siblings.py:131 in _fuse"
+    where: str  # see where(): "patterns/siblings.py:131 in _fuse"
+
+    @classmethod
+    def of(cls, family: str, exc: BaseException) -> "Failure":
+        return cls(family, f"{type(exc).__name__}: {exc}", where(exc))
 
 
 def where(exc: BaseException) -> str:

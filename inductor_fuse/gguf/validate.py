@@ -41,6 +41,10 @@ MIN_KV_BYTES = 8 + 4 + 1  # empty key, type, a one-byte value
 MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # empty name, n_dims = 0, type, offset
 
 
+def _unreadable(path: str, cause: str) -> GGUFLoadError:
+    return GGUFLoadError(f"{path}: not a readable GGUF file: {cause}")
+
+
 class _Cursor:
     """Little-endian reads from `buf` that never go past its end."""
 
@@ -48,7 +52,7 @@ class _Cursor:
         self.buf, self.path, self.pos = buf, path, 0
 
     def error(self, cause: str) -> GGUFLoadError:
-        return GGUFLoadError(f"{self.path}: not a readable GGUF file: {cause}")
+        return _unreadable(self.path, cause)
 
     def left(self) -> int:
         return len(self.buf) - self.pos
@@ -96,9 +100,9 @@ def check_gguf_structure(path: str) -> None:
         with open(path, "rb") as f:
             head = f.read(HEADER_BYTES)
             if head[:4] != b"GGUF":
-                raise GGUFLoadError(f"{path}: not a readable GGUF file: bad magic {head[:4]!r} (expected b'GGUF')")
+                raise _unreadable(path, f"bad magic {head[:4]!r} (expected b'GGUF')")
             if len(head) < HEADER_BYTES:
-                raise GGUFLoadError(f"{path}: not a readable GGUF file: {len(head)} bytes, shorter than the {HEADER_BYTES}-byte header")
+                raise _unreadable(path, f"{len(head)} bytes, shorter than the {HEADER_BYTES}-byte header")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 _walk(_Cursor(buf, path))
     except OSError as e:

@@ -48,10 +48,10 @@ def _rule_runs(name: str, rule, graph: fx.Graph) -> bool:
             rule(copy.deepcopy(graph))
         return True
     except Exception as e:  # noqa: BLE001 -- a failing rule must not fail the user's compile
-        where = report.where(e)
-        report.current().failures.append(report.Failure(name, f"{type(e).__name__}: {e}", where))
-        log.warning("inductor_fuse: rule family %r raised %s: %s (at %s); skipped for this graph", name,
-                    type(e).__name__, e, where)
+        failure = report.Failure.of(name, e)
+        report.current().failures.append(failure)
+        log.warning("inductor_fuse: rule family %r raised %s (at %s); skipped for this graph", name,
+                    failure.error, failure.where)
         return False
 
 

@@ -23,7 +23,16 @@ import torch.fx as fx
 from torch._inductor.pattern_matcher import stable_topological_sort
 
 from .. import report
-from .graph_utils import call, frozen_placeholders, views_to_reshapes, is_frozen, module_name, not_frozen_reason, val, weight_root
+from .graph_utils import (
+    call,
+    frozen_placeholders,
+    is_frozen,
+    module_name,
+    not_frozen_reason,
+    val,
+    views_to_reshapes,
+    weight_root,
+)
 
 FAMILY = "siblings"
 aten = torch.ops.aten
