@@ -130,8 +130,12 @@ def bench_case(name, N, K, fmt, M, dev, results, with_baselines=True, seed=0):
         cfg = tuned_configs().get(("matvec", fmt, M, N, K), dispatch.default_matvec_config(fmt, M, N, K))
         out = torch.empty((M, N), dtype=x.dtype, device=dev)
         views = [mod.plane_views(p) for p in copies]
-        tk = time_graph([lambda v=v: launch_matvec(kernel, xa, v, None, M, N, K, K // unit, cfg, x.dtype, group=group,
-                                                   out=out) for v in views])
+        tk = time_graph(
+            [
+                lambda v=v: launch_matvec(kernel, xa, v, None, M, N, K, K // unit, cfg, x.dtype, group=group, out=out)
+                for v in views
+            ]
+        )
         row.update(matvec_only_us=tk * 1e6, matvec_only_gbs=(wbytes + io) / tk / 1e9, config=str(cfg))
     if M > dispatch.MATVEC_MAX_M[fmt]:  # both large-M paths, for the record
         tf = time_graph([lambda p=p: qgemm(x, p, None, fmt) for p in copies])
@@ -158,8 +162,11 @@ def crossover(dev, out):
     """Time matvec (act_quant + matvec) and GEMM over M; the crossover is the largest M at which
     the matvec is still faster."""
     rows = []
-    for name, N, K, fmt in [("gate_up", 28672, 4096, "q4_k"), ("down", 4096, 14336, "q4_k"),
-                            ("down", 4096, 14336, "q6_k")]:
+    for name, N, K, fmt in [
+        ("gate_up", 28672, 4096, "q4_k"),
+        ("down", 4096, 14336, "q4_k"),
+        ("down", 4096, 14336, "q6_k"),
+    ]:
         probe = random_planes(fmt, N, K, dev)
         copies = [probe] + [random_planes(fmt, N, K, dev, seed=i + 1) for i in range(n_copies(plane_bytes(probe)) - 1)]
         for M in (2, 4, 8, 16):
@@ -167,10 +174,21 @@ def crossover(dev, out):
             tm = time_graph([lambda p=p: dispatch.matvec(x, p, None, fmt) for p in copies])
             td = time_graph([lambda p=p: dequant_mm(x, p, None, fmt) for p in copies])
             tg = time_graph([lambda p=p: qgemm(x, p, None, fmt) for p in copies])
-            rows.append({"shape": name, "fmt": fmt, "M": M, "matvec_us": tm * 1e6, "dequant_mm_us": td * 1e6,
-                         "fused_gemm_us": tg * 1e6})
-            print(f"crossover {name:8s} {fmt:5s} M={M:3d} matvec {tm*1e6:8.1f} us  dequant+cuBLAS {td*1e6:8.1f} us"
-                  f"  fused gemm {tg*1e6:8.1f} us", flush=True)
+            rows.append(
+                {
+                    "shape": name,
+                    "fmt": fmt,
+                    "M": M,
+                    "matvec_us": tm * 1e6,
+                    "dequant_mm_us": td * 1e6,
+                    "fused_gemm_us": tg * 1e6,
+                }
+            )
+            print(
+                f"crossover {name:8s} {fmt:5s} M={M:3d} matvec {tm * 1e6:8.1f} us  dequant+cuBLAS {td * 1e6:8.1f} us"
+                f"  fused gemm {tg * 1e6:8.1f} us",
+                flush=True,
+            )
         del copies
         torch.cuda.empty_cache()
     best = {}
@@ -189,9 +207,13 @@ def crossover(dev, out):
 def sweep(dev, out, args_dump=None, sweep_formats=("q4_k", "q6_k"), sweep_ms=(1, 4)):
     """Every matvec candidate config (kernel alone, M=1) on the decode shapes."""
     rows = []
-    for name, N, K, fmt in [("gate_up", 28672, 4096, "q4_k"), ("down", 4096, 14336, "q4_k"),
-                            ("qkv", 6144, 4096, "q4_k"), ("down", 4096, 14336, "q6_k"),
-                            ("lm_head", 128256, 4096, "q6_k")]:
+    for name, N, K, fmt in [
+        ("gate_up", 28672, 4096, "q4_k"),
+        ("down", 4096, 14336, "q4_k"),
+        ("qkv", 6144, 4096, "q4_k"),
+        ("down", 4096, 14336, "q6_k"),
+        ("lm_head", 128256, 4096, "q6_k"),
+    ]:
         if fmt not in sweep_formats:
             continue
         mod, kernel, unit, inter, group = dispatch._MATVEC[fmt]
@@ -205,8 +227,14 @@ def sweep(dev, out, args_dump=None, sweep_formats=("q4_k", "q6_k"), sweep_ms=(1,
             o = torch.empty((M, N), dtype=x.dtype, device=dev)
             for cfg in mod.MATVEC_CONFIGS:
                 try:
-                    t = time_graph([lambda v=v: launch_matvec(kernel, xa, v, None, M, N, K, K // unit, cfg, x.dtype,
-                                                              group=group, out=o) for v in views])
+                    t = time_graph(
+                        [
+                            lambda v=v: launch_matvec(
+                                kernel, xa, v, None, M, N, K, K // unit, cfg, x.dtype, group=group, out=o
+                            )
+                            for v in views
+                        ]
+                    )
                 except Exception as e:  # noqa: BLE001
                     print(f"sweep {name} {fmt} {cfg}: failed {type(e).__name__}: {str(e)[:200]}")
                     continue
@@ -215,9 +243,20 @@ def sweep(dev, out, args_dump=None, sweep_formats=("q4_k", "q6_k"), sweep_ms=(1,
 
                 k = _common.LAST_COMPILED
                 regs = (getattr(k, "n_regs", -1), getattr(k, "n_spills", -1))
-                rows.append({"shape": name, "fmt": fmt, "M": M, "config": str(cfg), "us": t * 1e6, "pct": pct,
-                             "regs_spills": regs})
-                print(f"sweep {name:8s} {fmt} M={M} {cfg}: {t*1e6:8.1f} us {pct:5.1f}% regs/spills {regs}", flush=True)
+                rows.append(
+                    {
+                        "shape": name,
+                        "fmt": fmt,
+                        "M": M,
+                        "config": str(cfg),
+                        "us": t * 1e6,
+                        "pct": pct,
+                        "regs_spills": regs,
+                    }
+                )
+                print(
+                    f"sweep {name:8s} {fmt} M={M} {cfg}: {t * 1e6:8.1f} us {pct:5.1f}% regs/spills {regs}", flush=True
+                )
                 if args_dump and cfg == mod.MATVEC_CONFIGS[0] and M == 1 and name in ("gate_up", "lm_head"):
                     for kind in ("ttgir", "sass"):
                         try:
@@ -275,8 +314,10 @@ def main():
     print()
     print(f"time per call in us (% of copy bandwidth {bw:.0f} GB/s for matvec rows); GPU {out['gpu']}")
     print("kernel only: the matvec without act_quant (M <= MATVEC_MAX_M); bf16 = F.linear (cuBLAS)")
-    print(f"{'shape':8s} {'fmt':5s} {'M':>4s} {'path':6s} {'ours':>16s} {'kernel only':>16s} {'bf16':>16s} "
-          f"{'tinygemm g32':>16s} {'tinygemm g128':>16s} {'vs g128':>7s} {'vs bf16':>7s}")
+    print(
+        f"{'shape':8s} {'fmt':5s} {'M':>4s} {'path':6s} {'ours':>16s} {'kernel only':>16s} {'bf16':>16s} "
+        f"{'tinygemm g32':>16s} {'tinygemm g128':>16s} {'vs g128':>7s} {'vs bf16':>7s}"
+    )
     for r in results:
         print(_fmt_row(r, bw))
     print(f"JSON: {args.json}")
@@ -297,11 +338,13 @@ def _cell(us, gbs, bw):
 def _fmt_row(r, bw):
     vs_tg = r["tinygemm_g128_us"] / r["ours_us"] if "tinygemm_g128_us" in r else float("nan")
     vs_bf = r["bf16_us"] / r["ours_us"] if "bf16_us" in r else float("nan")
-    return (f"{r['shape']:8s} {r['fmt']:5s} {r['M']:4d} {r['path']:6s} {_cell(r['ours_us'], r['ours_gbs'], bw)} "
-            f"{_cell(r.get('matvec_only_us'), r.get('matvec_only_gbs', 0), bw)} "
-            f"{_cell(r.get('bf16_us'), r.get('bf16_gbs', 0), bw)} "
-            f"{_cell(r.get('tinygemm_g32_us'), r.get('tinygemm_g32_gbs', 0), bw)} "
-            f"{_cell(r.get('tinygemm_g128_us'), r.get('tinygemm_g128_gbs', 0), bw)} {vs_tg:7.2f} {vs_bf:7.2f}")
+    return (
+        f"{r['shape']:8s} {r['fmt']:5s} {r['M']:4d} {r['path']:6s} {_cell(r['ours_us'], r['ours_gbs'], bw)} "
+        f"{_cell(r.get('matvec_only_us'), r.get('matvec_only_gbs', 0), bw)} "
+        f"{_cell(r.get('bf16_us'), r.get('bf16_gbs', 0), bw)} "
+        f"{_cell(r.get('tinygemm_g32_us'), r.get('tinygemm_g32_gbs', 0), bw)} "
+        f"{_cell(r.get('tinygemm_g128_us'), r.get('tinygemm_g128_gbs', 0), bw)} {vs_tg:7.2f} {vs_bf:7.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ def main() -> None:
 
     base = results["torch.compile"]["us_per_layer"]
     rows = [
-        [n, r["kernels_per_layer"], r["us_per_layer"], r["step_us"], base / r["us_per_layer"]] for n, r in results.items()
+        [n, r["kernels_per_layer"], r["us_per_layer"], r["step_us"], base / r["us_per_layer"]]
+        for n, r in results.items()
     ]
     print_table(
         f"Llama-3-8B layer, bf16, M=1, context {args.context}, {args.layers} layers (CUDA graphs for compiled)",

@@ -43,8 +43,12 @@ def main() -> None:
     for i in range(args.runs):
         for tree in args.trees:
             r = run_decode(tree.resolve(), args.decode_args)
-            runs[str(tree)].append({k: r[k] for k in ("decode_tok_s", "prefill_tok_s", "load_s", "warmup_s", "report", "tokens")})
-            print(f"run {i + 1} {str(tree):>30}: decode {r['decode_tok_s']:8.1f} tok/s  report {r['report']}", flush=True)
+            runs[str(tree)].append(
+                {k: r[k] for k in ("decode_tok_s", "prefill_tok_s", "load_s", "warmup_s", "report", "tokens")}
+            )
+            print(
+                f"run {i + 1} {str(tree):>30}: decode {r['decode_tok_s']:8.1f} tok/s  report {r['report']}", flush=True
+            )
 
     summary, rows = {}, []
     for tree, rs in runs.items():
@@ -55,8 +59,11 @@ def main() -> None:
     print_table(f"decode tok/s, {args.runs} runs per tree", ["tree", "median", "min", "max", "spread"], rows)
     same_tokens = len({tuple(r["tokens"]) for rs in runs.values() for r in rs}) == 1
     print(f"identical tokens in every run: {same_tokens}")
-    write_json(f"{environment()['date']}-decode-{args.name}.json",
-               {"decode_args": args.decode_args, "runs": runs, "summary": summary, "identical_tokens": same_tokens})
+    write_json(
+        f"{environment()['date']}-decode-{args.name}.json",
+        {"decode_args": args.decode_args, "runs": runs, "summary": summary, "identical_tokens": same_tokens},
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """inductor_fuse: Inductor rules that fuse int4 LLM inference graphs into Triton kernels.
 
-    model = torch.compile(model, backend="inductor_fuse")
-    inductor_fuse.last_report().counts   # {"siblings": 64, ...}
+model = torch.compile(model, backend="inductor_fuse")
+inductor_fuse.last_report().counts   # {"siblings": 64, ...}
 """
 
 from .backend import inductor_fuse_backend, make_backend

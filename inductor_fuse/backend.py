@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -201,7 +202,8 @@ def inductor_fuse_backend(
                 log.warning(
                     "inductor_fuse: compiling with rules failed (%s, at %s); compiling this graph with "
                     "stock Inductor (freezing, no rules) instead",
-                    failure.error, failure.where,
+                    failure.error,
+                    failure.where,
                 )
                 compiled = compile_fx(gm, inputs, config_patches=patches)
         n_versions = _guard_versions_of_frozen(state, lifted)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # The rule families this version implements, in the order their passes run.
 FAMILIES = ("siblings",)
@@ -25,12 +26,10 @@ class FuseOptions:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, bool):
-                raise TypeError(
-                    f"inductor_fuse option {f.name!r} must be a bool, got {type(value).__name__} {value!r}"
-                )
+                raise TypeError(f"inductor_fuse option {f.name!r} must be a bool, got {type(value).__name__} {value!r}")
 
     @classmethod
-    def from_dict(cls, options: Mapping[str, Any] | None) -> "FuseOptions":
+    def from_dict(cls, options: Mapping[str, Any] | None) -> FuseOptions:
         if options is None:
             return cls()
         if isinstance(options, FuseOptions):

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import traceback
-from typing import Iterator
+from collections.abc import Iterator
 
 from .options import FAMILIES
 
@@ -39,7 +39,7 @@ class Failure:
     where: str  # see where(): "patterns/siblings.py:131 in _fuse"
 
     @classmethod
-    def of(cls, family: str, exc: BaseException) -> "Failure":
+    def of(cls, family: str, exc: BaseException) -> Failure:
         return cls(family, f"{type(exc).__name__}: {exc}", where(exc))
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Union
 
 import torch
 import torch.nn as nn
@@ -69,7 +68,7 @@ class Conv:
     bias: bool
 
 
-Step = Union[Linear, Act, Mul, Conv]
+Step = Linear | Act | Mul | Conv
 
 
 def _width(step: Step, widths: list[int]) -> int:

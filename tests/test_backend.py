@@ -9,10 +9,10 @@ import textwrap
 import pytest
 import torch
 import torch.nn as nn
-
-import inductor_fuse
 from numerics import rel_err
 from toy_models import TinyLlama
+
+import inductor_fuse
 
 TESTS_DIR = os.path.dirname(__file__)
 

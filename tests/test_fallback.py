@@ -6,12 +6,12 @@ import logging
 
 import pytest
 import torch
+from numerics import rel_err
+from toy_models import TinyLlama
 
 import inductor_fuse
 import inductor_fuse.patterns as patterns
 import inductor_fuse.patterns.siblings as siblings
-from numerics import rel_err
-from toy_models import TinyLlama
 
 
 def run(model, x):
@@ -30,7 +30,11 @@ def test_a_rule_that_raises_is_skipped(monkeypatch, caplog):
     assert rep.counts["siblings"] == 0
     (failure,) = rep.failures
     assert failure.family == "siblings" and failure.error == "RuntimeError: rule bug"
-    assert failure.where.startswith("patterns/__init__.py:") and "test_fallback.py" in failure.where and "in broken)" in failure.where
+    assert (
+        failure.where.startswith("patterns/__init__.py:")
+        and "test_fallback.py" in failure.where
+        and "in broken)" in failure.where
+    )
     assert "FAILED siblings" in str(rep) and "FAILED, skipped: siblings" in rep.summary()
     assert any("rule family 'siblings' raised RuntimeError: rule bug" in r.message for r in caplog.records)
 

@@ -9,11 +9,10 @@ exactly the case under test.
 import pytest
 import torch
 import torch.nn as nn
-
-import inductor_fuse
 from numerics import rel_err
 from toy_models import TinyLlama
 
+import inductor_fuse
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
@@ -58,8 +57,12 @@ def test_one_compiled_function_called_on_two_models(device):
 def test_transformers_model_twice(device):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
     )
     ids = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(0)).to(device)
     for seed in (0, 1):

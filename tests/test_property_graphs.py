@@ -15,13 +15,13 @@ cache. A failure found by drawing is shrunk to a minimal graph, which compiles m
 import os
 
 import torch
+from graph_strategies import Act, GraphSpec, Linear, Mul, build_model, expected_sibling_groups, graph_specs, make_input
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
+from numerics import rel_err
 from torch._dynamo.utils import counters
 
 import inductor_fuse
-from graph_strategies import Act, GraphSpec, Linear, Mul, build_model, expected_sibling_groups, graph_specs, make_input
-from numerics import rel_err
 
 EXAMPLES = int(os.environ.get("INDUCTOR_FUSE_PROPERTY_EXAMPLES", "10"))
 TOL = {False: 1e-4, True: 3e-2}  # uses bfloat16 anywhere -> looser
@@ -34,14 +34,22 @@ RECOMPILES = dict(recompile_limit=100_000, accumulated_recompile_limit=100_000)
 TWO_LINEARS = GraphSpec("float32", (3,), 32, (Linear(0, 16, True, "float32"), Linear(0, 8, False, "float32")), (1, 2))
 # x -> (a, b); a -> (c, d): the second group reads the output of a linear the first group fused
 CHAINED_GROUPS = GraphSpec(
-    "float32", (3,), 32,
-    (Linear(0, 32, False, "float32"), Linear(0, 16, False, "float32"),
-     Linear(1, 8, False, "float32"), Linear(1, 8, True, "float32")),
+    "float32",
+    (3,),
+    32,
+    (
+        Linear(0, 32, False, "float32"),
+        Linear(0, 16, False, "float32"),
+        Linear(1, 8, False, "float32"),
+        Linear(1, 8, True, "float32"),
+    ),
     (2, 3, 4),
 )
 # silu(gate(x16)) * up(x16) with x16 = x.to(bfloat16) written twice: two casts of x are one tensor
 CAST_GLU = GraphSpec(
-    "float32", (2, 3), 64,
+    "float32",
+    (2, 3),
+    64,
     (Linear(0, 24, False, "bfloat16"), Act(1, "silu"), Linear(0, 24, False, "bfloat16"), Mul(2, 3)),
     (4,),
 )
@@ -90,7 +98,9 @@ def test_random_graph_matches_eager_and_fuses_every_sibling_group(spec: GraphSpe
     assert not rep.failures, "a rule raised"
     counts = rep.counts
     assert counts["siblings"] == len(groups)
-    assert {f: n for f, n in counts.items() if f != "siblings"} == {f: 0 for f in inductor_fuse.FAMILIES if f != "siblings"}
+    assert {f: n for f, n in counts.items() if f != "siblings"} == {
+        f: 0 for f in inductor_fuse.FAMILIES if f != "siblings"
+    }
     rewrites = [r for r in rep.rewrites if r.family == "siblings"]
     assert sorted(len(r.nodes) for r in rewrites) == sorted(len(g) for g in groups)
     # detail: "x[...] -> [64+32+32] q4_k, bias=yes" -- widths in graph order, weight kind, bias

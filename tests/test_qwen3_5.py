@@ -8,9 +8,9 @@ view a tensor with shape [1, 12, 4, 32] and strides (4704, 392, 32, 1) as a tens
 
 import pytest
 import torch
+from numerics import rel_err
 
 import inductor_fuse
-from numerics import rel_err
 
 transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "Qwen3_5ForCausalLM"):
@@ -19,10 +19,18 @@ if not hasattr(transformers, "Qwen3_5ForCausalLM"):
 
 def tiny_qwen3_5(seed: int = 0):
     cfg = transformers.Qwen3_5TextConfig(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
         layer_types=["linear_attention", "full_attention"],
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=256,
-        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        vocab_size=256,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=32,
+        linear_value_head_dim=32,
     )
     torch.manual_seed(seed)
     return transformers.Qwen3_5ForCausalLM(cfg).eval()

@@ -11,15 +11,15 @@ import re
 
 import pytest
 import torch
+from numerics import rel_err
+from test_backend import run_script
 from torch._dynamo.utils import counters
 from torch._inductor.utils import run_and_get_code
+from toy_models import TinyLlama
 
 import inductor_fuse
 from inductor_fuse.models import ModelArgs, Transformer
 from inductor_fuse.models.generate import decode_one_token, prefill
-from numerics import rel_err
-from test_backend import run_script
-from toy_models import TinyLlama
 
 # The project's Transformer, llama flavour, as in tests/models/test_transformer.py.
 LLAMA = ModelArgs(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96)
@@ -98,9 +98,7 @@ def test_tinyllama_varying_batch_and_seq(dynamic):
     assert_rules_fired(seen.reports(), siblings_per_graph=2)  # (q,k,v) and (gate,up), dynamic graphs too
 
 
-@pytest.mark.parametrize(
-    "dynamic", [True, None], ids=["dynamic", "automatic"]
-)
+@pytest.mark.parametrize("dynamic", [True, None], ids=["dynamic", "automatic"])
 def test_transformer_prefill_varying_seq(dynamic):
     # Prompts of 3, 5, 9, 17 tokens into the static KV cache (batch = the cache's batch).
     # Bound: 2 graphs (static first, then dynamic seq); dynamic=True: 1 (no size-1 dim varies).

@@ -17,10 +17,10 @@ GPU variants (`-m gpu`, INDUCTOR_FUSE_GPU_TESTS=1): bfloat16, and Q4_K weights v
 
 import pytest
 import torch
-
-import inductor_fuse
 from hf_models import FAMILIES, Family, FamilyUnavailable, build, input_ids
 from numerics import rel_err
+
+import inductor_fuse
 
 FP32_TOL = 1e-4
 BF16_TOL = 3e-2

@@ -55,4 +55,3 @@ class TinyLlama(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
-

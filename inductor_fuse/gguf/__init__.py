@@ -1,7 +1,7 @@
 """GGUF files: model + tokenizer.
 
-    from inductor_fuse.gguf import load_gguf
-    model, tokenizer = load_gguf(path, device="cuda", max_seq_len=4096)
+from inductor_fuse.gguf import load_gguf
+model, tokenizer = load_gguf(path, device="cuda", max_seq_len=4096)
 """
 
 from .loader import load_gguf, model_args

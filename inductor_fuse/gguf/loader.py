@@ -137,7 +137,12 @@ def model_args(reader: GGUFReader, path: str = "<gguf>") -> ModelArgs:
         rope_scale = float(_scalar(reader, f"{arch}.rope.scaling.factor", path, 1.0))
     factors = None
     if "rope_freqs.weight" in tensors:  # Llama 3.1 long-context frequency factors
-        factors = tuple(float(f) for f in gguf_dequantize(tensors["rope_freqs.weight"].data, tensors["rope_freqs.weight"].tensor_type).reshape(-1))
+        factors = tuple(
+            float(f)
+            for f in gguf_dequantize(
+                tensors["rope_freqs.weight"].data, tensors["rope_freqs.weight"].tensor_type
+            ).reshape(-1)
+        )
 
     common = dict(
         vocab_size=int(tensors["token_embd.weight"].shape[1]),
@@ -231,7 +236,8 @@ def _plan(args: ModelArgs, reader: GGUFReader, tensors: dict, path: str) -> dict
             if ggml_type not in FLOAT_TYPES and not quantized_ok:
                 supported = sorted(t.name for t in (*FLOAT_TYPES, *GGUF_FORMATS))
                 raise GGUFLoadError(
-                    f"{path}: tensor {key!r} has unsupported type {ggml_type.name} for {name}.{part} (supported: {supported})"
+                    f"{path}: tensor {key!r} has unsupported type {ggml_type.name} for {name}.{part} "
+                    f"(supported: {supported})"
                 )
     used = {f"{g}.{part}" for n, g in plan.items() for part, _ in skeleton.get_submodule(n).named_parameters()}
     unused = sorted(set(tensors) - used - {"rope_freqs.weight"})
@@ -284,7 +290,9 @@ def _build(args, arch, plan, tensors, path, device, dtype, progress) -> Transfor
 
     with torch.device("meta"):
         model = Transformer(args)
-    for name, gguf_name in tqdm(plan.items(), desc=f"loading {os.path.basename(path)}", unit="tensor", disable=not progress):
+    for name, gguf_name in tqdm(
+        plan.items(), desc=f"loading {os.path.basename(path)}", unit="tensor", disable=not progress
+    ):
         t = tensors[f"{gguf_name}.weight"]
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -56,7 +56,9 @@ class PreTokenizer:
 
 
 PRE_TOKENIZERS = {
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "dbrx"), PreTokenizer(_LLAMA3_SPLIT, True)),
+    **dict.fromkeys(
+        ("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "dbrx"), PreTokenizer(_LLAMA3_SPLIT, True)
+    ),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), PreTokenizer(_QWEN2_SPLIT, False)),
     "gpt-2": PreTokenizer(_GPT2_SPLIT, False),
 }
@@ -68,7 +70,9 @@ _END_OF_GENERATION = ("<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|im_end|>",
 @functools.cache
 def _byte_alphabet() -> dict[int, str]:
     """GPT-2's printable spelling of the 256 bytes (byte-level BPE vocabularies are written in it)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     spelling, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -122,12 +126,12 @@ class GGUFTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def stream(self, skip_special_tokens: bool = True) -> "TokenStream":
+    def stream(self, skip_special_tokens: bool = True) -> TokenStream:
         """An incremental decoder: `.step(id)` returns the new text ('' while a character is incomplete)."""
         return TokenStream(self, skip_special_tokens)
 
     @classmethod
-    def from_reader(cls, reader: GGUFReader, path: str = "<gguf>") -> "GGUFTokenizer":
+    def from_reader(cls, reader: GGUFReader, path: str = "<gguf>") -> GGUFTokenizer:
         kind = field_value(reader, "tokenizer.ggml.model")
         tokens = field_value(reader, "tokenizer.ggml.tokens")
         if kind is None or tokens is None:
@@ -171,8 +175,14 @@ def _add_file_tokens(backend: Tokenizer, tokens: list[str], types: list[int], ke
     """Control tokens become special added tokens, user-defined ones plain added tokens; both are
     matched whole in the text before the model splits anything (as llama.cpp does)."""
     vocab = backend.get_vocab()
-    control = [AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types) if k == TOKEN_CONTROL and keep(t)]
-    user = [AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types) if k == TOKEN_USER_DEFINED and t in vocab]
+    control = [
+        AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types) if k == TOKEN_CONTROL and keep(t)
+    ]
+    user = [
+        AddedToken(t, normalized=False, special=False)
+        for t, k in zip(tokens, types)
+        if k == TOKEN_USER_DEFINED and t in vocab
+    ]
     backend.add_special_tokens(control)
     backend.add_tokens(user)
 
@@ -194,7 +204,9 @@ def _sentencepiece_bpe(reader: GGUFReader, tokens: list[str], types: list[int], 
     unk_id = field_value(reader, "tokenizer.ggml.unknown_token_id")
     unk = tokens[unk_id] if unk_id is not None and unk_id < len(tokens) else None
     backend = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges_from_vocab(tokens, rank), unk_token=unk, fuse_unk=True, byte_fallback=True)
+        models.BPE(
+            vocab=vocab, merges=merges_from_vocab(tokens, rank), unk_token=unk, fuse_unk=True, byte_fallback=True
+        )
     )
     add_space_prefix = bool(field_value(reader, "tokenizer.ggml.add_space_prefix", not gemma))
     steps = [decoders.Replace(SPM_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]

@@ -168,8 +168,10 @@ def _walk(c: _Cursor) -> None:
     for name, offset, n_bytes in tensors:
         end = data_start + offset + n_bytes
         if end > len(c.buf):
-            raise c.error(f"tensor {name!r} ({n_bytes} bytes at offset {offset}) ends at byte {end}, "
-                          f"past the end of the file ({len(c.buf)} bytes): truncated or corrupt")
+            raise c.error(
+                f"tensor {name!r} ({n_bytes} bytes at offset {offset}) ends at byte {end}, "
+                f"past the end of the file ({len(c.buf)} bytes): truncated or corrupt"
+            )
 
 
 def _skip_value(c: _Cursor, vtype: GGUFValueType, what: str) -> None:

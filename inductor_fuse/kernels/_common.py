@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import triton
@@ -38,13 +38,21 @@ def _dp4a(a, b, SIGNED_A: tl.constexpr, USE_ASM: tl.constexpr):
         zero = tl.zeros_like(a)
         if SIGNED_A:
             r = tl.inline_asm_elementwise(
-                "dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, zero],
-                dtype=tl.int32, is_pure=True, pack=1,
+                "dp4a.s32.s32 $0, $1, $2, $3;",
+                "=r,r,r,r",
+                [a, b, zero],
+                dtype=tl.int32,
+                is_pure=True,
+                pack=1,
             )
         else:
             r = tl.inline_asm_elementwise(
-                "dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, zero],
-                dtype=tl.int32, is_pure=True, pack=1,
+                "dp4a.u32.s32 $0, $1, $2, $3;",
+                "=r,r,r,r",
+                [a, b, zero],
+                dtype=tl.int32,
+                is_pure=True,
+                pack=1,
             )
     else:
         r = tl.zeros_like(a)
@@ -73,9 +81,15 @@ def _dp4a(a, b, SIGNED_A: tl.constexpr, USE_ASM: tl.constexpr):
 
 @triton.jit
 def _act_quant_kernel(
-    x_ptr, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,  # x [M, K] float; xq int8 [M, K]; xd, xs32 f32 [M, K/32]; xs16 f32 [M, K/16]
-    K, stride_xm,
-    INTERLEAVE: tl.constexpr, BLOCK_G: tl.constexpr,
+    x_ptr,
+    xq_ptr,
+    xd_ptr,
+    xs32_ptr,
+    xs16_ptr,  # x [M, K] float; xq int8 [M, K]; xd, xs32 f32 [M, K/32]; xs16 f32 [M, K/16]
+    K,
+    stride_xm,
+    INTERLEAVE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
 ):
     m = tl.program_id(0)
     g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)  # [BG] 32-groups
@@ -121,8 +135,7 @@ def act_quant(x: torch.Tensor, interleave: bool = False) -> QuantizedActivation:
     xs16 = torch.empty((M, K // 16), dtype=torch.float32, device=x.device)
     BLOCK_G = 8 if interpreting() else 32
     grid = (M, triton.cdiv(K // 32, BLOCK_G))
-    _act_quant_kernel[grid](x, xq, xd, xs32, xs16, K, x.stride(0), INTERLEAVE=interleave, BLOCK_G=BLOCK_G,
-                            num_warps=4)
+    _act_quant_kernel[grid](x, xq, xd, xs32, xs16, K, x.stride(0), INTERLEAVE=interleave, BLOCK_G=BLOCK_G, num_warps=4)
     return QuantizedActivation(xq.view(torch.int32), xd, xs32, xs16)
 
 
@@ -160,8 +173,9 @@ def splitk_reduce(ws: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
     S, M, N = ws.shape
     BLOCK = 1024
     grid = (triton.cdiv(M * N, BLOCK),)
-    _splitk_reduce_kernel[grid](ws, bias if bias is not None else out, out, M * N, N, S,
-                                HAS_BIAS=bias is not None, BLOCK=BLOCK, num_warps=4)
+    _splitk_reduce_kernel[grid](
+        ws, bias if bias is not None else out, out, M * N, N, S, HAS_BIAS=bias is not None, BLOCK=BLOCK, num_warps=4
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +233,7 @@ def pick_config(key: tuple, candidates: Sequence, bench: Callable[[object], None
     best, best_t = candidates[0], float("inf")
     for c in candidates:
         try:
-            t = triton.testing.do_bench(lambda: bench(c), warmup=5, rep=25, return_mode="median")
+            t = triton.testing.do_bench(lambda c=c: bench(c), warmup=5, rep=25, return_mode="median")
         except Exception:  # a config that does not compile (resources) is skipped
             continue
         if t < best_t:
@@ -250,9 +264,20 @@ def matvec_block_m(M: int) -> int:
     return min(triton.next_power_of_2(M), 8)
 
 
-def launch_matvec(kernel, xa: QuantizedActivation, planes: Sequence[torch.Tensor], bias, M: int, N: int,
-                  K: int, n_units: int, cfg: MatvecConfig, out_dtype: torch.dtype, group: int = 0,
-                  out: torch.Tensor | None = None) -> torch.Tensor:
+def launch_matvec(
+    kernel,
+    xa: QuantizedActivation,
+    planes: Sequence[torch.Tensor],
+    bias,
+    M: int,
+    N: int,
+    K: int,
+    n_units: int,
+    cfg: MatvecConfig,
+    out_dtype: torch.dtype,
+    group: int = 0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     dev = xa.xq.device
     if out is None:
         out = torch.empty((M, N), dtype=out_dtype, device=dev)
@@ -269,12 +294,34 @@ def launch_matvec(kernel, xa: QuantizedActivation, planes: Sequence[torch.Tensor
         dst = out
     global LAST_COMPILED
     LAST_COMPILED = kernel[grid](
-        xa.xq, xa.xd, xa.xs32, xa.xs16, ps[0], ps[1], ps[2], ps[3],
-        bias if bias is not None else dst, dst, M, N, K, ups,
-        ps[0].stride(0), ps[1].stride(0), ps[2].stride(0), ps[3].stride(0),
-        GROUP=group, HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=cfg.prefetch,
-        BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u, USE_ASM=use_asm,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        xa.xq,
+        xa.xd,
+        xa.xs32,
+        xa.xs16,
+        ps[0],
+        ps[1],
+        ps[2],
+        ps[3],
+        bias if bias is not None else dst,
+        dst,
+        M,
+        N,
+        K,
+        ups,
+        ps[0].stride(0),
+        ps[1].stride(0),
+        ps[2].stride(0),
+        ps[3].stride(0),
+        GROUP=group,
+        HAS_BIAS=bias is not None,
+        SPLIT=split > 1,
+        PREFETCH=cfg.prefetch,
+        BLOCK_M=block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_U=cfg.block_u,
+        USE_ASM=use_asm,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     if split > 1:
         splitk_reduce(ws, bias, out)
@@ -282,8 +329,27 @@ def launch_matvec(kernel, xa: QuantizedActivation, planes: Sequence[torch.Tensor
 
 
 @triton.jit
-def _matvec_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N,
-                     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _matvec_epilogue(
+    acc0,
+    acc1,
+    acc2,
+    acc3,
+    acc4,
+    acc5,
+    acc6,
+    acc7,
+    bias_ptr,
+    out_ptr,
+    pid_m,
+    pid_k,
+    rows,
+    M,
+    N,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     # acc_i: f32 [BLOCK_N, BLOCK_U] partial sums of row m = pid_m * BLOCK_M + i (i < BLOCK_M), summed
     # over units only here, once: no cross-thread reduction inside the K loop.
     mrow = tl.arange(0, BLOCK_M)

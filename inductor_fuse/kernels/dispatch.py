@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
 
 from . import int4, q4_k, q5_0, q6_k, q8_0
 from ._common import MatvecConfig, act_quant, interpreting, launch_matvec, pick_config
@@ -69,9 +68,12 @@ def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None 
         out = torch.empty((M, N), dtype=x.dtype, device=x.device)
         key = ("matvec", fmt, M, N, K)
         cands = [default_matvec_config(fmt, M, N, K)] + [c for c in mod.MATVEC_CONFIGS]
-        config = pick_config(key, cands,
-                             lambda c: launch_matvec(kernel, xa, views, bias, M, N, K, K // unit, c, x.dtype,
-                                                     group=group, out=out), tune=False)
+        config = pick_config(
+            key,
+            cands,
+            lambda c: launch_matvec(kernel, xa, views, bias, M, N, K, K // unit, c, x.dtype, group=group, out=out),
+            tune=False,
+        )
         return launch_matvec(kernel, xa, views, bias, M, N, K, K // unit, config, x.dtype, group=group, out=out)
     return launch_matvec(kernel, xa, views, bias, M, N, K, K // unit, config, x.dtype, group=group)
 

@@ -28,8 +28,9 @@ FMT_GROUP = {"int4_g32": 32, "int4_g64": 64, "int4_g128": 128}
 
 
 @triton.jit
-def _dequant_tile(p0, p1, p2, p3, rows, k0, K, FMT: tl.constexpr, GROUP: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _dequant_tile(
+    p0, p1, p2, p3, rows, k0, K, FMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+):
     # -> float32 [BLOCK_N, BLOCK_K // 32, 32]: w[rows, k0 + 32s + i]
     if FMT == 0:
         w = _q4k_dequant_tile(p0, p1, p2, rows, k0, K, BLOCK_N, BLOCK_K)
@@ -46,9 +47,19 @@ def _dequant_tile(p0, p1, p2, p3, rows, k0, K, FMT: tl.constexpr, GROUP: tl.cons
 
 @triton.jit
 def _dequant_kernel(
-    p0, p1, p2, p3, out_ptr,  # planes; out [n1 - n0, K] (x.dtype): rows n0.. of the weight
-    N, K, n0, n1,
-    FMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    p0,
+    p1,
+    p2,
+    p3,
+    out_ptr,  # planes; out [n1 - n0, K] (x.dtype): rows n0.. of the weight
+    N,
+    K,
+    n0,
+    n1,
+    FMT: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     rows = n0 + tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_c = tl.minimum(rows, n1 - 1)
@@ -62,10 +73,24 @@ def _dequant_kernel(
 
 @triton.jit
 def _qgemm_kernel(
-    x_ptr, p0, p1, p2, p3, bias_ptr, out_ptr,  # x [M, K]; planes as stored (uint8 / int8 / f16); out [M, N]
-    M, N, K,
-    FMT: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    x_ptr,
+    p0,
+    p1,
+    p2,
+    p3,
+    bias_ptr,
+    out_ptr,  # x [M, K]; planes as stored (uint8 / int8 / f16); out [M, N]
+    M,
+    N,
+    K,
+    FMT: tl.constexpr,
+    GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -119,10 +144,26 @@ def launch_gemm(x: torch.Tensor, planes, bias, fmt: str, cfg: GemmConfig, out: t
     ps = list(planes) + [planes[0]] * (4 - len(planes))
     grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n),)
     _qgemm_kernel[grid](
-        x, ps[0], ps[1], ps[2], ps[3], bias if bias is not None else out, out, M, N, K,
-        FMT=FMT_IDS[fmt], GROUP=FMT_GROUP.get(fmt, 32), HAS_BIAS=bias is not None,
-        DOT_F32=interpreting(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        x,
+        ps[0],
+        ps[1],
+        ps[2],
+        ps[3],
+        bias if bias is not None else out,
+        out,
+        M,
+        N,
+        K,
+        FMT=FMT_IDS[fmt],
+        GROUP=FMT_GROUP.get(fmt, 32),
+        HAS_BIAS=bias is not None,
+        DOT_F32=interpreting(),
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return out
 
@@ -146,8 +187,22 @@ def dequantize_rows(planes, fmt: str, n0: int, n1: int, out: torch.Tensor) -> to
     ps = list(planes) + [planes[0]] * (4 - len(planes))
     BLOCK_N, BLOCK_K = (16, 64) if interpreting() else (32, 256 if K % 256 == 0 else 32)
     grid = (triton.cdiv(n1 - n0, BLOCK_N), K // BLOCK_K)
-    _dequant_kernel[grid](ps[0], ps[1], ps[2], ps[3], out, N, K, n0, n1, FMT=FMT_IDS[fmt],
-                          GROUP=FMT_GROUP.get(fmt, 32), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=4)
+    _dequant_kernel[grid](
+        ps[0],
+        ps[1],
+        ps[2],
+        ps[3],
+        out,
+        N,
+        K,
+        n0,
+        n1,
+        FMT=FMT_IDS[fmt],
+        GROUP=FMT_GROUP.get(fmt, 32),
+        BLOCK_N=BLOCK_N,
+        BLOCK_K=BLOCK_K,
+        num_warps=4,
+    )
     return out
 
 

@@ -24,12 +24,32 @@ from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_ma
 
 @triton.jit
 def _int4_matvec_kernel(
-    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,  # xq int32 [M, K/4] (interleaved); xd, xs32 f32 [M, K/32]
-    qs_ptr, scale_ptr, zero_ptr, unused_ptr,  # qs int32 [N, K/8]; scale, zero f16 [N, K/G]
-    bias_ptr, out_ptr,
-    M, N, K, UNITS_PER_SPLIT, rs0, rs1, rs2, rs3,  # rs_i: row strides of the planes
-    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, USE_ASM: tl.constexpr,
+    xq_ptr,
+    xd_ptr,
+    xs32_ptr,
+    xs16_ptr,  # xq int32 [M, K/4] (interleaved); xd, xs32 f32 [M, K/32]
+    qs_ptr,
+    scale_ptr,
+    zero_ptr,
+    unused_ptr,  # qs int32 [N, K/8]; scale, zero f16 [N, K/G]
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    UNITS_PER_SPLIT,
+    rs0,
+    rs1,
+    rs2,
+    rs3,  # rs_i: row strides of the planes
+    GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    USE_ASM: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -53,8 +73,9 @@ def _int4_matvec_kernel(
     for u0 in range(u_lo, u_hi, BLOCK_U):
         u = u0 + ub
         umask = u < u_hi
-        w = tl.load(qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :],
-                    mask=umask[None, :, None], other=0)  # [BN, BU, 4]
+        w = tl.load(
+            qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :], mask=umask[None, :, None], other=0
+        )  # [BN, BU, 4]
         w_lo = w & 0x0F0F0F0F
         w_hi = (w >> 4) & 0x0F0F0F0F
         gi = rows_c[:, None] * rs1 + (u * 32 // GROUP)[None, :]
@@ -63,12 +84,17 @@ def _int4_matvec_kernel(
         for mi in tl.static_range(BLOCK_M):
             m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
             xrow = tl.multiple_of(m * (K // 4), 8)
-            x_lo = tl.load(tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + e[None, :])[None, :, :], w.shape),
-                           mask=tl.broadcast_to(umask[None, :, None], w.shape), other=0)
-            x_hi = tl.load(tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :])[None, :, :], w.shape),
-                           mask=tl.broadcast_to(umask[None, :, None], w.shape), other=0)
-            s = (_dp4a(w_lo, x_lo, False, USE_ASM)
-                 + _dp4a(w_hi, x_hi, False, USE_ASM))
+            x_lo = tl.load(
+                tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + e[None, :])[None, :, :], w.shape),
+                mask=tl.broadcast_to(umask[None, :, None], w.shape),
+                other=0,
+            )
+            x_hi = tl.load(
+                tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :])[None, :, :], w.shape),
+                mask=tl.broadcast_to(umask[None, :, None], w.shape),
+                other=0,
+            )
+            s = _dp4a(w_lo, x_lo, False, USE_ASM) + _dp4a(w_hi, x_hi, False, USE_ASM)
             s = tl.sum(s, axis=2)
             xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
             xs = tl.load(xs32_ptr + m * (K // 32) + u, mask=umask, other=0.0)
@@ -89,13 +115,42 @@ def _int4_matvec_kernel(
                 acc6 += part
             if mi == 7:
                 acc7 += part
-    _matvec_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N,
-                     HAS_BIAS, SPLIT, BLOCK_M, BLOCK_N)
+    _matvec_epilogue(
+        acc0,
+        acc1,
+        acc2,
+        acc3,
+        acc4,
+        acc5,
+        acc6,
+        acc7,
+        bias_ptr,
+        out_ptr,
+        pid_m,
+        pid_k,
+        rows,
+        M,
+        N,
+        HAS_BIAS,
+        SPLIT,
+        BLOCK_M,
+        BLOCK_N,
+    )
 
 
 @triton.jit
-def _int4_dequant_tile(qs_ptr, scale_ptr, zero_ptr, unused_ptr, rows, k0, K, GROUP: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _int4_dequant_tile(
+    qs_ptr,
+    scale_ptr,
+    zero_ptr,
+    unused_ptr,
+    rows,
+    k0,
+    K,
+    GROUP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     # float32 [BN, BK/32, 32]: element k = k0 + 32s + i
     S: tl.constexpr = BLOCK_K // 32
     s = k0 // 32 + tl.arange(0, S)
@@ -123,11 +178,13 @@ def plane_views(planes):
     return (qs.view(torch.int32), scale, zero)
 
 
-def int4_matvec(x: torch.Tensor, planes, bias=None, group: int = 32, config: MatvecConfig | None = None,
-                xa=None) -> torch.Tensor:
+def int4_matvec(
+    x: torch.Tensor, planes, bias=None, group: int = 32, config: MatvecConfig | None = None, xa=None
+) -> torch.Tensor:
     M, K = x.shape
     N = planes[0].shape[0]
     xa = act_quant(x, interleave=True) if xa is None else xa
     cfg = config or MATVEC_CONFIGS[0]
-    return launch_matvec(_int4_matvec_kernel, xa, plane_views(planes), bias, M, N, K, K // 32, cfg, x.dtype,
-                         group=group)
+    return launch_matvec(
+        _int4_matvec_kernel, xa, plane_views(planes), bias, M, N, K, K // 32, cfg, x.dtype, group=group
+    )

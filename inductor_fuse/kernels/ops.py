@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ log = logging.getLogger("inductor_fuse")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def check_qlinear_args(x: Tensor, planes: Sequence[Tensor], bias: Optional[Tensor], fmt: str) -> tuple[int, int]:
+def check_qlinear_args(x: Tensor, planes: Sequence[Tensor], bias: Tensor | None, fmt: str) -> tuple[int, int]:
     """Validate the op's arguments; returns (N, K). Raises ValueError naming the problem."""
     from inductor_fuse.quant.formats import FORMATS
 
@@ -44,8 +44,9 @@ def check_qlinear_args(x: Tensor, planes: Sequence[Tensor], bias: Optional[Tenso
         raise ValueError("qlinear: x must have at least one dimension [..., K]")
     K = x.shape[-1]
     if K <= 0 or K % f.block_size != 0:
-        raise ValueError(f"qlinear[{fmt}]: K = x.shape[-1] = {K} must be a positive multiple of the "
-                         f"format's block of {f.block_size}")
+        raise ValueError(
+            f"qlinear[{fmt}]: K = x.shape[-1] = {K} must be a positive multiple of the format's block of {f.block_size}"
+        )
     specs = f.plane_specs
     if len(planes) != len(specs):
         raise ValueError(f"qlinear[{fmt}]: expected {len(specs)} planes {[s.name for s in specs]}, got {len(planes)}")
@@ -54,8 +55,10 @@ def check_qlinear_args(x: Tensor, planes: Sequence[Tensor], bias: Optional[Tenso
         if p.dtype != spec.dtype:
             raise ValueError(f"qlinear[{fmt}]: plane {spec.name!r} must be {spec.dtype}, got {p.dtype}")
         if tuple(p.shape) != tuple(shape):
-            raise ValueError(f"qlinear[{fmt}]: plane {spec.name!r} must have shape {tuple(shape)} for a weight "
-                             f"[N={N}, K={K}] (K from x), got {tuple(p.shape)}")
+            raise ValueError(
+                f"qlinear[{fmt}]: plane {spec.name!r} must have shape {tuple(shape)} for a weight "
+                f"[N={N}, K={K}] (K from x), got {tuple(p.shape)}"
+            )
         if p.device != x.device:
             raise ValueError(f"qlinear[{fmt}]: plane {spec.name!r} is on {p.device}, x on {x.device}")
     if bias is not None:
@@ -66,7 +69,7 @@ def check_qlinear_args(x: Tensor, planes: Sequence[Tensor], bias: Optional[Tenso
     return N, K
 
 
-def _dequantize_linear(x: Tensor, planes: Sequence[Tensor], bias: Optional[Tensor], fmt: str) -> Tensor:
+def _dequantize_linear(x: Tensor, planes: Sequence[Tensor], bias: Tensor | None, fmt: str) -> Tensor:
     from inductor_fuse.quant.formats import FORMATS
 
     w = FORMATS[fmt].dequantize(planes).to(x.dtype)
@@ -74,20 +77,20 @@ def _dequantize_linear(x: Tensor, planes: Sequence[Tensor], bias: Optional[Tenso
 
 
 @torch.library.custom_op("inductor_fuse::qlinear", mutates_args=())
-def qlinear(x: Tensor, planes: list[Tensor], bias: Optional[Tensor], fmt: str) -> Tensor:
+def qlinear(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str) -> Tensor:
     """Pure-torch reference: dequantize -> F.linear (the default for every device)."""
     check_qlinear_args(x, planes, bias, fmt)
     return _dequantize_linear(x, planes, bias, fmt)
 
 
 @qlinear.register_fake
-def _qlinear_fake(x: Tensor, planes: list[Tensor], bias: Optional[Tensor], fmt: str) -> Tensor:
+def _qlinear_fake(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str) -> Tensor:
     N, _ = check_qlinear_args(x, planes, bias, fmt)
     return x.new_empty((*x.shape[:-1], N))
 
 
 @qlinear.register_kernel("cuda")
-def _qlinear_cuda(x: Tensor, planes: list[Tensor], bias: Optional[Tensor], fmt: str) -> Tensor:
+def _qlinear_cuda(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str) -> Tensor:
     check_qlinear_args(x, planes, bias, fmt)
     try:
         from .dispatch import qlinear_cuda
@@ -105,11 +108,13 @@ def _warn_kernel_fallback(fmt: str, error: str, message: str) -> None:
     log.warning(
         "inductor_fuse: the %s CUDA kernel failed (%s: %s); this call and others like it run the "
         "pure-torch reference (dequantize + F.linear): correct, slower",
-        fmt, error, message,
+        fmt,
+        error,
+        message,
     )
 
 
-def qlinear_reference(x: Tensor, planes: Sequence[Tensor], bias: Optional[Tensor], fmt: str) -> Tensor:
+def qlinear_reference(x: Tensor, planes: Sequence[Tensor], bias: Tensor | None, fmt: str) -> Tensor:
     """The oracle every kernel is tested against (float32 math, result in x.dtype)."""
     from inductor_fuse.quant.formats import FORMATS
 

@@ -19,7 +19,8 @@ from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_ma
 # ---------------------------------------------------------------------------------------------
 # Matvec. A unit is one 64-wide chunk u = 4b + j of K: 32 qs bytes = 8 int32 words, whose low
 # nibbles are sub-block 2j and high nibbles sub-block 2j+1; word t holds elements 4t..4t+3 of
-# both. Loaded as two 16-byte halves (words 0-3, 4-7) of one layout, so a thread owns a unit. With x quantized per 32-group (xq, xd, xs32 = xd * sum(xq)):
+# both. Loaded as two 16-byte halves (words 0-3, 4-7) of one layout, so a thread owns a unit.
+# With x quantized per 32-group (xq, xd, xs32 = xd * sum(xq)):
 #   out[m, n] = sum_u  d*sc_lo*xd_lo * dp4a(w & 0x0F0F0F0F, x_lo)
 #                    + d*sc_hi*xd_hi * dp4a((w >> 4) & 0x0F0F0F0F, x_hi)
 #                    - dmin*(m_lo*xs32_lo + m_hi*xs32_hi)
@@ -44,8 +45,32 @@ def _q4k_load_units(qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, u, umask, e
 
 
 @triton.jit
-def _q4k_units_dot(wa, wb, smw, d, dmin, u, umask, e, xq_ptr, xd_ptr, xs32_ptr, pid_m, M, K,
-                   acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
+def _q4k_units_dot(
+    wa,
+    wb,
+    smw,
+    d,
+    dmin,
+    u,
+    umask,
+    e,
+    xq_ptr,
+    xd_ptr,
+    xs32_ptr,
+    pid_m,
+    M,
+    K,
+    acc0,
+    acc1,
+    acc2,
+    acc3,
+    acc4,
+    acc5,
+    acc6,
+    acc7,
+    BLOCK_M: tl.constexpr,
+    USE_ASM: tl.constexpr,
+):
     # adds the units' contributions to acc_i [BN, BU] (row m = pid_m * BLOCK_M + i)
     wa_lo = wa & 0x0F0F0F0F
     wa_hi = (wa >> 4) & 0x0F0F0F0F
@@ -74,8 +99,12 @@ def _q4k_units_dot(wa, wb, smw, d, dmin, u, umask, e, xq_ptr, xd_ptr, xs32_ptr, 
         xd_hi = tl.load(xd_ptr + g + 1, mask=umask, other=0.0)
         xs_lo = tl.load(xs32_ptr + g, mask=umask, other=0.0)
         xs_hi = tl.load(xs32_ptr + g + 1, mask=umask, other=0.0)
-        part = (dsc_lo * (xd_lo[None, :] * s_lo.to(tl.float32)) + dsc_hi * (xd_hi[None, :] * s_hi.to(tl.float32))
-                - dm_lo * xs_lo[None, :] - dm_hi * xs_hi[None, :])
+        part = (
+            dsc_lo * (xd_lo[None, :] * s_lo.to(tl.float32))
+            + dsc_hi * (xd_hi[None, :] * s_hi.to(tl.float32))
+            - dm_lo * xs_lo[None, :]
+            - dm_hi * xs_hi[None, :]
+        )
         if mi == 0:
             acc0 += part
         if mi == 1:
@@ -97,12 +126,32 @@ def _q4k_units_dot(wa, wb, smw, d, dmin, u, umask, e, xq_ptr, xd_ptr, xs32_ptr, 
 
 @triton.jit
 def _q4k_matvec_kernel(
-    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]
-    qs_ptr, sm_ptr, dm_ptr, unused_ptr,  # qs int32 [N, K/8]; sm int32 [N, K/64]; dm f16 [N, K/128]
-    bias_ptr, out_ptr,  # bias [N]; out [M, N] (or f32 [split, M, N] when SPLIT)
-    M, N, K, UNITS_PER_SPLIT, rs0, rs1, rs2, rs3,  # rs_i: row strides of the planes
-    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, USE_ASM: tl.constexpr,
+    xq_ptr,
+    xd_ptr,
+    xs32_ptr,
+    xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]
+    qs_ptr,
+    sm_ptr,
+    dm_ptr,
+    unused_ptr,  # qs int32 [N, K/8]; sm int32 [N, K/64]; dm f16 [N, K/128]
+    bias_ptr,
+    out_ptr,  # bias [N]; out [M, N] (or f32 [split, M, N] when SPLIT)
+    M,
+    N,
+    K,
+    UNITS_PER_SPLIT,
+    rs0,
+    rs1,
+    rs2,
+    rs3,  # rs_i: row strides of the planes
+    GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    USE_ASM: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -130,11 +179,35 @@ def _q4k_matvec_kernel(
         for u0 in range(u_lo, u_hi, BLOCK_U):
             un = u0 + BLOCK_U + ub
             unmask = un < u_hi
-            wa_n, wb_n, smw_n, d_n, dmin_n = _q4k_load_units(qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2,
-                                                             un, unmask, e)
+            wa_n, wb_n, smw_n, d_n, dmin_n = _q4k_load_units(
+                qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, un, unmask, e
+            )
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _q4k_units_dot(
-                wa, wb, smw, d, dmin, u, umask, e, xq_ptr, xd_ptr, xs32_ptr, pid_m, M, K,
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, BLOCK_M, USE_ASM)
+                wa,
+                wb,
+                smw,
+                d,
+                dmin,
+                u,
+                umask,
+                e,
+                xq_ptr,
+                xd_ptr,
+                xs32_ptr,
+                pid_m,
+                M,
+                K,
+                acc0,
+                acc1,
+                acc2,
+                acc3,
+                acc4,
+                acc5,
+                acc6,
+                acc7,
+                BLOCK_M,
+                USE_ASM,
+            )
             wa, wb, smw, d, dmin, u, umask = wa_n, wb_n, smw_n, d_n, dmin_n, un, unmask
     else:
         for u0 in range(u_lo, u_hi, BLOCK_U):
@@ -142,10 +215,52 @@ def _q4k_matvec_kernel(
             umask = u < u_hi
             wa, wb, smw, d, dmin = _q4k_load_units(qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, u, umask, e)
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _q4k_units_dot(
-                wa, wb, smw, d, dmin, u, umask, e, xq_ptr, xd_ptr, xs32_ptr, pid_m, M, K,
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, BLOCK_M, USE_ASM)
-    _matvec_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N,
-                     HAS_BIAS, SPLIT, BLOCK_M, BLOCK_N)
+                wa,
+                wb,
+                smw,
+                d,
+                dmin,
+                u,
+                umask,
+                e,
+                xq_ptr,
+                xd_ptr,
+                xs32_ptr,
+                pid_m,
+                M,
+                K,
+                acc0,
+                acc1,
+                acc2,
+                acc3,
+                acc4,
+                acc5,
+                acc6,
+                acc7,
+                BLOCK_M,
+                USE_ASM,
+            )
+    _matvec_epilogue(
+        acc0,
+        acc1,
+        acc2,
+        acc3,
+        acc4,
+        acc5,
+        acc6,
+        acc7,
+        bias_ptr,
+        out_ptr,
+        pid_m,
+        pid_k,
+        rows,
+        M,
+        N,
+        HAS_BIAS,
+        SPLIT,
+        BLOCK_M,
+        BLOCK_N,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,12 +26,32 @@ from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_ma
 
 @triton.jit
 def _q5_0_matvec_kernel(
-    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]
-    qs_ptr, qh_ptr, d_ptr, unused_ptr,  # qs int32 [N, K/8]; qh int32 [N, K/32]; d f16 [N, K/32]
-    bias_ptr, out_ptr,
-    M, N, K, UNITS_PER_SPLIT, rs0, rs1, rs2, rs3,  # rs_i: row strides of the planes
-    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, USE_ASM: tl.constexpr,
+    xq_ptr,
+    xd_ptr,
+    xs32_ptr,
+    xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]
+    qs_ptr,
+    qh_ptr,
+    d_ptr,
+    unused_ptr,  # qs int32 [N, K/8]; qh int32 [N, K/32]; d f16 [N, K/32]
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    UNITS_PER_SPLIT,
+    rs0,
+    rs1,
+    rs2,
+    rs3,  # rs_i: row strides of the planes
+    GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    USE_ASM: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -55,8 +75,9 @@ def _q5_0_matvec_kernel(
     for u0 in range(u_lo, u_hi, BLOCK_U):
         u = u0 + ub
         umask = u < u_hi
-        w = tl.load(qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :],
-                    mask=umask[None, :, None], other=0)  # [BN, BU, 4]
+        w = tl.load(
+            qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :], mask=umask[None, :, None], other=0
+        )  # [BN, BU, 4]
         qh = tl.load(qh_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0)  # [BN, BU]
         qh = qh[:, :, None]
         sh = (4 * e)[None, None, :]
@@ -68,12 +89,17 @@ def _q5_0_matvec_kernel(
         for mi in tl.static_range(BLOCK_M):
             m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
             xrow = tl.multiple_of(m * (K // 4), 8)
-            x_lo = tl.load(tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + e[None, :])[None, :, :], w.shape),
-                           mask=tl.broadcast_to(umask[None, :, None], w.shape), other=0)
-            x_hi = tl.load(tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :])[None, :, :], w.shape),
-                           mask=tl.broadcast_to(umask[None, :, None], w.shape), other=0)
-            s = (_dp4a(q_lo, x_lo, False, USE_ASM)
-                 + _dp4a(q_hi, x_hi, False, USE_ASM))
+            x_lo = tl.load(
+                tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + e[None, :])[None, :, :], w.shape),
+                mask=tl.broadcast_to(umask[None, :, None], w.shape),
+                other=0,
+            )
+            x_hi = tl.load(
+                tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :])[None, :, :], w.shape),
+                mask=tl.broadcast_to(umask[None, :, None], w.shape),
+                other=0,
+            )
+            s = _dp4a(q_lo, x_lo, False, USE_ASM) + _dp4a(q_hi, x_hi, False, USE_ASM)
             s = tl.sum(s, axis=2)
             xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
             xs = tl.load(xs32_ptr + m * (K // 32) + u, mask=umask, other=0.0)
@@ -94,8 +120,27 @@ def _q5_0_matvec_kernel(
                 acc6 += part
             if mi == 7:
                 acc7 += part
-    _matvec_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N,
-                     HAS_BIAS, SPLIT, BLOCK_M, BLOCK_N)
+    _matvec_epilogue(
+        acc0,
+        acc1,
+        acc2,
+        acc3,
+        acc4,
+        acc5,
+        acc6,
+        acc7,
+        bias_ptr,
+        out_ptr,
+        pid_m,
+        pid_k,
+        rows,
+        M,
+        N,
+        HAS_BIAS,
+        SPLIT,
+        BLOCK_M,
+        BLOCK_N,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

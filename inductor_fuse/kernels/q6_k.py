@@ -34,10 +34,14 @@ def _q6k_load_units(ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, 
     # -> ql, qh int32 [BN, BU, 4]; sc0, sc1 int8 [BN, BU]; d f16 [BN, BU]
     H = u // 4
     q = u % 2
-    ql = tl.load(ql_ptr + ql_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :],
-                 mask=umask[None, :, None], other=0)
-    qh = tl.load(qh_ptr + qh_row[:, None, None] + (H * 8 + q * 4)[None, :, None] + e[None, None, :],
-                 mask=umask[None, :, None], other=0)
+    ql = tl.load(
+        ql_ptr + ql_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :], mask=umask[None, :, None], other=0
+    )
+    qh = tl.load(
+        qh_ptr + qh_row[:, None, None] + (H * 8 + q * 4)[None, :, None] + e[None, None, :],
+        mask=umask[None, :, None],
+        other=0,
+    )
     sci = rows_c[:, None] * rs2 + (u + 4 * H)[None, :]
     sc0 = tl.load(sc_ptr + sci, mask=umask[None, :], other=0)
     sc1 = tl.load(sc_ptr + sci + 4, mask=umask[None, :], other=0)
@@ -46,8 +50,32 @@ def _q6k_load_units(ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, 
 
 
 @triton.jit
-def _q6k_units_dot(ql, qh, sc0, sc1, d, u, umask, e, xq_ptr, xd_ptr, xs16_ptr, pid_m, M, K,
-                   acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
+def _q6k_units_dot(
+    ql,
+    qh,
+    sc0,
+    sc1,
+    d,
+    u,
+    umask,
+    e,
+    xq_ptr,
+    xd_ptr,
+    xs16_ptr,
+    pid_m,
+    M,
+    K,
+    acc0,
+    acc1,
+    acc2,
+    acc3,
+    acc4,
+    acc5,
+    acc6,
+    acc7,
+    BLOCK_M: tl.constexpr,
+    USE_ASM: tl.constexpr,
+):
     H = u // 4
     p = (u % 4) // 2
     q = u % 2
@@ -61,10 +89,16 @@ def _q6k_units_dot(ql, qh, sc0, sc1, d, u, umask, e, xq_ptr, xd_ptr, xs16_ptr, p
         m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
         xrow = tl.multiple_of(m * (K // 4), 8)
         xw = 32 * H + 8 * p + 4 * q
-        x0 = tl.load(tl.broadcast_to((xq_ptr + xrow + xw[:, None] + e[None, :])[None, :, :], ql.shape),
-                     mask=tl.broadcast_to(umask[None, :, None], ql.shape), other=0)
-        x1 = tl.load(tl.broadcast_to((xq_ptr + xrow + xw[:, None] + 16 + e[None, :])[None, :, :], ql.shape),
-                     mask=tl.broadcast_to(umask[None, :, None], ql.shape), other=0)
+        x0 = tl.load(
+            tl.broadcast_to((xq_ptr + xrow + xw[:, None] + e[None, :])[None, :, :], ql.shape),
+            mask=tl.broadcast_to(umask[None, :, None], ql.shape),
+            other=0,
+        )
+        x1 = tl.load(
+            tl.broadcast_to((xq_ptr + xrow + xw[:, None] + 16 + e[None, :])[None, :, :], ql.shape),
+            mask=tl.broadcast_to(umask[None, :, None], ql.shape),
+            other=0,
+        )
         isum0 = tl.sum(_dp4a(q0, x0, False, USE_ASM), axis=2)
         isum1 = tl.sum(_dp4a(q1, x1, False, USE_ASM), axis=2)
         g16 = m * (K // 16) + 8 * H + 2 * p + q
@@ -73,8 +107,9 @@ def _q6k_units_dot(ql, qh, sc0, sc1, d, u, umask, e, xq_ptr, xd_ptr, xs16_ptr, p
         xd1 = tl.load(xd_ptr + g32 + 2, mask=umask, other=0.0)
         xs0 = tl.load(xs16_ptr + g16, mask=umask, other=0.0)
         xs1 = tl.load(xs16_ptr + g16 + 4, mask=umask, other=0.0)
-        part = (dsc0 * (xd0[None, :] * isum0.to(tl.float32) - 32.0 * xs0[None, :])
-                + dsc1 * (xd1[None, :] * isum1.to(tl.float32) - 32.0 * xs1[None, :]))
+        part = dsc0 * (xd0[None, :] * isum0.to(tl.float32) - 32.0 * xs0[None, :]) + dsc1 * (
+            xd1[None, :] * isum1.to(tl.float32) - 32.0 * xs1[None, :]
+        )
         if mi == 0:
             acc0 += part
         if mi == 1:
@@ -96,12 +131,32 @@ def _q6k_units_dot(ql, qh, sc0, sc1, d, u, umask, e, xq_ptr, xd_ptr, xs16_ptr, p
 
 @triton.jit
 def _q6k_matvec_kernel(
-    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,  # xq int32 [M, K/4]; xd f32 [M, K/32]; xs16 f32 [M, K/16]
-    ql_ptr, qh_ptr, sc_ptr, d_ptr,  # ql int32 [N, K/8]; qh int32 [N, K/16]; sc int8 [N, K/16]; d f16 [N, K/256]
-    bias_ptr, out_ptr,
-    M, N, K, UNITS_PER_SPLIT, rs0, rs1, rs2, rs3,  # rs_i: row strides of the planes
-    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, USE_ASM: tl.constexpr,
+    xq_ptr,
+    xd_ptr,
+    xs32_ptr,
+    xs16_ptr,  # xq int32 [M, K/4]; xd f32 [M, K/32]; xs16 f32 [M, K/16]
+    ql_ptr,
+    qh_ptr,
+    sc_ptr,
+    d_ptr,  # ql int32 [N, K/8]; qh int32 [N, K/16]; sc int8 [N, K/16]; d f16 [N, K/256]
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    UNITS_PER_SPLIT,
+    rs0,
+    rs1,
+    rs2,
+    rs3,  # rs_i: row strides of the planes
+    GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    USE_ASM: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -126,34 +181,102 @@ def _q6k_matvec_kernel(
     if PREFETCH:  # registers double-buffered: the next units' loads fly while these compute
         u = u_lo + ub
         umask = u < u_hi
-        ql, qh, sc0, sc1, d = _q6k_load_units(ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3,
-                                              u, umask, e)
+        ql, qh, sc0, sc1, d = _q6k_load_units(
+            ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3, u, umask, e
+        )
         for u0 in range(u_lo, u_hi, BLOCK_U):
             un = u0 + BLOCK_U + ub
             unmask = un < u_hi
-            ql_n, qh_n, sc0_n, sc1_n, d_n = _q6k_load_units(ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c,
-                                                            rs2, rs3, un, unmask, e)
+            ql_n, qh_n, sc0_n, sc1_n, d_n = _q6k_load_units(
+                ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3, un, unmask, e
+            )
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _q6k_units_dot(
-                ql, qh, sc0, sc1, d, u, umask, e, xq_ptr, xd_ptr, xs16_ptr, pid_m, M, K,
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, BLOCK_M, USE_ASM)
+                ql,
+                qh,
+                sc0,
+                sc1,
+                d,
+                u,
+                umask,
+                e,
+                xq_ptr,
+                xd_ptr,
+                xs16_ptr,
+                pid_m,
+                M,
+                K,
+                acc0,
+                acc1,
+                acc2,
+                acc3,
+                acc4,
+                acc5,
+                acc6,
+                acc7,
+                BLOCK_M,
+                USE_ASM,
+            )
             ql, qh, sc0, sc1, d, u, umask = ql_n, qh_n, sc0_n, sc1_n, d_n, un, unmask
     else:
         for u0 in range(u_lo, u_hi, BLOCK_U):
             u = u0 + ub
             umask = u < u_hi
-            ql, qh, sc0, sc1, d = _q6k_load_units(ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3,
-                                                  u, umask, e)
+            ql, qh, sc0, sc1, d = _q6k_load_units(
+                ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3, u, umask, e
+            )
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _q6k_units_dot(
-                ql, qh, sc0, sc1, d, u, umask, e, xq_ptr, xd_ptr, xs16_ptr, pid_m, M, K,
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, BLOCK_M, USE_ASM)
-    _matvec_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N,
-                     HAS_BIAS, SPLIT, BLOCK_M, BLOCK_N)
+                ql,
+                qh,
+                sc0,
+                sc1,
+                d,
+                u,
+                umask,
+                e,
+                xq_ptr,
+                xd_ptr,
+                xs16_ptr,
+                pid_m,
+                M,
+                K,
+                acc0,
+                acc1,
+                acc2,
+                acc3,
+                acc4,
+                acc5,
+                acc6,
+                acc7,
+                BLOCK_M,
+                USE_ASM,
+            )
+    _matvec_epilogue(
+        acc0,
+        acc1,
+        acc2,
+        acc3,
+        acc4,
+        acc5,
+        acc6,
+        acc7,
+        bias_ptr,
+        out_ptr,
+        pid_m,
+        pid_k,
+        rows,
+        M,
+        N,
+        HAS_BIAS,
+        SPLIT,
+        BLOCK_M,
+        BLOCK_N,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight tile for the GEMM / dequant kernel, float32 [BN, BK/32, 32], BK % 32 == 0. 32-group s = k // 32: block b = s//8,
-# half h = (s%8)//4, r = s%4; element l: ql byte 128b + 64h + 32(r%2) + l, nibble r//2;
-# qh byte 64b + 32h + l, bits 2r; scale sc[16b + 8h + 2r + l//16].
+# Weight tile for the GEMM / dequant kernel, float32 [BN, BK/32, 32], BK % 32 == 0.
+# 32-group s = k // 32: block b = s//8, half h = (s%8)//4, r = s%4; element l:
+# ql byte 128b + 64h + 32(r%2) + l, nibble r//2; qh byte 64b + 32h + l, bits 2r; scale sc[16b + 8h + 2r + l//16].
 # ---------------------------------------------------------------------------------------------
 
 

@@ -20,12 +20,32 @@ from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_ma
 
 @triton.jit
 def _q8_0_matvec_kernel(
-    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,  # xq int32 [M, K/4]; xd f32 [M, K/32]
-    qs_ptr, d_ptr, unused0_ptr, unused1_ptr,  # qs int32 [N, K/4]; d f16 [N, K/32]
-    bias_ptr, out_ptr,
-    M, N, K, UNITS_PER_SPLIT, rs0, rs1, rs2, rs3,  # rs_i: row strides of the planes
-    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, USE_ASM: tl.constexpr,
+    xq_ptr,
+    xd_ptr,
+    xs32_ptr,
+    xs16_ptr,  # xq int32 [M, K/4]; xd f32 [M, K/32]
+    qs_ptr,
+    d_ptr,
+    unused0_ptr,
+    unused1_ptr,  # qs int32 [N, K/4]; d f16 [N, K/32]
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    UNITS_PER_SPLIT,
+    rs0,
+    rs1,
+    rs2,
+    rs3,  # rs_i: row strides of the planes
+    GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    USE_ASM: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -49,13 +69,19 @@ def _q8_0_matvec_kernel(
     for u0 in range(u_lo, u_hi, BLOCK_U):
         u = u0 + ub
         umask = u < u_hi
-        w = tl.load(qs_ptr + w_row[:, None, None] + u[None, :, None] * 8 + t[None, None, :],
-                    mask=umask[None, :, None], other=0)  # [BN, BU, 8]
+        w = tl.load(
+            qs_ptr + w_row[:, None, None] + u[None, :, None] * 8 + t[None, None, :], mask=umask[None, :, None], other=0
+        )  # [BN, BU, 8]
         d = tl.load(d_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0.0).to(tl.float32)
         for mi in tl.static_range(BLOCK_M):
             m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
-            x = tl.load(tl.broadcast_to((xq_ptr + tl.multiple_of(m * (K // 4), 8) + u[:, None] * 8 + t[None, :])[None, :, :], w.shape),
-                        mask=tl.broadcast_to(umask[None, :, None], w.shape), other=0)
+            x = tl.load(
+                tl.broadcast_to(
+                    (xq_ptr + tl.multiple_of(m * (K // 4), 8) + u[:, None] * 8 + t[None, :])[None, :, :], w.shape
+                ),
+                mask=tl.broadcast_to(umask[None, :, None], w.shape),
+                other=0,
+            )
             s = tl.sum(_dp4a(w, x, True, USE_ASM), axis=2)
             xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
             part = d * (xd[None, :] * s.to(tl.float32))
@@ -75,18 +101,41 @@ def _q8_0_matvec_kernel(
                 acc6 += part
             if mi == 7:
                 acc7 += part
-    _matvec_epilogue(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N,
-                     HAS_BIAS, SPLIT, BLOCK_M, BLOCK_N)
+    _matvec_epilogue(
+        acc0,
+        acc1,
+        acc2,
+        acc3,
+        acc4,
+        acc5,
+        acc6,
+        acc7,
+        bias_ptr,
+        out_ptr,
+        pid_m,
+        pid_k,
+        rows,
+        M,
+        N,
+        HAS_BIAS,
+        SPLIT,
+        BLOCK_M,
+        BLOCK_N,
+    )
 
 
 @triton.jit
-def _q8_0_dequant_tile(qs_ptr, d_ptr, unused0_ptr, unused1_ptr, rows, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _q8_0_dequant_tile(
+    qs_ptr, d_ptr, unused0_ptr, unused1_ptr, rows, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+):
     # float32 [BN, BK]
     S: tl.constexpr = BLOCK_K // 32
     s = k0 // 32 + tl.arange(0, S)
     i = tl.arange(0, 32)
     rows64 = rows.to(tl.int64)
-    q = tl.load(qs_ptr + tl.multiple_of(rows64 * K, 32)[:, None, None] + (s * 32)[None, :, None] + i[None, None, :]).to(tl.float32)
+    q = tl.load(qs_ptr + tl.multiple_of(rows64 * K, 32)[:, None, None] + (s * 32)[None, :, None] + i[None, None, :]).to(
+        tl.float32
+    )
     d = tl.load(d_ptr + rows[:, None] * (K // 32) + s[None, :]).to(tl.float32)
     return d[:, :, None] * q  # [BN, BK // 32, 32]
 

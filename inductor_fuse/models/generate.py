@@ -10,7 +10,7 @@ sync, sampling on device (the exponential-race trick instead of torch.multinomia
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -31,13 +31,17 @@ def sample(logits: Tensor, temperature: float = 0.0, top_k: int | None = None) -
     return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
 
 
-def prefill(model: Transformer, tokens: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None) -> Tensor:
+def prefill(
+    model: Transformer, tokens: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None
+) -> Tensor:
     # tokens: [B, S], input_pos: [S] -> next token [B]
     logits = model(tokens, input_pos, last_only=True)
     return sample(logits[:, -1], temperature, top_k)
 
 
-def decode_one_token(model: Transformer, token: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None) -> Tensor:
+def decode_one_token(
+    model: Transformer, token: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None
+) -> Tensor:
     # token: [B, 1], input_pos: [1] -> next token [B]
     logits = model(token, input_pos)
     return sample(logits[:, -1], temperature, top_k)

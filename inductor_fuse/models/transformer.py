@@ -92,7 +92,9 @@ class Transformer(nn.Module):
         dtype = dtype or self.tok_embeddings.weight.dtype
         self.max_seq_len = max_seq_len
         for layer in self.layers:
-            layer.attention.kv_cache = KVCache(max_batch_size, args.n_kv_heads, max_seq_len, args.head_dim, dtype, device)
+            layer.attention.kv_cache = KVCache(
+                max_batch_size, args.n_kv_heads, max_seq_len, args.head_dim, dtype, device
+            )
         pos = torch.arange(max_seq_len, device=device)
         # causal[i, j]: query at position i sees key at j
         causal = pos[:, None] >= pos[None, :]

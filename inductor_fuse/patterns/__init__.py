@@ -50,8 +50,12 @@ def _rule_runs(name: str, rule, graph: fx.Graph) -> bool:
     except Exception as e:  # noqa: BLE001 -- a failing rule must not fail the user's compile
         failure = report.Failure.of(name, e)
         report.current().failures.append(failure)
-        log.warning("inductor_fuse: rule family %r raised %s (at %s); skipped for this graph", name,
-                    failure.error, failure.where)
+        log.warning(
+            "inductor_fuse: rule family %r raised %s (at %s); skipped for this graph",
+            name,
+            failure.error,
+            failure.where,
+        )
         return False
 
 

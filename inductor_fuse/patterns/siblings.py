@@ -104,7 +104,9 @@ def _activation_key(x: fx.Node):
 
 def _fused_float_weight(graph: fx.Graph, lins: list[_Linear]) -> fx.Node:
     wts = [l.weights[0] for l in lins]  # each [K, N_i]
-    transposed = all(w.op == "call_function" and w.target is aten.permute.default and list(w.args[1]) == [1, 0] for w in wts)
+    transposed = all(
+        w.op == "call_function" and w.target is aten.permute.default and list(w.args[1]) == [1, 0] for w in wts
+    )
     if transposed:  # W_i^T = permute(W_i): concatenate the [N_i, K] weights, keep the layout
         return call(graph, aten.permute.default, call(graph, aten.cat.default, [w.args[0] for w in wts], 0), [1, 0])
     return call(graph, aten.cat.default, wts, 1)
@@ -116,7 +118,9 @@ def _fused_bias(graph: fx.Graph, lins: list[_Linear]) -> fx.Node | None:
         return None
     dtype = next(val(b).dtype for b in biases if b is not None)
     parts = [
-        b if b is not None else call(graph, aten.new_zeros.default, weight_root(l.weights[0]), [l.out_features], dtype=dtype)
+        b
+        if b is not None
+        else call(graph, aten.new_zeros.default, weight_root(l.weights[0]), [l.out_features], dtype=dtype)
         for l, b in zip(lins, biases)
     ]
     return call(graph, aten.cat.default, parts, 0)
@@ -132,7 +136,11 @@ def _fuse(graph: fx.Graph, lins: list[_Linear]) -> str:
         bias = _fused_bias(graph, lins)
         if first.fmt is None:
             weight = _fused_float_weight(graph, lins)
-            fused = call(graph, aten.mm.default, first.x, weight) if bias is None else call(graph, aten.addmm.default, bias, first.x, weight)
+            fused = (
+                call(graph, aten.mm.default, first.x, weight)
+                if bias is None
+                else call(graph, aten.addmm.default, bias, first.x, weight)
+            )
             out_dim = 1
         else:
             planes = [call(graph, aten.cat.default, [l.weights[j] for l in lins], 0) for j in range(len(first.weights))]
@@ -169,7 +177,9 @@ def fuse_sibling_linears(graph: fx.Graph) -> int:
     rewrites = 0
     for lins in by_input.values():
         if len(lins) < 2:
-            rep.skipped.append(report.Skip(FAMILY, (lins[0].node.name,), f"no other linear reads its input {lins[0].x.name}"))
+            rep.skipped.append(
+                report.Skip(FAMILY, (lins[0].node.name,), f"no other linear reads its input {lins[0].x.name}")
+            )
             continue
         groups: dict[tuple, list[_Linear]] = collections.defaultdict(list)
         for lin in lins:
@@ -180,7 +190,9 @@ def fuse_sibling_linears(graph: fx.Graph) -> int:
                 rep.skipped.append(report.Skip(FAMILY, (lin.node.name,), why))
         for key, group in groups.items():
             if len(group) < 2:
-                rep.skipped.append(report.Skip(FAMILY, (group[0].node.name,), f"no sibling with the same weight kind {key[:2]}"))
+                rep.skipped.append(
+                    report.Skip(FAMILY, (group[0].node.name,), f"no sibling with the same weight kind {key[:2]}")
+                )
                 continue
             label = "(" + ",".join(module_name(l.node) for l in group) + ")"
             names = tuple(l.node.name for l in group)

@@ -21,14 +21,13 @@ rounding ties (reduction order, division by reciprocal); both give valid, equall
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
-from torch import Tensor
-
 from gguf import GGMLQuantizationType
-
+from torch import Tensor
 
 _QUANTIZE_CHUNK_ELEMS = 1 << 22
 
@@ -142,8 +141,7 @@ class WeightFormat(ABC):
         k = width // first.per_block * self.block_size
         if width % first.per_block != 0 or k == 0:
             raise ValueError(
-                f"{self.name}: plane {first.name!r} width must be a positive multiple of {first.per_block}, "
-                f"got {width}"
+                f"{self.name}: plane {first.name!r} width must be a positive multiple of {first.per_block}, got {width}"
             )
         expected = self.plane_shapes(n, k)
         got = tuple(tuple(p.shape) for p in planes)
@@ -156,11 +154,11 @@ class WeightFormat(ABC):
 
 
 # The format files import WeightFormat from this module, so they are imported after it.
-from .q4_k import Q4_K  # noqa: E402
-from .q6_k import Q6_K  # noqa: E402
-from .q5_0 import Q5_0  # noqa: E402
-from .q8_0 import Q8_0  # noqa: E402
 from .int4 import INT4_G32, INT4_G64, INT4_G128  # noqa: E402
+from .q4_k import Q4_K  # noqa: E402
+from .q5_0 import Q5_0  # noqa: E402
+from .q6_k import Q6_K  # noqa: E402
+from .q8_0 import Q8_0  # noqa: E402
 
 FORMATS: dict[str, WeightFormat] = {f.name: f for f in (Q4_K, Q6_K, Q5_0, Q8_0, INT4_G32, INT4_G64, INT4_G128)}
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -148,7 +148,10 @@ def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
             if child.in_features % block != 0:
                 log.warning(
                     "quantize_: %s left in float: in_features=%d is not a multiple of the %s block (%d)",
-                    full, child.in_features, config.fmt, block,
+                    full,
+                    child.in_features,
+                    config.fmt,
+                    block,
                 )
                 continue
             setattr(module, child_name, QuantizedLinear.from_float(child, config.fmt))

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from gguf import GGMLQuantizationType
+from torch import Tensor
 
 from .formats import PlaneSpec, WeightFormat
 

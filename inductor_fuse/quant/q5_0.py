@@ -12,9 +12,8 @@ Dequantization (float32): w[i] = d * (q[i] - 16)
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 from gguf import GGMLQuantizationType
+from torch import Tensor
 
 from .formats import PlaneSpec, WeightFormat
 

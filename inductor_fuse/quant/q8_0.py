@@ -10,9 +10,8 @@ Dequantization (float32): w[i] = q[i] * d
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 from gguf import GGMLQuantizationType
+from torch import Tensor
 
 from .formats import PlaneSpec, WeightFormat
 

@@ -1,19 +1,18 @@
 """QuantizedWeight: one weight [N, K] stored in a registered format as a tuple of planes.
 
-    qw = QuantizedWeight.from_gguf(reader.tensors[i])   # GGUF Q4_K / Q6_K / Q5_0 / Q8_0 tensor
-    qw = quantize(linear.weight, "q4_k")                # or quantize a float weight
-    qw.dequantize()                                     # float32 [N, K]
+qw = QuantizedWeight.from_gguf(reader.tensors[i])   # GGUF Q4_K / Q6_K / Q5_0 / Q8_0 tensor
+qw = quantize(linear.weight, "q4_k")                # or quantize a float weight
+qw.dequantize()                                     # float32 [N, K]
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from gguf import GGMLQuantizationType
+from torch import Tensor
 
 from .formats import FORMATS, GGUF_FORMATS, WeightFormat
 

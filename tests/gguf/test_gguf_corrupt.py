@@ -64,7 +64,9 @@ class Worker:
 
     def load(self, path, **waste) -> tuple[str, str, float]:
         if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
         self.proc.stdin.write(json.dumps(dict(path=str(path), **waste)) + "\n")
         self.proc.stdin.flush()
         reply = self.proc.stdout.readline()
@@ -134,7 +136,12 @@ def cut(data: bytearray, offset: int, section: tuple[int, int]) -> bytearray:
 
 def sections(r: GGUFReader) -> dict[str, tuple[int, int]]:
     info = r.tensors[0].field.offset
-    return {"header": (0, 24), "kv": (24, info), "tensor_info": (info, r.data_offset), "data": (r.data_offset, len(r.data))}
+    return {
+        "header": (0, 24),
+        "kv": (24, info),
+        "tensor_info": (info, r.data_offset),
+        "data": (r.data_offset, len(r.data)),
+    }
 
 
 def kv(r, key):
@@ -149,42 +156,118 @@ Q = "blk.0.attn_q.weight"
 CASES = {
     # truncated anywhere
     "truncated_in_header": (lambda d, r: cut(d, 12, sections(r)["header"]), r"shorter than the 24-byte header"),
-    "truncated_in_kv_value": (lambda d, r: cut(d, at(kv(r, "tokenizer.ggml.add_bos_token"), 3), sections(r)["kv"]), r"'tokenizer.ggml.add_bos_token' at byte \d+ needs 1 bytes, 0 left"),
-    "truncated_in_kv_array": (lambda d, r: cut(d, at(kv(r, "tokenizer.ggml.tokens"), 5) + 100, sections(r)["kv"]), r"string count 400 .* cannot fit in the 100 bytes left"),
-    "truncated_in_tensor_info": (lambda d, r: cut(d, at(tensor(r, Q), 3), sections(r)["tensor_info"]), r"dims of .* needs 8 bytes, 0 left"),
-    "truncated_in_data": (lambda d, r: cut(d, (r.data_offset + len(d)) // 2, sections(r)["data"]), r"past the end of the file"),
+    "truncated_in_kv_value": (
+        lambda d, r: cut(d, at(kv(r, "tokenizer.ggml.add_bos_token"), 3), sections(r)["kv"]),
+        r"'tokenizer.ggml.add_bos_token' at byte \d+ needs 1 bytes, 0 left",
+    ),
+    "truncated_in_kv_array": (
+        lambda d, r: cut(d, at(kv(r, "tokenizer.ggml.tokens"), 5) + 100, sections(r)["kv"]),
+        r"string count 400 .* cannot fit in the 100 bytes left",
+    ),
+    "truncated_in_tensor_info": (
+        lambda d, r: cut(d, at(tensor(r, Q), 3), sections(r)["tensor_info"]),
+        r"dims of .* needs 8 bytes, 0 left",
+    ),
+    "truncated_in_data": (
+        lambda d, r: cut(d, (r.data_offset + len(d)) // 2, sections(r)["data"]),
+        r"past the end of the file",
+    ),
     "truncated_last_byte": (lambda d, r: cut(d, len(d) - 1, sections(r)["data"]), r"past the end of the file"),
     # not GGUF / unsupported header
     "wrong_magic": (lambda d, r: put(d, 0, "4s", b"GGUF", b"GGML"), r"bad magic b'GGML'"),
     "big_endian": (lambda d, r: put(d, 4, "<I", 3, 3 << 24), r"big-endian"),
     "unsupported_version": (lambda d, r: put(d, 4, "<I", 3, 1), r"unsupported GGUF version 1"),
     # flipped bytes in the metadata
-    "key_not_utf8": (lambda d, r: put(d, at(kv(r, "general.architecture"), 1), "B", ord("g"), ord("g") ^ 0x80), r"key of metadata entry 0 .* not UTF-8"),
-    "unknown_value_type": (lambda d, r: put(d, at(kv(r, "llama.block_count"), 2), "<I", 4, 4 ^ 0x10), r"unknown value type 20 for 'llama.block_count'"),
-    "unknown_array_item_type": (lambda d, r: put(d, at(kv(r, "tokenizer.ggml.tokens"), 3), "<I", 8, 99), r"unknown value type 99 for items of 'tokenizer.ggml.tokens'"),
+    "key_not_utf8": (
+        lambda d, r: put(d, at(kv(r, "general.architecture"), 1), "B", ord("g"), ord("g") ^ 0x80),
+        r"key of metadata entry 0 .* not UTF-8",
+    ),
+    "unknown_value_type": (
+        lambda d, r: put(d, at(kv(r, "llama.block_count"), 2), "<I", 4, 4 ^ 0x10),
+        r"unknown value type 20 for 'llama.block_count'",
+    ),
+    "unknown_array_item_type": (
+        lambda d, r: put(d, at(kv(r, "tokenizer.ggml.tokens"), 3), "<I", 8, 99),
+        r"unknown value type 99 for items of 'tokenizer.ggml.tokens'",
+    ),
     "array_of_arrays": (lambda d, r: put(d, at(kv(r, "tokenizer.ggml.tokens"), 3), "<I", 8, 9), r"array of arrays"),
-    "duplicate_key": (lambda d, r: put(d, at(kv(r, "llama.rope.freq_base"), 1), "20s", b"llama.rope.freq_base", b"llama.context_length"), r"duplicate metadata key 'llama.context_length'"),
-    "block_count_2^24": (lambda d, r: put(d, at(kv(r, "llama.block_count"), 3), "<I", 2, (1 << 24) + 2), r"block_count"),  # a 16M-layer model
+    "duplicate_key": (
+        lambda d, r: put(
+            d, at(kv(r, "llama.rope.freq_base"), 1), "20s", b"llama.rope.freq_base", b"llama.context_length"
+        ),
+        r"duplicate metadata key 'llama.context_length'",
+    ),
+    "block_count_2^24": (
+        lambda d, r: put(d, at(kv(r, "llama.block_count"), 3), "<I", 2, (1 << 24) + 2),
+        r"block_count",
+    ),  # a 16M-layer model
     "head_count_0": (lambda d, r: put(d, at(kv(r, "llama.attention.head_count"), 3), "<I", 4, 0), r"head_count"),
     # absurd declared lengths
-    "string_length_2^62": (lambda d, r: put(d, at(kv(r, "general.architecture"), 3), "<Q", 5, 1 << 62), r"needs 4611686018427387904 bytes"),
-    "key_length_2^62": (lambda d, r: put(d, at(kv(r, "llama.block_count"), 0), "<Q", 17, 1 << 62), r"key of metadata entry 3 at byte \d+ needs 4611686018427387904 bytes"),
-    "string_array_count_2^40": (lambda d, r: put(d, at(kv(r, "tokenizer.ggml.tokens"), 4), "<Q", len(kv(r, "tokenizer.ggml.tokens").data), 1 << 40), r"string count 1099511627776 .* cannot fit"),
-    "int_array_count_2^40": (lambda d, r: put(d, at(kv(r, "tokenizer.ggml.token_type"), 4), "<Q", len(kv(r, "tokenizer.ggml.token_type").data), 1 << 40), r"item count 1099511627776 .* cannot fit"),
-    "tensor_count_2^62": (lambda d, r: put(d, 8, "<Q", len(r.tensors), 1 << 62), r"tensor count 4611686018427387904 .* cannot fit"),
-    "kv_count_2^62": (lambda d, r: put(d, 16, "<Q", len(r.fields) - 3, 1 << 62), r"kv count 4611686018427387904 .* cannot fit"),
+    "string_length_2^62": (
+        lambda d, r: put(d, at(kv(r, "general.architecture"), 3), "<Q", 5, 1 << 62),
+        r"needs 4611686018427387904 bytes",
+    ),
+    "key_length_2^62": (
+        lambda d, r: put(d, at(kv(r, "llama.block_count"), 0), "<Q", 17, 1 << 62),
+        r"key of metadata entry 3 at byte \d+ needs 4611686018427387904 bytes",
+    ),
+    "string_array_count_2^40": (
+        lambda d, r: put(
+            d, at(kv(r, "tokenizer.ggml.tokens"), 4), "<Q", len(kv(r, "tokenizer.ggml.tokens").data), 1 << 40
+        ),
+        r"string count 1099511627776 .* cannot fit",
+    ),
+    "int_array_count_2^40": (
+        lambda d, r: put(
+            d, at(kv(r, "tokenizer.ggml.token_type"), 4), "<Q", len(kv(r, "tokenizer.ggml.token_type").data), 1 << 40
+        ),
+        r"item count 1099511627776 .* cannot fit",
+    ),
+    "tensor_count_2^62": (
+        lambda d, r: put(d, 8, "<Q", len(r.tensors), 1 << 62),
+        r"tensor count 4611686018427387904 .* cannot fit",
+    ),
+    "kv_count_2^62": (
+        lambda d, r: put(d, 16, "<Q", len(r.fields) - 3, 1 << 62),
+        r"kv count 4611686018427387904 .* cannot fit",
+    ),
     "n_dims_2^31": (lambda d, r: put(d, at(tensor(r, Q), 2), "<I", 2, 1 << 31), r"has 2147483648 dims"),
-    "dim_2^40": (lambda d, r: put(d, at(tensor(r, Q), 3, 1), "<Q", 256, 1 << 40), rf"'{Q}' \(\d+ bytes .* past the end of the file"),
+    "dim_2^40": (
+        lambda d, r: put(d, at(tensor(r, Q), 3, 1), "<Q", 256, 1 << 40),
+        rf"'{Q}' \(\d+ bytes .* past the end of the file",
+    ),
     # 2^32 x 2^32 elements: numpy's uint64 product wraps to 0 bytes
-    "dims_overflow_64_bits": (lambda d, r: put(put(d, at(tensor(r, Q), 3, 0), "<Q", 256, 1 << 32), at(tensor(r, Q), 3, 1), "<Q", 256, 1 << 32), r"past the end of the file"),
-    "row_not_whole_blocks": (lambda d, r: put(d, at(tensor(r, Q), 3, 0), "<Q", 256, 255), r"row of 255 elements is not a multiple of the block size 256"),
+    "dims_overflow_64_bits": (
+        lambda d, r: put(
+            put(d, at(tensor(r, Q), 3, 0), "<Q", 256, 1 << 32), at(tensor(r, Q), 3, 1), "<Q", 256, 1 << 32
+        ),
+        r"past the end of the file",
+    ),
+    "row_not_whole_blocks": (
+        lambda d, r: put(d, at(tensor(r, Q), 3, 0), "<Q", 256, 255),
+        r"row of 255 elements is not a multiple of the block size 256",
+    ),
     # tensor data ranges
-    "offset_past_end": (lambda d, r: put(d, at(r.tensors[-1].field, 5), "<Q", int(r.tensors[-1].field.parts[5][0]), 1 << 40), r"past the end of the file"),
-    "offset_misaligned": (lambda d, r: put(d, at(tensor(r, Q), 5), "<Q", int(tensor(r, Q).parts[5][0]), int(tensor(r, Q).parts[5][0]) + 1), r"not a multiple of the alignment 32"),
-    "duplicate_tensor_name": (lambda d, r: put(d, at(tensor(r, Q), 1), f"{len(Q)}s", Q.encode(), Q.replace("_q", "_k").encode()), r"duplicate tensor name 'blk.0.attn_k.weight'"),
+    "offset_past_end": (
+        lambda d, r: put(d, at(r.tensors[-1].field, 5), "<Q", int(r.tensors[-1].field.parts[5][0]), 1 << 40),
+        r"past the end of the file",
+    ),
+    "offset_misaligned": (
+        lambda d, r: put(
+            d, at(tensor(r, Q), 5), "<Q", int(tensor(r, Q).parts[5][0]), int(tensor(r, Q).parts[5][0]) + 1
+        ),
+        r"not a multiple of the alignment 32",
+    ),
+    "duplicate_tensor_name": (
+        lambda d, r: put(d, at(tensor(r, Q), 1), f"{len(Q)}s", Q.encode(), Q.replace("_q", "_k").encode()),
+        r"duplicate tensor name 'blk.0.attn_k.weight'",
+    ),
     # unknown tensor types
     "unknown_tensor_type": (lambda d, r: put(d, at(tensor(r, Q), 4), "<I", 12, 99), rf"'{Q}' has unknown ggml type 99"),
-    "removed_tensor_type": (lambda d, r: put(d, at(tensor(r, Q), 4), "<I", 12, 4), rf"'{Q}' has unknown ggml type 4"),  # Q4_2, removed from ggml
+    "removed_tensor_type": (
+        lambda d, r: put(d, at(tensor(r, Q), 4), "<I", 12, 4),
+        rf"'{Q}' has unknown ggml type 4",
+    ),  # Q4_2, removed from ggml
 }
 
 
@@ -236,7 +319,11 @@ def test_fuzz_outcome_is_load_or_gguf_load_error(worker, valid, tmp_path):
         path.write_bytes(corrupt)
         outcome, message, seconds = worker.load(path)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if outcome not in ("ok", "GGUFLoadError") or seconds >= BUDGET_S or (outcome != "ok" and str(path) not in message):
+        if (
+            outcome not in ("ok", "GGUFLoadError")
+            or seconds >= BUDGET_S
+            or (outcome != "ok" and str(path) not in message)
+        ):
             failures.append(f"#{i} {how}: {outcome} after {seconds:.1f} s: {message[:300]}")
     print(f"{FUZZ_EXAMPLES} mutations in {time.perf_counter() - t0:.1f} s: {outcomes}")
     assert outcomes.get("GGUFLoadError", 0) > FUZZ_EXAMPLES // 4  # the mutations do corrupt

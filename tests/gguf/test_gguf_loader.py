@@ -69,7 +69,7 @@ def test_greedy_generate_matches_reference(loaded, arch):
     ids = tok.encode("The capital of France is")
     ours = generate(model, ids, 6)
     with torch.no_grad():
-        theirs = ref.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, min_new_tokens=6)[0, len(ids):]
+        theirs = ref.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, min_new_tokens=6)[0, len(ids) :]
     assert ours == theirs.tolist()
 
 

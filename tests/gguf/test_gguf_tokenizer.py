@@ -22,7 +22,7 @@ PROMPTS = [
     "Emoji: 😀 🚀 ✨ 👩‍💻 🇫🇷",
     "日本語のテキストと中文文本",
     "def fibonacci(n):\n    if n < 2:\n        return n\n\treturn fibonacci(n - 1)",
-    "for (int i = 0; i < 10; ++i) { printf(\"%d\\n\", i); }",
+    'for (int i = 0; i < 10; ++i) { printf("%d\\n", i); }',
     "I'm sure they'll say it's what we've done, isn't it? DON'T",
     "Numbers 1234567 3.14159 2026-11-21",
     "",
@@ -82,9 +82,8 @@ def test_bpe_decode_round_trip(bpe):
 
 
 def test_unsupported_pre_tokenizer(tmp_path, tiny_gguf):
-    from tiny_gguf import write_tiny_gguf
-
     import tiny_gguf as tg
+    from tiny_gguf import write_tiny_gguf
 
     path = tmp_path / "pre.gguf"
     old = tg.PRE["llama"]

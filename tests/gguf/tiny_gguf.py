@@ -35,7 +35,7 @@ CORPUS = [
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
     "Les élèves étudient à l'école; où est la bibliothèque? Ça va très bien, merci.",
     "Numbers: 12345 678 90, 3.14159, 2026-11-21. Emoji: 😀 🚀 ✨",
-    "for (int i = 0; i < 10; ++i) { printf(\"%d\\n\", i); }",
+    'for (int i = 0; i < 10; ++i) { printf("%d\\n", i); }',
     "   leading spaces, trailing spaces   \n\n\nnew lines\ttabs",
     "I'm sure they'll say it's what we've done, isn't it?",
 ] * 4
@@ -51,10 +51,18 @@ PRE = {"llama": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2", "gemma3": "llam
 
 # Default weight formats per family: a mix of every GGUF format, and dense ones.
 FORMATS = {
-    "llama": dict(q="q4_k", k="q4_k", v="q6_k", o="q4_k", gate="q4_k", up="q4_k", down="q6_k", embd="q8_0", output="q6_k"),
-    "qwen2": dict(q="q5_0", k="q5_0", v="q8_0", o="q4_k", gate="q4_k", up="q5_0", down="q6_k", embd="q4_k", output="f16"),
-    "qwen3": dict(q="q4_k", k="q8_0", v="q8_0", o="q5_0", gate="q4_k", up="q4_k", down="q6_k", embd="q8_0", output=None),
-    "gemma3": dict(q="q5_0", k="q5_0", v="q8_0", o="q4_k", gate="q5_0", up="q5_0", down="q6_k", embd="q8_0", output=None),
+    "llama": dict(
+        q="q4_k", k="q4_k", v="q6_k", o="q4_k", gate="q4_k", up="q4_k", down="q6_k", embd="q8_0", output="q6_k"
+    ),
+    "qwen2": dict(
+        q="q5_0", k="q5_0", v="q8_0", o="q4_k", gate="q4_k", up="q5_0", down="q6_k", embd="q4_k", output="f16"
+    ),
+    "qwen3": dict(
+        q="q4_k", k="q8_0", v="q8_0", o="q5_0", gate="q4_k", up="q4_k", down="q6_k", embd="q8_0", output=None
+    ),
+    "gemma3": dict(
+        q="q5_0", k="q5_0", v="q8_0", o="q4_k", gate="q5_0", up="q5_0", down="q6_k", embd="q8_0", output=None
+    ),
 }
 
 
@@ -71,7 +79,10 @@ def train_bpe(arch: str, vocab_size: int = 400):
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS[arch], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS[arch],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
     return tok
@@ -179,8 +190,24 @@ def write_tiny_gguf(
     for i in range(n_layers):
         b, hf = f"blk.{i}", f"model.layers.{i}"
         norm(f"{b}.attn_norm", f"{hf}.input_layernorm", dim)
-        linear(f"{b}.attn_q", f"{hf}.self_attn.q_proj", n_heads * head_dim, dim, fmts["q"], n_heads if permute else None, arch == "qwen2")
-        linear(f"{b}.attn_k", f"{hf}.self_attn.k_proj", n_kv_heads * head_dim, dim, fmts["k"], n_kv_heads if permute else None, arch == "qwen2")
+        linear(
+            f"{b}.attn_q",
+            f"{hf}.self_attn.q_proj",
+            n_heads * head_dim,
+            dim,
+            fmts["q"],
+            n_heads if permute else None,
+            arch == "qwen2",
+        )
+        linear(
+            f"{b}.attn_k",
+            f"{hf}.self_attn.k_proj",
+            n_kv_heads * head_dim,
+            dim,
+            fmts["k"],
+            n_kv_heads if permute else None,
+            arch == "qwen2",
+        )
         linear(f"{b}.attn_v", f"{hf}.self_attn.v_proj", n_kv_heads * head_dim, dim, fmts["v"], None, arch == "qwen2")
         linear(f"{b}.attn_output", f"{hf}.self_attn.o_proj", dim, n_heads * head_dim, fmts["o"])
         if arch in ("qwen3", "gemma3"):
@@ -286,7 +313,11 @@ def write_spm_gguf(path, vocab_size: int = 300, add_space_prefix: bool | None = 
     spm.train_from_iterator(CORPUS, vocab_size=vocab_size, show_progress=False)
     pieces = [t for t, _ in sorted(spm.get_vocab().items(), key=lambda kv: kv[1])]
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
-    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256 + [TokenType.NORMAL] * len(pieces)
+    types = (
+        [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL]
+        + [TokenType.BYTE] * 256
+        + [TokenType.NORMAL] * len(pieces)
+    )
     scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
     w = GGUFWriter(path, "llama")
     w.add_context_length(2048)

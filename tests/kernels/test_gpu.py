@@ -14,7 +14,6 @@ GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not GPU, reason="needs CUDA (and TRITON_INTERPRET unset)")]
 
 
-
 @pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q5_0", "q8_0", "int4_g32", "int4_g128"])
 @pytest.mark.parametrize("N,K", [(4096, 14336), (6144, 4096), (1000, 2048)])
 @pytest.mark.parametrize("M", [1, 3, 8, 17, 300])

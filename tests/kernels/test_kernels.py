@@ -22,7 +22,6 @@ from inductor_fuse.kernels.gemm import qgemm  # noqa: E402
 ALL_FORMATS = ["q4_k", "q6_k", "q5_0", "q8_0", "int4_g32", "int4_g64", "int4_g128"]
 
 
-
 def _assert_close(out, ref, tol, what):
     err = rel_err(out, ref)
     if not err <= tol:
@@ -53,8 +52,9 @@ def test_act_quant_matches_reference():
         deq = (q * xa.xd[:, :, None]).reshape(3, 256)
         torch.testing.assert_close(deq, act_quant_reference(x), rtol=0, atol=1e-6)
         torch.testing.assert_close(xa.xs32, q.sum(-1) * xa.xd, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(xa.xs16, (q.reshape(3, 16, 16).sum(-1) * xa.xd.repeat_interleave(2, 1)),
-                                   rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            xa.xs16, (q.reshape(3, 16, 16).sum(-1) * xa.xd.repeat_interleave(2, 1)), rtol=1e-6, atol=1e-6
+        )
     assert (rel_err(act_quant_reference(x), x)) < 1e-2
 
 

@@ -66,8 +66,9 @@ def test_bad_inputs():
     _raises("K = x.shape.* multiple", torch.randn(2, 200), planes, None, "q4_k")
     _raises("plane 'qs' must have shape", torch.randn(2, 512), planes, None, "q4_k")
     _raises("x must be float32", torch.randint(0, 3, (2, 256)), planes, None, "q4_k")
-    _raises("plane 'dm' must be torch.float16", torch.randn(2, 256), [planes[0], planes[1], planes[2].float()],
-            None, "q4_k")
+    _raises(
+        "plane 'dm' must be torch.float16", torch.randn(2, 256), [planes[0], planes[1], planes[2].float()], None, "q4_k"
+    )
     _raises("expected 3 planes", torch.randn(2, 256), planes[:2], None, "q4_k")
     _raises("bias must have shape", torch.randn(2, 256), planes, torch.randn(36), "q4_k")
     _raises("unknown format", torch.randn(2, 256), planes, None, "q4_x")
@@ -94,7 +95,9 @@ def test_cuda_kernel_failure_falls_back_to_the_reference(monkeypatch, caplog):
         for _ in range(2):
             out = ops._qlinear_cuda(x, planes, bias, "q8_0")
             torch.testing.assert_close(out, qlinear_reference(x, planes, bias, "q8_0"), rtol=1e-5, atol=1e-4)
-    warned = [r for r in caplog.records if "q8_0 CUDA kernel failed (RuntimeError: no kernel for this shape)" in r.message]
+    warned = [
+        r for r in caplog.records if "q8_0 CUDA kernel failed (RuntimeError: no kernel for this shape)" in r.message
+    ]
     assert len(warned) == 1
     with pytest.raises(ValueError, match="must be a positive multiple"):  # bad input is still an error
         ops._qlinear_cuda(torch.randn(3, 48), planes, bias, "q8_0")

@@ -11,8 +11,16 @@ from inductor_fuse.models.generate import decode_one_token, generate, sample
 
 LLAMA = ModelArgs(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96)
 GEMMA = dataclasses.replace(
-    LLAMA, n_layers=6, act="gelu_tanh", qk_norm=True, sandwich_norm=True, embed_scale=True,
-    sliding_window=3, sliding_window_pattern=6, query_pre_attn_scalar=24.0, tie_embeddings=True,
+    LLAMA,
+    n_layers=6,
+    act="gelu_tanh",
+    qk_norm=True,
+    sandwich_norm=True,
+    embed_scale=True,
+    sliding_window=3,
+    sliding_window_pattern=6,
+    query_pre_attn_scalar=24.0,
+    tie_embeddings=True,
 )
 QWEN2 = dataclasses.replace(LLAMA, qkv_bias=True, n_kv_heads=1)
 FAMILIES = {"llama": LLAMA, "gemma3": GEMMA, "qwen2": QWEN2}

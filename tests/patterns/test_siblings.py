@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from numerics import rel_err
 from torch._inductor.utils import run_and_get_code
+from toy_models import TinyLlama
 
 import inductor_fuse
-from numerics import rel_err
-from toy_models import TinyLlama
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
@@ -172,7 +172,9 @@ def test_weight_that_is_a_graph_input():
     assert rel_err(got, f(x, w1, w2)) < 1e-5
     rep = inductor_fuse.last_report()
     assert rep.counts["siblings"] == 0
-    assert rep.skipped and all("is a graph input" in s.reason and "not a frozen constant" in s.reason for s in rep.skipped)
+    assert rep.skipped and all(
+        "is a graph input" in s.reason and "not a frozen constant" in s.reason for s in rep.skipped
+    )
 
 
 def test_grad_enabled_graph_passes_through():
@@ -207,7 +209,8 @@ class QuantSiblings(nn.Module):
         from inductor_fuse.quant import QuantizedLinear
 
         self.lins = nn.ModuleList(
-            QuantizedLinear.from_float(nn.Linear(k, n, bias=i == 0), fmt) for i, (n, fmt) in enumerate(zip(widths, fmts))
+            QuantizedLinear.from_float(nn.Linear(k, n, bias=i == 0), fmt)
+            for i, (n, fmt) in enumerate(zip(widths, fmts))
         )
 
     def forward(self, x):

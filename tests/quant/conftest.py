@@ -69,7 +69,9 @@ def read_gguf_tensors(path) -> list[SimpleNamespace]:
         rows = int(np.prod(dims[1:], dtype=np.int64))
         row_bytes = dims[0] // block * type_size
         data = buf[data_start + offset : data_start + offset + rows * row_bytes].reshape(rows, row_bytes)
-        tensors.append(SimpleNamespace(name=name, tensor_type=ttype, shape=np.array(dims), n_bytes=rows * row_bytes, data=data))
+        tensors.append(
+            SimpleNamespace(name=name, tensor_type=ttype, shape=np.array(dims), n_bytes=rows * row_bytes, data=data)
+        )
     return tensors
 
 

@@ -45,7 +45,9 @@ def test_bad_planes(name):
 @pytest.mark.parametrize("name", ["q4_k", "q6_k", "q5_0", "q8_0"])
 def test_bad_gguf_bytes(name):
     f = FORMATS[name]
-    with pytest.raises(ValueError, match=rf"{name}: GGUF bytes must be a uint8 tensor \[N, row_bytes\], got torch.int8"):
+    with pytest.raises(
+        ValueError, match=rf"{name}: GGUF bytes must be a uint8 tensor \[N, row_bytes\], got torch.int8"
+    ):
         f.from_gguf_bytes(torch.zeros(2, f.type_size, dtype=torch.int8))
     with pytest.raises(ValueError, match=rf"{name}: row_bytes must be a multiple of the block's {f.type_size} bytes"):
         f.from_gguf_bytes(torch.zeros(2, f.type_size + 1, dtype=torch.uint8))
