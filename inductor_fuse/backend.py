@@ -13,10 +13,14 @@ What it does, per Dynamo graph:
    the guards Dynamo would have installed then: an ID_MATCH guard per lifted tensor. Another
    model of the same class, a tensor replaced by ``load_state_dict(..., assign=True)`` or a
    ``.to()`` that makes new tensors therefore recompiles instead of running with the first
-   model's frozen weights. Freezing then makes the tensors the graph does not mutate constants;
-   each of those also gets a guard on its version counter, so an in-place edit after compiling
-   (``load_state_dict`` without ``assign``, ``p += d`` under no_grad) recompiles too. Edits
-   through ``.data`` bypass the version counter and are not tracked (README: "Weights are frozen").
+   model's frozen weights. An identity guard is a pointer compare: Gemma-3-270M's 530 cost its
+   decode step's guard check about 12 us on an H200 host, within the noise of decode tok/s.
+   Freezing then makes the tensors the graph does not mutate constants. In-place edits of those
+   tensors after compiling (``load_state_dict`` without ``assign``, ``p.copy_``, ``p += d``,
+   ``.data``) are not seen by the compiled code, as with stock freezing (README: "Weights are
+   frozen"). A guard on each tensor's version counter would catch all but ``.data``, but reading
+   ``_version`` through the guard tree cost 0.75 us a tensor: Gemma-3-270M decode ran 16% slower
+   (benchmarks/bench_guards.py, benchmarks/results/2026-12-01-guards.json).
 2. Our rule families (``patterns/``) run as ``joint_custom_post_pass``, just before freezing.
    They express weight concatenations as graph nodes; freezing folds them into constants once,
    before Inductor's FX-graph-cache key is taken. Folded constants are frozen parameters: the
@@ -42,8 +46,6 @@ import torch
 import torch.fx as fx
 from torch._dynamo.exc import RestartAnalysis
 from torch._dynamo.guards import GuardBuilder, install_guard
-from torch._dynamo.source import AttrSource
-from torch._guards import TracingContext
 
 from . import report
 from .options import FuseOptions, validate_mode
@@ -66,46 +68,18 @@ def _is_module_state(value: Any, source: Any) -> bool:
     )
 
 
-def _graph_state(gm: fx.GraphModule) -> list[torch.Tensor]:
-    """The module state AOT autograd passes before the user inputs, in its order."""
-    state = {**dict(gm.named_parameters(remove_duplicate=False)), **dict(gm.named_buffers(remove_duplicate=False))}
-    return list(state.values())
-
-
-def _guard_versions_of_frozen(state: list[torch.Tensor], lifted: dict[int, Any]) -> int:
-    """Install a guard on ``_version`` of every lifted tensor that freezing made a constant.
-
-    ``state``: the graph state in AOT's order (``_graph_state``); ``lifted``: id(tensor) -> Dynamo
-    source. An in-place edit through autograd's view of a tensor (``load_state_dict`` without
-    ``assign``, ``with torch.no_grad(): p += 1``) bumps its version, fails the guard and
-    recompiles. Tensors the graph mutates (a KV cache) are not guarded. Returns the count."""
-    tc = TracingContext.try_get()
-    meta = getattr(tc, "fw_metadata", None)
-    if meta is None:
-        return 0
-    n = 0
-    for t, info in zip(state, meta.input_info):
-        source = lifted.get(id(t))
-        if source is None or info.mutates_data or info.mutates_metadata:
-            continue
-        install_guard(AttrSource(source, "_version").make_guard(GuardBuilder.EQUALS_MATCH))
-        n += 1
-    return n
-
-
-def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[list[int], dict[int, Any]]:
+def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[int]:
     """Turn parameter/buffer placeholders into graph attributes (as Dynamo does under freezing).
 
     Freezing then makes the ones the graph does not mutate constants; mutated buffers (a KV
     cache) stay inputs, static ones, so CUDA graphs still capture the step.
 
-    Returns the indices of the inputs that stay graph inputs, and id(tensor) -> Dynamo source of
-    the lifted ones.
+    Returns the indices of the inputs that stay graph inputs.
     """
     placeholders = gm.graph.find_nodes(op="placeholder")
     if len(placeholders) != len(example_inputs) or not hasattr(gm, "_param_name_to_source"):
-        return list(range(len(example_inputs))), {}
-    keep, lifted = [], {}
+        return list(range(len(example_inputs)))
+    keep = []
     for i, (node, value) in enumerate(zip(placeholders, example_inputs)):
         source = getattr(node, "_dynamo_source", None)
         if source is None or not _is_module_state(value, source):
@@ -120,14 +94,13 @@ def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> tuple
         # Dynamo traced this tensor as an input and guards only its metadata; from now on its
         # value is baked in, so guard its identity (what Dynamo does itself under freezing).
         install_guard(source.make_guard(GuardBuilder.ID_MATCH))
-        lifted[id(value)] = source
         with gm.graph.inserting_before(node):
             attr = gm.graph.get_attr(name)
         attr.meta.update(node.meta)
         node.replace_all_uses_with(attr)
         gm.graph.erase_node(node)
     gm.recompile()
-    return keep, lifted
+    return keep
 
 
 NEEDS_GRAD = (
@@ -175,9 +148,10 @@ def inductor_fuse_backend(
             rep.notes.append(OLD_TORCH)
             return compile_fx(gm, example_inputs, config_patches=patches)
 
-        keep, lifted = _lift_parameters(gm, example_inputs)
+        keep = _lift_parameters(gm, example_inputs)
         rep.notes.append(
-            f"{len(example_inputs) - len(keep)} parameter/buffer input(s) made graph state for freezing;"
+            f"{len(example_inputs) - len(keep)} parameter/buffer input(s) made graph state for freezing, each"
+            " with an identity guard;"
             f" rule families {opts.enabled()}"
         )
         patches.update(
@@ -188,7 +162,6 @@ def inductor_fuse_backend(
             }
         )
         inputs = [example_inputs[i] for i in keep]
-        state = _graph_state(gm)
         with torch.no_grad():
             try:
                 compiled = compile_fx(gm, inputs, config_patches={**patches, "joint_custom_post_pass": RulePass(opts)})
@@ -206,8 +179,6 @@ def inductor_fuse_backend(
                     failure.where,
                 )
                 compiled = compile_fx(gm, inputs, config_patches=patches)
-        n_versions = _guard_versions_of_frozen(state, lifted)
-        rep.notes.append(f"{len(lifted)} identity guard(s), {n_versions} version guard(s) on frozen state")
 
     n_all, n_keep = len(example_inputs), len(keep)
     if n_keep == n_all:

@@ -1,6 +1,6 @@
 """Frozen weights belong to one model: another model of the same class, a tensor replaced by
-``load_state_dict(assign=True)`` or ``.to()``, an in-place edit that bumps a tensor's version
-recompiles; it never runs with stale constants. Edits through ``.data`` are the documented limit.
+``load_state_dict(assign=True)`` or ``.to()`` recompiles; it never runs with stale constants.
+In-place edits after compiling are the documented limit: they need torch._dynamo.reset().
 
 No test here calls ``torch._dynamo.reset()`` before compiling: several models in one process is
 exactly the case under test.
@@ -101,38 +101,33 @@ def test_load_state_dict_assign_and_to_recompile():
         assert rel_err(compiled(x), model(x)) < 1e-5
 
 
-def test_in_place_edits_recompile():
-    # load_state_dict without assign copies into the same tensors; p += d under no_grad likewise:
-    # both bump the version counter, which the backend guards for every frozen tensor.
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda m: m.load_state_dict(TinyLlama(n_layers=1).state_dict()), id="load_state_dict"),
+        pytest.param(lambda m: m.layers[0].q_proj.weight.add_(0.5), id="add_"),
+        pytest.param(lambda m: m.layers[0].q_proj.weight.data.mul_(3), id="data"),
+    ],
+)
+def test_in_place_edits_need_a_reset(edit):
+    # The documented contract (README, "Weights are frozen at compile time"): an in-place edit of a
+    # weight after compiling is not seen by the compiled code, as with stock freezing (no guard
+    # watches version counters: it cost decode 16%, backend.py). q/k/v are folded into one
+    # constant here, so the compiled model keeps the old q_proj. torch._dynamo.reset() and
+    # compiling again (or load_state_dict(..., assign=True), tested above) is the remedy.
     x = torch.randn(1, 3, 64)
     model = TinyLlama(n_layers=1).eval()
-    compiled = torch.compile(model, backend="inductor_fuse")
     with torch.no_grad():
         before = model(x)
-        compiled(x)
+        assert rel_err(torch.compile(model, backend="inductor_fuse")(x), before) < 1e-5
         assert inductor_fuse.last_report().counts["siblings"] == 2  # q/k/v and gate/up are folded copies
-        model.load_state_dict(TinyLlama(n_layers=1).state_dict())
-        assert rel_err(model(x), before) > 0.1
-        assert rel_err(compiled(x), model(x)) < 1e-5
-        model.layers[0].q_proj.weight += 0.5
-        model.layers[0].up_proj.weight.mul_(2)
-        assert rel_err(compiled(x), model(x)) < 1e-5
-
-
-def test_edits_through_data_need_a_reset():
-    # The documented limit (README, "Weights are frozen at compile time"): `.data` bypasses the
-    # version counter, so nothing tells the compiled code; whether it still uses the old values
-    # depends on what else recompiles. torch._dynamo.reset() and compiling again is the remedy.
-    x = torch.randn(1, 3, 64)
-    model = TinyLlama(n_layers=1).eval()
-    with torch.no_grad():
-        torch.compile(model, backend="inductor_fuse")(x)
-        assert inductor_fuse.last_report().counts["siblings"] == 2
-        version = model.layers[0].q_proj.weight._version
-        model.layers[0].q_proj.weight.data.mul_(3)
-        assert model.layers[0].q_proj.weight._version == version  # invisible to the version guard
+        edit(model)
+        after = model(x)
+        assert rel_err(after, before) > 0.05
+        stale = torch.compile(model, backend="inductor_fuse")(x)
+        assert rel_err(stale, after) > 0.05, "the README says an in-place edit is not seen: update it"
         torch._dynamo.reset()
-        assert rel_err(torch.compile(model, backend="inductor_fuse")(x), model(x)) < 1e-5
+        assert rel_err(torch.compile(model, backend="inductor_fuse")(x), after) < 1e-5
 
 
 def test_past_the_recompile_limit():
