@@ -17,7 +17,7 @@ read of each token), the time of one compiled step call, and the time of Dynamo'
 alone. Prints a table and writes ``<date>-guards.json`` to ``$OUT`` or ``benchmarks/results/``.
 
 ``benchmarks/results/2026-12-01-guards.json`` also has a third variant, measured at commit
-1b4c833 when the backend guarded each frozen tensor's version counter too: that cost Gemma-3-270M
+133c39b when the backend guarded each frozen tensor's version counter too: that cost Gemma-3-270M
 decode 16% on an H200, and the version guards were dropped.
 """
 
