@@ -16,7 +16,7 @@ each round, so drift hits all alike): decode tok/s as ``examples/decode.py`` mea
 read of each token), the time of one compiled step call, and the time of Dynamo's guard check
 alone. Prints a table and writes ``<date>-guards.json`` to ``$OUT`` or ``benchmarks/results/``.
 
-``benchmarks/results/2026-12-01-guards.json`` also has a third variant, measured at commit
+``benchmarks/results/2026-12-01-guards-version-guards.json`` has a third variant, measured at commit
 133c39b when the backend guarded each frozen tensor's version counter too: that cost Gemma-3-270M
 decode 16% on an H200, and the version guards were dropped.
 """

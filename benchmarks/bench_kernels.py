@@ -30,9 +30,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import triton  # noqa: E402
 
 import inductor_fuse.kernels.ops  # noqa: E402,F401
+from inductor_fuse import config  # noqa: E402
 from inductor_fuse.kernels import dispatch  # noqa: E402
 from inductor_fuse.kernels._common import act_quant, launch_matvec, tuned_configs  # noqa: E402
 from inductor_fuse.kernels.gemm import dequant_mm, qgemm  # noqa: E402
+from inductor_fuse.kernels.registry import KERNELS  # noqa: E402
 from inductor_fuse.kernels.testing import random_planes  # noqa: E402
 
 SHAPES = [  # name, N, K, formats
@@ -109,7 +111,13 @@ def tinygemm_weights(N, K, group, dev, seed):
     return packed, sz, N * K // 2 + sz.numel() * 2
 
 
+def launch_spec_matvec(spec, xa, views, M, N, K, cfg, dtype, out):
+    """The format's matvec kernel alone (activation quantized outside)."""
+    return launch_matvec(spec, xa, views, None, M, N, K, cfg, dtype, out=out)
+
+
 def bench_case(name, N, K, fmt, M, dev, results, with_baselines=True, seed=0):
+    spec = KERNELS[fmt]
     row = {"shape": name, "N": N, "K": K, "fmt": fmt, "M": M}
     x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
     probe = random_planes(fmt, N, K, dev, seed=seed)
@@ -119,25 +127,19 @@ def bench_case(name, N, K, fmt, M, dev, results, with_baselines=True, seed=0):
     op = torch.ops.inductor_fuse.qlinear
     t = time_graph([lambda p=p: op(x, p, None, fmt) for p in copies])
     row.update(ours_us=t * 1e6, ours_gbs=(wbytes + io) / t / 1e9, weight_bytes=wbytes)
-    if M <= dispatch.MATVEC_MAX_M[fmt]:
+    if M <= spec.matvec_max_m:
         row["path"] = "matvec"
     else:
-        row["path"] = "fused" if M < dispatch.FUSED_GEMM_MAX_M[fmt] else "deq+mm"
-    if M <= dispatch.MATVEC_MAX_M[fmt]:  # the matvec kernel alone, activation quantized outside
-        mod, kernel, unit, inter, group = dispatch._MATVEC[fmt]
-        xa = act_quant(x, interleave=inter)
+        row["path"] = "fused" if M < spec.fused_gemm_max_m else "deq+mm"
+    if M <= spec.matvec_max_m:  # the matvec kernel alone, activation quantized outside
+        xa = act_quant(x, interleave=spec.interleave)
         dispatch.matvec(x, probe, None, fmt)  # tune
-        cfg = tuned_configs().get(("matvec", fmt, M, N, K), dispatch.default_matvec_config(fmt, M, N, K))
+        cfg = tuned_configs().get(("matvec", fmt, M, N, K), dispatch.default_matvec_config(spec, M, N, K))
         out = torch.empty((M, N), dtype=x.dtype, device=dev)
-        views = [mod.plane_views(p) for p in copies]
-        tk = time_graph(
-            [
-                lambda v=v: launch_matvec(kernel, xa, v, None, M, N, K, K // unit, cfg, x.dtype, group=group, out=out)
-                for v in views
-            ]
-        )
+        views = [spec.plane_views(p) for p in copies]
+        tk = time_graph([lambda v=v: launch_spec_matvec(spec, xa, v, M, N, K, cfg, x.dtype, out) for v in views])
         row.update(matvec_only_us=tk * 1e6, matvec_only_gbs=(wbytes + io) / tk / 1e9, config=str(cfg))
-    if M > dispatch.MATVEC_MAX_M[fmt]:  # both large-M paths, for the record
+    if M > spec.matvec_max_m:  # both large-M paths, for the record
         tf = time_graph([lambda p=p: qgemm(x, p, None, fmt) for p in copies])
         td = time_graph([lambda p=p: dequant_mm(x, p, None, fmt) for p in copies])
         row.update(fused_gemm_us=tf * 1e6, dequant_mm_us=td * 1e6)
@@ -216,32 +218,27 @@ def sweep(dev, out, args_dump=None, sweep_formats=("q4_k", "q6_k"), sweep_ms=(1,
     ]:
         if fmt not in sweep_formats:
             continue
-        mod, kernel, unit, inter, group = dispatch._MATVEC[fmt]
+        spec = KERNELS[fmt]
         probe = random_planes(fmt, N, K, dev)
         wbytes = plane_bytes(probe)
         copies = [probe] + [random_planes(fmt, N, K, dev, seed=i + 1) for i in range(n_copies(wbytes) - 1)]
-        views = [mod.plane_views(p) for p in copies]
+        views = [spec.plane_views(p) for p in copies]
         for M in sweep_ms:
             x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
-            xa = act_quant(x, interleave=inter)
+            xa = act_quant(x, interleave=spec.interleave)
             o = torch.empty((M, N), dtype=x.dtype, device=dev)
-            for cfg in mod.MATVEC_CONFIGS:
+            for cfg in spec.matvec_configs:
+                launched = []  # the compiled kernel of every launch (registers, spills, asm)
                 try:
-                    t = time_graph(
-                        [
-                            lambda v=v: launch_matvec(
-                                kernel, xa, v, None, M, N, K, K // unit, cfg, x.dtype, group=group, out=o
-                            )
-                            for v in views
-                        ]
-                    )
+                    with config.patch(on_matvec_launch=launched.append):
+                        t = time_graph(
+                            [lambda v=v: launch_spec_matvec(spec, xa, v, M, N, K, cfg, x.dtype, o) for v in views]
+                        )
                 except Exception as e:  # noqa: BLE001
                     print(f"sweep {name} {fmt} {cfg}: failed {type(e).__name__}: {str(e)[:200]}")
                     continue
                 pct = 100 * wbytes / t / 1e9 / out["copy_gbs"]
-                from inductor_fuse.kernels import _common
-
-                k = _common.LAST_COMPILED
+                k = launched[-1]
                 regs = (getattr(k, "n_regs", -1), getattr(k, "n_spills", -1))
                 rows.append(
                     {
@@ -257,7 +254,7 @@ def sweep(dev, out, args_dump=None, sweep_formats=("q4_k", "q6_k"), sweep_ms=(1,
                 print(
                     f"sweep {name:8s} {fmt} M={M} {cfg}: {t * 1e6:8.1f} us {pct:5.1f}% regs/spills {regs}", flush=True
                 )
-                if args_dump and cfg == mod.MATVEC_CONFIGS[0] and M == 1 and name in ("gate_up", "lm_head"):
+                if args_dump and cfg == spec.matvec_configs[0] and M == 1 and name in ("gate_up", "lm_head"):
                     for kind in ("ttgir", "sass"):
                         try:
                             with open(os.path.join(args_dump, f"{fmt}_{name}_M{M}.{kind}"), "w") as f:
@@ -313,7 +310,7 @@ def main():
     _save(out, args.json)
     print()
     print(f"time per call in us (% of copy bandwidth {bw:.0f} GB/s for matvec rows); GPU {out['gpu']}")
-    print("kernel only: the matvec without act_quant (M <= MATVEC_MAX_M); bf16 = F.linear (cuBLAS)")
+    print("kernel only: the matvec without act_quant (M <= matvec_max_m); bf16 = F.linear (cuBLAS)")
     print(
         f"{'shape':8s} {'fmt':5s} {'M':>4s} {'path':6s} {'ours':>16s} {'kernel only':>16s} {'bf16':>16s} "
         f"{'tinygemm g32':>16s} {'tinygemm g128':>16s} {'vs g128':>7s} {'vs bf16':>7s}"

@@ -2,13 +2,23 @@
 
 model = torch.compile(model, backend="inductor_fuse")
 inductor_fuse.last_report().counts   # {"siblings": 64, ...}
+
+The qlinear op in two layers:
+    quant      weight formats, QuantizedLinear, the op torch.ops.inductor_fuse.qlinear (pure torch)
+    kernels    Triton kernels; kernels/ops.py registers them as the op's CUDA implementation
+kernels imports quant, never the reverse (tests/quant/test_layering.py). Importing the package
+imports both, so the op always has its CUDA kernel.
 """
 
 from .backend import inductor_fuse_backend, make_backend
 from .gguf import load_gguf
-from .options import FAMILIES, FuseOptions
+from .kernels import ops as _kernel_ops  # noqa: F401 -- registers qlinear's CUDA implementation
+from .options import FuseOptions
+from .patterns.registry import family_names
 from .quant import QuantConfig, QuantizedLinear, QuantizedWeight, quantize, quantize_
 from .report import FusionReport, all_reports, clear_reports, last_report, total_counts
+
+FAMILIES = family_names()  # the registered rule families, in the order their passes run
 
 __all__ = [
     "FAMILIES",

@@ -20,7 +20,7 @@ What it does, per Dynamo graph:
    ``.data``) are not seen by the compiled code, as with stock freezing (README: "Weights are
    frozen"). A guard on each tensor's version counter would catch all but ``.data``, but reading
    ``_version`` through the guard tree cost 0.75 us a tensor: Gemma-3-270M decode ran 16% slower
-   (benchmarks/bench_guards.py, benchmarks/results/2026-12-01-guards.json).
+   (benchmarks/bench_guards.py, benchmarks/results/2026-12-01-guards-version-guards.json).
 2. Our rule families (``patterns/``) run as ``joint_custom_post_pass``, just before freezing.
    They express weight concatenations as graph nodes; freezing folds them into constants once,
    before Inductor's FX-graph-cache key is taken. Folded constants are frozen parameters: the
@@ -46,6 +46,8 @@ import torch
 import torch.fx as fx
 from torch._dynamo.exc import RestartAnalysis
 from torch._dynamo.guards import GuardBuilder, install_guard
+from torch._inductor import list_mode_options
+from torch._inductor.compile_fx import compile_fx
 
 from . import report
 from .options import FuseOptions, validate_mode
@@ -128,9 +130,6 @@ def inductor_fuse_backend(
     options: dict[str, Any] | FuseOptions | None = None,
 ) -> Callable:
     """The Dynamo backend. ``mode`` as for stock Inductor; ``options``: rule family -> bool."""
-    from torch._inductor import list_mode_options
-    from torch._inductor.compile_fx import compile_fx
-
     mode = validate_mode(mode)
     opts = FuseOptions.from_dict(options)
     patches: dict[str, Any] = dict(list_mode_options(mode))
@@ -164,7 +163,9 @@ def inductor_fuse_backend(
         inputs = [example_inputs[i] for i in keep]
         with torch.no_grad():
             try:
-                compiled = compile_fx(gm, inputs, config_patches={**patches, "joint_custom_post_pass": RulePass(opts)})
+                compiled = compile_fx(
+                    gm, inputs, config_patches={**patches, "joint_custom_post_pass": RulePass(opts.enabled())}
+                )
             except RestartAnalysis:
                 raise  # Dynamo asks to trace again (e.g. a float input specialized): not a failure
             except Exception as e:  # noqa: BLE001 -- any failure of ours must leave the user a working compile

@@ -10,7 +10,7 @@ import os
 import traceback
 from collections.abc import Iterator
 
-from .options import FAMILIES
+from .patterns.registry import family_names
 
 log = logging.getLogger("inductor_fuse")
 
@@ -75,7 +75,7 @@ class FusionReport:
     @property
     def counts(self) -> dict[str, int]:
         """Rule family -> number of rewrites (every family present, zeros included)."""
-        counts = {family: 0 for family in FAMILIES}
+        counts = dict.fromkeys(family_names(), 0)
         for r in self.rewrites:
             counts[r.family] = counts.get(r.family, 0) + 1
         return counts
@@ -124,7 +124,7 @@ def all_reports() -> list[FusionReport]:
 
 def total_counts(reports: list[FusionReport] | None = None) -> dict[str, int]:
     """Counts summed over ``reports`` (default: every compilation so far)."""
-    total = {family: 0 for family in FAMILIES}
+    total = dict.fromkeys(family_names(), 0)
     for rep in _history if reports is None else reports:
         for family, n in rep.counts.items():
             total[family] = total.get(family, 0) + n

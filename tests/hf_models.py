@@ -225,19 +225,32 @@ def build(
     return model.to(device).eval()
 
 
-ROUTER_SCALE = 30.0
+ROUTER_SCALE = 1000.0
 
 
 def _decisive_routers(model: nn.Module) -> None:
     """A randomly initialised MoE router scores all experts nearly alike, so the rounding
-    difference between eager and compiled bf16 / W4A8 flips the top-k choice of near-tie tokens
-    and whole rows of logits differ (seen: Mixtral Q4_K on the GPU, rel. err 0.94, while every
-    dense family matched). A trained router is decisive; scaling the random one makes it so, and
-    the comparison then tests the compiler, not the tie-break."""
+    difference between eager and compiled bf16 flips the top-k choice of near-tie tokens and whole
+    rows of logits differ. Measured on an H200 (Mixtral, hidden 256, bf16): compiled vs eager
+    rel. err 0.72 with no quantization and no rule involved, 1.2 with Q4_K; with fp32, 1e-3. A
+    trained router is decisive; scaling the random one by 1000 makes it so (Q4_K bf16: 1.2e-2),
+    and the comparison then tests the compiler, not the tie-break."""
+    n_experts = getattr(model.config, "num_local_experts", None) or getattr(model.config, "num_experts", None)
+    scaled = 0
     with torch.no_grad():
-        for module in model.modules():
-            if type(module).__name__.endswith("TopKRouter"):
+        for name, module in model.named_modules():
+            # transformers 5.24 has a MixtralTopKRouter; older versions an nn.Linear called "gate"
+            router = type(module).__name__.endswith("Router") or (
+                name.rsplit(".", 1)[-1] in ("gate", "router")
+                and isinstance(getattr(module, "weight", None), torch.Tensor)
+                and module.weight.dim() == 2
+                and module.weight.shape[0] == n_experts
+            )
+            if router:
                 module.weight.mul_(ROUTER_SCALE)
+                scaled += 1
+    if n_experts and not scaled:
+        raise AssertionError(f"{type(model).__name__}: an MoE model whose router was not found to scale")
 
 
 def input_ids(batch: int = 1, seq: int = 8, device: str = "cpu") -> torch.Tensor:

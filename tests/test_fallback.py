@@ -2,6 +2,7 @@
 any other error of a compile with rules falls back to stock Inductor; both are reported and
 logged at WARNING, and the result still equals eager."""
 
+import dataclasses
 import logging
 
 import pytest
@@ -12,6 +13,7 @@ from toy_models import TinyLlama
 import inductor_fuse
 import inductor_fuse.patterns as patterns
 import inductor_fuse.patterns.siblings as siblings
+from inductor_fuse.patterns import registry
 
 
 def run(model, x):
@@ -23,7 +25,8 @@ def test_a_rule_that_raises_is_skipped(monkeypatch, caplog):
     def broken(graph):
         raise RuntimeError("rule bug")
 
-    monkeypatch.setattr(siblings, "fuse_sibling_linears", broken)
+    fam = registry._REGISTRY["siblings"]
+    monkeypatch.setitem(registry._REGISTRY, "siblings", dataclasses.replace(fam, run=broken))
     with caplog.at_level(logging.WARNING, logger="inductor_fuse"):
         assert run(TinyLlama(n_layers=1).eval(), torch.randn(1, 4, 64)) < 1e-5
     rep = inductor_fuse.last_report()

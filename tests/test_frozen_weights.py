@@ -115,6 +115,10 @@ def test_in_place_edits_need_a_reset(edit):
     # watches version counters: it cost decode 16%, backend.py). q/k/v are folded into one
     # constant here, so the compiled model keeps the old q_proj. torch._dynamo.reset() and
     # compiling again (or load_state_dict(..., assign=True), tested above) is the remedy.
+    # Whether a later call reuses the stale graph depends on what else is in Dynamo's cache (an
+    # entry can also be dropped, or a guard on global state fail, and then it recompiles with the
+    # new values): start from an empty cache so the documented hazard is deterministic here.
+    torch._dynamo.reset()
     x = torch.randn(1, 3, 64)
     model = TinyLlama(n_layers=1).eval()
     with torch.no_grad():

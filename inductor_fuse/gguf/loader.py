@@ -32,8 +32,11 @@ import torch
 import torch.nn as nn
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize as gguf_dequantize
+from tqdm.auto import tqdm
 
 from ..models.transformer import ModelArgs, RMSNorm, Transformer
+from ..quant import QuantizedLinear, QuantizedWeight
+from ..quant.formats import GGUF_FORMATS
 from .metadata import GGUFLoadError, field_value, require
 from .tokenizer import GGUFTokenizer
 from .validate import check_gguf_structure
@@ -204,8 +207,6 @@ _LAYER = {
 
 def _plan(args: ModelArgs, reader: GGUFReader, tensors: dict, path: str) -> dict[str, str]:
     """module path -> GGUF tensor name for every weight the model needs; checks presence, shape, type."""
-    from ..quant.formats import GGUF_FORMATS
-
     with torch.device("meta"):
         skeleton = Transformer(args)
     plan = {}
@@ -248,9 +249,6 @@ def _plan(args: ModelArgs, reader: GGUFReader, tensors: dict, path: str) -> dict
 
 def _float(t, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A GGUF tensor dequantized to `dtype`, in torch order."""
-    from ..quant import QuantizedWeight
-    from ..quant.formats import GGUF_FORMATS
-
     if GGMLQuantizationType(t.tensor_type) in GGUF_FORMATS and len(t.shape) == 2:
         return QuantizedWeight.from_gguf(t).dequantize().to(device=device, dtype=dtype)  # torch, bit-exact
     shape = tuple(int(d) for d in reversed(t.shape))
@@ -267,8 +265,6 @@ def _unpermute_rows(n_heads: int, head_dim: int) -> torch.Tensor:
 
 
 def _linear(t, bias, rows: torch.Tensor | None, dtype, device) -> nn.Module:
-    from ..quant import QuantizedLinear, QuantizedWeight
-
     if GGMLQuantizationType(t.tensor_type) in FLOAT_TYPES:
         w = _float(t, dtype, device)
         if rows is not None:
@@ -286,8 +282,6 @@ def _linear(t, bias, rows: torch.Tensor | None, dtype, device) -> nn.Module:
 
 
 def _build(args, arch, plan, tensors, path, device, dtype, progress) -> Transformer:
-    from tqdm.auto import tqdm
-
     with torch.device("meta"):
         model = Transformer(args)
     for name, gguf_name in tqdm(

@@ -5,7 +5,14 @@
 - `act_quant`: per-row, per-32-wide-K-group int8 quantization of the activation (W4A8), run once
   per call and shared by every weight format.
 - `splitk_reduce`: sums split-K partials, adds the bias, casts to the output dtype.
-- `MatvecConfig` and `pick_config`: the small config space and the (M, N, K, fmt)-keyed tuner.
+- `MatvecConfig`, `GemmConfig` and `pick_config`: the small config spaces and the
+  (kernel, fmt, M, N, K)-keyed tuner.
+- `KernelSpec`: what one weight format's kernels are (each format file builds its SPEC; the
+  registry, kernels/registry.py, collects them).
+- The W4A8 matvec every format shares: `launch_matvec` (host), `matvec_kernel`, generic over the
+  format's WEIGHT_CTX / LOAD / DOT functions, built of `matvec_prologue`, `matvec_units` (the K
+  loop), `add_to_row` and `matvec_epilogue` (device).
+- `loop_bound`: a runtime loop bound that Triton's interpreter also accepts.
 """
 
 from __future__ import annotations
@@ -13,14 +20,33 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import config
+
 
 def interpreting() -> bool:
+    """Whether Triton runs kernels on the CPU (TRITON_INTERPRET=1, Triton's own variable)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+INTERPRETING = tl.constexpr(interpreting())  # read once, as triton.jit reads it when it decorates
+
+
+@triton.jit
+def loop_bound(x):
+    """x (a runtime scalar) as a `range` bound: x itself when compiled. Under TRITON_INTERPRET=1
+    a scalar is a 1-element numpy array, which Triton 3.6's interpreter turns into a Python int
+    with int(array), an error with numpy >= 2.4 ("only 0-dimensional arrays can be converted");
+    so there the bound is taken out as a Python int (returned, not assigned: the interpreter
+    turns every assigned value back into a tensor)."""
+    if INTERPRETING:
+        return x.handle.data.item()
+    return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +187,7 @@ def _splitk_reduce_kernel(ws_ptr, bias_ptr, out_ptr, MN, N, S, HAS_BIAS: tl.cons
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for s in range(S):
+    for s in range(loop_bound(S)):
         acc += tl.load(ws_ptr + s * MN + offs, mask=mask, other=0.0)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
@@ -190,7 +216,7 @@ class MatvecConfig:
     split_k: int = 1  # programs along K (partials reduced by splitk_reduce)
     num_warps: int = 4
     num_stages: int = 1
-    prefetch: bool = False  # double-buffer the next units' loads in registers (q4_k, q6_k)
+    prefetch: bool = False  # double-buffer the next units' weights in registers (matvec_units)
 
     def __post_init__(self):
         for v in (self.block_n, self.block_u):
@@ -214,11 +240,11 @@ _TUNED: dict[tuple, object] = {}
 
 
 def pick_config(key: tuple, candidates: Sequence, bench: Callable[[object], None], tune: bool = True):
-    """The fastest of `candidates` for `key` = (kernel, M, N, K, fmt, ...), measured once.
+    """The fastest of `candidates` for `key` = (kernel, fmt, M, N, K, ...), measured once.
 
     The first candidate (the default) is used under TRITON_INTERPRET=1, during CUDA-graph capture
-    (no benchmarking allowed there) unless the key was tuned before, with INDUCTOR_FUSE_NO_TUNE=1,
-    and when `tune` is False. INDUCTOR_FUSE_TUNE=1 forces tuning.
+    (no benchmarking allowed there) unless the key was tuned before, with config.settings.no_tune,
+    and when `tune` is False unless config.settings.tune forces tuning.
     """
     if key in _TUNED:
         return _TUNED[key]
@@ -226,9 +252,7 @@ def pick_config(key: tuple, candidates: Sequence, bench: Callable[[object], None
         return candidates[0]
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return candidates[0]
-    if os.environ.get("INDUCTOR_FUSE_NO_TUNE", "0") == "1":
-        return candidates[0]
-    if not tune and os.environ.get("INDUCTOR_FUSE_TUNE", "0") != "1":
+    if config.settings.no_tune or not (tune or config.settings.tune):
         return candidates[0]
     best, best_t = candidates[0], float("inf")
     for c in candidates:
@@ -247,17 +271,54 @@ def tuned_configs() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# The matvec launcher shared by every format (each format file passes its kernel).
-# Every matvec kernel has the signature
-#   kernel(xq, xd, xs32, xs16, p0, p1, p2, p3, bias, out, M, N, K, UNITS_PER_SPLIT,
-#          rs0, rs1, rs2, rs3, GROUP, HAS_BIAS, SPLIT, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM)
-# s_i: row stride of plane i (elements of its view), passed from the host so that Triton sees
-# their divisibility by 16 and emits 16-byte loads.
-# grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M), split); a "unit" is the format's natural K step.
+# Kernel specs: what the dispatcher, the GEMMs, tests and benchmarks know of a format's kernels.
 # ---------------------------------------------------------------------------------------------
 
 
-LAST_COMPILED = None  # the last matvec launch's compiled kernel (registers, spills, asm: benchmarks)
+@dataclass(frozen=True)
+class KernelSpec:
+    """One weight format's kernels (each kernels/<fmt>.py builds its SPEC; registry.KERNELS
+    collects them by `fmt`)."""
+
+    fmt: str  # the quant.FORMATS key, e.g. "q4_k"
+    # the format's three @triton.jit functions of the W4A8 matvec (matvec_kernel below):
+    weight_ctx: Any  # (p0, p1, p2, p3, rows_c, rs0, rs1, rs2, rs3, GROUP: constexpr) -> wctx
+    load_units: Any  # LOAD (wctx, u, umask) -> w
+    units_dot: Any  # DOT (w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM) -> accs
+    unit: int  # weights per matvec unit: the kernel runs K // unit units per row
+    plane_views: Callable  # planes -> the tensors the kernels read (e.g. uint8 viewed as int32)
+    # @triton.jit (p0, p1, p2, p3, rows, k0, K, GROUP: constexpr, BLOCK_N: constexpr, BLOCK_K: constexpr)
+    #   -> float32 [BLOCK_N, BLOCK_K // 32, 32], w[rows, k0 + 32 s + i]
+    dequant_tile: Any
+    matvec_configs: tuple  # MatvecConfig candidates; the first is the default
+    matvec_max_m: int  # M <= this: act_quant + matvec
+    fused_gemm_max_m: int  # M < this (and > matvec_max_m): fused Triton GEMM; else dequant + cuBLAS
+    interleave: bool = False  # act_quant layout the matvec reads
+    group: int = 0  # int4 group size (0: none)
+    default_config: Callable | None = None  # (M, N, K) -> MatvecConfig; None: matvec_configs[0]
+
+
+KERNELS: dict[str, KernelSpec] = {}  # fmt -> spec; filled by register_kernels, read via kernels.registry
+
+
+def register_kernels(*specs: KernelSpec) -> tuple[KernelSpec, ...]:
+    """Add each format's KernelSpec to KERNELS (a kernel file's ``SPEC = register_kernels(KernelSpec(...))[0]``)."""
+    for spec in specs:
+        if spec.fmt in KERNELS:
+            raise ValueError(f"kernels for weight format {spec.fmt!r} are registered twice")
+        KERNELS[spec.fmt] = spec
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------
+# The matvec launcher shared by every format: matvec_kernel (below) with the format's functions
+#   matvec_kernel(xq, xd, xs32, xs16, p0, p1, p2, p3, bias, out, M, N, K, UNITS_PER_SPLIT,
+#                 rs0, rs1, rs2, rs3, WEIGHT_CTX, LOAD, DOT, UNIT, GROUP, HAS_BIAS, SPLIT, PREFETCH,
+#                 BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM)
+# rs_i: row stride of plane i (elements of its view), passed from the host so that Triton sees
+# their divisibility by 16 and emits 16-byte loads.
+# grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M), split); a "unit" is the format's natural K step.
+# ---------------------------------------------------------------------------------------------
 
 
 def matvec_block_m(M: int) -> int:
@@ -265,19 +326,20 @@ def matvec_block_m(M: int) -> int:
 
 
 def launch_matvec(
-    kernel,
+    spec: KernelSpec,
     xa: QuantizedActivation,
     planes: Sequence[torch.Tensor],
     bias,
     M: int,
     N: int,
     K: int,
-    n_units: int,
     cfg: MatvecConfig,
     out_dtype: torch.dtype,
-    group: int = 0,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """out [M, N] = spec's matvec over the plane views (config.settings.on_matvec_launch, when
+    set, gets the compiled kernel)."""
+    n_units = K // spec.unit
     dev = xa.xq.device
     if out is None:
         out = torch.empty((M, N), dtype=out_dtype, device=dev)
@@ -292,8 +354,7 @@ def launch_matvec(
         dst = ws
     else:
         dst = out
-    global LAST_COMPILED
-    LAST_COMPILED = kernel[grid](
+    compiled = matvec_kernel[grid](
         xa.xq,
         xa.xd,
         xa.xs32,
@@ -312,7 +373,11 @@ def launch_matvec(
         ps[1].stride(0),
         ps[2].stride(0),
         ps[3].stride(0),
-        GROUP=group,
+        WEIGHT_CTX=spec.weight_ctx,
+        LOAD=spec.load_units,
+        DOT=spec.units_dot,
+        UNIT=spec.unit,
+        GROUP=spec.group,
         HAS_BIAS=bias is not None,
         SPLIT=split > 1,
         PREFETCH=cfg.prefetch,
@@ -323,21 +388,125 @@ def launch_matvec(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
+    if config.settings.on_matvec_launch is not None:
+        config.settings.on_matvec_launch(compiled)
     if split > 1:
         splitk_reduce(ws, bias, out)
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# The matvec. matvec_kernel is
+#     pid_m, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, BLOCK_N)
+#     wctx = WEIGHT_CTX(p0, p1, p2, p3, rows_c, rs0, rs1, rs2, rs3, GROUP)
+#     accs = matvec_units(LOAD, DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, ...)
+#     matvec_epilogue(accs, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, ...)
+# with the format's three @triton.jit functions (constexpr arguments: KernelSpec.weight_ctx,
+# load_units, units_dot; UNIT is KernelSpec.unit)
+#     WEIGHT_CTX(...) -> wctx              the format's loop invariants (plane pointers, row
+#                                          offsets, strides, the word index within a unit), built
+#                                          once before the K loop, the order the kernels were tuned
+#                                          with (a constexpr in wctx is returned as a constant)
+#     LOAD(wctx, u, umask) -> w            the weights of units u [BLOCK_U] as DOT takes them (a
+#                                          tuple: loaded, decoded where that is cheap)
+#     DOT(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM) -> accs
+#                                          w's contribution to the rows of x added to accs;
+#                                          xa = (xq_ptr, xd_ptr, xs32_ptr, xs16_ptr)
+# accs: 8 float32 [BLOCK_N, BLOCK_U] accumulators, one per row of x (BLOCK_M <= 8 of them live),
+# summed over units only in the epilogue: no cross-thread reduction inside the K loop.
+# ---------------------------------------------------------------------------------------------
+
+
 @triton.jit
-def _matvec_epilogue(
-    acc0,
-    acc1,
-    acc2,
-    acc3,
-    acc4,
-    acc5,
-    acc6,
-    acc7,
+def matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """-> pid_m, pid_k, rows [BLOCK_N] (this program's output rows), rows_c (clamped to N - 1:
+    loads need no row mask), [u_lo, u_hi) (this program's units along K)."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_c = tl.minimum(rows, N - 1)
+    n_units = K // UNIT
+    u_lo = pid_k * UNITS_PER_SPLIT
+    u_hi = tl.minimum(u_lo + UNITS_PER_SPLIT, n_units)
+    return pid_m, pid_k, rows, rows_c, u_lo, u_hi
+
+
+@triton.jit
+def matvec_units(
+    LOAD: tl.constexpr,
+    DOT: tl.constexpr,
+    wctx,
+    xa,
+    pid_m,
+    M,
+    K,
+    u_lo,
+    u_hi,
+    PREFETCH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    USE_ASM: tl.constexpr,
+):
+    """The K loop over units [u_lo, u_hi), BLOCK_U at a time -> accs. With PREFETCH the weight
+    loads are double-buffered in registers: the next units' loads fly while these compute."""
+    ub = tl.arange(0, BLOCK_U)
+    accs = (
+        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
+        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
+        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
+        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
+        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
+        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
+        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
+        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
+    )
+    if PREFETCH:
+        u = u_lo + ub
+        umask = u < u_hi
+        w = LOAD(wctx, u, umask)
+        for u0 in range(loop_bound(u_lo), loop_bound(u_hi), BLOCK_U):
+            un = u0 + BLOCK_U + ub
+            unmask = un < u_hi
+            w_n = LOAD(wctx, un, unmask)
+            accs = DOT(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM)
+            w, u, umask = w_n, un, unmask
+    else:
+        for u0 in range(loop_bound(u_lo), loop_bound(u_hi), BLOCK_U):
+            u = u0 + ub
+            umask = u < u_hi
+            w = LOAD(wctx, u, umask)
+            accs = DOT(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM)
+    return accs
+
+
+@triton.jit
+def add_to_row(accs, part, MI: tl.constexpr):
+    """accs with `part` added to accumulator MI (the row of x; chosen at compile time)."""
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = accs
+    if MI == 0:
+        acc0 += part
+    if MI == 1:
+        acc1 += part
+    if MI == 2:
+        acc2 += part
+    if MI == 3:
+        acc3 += part
+    if MI == 4:
+        acc4 += part
+    if MI == 5:
+        acc5 += part
+    if MI == 6:
+        acc6 += part
+    if MI == 7:
+        acc7 += part
+    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+
+
+@triton.jit
+def matvec_epilogue(
+    accs,
     bias_ptr,
     out_ptr,
     pid_m,
@@ -350,8 +519,9 @@ def _matvec_epilogue(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    # acc_i: f32 [BLOCK_N, BLOCK_U] partial sums of row m = pid_m * BLOCK_M + i (i < BLOCK_M), summed
-    # over units only here, once: no cross-thread reduction inside the K loop.
+    """Sums each accumulator over its units (accs[i]: row m = pid_m * BLOCK_M + i) and stores the
+    [BLOCK_M, BLOCK_N] tile: float32 partials at split pid_k when SPLIT, else (+ bias) cast to out."""
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = accs
     mrow = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc = tl.where(mrow[:, None] == 0, tl.sum(acc0, axis=1)[None, :], acc)
@@ -374,3 +544,43 @@ def _matvec_epilogue(
             b = tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
             acc = acc + b[None, :]
         tl.store(out_ptr + mrow[:, None] * N + rows[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def matvec_kernel(
+    xq_ptr,
+    xd_ptr,
+    xs32_ptr,
+    xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]; xs16 f32 [M, K/16]
+    p0,
+    p1,
+    p2,
+    p3,  # the format's plane views (KernelSpec.plane_views; unused ones repeat p0)
+    bias_ptr,
+    out_ptr,  # bias [N]; out [M, N] (or f32 [split, M, N] when SPLIT)
+    M,
+    N,
+    K,
+    UNITS_PER_SPLIT,
+    rs0,
+    rs1,
+    rs2,
+    rs3,  # rs_i: row strides of the planes
+    WEIGHT_CTX: tl.constexpr,
+    LOAD: tl.constexpr,
+    DOT: tl.constexpr,
+    UNIT: tl.constexpr,
+    GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    USE_ASM: tl.constexpr,
+):
+    pid_m, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, BLOCK_N)
+    wctx = WEIGHT_CTX(p0, p1, p2, p3, rows_c, rs0, rs1, rs2, rs3, GROUP)
+    xa = (xq_ptr, xd_ptr, xs32_ptr, xs16_ptr)
+    accs = matvec_units(LOAD, DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM)
+    matvec_epilogue(accs, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, HAS_BIAS, SPLIT, BLOCK_M, BLOCK_N)

@@ -1,8 +1,8 @@
 """Large-M (prefill) paths. No int8 activation here: x stays in its own dtype.
 
 1. `qgemm`: fused GEMM. Each program dequantizes a [BLOCK_N, BLOCK_K] weight tile in registers
-   (the format's `_*_dequant_tile`) and feeds it to `tl.dot` with the activation tile (float32
-   accumulate; bf16/fp16 dots, tf32 for fp32 x).
+   (the format's `KernelSpec.dequant_tile`, passed to the kernels as a constexpr) and feeds it to
+   `tl.dot` with the activation tile (float32 accumulate; bf16/fp16 dots, tf32 for fp32 x).
        out[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]),  w = dequant(planes) tile by tile
 2. `dequant_mm`: dequantize a chunk of rows into a reusable x.dtype scratch (`_dequant_kernel`,
    one pass over the quantized bytes), then cuBLAS writes out[:, chunk] directly (ldc = N).
@@ -12,37 +12,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import GemmConfig, interpreting, pick_config
-from .int4 import _int4_dequant_tile
-from .q4_k import _q4k_dequant_tile
-from .q5_0 import _q5_0_dequant_tile
-from .q6_k import _q6k_dequant_tile
-from .q8_0 import _q8_0_dequant_tile
-
-FMT_IDS = {"q4_k": 0, "q6_k": 1, "q5_0": 2, "q8_0": 3, "int4_g32": 4, "int4_g64": 4, "int4_g128": 4}
-FMT_GROUP = {"int4_g32": 32, "int4_g64": 64, "int4_g128": 128}
-
-
-@triton.jit
-def _dequant_tile(
-    p0, p1, p2, p3, rows, k0, K, FMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    # -> float32 [BLOCK_N, BLOCK_K // 32, 32]: w[rows, k0 + 32s + i]
-    if FMT == 0:
-        w = _q4k_dequant_tile(p0, p1, p2, rows, k0, K, BLOCK_N, BLOCK_K)
-    elif FMT == 1:
-        w = _q6k_dequant_tile(p0, p1, p2, p3, rows, k0, K, BLOCK_N, BLOCK_K)
-    elif FMT == 2:
-        w = _q5_0_dequant_tile(p0, p1, p2, p3, rows, k0, K, BLOCK_N, BLOCK_K)
-    elif FMT == 3:
-        w = _q8_0_dequant_tile(p0, p1, p2, p3, rows, k0, K, BLOCK_N, BLOCK_K)
-    else:
-        w = _int4_dequant_tile(p0, p1, p2, p3, rows, k0, K, GROUP, BLOCK_N, BLOCK_K)
-    return w
+from ._common import GemmConfig, interpreting, loop_bound, pick_config
+from .registry import KernelSpec, kernel_spec
 
 
 @triton.jit
@@ -56,7 +33,7 @@ def _dequant_kernel(
     K,
     n0,
     n1,
-    FMT: tl.constexpr,
+    DEQUANT_TILE: tl.constexpr,  # the format's KernelSpec.dequant_tile
     GROUP: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -64,7 +41,7 @@ def _dequant_kernel(
     rows = n0 + tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_c = tl.minimum(rows, n1 - 1)
     k0 = tl.program_id(1) * BLOCK_K
-    w = _dequant_tile(p0, p1, p2, p3, rows_c, k0, K, FMT, GROUP, BLOCK_N, BLOCK_K)
+    w = DEQUANT_TILE(p0, p1, p2, p3, rows_c, k0, K, GROUP, BLOCK_N, BLOCK_K)
     s = tl.arange(0, BLOCK_K // 32)
     i = tl.arange(0, 32)
     offs = ((rows - n0).to(tl.int64) * K)[:, None, None] + (k0 + s * 32)[None, :, None] + i[None, None, :]
@@ -83,7 +60,7 @@ def _qgemm_kernel(
     M,
     N,
     K,
-    FMT: tl.constexpr,
+    DEQUANT_TILE: tl.constexpr,  # the format's KernelSpec.dequant_tile
     GROUP: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_F32: tl.constexpr,
@@ -108,9 +85,9 @@ def _qgemm_kernel(
     rn = tl.minimum(offs_n, N - 1)
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(0, loop_bound(K), BLOCK_K):
         x = tl.load(x_ptr + rm[:, None] * K + (k0 + offs_k)[None, :])  # [BM, BK]
-        w = tl.reshape(_dequant_tile(p0, p1, p2, p3, rn, k0, K, FMT, GROUP, BLOCK_N, BLOCK_K), (BLOCK_N, BLOCK_K))
+        w = tl.reshape(DEQUANT_TILE(p0, p1, p2, p3, rn, k0, K, GROUP, BLOCK_N, BLOCK_K), (BLOCK_N, BLOCK_K))
         if DOT_F32:  # the interpreter's bf16 dot is wrong (triton 3.6/3.9): do it in float32 there
             acc = tl.dot(x.to(tl.float32), tl.trans(w), acc)
         else:
@@ -138,7 +115,7 @@ def gemm_configs(M: int, K: int) -> list[GemmConfig]:
     ]
 
 
-def launch_gemm(x: torch.Tensor, planes, bias, fmt: str, cfg: GemmConfig, out: torch.Tensor) -> torch.Tensor:
+def launch_gemm(x: torch.Tensor, planes, bias, spec: KernelSpec, cfg: GemmConfig, out: torch.Tensor) -> torch.Tensor:
     M, K = x.shape
     N = planes[0].shape[0]
     ps = list(planes) + [planes[0]] * (4 - len(planes))
@@ -154,8 +131,8 @@ def launch_gemm(x: torch.Tensor, planes, bias, fmt: str, cfg: GemmConfig, out: t
         M,
         N,
         K,
-        FMT=FMT_IDS[fmt],
-        GROUP=FMT_GROUP.get(fmt, 32),
+        DEQUANT_TILE=spec.dequant_tile,
+        GROUP=spec.group,
         HAS_BIAS=bias is not None,
         DOT_F32=interpreting(),
         BLOCK_M=cfg.block_m,
@@ -170,18 +147,20 @@ def launch_gemm(x: torch.Tensor, planes, bias, fmt: str, cfg: GemmConfig, out: t
 
 def qgemm(x: torch.Tensor, planes, bias, fmt: str, config: GemmConfig | None = None) -> torch.Tensor:
     """x [M, K] float (contiguous) -> [M, N] in x.dtype."""
+    spec = kernel_spec(fmt)
     M, K = x.shape
     N = planes[0].shape[0]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if config is None:
         cands = gemm_configs(M, K)
         key = ("gemm", fmt, _bucket(M), N, K, x.dtype)
-        config = pick_config(key, cands, lambda c: launch_gemm(x, planes, bias, fmt, c, out))
-    return launch_gemm(x, planes, bias, fmt, config, out)
+        config = pick_config(key, cands, lambda c: launch_gemm(x, planes, bias, spec, c, out))
+    return launch_gemm(x, planes, bias, spec, config, out)
 
 
 def dequantize_rows(planes, fmt: str, n0: int, n1: int, out: torch.Tensor) -> torch.Tensor:
     """Weight rows [n0, n1) dequantized into out [n1 - n0, K] (any float dtype)."""
+    spec = kernel_spec(fmt)
     N = planes[0].shape[0]
     K = out.shape[1]
     ps = list(planes) + [planes[0]] * (4 - len(planes))
@@ -197,8 +176,8 @@ def dequantize_rows(planes, fmt: str, n0: int, n1: int, out: torch.Tensor) -> to
         K,
         n0,
         n1,
-        FMT=FMT_IDS[fmt],
-        GROUP=FMT_GROUP.get(fmt, 32),
+        DEQUANT_TILE=spec.dequant_tile,
+        GROUP=spec.group,
         BLOCK_N=BLOCK_N,
         BLOCK_K=BLOCK_K,
         num_warps=4,
@@ -207,7 +186,14 @@ def dequantize_rows(planes, fmt: str, n0: int, n1: int, out: torch.Tensor) -> to
 
 
 DEQUANT_CHUNK_BYTES = 32 << 20
-_NUM_SMS = 132  # H100 / H200; only sizes the chunks
+
+
+@functools.cache
+def num_sms(device: torch.device) -> int:
+    """The device's SM count (it only sizes dequant_mm's chunks); 1 off CUDA (the interpreter)."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def dequant_mm(x: torch.Tensor, planes, bias, fmt: str) -> torch.Tensor:
@@ -215,7 +201,7 @@ def dequant_mm(x: torch.Tensor, planes, bias, fmt: str) -> torch.Tensor:
     M, K = x.shape
     N = planes[0].shape[0]
     rows = max(256, (DEQUANT_CHUNK_BYTES // (K * x.element_size())) // 256 * 256)
-    rows = max(rows, triton.cdiv(2 * _NUM_SMS * 128, triton.cdiv(M, 128)))  # >= 2 waves of 128x128 tiles
+    rows = max(rows, triton.cdiv(2 * num_sms(x.device) * 128, triton.cdiv(M, 128)))  # >= 2 waves of 128x128 tiles
     if rows >= N:
         w = dequantize_rows(planes, fmt, 0, N, torch.empty((N, K), dtype=x.dtype, device=x.device))
         return torch.nn.functional.linear(x, w, bias)

@@ -12,7 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_matvec
+from ._common import KernelSpec, MatvecConfig, _dp4a, add_to_row, register_kernels
+
+UNIT = tl.constexpr(32)  # weights per matvec unit
 
 # ---------------------------------------------------------------------------------------------
 # Matvec. The activation is quantized INTERLEAVED (see act_quant), so that qs word e of a 32-unit
@@ -23,119 +25,63 @@ from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_ma
 
 
 @triton.jit
-def _int4_matvec_kernel(
-    xq_ptr,
-    xd_ptr,
-    xs32_ptr,
-    xs16_ptr,  # xq int32 [M, K/4] (interleaved); xd, xs32 f32 [M, K/32]
+def _int4_load_units(wctx, u, umask):
+    # -> w_lo, w_hi int32 [BN, BU, 4]: the even / odd elements' nibbles (bytes); sc and
+    #    zs = scale * zero f32 [BN, BU] (of each unit's group)
+    qs_ptr, scale_ptr, zero_ptr, w_row, rows_c, rs1, GROUP, e = wctx
+    w = tl.load(
+        qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :], mask=umask[None, :, None], other=0
+    )  # [BN, BU, 4]
+    w_lo = w & 0x0F0F0F0F
+    w_hi = (w >> 4) & 0x0F0F0F0F
+    gi = rows_c[:, None] * rs1 + (u * 32 // GROUP)[None, :]
+    sc = tl.load(scale_ptr + gi, mask=umask[None, :], other=0.0).to(tl.float32)
+    zs = sc * tl.load(zero_ptr + gi, mask=umask[None, :], other=0.0).to(tl.float32)
+    return w_lo, w_hi, sc, zs
+
+
+@triton.jit
+def _int4_units_dot(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
+    w_lo, w_hi, sc, zs = w
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
+    e = tl.arange(0, 4)
+    for mi in tl.static_range(BLOCK_M):
+        m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
+        xrow = tl.multiple_of(m * (K // 4), 8)
+        x_lo = tl.load(
+            tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + e[None, :])[None, :, :], w_lo.shape),
+            mask=tl.broadcast_to(umask[None, :, None], w_lo.shape),
+            other=0,
+        )
+        x_hi = tl.load(
+            tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :])[None, :, :], w_lo.shape),
+            mask=tl.broadcast_to(umask[None, :, None], w_lo.shape),
+            other=0,
+        )
+        s = _dp4a(w_lo, x_lo, False, USE_ASM) + _dp4a(w_hi, x_hi, False, USE_ASM)
+        s = tl.sum(s, axis=2)
+        xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
+        xs = tl.load(xs32_ptr + m * (K // 32) + u, mask=umask, other=0.0)
+        part = sc * (xd[None, :] * s.to(tl.float32)) - zs * xs[None, :]
+        accs = add_to_row(accs, part, mi)
+    return accs
+
+
+@triton.jit
+def _int4_weight_ctx(
     qs_ptr,
     scale_ptr,
     zero_ptr,
     unused_ptr,  # qs int32 [N, K/8]; scale, zero f16 [N, K/G]
-    bias_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    UNITS_PER_SPLIT,
+    rows_c,
     rs0,
     rs1,
     rs2,
-    rs3,  # rs_i: row strides of the planes
+    rs3,
     GROUP: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SPLIT: tl.constexpr,
-    PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_U: tl.constexpr,
-    USE_ASM: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows_c = tl.minimum(rows, N - 1)
-    n_units = K // 32
-    u_lo = pid_k * UNITS_PER_SPLIT
-    u_hi = tl.minimum(u_lo + UNITS_PER_SPLIT, n_units)
-    ub = tl.arange(0, BLOCK_U)
-    e = tl.arange(0, 4)
-    acc0 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc1 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc3 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc4 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc5 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc6 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc7 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    w_row = rows_c.to(tl.int64) * rs0
-    for u0 in range(u_lo, u_hi, BLOCK_U):
-        u = u0 + ub
-        umask = u < u_hi
-        w = tl.load(
-            qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :], mask=umask[None, :, None], other=0
-        )  # [BN, BU, 4]
-        w_lo = w & 0x0F0F0F0F
-        w_hi = (w >> 4) & 0x0F0F0F0F
-        gi = rows_c[:, None] * rs1 + (u * 32 // GROUP)[None, :]
-        sc = tl.load(scale_ptr + gi, mask=umask[None, :], other=0.0).to(tl.float32)
-        zs = sc * tl.load(zero_ptr + gi, mask=umask[None, :], other=0.0).to(tl.float32)
-        for mi in tl.static_range(BLOCK_M):
-            m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
-            xrow = tl.multiple_of(m * (K // 4), 8)
-            x_lo = tl.load(
-                tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + e[None, :])[None, :, :], w.shape),
-                mask=tl.broadcast_to(umask[None, :, None], w.shape),
-                other=0,
-            )
-            x_hi = tl.load(
-                tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :])[None, :, :], w.shape),
-                mask=tl.broadcast_to(umask[None, :, None], w.shape),
-                other=0,
-            )
-            s = _dp4a(w_lo, x_lo, False, USE_ASM) + _dp4a(w_hi, x_hi, False, USE_ASM)
-            s = tl.sum(s, axis=2)
-            xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
-            xs = tl.load(xs32_ptr + m * (K // 32) + u, mask=umask, other=0.0)
-            part = sc * (xd[None, :] * s.to(tl.float32)) - zs * xs[None, :]
-            if mi == 0:
-                acc0 += part
-            if mi == 1:
-                acc1 += part
-            if mi == 2:
-                acc2 += part
-            if mi == 3:
-                acc3 += part
-            if mi == 4:
-                acc4 += part
-            if mi == 5:
-                acc5 += part
-            if mi == 6:
-                acc6 += part
-            if mi == 7:
-                acc7 += part
-    _matvec_epilogue(
-        acc0,
-        acc1,
-        acc2,
-        acc3,
-        acc4,
-        acc5,
-        acc6,
-        acc7,
-        bias_ptr,
-        out_ptr,
-        pid_m,
-        pid_k,
-        rows,
-        M,
-        N,
-        HAS_BIAS,
-        SPLIT,
-        BLOCK_M,
-        BLOCK_N,
-    )
+    # -> wctx, the loop invariants of _int4_load_units (matvec_kernel builds it once, before the K loop)
+    return (qs_ptr, scale_ptr, zero_ptr, rows_c.to(tl.int64) * rs0, rows_c, rs1, GROUP, tl.arange(0, 4))
 
 
 @triton.jit
@@ -165,12 +111,12 @@ def _int4_dequant_tile(
     return (q.to(tl.float32) - z[:, :, None]) * sc[:, :, None]
 
 
-MATVEC_CONFIGS = [  # the first is the default (interpreter, capture); a unit is 32 weights
+MATVEC_CONFIGS = (  # the first is the default (interpreter, capture); a unit is 32 weights
     MatvecConfig(block_n=2, block_u=32, num_warps=2),
     MatvecConfig(block_n=2, block_u=64, num_warps=4),
     MatvecConfig(block_n=4, block_u=32, num_warps=4),
     MatvecConfig(block_n=1, block_u=32, num_warps=1),
-]
+)
 
 
 def plane_views(planes):
@@ -178,13 +124,22 @@ def plane_views(planes):
     return (qs.view(torch.int32), scale, zero)
 
 
-def int4_matvec(
-    x: torch.Tensor, planes, bias=None, group: int = 32, config: MatvecConfig | None = None, xa=None
-) -> torch.Tensor:
-    M, K = x.shape
-    N = planes[0].shape[0]
-    xa = act_quant(x, interleave=True) if xa is None else xa
-    cfg = config or MATVEC_CONFIGS[0]
-    return launch_matvec(
-        _int4_matvec_kernel, xa, plane_views(planes), bias, M, N, K, K // 32, cfg, x.dtype, group=group
+SPECS = register_kernels(
+    *(
+        KernelSpec(
+            fmt=f"int4_g{group}",
+            weight_ctx=_int4_weight_ctx,
+            load_units=_int4_load_units,
+            units_dot=_int4_units_dot,
+            unit=UNIT.value,
+            plane_views=plane_views,
+            dequant_tile=_int4_dequant_tile,
+            matvec_configs=MATVEC_CONFIGS,
+            matvec_max_m=8,
+            fused_gemm_max_m=64,
+            interleave=True,
+            group=group,
+        )
+        for group in (32, 64, 128)
     )
+)

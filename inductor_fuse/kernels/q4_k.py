@@ -14,7 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_matvec
+from ._common import KernelSpec, MatvecConfig, _dp4a, add_to_row, register_kernels
+
+UNIT = tl.constexpr(64)  # weights per matvec unit
 
 # ---------------------------------------------------------------------------------------------
 # Matvec. A unit is one 64-wide chunk u = 4b + j of K: 32 qs bytes = 8 int32 words, whose low
@@ -31,10 +33,11 @@ from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_ma
 
 
 @triton.jit
-def _q4k_load_units(qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, u, umask, e):
+def _q4k_load_units(wctx, u, umask):
     # -> wa, wb int32 [BN, BU, 4]: the two 16-byte halves of each unit (same layout, so one thread
     #    holds a whole unit: no shuffle for the sub-block sums and the unit's scale math done once);
     #    smw int32 [BN, BU] (sc_lo, m_lo, sc_hi, m_hi); d, dmin f16 [BN, BU]
+    qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, e = wctx
     wp = qs_ptr + w_row[:, None, None] + u[None, :, None] * 8 + e[None, None, :]
     wa = tl.load(wp, mask=umask[None, :, None], other=0)
     wb = tl.load(wp + 4, mask=umask[None, :, None], other=0)
@@ -45,33 +48,11 @@ def _q4k_load_units(qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, u, umask, e
 
 
 @triton.jit
-def _q4k_units_dot(
-    wa,
-    wb,
-    smw,
-    d,
-    dmin,
-    u,
-    umask,
-    e,
-    xq_ptr,
-    xd_ptr,
-    xs32_ptr,
-    pid_m,
-    M,
-    K,
-    acc0,
-    acc1,
-    acc2,
-    acc3,
-    acc4,
-    acc5,
-    acc6,
-    acc7,
-    BLOCK_M: tl.constexpr,
-    USE_ASM: tl.constexpr,
-):
-    # adds the units' contributions to acc_i [BN, BU] (row m = pid_m * BLOCK_M + i)
+def _q4k_units_dot(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
+    # adds the units' contributions to accs (row m = pid_m * BLOCK_M + i to accs[i])
+    wa, wb, smw, d, dmin = w
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
+    e = tl.arange(0, 4)
     wa_lo = wa & 0x0F0F0F0F
     wa_hi = (wa >> 4) & 0x0F0F0F0F
     wb_lo = wb & 0x0F0F0F0F
@@ -105,162 +86,25 @@ def _q4k_units_dot(
             - dm_lo * xs_lo[None, :]
             - dm_hi * xs_hi[None, :]
         )
-        if mi == 0:
-            acc0 += part
-        if mi == 1:
-            acc1 += part
-        if mi == 2:
-            acc2 += part
-        if mi == 3:
-            acc3 += part
-        if mi == 4:
-            acc4 += part
-        if mi == 5:
-            acc5 += part
-        if mi == 6:
-            acc6 += part
-        if mi == 7:
-            acc7 += part
-    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+        accs = add_to_row(accs, part, mi)
+    return accs
 
 
 @triton.jit
-def _q4k_matvec_kernel(
-    xq_ptr,
-    xd_ptr,
-    xs32_ptr,
-    xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]
+def _q4k_weight_ctx(
     qs_ptr,
     sm_ptr,
     dm_ptr,
     unused_ptr,  # qs int32 [N, K/8]; sm int32 [N, K/64]; dm f16 [N, K/128]
-    bias_ptr,
-    out_ptr,  # bias [N]; out [M, N] (or f32 [split, M, N] when SPLIT)
-    M,
-    N,
-    K,
-    UNITS_PER_SPLIT,
+    rows_c,
     rs0,
     rs1,
     rs2,
-    rs3,  # rs_i: row strides of the planes
+    rs3,
     GROUP: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SPLIT: tl.constexpr,
-    PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_U: tl.constexpr,
-    USE_ASM: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows_c = tl.minimum(rows, N - 1)  # clamped: loads need no row mask
-    n_units = K // 64
-    u_lo = pid_k * UNITS_PER_SPLIT
-    u_hi = tl.minimum(u_lo + UNITS_PER_SPLIT, n_units)
-    ub = tl.arange(0, BLOCK_U)
-    e = tl.arange(0, 4)
-    acc0 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc1 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc3 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc4 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc5 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc6 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc7 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    w_row = rows_c.to(tl.int64) * rs0
-    if PREFETCH:  # registers double-buffered: the next units' loads fly while these compute
-        u = u_lo + ub
-        umask = u < u_hi
-        wa, wb, smw, d, dmin = _q4k_load_units(qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, u, umask, e)
-        for u0 in range(u_lo, u_hi, BLOCK_U):
-            un = u0 + BLOCK_U + ub
-            unmask = un < u_hi
-            wa_n, wb_n, smw_n, d_n, dmin_n = _q4k_load_units(
-                qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, un, unmask, e
-            )
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _q4k_units_dot(
-                wa,
-                wb,
-                smw,
-                d,
-                dmin,
-                u,
-                umask,
-                e,
-                xq_ptr,
-                xd_ptr,
-                xs32_ptr,
-                pid_m,
-                M,
-                K,
-                acc0,
-                acc1,
-                acc2,
-                acc3,
-                acc4,
-                acc5,
-                acc6,
-                acc7,
-                BLOCK_M,
-                USE_ASM,
-            )
-            wa, wb, smw, d, dmin, u, umask = wa_n, wb_n, smw_n, d_n, dmin_n, un, unmask
-    else:
-        for u0 in range(u_lo, u_hi, BLOCK_U):
-            u = u0 + ub  # [BU]
-            umask = u < u_hi
-            wa, wb, smw, d, dmin = _q4k_load_units(qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, u, umask, e)
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _q4k_units_dot(
-                wa,
-                wb,
-                smw,
-                d,
-                dmin,
-                u,
-                umask,
-                e,
-                xq_ptr,
-                xd_ptr,
-                xs32_ptr,
-                pid_m,
-                M,
-                K,
-                acc0,
-                acc1,
-                acc2,
-                acc3,
-                acc4,
-                acc5,
-                acc6,
-                acc7,
-                BLOCK_M,
-                USE_ASM,
-            )
-    _matvec_epilogue(
-        acc0,
-        acc1,
-        acc2,
-        acc3,
-        acc4,
-        acc5,
-        acc6,
-        acc7,
-        bias_ptr,
-        out_ptr,
-        pid_m,
-        pid_k,
-        rows,
-        M,
-        N,
-        HAS_BIAS,
-        SPLIT,
-        BLOCK_M,
-        BLOCK_N,
-    )
+    # -> wctx, the loop invariants of _q4k_load_units (matvec_kernel builds it once, before the K loop)
+    return (qs_ptr, sm_ptr, dm_ptr, rows_c.to(tl.int64) * rs0, rows_c, rs1, rs2, tl.arange(0, 4))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +114,9 @@ def _q4k_matvec_kernel(
 
 
 @triton.jit
-def _q4k_dequant_tile(qs_ptr, sm_ptr, dm_ptr, rows, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _q4k_dequant_tile(
+    qs_ptr, sm_ptr, dm_ptr, unused_ptr, rows, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+):
     # qs uint8 [N, K/2]; sm uint8 [N, K/16]; dm f16 [N, K/128]; rows [BN] (valid) -> f32 [BN, BK]
     S: tl.constexpr = BLOCK_K // 32
     s = k0 // 32 + tl.arange(0, S)
@@ -290,10 +136,10 @@ def _q4k_dequant_tile(qs_ptr, sm_ptr, dm_ptr, rows, k0, K, BLOCK_N: tl.constexpr
 
 
 # ---------------------------------------------------------------------------------------------
-# Launcher
+# Spec
 # ---------------------------------------------------------------------------------------------
 
-MATVEC_CONFIGS = [  # the first is the default (interpreter, capture); a unit is 32 bytes of qs
+MATVEC_CONFIGS = (  # the first is the default (interpreter, capture); a unit is 32 bytes of qs
     MatvecConfig(block_n=2, block_u=16, num_warps=1),
     MatvecConfig(block_n=2, block_u=32, num_warps=1),
     MatvecConfig(block_n=4, block_u=16, num_warps=1),
@@ -302,7 +148,13 @@ MATVEC_CONFIGS = [  # the first is the default (interpreter, capture); a unit is
     MatvecConfig(block_n=2, block_u=32, num_warps=2),
     MatvecConfig(block_n=1, block_u=32, num_warps=1),
     MatvecConfig(block_n=4, block_u=16, num_warps=2, prefetch=True),
-]
+)
+
+
+def default_config(M: int, N: int, K: int) -> MatvecConfig:
+    """Measured on an H200 (CUDA graph over rotated weight copies: benchmarks/results/
+    kernels_h200_tuning.json): the prefetch pays off once x has several rows."""
+    return MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=M > 1)
 
 
 def plane_views(planes):
@@ -310,10 +162,18 @@ def plane_views(planes):
     return (qs.view(torch.int32), sm.view(torch.int32), dm)
 
 
-def q4k_matvec(x: torch.Tensor, planes, bias=None, config: MatvecConfig | None = None, xa=None) -> torch.Tensor:
-    """x [M, K] float -> [M, N] in x.dtype; activation quantized per 32-group to int8."""
-    M, K = x.shape
-    N = planes[0].shape[0]
-    xa = act_quant(x) if xa is None else xa
-    cfg = config or MATVEC_CONFIGS[0]
-    return launch_matvec(_q4k_matvec_kernel, xa, plane_views(planes), bias, M, N, K, K // 64, cfg, x.dtype)
+(SPEC,) = register_kernels(
+    KernelSpec(
+        fmt="q4_k",
+        weight_ctx=_q4k_weight_ctx,
+        load_units=_q4k_load_units,
+        units_dot=_q4k_units_dot,
+        unit=UNIT.value,
+        plane_views=plane_views,
+        dequant_tile=_q4k_dequant_tile,
+        matvec_configs=MATVEC_CONFIGS,
+        matvec_max_m=8,
+        fused_gemm_max_m=64,
+        default_config=default_config,
+    )
+)

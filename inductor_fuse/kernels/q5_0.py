@@ -13,7 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_matvec
+from ._common import KernelSpec, MatvecConfig, _dp4a, add_to_row, register_kernels
+
+UNIT = tl.constexpr(32)  # weights per matvec unit
 
 # ---------------------------------------------------------------------------------------------
 # Matvec. A unit is one block: 4 qs words + 1 qh word (the block's 32 bits). qs word e holds
@@ -25,122 +27,66 @@ from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_ma
 
 
 @triton.jit
-def _q5_0_matvec_kernel(
-    xq_ptr,
-    xd_ptr,
-    xs32_ptr,
-    xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]
+def _q5_0_load_units(wctx, u, umask):
+    # -> q_lo, q_hi int32 [BN, BU, 4]: the 5-bit weights (bytes) of each block's elements 4e..4e+3
+    #    and 16+4e..; d f32 [BN, BU]
+    qs_ptr, qh_ptr, d_ptr, w_row, rows_c, rs1, rs2, e = wctx
+    qs = tl.load(
+        qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :], mask=umask[None, :, None], other=0
+    )  # [BN, BU, 4]
+    qh = tl.load(qh_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0)  # [BN, BU]
+    qh = qh[:, :, None]
+    sh = (4 * e)[None, None, :]
+    h_lo = ((((qh >> sh) & 0xF) * 0x00204081) & 0x01010101) << 4
+    h_hi = ((((qh >> (sh + 16)) & 0xF) * 0x00204081) & 0x01010101) << 4
+    q_lo = (qs & 0x0F0F0F0F) | h_lo
+    q_hi = ((qs >> 4) & 0x0F0F0F0F) | h_hi
+    d = tl.load(d_ptr + rows_c[:, None] * rs2 + u[None, :], mask=umask[None, :], other=0.0).to(tl.float32)
+    return q_lo, q_hi, d
+
+
+@triton.jit
+def _q5_0_units_dot(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
+    q_lo, q_hi, d = w
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
+    e = tl.arange(0, 4)
+    for mi in tl.static_range(BLOCK_M):
+        m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
+        xrow = tl.multiple_of(m * (K // 4), 8)
+        x_lo = tl.load(
+            tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + e[None, :])[None, :, :], q_lo.shape),
+            mask=tl.broadcast_to(umask[None, :, None], q_lo.shape),
+            other=0,
+        )
+        x_hi = tl.load(
+            tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :])[None, :, :], q_lo.shape),
+            mask=tl.broadcast_to(umask[None, :, None], q_lo.shape),
+            other=0,
+        )
+        s = _dp4a(q_lo, x_lo, False, USE_ASM) + _dp4a(q_hi, x_hi, False, USE_ASM)
+        s = tl.sum(s, axis=2)
+        xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
+        xs = tl.load(xs32_ptr + m * (K // 32) + u, mask=umask, other=0.0)
+        part = d * (xd[None, :] * s.to(tl.float32) - 16.0 * xs[None, :])
+        accs = add_to_row(accs, part, mi)
+    return accs
+
+
+@triton.jit
+def _q5_0_weight_ctx(
     qs_ptr,
     qh_ptr,
     d_ptr,
     unused_ptr,  # qs int32 [N, K/8]; qh int32 [N, K/32]; d f16 [N, K/32]
-    bias_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    UNITS_PER_SPLIT,
+    rows_c,
     rs0,
     rs1,
     rs2,
-    rs3,  # rs_i: row strides of the planes
+    rs3,
     GROUP: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SPLIT: tl.constexpr,
-    PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_U: tl.constexpr,
-    USE_ASM: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows_c = tl.minimum(rows, N - 1)
-    n_units = K // 32
-    u_lo = pid_k * UNITS_PER_SPLIT
-    u_hi = tl.minimum(u_lo + UNITS_PER_SPLIT, n_units)
-    ub = tl.arange(0, BLOCK_U)
-    e = tl.arange(0, 4)
-    acc0 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc1 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc3 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc4 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc5 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc6 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc7 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    w_row = rows_c.to(tl.int64) * rs0
-    for u0 in range(u_lo, u_hi, BLOCK_U):
-        u = u0 + ub
-        umask = u < u_hi
-        w = tl.load(
-            qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :], mask=umask[None, :, None], other=0
-        )  # [BN, BU, 4]
-        qh = tl.load(qh_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0)  # [BN, BU]
-        qh = qh[:, :, None]
-        sh = (4 * e)[None, None, :]
-        h_lo = ((((qh >> sh) & 0xF) * 0x00204081) & 0x01010101) << 4
-        h_hi = ((((qh >> (sh + 16)) & 0xF) * 0x00204081) & 0x01010101) << 4
-        q_lo = (w & 0x0F0F0F0F) | h_lo
-        q_hi = ((w >> 4) & 0x0F0F0F0F) | h_hi
-        d = tl.load(d_ptr + rows_c[:, None] * rs2 + u[None, :], mask=umask[None, :], other=0.0).to(tl.float32)
-        for mi in tl.static_range(BLOCK_M):
-            m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
-            xrow = tl.multiple_of(m * (K // 4), 8)
-            x_lo = tl.load(
-                tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + e[None, :])[None, :, :], w.shape),
-                mask=tl.broadcast_to(umask[None, :, None], w.shape),
-                other=0,
-            )
-            x_hi = tl.load(
-                tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :])[None, :, :], w.shape),
-                mask=tl.broadcast_to(umask[None, :, None], w.shape),
-                other=0,
-            )
-            s = _dp4a(q_lo, x_lo, False, USE_ASM) + _dp4a(q_hi, x_hi, False, USE_ASM)
-            s = tl.sum(s, axis=2)
-            xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
-            xs = tl.load(xs32_ptr + m * (K // 32) + u, mask=umask, other=0.0)
-            part = d * (xd[None, :] * s.to(tl.float32) - 16.0 * xs[None, :])
-            if mi == 0:
-                acc0 += part
-            if mi == 1:
-                acc1 += part
-            if mi == 2:
-                acc2 += part
-            if mi == 3:
-                acc3 += part
-            if mi == 4:
-                acc4 += part
-            if mi == 5:
-                acc5 += part
-            if mi == 6:
-                acc6 += part
-            if mi == 7:
-                acc7 += part
-    _matvec_epilogue(
-        acc0,
-        acc1,
-        acc2,
-        acc3,
-        acc4,
-        acc5,
-        acc6,
-        acc7,
-        bias_ptr,
-        out_ptr,
-        pid_m,
-        pid_k,
-        rows,
-        M,
-        N,
-        HAS_BIAS,
-        SPLIT,
-        BLOCK_M,
-        BLOCK_N,
-    )
+    # -> wctx, the loop invariants of _q5_0_load_units (matvec_kernel builds it once, before the K loop)
+    return (qs_ptr, qh_ptr, d_ptr, rows_c.to(tl.int64) * rs0, rows_c, rs1, rs2, tl.arange(0, 4))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +96,9 @@ def _q5_0_matvec_kernel(
 
 
 @triton.jit
-def _q5_0_dequant_tile(qs_ptr, qh_ptr, d_ptr, unused_ptr, rows, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _q5_0_dequant_tile(
+    qs_ptr, qh_ptr, d_ptr, unused_ptr, rows, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+):
     S: tl.constexpr = BLOCK_K // 32
     s = k0 // 32 + tl.arange(0, S)
     i = tl.arange(0, 32)
@@ -165,12 +113,12 @@ def _q5_0_dequant_tile(qs_ptr, qh_ptr, d_ptr, unused_ptr, rows, k0, K, BLOCK_N: 
     return w  # [BN, BK // 32, 32]
 
 
-MATVEC_CONFIGS = [  # the first is the default (interpreter, capture); a unit is 32 weights
+MATVEC_CONFIGS = (  # the first is the default (interpreter, capture); a unit is 32 weights
     MatvecConfig(block_n=2, block_u=32, num_warps=2),
     MatvecConfig(block_n=2, block_u=64, num_warps=4),
     MatvecConfig(block_n=4, block_u=32, num_warps=4),
     MatvecConfig(block_n=1, block_u=32, num_warps=1),
-]
+)
 
 
 def plane_views(planes):
@@ -178,9 +126,17 @@ def plane_views(planes):
     return (qs.view(torch.int32), qh.view(torch.int32), d)
 
 
-def q5_0_matvec(x: torch.Tensor, planes, bias=None, config: MatvecConfig | None = None, xa=None) -> torch.Tensor:
-    M, K = x.shape
-    N = planes[0].shape[0]
-    xa = act_quant(x) if xa is None else xa
-    cfg = config or MATVEC_CONFIGS[0]
-    return launch_matvec(_q5_0_matvec_kernel, xa, plane_views(planes), bias, M, N, K, K // 32, cfg, x.dtype)
+(SPEC,) = register_kernels(
+    KernelSpec(
+        fmt="q5_0",
+        weight_ctx=_q5_0_weight_ctx,
+        load_units=_q5_0_load_units,
+        units_dot=_q5_0_units_dot,
+        unit=UNIT.value,
+        plane_views=plane_views,
+        dequant_tile=_q5_0_dequant_tile,
+        matvec_configs=MATVEC_CONFIGS,
+        matvec_max_m=8,
+        fused_gemm_max_m=64,
+    )
+)

@@ -15,7 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_matvec
+from ._common import KernelSpec, MatvecConfig, _dp4a, add_to_row, register_kernels
+
+UNIT = tl.constexpr(32)  # weights per matvec unit
 
 # ---------------------------------------------------------------------------------------------
 # Matvec. A unit c (32 weights' worth of ql: 4 int32 words) is c = 4H + 2p + q with H the global
@@ -30,8 +32,9 @@ from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_ma
 
 
 @triton.jit
-def _q6k_load_units(ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3, u, umask, e):
+def _q6k_load_units(wctx, u, umask):
     # -> ql, qh int32 [BN, BU, 4]; sc0, sc1 int8 [BN, BU]; d f16 [BN, BU]
+    ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3, e = wctx
     H = u // 4
     q = u % 2
     ql = tl.load(
@@ -50,32 +53,10 @@ def _q6k_load_units(ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, 
 
 
 @triton.jit
-def _q6k_units_dot(
-    ql,
-    qh,
-    sc0,
-    sc1,
-    d,
-    u,
-    umask,
-    e,
-    xq_ptr,
-    xd_ptr,
-    xs16_ptr,
-    pid_m,
-    M,
-    K,
-    acc0,
-    acc1,
-    acc2,
-    acc3,
-    acc4,
-    acc5,
-    acc6,
-    acc7,
-    BLOCK_M: tl.constexpr,
-    USE_ASM: tl.constexpr,
-):
+def _q6k_units_dot(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
+    ql, qh, sc0, sc1, d = w
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
+    e = tl.arange(0, 4)
     H = u // 4
     p = (u % 4) // 2
     q = u % 2
@@ -110,167 +91,27 @@ def _q6k_units_dot(
         part = dsc0 * (xd0[None, :] * isum0.to(tl.float32) - 32.0 * xs0[None, :]) + dsc1 * (
             xd1[None, :] * isum1.to(tl.float32) - 32.0 * xs1[None, :]
         )
-        if mi == 0:
-            acc0 += part
-        if mi == 1:
-            acc1 += part
-        if mi == 2:
-            acc2 += part
-        if mi == 3:
-            acc3 += part
-        if mi == 4:
-            acc4 += part
-        if mi == 5:
-            acc5 += part
-        if mi == 6:
-            acc6 += part
-        if mi == 7:
-            acc7 += part
-    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+        accs = add_to_row(accs, part, mi)
+    return accs
 
 
 @triton.jit
-def _q6k_matvec_kernel(
-    xq_ptr,
-    xd_ptr,
-    xs32_ptr,
-    xs16_ptr,  # xq int32 [M, K/4]; xd f32 [M, K/32]; xs16 f32 [M, K/16]
+def _q6k_weight_ctx(
     ql_ptr,
     qh_ptr,
     sc_ptr,
     d_ptr,  # ql int32 [N, K/8]; qh int32 [N, K/16]; sc int8 [N, K/16]; d f16 [N, K/256]
-    bias_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    UNITS_PER_SPLIT,
+    rows_c,
     rs0,
     rs1,
     rs2,
-    rs3,  # rs_i: row strides of the planes
+    rs3,
     GROUP: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SPLIT: tl.constexpr,
-    PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_U: tl.constexpr,
-    USE_ASM: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows_c = tl.minimum(rows, N - 1)
-    n_units = K // 32
-    u_lo = pid_k * UNITS_PER_SPLIT
-    u_hi = tl.minimum(u_lo + UNITS_PER_SPLIT, n_units)
-    ub = tl.arange(0, BLOCK_U)
-    e = tl.arange(0, 4)
-    acc0 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc1 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc3 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc4 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc5 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc6 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc7 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    # -> wctx, the loop invariants of _q6k_load_units (matvec_kernel builds it once, before the K loop)
     ql_row = rows_c.to(tl.int64) * rs0
     qh_row = rows_c.to(tl.int64) * rs1
-    if PREFETCH:  # registers double-buffered: the next units' loads fly while these compute
-        u = u_lo + ub
-        umask = u < u_hi
-        ql, qh, sc0, sc1, d = _q6k_load_units(
-            ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3, u, umask, e
-        )
-        for u0 in range(u_lo, u_hi, BLOCK_U):
-            un = u0 + BLOCK_U + ub
-            unmask = un < u_hi
-            ql_n, qh_n, sc0_n, sc1_n, d_n = _q6k_load_units(
-                ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3, un, unmask, e
-            )
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _q6k_units_dot(
-                ql,
-                qh,
-                sc0,
-                sc1,
-                d,
-                u,
-                umask,
-                e,
-                xq_ptr,
-                xd_ptr,
-                xs16_ptr,
-                pid_m,
-                M,
-                K,
-                acc0,
-                acc1,
-                acc2,
-                acc3,
-                acc4,
-                acc5,
-                acc6,
-                acc7,
-                BLOCK_M,
-                USE_ASM,
-            )
-            ql, qh, sc0, sc1, d, u, umask = ql_n, qh_n, sc0_n, sc1_n, d_n, un, unmask
-    else:
-        for u0 in range(u_lo, u_hi, BLOCK_U):
-            u = u0 + ub
-            umask = u < u_hi
-            ql, qh, sc0, sc1, d = _q6k_load_units(
-                ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3, u, umask, e
-            )
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _q6k_units_dot(
-                ql,
-                qh,
-                sc0,
-                sc1,
-                d,
-                u,
-                umask,
-                e,
-                xq_ptr,
-                xd_ptr,
-                xs16_ptr,
-                pid_m,
-                M,
-                K,
-                acc0,
-                acc1,
-                acc2,
-                acc3,
-                acc4,
-                acc5,
-                acc6,
-                acc7,
-                BLOCK_M,
-                USE_ASM,
-            )
-    _matvec_epilogue(
-        acc0,
-        acc1,
-        acc2,
-        acc3,
-        acc4,
-        acc5,
-        acc6,
-        acc7,
-        bias_ptr,
-        out_ptr,
-        pid_m,
-        pid_k,
-        rows,
-        M,
-        N,
-        HAS_BIAS,
-        SPLIT,
-        BLOCK_M,
-        BLOCK_N,
-    )
+    return (ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3, tl.arange(0, 4))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +122,9 @@ def _q6k_matvec_kernel(
 
 
 @triton.jit
-def _q6k_dequant_tile(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _q6k_dequant_tile(
+    ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+):
     S: tl.constexpr = BLOCK_K // 32
     s = k0 // 32 + tl.arange(0, S)
     l = tl.arange(0, 32)
@@ -302,10 +145,10 @@ def _q6k_dequant_tile(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, k0, K, BLOCK_N: tl.co
 
 
 # ---------------------------------------------------------------------------------------------
-# Launcher
+# Spec
 # ---------------------------------------------------------------------------------------------
 
-MATVEC_CONFIGS = [  # the first is the default (interpreter, capture); a unit is 32 weights
+MATVEC_CONFIGS = (  # the first is the default (interpreter, capture); a unit is 32 weights
     MatvecConfig(block_n=2, block_u=32, num_warps=2, prefetch=True),
     MatvecConfig(block_n=2, block_u=32, num_warps=2),
     MatvecConfig(block_n=2, block_u=64, num_warps=4),
@@ -314,7 +157,17 @@ MATVEC_CONFIGS = [  # the first is the default (interpreter, capture); a unit is
     MatvecConfig(block_n=1, block_u=64, num_warps=2, prefetch=True),
     MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=True),
     MatvecConfig(block_n=1, block_u=32, num_warps=1, prefetch=True),
-]
+)
+
+
+def default_config(M: int, N: int, K: int) -> MatvecConfig:
+    """Measured on an H200 (CUDA graph over rotated weight copies: benchmarks/results/
+    kernels_h200_tuning.json)."""
+    if M > 1:
+        return MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=True)
+    if K >= 8192:
+        return MatvecConfig(block_n=1, block_u=32, num_warps=1, prefetch=True)
+    return MatvecConfig(block_n=2, block_u=32, num_warps=2)
 
 
 def plane_views(planes):
@@ -322,9 +175,20 @@ def plane_views(planes):
     return (ql.view(torch.int32), qh.view(torch.int32), sc, d)
 
 
-def q6k_matvec(x: torch.Tensor, planes, bias=None, config: MatvecConfig | None = None, xa=None) -> torch.Tensor:
-    M, K = x.shape
-    N = planes[0].shape[0]
-    xa = act_quant(x) if xa is None else xa
-    cfg = config or MATVEC_CONFIGS[0]
-    return launch_matvec(_q6k_matvec_kernel, xa, plane_views(planes), bias, M, N, K, K // 32, cfg, x.dtype)
+# Above the matvec range (M <= 16): dequantize + cuBLAS straight away; no fused GEMM, whose tile
+# needs three gathers per weight.
+(SPEC,) = register_kernels(
+    KernelSpec(
+        fmt="q6_k",
+        weight_ctx=_q6k_weight_ctx,
+        load_units=_q6k_load_units,
+        units_dot=_q6k_units_dot,
+        unit=UNIT.value,
+        plane_views=plane_views,
+        dequant_tile=_q6k_dequant_tile,
+        matvec_configs=MATVEC_CONFIGS,
+        matvec_max_m=16,
+        fused_gemm_max_m=0,
+        default_config=default_config,
+    )
+)

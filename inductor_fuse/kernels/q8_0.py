@@ -10,7 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_matvec
+from ._common import KernelSpec, MatvecConfig, _dp4a, add_to_row, register_kernels
+
+UNIT = tl.constexpr(32)  # weights per matvec unit
 
 # ---------------------------------------------------------------------------------------------
 # Matvec. A unit is one block of 32: 8 int32 words of 4 signed weights.
@@ -19,114 +21,66 @@ from ._common import MatvecConfig, _dp4a, _matvec_epilogue, act_quant, launch_ma
 
 
 @triton.jit
-def _q8_0_matvec_kernel(
-    xq_ptr,
-    xd_ptr,
-    xs32_ptr,
-    xs16_ptr,  # xq int32 [M, K/4]; xd f32 [M, K/32]
+def _q8_0_load_units(wctx, u, umask):
+    # -> qs int32 [BN, BU, 8]; d f32 [BN, BU]
+    qs_ptr, d_ptr, w_row, rows_c, rs1, t = wctx
+    qs = tl.load(
+        qs_ptr + w_row[:, None, None] + u[None, :, None] * 8 + t[None, None, :], mask=umask[None, :, None], other=0
+    )
+    d = tl.load(d_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0.0).to(tl.float32)
+    return qs, d
+
+
+@triton.jit
+def _q8_0_units_dot(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
+    qs, d = w
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
+    t = tl.arange(0, 8)
+    for mi in tl.static_range(BLOCK_M):
+        m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
+        x = tl.load(
+            tl.broadcast_to(
+                (xq_ptr + tl.multiple_of(m * (K // 4), 8) + u[:, None] * 8 + t[None, :])[None, :, :], qs.shape
+            ),
+            mask=tl.broadcast_to(umask[None, :, None], qs.shape),
+            other=0,
+        )
+        s = tl.sum(_dp4a(qs, x, True, USE_ASM), axis=2)
+        xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
+        part = d * (xd[None, :] * s.to(tl.float32))
+        accs = add_to_row(accs, part, mi)
+    return accs
+
+
+@triton.jit
+def _q8_0_weight_ctx(
     qs_ptr,
     d_ptr,
     unused0_ptr,
     unused1_ptr,  # qs int32 [N, K/4]; d f16 [N, K/32]
-    bias_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    UNITS_PER_SPLIT,
+    rows_c,
     rs0,
     rs1,
     rs2,
-    rs3,  # rs_i: row strides of the planes
+    rs3,
     GROUP: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SPLIT: tl.constexpr,
-    PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_U: tl.constexpr,
-    USE_ASM: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows_c = tl.minimum(rows, N - 1)
-    n_units = K // 32
-    u_lo = pid_k * UNITS_PER_SPLIT
-    u_hi = tl.minimum(u_lo + UNITS_PER_SPLIT, n_units)
-    ub = tl.arange(0, BLOCK_U)
-    t = tl.arange(0, 8)
-    acc0 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc1 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc3 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc4 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc5 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc6 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    acc7 = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
-    w_row = rows_c.to(tl.int64) * rs0
-    for u0 in range(u_lo, u_hi, BLOCK_U):
-        u = u0 + ub
-        umask = u < u_hi
-        w = tl.load(
-            qs_ptr + w_row[:, None, None] + u[None, :, None] * 8 + t[None, None, :], mask=umask[None, :, None], other=0
-        )  # [BN, BU, 8]
-        d = tl.load(d_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0.0).to(tl.float32)
-        for mi in tl.static_range(BLOCK_M):
-            m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
-            x = tl.load(
-                tl.broadcast_to(
-                    (xq_ptr + tl.multiple_of(m * (K // 4), 8) + u[:, None] * 8 + t[None, :])[None, :, :], w.shape
-                ),
-                mask=tl.broadcast_to(umask[None, :, None], w.shape),
-                other=0,
-            )
-            s = tl.sum(_dp4a(w, x, True, USE_ASM), axis=2)
-            xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
-            part = d * (xd[None, :] * s.to(tl.float32))
-            if mi == 0:
-                acc0 += part
-            if mi == 1:
-                acc1 += part
-            if mi == 2:
-                acc2 += part
-            if mi == 3:
-                acc3 += part
-            if mi == 4:
-                acc4 += part
-            if mi == 5:
-                acc5 += part
-            if mi == 6:
-                acc6 += part
-            if mi == 7:
-                acc7 += part
-    _matvec_epilogue(
-        acc0,
-        acc1,
-        acc2,
-        acc3,
-        acc4,
-        acc5,
-        acc6,
-        acc7,
-        bias_ptr,
-        out_ptr,
-        pid_m,
-        pid_k,
-        rows,
-        M,
-        N,
-        HAS_BIAS,
-        SPLIT,
-        BLOCK_M,
-        BLOCK_N,
-    )
+    # -> wctx, the loop invariants of _q8_0_load_units (matvec_kernel builds it once, before the K loop)
+    return (qs_ptr, d_ptr, rows_c.to(tl.int64) * rs0, rows_c, rs1, tl.arange(0, 8))
 
 
 @triton.jit
 def _q8_0_dequant_tile(
-    qs_ptr, d_ptr, unused0_ptr, unused1_ptr, rows, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+    qs_ptr,
+    d_ptr,
+    unused0_ptr,
+    unused1_ptr,
+    rows,
+    k0,
+    K,
+    GROUP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     # float32 [BN, BK]
     S: tl.constexpr = BLOCK_K // 32
@@ -140,12 +94,12 @@ def _q8_0_dequant_tile(
     return d[:, :, None] * q  # [BN, BK // 32, 32]
 
 
-MATVEC_CONFIGS = [  # the first is the default (interpreter, capture); a unit is 32 weights
+MATVEC_CONFIGS = (  # the first is the default (interpreter, capture); a unit is 32 weights
     MatvecConfig(block_n=2, block_u=16, num_warps=2),
     MatvecConfig(block_n=2, block_u=32, num_warps=4),
     MatvecConfig(block_n=4, block_u=16, num_warps=4),
     MatvecConfig(block_n=1, block_u=16, num_warps=1),
-]
+)
 
 
 def plane_views(planes):
@@ -153,9 +107,17 @@ def plane_views(planes):
     return (qs.view(torch.int32), d)
 
 
-def q8_0_matvec(x: torch.Tensor, planes, bias=None, config: MatvecConfig | None = None, xa=None) -> torch.Tensor:
-    M, K = x.shape
-    N = planes[0].shape[0]
-    xa = act_quant(x) if xa is None else xa
-    cfg = config or MATVEC_CONFIGS[0]
-    return launch_matvec(_q8_0_matvec_kernel, xa, plane_views(planes), bias, M, N, K, K // 32, cfg, x.dtype)
+(SPEC,) = register_kernels(
+    KernelSpec(
+        fmt="q8_0",
+        weight_ctx=_q8_0_weight_ctx,
+        load_units=_q8_0_load_units,
+        units_dot=_q8_0_units_dot,
+        unit=UNIT.value,
+        plane_views=plane_views,
+        dequant_tile=_q8_0_dequant_tile,
+        matvec_configs=MATVEC_CONFIGS,
+        matvec_max_m=8,
+        fused_gemm_max_m=64,
+    )
+)

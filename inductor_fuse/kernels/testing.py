@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
+from ..quant.formats import FORMATS
+
 
 def random_planes(fmt: str, N: int, K: int, device="cpu", seed: int = 0) -> list[torch.Tensor]:
-    from inductor_fuse.quant.formats import FORMATS
-
     f = FORMATS[fmt]
     g = torch.Generator(device=device).manual_seed(seed)
     planes = []

@@ -1,5 +1,6 @@
-"""Rule families, one file each. ``RulePass`` runs the enabled ones, in order, as Inductor's
-``joint_custom_post_pass`` (before freezing; see ``graph_utils``)."""
+"""Rule families, one file each, registered by ``registry.rule_family`` on their rule. ``RulePass``
+runs the enabled ones, in order, as Inductor's ``joint_custom_post_pass`` (before freezing; see
+``graph_utils``)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import copy
 import functools
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from .. import report
-from ..options import FuseOptions
+from . import siblings  # noqa: F401 -- registers the family; one import line per family
+from .registry import families
 
 log = logging.getLogger("inductor_fuse")
 
@@ -28,14 +31,6 @@ def plugin_hash() -> str:
         h.update(str(path.relative_to(_PACKAGE_DIR)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
-
-
-def _families():
-    # Order matters: a later family must not steal the nodes an earlier one needs
-    # (GLU chains before siblings, once GLU rules exist).
-    from .siblings import fuse_sibling_linears
-
-    return {"siblings": fuse_sibling_linears}
 
 
 def _rule_runs(name: str, rule, graph: fx.Graph) -> bool:
@@ -66,13 +61,13 @@ class RulePass(CustomGraphPass):
     never reuses code compiled by another version of a rule or kernel.
     """
 
-    def __init__(self, options: FuseOptions):
-        self.options = options
+    def __init__(self, enabled: Sequence[str]):
+        self.enabled = tuple(enabled)
 
     def __call__(self, graph: fx.Graph) -> None:
-        for name, rule in _families().items():
-            if getattr(self.options, name) and _rule_runs(name, rule, graph):
-                rule(graph)
+        for family in families():
+            if family.name in self.enabled and _rule_runs(family.name, family.run, graph):
+                family.run(graph)
 
     def uuid(self) -> str:
-        return f"{plugin_hash()}-{self.options.enabled()}"
+        return f"{plugin_hash()}-{self.enabled}"

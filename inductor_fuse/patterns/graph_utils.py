@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 import torch.fx as fx
+from torch._functorch._aot_autograd.schemas import MutationType
+from torch._guards import TracingContext
 
 aten = torch.ops.aten
 
@@ -22,9 +24,6 @@ LAYOUT_OPS = (aten.permute.default, aten.t.default, aten.reshape.default, aten.v
 def frozen_placeholders(graph: fx.Graph) -> set[fx.Node]:
     """Placeholders that freezing will turn into constants (parameters and buffers that the
     graph does not mutate). Empty when the graph is not being frozen."""
-    from torch._functorch._aot_autograd.schemas import MutationType
-    from torch._guards import TracingContext
-
     tc = TracingContext.try_get()
     params = getattr(tc, "params_flat_unwrap_subclasses", None) or getattr(tc, "params_flat", None)
     meta = getattr(tc, "fw_metadata", None)

@@ -23,6 +23,7 @@ import torch.fx as fx
 from torch._inductor.pattern_matcher import stable_topological_sort
 
 from .. import report
+from ..quant import op  # noqa: F401 -- defines torch.ops.inductor_fuse.qlinear, matched below
 from .graph_utils import (
     call,
     frozen_placeholders,
@@ -33,17 +34,12 @@ from .graph_utils import (
     views_to_reshapes,
     weight_root,
 )
+from .registry import GRAPH_WALK, rule_family
 
 FAMILY = "siblings"
 aten = torch.ops.aten
 prims = torch.ops.prims
-
-
-def _qlinear_op():
-    try:
-        return torch.ops.inductor_fuse.qlinear.default
-    except (AttributeError, RuntimeError):
-        return None
+qlinear = torch.ops.inductor_fuse.qlinear.default
 
 
 class _Linear(NamedTuple):
@@ -58,7 +54,7 @@ class _Linear(NamedTuple):
         return val(self.weights[0]).shape[1 if self.fmt is None else 0]
 
 
-def _as_linear(node: fx.Node, qlinear) -> _Linear | None:
+def _as_linear(node: fx.Node) -> _Linear | None:
     if node.op != "call_function":
         return None
     if node.target is aten.mm.default and len(node.args) == 2 and not node.kwargs:
@@ -68,7 +64,7 @@ def _as_linear(node: fx.Node, qlinear) -> _Linear | None:
         b, x, wt = node.args
         if val(b).dim() == 1:
             return _Linear(node, x, (wt,), b, None)
-    if qlinear is not None and node.target is qlinear:
+    if node.target is qlinear:
         x, planes, b, fmt = node.args
         return _Linear(node, x, tuple(planes), b, fmt)
     return None
@@ -130,7 +126,7 @@ def _fuse(graph: fx.Graph, lins: list[_Linear]) -> str:
     """Replace ``lins`` (in graph order) by one fused linear + slices; return the detail line."""
     # Read the linears again: an earlier group's rewrite may have replaced their input (a group
     # that reads another group's output now reads a slice of the fused one).
-    lins = [_as_linear(l.node, _qlinear_op()) for l in lins]
+    lins = [_as_linear(l.node) for l in lins]
     first = lins[0]
     with graph.inserting_before(first.node):
         bias = _fused_bias(graph, lins)
@@ -162,15 +158,20 @@ def _fuse(graph: fx.Graph, lins: list[_Linear]) -> str:
     return f"x{list(val(first.x).shape)} -> [{sizes}] {kind}, bias={'yes' if bias is not None else 'no'}"
 
 
+@rule_family(
+    FAMILY,
+    order=20,
+    kind=GRAPH_WALK,  # any number of siblings: a variadic pattern the pattern matcher cannot express
+    doc="N >= 2 linears (float or quantized) reading one activation become one matmul + split",
+)
 def fuse_sibling_linears(graph: fx.Graph) -> int:
     """Fuse every group of >= 2 compatible linears sharing an input. Returns the rewrite count."""
     rep = report.current()
     frozen = frozen_placeholders(graph)
-    qlinear = _qlinear_op()
 
     by_input: dict[object, list[_Linear]] = collections.defaultdict(list)
     for node in graph.nodes:
-        lin = _as_linear(node, qlinear)
+        lin = _as_linear(node)
         if lin is not None:
             by_input[_activation_key(lin.x)].append(lin)
 

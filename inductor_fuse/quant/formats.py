@@ -1,166 +1,21 @@
-"""Weight formats: how a weight [N, K] is stored as a tuple of planes.
+"""The registry of weight formats: FORMATS (name -> format) and GGUF_FORMATS (ggml type -> format).
 
-Every plane is a contiguous 2-D tensor whose leading dimension is N (one row of every plane per
-output row), so two weights of one format and one K concatenate along N plane by plane with
-`torch.cat(plane, 0)`. The exact plane layouts are the contract table in docs/design.md.
+Each format lives in its own file as a subclass of base.WeightFormat, whose instance the file
+registers (``Q4_0 = register(Q40Format(...))``); PlaneSpec and WeightFormat are re-exported here.
+Adding a format: its file, and its name in the import line below.
 
-A format describes each plane by (name, dtype, elements per block): a weight with K columns has
-K / block_size blocks per row, so plane p has width (K / block_size) * per_block[p]. That one
-table drives all shape / dtype validation here; the format files only hold the bit math.
-
-    FORMATS["q4_k"].dequantize(planes)      # float32 [N, K], bit-exact with gguf.quants
-    FORMATS["q4_k"].quantize(w)             # planes, llama.cpp's reference search
-    FORMATS["q4_k"].from_gguf_bytes(raw)    # uint8 [N, row_bytes] -> planes (and back)
-
-Everything is plain torch and runs on the tensors' device. Eager dequantization is bit-exact on
-CPU and CUDA alike (checked on an H200); under torch.compile, Inductor may fuse `a * q - b` into
-an FMA, which is close but not bit-exact. Quantizing on CUDA can differ from CPU in a few
-rounding ties (reduction order, division by reciprocal); both give valid, equally good weights.
+    FORMATS["q4_k"].dequantize(planes)      # float32 [N, K]
+    GGUF_FORMATS[GGMLQuantizationType.Q4_K] # the same format, looked up by its GGUF type
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
-
-import torch
 from gguf import GGMLQuantizationType
-from torch import Tensor
 
-_QUANTIZE_CHUNK_ELEMS = 1 << 22
+from . import int4, q4_k, q5_0, q6_k, q8_0  # noqa: F401 -- importing a format's file registers it
+from .base import FORMATS, PlaneSpec, WeightFormat
 
-
-class PlaneSpec(NamedTuple):
-    name: str
-    dtype: torch.dtype
-    per_block: int  # plane elements per block of `block_size` weights (per row)
-
-
-@dataclass(frozen=True)
-class WeightFormat(ABC):
-    name: str  # registry key, e.g. "q4_k"
-    block_size: int  # K granularity: K must be a multiple of this
-    ggml_type: GGMLQuantizationType | None = None  # None: not a GGUF type
-    type_size: int | None = None  # GGUF bytes per block (GGUF types only)
-
-    # ---- what a format file implements -------------------------------------------------------
-
-    @property
-    @abstractmethod
-    def plane_specs(self) -> tuple[PlaneSpec, ...]: ...
-
-    @abstractmethod
-    def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor: ...
-
-    @abstractmethod
-    def _quantize(self, w: Tensor) -> tuple[Tensor, ...]: ...
-
-    def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
-        # blocks: uint8 [N, K/block_size, type_size] -> planes
-        raise ValueError(f"{self.name}: not a GGUF type, it has no GGUF byte encoding")
-
-    def _to_blocks(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
-        # planes -> uint8 [N, K/block_size, type_size]
-        raise ValueError(f"{self.name}: not a GGUF type, it has no GGUF byte encoding")
-
-    # ---- public API, validated ----------------------------------------------------------------
-
-    def dequantize(self, planes: Sequence[Tensor]) -> Tensor:
-        """planes -> float32 [N, K] (on the planes' device)."""
-        planes, n, k = self.check_planes(planes)
-        return self._dequantize(planes, n, k)
-
-    def quantize(self, w: Tensor) -> tuple[Tensor, ...]:
-        """w: float [N, K] -> planes (computed in float32 on w's device)."""
-        self.check_weight(w)
-        w = w.detach().to(torch.float32).contiguous()
-        # The search quantizers hold a few [rows, K] temporaries per step: bound them by chunking
-        # rows (planes lead with N, so chunks concatenate along dim 0).
-        rows = max(1, _QUANTIZE_CHUNK_ELEMS // w.shape[1])
-        chunks = [self._quantize(c) for c in w.split(rows, dim=0)]
-        return tuple(torch.cat(ps, dim=0).contiguous() for ps in zip(*chunks))
-
-    def from_gguf_bytes(self, raw: Tensor) -> tuple[Tensor, ...]:
-        """raw: uint8 [N, row_bytes] (GGUF rows) -> planes."""
-        if self.type_size is None:
-            raise ValueError(f"{self.name}: not a GGUF type, it has no GGUF byte encoding")
-        if not isinstance(raw, Tensor) or raw.dtype != torch.uint8 or raw.dim() != 2:
-            got = f"{raw.dtype} tensor of {raw.dim()} dims" if isinstance(raw, Tensor) else type(raw).__name__
-            raise ValueError(f"{self.name}: GGUF bytes must be a uint8 tensor [N, row_bytes], got {got}")
-        n, row_bytes = raw.shape
-        if row_bytes % self.type_size != 0:
-            raise ValueError(
-                f"{self.name}: row_bytes must be a multiple of the block's {self.type_size} bytes, got {row_bytes}"
-            )
-        blocks = raw.contiguous().view(n, row_bytes // self.type_size, self.type_size)
-        return tuple(p.contiguous() for p in self._from_blocks(blocks))
-
-    def to_gguf_bytes(self, planes: Sequence[Tensor]) -> Tensor:
-        """planes -> uint8 [N, row_bytes], the GGUF encoding of the weight."""
-        planes, n, k = self.check_planes(planes)
-        return self._to_blocks(planes, n, k).reshape(n, -1).contiguous()
-
-    # ---- validation ----------------------------------------------------------------------------
-
-    def row_bytes(self, k: int) -> int:
-        if self.type_size is None:
-            raise ValueError(f"{self.name}: not a GGUF type, it has no GGUF byte encoding")
-        self.check_k(k)
-        return k // self.block_size * self.type_size
-
-    def plane_shapes(self, n: int, k: int) -> tuple[tuple[int, int], ...]:
-        self.check_k(k)
-        return tuple((n, k // self.block_size * p.per_block) for p in self.plane_specs)
-
-    def check_k(self, k: int) -> None:
-        if k <= 0 or k % self.block_size != 0:
-            raise ValueError(f"{self.name}: K must be a positive multiple of {self.block_size}, got K={k}")
-
-    def check_weight(self, w: Tensor) -> None:
-        if not isinstance(w, Tensor) or w.dim() != 2 or not w.is_floating_point():
-            got = f"{w.dtype} tensor of shape {tuple(w.shape)}" if isinstance(w, Tensor) else type(w).__name__
-            raise ValueError(f"{self.name}: expected a floating-point weight [N, K], got {got}")
-        self.check_k(w.shape[1])
-
-    def check_planes(self, planes: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], int, int]:
-        """Validate planes against the format's table; returns (planes, N, K)."""
-        planes = tuple(planes)
-        names = [p.name for p in self.plane_specs]
-        if len(planes) != len(self.plane_specs):
-            raise ValueError(f"{self.name}: expected {len(self.plane_specs)} planes {names}, got {len(planes)}")
-        for spec, p in zip(self.plane_specs, planes):
-            if not isinstance(p, Tensor) or p.dim() != 2:
-                got = f"{p.dim()}-D tensor" if isinstance(p, Tensor) else type(p).__name__
-                raise ValueError(f"{self.name}: plane {spec.name!r} must be a 2-D tensor, got {got}")
-            if p.dtype != spec.dtype:
-                raise ValueError(f"{self.name}: plane {spec.name!r} must be {spec.dtype}, got {p.dtype}")
-        first = self.plane_specs[0]
-        n, width = planes[0].shape
-        k = width // first.per_block * self.block_size
-        if width % first.per_block != 0 or k == 0:
-            raise ValueError(
-                f"{self.name}: plane {first.name!r} width must be a positive multiple of {first.per_block}, got {width}"
-            )
-        expected = self.plane_shapes(n, k)
-        got = tuple(tuple(p.shape) for p in planes)
-        if got != expected:
-            raise ValueError(
-                f"{self.name}: plane shapes for a weight [{n}, {k}] must be "
-                f"{dict(zip(names, expected))}, got {dict(zip(names, got))}"
-            )
-        return tuple(p.contiguous() for p in planes), n, k
-
-
-# The format files import WeightFormat from this module, so they are imported after it.
-from .int4 import INT4_G32, INT4_G64, INT4_G128  # noqa: E402
-from .q4_k import Q4_K  # noqa: E402
-from .q5_0 import Q5_0  # noqa: E402
-from .q6_k import Q6_K  # noqa: E402
-from .q8_0 import Q8_0  # noqa: E402
-
-FORMATS: dict[str, WeightFormat] = {f.name: f for f in (Q4_K, Q6_K, Q5_0, Q8_0, INT4_G32, INT4_G64, INT4_G128)}
+__all__ = ["FORMATS", "GGUF_FORMATS", "PlaneSpec", "WeightFormat"]
 
 # ggml type -> format, for GGUF loading
 GGUF_FORMATS: dict[GGMLQuantizationType, WeightFormat] = {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .formats import PlaneSpec, WeightFormat
+from .base import PlaneSpec, WeightFormat, register
 
 
 def unpack_int4(qs: Tensor) -> Tensor:
@@ -63,6 +63,6 @@ class Int4Format(WeightFormat):
         return pack_int4(q.view(n, k)), scale, zero
 
 
-INT4_G32 = Int4Format(name="int4_g32", block_size=32)
-INT4_G64 = Int4Format(name="int4_g64", block_size=64)
-INT4_G128 = Int4Format(name="int4_g128", block_size=128)
+INT4_G32 = register(Int4Format(name="int4_g32", block_size=32))
+INT4_G64 = register(Int4Format(name="int4_g64", block_size=64))
+INT4_G128 = register(Int4Format(name="int4_g128", block_size=128))

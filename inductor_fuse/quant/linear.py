@@ -4,14 +4,12 @@
     model = torch.compile(model, backend="inductor_fuse")
 
 QuantizedLinear holds its weight as the format's planes, registered as persistent buffers
-plane0..planeN, and calls torch.ops.inductor_fuse.qlinear(x, [plane0, ...], bias, fmt): the
+plane0..planeN, and calls torch.ops.inductor_fuse.qlinear(x, [plane0, ...], bias, fmt) (op.py): the
 pattern rules see one op per linear whose planes they can concatenate along N.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,20 +19,10 @@ import torch.nn as nn
 from torch import Tensor
 
 from .formats import FORMATS
+from .op import qlinear
 from .weight import QuantizedWeight, get_format, quantize
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def _load_qlinear_op() -> None:
-    # torch.ops.inductor_fuse.qlinear is defined in inductor_fuse/kernels/ops.py; importing it
-    # registers the op. Done once, when the first QuantizedLinear is built (never at import).
-    try:
-        importlib.import_module("inductor_fuse.kernels.ops")
-    except ModuleNotFoundError as e:
-        if e.name != "inductor_fuse.kernels.ops":
-            raise
 
 
 class QuantizedLinear(nn.Module):
@@ -67,7 +55,6 @@ class QuantizedLinear(nn.Module):
         for i, p in enumerate(planes):
             self.register_buffer(f"plane{i}", p)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        _load_qlinear_op()
 
     @property
     def planes(self) -> list[Tensor]:
@@ -79,7 +66,7 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [..., K] -> [..., N] in x.dtype
-        return torch.ops.inductor_fuse.qlinear(x, self.planes, self.bias, self.fmt)
+        return qlinear(x, self.planes, self.bias, self.fmt)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, fmt: str) -> QuantizedLinear:

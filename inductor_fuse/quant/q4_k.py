@@ -20,7 +20,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .formats import PlaneSpec, WeightFormat
+from .base import PlaneSpec, WeightFormat, register
 
 QK_K = 256
 
@@ -114,13 +114,11 @@ def _nearest_u8(v: Tensor) -> Tensor:
 
 
 class Q4KFormat(WeightFormat):
-    @property
-    def plane_specs(self) -> tuple[PlaneSpec, ...]:
-        return (
-            PlaneSpec("qs", torch.uint8, QK_K // 2),
-            PlaneSpec("sm", torch.uint8, 16),
-            PlaneSpec("dm", torch.float16, 2),
-        )
+    plane_specs = (
+        PlaneSpec("qs", torch.uint8, QK_K // 2),
+        PlaneSpec("sm", torch.uint8, 16),
+        PlaneSpec("dm", torch.float16, 2),
+    )
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 144]
@@ -185,4 +183,4 @@ class Q4KFormat(WeightFormat):
         return qs.reshape(n, -1), sm.reshape(n, -1), dm.reshape(n, -1)
 
 
-Q4_K = Q4KFormat(name="q4_k", block_size=QK_K, ggml_type=GGMLQuantizationType.Q4_K, type_size=144)
+Q4_K = register(Q4KFormat(name="q4_k", block_size=QK_K, ggml_type=GGMLQuantizationType.Q4_K, type_size=144))

@@ -15,7 +15,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .formats import PlaneSpec, WeightFormat
+from .base import PlaneSpec, WeightFormat, absmax_quantize, join_nibbles, register, split_nibbles
 
 QK = 32
 
@@ -33,13 +33,11 @@ def _pack_bits(b: Tensor) -> Tensor:
 
 
 class Q50Format(WeightFormat):
-    @property
-    def plane_specs(self) -> tuple[PlaneSpec, ...]:
-        return (
-            PlaneSpec("qs", torch.uint8, QK // 2),
-            PlaneSpec("qh", torch.uint8, 4),
-            PlaneSpec("d", torch.float16, 1),
-        )
+    plane_specs = (
+        PlaneSpec("qs", torch.uint8, QK // 2),
+        PlaneSpec("qh", torch.uint8, 4),
+        PlaneSpec("d", torch.float16, 1),
+    )
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 22]
@@ -55,27 +53,17 @@ class Q50Format(WeightFormat):
     def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
         qs, qh, d = planes
         nb = k // QK
-        qs = qs.view(n, nb, 16)
-        lo = torch.cat([qs & 0xF, qs >> 4], dim=-1)  # [N, nb, 32]
-        q = lo | (_bits(qh.view(n, nb, 4)) << 4)
+        q = split_nibbles(qs.view(n, nb, 16)) | (_bits(qh.view(n, nb, 4)) << 4)  # [N, nb, 32]
         q = (q.to(torch.int8) - 16).to(torch.float32)
         return (d.view(n, nb, 1).to(torch.float32) * q).reshape(n, k)
 
-    # quantize_row_q5_0_ref (ggml-quants.c):
-    #   max = signed absmax of the block, d = max / -16, id = 1/d (0 if d == 0)
-    #   q = min(31, trunc(x id + 16.5))        (x id is in [-16, 16], so this is round-half-up)
+    # quantize_row_q5_0_ref (ggml-quants.c), see base.absmax_quantize
     def _quantize(self, w: Tensor) -> tuple[Tensor, ...]:
         n, k = w.shape
-        nb = k // QK
-        x = w.reshape(n, nb, QK)
-        idx = x.abs().argmax(-1, keepdim=True)
-        mx = x.gather(-1, idx)  # [N, nb, 1]
-        d = mx / -16
-        inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
-        q = torch.trunc(x * inv + 16.5).clamp(0, 31).to(torch.uint8)  # [N, nb, 32]
-        qs = (q[..., :16] & 0xF) | ((q[..., 16:] & 0xF) << 4)
+        q, d = absmax_quantize(w.reshape(n, k // QK, QK), 16)  # [N, nb, 32], [N, nb, 1]
+        qs = join_nibbles(q & 0xF)
         qh = _pack_bits(q >> 4)
         return qs.reshape(n, -1), qh.reshape(n, -1), d.to(torch.float16).reshape(n, -1)
 
 
-Q5_0 = Q50Format(name="q5_0", block_size=QK, ggml_type=GGMLQuantizationType.Q5_0, type_size=22)
+Q5_0 = register(Q50Format(name="q5_0", block_size=QK, ggml_type=GGMLQuantizationType.Q5_0, type_size=22))

@@ -21,7 +21,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .formats import PlaneSpec, WeightFormat
+from .base import PlaneSpec, WeightFormat, register
 
 QK_K = 256
 GROUP_MAX_EPS = 1e-15
@@ -91,14 +91,12 @@ def _search_scale(x: Tensor, nmax: int = 32) -> tuple[Tensor, Tensor]:
 
 
 class Q6KFormat(WeightFormat):
-    @property
-    def plane_specs(self) -> tuple[PlaneSpec, ...]:
-        return (
-            PlaneSpec("ql", torch.uint8, QK_K // 2),
-            PlaneSpec("qh", torch.uint8, QK_K // 4),
-            PlaneSpec("sc", torch.int8, QK_K // 16),
-            PlaneSpec("d", torch.float16, 1),
-        )
+    plane_specs = (
+        PlaneSpec("ql", torch.uint8, QK_K // 2),
+        PlaneSpec("qh", torch.uint8, QK_K // 4),
+        PlaneSpec("sc", torch.int8, QK_K // 16),
+        PlaneSpec("d", torch.float16, 1),
+    )
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 210]
@@ -160,4 +158,4 @@ class Q6KFormat(WeightFormat):
         return ql.reshape(n, -1), qh.reshape(n, -1), sc.reshape(n, -1), d.reshape(n, -1)
 
 
-Q6_K = Q6KFormat(name="q6_k", block_size=QK_K, ggml_type=GGMLQuantizationType.Q6_K, type_size=210)
+Q6_K = register(Q6KFormat(name="q6_k", block_size=QK_K, ggml_type=GGMLQuantizationType.Q6_K, type_size=210))

@@ -13,7 +13,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .formats import PlaneSpec, WeightFormat
+from .base import PlaneSpec, WeightFormat, register
 
 QK = 32
 
@@ -26,9 +26,7 @@ def _round_half_away(v: Tensor) -> Tensor:
 
 
 class Q80Format(WeightFormat):
-    @property
-    def plane_specs(self) -> tuple[PlaneSpec, ...]:
-        return (PlaneSpec("qs", torch.int8, QK), PlaneSpec("d", torch.float16, 1))
+    plane_specs = (PlaneSpec("qs", torch.int8, QK), PlaneSpec("d", torch.float16, 1))
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 34]
@@ -59,4 +57,4 @@ class Q80Format(WeightFormat):
         return q.reshape(n, k), d.to(torch.float16).reshape(n, -1)
 
 
-Q8_0 = Q80Format(name="q8_0", block_size=QK, ggml_type=GGMLQuantizationType.Q8_0, type_size=34)
+Q8_0 = register(Q80Format(name="q8_0", block_size=QK, ggml_type=GGMLQuantizationType.Q8_0, type_size=34))

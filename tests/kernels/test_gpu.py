@@ -7,6 +7,8 @@ import torch
 from numerics import rel_err
 
 import inductor_fuse.kernels.ops  # noqa: F401
+from inductor_fuse.kernels._common import act_quant_reference
+from inductor_fuse.kernels.registry import KERNELS
 from inductor_fuse.kernels.testing import random_planes
 from inductor_fuse.quant.formats import FORMATS
 
@@ -14,12 +16,10 @@ GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not GPU, reason="needs CUDA (and TRITON_INTERPRET unset)")]
 
 
-@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q5_0", "q8_0", "int4_g32", "int4_g128"])
+@pytest.mark.parametrize("fmt", list(KERNELS))
 @pytest.mark.parametrize("N,K", [(4096, 14336), (6144, 4096), (1000, 2048)])
 @pytest.mark.parametrize("M", [1, 3, 8, 17, 300])
 def test_qlinear_cuda(fmt, N, K, M):
-    from inductor_fuse.kernels._common import act_quant_reference
-
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(N + K + M)
     planes = random_planes(fmt, N, K, dev, seed=N + M)
@@ -33,9 +33,7 @@ def test_qlinear_cuda(fmt, N, K, M):
     assert torch.isfinite(out).all()
     err = rel_err(out.float(), ref)
     assert err < 1.5e-2, f"{fmt} M={M}: rel err {err:.3e}"
-    from inductor_fuse.kernels.dispatch import MATVEC_MAX_M
-
-    if M <= MATVEC_MAX_M[fmt]:  # W4A8: exact up to fp32 rounding against the dequantized activation
+    if M <= KERNELS[fmt].matvec_max_m:  # W4A8: exact up to fp32 rounding against the dequantized activation
         refq = act_quant_reference(x.float()) @ wd.T + bias.float()
         assert rel_err(out.float(), refq) < 5e-3
 

@@ -4,22 +4,21 @@ Matvec kernels quantize the activation to int8 per 32-group (W4A8), so they are 
 the reference on the dequantized activation (tight), and with the float reference (loose).
 """
 
-import os
-
 import pytest
 import torch
 from numerics import rel_err
 
+from inductor_fuse import config
+from inductor_fuse.kernels import dispatch, gemm
+from inductor_fuse.kernels._common import MatvecConfig, act_quant, act_quant_reference, interpreting
+from inductor_fuse.kernels.gemm import dequantize_rows, qgemm
+from inductor_fuse.kernels.registry import KERNELS
+from inductor_fuse.kernels.testing import random_planes
 from inductor_fuse.quant.formats import FORMATS
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-pytestmark = pytest.mark.skipif(not INTERPRET, reason="CPU interpreter tests (TRITON_INTERPRET=1)")
+pytestmark = pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
 
-from inductor_fuse.kernels import dispatch  # noqa: E402
-from inductor_fuse.kernels._common import MatvecConfig, act_quant, act_quant_reference  # noqa: E402
-from inductor_fuse.kernels.gemm import qgemm  # noqa: E402
-
-ALL_FORMATS = ["q4_k", "q6_k", "q5_0", "q8_0", "int4_g32", "int4_g64", "int4_g128"]
+ALL_FORMATS = list(KERNELS)
 
 
 def _assert_close(out, ref, tol, what):
@@ -74,7 +73,7 @@ def test_matvec(fmt, N, K, M):
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
-@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "int4_g64"])
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_matvec_split_k(fmt, prefetch):
     N, K, M = 37, 1024, 2
     planes = _weight(fmt, N, K, seed=5)
@@ -86,21 +85,12 @@ def test_matvec_split_k(fmt, prefetch):
     _assert_close(out, ref, 1e-5, f"{fmt} split-K matvec")
 
 
-@pytest.mark.parametrize("fmt", ["q4_k", "q6_k"])
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_matvec_random_bytes(fmt):
     # every bit pattern of the quant bytes, not only what the quantizer emits
     N, K = 19, 256
-    g = torch.Generator().manual_seed(7)
     f = FORMATS[fmt]
-    planes = []
-    for spec, shape in zip(f.plane_specs, f.plane_shapes(N, K)):
-        if spec.dtype == torch.float16:
-            planes.append((torch.rand(shape, generator=g) * 0.02).half())
-        elif spec.dtype == torch.uint8:
-            hi = 64 if spec.name == "sm" else 256
-            planes.append(torch.randint(0, hi, shape, generator=g, dtype=torch.uint8))
-        else:
-            planes.append(torch.randint(-128, 128, shape, generator=g, dtype=torch.int8))
+    planes = random_planes(fmt, N, K, seed=7)
     x = _x(2, K, seed=3)
     out = dispatch.matvec(x, planes, None, fmt)
     ref = act_quant_reference(x) @ f.dequantize(planes).T
@@ -134,8 +124,6 @@ def test_gemm_bf16_and_dispatch_any_m():
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_dequantize_rows_bit_exact(fmt):
-    from inductor_fuse.kernels.gemm import dequantize_rows
-
     N, K = 37, 512
     planes = _weight(fmt, N, K, seed=11)
     ref = FORMATS[fmt].dequantize(planes)
@@ -144,13 +132,51 @@ def test_dequantize_rows_bit_exact(fmt):
 
 
 def test_dequant_mm_chunks(monkeypatch):
-    from inductor_fuse.kernels import gemm
-
     monkeypatch.setattr(gemm, "DEQUANT_CHUNK_BYTES", 256 * 256 * 4)  # 256-row chunks: 2 of them
-    monkeypatch.setattr(gemm, "_NUM_SMS", 1)
+    monkeypatch.setattr(gemm, "num_sms", lambda device: 1)
     fmt, N, K = "q6_k", 300, 256
     planes = _weight(fmt, N, K, seed=12)
     x = _x(5, K, seed=12)
     bias = torch.randn(N)
     out = gemm.dequant_mm(x, planes, bias, fmt)
     _assert_close(out, x @ FORMATS[fmt].dequantize(planes).T + bias, 1e-6, "dequant_mm")
+
+
+def test_dispatch_follows_the_settings(monkeypatch):
+    # exact_matvec sends a decode-sized call to the GEMM (float activation: the float reference
+    # at 1e-5); gemm="fused" keeps qgemm past fused_gemm_max_m, where dequant_mm would run
+    fmt, N, K = "q6_k", 37, 256  # q6_k: fused_gemm_max_m = 0, dequant_mm right above the matvec
+    planes = _weight(fmt, N, K, seed=2)
+    w = FORMATS[fmt].dequantize(planes)
+    x = _x(1, K, seed=2)
+    with config.patch(exact_matvec=False):
+        _assert_close(dispatch.qlinear_cuda(x, planes, None, fmt), act_quant_reference(x) @ w.T, 1e-5, "matvec")
+    with config.patch(exact_matvec=True):
+        _assert_close(dispatch.qlinear_cuda(x, planes, None, fmt), x @ w.T, 1e-5, "exact_matvec")
+    calls = []
+
+    def spy(name, fn):
+        def wrapped(*args):
+            calls.append(name)
+            return fn(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(dispatch, "qgemm", spy("qgemm", gemm.qgemm))
+    monkeypatch.setattr(dispatch, "dequant_mm", spy("dequant_mm", gemm.dequant_mm))
+    x = _x(KERNELS[fmt].matvec_max_m + 1, K, seed=3)
+    with config.patch(exact_matvec=False, gemm="auto"):
+        dispatch.qlinear_cuda(x, planes, None, fmt)
+    with config.patch(exact_matvec=False, gemm="fused"):
+        dispatch.qlinear_cuda(x, planes, None, fmt)
+    assert calls == ["dequant_mm", "qgemm"]
+
+
+def test_matvec_launch_hook():
+    fmt, N, K = "q8_0", 8, 64
+    planes = _weight(fmt, N, K, seed=4)
+    launched = []
+    with config.patch(on_matvec_launch=launched.append):
+        dispatch.matvec(_x(1, K, seed=4), planes, None, fmt)
+    dispatch.matvec(_x(1, K, seed=4), planes, None, fmt)
+    assert len(launched) == 1  # the interpreter's launch returns None, a GPU launch the compiled kernel

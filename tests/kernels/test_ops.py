@@ -1,11 +1,15 @@
-"""torch.ops.inductor_fuse.qlinear: CPU reference body, fake impl under torch.compile, validation."""
+"""torch.ops.inductor_fuse.qlinear: CPU reference body, fake impl under torch.compile, validation,
+and the CUDA implementation's fallback to the reference."""
+
+import logging
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
-import inductor_fuse.kernels.ops  # noqa: F401  (registers the op)
-from inductor_fuse.kernels.ops import qlinear_reference
+from inductor_fuse.kernels import dispatch, ops
 from inductor_fuse.quant.formats import FORMATS
+from inductor_fuse.quant.op import qlinear_reference
 
 qlinear = torch.ops.inductor_fuse.qlinear
 
@@ -54,8 +58,6 @@ def _raises(match, *args):
     with pytest.raises(ValueError, match=match):
         qlinear(*args)
     # the fake impl validates the same way
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     with FakeTensorMode(allow_non_fake_inputs=True):
         with pytest.raises(ValueError, match=match):
             qlinear(*args)
@@ -80,10 +82,6 @@ def test_cuda_kernel_failure_falls_back_to_the_reference(monkeypatch, caplog):
     # The CUDA implementation, called directly on CPU tensors: when the kernel path raises (no
     # Triton, a kernel that cannot compile or take the call), the reference answers and a WARNING
     # says so once.
-    import logging
-
-    from inductor_fuse.kernels import dispatch, ops
-
     def broken(*args):
         raise RuntimeError("no kernel for this shape")
 

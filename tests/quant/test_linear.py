@@ -9,8 +9,6 @@ import torch.nn.functional as F
 
 from inductor_fuse.quant import FORMATS, QuantConfig, QuantizedLinear, quantize_
 
-pytest.importorskip("inductor_fuse.kernels.ops")  # registers torch.ops.inductor_fuse.qlinear
-
 
 @pytest.mark.parametrize("name", list(FORMATS))
 @pytest.mark.parametrize("bias", [False, True])

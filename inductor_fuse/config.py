@@ -1,0 +1,80 @@
+"""Every knob of inductor_fuse, with its default: read once from the environment at import.
+
+    variable                        setting            default   what it does
+    INDUCTOR_FUSE_EXACT_MATVEC=1    exact_matvec       False     CUDA qlinear sends every M to the fused GEMM: the
+                                                                 activation stays float (no int8 rounding of x as
+                                                                 in the W4A8 matvec), slower at small M
+    INDUCTOR_FUSE_GEMM=fused        gemm               "auto"    "auto": above a format's matvec range, the fused
+                                                                 Triton GEMM up to its fused_gemm_max_m, then
+                                                                 dequantize + cuBLAS; "fused": the fused GEMM for
+                                                                 every M above the matvec range
+    INDUCTOR_FUSE_NO_TUNE=1         no_tune            False     never benchmark kernel configs: every call takes
+                                                                 the measured default
+    INDUCTOR_FUSE_TUNE=1            tune               False     also tune the matvec configs (the GEMM configs are
+                                                                 tuned by default, the matvec's are not: their
+                                                                 measured defaults beat what a one-launch timing
+                                                                 picks)
+    (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
+                                                                 launch (benchmarks read registers, spills, asm)
+
+A boolean variable is on when it is "1". Code reads `config.settings.<name>` at call time (so a
+`from inductor_fuse.config import settings` would miss `patch`); tests and benchmarks change
+settings for a block with
+
+    with config.patch(exact_matvec=True):
+        ...
+
+Not here: TRITON_INTERPRET (Triton's own; `kernels._common.interpreting()` reads it), the test
+suite's INDUCTOR_FUSE_GPU_TESTS, INDUCTOR_FUSE_PROPERTY_EXAMPLES and GGUF_FUZZ_* (tests/), and the
+benchmarks' BENCH_JSON and OUT (benchmarks/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+GEMM_MODES = ("auto", "fused")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The knobs (see the module docstring); `settings` is the instance in force."""
+
+    exact_matvec: bool = False
+    gemm: str = "auto"
+    no_tune: bool = False
+    tune: bool = False
+    on_matvec_launch: Callable[[Any], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.gemm not in GEMM_MODES:
+            raise ValueError(f"inductor_fuse: gemm (INDUCTOR_FUSE_GEMM) must be one of {GEMM_MODES}, got {self.gemm!r}")
+
+
+def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
+    """The settings the INDUCTOR_FUSE_* variables of `environ` ask for (defaults for the rest)."""
+    return Settings(
+        exact_matvec=environ.get("INDUCTOR_FUSE_EXACT_MATVEC", "0") == "1",
+        gemm=environ.get("INDUCTOR_FUSE_GEMM", "") or "auto",
+        no_tune=environ.get("INDUCTOR_FUSE_NO_TUNE", "0") == "1",
+        tune=environ.get("INDUCTOR_FUSE_TUNE", "0") == "1",
+    )
+
+
+settings: Settings = from_env()
+
+
+@contextmanager
+def patch(**overrides: Any) -> Iterator[Settings]:
+    """Run a block with some settings changed, e.g. `with config.patch(tune=True): ...`."""
+    global settings
+    saved = settings
+    settings = dataclasses.replace(settings, **overrides)
+    try:
+        yield settings
+    finally:
+        settings = saved

@@ -1,0 +1,62 @@
+"""One registration per rule family: the decorator is the only source of the family list, its
+option key, its report counter and its pass order."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import inductor_fuse
+from inductor_fuse import report
+from inductor_fuse.options import FuseOptions
+from inductor_fuse.patterns import RulePass, registry
+from inductor_fuse.patterns.registry import GRAPH_WALK, PATTERN_MATCHER, family_names, rule_family
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The real registry's families plus whatever the test registers, restored afterwards."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def test_siblings_is_registered_as_a_graph_walk():
+    (fam,) = [f for f in registry.families() if f.name == "siblings"]
+    assert fam.kind == GRAPH_WALK and fam.run is inductor_fuse.patterns.siblings.fuse_sibling_linears
+    assert inductor_fuse.FAMILIES == family_names()
+
+
+def test_a_registered_family_is_an_option_a_counter_and_a_pass_in_order(scratch_registry):
+    calls = []
+
+    @rule_family("first", order=-1, kind=PATTERN_MATCHER, doc="test family that runs first")
+    def first(graph):
+        calls.append("first")
+        report.current().rewrites.append(report.Rewrite("first", "x", ("n",), "d"))
+
+    @rule_family("last", order=10_000, kind=GRAPH_WALK, doc="test family that runs last")
+    def last(graph):
+        calls.append("last")
+
+    names = family_names()
+    assert names[0] == "first" and names[-1] == "last" and "siblings" in names
+    assert FuseOptions.from_dict({"last": False}).enabled() == names[:-1]
+    with report.collecting() as rep:
+        RulePass(FuseOptions.from_dict({"siblings": False}).enabled())(torch.fx.symbolic_trace(nn.ReLU()).graph)
+    # each family runs once on a copy (the trial run) and once for real, in registration order
+    assert calls == ["first", "first", "last", "last"]
+    assert list(rep.counts) == list(names) and rep.counts["first"] == 1
+
+
+def test_registration_errors(scratch_registry):
+    with pytest.raises(ValueError, match="registered twice"):
+        rule_family("siblings", order=12345, kind=GRAPH_WALK, doc="d")(lambda g: None)
+    with pytest.raises(ValueError, match="order 20 is taken"):
+        rule_family("other", order=20, kind=GRAPH_WALK, doc="d")(lambda g: None)
+    with pytest.raises(ValueError, match="kind must be"):
+        rule_family("other", order=1, kind="regex", doc="d")
+
+
+def test_unknown_option_names_the_registered_families():
+    with pytest.raises(ValueError, match=r"valid options are \['siblings'\]"):
+        FuseOptions.from_dict({"silu": True})
+    with pytest.raises(TypeError, match="must be a bool"):
+        FuseOptions.from_dict({"siblings": 1})
