@@ -62,8 +62,8 @@ def test_int4_has_no_gguf_encoding():
 
 
 def test_unknown_format():
-    with pytest.raises(ValueError, match=r"unknown weight format 'q4_0'; valid formats: \['int4_g128'"):
-        quantize(torch.randn(2, 256), "q4_0")
+    with pytest.raises(ValueError, match=r"unknown weight format 'q4_1'; valid formats: \['int4_g128'"):
+        quantize(torch.randn(2, 256), "q4_1")
 
 
 def test_weight_shape_mismatch():
