@@ -18,18 +18,18 @@ RTOL = 1e-3  # relative error (Frobenius) in float32
 # separate output projection too
 FORMATS = {
     "llama": dict(
-        q="q4_0",
+        q="iq4_xs",
         k="q4_0",
-        v="q4_0",
+        v="iq4_xs",
         o="q4_0",
-        gate="q4_0",
+        gate="iq4_xs",
         up="q4_0",
-        down="q4_0",
+        down="iq4_xs",
         embd="q4_0",
-        output="q4_0",
+        output="iq4_xs",
     ),
     "qwen2": dict(
-        q="q4_0", k="q4_0", v="q4_0", o="q4_0", gate="q4_0", up="q4_0", down="q4_0", embd="q4_0", output=None
+        q="q4_0", k="iq4_xs", v="q4_0", o="iq4_xs", gate="q4_0", up="iq4_xs", down="q4_0", embd="iq4_xs", output=None
     ),
 }
 
@@ -85,7 +85,7 @@ def test_decode_step_matches_float_reference(loaded, arch):
     assert err < RTOL, f"{arch}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("ggml_type, k", [(GGMLQuantizationType.Q4_0, 48)])
+@pytest.mark.parametrize("ggml_type, k", [(GGMLQuantizationType.IQ4_XS, 128), (GGMLQuantizationType.Q4_0, 48)])
 def test_row_not_a_whole_number_of_blocks(tmp_path, ggml_type, k):
     # a tensor declaring K elements per row that its type's blocks cannot hold: refused before any
     # byte is read as a weight

@@ -4,24 +4,28 @@ GPU runs) simulated instruction by instruction against the grid."""
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from numerics import rel_err
 
 from inductor_fuse.quant.formats import FORMATS
+from inductor_fuse.quant.iq4_xs import KVALUES
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 pytestmark = pytest.mark.skipif(not INTERPRET, reason="CPU interpreter tests (TRITON_INTERPRET=1)")
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
-from inductor_fuse.kernels import dispatch  # noqa: E402
+from inductor_fuse.kernels import dispatch, iq4_xs  # noqa: E402
 from inductor_fuse.kernels._common import MatvecConfig, act_quant_reference  # noqa: E402
 from inductor_fuse.kernels.gemm import dequantize_rows, qgemm  # noqa: E402
 from inductor_fuse.kernels.registry import KERNELS  # noqa: E402
 
-NAMES = ["q4_0"]
+NAMES = ["q4_0", "iq4_xs"]
 # N not a multiple of any block; K = 288 (9 blocks of 32) only for Q4_0 (IQ4_XS needs K % 256 == 0)
-SHAPES = {"q4_0": [(37, 288, 1), (19, 512, 3), (37, 256, 17)]}
+SHAPES = {"q4_0": [(37, 288, 1), (19, 512, 3), (37, 256, 17)], "iq4_xs": [(37, 256, 1), (19, 512, 3), (37, 256, 17)]}
 
 
 def _assert_close(out, ref, tol, what):
@@ -137,3 +141,102 @@ def test_dispatch_any_m_bf16(fmt):
         out = dispatch.qlinear_cuda(x.reshape(1, M, K), planes, None, fmt)
         assert out.shape == (1, M, N) and out.dtype == torch.bfloat16
         _assert_close(out[0].float(), x.float() @ w.T, 2e-2, f"{fmt} dispatch M={M}")
+
+
+# ---- the IQ4_XS grid lookup ------------------------------------------------------------------
+
+
+def _expected_lookup(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # words uint32 [n] -> (lo, hi) uint32: bytes k = int8 KVALUES of nibble k (lo), nibble 4 + k (hi)
+    kv = np.array(KVALUES, dtype=np.int8).view(np.uint8).astype(np.uint32)
+    codes = [(words >> np.uint32(4 * k)) & np.uint32(0xF) for k in range(8)]
+    lo = sum(kv[codes[k]] << np.uint32(8 * k) for k in range(4)).astype(np.uint32)
+    hi = sum(kv[codes[4 + k]] << np.uint32(8 * k) for k in range(4)).astype(np.uint32)
+    return lo, hi
+
+
+def _lookup_words() -> np.ndarray:
+    # every pair of codes at every two neighbouring nibbles, every byte repeated, random words
+    c = np.arange(256, dtype=np.uint32)
+    structured = [c << np.uint32(4 * k) for k in range(7)] + [c * np.uint32(0x01010101)]
+    rand = np.random.default_rng(0).integers(0, 1 << 32, 4096, dtype=np.uint64).astype(np.uint32)
+    return np.concatenate([*structured, rand, np.array([0, 0xFFFFFFFF], dtype=np.uint32)])
+
+
+def _prmt_np(a, b, s):
+    ab = a.astype(np.uint64) | (b.astype(np.uint64) << np.uint64(32))
+    r = np.zeros_like(a, dtype=np.uint32)
+    for k in range(4):
+        sel = (s >> np.uint32(4 * k)) & np.uint32(0xF)
+        byte = ((ab >> (np.uint64(8) * (sel & np.uint32(7)).astype(np.uint64))) & np.uint64(0xFF)).astype(np.uint32)
+        sign = np.where(byte & np.uint32(0x80), np.uint32(0xFF), np.uint32(0))
+        byte = np.where(sel & np.uint32(8), sign, byte)
+        r |= byte << np.uint32(8 * k)
+    return r
+
+
+def _lop3_np(a, b, c, lut):
+    r = np.zeros_like(a)
+    for idx in range(8):
+        if lut >> idx & 1:
+            r |= (a if idx & 4 else ~a) & (b if idx & 2 else ~b) & (c if idx & 1 else ~c)
+    return r
+
+
+def _run_ptx(ptx: str, regs: dict) -> dict:
+    """A tiny simulator of the PTX subset the lookup uses (PTX ISA semantics, uint32 registers)."""
+
+    def val(tok):
+        return np.uint32(int(tok, 0)) if tok[0].isdigit() else regs[tok]
+
+    for line in ptx.splitlines():
+        line = line.strip().rstrip(";")
+        if line in ("{", "}") or line.startswith(".reg"):
+            continue
+        op, rest = line.split(None, 1)
+        dst, *src = [t.strip() for t in rest.split(",")]
+        src = [val(t) for t in src]
+        if op == "and.b32":
+            r = src[0] & src[1]
+        elif op == "shr.u32":
+            r = src[0] >> src[1]
+        elif op == "shl.b32":
+            r = src[0] << src[1]
+        elif op == "prmt.b32":
+            r = _prmt_np(*src)
+        elif op == "lop3.b32":
+            r = _lop3_np(src[0], src[1], src[2], int(src[3]))
+        else:
+            raise AssertionError(f"unexpected PTX instruction {op!r}")
+        regs[dst] = np.asarray(r, dtype=np.uint32)
+    return regs
+
+
+def test_iq4_xs_lookup_ptx_simulated():
+    words = _lookup_words()
+    table = np.array([iq4_xs._KV_W0, iq4_xs._KV_W1, iq4_xs._KV_W2, iq4_xs._KV_W3], dtype=np.int64).astype(np.uint32)
+    regs = {"$2": words, **{f"${3 + j}": np.full_like(words, table[j]) for j in range(4)}}
+    regs = _run_ptx(iq4_xs._LOOKUP_PTX.value, regs)
+    lo, hi = _expected_lookup(words)
+    assert np.array_equal(regs["$0"], lo) and np.array_equal(regs["$1"], hi)
+
+
+@triton.jit
+def _lookup_kernel(w_ptr, lo_ptr, hi_ptr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    w = tl.load(w_ptr + offs)
+    z = w * 0
+    lo, hi = iq4_xs._iq4nl_lookup(w, z ^ iq4_xs._KV_W0, z ^ iq4_xs._KV_W1, z ^ iq4_xs._KV_W2, z ^ iq4_xs._KV_W3, False)
+    tl.store(lo_ptr + offs, lo)
+    tl.store(hi_ptr + offs, hi)
+
+
+def test_iq4_xs_lookup_emulation():
+    # the interpreter's path (prmt emulated with shifts and selects), on the same words
+    words = _lookup_words()
+    n = -(-len(words) // 256) * 256
+    w = torch.from_numpy(np.resize(words, n).view(np.int32).copy())
+    lo, hi = torch.empty_like(w), torch.empty_like(w)
+    _lookup_kernel[(n // 256,)](w, lo, hi, BLOCK=256)
+    exp_lo, exp_hi = _expected_lookup(w.numpy().view(np.uint32))
+    assert np.array_equal(lo.numpy().view(np.uint32), exp_lo) and np.array_equal(hi.numpy().view(np.uint32), exp_hi)

@@ -103,7 +103,9 @@ def test_degenerate_blocks(name):
     wq = f.dequantize(f.quantize(w))
     assert torch.isfinite(wq).all()
     assert torch.equal(wq[0], torch.zeros(k))
-    tol = {"q4_k": 0.08, "q6_k": 0.02, "q5_0": 0.05, "q8_0": 0.01}.get(name, 0.07)
+    # iq4_xs: a one-signed block uses half its non-linear grid, whose steps near the ends are 18%
+    # of the range: 8.9% here, as llama.cpp
+    tol = {"q4_k": 0.08, "q6_k": 0.02, "q5_0": 0.05, "q8_0": 0.01, "iq4_xs": 0.09}.get(name, 0.07)
     err = (wq - w).abs().amax(-1) / w.abs().amax(-1).clamp(min=1e-30)
     assert (err[1:4] <= tol).all() and err[5] <= tol, err
 
