@@ -39,7 +39,7 @@ from inductor_fuse.kernels.testing import random_planes  # noqa: E402
 
 SHAPES = [  # name, N, K, formats
     ("qkv", 6144, 4096, ["q4_k"]),
-    ("gate_up", 28672, 4096, ["q4_k"]),
+    ("gate_up", 28672, 4096, ["q4_k", "q4_0", "iq4_xs"]),
     ("down", 4096, 14336, ["q4_k", "q6_k"]),
     ("lm_head", 128256, 4096, ["q6_k"]),
 ]
