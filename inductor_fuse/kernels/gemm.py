@@ -164,7 +164,9 @@ def dequantize_rows(planes, fmt: str, n0: int, n1: int, out: torch.Tensor) -> to
     N = planes[0].shape[0]
     K = out.shape[1]
     ps = list(planes) + [planes[0]] * (4 - len(planes))
-    BLOCK_N, BLOCK_K = (16, 64) if interpreting() else (32, 256 if K % 256 == 0 else 32)
+    BLOCK_N, BLOCK_K = (16, 64) if interpreting() else (32, 256)
+    if K % BLOCK_K:  # the grid covers K // BLOCK_K tiles: a tile must divide K (every K is a multiple of 32)
+        BLOCK_K = 32
     grid = (triton.cdiv(n1 - n0, BLOCK_N), K // BLOCK_K)
     _dequant_kernel[grid](
         ps[0],
