@@ -28,13 +28,13 @@ import triton.language as tl
 
 from .. import config
 
+# Whether Triton runs kernels on the CPU (TRITON_INTERPRET=1, Triton's own variable): read once,
+# as triton.jit reads it when it decorates a kernel (a later change would not take effect there).
+INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
 
 def interpreting() -> bool:
-    """Whether Triton runs kernels on the CPU (TRITON_INTERPRET=1, Triton's own variable)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-INTERPRETING = tl.constexpr(interpreting())  # read once, as triton.jit reads it when it decorates
+    return INTERPRETING.value
 
 
 @triton.jit
@@ -302,7 +302,7 @@ KERNELS: dict[str, KernelSpec] = {}  # fmt -> spec; filled by register_kernels, 
 
 
 def register_kernels(*specs: KernelSpec) -> tuple[KernelSpec, ...]:
-    """Add each format's KernelSpec to KERNELS (a kernel file's ``SPEC = register_kernels(KernelSpec(...))[0]``)."""
+    """Add each format's KernelSpec to KERNELS (a kernel file's ``(SPEC,) = register_kernels(KernelSpec(...))``)."""
     for spec in specs:
         if spec.fmt in KERNELS:
             raise ValueError(f"kernels for weight format {spec.fmt!r} are registered twice")

@@ -189,3 +189,13 @@ def split_nibbles(qs: Tensor) -> Tensor:
 def join_nibbles(q: Tensor) -> Tensor:
     """uint8 [..., 32] of 4-bit codes -> [..., 16]; the inverse of split_nibbles."""
     return q[..., :16] | (q[..., 16:] << 4)
+
+
+def unpack_int4(qs: Tensor) -> Tensor:
+    """uint8 [..., K/2] -> [..., K]: byte i holds element 2i in its low nibble, 2i+1 in its high."""
+    return torch.stack([qs & 0xF, qs >> 4], dim=-1).flatten(-2)
+
+
+def pack_int4(q: Tensor) -> Tensor:
+    """Integer [..., K] of 4-bit values -> [..., K/2] (same dtype); the inverse of unpack_int4."""
+    return q[..., 0::2] | (q[..., 1::2] << 4)

@@ -20,17 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import PlaneSpec, WeightFormat, register
-
-
-def unpack_int4(qs: Tensor) -> Tensor:
-    # qs: uint8 [..., K/2] -> uint8 [..., K]
-    return torch.stack([qs & 0xF, qs >> 4], dim=-1).flatten(-2)
-
-
-def pack_int4(q: Tensor) -> Tensor:
-    # q: uint8 [..., K] (values < 16) -> uint8 [..., K/2]
-    return q[..., 0::2] | (q[..., 1::2] << 4)
+from .base import PlaneSpec, WeightFormat, pack_int4, register, unpack_int4
 
 
 class Int4Format(WeightFormat):

@@ -27,7 +27,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import PlaneSpec, WeightFormat, register
+from .base import PlaneSpec, WeightFormat, join_nibbles, pack_int4, register, split_nibbles, unpack_int4
 
 QK_K = 256
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
@@ -35,27 +35,15 @@ GROUP_MAX_EPS = 1e-15  # ggml-quants.c: a sub-block with absmax below this gets 
 NTRY = 7  # quantize_iq4_xs passes ntry = 7 to quantize_row_iq4_nl_impl
 
 
-def _gguf_codes(qs: Tensor) -> Tensor:
-    # GGUF qs: uint8 [..., 16] -> codes uint8 [..., 32] in element order
-    return torch.cat([qs & 0xF, qs >> 4], dim=-1)
-
-
-def _gguf_pack(q: Tensor) -> Tensor:
-    # codes uint8 [..., 32] -> GGUF qs uint8 [..., 16]
-    return q[..., :16] | (q[..., 16:] << 4)
-
-
 def _kernel_pack(q: Tensor) -> Tensor:
     # codes uint8 [..., 32] (element e = 16h + 4t + j) -> kernel-order bytes uint8 [..., 16]:
     # nibble position p = 8t + 4h + j, byte p // 2, low nibble for even p
-    p = q.unflatten(-1, (2, 4, 4)).transpose(-3, -2).flatten(-3)  # [..., 32] by position
-    return p[..., 0::2] | (p[..., 1::2] << 4)
+    return pack_int4(q.unflatten(-1, (2, 4, 4)).transpose(-3, -2).flatten(-3))  # by position
 
 
 def _kernel_codes(qs: Tensor) -> Tensor:
     # kernel-order bytes uint8 [..., 16] -> codes uint8 [..., 32] in element order
-    p = torch.stack([qs & 0xF, qs >> 4], dim=-1).flatten(-2)  # [..., 32] by position
-    return p.unflatten(-1, (4, 2, 4)).transpose(-3, -2).flatten(-3)
+    return unpack_int4(qs).unflatten(-1, (4, 2, 4)).transpose(-3, -2).flatten(-3)
 
 
 def _best_index(v: Tensor, kv: Tensor) -> Tensor:
@@ -96,11 +84,11 @@ class IQ4XSFormat(WeightFormat):
         d = blocks[..., 0:2].contiguous().view(torch.float16)  # [N, nb, 1]
         sh = blocks[..., 2].to(torch.int32) | (blocks[..., 3].to(torch.int32) << 8)  # [N, nb]
         sl = blocks[..., 4:8]
-        lo = torch.stack([sl & 0xF, sl >> 4], dim=-1).flatten(-2).to(torch.int32)  # [N, nb, 8]
+        lo = unpack_int4(sl).to(torch.int32)  # [N, nb, 8]
         shifts = 2 * torch.arange(8, dtype=torch.int32, device=blocks.device)
         ls = lo | (((sh[..., None] >> shifts) & 3) << 4)
         sc = (ls - 32).to(torch.int8)
-        codes = _gguf_codes(blocks[..., 8:].unflatten(-1, (8, 16)))  # [N, nb, 8, 32]
+        codes = split_nibbles(blocks[..., 8:].unflatten(-1, (8, 16)))  # [N, nb, 8, 32]
         return _kernel_pack(codes).reshape(n, -1), sc.reshape(n, -1), d.reshape(n, -1)
 
     def _to_blocks(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
@@ -108,11 +96,11 @@ class IQ4XSFormat(WeightFormat):
         nb = k // QK_K
         ls = (sc.view(n, nb, 8).to(torch.int32) + 32) & 63
         lo = ls & 0xF
-        sl = (lo[..., 0::2] | (lo[..., 1::2] << 4)).to(torch.uint8)  # [N, nb, 4]
+        sl = pack_int4(lo).to(torch.uint8)  # [N, nb, 4]
         shifts = 2 * torch.arange(8, dtype=torch.int32, device=qs.device)
         sh = ((ls >> 4) << shifts).sum(-1)  # [N, nb], 16 bits
         sh = torch.stack([sh & 0xFF, sh >> 8], dim=-1).to(torch.uint8)
-        qs = _gguf_pack(_kernel_codes(qs.view(n, nb, 8, 16))).reshape(n, nb, QK_K // 2)
+        qs = join_nibbles(_kernel_codes(qs.view(n, nb, 8, 16))).reshape(n, nb, QK_K // 2)
         return torch.cat([d.view(n, nb, 1).view(torch.uint8), sh, sl, qs], dim=-1)
 
     def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:

@@ -2,26 +2,21 @@
 GEMM and the dequant kernel against float64 references; the IQ4_XS grid lookup's PTX (which only a
 GPU runs) simulated instruction by instruction against the grid."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
+import triton
+import triton.language as tl
 from numerics import rel_err
 
+from inductor_fuse.kernels import dispatch, iq4_xs
+from inductor_fuse.kernels._common import MatvecConfig, act_quant_reference, interpreting
+from inductor_fuse.kernels.gemm import dequantize_rows, qgemm
+from inductor_fuse.kernels.registry import KERNELS
 from inductor_fuse.quant.formats import FORMATS
 from inductor_fuse.quant.iq4_xs import KVALUES
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-pytestmark = pytest.mark.skipif(not INTERPRET, reason="CPU interpreter tests (TRITON_INTERPRET=1)")
-
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-from inductor_fuse.kernels import dispatch, iq4_xs  # noqa: E402
-from inductor_fuse.kernels._common import MatvecConfig, act_quant_reference  # noqa: E402
-from inductor_fuse.kernels.gemm import dequantize_rows, qgemm  # noqa: E402
-from inductor_fuse.kernels.registry import KERNELS  # noqa: E402
+pytestmark = pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
 
 NAMES = ["q4_0", "iq4_xs"]
 # N not a multiple of any block; K = 288 (9 blocks of 32) only for Q4_0 (IQ4_XS needs K % 256 == 0)
