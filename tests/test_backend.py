@@ -67,6 +67,8 @@ CACHE_SCRIPT = """
     for seed in SEEDS:
         torch.manual_seed(seed)
         model = TinyLlama(n_layers=2).eval()
+        # this test is about the FX graph cache: each model re-traces and meets the cache
+        # (the no-reset twin, through the identity guards, is in test_recompiles_and_caches.py)
         torch._dynamo.reset()
         with torch.no_grad():
             got = torch.compile(model, backend="inductor_fuse")(x)
