@@ -134,7 +134,7 @@ def bench_case(name, N, K, fmt, M, dev, results, with_baselines=True, seed=0):
     if M <= spec.matvec_max_m:  # the matvec kernel alone, activation quantized outside
         xa = act_quant(x, interleave=spec.interleave)
         dispatch.matvec(x, probe, None, fmt)  # tune
-        cfg = tuned_configs().get(("matvec", fmt, M, N, K), dispatch.default_matvec_config(spec, M, N, K))
+        cfg = tuned_configs().get(("matvec", fmt, M, N, K), spec.matvec_config(M, N, K))
         out = torch.empty((M, N), dtype=x.dtype, device=dev)
         views = [spec.plane_views(p) for p in copies]
         tk = time_graph([lambda v=v: launch_spec_matvec(spec, xa, v, M, N, K, cfg, x.dtype, out) for v in views])

@@ -10,8 +10,10 @@
 - `KernelSpec`: what one weight format's kernels are (each format file builds its SPEC; the
   registry, kernels/registry.py, collects them).
 - The W4A8 matvec every format shares: `launch_matvec` (host), `matvec_kernel`, generic over the
-  format's WEIGHT_CTX / LOAD / DOT functions, built of `matvec_prologue`, `matvec_units` (the K
-  loop), `add_to_row` and `matvec_epilogue` (device).
+  format's LOAD / DECODE / ROW_DOT functions, built of `matvec_prologue`, `matvec_units` (the K
+  loop), `matvec_step`, `add_to_row` and `matvec_epilogue` (device), and the helpers the format
+  functions read planes and x with (`unit_words`, `unit_scalars`, `x_words`, `x_scales`,
+  `group_dot`).
 - `loop_bound`: a runtime loop bound that Triton's interpreter also accepts.
 """
 
@@ -57,29 +59,22 @@ def loop_bound(x):
 # ---------------------------------------------------------------------------------------------
 
 
+_DP4A_S8: tl.constexpr = tl.constexpr("dp4a.s32.s32 $0, $1, $2, $3;")
+_DP4A_U8: tl.constexpr = tl.constexpr("dp4a.u32.s32 $0, $1, $2, $3;")
+
+
 @triton.jit
 def _dp4a(a, b, SIGNED_A: tl.constexpr, USE_ASM: tl.constexpr):
     # a, b: int32 tensors of one shape (4 packed bytes each) -> int32
     if USE_ASM:
-        zero = tl.zeros_like(a)
-        if SIGNED_A:
-            r = tl.inline_asm_elementwise(
-                "dp4a.s32.s32 $0, $1, $2, $3;",
-                "=r,r,r,r",
-                [a, b, zero],
-                dtype=tl.int32,
-                is_pure=True,
-                pack=1,
-            )
-        else:
-            r = tl.inline_asm_elementwise(
-                "dp4a.u32.s32 $0, $1, $2, $3;",
-                "=r,r,r,r",
-                [a, b, zero],
-                dtype=tl.int32,
-                is_pure=True,
-                pack=1,
-            )
+        r = tl.inline_asm_elementwise(
+            _DP4A_S8 if SIGNED_A else _DP4A_U8,
+            "=r,r,r,r",
+            [a, b, tl.zeros_like(a)],
+            dtype=tl.int32,
+            is_pure=True,
+            pack=1,
+        )
     else:
         r = tl.zeros_like(a)
         for i in tl.static_range(4):
@@ -275,27 +270,60 @@ def tuned_configs() -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def prefetch_when_batched(block_n: int, block_u: int, num_warps: int) -> Callable[[int, int, int], MatvecConfig]:
+    """A default_config policy measured for Q4_K on an H200 (benchmarks/results/kernels_h200_tuning.json):
+    one tile at every M, with the register prefetch once x has several rows."""
+    return lambda M, N, K: MatvecConfig(block_n=block_n, block_u=block_u, num_warps=num_warps, prefetch=M > 1)
+
+
+# The tuner's candidates for every format (config.settings.tune; the format's measured default is
+# tried first): (block_n, block_u, num_warps, prefetch). A unit is 16-32 bytes of weights per
+# thread; these cover 1-4 rows per program and 16-64 units per step.
+# fmt: off
+MATVEC_SEARCH = tuple(
+    MatvecConfig(block_n=n, block_u=u, num_warps=w, prefetch=p)
+    for n, u, w, p in (
+        (1, 16, 1, False), (1, 32, 1, False), (1, 32, 1, True), (1, 64, 2, True),
+        (2, 16, 1, False), (2, 16, 1, True), (2, 16, 2, False), (2, 32, 1, False), (2, 32, 1, True),
+        (2, 32, 2, False), (2, 32, 2, True), (2, 32, 4, False), (2, 64, 2, False), (2, 64, 4, False),
+        (2, 64, 4, True), (4, 16, 1, False), (4, 16, 2, True), (4, 16, 4, False), (4, 32, 2, False),
+        (4, 32, 4, False), (4, 32, 4, True),
+    )
+)
+# fmt: on
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """One weight format's kernels (each kernels/<fmt>.py builds its SPEC; registry.KERNELS
-    collects them by `fmt`)."""
+    collects them by `fmt`). The @triton.jit functions are described where matvec_kernel and
+    gemm.py call them; `p` is the tuple of the format's plane pointers (at most 4, unused ones
+    repeat the first)."""
 
     fmt: str  # the quant.FORMATS key, e.g. "q4_k"
-    # the format's three @triton.jit functions of the W4A8 matvec (matvec_kernel below):
-    weight_ctx: Any  # (p0, p1, p2, p3, rows_c, rs0, rs1, rs2, rs3, GROUP: constexpr) -> wctx
-    load_units: Any  # LOAD (wctx, u, umask) -> w
-    units_dot: Any  # DOT (w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM) -> accs
-    unit: int  # weights per matvec unit: the kernel runs K // unit units per row
-    plane_views: Callable  # planes -> the tensors the kernels read (e.g. uint8 viewed as int32)
-    # @triton.jit (p0, p1, p2, p3, rows, k0, K, GROUP: constexpr, BLOCK_N: constexpr, BLOCK_K: constexpr)
-    #   -> float32 [BLOCK_N, BLOCK_K // 32, 32], w[rows, k0 + 32 s + i]
+    unit: int  # weights per matvec unit: the matvec runs K // unit units per row
+    load_units: Any  # LOAD (wctx, u, umask) -> w; wctx as matvec_kernel builds it
+    decode: Any  # DECODE (w, u, USE_ASM) -> wd
+    row_dot: Any  # ROW_DOT (wd, u, umask, xa, m, K, USE_ASM) -> float32 [BLOCK_N, BLOCK_U]
+    # (p, rows, rows64, s, K, GROUP) -> float32 [BLOCK_N, S, 32]: w[rows, 32 s + i] for the 32-blocks s [S]
     dequant_tile: Any
-    matvec_configs: tuple  # MatvecConfig candidates; the first is the default
-    matvec_max_m: int  # M <= this: act_quant + matvec
-    fused_gemm_max_m: int  # M < this (and > matvec_max_m): fused Triton GEMM; else dequant + cuBLAS
+    plane_dtypes: tuple  # per plane, the dtype the kernels view it as (None: as stored)
+    # the matvec config for (M, N, K): a MatvecConfig, or a function (M, N, K) -> MatvecConfig
+    default_config: MatvecConfig | Callable[[int, int, int], MatvecConfig]
+    matvec_max_m: int = 8  # M <= this: act_quant + matvec
+    fused_gemm_max_m: int = 64  # M < this (and > matvec_max_m): fused Triton GEMM; else dequant + cuBLAS
     interleave: bool = False  # act_quant layout the matvec reads
     group: int = 0  # int4 group size (0: none)
-    default_config: Callable | None = None  # (M, N, K) -> MatvecConfig; None: matvec_configs[0]
+    matvec_configs: tuple = MATVEC_SEARCH  # what config.settings.tune tries after the default
+
+    def plane_views(self, planes: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The planes as the kernels read them (e.g. uint8 bytes viewed as int32 words)."""
+        return tuple(p if dt is None else p.view(dt) for p, dt in zip(planes, self.plane_dtypes, strict=True))
+
+    def matvec_config(self, M: int, N: int, K: int) -> MatvecConfig:
+        """The format's measured default matvec config for this shape."""
+        c = self.default_config
+        return c if isinstance(c, MatvecConfig) else c(M, N, K)
 
 
 KERNELS: dict[str, KernelSpec] = {}  # fmt -> spec; filled by register_kernels, read via kernels.registry
@@ -313,8 +341,8 @@ def register_kernels(*specs: KernelSpec) -> tuple[KernelSpec, ...]:
 # ---------------------------------------------------------------------------------------------
 # The matvec launcher shared by every format: matvec_kernel (below) with the format's functions
 #   matvec_kernel(xq, xd, xs32, xs16, p0, p1, p2, p3, bias, out, M, N, K, UNITS_PER_SPLIT,
-#                 rs0, rs1, rs2, rs3, WEIGHT_CTX, LOAD, DOT, UNIT, GROUP, HAS_BIAS, SPLIT, PREFETCH,
-#                 BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM)
+#                 rs0, rs1, rs2, rs3, LOAD, DECODE, ROW_DOT, UNIT, GROUP, HAS_BIAS,
+#                 SPLIT, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM)
 # rs_i: row stride of plane i (elements of its view), passed from the host so that Triton sees
 # their divisibility by 16 and emits 16-byte loads.
 # grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M), split); a "unit" is the format's natural K step.
@@ -348,46 +376,19 @@ def launch_matvec(
     ups = triton.cdiv(triton.cdiv(n_units, cfg.split_k), cfg.block_u) * cfg.block_u
     split = triton.cdiv(n_units, ups)
     grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, block_m), split)
-    use_asm = not interpreting()
     if split > 1:
         ws = torch.empty((split, M, N), dtype=torch.float32, device=dev)
         dst = ws
     else:
         dst = out
     compiled = matvec_kernel[grid](
-        xa.xq,
-        xa.xd,
-        xa.xs32,
-        xa.xs16,
-        ps[0],
-        ps[1],
-        ps[2],
-        ps[3],
-        bias if bias is not None else dst,
-        dst,
-        M,
-        N,
-        K,
-        ups,
-        ps[0].stride(0),
-        ps[1].stride(0),
-        ps[2].stride(0),
-        ps[3].stride(0),
-        WEIGHT_CTX=spec.weight_ctx,
-        LOAD=spec.load_units,
-        DOT=spec.units_dot,
-        UNIT=spec.unit,
-        GROUP=spec.group,
-        HAS_BIAS=bias is not None,
-        SPLIT=split > 1,
-        PREFETCH=cfg.prefetch,
-        BLOCK_M=block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_U=cfg.block_u,
-        USE_ASM=use_asm,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
+        xa.xq, xa.xd, xa.xs32, xa.xs16, *ps, bias if bias is not None else dst, dst, M, N, K, ups,
+        *(p.stride(0) for p in ps),
+        LOAD=spec.load_units, DECODE=spec.decode, ROW_DOT=spec.row_dot,
+        UNIT=spec.unit, GROUP=spec.group, HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=cfg.prefetch,
+        BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u, USE_ASM=not interpreting(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
     if config.settings.on_matvec_launch is not None:
         config.settings.on_matvec_launch(compiled)
     if split > 1:
@@ -398,23 +399,90 @@ def launch_matvec(
 # ---------------------------------------------------------------------------------------------
 # The matvec. matvec_kernel is
 #     pid_m, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, BLOCK_N)
-#     wctx = WEIGHT_CTX(p0, p1, p2, p3, rows_c, rs0, rs1, rs2, rs3, GROUP)
-#     accs = matvec_units(LOAD, DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, ...)
+#     wctx = (p0, p1, p2, p3, row offsets r0..r3 of the planes, rows_c, GROUP)
+#     accs = matvec_units(LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, ...)
 #     matvec_epilogue(accs, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, ...)
-# with the format's three @triton.jit functions (constexpr arguments: KernelSpec.weight_ctx,
-# load_units, units_dot; UNIT is KernelSpec.unit)
-#     WEIGHT_CTX(...) -> wctx              the format's loop invariants (plane pointers, row
-#                                          offsets, strides, the word index within a unit), built
-#                                          once before the K loop, the order the kernels were tuned
-#                                          with (a constexpr in wctx is returned as a constant)
-#     LOAD(wctx, u, umask) -> w            the weights of units u [BLOCK_U] as DOT takes them (a
-#                                          tuple: loaded, decoded where that is cheap)
-#     DOT(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM) -> accs
-#                                          w's contribution to the rows of x added to accs;
-#                                          xa = (xq_ptr, xd_ptr, xs32_ptr, xs16_ptr)
+# with the format's three @triton.jit functions (constexpr arguments: KernelSpec.load_units,
+# decode, row_dot; UNIT is KernelSpec.unit)
+#     LOAD(wctx, u, umask) -> w                  the weights of units u [BLOCK_U] as loaded (a tuple)
+#     DECODE(w, u, USE_ASM) -> wd                what every row of x multiplies (nibbles split,
+#                                                scales combined): done once per step
+#     ROW_DOT(wd, u, umask, xa, m, K, USE_ASM) -> part
+#                                                float32 [BLOCK_N, BLOCK_U], the units' dot with row
+#                                                m of x; xa = (xq_ptr, xd_ptr, xs32_ptr, xs16_ptr)
 # accs: 8 float32 [BLOCK_N, BLOCK_U] accumulators, one per row of x (BLOCK_M <= 8 of them live),
 # summed over units only in the epilogue: no cross-thread reduction inside the K loop.
+# The format functions read their planes and x with unit_words / unit_scalars / x_words /
+# x_scales below.
 # ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def unit_words(ptr, row_off, first, E: tl.constexpr, umask):
+    """int32 [BLOCK_N, BLOCK_U, E]: words first[u] .. first[u] + E - 1 of each row of a plane
+    (row_off [BLOCK_N], first [BLOCK_U] in words): one vector load per thread and unit."""
+    e = tl.arange(0, E)
+    return tl.load(
+        ptr + row_off[:, None, None] + first[None, :, None] + e[None, None, :], mask=umask[None, :, None], other=0
+    )
+
+
+@triton.jit
+def unit_halves(ptr, row_off, u, umask):
+    """The 32 bytes of each 32-byte unit u of a plane as two int32 [BLOCK_N, BLOCK_U, 4] halves (words
+    0-3 and 4-7): two 16-byte loads of one layout, so one thread holds the whole unit."""
+    return unit_words(ptr, row_off, u * 8, 4, umask), unit_words(ptr, row_off, u * 8 + 4, 4, umask)
+
+
+@triton.jit
+def unit_scalars(ptr, row_off, idx, umask):
+    """[BLOCK_N, BLOCK_U]: element idx[u] of each row of a plane (row_off [BLOCK_N])."""
+    return tl.load(ptr + row_off[:, None] + idx[None, :], mask=umask[None, :], other=0)
+
+
+@triton.jit
+def x_words(xq_ptr, m, K, first, umask, like, OFF: tl.constexpr = 0):
+    """Row m of the quantized activation (int32 words of 4 int8): words first[u] + OFF .. + E - 1,
+    loaded in the shape of the weight words `like` [BLOCK_N, BLOCK_U, E] through broadcast
+    pointers: the same layout as the weights, so no shuffle. (A constant offset goes in OFF: added
+    to the pointer last, it folds into the load's immediate.)"""
+    e = tl.arange(0, like.shape[2])
+    xp = xq_ptr + tl.multiple_of(m * (K // 4), 8) + first[:, None] + OFF + e[None, :]
+    return tl.load(
+        tl.broadcast_to(xp[None, :, :], like.shape), mask=tl.broadcast_to(umask[None, :, None], like.shape), other=0
+    )
+
+
+@triton.jit
+def group_dot(a, b, xq_ptr, m, K, first, umask, SIGNED: tl.constexpr, USE_ASM: tl.constexpr, OFF: tl.constexpr = 0):
+    """int32 [BLOCK_N, BLOCK_U]: the integer dot of 32 weights with one 32-group of row m of x, the
+    group at words first[u] + OFF (8 words): a [BLOCK_N, BLOCK_U, 4] meets words 0-3, b words 4-7
+    (4 packed weight bytes per int32 word, unsigned or SIGNED)."""
+    xa = x_words(xq_ptr, m, K, first, umask, a, OFF)
+    xb = x_words(xq_ptr, m, K, first, umask, a, OFF + 4)
+    return tl.sum(_dp4a(a, xa, SIGNED, USE_ASM) + _dp4a(b, xb, SIGNED, USE_ASM), axis=2)
+
+
+@triton.jit
+def block32_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
+    """ROW_DOT of the formats whose unit is one block of 32 weights w = d * (q - z), q unsigned
+    bytes: wd = (lo, hi, d, z), lo meeting words 0-3 of the block's x group, hi words 4-7, d float32
+    [BLOCK_N, BLOCK_U], z a float32 tensor of d's shape or a constant. With xs32 = xd * sum(xq):
+        part = d * (xd * sum(q * xq) - z * xs32)
+    Q4_0 (z = 8), Q5_0 (z = 16), int4_g* (d = scale, z = zero)."""
+    lo, hi, d, z = wd
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
+    s = group_dot(lo, hi, xq_ptr, m, K, u * 8, umask, False, USE_ASM)
+    xd = x_scales(xd_ptr, m, K // 32, u, umask)
+    xs = x_scales(xs32_ptr, m, K // 32, u, umask)
+    return d * (xd[None, :] * s.to(tl.float32) - z * xs[None, :])
+
+
+@triton.jit
+def x_scales(ptr, m, n_groups, g, umask, OFF: tl.constexpr = 0):
+    """float32 [BLOCK_U]: groups g [BLOCK_U] + OFF of row m of a per-group activation plane
+    (xd, xs32: n_groups = K // 32; xs16: K // 16)."""
+    return tl.load(ptr + (m * n_groups + g) + OFF, mask=umask, other=0.0)
 
 
 @triton.jit
@@ -433,9 +501,33 @@ def matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT: tl.constexpr, BLOCK_N: tl.const
 
 
 @triton.jit
+def matvec_step(
+    DECODE: tl.constexpr,
+    ROW_DOT: tl.constexpr,
+    w,
+    u,
+    umask,
+    xa,
+    pid_m,
+    M,
+    K,
+    accs,
+    BLOCK_M: tl.constexpr,
+    USE_ASM: tl.constexpr,
+):
+    """accs plus the units u's contribution for each row of x: decoded once, dotted per row."""
+    wd = DECODE(w, u, USE_ASM)
+    for mi in tl.static_range(BLOCK_M):
+        m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
+        accs = add_to_row(accs, ROW_DOT(wd, u, umask, xa, m, K, USE_ASM), mi)
+    return accs
+
+
+@triton.jit
 def matvec_units(
     LOAD: tl.constexpr,
-    DOT: tl.constexpr,
+    DECODE: tl.constexpr,
+    ROW_DOT: tl.constexpr,
     wctx,
     xa,
     pid_m,
@@ -452,16 +544,8 @@ def matvec_units(
     """The K loop over units [u_lo, u_hi), BLOCK_U at a time -> accs. With PREFETCH the weight
     loads are double-buffered in registers: the next units' loads fly while these compute."""
     ub = tl.arange(0, BLOCK_U)
-    accs = (
-        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
-        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
-        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
-        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
-        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
-        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
-        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
-        tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32),
-    )
+    zero = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
+    accs = (zero, zero, zero, zero, zero, zero, zero, zero)
     if PREFETCH:
         u = u_lo + ub
         umask = u < u_hi
@@ -470,38 +554,21 @@ def matvec_units(
             un = u0 + BLOCK_U + ub
             unmask = un < u_hi
             w_n = LOAD(wctx, un, unmask)
-            accs = DOT(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM)
+            accs = matvec_step(DECODE, ROW_DOT, w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM)
             w, u, umask = w_n, un, unmask
     else:
         for u0 in range(loop_bound(u_lo), loop_bound(u_hi), BLOCK_U):
             u = u0 + ub
             umask = u < u_hi
             w = LOAD(wctx, u, umask)
-            accs = DOT(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM)
+            accs = matvec_step(DECODE, ROW_DOT, w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM)
     return accs
 
 
 @triton.jit
 def add_to_row(accs, part, MI: tl.constexpr):
     """accs with `part` added to accumulator MI (the row of x; chosen at compile time)."""
-    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = accs
-    if MI == 0:
-        acc0 += part
-    if MI == 1:
-        acc1 += part
-    if MI == 2:
-        acc2 += part
-    if MI == 3:
-        acc3 += part
-    if MI == 4:
-        acc4 += part
-    if MI == 5:
-        acc5 += part
-    if MI == 6:
-        acc6 += part
-    if MI == 7:
-        acc7 += part
-    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+    return accs[:MI] + (accs[MI] + part,) + accs[MI + 1 :]
 
 
 @triton.jit
@@ -521,20 +588,10 @@ def matvec_epilogue(
 ):
     """Sums each accumulator over its units (accs[i]: row m = pid_m * BLOCK_M + i) and stores the
     [BLOCK_M, BLOCK_N] tile: float32 partials at split pid_k when SPLIT, else (+ bias) cast to out."""
-    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = accs
     mrow = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc = tl.where(mrow[:, None] == 0, tl.sum(acc0, axis=1)[None, :], acc)
-    if BLOCK_M > 1:
-        acc = tl.where(mrow[:, None] == 1, tl.sum(acc1, axis=1)[None, :], acc)
-    if BLOCK_M > 2:
-        acc = tl.where(mrow[:, None] == 2, tl.sum(acc2, axis=1)[None, :], acc)
-        acc = tl.where(mrow[:, None] == 3, tl.sum(acc3, axis=1)[None, :], acc)
-    if BLOCK_M > 4:
-        acc = tl.where(mrow[:, None] == 4, tl.sum(acc4, axis=1)[None, :], acc)
-        acc = tl.where(mrow[:, None] == 5, tl.sum(acc5, axis=1)[None, :], acc)
-        acc = tl.where(mrow[:, None] == 6, tl.sum(acc6, axis=1)[None, :], acc)
-        acc = tl.where(mrow[:, None] == 7, tl.sum(acc7, axis=1)[None, :], acc)
+    for i in tl.static_range(BLOCK_M):
+        acc = tl.where(mrow[:, None] == i, tl.sum(accs[i], axis=1)[None, :], acc)
     mrow = pid_m * BLOCK_M + mrow
     mask = (mrow[:, None] < M) & (rows[None, :] < N)
     if SPLIT:
@@ -548,39 +605,22 @@ def matvec_epilogue(
 
 @triton.jit
 def matvec_kernel(
-    xq_ptr,
-    xd_ptr,
-    xs32_ptr,
-    xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]; xs16 f32 [M, K/16]
-    p0,
-    p1,
-    p2,
-    p3,  # the format's plane views (KernelSpec.plane_views; unused ones repeat p0)
-    bias_ptr,
-    out_ptr,  # bias [N]; out [M, N] (or f32 [split, M, N] when SPLIT)
-    M,
-    N,
-    K,
-    UNITS_PER_SPLIT,
-    rs0,
-    rs1,
-    rs2,
-    rs3,  # rs_i: row strides of the planes
-    WEIGHT_CTX: tl.constexpr,
-    LOAD: tl.constexpr,
-    DOT: tl.constexpr,
-    UNIT: tl.constexpr,
-    GROUP: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SPLIT: tl.constexpr,
-    PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_U: tl.constexpr,
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,  # xq int32 [M, K/4]; xd, xs32 f32 [M, K/32]; xs16 f32 [M, K/16]
+    p0, p1, p2, p3,  # the format's plane views (KernelSpec.plane_views; unused ones repeat p0)
+    bias_ptr, out_ptr,  # bias [N]; out [M, N] (or f32 [split, M, N] when SPLIT)
+    M, N, K, UNITS_PER_SPLIT,
+    rs0, rs1, rs2, rs3,  # rs_i: row strides of the planes
+    LOAD: tl.constexpr, DECODE: tl.constexpr, ROW_DOT: tl.constexpr,
+    UNIT: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr,
     USE_ASM: tl.constexpr,
-):
+):  # fmt: skip
     pid_m, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, BLOCK_N)
-    wctx = WEIGHT_CTX(p0, p1, p2, p3, rows_c, rs0, rs1, rs2, rs3, GROUP)
+    # the loop invariants LOAD reads: plane pointers, the rows' offsets in each plane (int64 in
+    # the bulk plane 0: a large weight's byte offsets pass 2**31), the rows, the int4 group
+    wctx = (p0, p1, p2, p3, rows_c.to(tl.int64) * rs0, rows_c * rs1, rows_c * rs2, rows_c * rs3, rows_c, GROUP)
     xa = (xq_ptr, xd_ptr, xs32_ptr, xs16_ptr)
-    accs = matvec_units(LOAD, DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM)
+    accs = matvec_units(
+        LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM
+    )
     matvec_epilogue(accs, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, HAS_BIAS, SPLIT, BLOCK_M, BLOCK_N)

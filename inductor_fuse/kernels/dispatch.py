@@ -18,23 +18,17 @@ from __future__ import annotations
 import torch
 
 from .. import config as knobs  # (the `config` arguments here are kernel configs)
-from ._common import KernelSpec, MatvecConfig, act_quant, interpreting, launch_matvec, pick_config
+from ._common import MatvecConfig, act_quant, interpreting, launch_matvec, pick_config
 from .gemm import dequant_mm, qgemm
 from .registry import kernel_spec
 
 
-def default_matvec_config(spec: KernelSpec, M: int, N: int, K: int) -> MatvecConfig:
-    """The format's measured default for this shape. Runtime tuning of the matvec is opt-in
+def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None = None) -> torch.Tensor:
+    """x [M, K] -> [M, N] through act_quant + the format's W4A8 matvec. Without `config`: the
+    format's measured default (KernelSpec.matvec_config); runtime tuning is opt-in
     (config.settings.tune): triton's do_bench times one launch at a time and, for kernels of a few
     microseconds, ranked the configs differently from a CUDA-graph measurement (qkv: picked 9.5 us
     over 6.2 us)."""
-    if spec.default_config is None:
-        return spec.matvec_configs[0]
-    return spec.default_config(M, N, K)
-
-
-def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None = None) -> torch.Tensor:
-    """x [M, K] -> [M, N] through act_quant + the format's W4A8 matvec (tuned config unless given)."""
     spec = kernel_spec(fmt)
     M, K = x.shape
     N = planes[0].shape[0]
@@ -48,7 +42,7 @@ def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None 
         config = MatvecConfig(block_n=16, block_u=8, prefetch=True)
     if config is None:
         out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-        cands = [default_matvec_config(spec, M, N, K), *spec.matvec_configs]
+        cands = [spec.matvec_config(M, N, K), *spec.matvec_configs]
         config = pick_config(("matvec", fmt, M, N, K), cands, lambda c: launch(c, out), tune=False)
         return launch(config, out)
     return launch(config)

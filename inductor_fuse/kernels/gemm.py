@@ -2,7 +2,7 @@
 
 1. `qgemm`: fused GEMM. Each program dequantizes a [BLOCK_N, BLOCK_K] weight tile in registers
    (the format's `KernelSpec.dequant_tile`, passed to the kernels as a constexpr) and feeds it to
-   `tl.dot` with the activation tile (float32 accumulate; bf16/fp16 dots, tf32 for fp32 x).
+   `tl.dot` with the activation tile (float32 accumulate; bf16/fp16 dots, full fp32 for fp32 x).
        out[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]),  w = dequant(planes) tile by tile
 2. `dequant_mm`: dequantize a chunk of rows into a reusable x.dtype scratch (`_dequant_kernel`,
    one pass over the quantized bytes), then cuBLAS writes out[:, chunk] directly (ldc = N).
@@ -41,7 +41,7 @@ def _dequant_kernel(
     rows = n0 + tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_c = tl.minimum(rows, n1 - 1)
     k0 = tl.program_id(1) * BLOCK_K
-    w = DEQUANT_TILE(p0, p1, p2, p3, rows_c, k0, K, GROUP, BLOCK_N, BLOCK_K)
+    w = DEQUANT_TILE((p0, p1, p2, p3), rows_c, rows_c.to(tl.int64), k0 // 32 + tl.arange(0, BLOCK_K // 32), K, GROUP)
     s = tl.arange(0, BLOCK_K // 32)
     i = tl.arange(0, 32)
     offs = ((rows - n0).to(tl.int64) * K)[:, None, None] + (k0 + s * 32)[None, :, None] + i[None, None, :]
@@ -87,9 +87,12 @@ def _qgemm_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, loop_bound(K), BLOCK_K):
         x = tl.load(x_ptr + rm[:, None] * K + (k0 + offs_k)[None, :])  # [BM, BK]
-        w = tl.reshape(DEQUANT_TILE(p0, p1, p2, p3, rn, k0, K, GROUP, BLOCK_N, BLOCK_K), (BLOCK_N, BLOCK_K))
+        s = k0 // 32 + tl.arange(0, BLOCK_K // 32)  # the tile's 32-blocks
+        w = tl.reshape(DEQUANT_TILE((p0, p1, p2, p3), rn, rn.to(tl.int64), s, K, GROUP), (BLOCK_N, BLOCK_K))
         if DOT_F32:  # the interpreter's bf16 dot is wrong (triton 3.6/3.9): do it in float32 there
             acc = tl.dot(x.to(tl.float32), tl.trans(w), acc)
+        elif x.dtype == tl.float32:  # full fp32 products, not tf32 (10-bit mantissa: ~1e-3 relative error)
+            acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
         else:
             acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
     if HAS_BIAS:

@@ -16,7 +16,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelSpec, MatvecConfig, _dp4a, add_to_row, register_kernels
+from ._common import (
+    KernelSpec,
+    group_dot,
+    prefetch_when_batched,
+    register_kernels,
+    unit_halves,
+    unit_scalars,
+    x_scales,
+)
 
 UNIT = tl.constexpr(64)  # weights per matvec unit
 
@@ -114,66 +122,36 @@ def _iq4nl_lookup(w, t0, t1, t2, t3, USE_ASM: tl.constexpr):
 def _iq4xs_load_units(wctx, u, umask):
     # -> wa, wb int32 [BN, BU, 4] (sub-blocks 2u, 2u + 1); scw int16 [BN, BU] (sc_a | sc_b << 8);
     #    d f16 [BN, BU]; z int32 [BN, 1, 1] zeros
-    qs_ptr, sc_ptr, d_ptr, w_row, rows_c, rs1, rs2 = wctx
-    e = tl.arange(0, 4)
-    wp = qs_ptr + w_row[:, None, None] + u[None, :, None] * 8 + e[None, None, :]
-    wa = tl.load(wp, mask=umask[None, :, None], other=0)
-    wb = tl.load(wp + 4, mask=umask[None, :, None], other=0)
-    scw = tl.load(sc_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0)
-    d = tl.load(d_ptr + rows_c[:, None] * rs2 + (u // 4)[None, :], mask=umask[None, :], other=0.0)
+    qs_ptr, sc_ptr, d_ptr, _, qs_row, sc_row, d_row, _, rows_c, _ = wctx
+    wa, wb = unit_halves(qs_ptr, qs_row, u, umask)
+    scw = unit_scalars(sc_ptr, sc_row, u, umask)
+    d = unit_scalars(d_ptr, d_row, u // 4, umask)
     z = (rows_c >> 31)[:, None, None]  # zeros (rows_c >= 0), per thread and opaque: see _iq4nl_lookup
     return wa, wb, scw, d, z
 
 
 @triton.jit
-def _iq4xs_units_dot(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
-    # adds the units' contributions to accs (row m = pid_m * BLOCK_M + i to accs[i])
+def _iq4xs_decode(w, u, USE_ASM: tl.constexpr):
+    # -> the grid values (int8 x 4 words) of both sub-blocks' low and high codes; d * sc of each
     wa, wb, scw, d, z = w
-    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
-    e = tl.arange(0, 4)
     z = tl.broadcast_to(z, wa.shape)
     t0, t1, t2, t3 = z ^ _KV_W0, z ^ _KV_W1, z ^ _KV_W2, z ^ _KV_W3
     ga_lo, ga_hi = _iq4nl_lookup(wa, t0, t1, t2, t3, USE_ASM)
     gb_lo, gb_hi = _iq4nl_lookup(wb, t0, t1, t2, t3, USE_ASM)
     scw = scw.to(tl.int32)  # sign-extends sc_b
     d = d.to(tl.float32)
-    dsc_a = d * ((scw << 24) >> 24).to(tl.float32)
-    dsc_b = d * (scw >> 8).to(tl.float32)
-    for mi in tl.static_range(BLOCK_M):
-        m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
-        xrow = tl.multiple_of(m * (K // 4), 8)
-        # x words loaded in the weight tile's shape (broadcast pointers): same layout, no shuffle
-        xp = tl.broadcast_to((xq_ptr + xrow + u[:, None] * 16 + e[None, :])[None, :, :], wa.shape)
-        xmask = tl.broadcast_to(umask[None, :, None], wa.shape)
-        x_a_lo = tl.load(xp, mask=xmask, other=0)
-        x_a_hi = tl.load(xp + 4, mask=xmask, other=0)
-        x_b_lo = tl.load(xp + 8, mask=xmask, other=0)
-        x_b_hi = tl.load(xp + 12, mask=xmask, other=0)
-        s_a = tl.sum(_dp4a(ga_lo, x_a_lo, True, USE_ASM) + _dp4a(ga_hi, x_a_hi, True, USE_ASM), axis=2)
-        s_b = tl.sum(_dp4a(gb_lo, x_b_lo, True, USE_ASM) + _dp4a(gb_hi, x_b_hi, True, USE_ASM), axis=2)
-        g = m * (K // 32) + 2 * u
-        xd_a = tl.load(xd_ptr + g, mask=umask, other=0.0)
-        xd_b = tl.load(xd_ptr + g + 1, mask=umask, other=0.0)
-        part = dsc_a * (xd_a[None, :] * s_a.to(tl.float32)) + dsc_b * (xd_b[None, :] * s_b.to(tl.float32))
-        accs = add_to_row(accs, part, mi)
-    return accs
+    return ga_lo, ga_hi, gb_lo, gb_hi, d * ((scw << 24) >> 24).to(tl.float32), d * (scw >> 8).to(tl.float32)
 
 
 @triton.jit
-def _iq4xs_weight_ctx(
-    qs_ptr,
-    sc_ptr,
-    d_ptr,
-    unused_ptr,  # qs int32 [N, K/8]; sc int16 [N, K/64]; d f16 [N, K/256]
-    rows_c,
-    rs0,
-    rs1,
-    rs2,
-    rs3,
-    GROUP: tl.constexpr,
-):
-    # -> wctx, the loop invariants of _iq4xs_load_units (matvec_kernel builds it once, before the K loop)
-    return (qs_ptr, sc_ptr, d_ptr, rows_c.to(tl.int64) * rs0, rows_c, rs1, rs2)
+def _iq4xs_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
+    ga_lo, ga_hi, gb_lo, gb_hi, dsc_a, dsc_b = wd
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
+    s_a = group_dot(ga_lo, ga_hi, xq_ptr, m, K, u * 16, umask, True, USE_ASM)
+    s_b = group_dot(gb_lo, gb_hi, xq_ptr, m, K, u * 16, umask, True, USE_ASM, 8)
+    xd_a = x_scales(xd_ptr, m, K // 32, 2 * u, umask)
+    xd_b = x_scales(xd_ptr, m, K // 32, 2 * u, umask, 1)
+    return dsc_a * (xd_a[None, :] * s_a.to(tl.float32)) + dsc_b * (xd_b[None, :] * s_b.to(tl.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,13 +163,9 @@ def _iq4xs_weight_ctx(
 
 
 @triton.jit
-def _iq4xs_dequant_tile(
-    qs_ptr, sc_ptr, d_ptr, unused_ptr, rows, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    S: tl.constexpr = BLOCK_K // 32
-    s = k0 // 32 + tl.arange(0, S)
+def _iq4xs_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
+    qs_ptr, sc_ptr, d_ptr = p[0], p[1], p[2]
     i = tl.arange(0, 32)
-    rows64 = rows.to(tl.int64)
     j = i % 4
     byte = (s * 16)[:, None] + (4 * ((i % 16) // 4) + 2 * (i // 16) + j // 2)[None, :]  # [S, 32]
     qs_u8 = qs_ptr.to(tl.pointer_type(tl.uint8))
@@ -211,41 +185,8 @@ def _iq4xs_dequant_tile(
 # Spec
 # ---------------------------------------------------------------------------------------------
 
-MATVEC_CONFIGS = (  # the first is the default (interpreter, capture); a unit is 32 bytes of qs
-    MatvecConfig(block_n=2, block_u=16, num_warps=1),
-    MatvecConfig(block_n=2, block_u=32, num_warps=1),
-    MatvecConfig(block_n=4, block_u=16, num_warps=1),
-    MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=True),
-    MatvecConfig(block_n=4, block_u=32, num_warps=2),
-    MatvecConfig(block_n=2, block_u=32, num_warps=2),
-    MatvecConfig(block_n=1, block_u=32, num_warps=1),
-    MatvecConfig(block_n=4, block_u=16, num_warps=2, prefetch=True),
-)
-
-
-def default_config(M: int, N: int, K: int) -> MatvecConfig:
-    """Not measured yet: Q4_K's measured default (same unit, same 32-byte loads per thread):
-    prefetch once x has several rows."""
-    return MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=M > 1)
-
-
-def plane_views(planes):
-    qs, sc, d = planes
-    return (qs.view(torch.int32), sc.view(torch.int16), d)
-
-
+# The matvec default: not measured yet; Q4_K's (same unit, same 32-byte loads per thread).
 (SPEC,) = register_kernels(
-    KernelSpec(
-        fmt="iq4_xs",
-        weight_ctx=_iq4xs_weight_ctx,
-        load_units=_iq4xs_load_units,
-        units_dot=_iq4xs_units_dot,
-        unit=UNIT.value,
-        plane_views=plane_views,
-        dequant_tile=_iq4xs_dequant_tile,
-        matvec_configs=MATVEC_CONFIGS,
-        matvec_max_m=8,
-        fused_gemm_max_m=64,
-        default_config=default_config,
-    )
-)
+    KernelSpec("iq4_xs", UNIT.value, _iq4xs_load_units, _iq4xs_decode, _iq4xs_row_dot, _iq4xs_dequant_tile,
+               plane_dtypes=(torch.int32, torch.int16, None), default_config=prefetch_when_batched(2, 16, num_warps=1))
+)  # fmt: skip

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelSpec, MatvecConfig, _dp4a, add_to_row, register_kernels
+from ._common import KernelSpec, block32_row_dot, prefetch_when_batched, register_kernels, unit_scalars, unit_words
 
 UNIT = tl.constexpr(32)  # weights per matvec unit
 
@@ -28,81 +28,20 @@ UNIT = tl.constexpr(32)  # weights per matvec unit
 @triton.jit
 def _q4_0_load_units(wctx, u, umask):
     # -> w int32 [BN, BU, 4] (the units' 16 bytes); d f16 [BN, BU]
-    qs_ptr, d_ptr, w_row, rows_c, rs1 = wctx
-    e = tl.arange(0, 4)
-    w = tl.load(
-        qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :], mask=umask[None, :, None], other=0
-    )
-    d = tl.load(d_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0.0)
-    return w, d
+    qs_ptr, d_ptr, _, _, qs_row, d_row, _, _, _, _ = wctx
+    return unit_words(qs_ptr, qs_row, u * 4, 4, umask), unit_scalars(d_ptr, d_row, u, umask)
 
 
 @triton.jit
-def _q4_0_units_dot(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
-    # adds the units' contributions to accs (row m = pid_m * BLOCK_M + i to accs[i])
-    w, d = w
-    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
-    e = tl.arange(0, 4)
-    q_lo = w & 0x0F0F0F0F
-    q_hi = (w >> 4) & 0x0F0F0F0F
-    d = d.to(tl.float32)
-    for mi in tl.static_range(BLOCK_M):
-        m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
-        xrow = tl.multiple_of(m * (K // 4), 8)
-        # x words loaded in the weight tile's shape (broadcast pointers): same layout, no shuffle
-        xp = tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + e[None, :])[None, :, :], w.shape)
-        xmask = tl.broadcast_to(umask[None, :, None], w.shape)
-        x_lo = tl.load(xp, mask=xmask, other=0)
-        x_hi = tl.load(xp + 4, mask=xmask, other=0)
-        s = tl.sum(_dp4a(q_lo, x_lo, False, USE_ASM) + _dp4a(q_hi, x_hi, False, USE_ASM), axis=2)
-        xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
-        xs = tl.load(xs32_ptr + m * (K // 32) + u, mask=umask, other=0.0)
-        part = d * (xd[None, :] * s.to(tl.float32) - 8.0 * xs[None, :])
-        accs = add_to_row(accs, part, mi)
-    return accs
+def _q4_0_decode(w, u, USE_ASM: tl.constexpr):
+    qs, d = w
+    return qs & 0x0F0F0F0F, (qs >> 4) & 0x0F0F0F0F, d.to(tl.float32), 8.0
 
 
 @triton.jit
-def _q4_0_weight_ctx(
-    qs_ptr,
-    d_ptr,
-    unused0_ptr,
-    unused1_ptr,  # qs int32 [N, K/8]; d f16 [N, K/32]
-    rows_c,
-    rs0,
-    rs1,
-    rs2,
-    rs3,
-    GROUP: tl.constexpr,
-):
-    # -> wctx, the loop invariants of _q4_0_load_units (matvec_kernel builds it once, before the K loop)
-    return (qs_ptr, d_ptr, rows_c.to(tl.int64) * rs0, rows_c, rs1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Weight tile for the GEMM / dequant kernel, float32 [BN, BK/32, 32]: block s = k // 32,
-# i = k % 32: nibble i // 16 of qs byte 16s + i % 16. The planes as stored (qs uint8; the pointer
-# is cast, so an int32 view of qs reads the same bytes).
-# ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _q4_0_dequant_tile(
-    qs_ptr,
-    d_ptr,
-    unused0_ptr,
-    unused1_ptr,
-    rows,
-    k0,
-    K,
-    GROUP: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    S: tl.constexpr = BLOCK_K // 32
-    s = k0 // 32 + tl.arange(0, S)
+def _q4_0_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
+    qs_ptr, d_ptr = p[0], p[1]
     i = tl.arange(0, 32)
-    rows64 = rows.to(tl.int64)
     qsb = (s * 16)[:, None] + (i % 16)[None, :]  # [S, 32]
     qs_u8 = qs_ptr.to(tl.pointer_type(tl.uint8))
     b = tl.load(qs_u8 + tl.multiple_of(rows64 * (K // 2), 16)[:, None, None] + qsb[None, :, :]).to(tl.int32)
@@ -115,41 +54,8 @@ def _q4_0_dequant_tile(
 # Spec
 # ---------------------------------------------------------------------------------------------
 
-MATVEC_CONFIGS = (  # the first is the default (interpreter, capture); a unit is 16 bytes of qs
-    MatvecConfig(block_n=2, block_u=32, num_warps=1),
-    MatvecConfig(block_n=2, block_u=16, num_warps=1),
-    MatvecConfig(block_n=4, block_u=16, num_warps=1),
-    MatvecConfig(block_n=2, block_u=32, num_warps=1, prefetch=True),
-    MatvecConfig(block_n=2, block_u=64, num_warps=2),
-    MatvecConfig(block_n=4, block_u=32, num_warps=2),
-    MatvecConfig(block_n=1, block_u=32, num_warps=1),
-    MatvecConfig(block_n=2, block_u=32, num_warps=2),
-)
-
-
-def default_config(M: int, N: int, K: int) -> MatvecConfig:
-    """Not measured yet: Q4_K's measured policy (prefetch once x has several rows) on this kernel's
-    default tile (same bytes per program and step as Q4_K's default)."""
-    return MatvecConfig(block_n=2, block_u=32, num_warps=1, prefetch=M > 1)
-
-
-def plane_views(planes):
-    qs, d = planes
-    return (qs.view(torch.int32), d)
-
-
+# The matvec default: not measured yet; Q4_K's policy on this kernel's tile of the same bytes per step.
 (SPEC,) = register_kernels(
-    KernelSpec(
-        fmt="q4_0",
-        weight_ctx=_q4_0_weight_ctx,
-        load_units=_q4_0_load_units,
-        units_dot=_q4_0_units_dot,
-        unit=UNIT.value,
-        plane_views=plane_views,
-        dequant_tile=_q4_0_dequant_tile,
-        matvec_configs=MATVEC_CONFIGS,
-        matvec_max_m=8,
-        fused_gemm_max_m=64,
-        default_config=default_config,
-    )
-)
+    KernelSpec("q4_0", UNIT.value, _q4_0_load_units, _q4_0_decode, block32_row_dot, _q4_0_dequant_tile,
+               plane_dtypes=(torch.int32, None), default_config=prefetch_when_batched(2, 32, num_warps=1))
+)  # fmt: skip

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelSpec, MatvecConfig, _dp4a, add_to_row, register_kernels
+from ._common import KernelSpec, group_dot, prefetch_when_batched, register_kernels, unit_halves, unit_scalars, x_scales
 
 UNIT = tl.constexpr(64)  # weights per matvec unit
 
@@ -37,74 +37,48 @@ def _q4k_load_units(wctx, u, umask):
     # -> wa, wb int32 [BN, BU, 4]: the two 16-byte halves of each unit (same layout, so one thread
     #    holds a whole unit: no shuffle for the sub-block sums and the unit's scale math done once);
     #    smw int32 [BN, BU] (sc_lo, m_lo, sc_hi, m_hi); d, dmin f16 [BN, BU]
-    qs_ptr, sm_ptr, dm_ptr, w_row, rows_c, rs1, rs2, e = wctx
-    wp = qs_ptr + w_row[:, None, None] + u[None, :, None] * 8 + e[None, None, :]
-    wa = tl.load(wp, mask=umask[None, :, None], other=0)
-    wb = tl.load(wp + 4, mask=umask[None, :, None], other=0)
-    smw = tl.load(sm_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0)
-    d = tl.load(dm_ptr + rows_c[:, None] * rs2 + (u // 4)[None, :] * 2, mask=umask[None, :], other=0.0)
-    dmin = tl.load(dm_ptr + rows_c[:, None] * rs2 + (u // 4)[None, :] * 2 + 1, mask=umask[None, :], other=0.0)
+    qs_ptr, sm_ptr, dm_ptr, _, qs_row, sm_row, dm_row, _, _, _ = wctx
+    wa, wb = unit_halves(qs_ptr, qs_row, u, umask)
+    smw = unit_scalars(sm_ptr, sm_row, u, umask)
+    d = unit_scalars(dm_ptr, dm_row, (u // 4) * 2, umask)
+    dmin = unit_scalars(dm_ptr, dm_row, (u // 4) * 2 + 1, umask)
     return wa, wb, smw, d, dmin
 
 
 @triton.jit
-def _q4k_units_dot(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
-    # adds the units' contributions to accs (row m = pid_m * BLOCK_M + i to accs[i])
+def _q4k_decode(w, u, USE_ASM: tl.constexpr):
+    # -> the four nibble planes; d * sc and dmin * m of both sub-blocks, float32 [BN, BU]
     wa, wb, smw, d, dmin = w
-    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
-    e = tl.arange(0, 4)
-    wa_lo = wa & 0x0F0F0F0F
-    wa_hi = (wa >> 4) & 0x0F0F0F0F
-    wb_lo = wb & 0x0F0F0F0F
-    wb_hi = (wb >> 4) & 0x0F0F0F0F
     d = d.to(tl.float32)
     dmin = dmin.to(tl.float32)
-    dsc_lo = d * (smw & 0xFF).to(tl.float32)
-    dm_lo = dmin * ((smw >> 8) & 0xFF).to(tl.float32)
-    dsc_hi = d * ((smw >> 16) & 0xFF).to(tl.float32)
-    dm_hi = dmin * ((smw >> 24) & 0xFF).to(tl.float32)
-    for mi in tl.static_range(BLOCK_M):
-        m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
-        xrow = tl.multiple_of(m * (K // 4), 8)
-        # x words loaded in the weight tile's shape (broadcast pointers): same layout, no shuffle
-        xp = tl.broadcast_to((xq_ptr + xrow + u[:, None] * 16 + e[None, :])[None, :, :], wa.shape)
-        xmask = tl.broadcast_to(umask[None, :, None], wa.shape)
-        x_lo_a = tl.load(xp, mask=xmask, other=0)
-        x_lo_b = tl.load(xp + 4, mask=xmask, other=0)
-        x_hi_a = tl.load(xp + 8, mask=xmask, other=0)
-        x_hi_b = tl.load(xp + 12, mask=xmask, other=0)
-        s_lo = tl.sum(_dp4a(wa_lo, x_lo_a, False, USE_ASM) + _dp4a(wb_lo, x_lo_b, False, USE_ASM), axis=2)
-        s_hi = tl.sum(_dp4a(wa_hi, x_hi_a, False, USE_ASM) + _dp4a(wb_hi, x_hi_b, False, USE_ASM), axis=2)
-        g = m * (K // 32) + 2 * u
-        xd_lo = tl.load(xd_ptr + g, mask=umask, other=0.0)
-        xd_hi = tl.load(xd_ptr + g + 1, mask=umask, other=0.0)
-        xs_lo = tl.load(xs32_ptr + g, mask=umask, other=0.0)
-        xs_hi = tl.load(xs32_ptr + g + 1, mask=umask, other=0.0)
-        part = (
-            dsc_lo * (xd_lo[None, :] * s_lo.to(tl.float32))
-            + dsc_hi * (xd_hi[None, :] * s_hi.to(tl.float32))
-            - dm_lo * xs_lo[None, :]
-            - dm_hi * xs_hi[None, :]
-        )
-        accs = add_to_row(accs, part, mi)
-    return accs
+    return (
+        wa & 0x0F0F0F0F,
+        (wa >> 4) & 0x0F0F0F0F,
+        wb & 0x0F0F0F0F,
+        (wb >> 4) & 0x0F0F0F0F,
+        d * (smw & 0xFF).to(tl.float32),
+        dmin * ((smw >> 8) & 0xFF).to(tl.float32),
+        d * ((smw >> 16) & 0xFF).to(tl.float32),
+        dmin * ((smw >> 24) & 0xFF).to(tl.float32),
+    )
 
 
 @triton.jit
-def _q4k_weight_ctx(
-    qs_ptr,
-    sm_ptr,
-    dm_ptr,
-    unused_ptr,  # qs int32 [N, K/8]; sm int32 [N, K/64]; dm f16 [N, K/128]
-    rows_c,
-    rs0,
-    rs1,
-    rs2,
-    rs3,
-    GROUP: tl.constexpr,
-):
-    # -> wctx, the loop invariants of _q4k_load_units (matvec_kernel builds it once, before the K loop)
-    return (qs_ptr, sm_ptr, dm_ptr, rows_c.to(tl.int64) * rs0, rows_c, rs1, rs2, tl.arange(0, 4))
+def _q4k_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
+    wa_lo, wa_hi, wb_lo, wb_hi, dsc_lo, dm_lo, dsc_hi, dm_hi = wd
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
+    s_lo = group_dot(wa_lo, wb_lo, xq_ptr, m, K, u * 16, umask, False, USE_ASM)
+    s_hi = group_dot(wa_hi, wb_hi, xq_ptr, m, K, u * 16, umask, False, USE_ASM, 8)
+    xd_lo = x_scales(xd_ptr, m, K // 32, 2 * u, umask)
+    xd_hi = x_scales(xd_ptr, m, K // 32, 2 * u, umask, 1)
+    xs_lo = x_scales(xs32_ptr, m, K // 32, 2 * u, umask)
+    xs_hi = x_scales(xs32_ptr, m, K // 32, 2 * u, umask, 1)
+    return (
+        dsc_lo * (xd_lo[None, :] * s_lo.to(tl.float32))
+        + dsc_hi * (xd_hi[None, :] * s_hi.to(tl.float32))
+        - dm_lo * xs_lo[None, :]
+        - dm_hi * xs_hi[None, :]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,16 +88,12 @@ def _q4k_weight_ctx(
 
 
 @triton.jit
-def _q4k_dequant_tile(
-    qs_ptr, sm_ptr, dm_ptr, unused_ptr, rows, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    # qs uint8 [N, K/2]; sm uint8 [N, K/16]; dm f16 [N, K/128]; rows [BN] (valid) -> f32 [BN, BK]
-    S: tl.constexpr = BLOCK_K // 32
-    s = k0 // 32 + tl.arange(0, S)
+def _q4k_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
+    # p: qs uint8 [N, K/2]; sm uint8 [N, K/16]; dm f16 [N, K/128]; rows [BN] (valid) -> f32 [BN, BK]
+    qs_ptr, sm_ptr, dm_ptr = p[0], p[1], p[2]
     l = tl.arange(0, 32)
     b = s // 8
     sb = s % 8
-    rows64 = rows.to(tl.int64)
     byte = (b * 128 + (sb // 2) * 32)[:, None] + l[None, :]  # [S, 32]
     qb = tl.load(qs_ptr + tl.multiple_of(rows64 * (K // 2), 16)[:, None, None] + byte[None, :, :]).to(tl.int32)
     q = (qb >> ((sb % 2) * 4)[None, :, None]) & 0xF
@@ -139,41 +109,8 @@ def _q4k_dequant_tile(
 # Spec
 # ---------------------------------------------------------------------------------------------
 
-MATVEC_CONFIGS = (  # the first is the default (interpreter, capture); a unit is 32 bytes of qs
-    MatvecConfig(block_n=2, block_u=16, num_warps=1),
-    MatvecConfig(block_n=2, block_u=32, num_warps=1),
-    MatvecConfig(block_n=4, block_u=16, num_warps=1),
-    MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=True),
-    MatvecConfig(block_n=4, block_u=32, num_warps=2),
-    MatvecConfig(block_n=2, block_u=32, num_warps=2),
-    MatvecConfig(block_n=1, block_u=32, num_warps=1),
-    MatvecConfig(block_n=4, block_u=16, num_warps=2, prefetch=True),
-)
-
-
-def default_config(M: int, N: int, K: int) -> MatvecConfig:
-    """Measured on an H200 (CUDA graph over rotated weight copies: benchmarks/results/
-    kernels_h200_tuning.json): the prefetch pays off once x has several rows."""
-    return MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=M > 1)
-
-
-def plane_views(planes):
-    qs, sm, dm = planes
-    return (qs.view(torch.int32), sm.view(torch.int32), dm)
-
-
+# The matvec default: measured on an H200 (CUDA graph over rotated weight copies).
 (SPEC,) = register_kernels(
-    KernelSpec(
-        fmt="q4_k",
-        weight_ctx=_q4k_weight_ctx,
-        load_units=_q4k_load_units,
-        units_dot=_q4k_units_dot,
-        unit=UNIT.value,
-        plane_views=plane_views,
-        dequant_tile=_q4k_dequant_tile,
-        matvec_configs=MATVEC_CONFIGS,
-        matvec_max_m=8,
-        fused_gemm_max_m=64,
-        default_config=default_config,
-    )
-)
+    KernelSpec("q4_k", UNIT.value, _q4k_load_units, _q4k_decode, _q4k_row_dot, _q4k_dequant_tile,
+               plane_dtypes=(torch.int32, torch.int32, None), default_config=prefetch_when_batched(2, 16, num_warps=1))
+)  # fmt: skip

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelSpec, MatvecConfig, _dp4a, add_to_row, register_kernels
+from ._common import KernelSpec, MatvecConfig, block32_row_dot, register_kernels, unit_scalars, unit_words
 
 UNIT = tl.constexpr(32)  # weights per matvec unit
 
@@ -29,80 +29,28 @@ UNIT = tl.constexpr(32)  # weights per matvec unit
 @triton.jit
 def _q5_0_load_units(wctx, u, umask):
     # -> q_lo, q_hi int32 [BN, BU, 4]: the 5-bit weights (bytes) of each block's elements 4e..4e+3
-    #    and 16+4e..; d f32 [BN, BU]
-    qs_ptr, qh_ptr, d_ptr, w_row, rows_c, rs1, rs2, e = wctx
-    qs = tl.load(
-        qs_ptr + w_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :], mask=umask[None, :, None], other=0
-    )  # [BN, BU, 4]
-    qh = tl.load(qh_ptr + rows_c[:, None] * rs1 + u[None, :], mask=umask[None, :], other=0)  # [BN, BU]
-    qh = qh[:, :, None]
-    sh = (4 * e)[None, None, :]
+    #    and 16+4e..; d f32 [BN, BU] (decoded here, as measured: the prefetch holds these)
+    qs_ptr, qh_ptr, d_ptr, _, qs_row, qh_row, d_row, _, _, _ = wctx
+    qs = unit_words(qs_ptr, qs_row, u * 4, 4, umask)  # [BN, BU, 4]
+    qh = unit_scalars(qh_ptr, qh_row, u, umask)[:, :, None]  # [BN, BU, 1]
+    sh = (4 * tl.arange(0, 4))[None, None, :]
     h_lo = ((((qh >> sh) & 0xF) * 0x00204081) & 0x01010101) << 4
     h_hi = ((((qh >> (sh + 16)) & 0xF) * 0x00204081) & 0x01010101) << 4
     q_lo = (qs & 0x0F0F0F0F) | h_lo
     q_hi = ((qs >> 4) & 0x0F0F0F0F) | h_hi
-    d = tl.load(d_ptr + rows_c[:, None] * rs2 + u[None, :], mask=umask[None, :], other=0.0).to(tl.float32)
-    return q_lo, q_hi, d
+    return q_lo, q_hi, unit_scalars(d_ptr, d_row, u, umask).to(tl.float32)
 
 
 @triton.jit
-def _q5_0_units_dot(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
-    q_lo, q_hi, d = w
-    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
-    e = tl.arange(0, 4)
-    for mi in tl.static_range(BLOCK_M):
-        m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
-        xrow = tl.multiple_of(m * (K // 4), 8)
-        x_lo = tl.load(
-            tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + e[None, :])[None, :, :], q_lo.shape),
-            mask=tl.broadcast_to(umask[None, :, None], q_lo.shape),
-            other=0,
-        )
-        x_hi = tl.load(
-            tl.broadcast_to((xq_ptr + xrow + u[:, None] * 8 + 4 + e[None, :])[None, :, :], q_lo.shape),
-            mask=tl.broadcast_to(umask[None, :, None], q_lo.shape),
-            other=0,
-        )
-        s = _dp4a(q_lo, x_lo, False, USE_ASM) + _dp4a(q_hi, x_hi, False, USE_ASM)
-        s = tl.sum(s, axis=2)
-        xd = tl.load(xd_ptr + m * (K // 32) + u, mask=umask, other=0.0)
-        xs = tl.load(xs32_ptr + m * (K // 32) + u, mask=umask, other=0.0)
-        part = d * (xd[None, :] * s.to(tl.float32) - 16.0 * xs[None, :])
-        accs = add_to_row(accs, part, mi)
-    return accs
+def _q5_0_decode(w, u, USE_ASM: tl.constexpr):
+    q_lo, q_hi, d = w  # decoded by _q5_0_load_units
+    return q_lo, q_hi, d, 16.0
 
 
 @triton.jit
-def _q5_0_weight_ctx(
-    qs_ptr,
-    qh_ptr,
-    d_ptr,
-    unused_ptr,  # qs int32 [N, K/8]; qh int32 [N, K/32]; d f16 [N, K/32]
-    rows_c,
-    rs0,
-    rs1,
-    rs2,
-    rs3,
-    GROUP: tl.constexpr,
-):
-    # -> wctx, the loop invariants of _q5_0_load_units (matvec_kernel builds it once, before the K loop)
-    return (qs_ptr, qh_ptr, d_ptr, rows_c.to(tl.int64) * rs0, rows_c, rs1, rs2, tl.arange(0, 4))
-
-
-# ---------------------------------------------------------------------------------------------
-# Weight tile for the GEMM / dequant kernel, float32 [BN, BK/32, 32]: block s = k // 32, i = k % 32, j = i % 16,
-# nibble i // 16 of qs byte 16s + j, 5th bit = bit i of the block's qh (byte 4s + i // 8).
-# ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _q5_0_dequant_tile(
-    qs_ptr, qh_ptr, d_ptr, unused_ptr, rows, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    S: tl.constexpr = BLOCK_K // 32
-    s = k0 // 32 + tl.arange(0, S)
+def _q5_0_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
+    qs_ptr, qh_ptr, d_ptr = p[0], p[1], p[2]
     i = tl.arange(0, 32)
-    rows64 = rows.to(tl.int64)
     qsb = (s * 16)[:, None] + (i % 16)[None, :]
     qhb = (s * 4)[:, None] + (i // 8)[None, :]
     lo = tl.load(qs_ptr + tl.multiple_of(rows64 * (K // 2), 16)[:, None, None] + qsb[None, :, :]).to(tl.int32)
@@ -113,30 +61,10 @@ def _q5_0_dequant_tile(
     return w  # [BN, BK // 32, 32]
 
 
-MATVEC_CONFIGS = (  # the first is the default (interpreter, capture); a unit is 32 weights
-    MatvecConfig(block_n=2, block_u=32, num_warps=2),
-    MatvecConfig(block_n=2, block_u=64, num_warps=4),
-    MatvecConfig(block_n=4, block_u=32, num_warps=4),
-    MatvecConfig(block_n=1, block_u=32, num_warps=1),
-)
-
-
-def plane_views(planes):
-    qs, qh, d = planes
-    return (qs.view(torch.int32), qh.view(torch.int32), d)
-
-
 (SPEC,) = register_kernels(
     KernelSpec(
-        fmt="q5_0",
-        weight_ctx=_q5_0_weight_ctx,
-        load_units=_q5_0_load_units,
-        units_dot=_q5_0_units_dot,
-        unit=UNIT.value,
-        plane_views=plane_views,
-        dequant_tile=_q5_0_dequant_tile,
-        matvec_configs=MATVEC_CONFIGS,
-        matvec_max_m=8,
-        fused_gemm_max_m=64,
+        "q5_0", UNIT.value, _q5_0_load_units, _q5_0_decode, block32_row_dot, _q5_0_dequant_tile,
+        plane_dtypes=(torch.int32, torch.int32, None),
+        default_config=MatvecConfig(block_n=2, block_u=32, num_warps=2),
     )
-)
+)  # fmt: skip

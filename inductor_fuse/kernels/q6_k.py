@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelSpec, MatvecConfig, _dp4a, add_to_row, register_kernels
+from ._common import KernelSpec, MatvecConfig, _dp4a, register_kernels, unit_scalars, unit_words, x_scales, x_words
 
 UNIT = tl.constexpr(32)  # weights per matvec unit
 
@@ -34,104 +34,54 @@ UNIT = tl.constexpr(32)  # weights per matvec unit
 @triton.jit
 def _q6k_load_units(wctx, u, umask):
     # -> ql, qh int32 [BN, BU, 4]; sc0, sc1 int8 [BN, BU]; d f16 [BN, BU]
-    ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3, e = wctx
+    ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, sc_row, d_row, _, _ = wctx
     H = u // 4
-    q = u % 2
-    ql = tl.load(
-        ql_ptr + ql_row[:, None, None] + u[None, :, None] * 4 + e[None, None, :], mask=umask[None, :, None], other=0
-    )
-    qh = tl.load(
-        qh_ptr + qh_row[:, None, None] + (H * 8 + q * 4)[None, :, None] + e[None, None, :],
-        mask=umask[None, :, None],
-        other=0,
-    )
-    sci = rows_c[:, None] * rs2 + (u + 4 * H)[None, :]
-    sc0 = tl.load(sc_ptr + sci, mask=umask[None, :], other=0)
-    sc1 = tl.load(sc_ptr + sci + 4, mask=umask[None, :], other=0)
-    d = tl.load(d_ptr + rows_c[:, None] * rs3 + (u // 8)[None, :], mask=umask[None, :], other=0.0)
-    return ql, qh, sc0, sc1, d
+    ql = unit_words(ql_ptr, ql_row, u * 4, 4, umask)
+    qh = unit_words(qh_ptr, qh_row, H * 8 + (u % 2) * 4, 4, umask)
+    sc0 = unit_scalars(sc_ptr, sc_row, u + 4 * H, umask)
+    sc1 = unit_scalars(sc_ptr, sc_row, u + 4 * H + 4, umask)
+    return ql, qh, sc0, sc1, unit_scalars(d_ptr, d_row, u // 8, umask)
 
 
 @triton.jit
-def _q6k_units_dot(w, u, umask, xa, pid_m, M, K, accs, BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):
+def _q6k_decode(w, u, USE_ASM: tl.constexpr):
+    # -> the 6-bit weights (bytes) of both nibble halves; d * sc of each, float32 [BN, BU]
     ql, qh, sc0, sc1, d = w
-    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
-    e = tl.arange(0, 4)
-    H = u // 4
-    p = (u % 4) // 2
-    q = u % 2
-    sh = (2 * p)[None, :, None]
+    sh = (2 * ((u % 4) // 2))[None, :, None]
     q0 = (ql & 0x0F0F0F0F) | (((qh >> sh) & 0x03030303) << 4)
     q1 = ((ql >> 4) & 0x0F0F0F0F) | (((qh >> (sh + 4)) & 0x03030303) << 4)
     d = d.to(tl.float32)
-    dsc0 = d * sc0.to(tl.float32)
-    dsc1 = d * sc1.to(tl.float32)
-    for mi in tl.static_range(BLOCK_M):
-        m = tl.minimum(pid_m * BLOCK_M + mi, M - 1)
-        xrow = tl.multiple_of(m * (K // 4), 8)
-        xw = 32 * H + 8 * p + 4 * q
-        x0 = tl.load(
-            tl.broadcast_to((xq_ptr + xrow + xw[:, None] + e[None, :])[None, :, :], ql.shape),
-            mask=tl.broadcast_to(umask[None, :, None], ql.shape),
-            other=0,
-        )
-        x1 = tl.load(
-            tl.broadcast_to((xq_ptr + xrow + xw[:, None] + 16 + e[None, :])[None, :, :], ql.shape),
-            mask=tl.broadcast_to(umask[None, :, None], ql.shape),
-            other=0,
-        )
-        isum0 = tl.sum(_dp4a(q0, x0, False, USE_ASM), axis=2)
-        isum1 = tl.sum(_dp4a(q1, x1, False, USE_ASM), axis=2)
-        g16 = m * (K // 16) + 8 * H + 2 * p + q
-        g32 = m * (K // 32) + 4 * H + p
-        xd0 = tl.load(xd_ptr + g32, mask=umask, other=0.0)
-        xd1 = tl.load(xd_ptr + g32 + 2, mask=umask, other=0.0)
-        xs0 = tl.load(xs16_ptr + g16, mask=umask, other=0.0)
-        xs1 = tl.load(xs16_ptr + g16 + 4, mask=umask, other=0.0)
-        part = dsc0 * (xd0[None, :] * isum0.to(tl.float32) - 32.0 * xs0[None, :]) + dsc1 * (
-            xd1[None, :] * isum1.to(tl.float32) - 32.0 * xs1[None, :]
-        )
-        accs = add_to_row(accs, part, mi)
-    return accs
+    return q0, q1, d * sc0.to(tl.float32), d * sc1.to(tl.float32)
 
 
 @triton.jit
-def _q6k_weight_ctx(
-    ql_ptr,
-    qh_ptr,
-    sc_ptr,
-    d_ptr,  # ql int32 [N, K/8]; qh int32 [N, K/16]; sc int8 [N, K/16]; d f16 [N, K/256]
-    rows_c,
-    rs0,
-    rs1,
-    rs2,
-    rs3,
-    GROUP: tl.constexpr,
-):
-    # -> wctx, the loop invariants of _q6k_load_units (matvec_kernel builds it once, before the K loop)
-    ql_row = rows_c.to(tl.int64) * rs0
-    qh_row = rows_c.to(tl.int64) * rs1
-    return (ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, rows_c, rs2, rs3, tl.arange(0, 4))
-
-
-# ---------------------------------------------------------------------------------------------
-# Weight tile for the GEMM / dequant kernel, float32 [BN, BK/32, 32], BK % 32 == 0.
-# 32-group s = k // 32: block b = s//8, half h = (s%8)//4, r = s%4; element l:
-# ql byte 128b + 64h + 32(r%2) + l, nibble r//2; qh byte 64b + 32h + l, bits 2r; scale sc[16b + 8h + 2r + l//16].
-# ---------------------------------------------------------------------------------------------
+def _q6k_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
+    q0, q1, dsc0, dsc1 = wd
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
+    H = u // 4
+    p = (u % 4) // 2
+    q = u % 2
+    xw = 32 * H + 8 * p + 4 * q
+    isum0 = tl.sum(_dp4a(q0, x_words(xq_ptr, m, K, xw, umask, q0), False, USE_ASM), axis=2)
+    isum1 = tl.sum(_dp4a(q1, x_words(xq_ptr, m, K, xw, umask, q0, 16), False, USE_ASM), axis=2)
+    g16 = 8 * H + 2 * p + q
+    g32 = 4 * H + p
+    xd0 = x_scales(xd_ptr, m, K // 32, g32, umask)
+    xd1 = x_scales(xd_ptr, m, K // 32, g32, umask, 2)
+    xs0 = x_scales(xs16_ptr, m, K // 16, g16, umask)
+    xs1 = x_scales(xs16_ptr, m, K // 16, g16, umask, 4)
+    return dsc0 * (xd0[None, :] * isum0.to(tl.float32) - 32.0 * xs0[None, :]) + dsc1 * (
+        xd1[None, :] * isum1.to(tl.float32) - 32.0 * xs1[None, :]
+    )
 
 
 @triton.jit
-def _q6k_dequant_tile(
-    ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    S: tl.constexpr = BLOCK_K // 32
-    s = k0 // 32 + tl.arange(0, S)
+def _q6k_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
+    ql_ptr, qh_ptr, sc_ptr, d_ptr = p[0], p[1], p[2], p[3]
     l = tl.arange(0, 32)
     b = s // 8
     h = (s % 8) // 4
     r = s % 4
-    rows64 = rows.to(tl.int64)
     qlb = (b * 128 + h * 64 + (r % 2) * 32)[:, None] + l[None, :]
     qhb = (b * 64 + h * 32)[:, None] + l[None, :]
     scb = (b * 16 + h * 8 + r * 2)[:, None] + (l // 16)[None, :]
@@ -148,19 +98,8 @@ def _q6k_dequant_tile(
 # Spec
 # ---------------------------------------------------------------------------------------------
 
-MATVEC_CONFIGS = (  # the first is the default (interpreter, capture); a unit is 32 weights
-    MatvecConfig(block_n=2, block_u=32, num_warps=2, prefetch=True),
-    MatvecConfig(block_n=2, block_u=32, num_warps=2),
-    MatvecConfig(block_n=2, block_u=64, num_warps=4),
-    MatvecConfig(block_n=2, block_u=64, num_warps=4, prefetch=True),
-    MatvecConfig(block_n=4, block_u=32, num_warps=4, prefetch=True),
-    MatvecConfig(block_n=1, block_u=64, num_warps=2, prefetch=True),
-    MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=True),
-    MatvecConfig(block_n=1, block_u=32, num_warps=1, prefetch=True),
-)
 
-
-def default_config(M: int, N: int, K: int) -> MatvecConfig:
+def _default_config(M: int, N: int, K: int) -> MatvecConfig:
     """Measured on an H200 (CUDA graph over rotated weight copies: benchmarks/results/
     kernels_h200_tuning.json)."""
     if M > 1:
@@ -170,25 +109,12 @@ def default_config(M: int, N: int, K: int) -> MatvecConfig:
     return MatvecConfig(block_n=2, block_u=32, num_warps=2)
 
 
-def plane_views(planes):
-    ql, qh, sc, d = planes
-    return (ql.view(torch.int32), qh.view(torch.int32), sc, d)
-
-
-# Above the matvec range (M <= 16): dequantize + cuBLAS straight away; no fused GEMM, whose tile
-# needs three gathers per weight.
 (SPEC,) = register_kernels(
     KernelSpec(
-        fmt="q6_k",
-        weight_ctx=_q6k_weight_ctx,
-        load_units=_q6k_load_units,
-        units_dot=_q6k_units_dot,
-        unit=UNIT.value,
-        plane_views=plane_views,
-        dequant_tile=_q6k_dequant_tile,
-        matvec_configs=MATVEC_CONFIGS,
+        "q6_k", UNIT.value, _q6k_load_units, _q6k_decode, _q6k_row_dot, _q6k_dequant_tile,
+        plane_dtypes=(torch.int32, torch.int32, None, None),
+        default_config=_default_config,
         matvec_max_m=16,
         fused_gemm_max_m=0,
-        default_config=default_config,
     )
-)
+)  # fmt: skip

@@ -40,6 +40,12 @@ class PlaneSpec(NamedTuple):
     per_block: int  # plane elements per block of `block_size` weights (per row)
 
 
+def plane_table(**planes: tuple[torch.dtype, int]) -> tuple[PlaneSpec, ...]:
+    """A format's planes in order, name=(dtype, per_block): e.g. Q4_0's
+    ``plane_table(qs=(torch.uint8, 16), d=(torch.float16, 1))``."""
+    return tuple(PlaneSpec(name, dtype, per_block) for name, (dtype, per_block) in planes.items())
+
+
 @dataclass(frozen=True)
 class WeightFormat(ABC):
     name: str  # registry key, e.g. "q4_k"
@@ -163,6 +169,11 @@ def register(fmt: WeightFormat) -> WeightFormat:
         raise ValueError(f"weight format {fmt.name!r} is registered twice")
     FORMATS[fmt.name] = fmt
     return fmt
+
+
+def f16_field(blocks: Tensor, start: int, count: int = 1) -> Tensor:
+    """The `count` float16 values stored at byte `start` of each GGUF block: blocks uint8 [..., B] -> [..., count]."""
+    return blocks[..., start : start + 2 * count].contiguous().view(torch.float16)
 
 
 def absmax_quantize(x: Tensor, half: int) -> tuple[Tensor, Tensor]:

@@ -20,17 +20,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import PlaneSpec, WeightFormat, pack_int4, register, unpack_int4
+from .base import PlaneSpec, WeightFormat, pack_int4, plane_table, register, unpack_int4
 
 
 class Int4Format(WeightFormat):
     @property
     def plane_specs(self) -> tuple[PlaneSpec, ...]:
-        return (
-            PlaneSpec("qs", torch.uint8, self.block_size // 2),
-            PlaneSpec("scale", torch.float16, 1),
-            PlaneSpec("zero", torch.float16, 1),
-        )
+        return plane_table(qs=(torch.uint8, self.block_size // 2), scale=(torch.float16, 1), zero=(torch.float16, 1))
 
     def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
         qs, scale, zero = planes

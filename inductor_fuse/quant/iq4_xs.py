@@ -27,7 +27,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import PlaneSpec, WeightFormat, join_nibbles, pack_int4, register, split_nibbles, unpack_int4
+from .base import WeightFormat, f16_field, join_nibbles, pack_int4, plane_table, register, split_nibbles, unpack_int4
 
 QK_K = 256
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
@@ -72,16 +72,12 @@ def _fit(x: Tensor, weight: Tensor, iscale: Tensor, kv: Tensor) -> tuple[Tensor,
 
 
 class IQ4XSFormat(WeightFormat):
-    plane_specs = (
-        PlaneSpec("qs", torch.uint8, QK_K // 2),
-        PlaneSpec("sc", torch.int8, 8),
-        PlaneSpec("d", torch.float16, 1),
-    )
+    plane_specs = plane_table(qs=(torch.uint8, QK_K // 2), sc=(torch.int8, 8), d=(torch.float16, 1))
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 136]
         n, nb, _ = blocks.shape
-        d = blocks[..., 0:2].contiguous().view(torch.float16)  # [N, nb, 1]
+        d = f16_field(blocks, 0)  # [N, nb, 1]
         sh = blocks[..., 2].to(torch.int32) | (blocks[..., 3].to(torch.int32) << 8)  # [N, nb]
         sl = blocks[..., 4:8]
         lo = unpack_int4(sl).to(torch.int32)  # [N, nb, 8]

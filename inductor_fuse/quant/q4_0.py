@@ -19,18 +19,18 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import PlaneSpec, WeightFormat, absmax_quantize, join_nibbles, register, split_nibbles
+from .base import WeightFormat, absmax_quantize, f16_field, join_nibbles, plane_table, register, split_nibbles
 
 QK = 32
 
 
 class Q40Format(WeightFormat):
-    plane_specs = (PlaneSpec("qs", torch.uint8, QK // 2), PlaneSpec("d", torch.float16, 1))
+    plane_specs = plane_table(qs=(torch.uint8, QK // 2), d=(torch.float16, 1))
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 18]
         n = blocks.shape[0]
-        d = blocks[..., 0:2].contiguous().view(torch.float16)
+        d = f16_field(blocks, 0)
         return blocks[..., 2:18].reshape(n, -1), d.reshape(n, -1)
 
     def _to_blocks(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:

@@ -20,7 +20,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import PlaneSpec, WeightFormat, register
+from .base import WeightFormat, f16_field, plane_table, register
 
 QK_K = 256
 
@@ -114,16 +114,12 @@ def _nearest_u8(v: Tensor) -> Tensor:
 
 
 class Q4KFormat(WeightFormat):
-    plane_specs = (
-        PlaneSpec("qs", torch.uint8, QK_K // 2),
-        PlaneSpec("sm", torch.uint8, 16),
-        PlaneSpec("dm", torch.float16, 2),
-    )
+    plane_specs = plane_table(qs=(torch.uint8, QK_K // 2), sm=(torch.uint8, 16), dm=(torch.float16, 2))
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 144]
         n, nb, _ = blocks.shape
-        dm = blocks[..., 0:4].contiguous().view(torch.float16)  # [N, nb, 2]: d, dmin
+        dm = f16_field(blocks, 0, 2)  # [N, nb, 2]: d, dmin
         sc, m = _unpack_scale_min(blocks[..., 4:16])  # [N, nb, 8] each
         sm = torch.stack([sc, m], dim=-1)  # [N, nb, 8, 2]
         qs = blocks[..., 16:]  # [N, nb, 128]

@@ -15,7 +15,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import PlaneSpec, WeightFormat, absmax_quantize, join_nibbles, register, split_nibbles
+from .base import WeightFormat, absmax_quantize, f16_field, join_nibbles, plane_table, register, split_nibbles
 
 QK = 32
 
@@ -33,16 +33,12 @@ def _pack_bits(b: Tensor) -> Tensor:
 
 
 class Q50Format(WeightFormat):
-    plane_specs = (
-        PlaneSpec("qs", torch.uint8, QK // 2),
-        PlaneSpec("qh", torch.uint8, 4),
-        PlaneSpec("d", torch.float16, 1),
-    )
+    plane_specs = plane_table(qs=(torch.uint8, QK // 2), qh=(torch.uint8, 4), d=(torch.float16, 1))
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 22]
         n = blocks.shape[0]
-        d = blocks[..., 0:2].contiguous().view(torch.float16)
+        d = f16_field(blocks, 0)
         return blocks[..., 6:22].reshape(n, -1), blocks[..., 2:6].reshape(n, -1), d.reshape(n, -1)
 
     def _to_blocks(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:

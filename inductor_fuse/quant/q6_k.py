@@ -21,7 +21,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import PlaneSpec, WeightFormat, register
+from .base import WeightFormat, f16_field, plane_table, register
 
 QK_K = 256
 GROUP_MAX_EPS = 1e-15
@@ -91,11 +91,8 @@ def _search_scale(x: Tensor, nmax: int = 32) -> tuple[Tensor, Tensor]:
 
 
 class Q6KFormat(WeightFormat):
-    plane_specs = (
-        PlaneSpec("ql", torch.uint8, QK_K // 2),
-        PlaneSpec("qh", torch.uint8, QK_K // 4),
-        PlaneSpec("sc", torch.int8, QK_K // 16),
-        PlaneSpec("d", torch.float16, 1),
+    plane_specs = plane_table(
+        ql=(torch.uint8, QK_K // 2), qh=(torch.uint8, QK_K // 4), sc=(torch.int8, QK_K // 16), d=(torch.float16, 1)
     )
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
@@ -104,7 +101,7 @@ class Q6KFormat(WeightFormat):
         ql = blocks[..., 0:128]
         qh = blocks[..., 128:192]
         sc = blocks[..., 192:208].contiguous().view(torch.int8)
-        d = blocks[..., 208:210].contiguous().view(torch.float16)  # [N, nb, 1]
+        d = f16_field(blocks, 208)  # [N, nb, 1]
         return ql.reshape(n, -1), qh.reshape(n, -1), sc.reshape(n, -1), d.reshape(n, -1)
 
     def _to_blocks(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import PlaneSpec, WeightFormat, register
+from .base import WeightFormat, f16_field, plane_table, register
 
 QK = 32
 
@@ -26,12 +26,12 @@ def _round_half_away(v: Tensor) -> Tensor:
 
 
 class Q80Format(WeightFormat):
-    plane_specs = (PlaneSpec("qs", torch.int8, QK), PlaneSpec("d", torch.float16, 1))
+    plane_specs = plane_table(qs=(torch.int8, QK), d=(torch.float16, 1))
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 34]
         n = blocks.shape[0]
-        d = blocks[..., 0:2].contiguous().view(torch.float16)
+        d = f16_field(blocks, 0)
         qs = blocks[..., 2:].contiguous().view(torch.int8)
         return qs.reshape(n, -1), d.reshape(n, -1)
 

@@ -28,7 +28,7 @@ def test_spec_agrees_with_its_format(fmt):
     assert all(v.shape[0] == N for v in views)
     assert spec.matvec_configs and all(isinstance(c, MatvecConfig) for c in spec.matvec_configs)
     for M in range(1, spec.matvec_max_m + 1):
-        assert isinstance(dispatch.default_matvec_config(spec, M, 4096, 4096), MatvecConfig)
+        assert isinstance(spec.matvec_config(M, 4096, 4096), MatvecConfig)
     assert spec.matvec_max_m >= 1
     assert spec.group == 0 or (spec.group % 32 == 0 and f.block_size % spec.group == 0)
 
