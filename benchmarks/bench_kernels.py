@@ -213,6 +213,8 @@ def sweep(dev, out, args_dump=None, sweep_formats=("q4_k", "q6_k"), sweep_ms=(1,
         ("gate_up", 28672, 4096, "q4_k"),
         ("down", 4096, 14336, "q4_k"),
         ("qkv", 6144, 4096, "q4_k"),
+        ("gate_up", 28672, 4096, "q4_0"),
+        ("gate_up", 28672, 4096, "iq4_xs"),
         ("down", 4096, 14336, "q6_k"),
         ("lm_head", 128256, 4096, "q6_k"),
     ]:

@@ -3,15 +3,18 @@
 model = torch.compile(model, backend="inductor_fuse")
 inductor_fuse.last_report().counts   # {"siblings": 64, ...}
 
-The qlinear op in two layers:
+The ops in two layers:
     quant      weight formats, QuantizedLinear, the op torch.ops.inductor_fuse.qlinear (pure torch)
-    kernels    Triton kernels; kernels/ops.py registers them as the op's CUDA implementation
-kernels imports quant, never the reverse (tests/quant/test_layering.py). Importing the package
-imports both, so the op always has its CUDA kernel.
+    attention  the op torch.ops.inductor_fuse.decode_attention (pure torch)
+    kernels    Triton kernels; kernels/ops.py and kernels/decode_attention.py register them as the
+               ops' CUDA implementations
+kernels imports quant and attention, never the reverse (tests/quant/test_layering.py). Importing
+the package imports all three, so each op always has its CUDA kernel.
 """
 
 from .backend import inductor_fuse_backend, make_backend
 from .gguf import load_gguf
+from .kernels import decode_attention as _attention_kernel  # noqa: F401 -- registers decode_attention's CUDA implementation
 from .kernels import ops as _kernel_ops  # noqa: F401 -- registers qlinear's CUDA implementation
 from .options import FuseOptions
 from .patterns.registry import family_names

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,14 @@ INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 def interpreting() -> bool:
     return INTERPRETING.value
+
+
+@functools.cache
+def num_sms(device: torch.device) -> int:
+    """The device's SM count (it sizes grids: dequant_mm's chunks, decode attention's splits); 1 off CUDA."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @triton.jit

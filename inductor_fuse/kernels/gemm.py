@@ -12,13 +12,11 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from ._common import GemmConfig, interpreting, loop_bound, pick_config
+from ._common import GemmConfig, interpreting, loop_bound, num_sms, pick_config
 from .registry import KernelSpec, kernel_spec
 
 
@@ -191,14 +189,6 @@ def dequantize_rows(planes, fmt: str, n0: int, n1: int, out: torch.Tensor) -> to
 
 
 DEQUANT_CHUNK_BYTES = 32 << 20
-
-
-@functools.cache
-def num_sms(device: torch.device) -> int:
-    """The device's SM count (it only sizes dequant_mm's chunks); 1 off CUDA (the interpreter)."""
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def dequant_mm(x: torch.Tensor, planes, bias, fmt: str) -> torch.Tensor:

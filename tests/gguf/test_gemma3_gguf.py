@@ -52,3 +52,18 @@ def test_logits_match_transformers_gguf_loader(gemma, gemma_path):
         theirs = ref(torch.tensor([ids])).logits
     err = ((ours - theirs).norm() / theirs.norm()).item()
     assert err < 1e-3, err
+
+
+def test_compiled_decode_rewrites_every_attention(gemma):
+    """The decode step of the real model, compiled: decode_attention fires in all 18 layers (local
+    sliding-window and global), siblings in QKV and gate|up of each, and the greedy tokens are the
+    eager ones."""
+    import inductor_fuse
+    from inductor_fuse.models.generate import decode_one_token
+
+    model, tok = gemma
+    ids = tok.encode("The capital of France is")
+    step = torch.compile(decode_one_token, backend="inductor_fuse", fullgraph=True)
+    assert generate(model, ids, 4, decode_fn=step) == generate(model, ids, 4)
+    counts = inductor_fuse.last_report().counts
+    assert counts["decode_attention"] == 18 and counts["siblings"] == 36, counts

@@ -87,11 +87,23 @@ assert torch._C._dispatch_has_kernel_for_dispatch_key("inductor_fuse::qlinear", 
         "inductor_fuse.kernels.ops",
         "inductor_fuse.gguf.loader",
         "inductor_fuse.patterns.siblings",
+        "inductor_fuse.attention",
+        "inductor_fuse.kernels.decode_attention",
+        "inductor_fuse.patterns.decode_attention",
     ],
 )
 def test_no_import_cycle(module):
     _run(f"import {module}")
 
 
-def test_package_import_registers_the_cuda_kernel():
-    assert torch._C._dispatch_has_kernel_for_dispatch_key("inductor_fuse::qlinear", "CUDA")
+def test_package_import_registers_the_cuda_kernels():
+    for op in ("inductor_fuse::qlinear", "inductor_fuse::decode_attention"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
+
+
+def test_the_attention_op_imports_no_kernels():
+    _run("""
+import inductor_fuse.attention
+loaded = sorted(m for m in sys.modules if m.startswith("inductor_fuse.kernels") or m == "triton")
+assert not loaded, loaded
+""")

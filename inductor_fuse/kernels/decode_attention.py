@@ -1,0 +1,340 @@
+"""The CUDA implementation of torch.ops.inductor_fuse.decode_attention (the op: inductor_fuse/attention.py).
+
+Split-K flash decoding over a static KV cache that reads only the KV tiles the mask reaches.
+
+    grid (B * Hkv, num_splits, row blocks); program (b * Hkv + j, split, rb):
+      rows    the G * S query rows of KV head j (G = Hq // Hkv query heads x S new tokens; row
+              r = g * S + s is query head j * G + g, token s), BLOCK_R of them (block rb), padded
+              to a power of two >= 16 so that both products are tl.dot
+      split   SPLIT_T contiguous cache positions. Their whole mask [BLOCK_R, SPLIT_T] is loaded
+              at once; no True in it: the program writes (m, l) = (-inf, 0) and ends. Else the
+              split is walked in BLOCK_T tiles: the tile's mask; no True in it: next tile, K and V
+              untouched; else the K, V tiles (positions no row attends to: not loaded, 0) and
+                  z   = scale * q k^T                        [BLOCK_R, BLOCK_T], float32
+                  z   = softcap * tanh(z / softcap)          (HAS_SOFTCAP)
+                  z   = log2(e) z where the mask is True, -inf elsewhere
+                  m'  = max(m, rowmax z);  a = 2^(m - m');  p = 2^(z - m')   (0 where masked)
+                  l   = a l + rowsum p;   acc = a acc + p v;   m = m'
+              (m' = -inf, no True yet in the row: subtracted as 0, so p = a = 0, never NaN)
+    one split: out = acc / l straight from the kernel (0 where l = 0: a row that saw no True);
+    several: (acc, m, l) per split to a float32 workspace (acc only where some l > 0), then
+    `_merge_kernel`, one program per row and BLOCK_D columns, every split in one load:
+        M = max_s m_s;  w_s = 2^(m_s - M);  out = sum_s w_s acc_s / sum_s w_s l_s   (0 if no split saw a True)
+
+Tiles: BLOCK_T = 128 positions for D <= 128, 64 for D = 256. Splits (`plan`): at most
+SPLIT_POSITIONS positions, so that a short live range in a long buffer still spreads over several
+programs, and shorter when needed for ~2 programs per SM. num_splits depends on T (the buffer's
+length, not the live length) and the SM count only: no host sync, and the grid is a function of
+the shapes, so a CUDA graph can capture the call.
+
+On CUDA tensors the op runs this kernel for head dims 64, 128, 256; another head dim, or a kernel
+that cannot compile or take the call, runs the pure-torch reference instead and a WARNING says so
+once per error; a CUDA out-of-memory error is raised, not retried. Registration happens at import;
+nothing touches a device then.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..attention import check_decode_attention_args, decode_attention, decode_attention_reference
+from ._common import interpreting, loop_bound, num_sms
+
+log = logging.getLogger("inductor_fuse")
+
+HEAD_DIMS = (64, 128, 256)
+SPLIT_POSITIONS = 256  # cache positions per split at most (fewer when needed to fill the GPU)
+LOG2E = tl.constexpr(1.4426950408889634)  # scores are kept in log2 units: exp2 in the kernels
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = 1 - 2 / (exp(2x) + 1): exp overflowing to inf gives 1, underflowing to 0 gives -1
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _split_kernel(
+    q_ptr,  # [B, Hq, S, D]
+    k_ptr,
+    v_ptr,  # [B, Hkv, T, D]
+    mask_ptr,  # uint8 (the bool mask) [1|B, 1|Hq, S, T], broadcast dims with stride 0
+    out_ptr,  # [B, Hq, S, D] (one split) or float32 acc workspace [B * Hkv, NUM_SPLITS, G * S, D]
+    ws_m_ptr,
+    ws_l_ptr,  # float32 [B * Hkv, NUM_SPLITS, G * S] (several splits)
+    Hkv,
+    G,
+    S,
+    T,
+    NUM_SPLITS,
+    scale,
+    softcap,
+    sqb,
+    sqh,
+    sqs,
+    skb,
+    skh,
+    skt,
+    svb,
+    svh,
+    svt,
+    smb,
+    smh,
+    sms,
+    smt,
+    sob,
+    soh,
+    sos,
+    HAS_SOFTCAP: tl.constexpr,
+    SPLIT: tl.constexpr,
+    DOT_F32: tl.constexpr,  # the interpreter's bf16 dot is wrong (triton 3.6/3.9): float32 dots there
+    PRECISION: tl.constexpr,  # tl.dot input_precision: "ieee" for float32 operands (no TF32 rounding)
+    D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    SPLIT_T: tl.constexpr,  # positions per split, a multiple of BLOCK_T
+):
+    pid_bh = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    j = pid_bh % Hkv
+    GS = G * S
+    r = tl.program_id(2) * BLOCK_R + tl.arange(0, BLOCK_R)  # rows of this KV head
+    rvalid = r < GS
+    h = j * G + r // S  # query head of each row
+    s = r % S  # its token
+    d = tl.arange(0, D)
+    mask_rows = mask_ptr + b * smb + (h * smh + s * sms)[:, None]  # smb, smh are 0 where broadcast
+
+    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, D], dtype=tl.float32)
+    t_lo = pid_s * SPLIT_T
+    t_hi = tl.minimum(t_lo + SPLIT_T, T)
+    span = t_lo + tl.arange(0, SPLIT_T)
+    span_live = tl.load(mask_rows + span[None, :] * smt, mask=rvalid[:, None] & (span < T)[None, :], other=0)
+    if tl.max(span_live.to(tl.int32)) > 0:  # the whole split's mask in one load: most splits end here
+        q = tl.load(q_ptr + b * sqb + (h * sqh + s * sqs)[:, None] + d[None, :], mask=rvalid[:, None], other=0.0)
+        if DOT_F32:
+            q = q.to(tl.float32)
+        k_base = k_ptr + b * skb + j * skh
+        v_base = v_ptr + b * svb + j * svh
+        for t0 in range(loop_bound(t_lo), loop_bound(t_hi), BLOCK_T):
+            t = t0 + tl.arange(0, BLOCK_T)
+            live = tl.load(mask_rows + t[None, :] * smt, mask=rvalid[:, None] & (t < t_hi)[None, :], other=0) != 0
+            if tl.max(live.to(tl.int32)) > 0:  # a runtime branch: a tile no row attends to loads no K, V
+                seen = tl.max(live.to(tl.int32), axis=0) > 0  # [BLOCK_T] positions some row attends to
+                kt = tl.load(k_base + t[:, None] * skt + d[None, :], mask=seen[:, None], other=0.0)  # [BLOCK_T, D]
+                vt = tl.load(v_base + t[:, None] * svt + d[None, :], mask=seen[:, None], other=0.0)
+                if DOT_F32:
+                    kt = kt.to(tl.float32)
+                    vt = vt.to(tl.float32)
+                z = tl.dot(q, tl.trans(kt), input_precision=PRECISION) * scale  # [BLOCK_R, BLOCK_T]
+                if HAS_SOFTCAP:
+                    z = softcap * _tanh(z / softcap)
+                z = tl.where(live, z * LOG2E, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(z, axis=1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no True yet: p = 0, a = 0
+                alpha = tl.exp2(m_i - m_safe)
+                p = tl.exp2(z - m_safe[:, None])  # exactly 0 where masked (z = -inf, m_safe finite)
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
+                m_i = m_new
+
+    if SPLIT:
+        row = (pid_bh * NUM_SPLITS + pid_s) * GS + r
+        tl.store(ws_m_ptr + row, m_i, mask=rvalid)
+        tl.store(ws_l_ptr + row, l_i, mask=rvalid)
+        if tl.max(l_i) > 0:  # the merge reads acc only where l > 0
+            tl.store(out_ptr + row.to(tl.int64)[:, None] * D + d[None, :], acc, mask=rvalid[:, None])
+    else:
+        o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # l = 0: acc = 0, a row that saw no True
+        o_rows = out_ptr + b * sob + (h * soh + s * sos)[:, None]
+        tl.store(o_rows + d[None, :], o.to(out_ptr.dtype.element_ty), mask=rvalid[:, None])
+
+
+@triton.jit
+def _merge_kernel(
+    ws_acc_ptr,  # float32 [B * Hkv, NUM_SPLITS, G * S, D]
+    ws_m_ptr,
+    ws_l_ptr,  # float32 [B * Hkv, NUM_SPLITS, G * S]
+    out_ptr,  # [B, Hq, S, D]
+    Hkv,
+    G,
+    S,
+    NUM_SPLITS,
+    sob,
+    soh,
+    sos,
+    D: tl.constexpr,
+    SPLITS: tl.constexpr,  # NUM_SPLITS rounded up to a power of two
+    BLOCK_D: tl.constexpr,
+):
+    # program (b * Hkv + j, r, dc): row r of KV head j (query head j * G + r // S, token r % S),
+    # columns dc * BLOCK_D ..; every split's partial in one load each (no dependent loop)
+    pid_bh = tl.program_id(0)
+    r = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    j = pid_bh % Hkv
+    GS = G * S
+    i = tl.arange(0, SPLITS)
+    at = pid_bh * NUM_SPLITS * GS + r + i * GS  # row r of split i
+    ok = i < NUM_SPLITS
+    m_s = tl.load(ws_m_ptr + at, mask=ok, other=float("-inf"))
+    l_s = tl.load(ws_l_ptr + at, mask=ok, other=0.0)
+    m_all = tl.max(m_s)
+    m_all = tl.where(m_all == float("-inf"), 0.0, m_all)  # no split saw a True: every weight is 0
+    w = tl.exp2(m_s - m_all)  # 0 where m_s = -inf (l_s = 0)
+    den = tl.sum(w * l_s)
+    dd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    acc = tl.load(  # [SPLITS, BLOCK_D]; not written (nor read) for a split that saw no True
+        ws_acc_ptr + at.to(tl.int64)[:, None] * D + dd[None, :], mask=(l_s > 0)[:, None], other=0.0
+    )
+    o = tl.sum(w[:, None] * acc, axis=0) / tl.where(den > 0, den, 1.0)
+    tl.store(out_ptr + b * sob + (j * G + r // S) * soh + (r % S) * sos + dd, o.to(out_ptr.dtype.element_ty))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one call is cut into programs: a function of the tensor shapes and the SM count only."""
+
+    block_r: int  # query rows per program: G * S padded to a power of two >= 16 (tl.dot), capped
+    row_blocks: int  # programs along the G * S rows
+    block_t: int  # cache positions per tile
+    split_t: int  # cache positions per split: a power-of-two number of tiles
+    num_splits: int
+    num_warps: int
+
+
+def plan(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, n_sms: int, num_splits: int | None = None) -> Plan:
+    """The launch plan. Without `num_splits`: enough splits for ~2 programs per SM, and splits of
+    at most SPLIT_POSITIONS positions, whichever gives more (a short live range in a long buffer
+    then still spreads over several programs); at most one split per tile. `num_splits` asks for
+    about that many (tests). Tiles per split are rounded up to a power of two: the kernel loads a
+    split's mask at once."""
+    GS = Hq // Hkv * S
+    block_r = min(max(triton.next_power_of_2(GS), 16), 32 if D == 256 else 64)
+    block_t = 128 if D <= 128 else 64
+    n_tiles = triton.cdiv(T, block_t)
+    if num_splits is None:
+        programs = B * Hkv * triton.cdiv(GS, block_r)
+        num_splits = max(triton.cdiv(2 * n_sms, programs), triton.cdiv(T, SPLIT_POSITIONS))
+    split_t = triton.next_power_of_2(triton.cdiv(n_tiles, min(max(num_splits, 1), n_tiles))) * block_t
+    return Plan(
+        block_r=block_r,
+        row_blocks=triton.cdiv(GS, block_r),
+        block_t=block_t,
+        split_t=split_t,
+        num_splits=triton.cdiv(T, split_t),
+        num_warps=8 if block_r * D >= 32 * 256 else 4,
+    )
+
+
+def decode_attention_cuda(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float, num_splits: int | None = None
+) -> Tensor:
+    """The kernel's launcher (arguments already validated; CPU tensors under TRITON_INTERPRET=1).
+    q [B, Hq, S, D], k/v [B, Hkv, T, D], mask bool [1|B, 1|Hq, S, T] -> [B, Hq, S, D] in q.dtype.
+    num_splits: about how many T-splits (default: `plan`'s choice); tests set it."""
+    B, Hq, S, D = q.shape
+    _, Hkv, T, _ = k.shape
+    if D not in HEAD_DIMS:
+        raise ValueError(f"decode_attention kernel: head dim {D} not in {HEAD_DIMS}")
+    if not (q.is_cuda or interpreting()):
+        raise ValueError(f"decode_attention kernel: needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    G = Hq // Hkv
+    GS = G * S
+    p = plan(B, Hq, Hkv, S, D, T, num_sms(q.device), num_splits)
+    out = torch.empty((B, Hq, S, D), dtype=q.dtype, device=q.device)
+    m8 = mask.view(torch.uint8)
+    smb, smh, sms, smt = (0 if n == 1 else st for n, st in zip(m8.shape, m8.stride()))  # broadcast: stride 0
+    if p.num_splits > 1:
+        ws_acc = torch.empty((B * Hkv, p.num_splits, GS, D), dtype=torch.float32, device=q.device)
+        ws_m = torch.empty((B * Hkv, p.num_splits, GS), dtype=torch.float32, device=q.device)
+        ws_l = torch.empty_like(ws_m)
+        dst = ws_acc
+    else:
+        dst = ws_m = ws_l = out
+    _split_kernel[(B * Hkv, p.num_splits, p.row_blocks)](
+        q,
+        k,
+        v,
+        m8,
+        dst,
+        ws_m,
+        ws_l,
+        Hkv,
+        G,
+        S,
+        T,
+        p.num_splits,
+        float(scale),
+        float(softcap),
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        smb,
+        smh,
+        sms,
+        smt,
+        *out.stride()[:3],
+        HAS_SOFTCAP=softcap > 0,
+        SPLIT=p.num_splits > 1,
+        DOT_F32=interpreting(),
+        PRECISION="ieee" if q.dtype == torch.float32 or interpreting() else "tf32",  # tf32: unused for 16-bit
+        D=D,
+        BLOCK_R=p.block_r,
+        BLOCK_T=p.block_t,
+        SPLIT_T=p.split_t,
+        num_warps=p.num_warps,
+        num_stages=1,
+    )
+    if p.num_splits > 1:
+        splits_p2 = triton.next_power_of_2(p.num_splits)
+        block_d = min(D, max(8192 // splits_p2, 8))  # a [splits, BLOCK_D] float32 tile of <= 8192
+        _merge_kernel[(B * Hkv, GS, D // block_d)](
+            ws_acc,
+            ws_m,
+            ws_l,
+            out,
+            Hkv,
+            G,
+            S,
+            p.num_splits,
+            *out.stride()[:3],
+            D=D,
+            SPLITS=splits_p2,
+            BLOCK_D=block_d,
+            num_warps=4,
+        )
+    return out
+
+
+@decode_attention.register_kernel("cuda")
+def _decode_attention_cuda(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float) -> Tensor:
+    check_decode_attention_args(q, k, v, mask, scale, softcap)
+    try:
+        return decode_attention_cuda(q, k, v, mask, scale, softcap)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the reference needs more memory, not less
+    except Exception as e:  # noqa: BLE001 -- a head dim without a kernel, a kernel that cannot compile
+        _warn_kernel_fallback(type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return decode_attention_reference(q, k, v, mask, scale, softcap)
+
+
+@functools.cache
+def _warn_kernel_fallback(error: str, message: str) -> None:
+    log.warning(
+        "inductor_fuse: the decode_attention CUDA kernel failed (%s: %s); this call and others like it run "
+        "the pure-torch reference: correct, slower",
+        error,
+        message,
+    )
