@@ -14,6 +14,9 @@
                                                                  tuned by default, the matvec's are not: their
                                                                  measured defaults beat what a one-launch timing
                                                                  picks)
+    INDUCTOR_FUSE_CACHE_DIR=path    cache_dir          (below)   where the GGUF loader keeps what is slow to rebuild
+                                                                 (the tokenizer of a vocabulary); default
+                                                                 ~/.cache/inductor_fuse; empty: no cache
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 
@@ -48,6 +51,7 @@ class Settings:
     gemm: str = "auto"
     no_tune: bool = False
     tune: bool = False
+    cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "inductor_fuse")
     on_matvec_launch: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
@@ -62,6 +66,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         gemm=environ.get("INDUCTOR_FUSE_GEMM", "") or "auto",
         no_tune=environ.get("INDUCTOR_FUSE_NO_TUNE", "0") == "1",
         tune=environ.get("INDUCTOR_FUSE_TUNE", "0") == "1",
+        cache_dir=environ.get("INDUCTOR_FUSE_CACHE_DIR", Settings.cache_dir),
     )
 
 

@@ -2,7 +2,7 @@
 
     model, tokenizer = load_gguf("gemma-3-270m-q4_k_m.gguf", device="cuda", max_seq_len=4096)
 
-The file is read with `gguf.GGUFReader` (memory-mapped). Linear weights stay in their GGUF
+The file is read by `reader.read_gguf` (memory-mapped). Linear weights stay in their GGUF
 format as `QuantizedLinear` (no re-quantization); F32/F16/BF16 linears become float `nn.Linear`.
 The token embedding is dequantized to the model dtype (it is a gather); a tied output projection
 (no `output.weight`) reuses the embedding's quantized planes. Norms are float.
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 from tqdm.auto import tqdm
 
@@ -38,8 +38,8 @@ from ..models.transformer import ModelArgs, RMSNorm, Transformer
 from ..quant import QuantizedLinear, QuantizedWeight
 from ..quant.formats import GGUF_FORMATS
 from .metadata import GGUFLoadError, field_value, require
+from .reader import GGUFFile, read_gguf
 from .tokenizer import GGUFTokenizer
-from .validate import check_gguf_structure
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +80,13 @@ def load_gguf(
     return model.eval(), tokenizer
 
 
-def _open(path: str) -> GGUFReader:
+def _open(path: str) -> GGUFFile:
     if not os.path.isfile(path):
         raise GGUFLoadError(f"{path}: no such file")
-    # GGUFReader trusts every declared length; check them (and every tensor's byte range) first.
-    check_gguf_structure(path)
-    try:
-        return GGUFReader(path, "r")
-    except Exception as e:  # a file the structural check passed; kept as a backstop
-        raise GGUFLoadError(f"{path}: not a readable GGUF file: {type(e).__name__}: {e}") from e
+    return read_gguf(path)  # every declared length and tensor byte range checked
 
 
-def _scalar(reader: GGUFReader, key: str, path: str, default: Any = None) -> Any:
+def _scalar(reader: GGUFFile, key: str, path: str, default: Any = None) -> Any:
     """A per-model hyperparameter; GGUF allows a per-layer array, which must be uniform here."""
     value = field_value(reader, key, default) if default is not None else require(reader, key, path)
     if isinstance(value, list):
@@ -101,7 +96,7 @@ def _scalar(reader: GGUFReader, key: str, path: str, default: Any = None) -> Any
     return value
 
 
-def model_args(reader: GGUFReader, path: str = "<gguf>") -> ModelArgs:
+def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
     """ModelArgs from a GGUF file's metadata (and the shapes of its tensors)."""
     arch = field_value(reader, "general.architecture")
     if arch is None:
@@ -205,7 +200,7 @@ _LAYER = {
 }
 
 
-def _plan(args: ModelArgs, reader: GGUFReader, tensors: dict, path: str) -> dict[str, str]:
+def _plan(args: ModelArgs, reader: GGUFFile, tensors: dict, path: str) -> dict[str, str]:
     """module path -> GGUF tensor name for every weight the model needs; checks presence, shape, type."""
     with torch.device("meta"):
         skeleton = Transformer(args)

@@ -24,12 +24,20 @@ ones plain added tokens (matched whole).
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
 
-from gguf import GGUFReader
+import tokenizers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from .. import config
 from .metadata import GGUFLoadError, field_value
+from .reader import GGUFFile
+
+log = logging.getLogger("inductor_fuse")
 
 # llama.cpp's token types (tokenizer.ggml.token_type).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
@@ -131,21 +139,16 @@ class GGUFTokenizer:
         return TokenStream(self, skip_special_tokens)
 
     @classmethod
-    def from_reader(cls, reader: GGUFReader, path: str = "<gguf>") -> GGUFTokenizer:
+    def from_reader(cls, reader: GGUFFile, path: str = "<gguf>") -> GGUFTokenizer:
         kind = field_value(reader, "tokenizer.ggml.model")
         tokens = field_value(reader, "tokenizer.ggml.tokens")
         if kind is None or tokens is None:
             raise GGUFLoadError(f"{path}: no tokenizer in the metadata (tokenizer.ggml.model / tokens missing)")
         types = field_value(reader, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
-        if kind == "llama":
-            arch = field_value(reader, "general.architecture", "")
-            backend = _sentencepiece_bpe(reader, tokens, types, gemma=arch.startswith("gemma"))
-            add_bos_default = True
-        elif kind == "gpt2":
-            backend = _byte_level_bpe(reader, tokens, types, path)
-            add_bos_default = False
-        else:
+        if kind not in ("llama", "gpt2"):
             raise GGUFLoadError(f"{path}: unsupported tokenizer.ggml.model {kind!r} (supported: 'llama', 'gpt2')")
+        backend = _cached_backend(reader, kind, tokens, types, path)
+        add_bos_default = kind == "llama"
 
         bos_id = field_value(reader, "tokenizer.ggml.bos_token_id")
         eos_ids = []
@@ -158,6 +161,45 @@ class GGUFTokenizer:
                 eos_ids.append(i)
         add_bos = bool(field_value(reader, "tokenizer.ggml.add_bos_token", add_bos_default))
         return cls(backend, bos_id=bos_id, eos_ids=tuple(eos_ids), add_bos=add_bos, kind=kind)
+
+
+def _build_backend(reader: GGUFFile, kind: str, tokens: list[str], types: list[int], path: str) -> Tokenizer:
+    if kind == "llama":
+        arch = field_value(reader, "general.architecture", "")
+        return _sentencepiece_bpe(reader, tokens, types, gemma=arch.startswith("gemma"))
+    return _byte_level_bpe(reader, tokens, types, path)
+
+
+def _cached_backend(reader: GGUFFile, kind: str, tokens: list[str], types: list[int], path: str) -> Tokenizer:
+    """The `tokenizers.Tokenizer` of this vocabulary, from the cache (config.settings.cache_dir)
+    when it was built before. Building derives a SentencePiece vocabulary's merges in Python
+    (~2 s for Gemma's 262k tokens); the cached one loads from its JSON. The key hashes every
+    tokenizer field of the file, the architecture, this module's source and the `tokenizers`
+    version, so any change rebuilds. A cache that cannot be read or written is skipped (logged)."""
+    cache_dir = config.settings.cache_dir
+    if not cache_dir:
+        return _build_backend(reader, kind, tokens, types, path)
+    h = hashlib.sha256()
+    with open(__file__, "rb") as f:
+        h.update(f.read())
+    h.update(tokenizers.__version__.encode())
+    for key in sorted(k for k in reader.fields if k.startswith("tokenizer.")) + ["general.architecture"]:
+        h.update(key.encode() + b"\0" + repr(reader.fields.get(key)).encode() + b"\0")
+    file = os.path.join(cache_dir, "tokenizers", h.hexdigest() + ".json")
+    try:
+        if os.path.isfile(file):
+            return Tokenizer.from_file(file)
+    except Exception as e:  # noqa: BLE001 -- a damaged cache entry is rebuilt
+        log.warning("inductor_fuse: tokenizer cache %s unreadable (%s); rebuilding it", file, e)
+    backend = _build_backend(reader, kind, tokens, types, path)
+    try:
+        os.makedirs(os.path.dirname(file), exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(file), suffix=".tmp", delete=False) as tmp:
+            tmp.write(backend.to_str())
+        os.replace(tmp.name, file)  # atomic: a concurrent reader sees all of it or nothing
+    except OSError as e:
+        log.info("inductor_fuse: tokenizer not cached (%s)", e)
+    return backend
 
 
 class TokenStream:
@@ -187,7 +229,7 @@ def _add_file_tokens(backend: Tokenizer, tokens: list[str], types: list[int], ke
     backend.add_tokens(user)
 
 
-def _sentencepiece_bpe(reader: GGUFReader, tokens: list[str], types: list[int], gemma: bool) -> Tokenizer:
+def _sentencepiece_bpe(reader: GGUFFile, tokens: list[str], types: list[int], gemma: bool) -> Tokenizer:
     """SentencePiece BPE: spaces are "▁", unknown bytes fall back to <0xNN> tokens.
 
     Gemma files store tokens made only of spaces with real spaces ("  "), while the text is matched
@@ -220,7 +262,7 @@ def _sentencepiece_bpe(reader: GGUFReader, tokens: list[str], types: list[int], 
     return backend
 
 
-def _byte_level_bpe(reader: GGUFReader, tokens: list[str], types: list[int], path: str) -> Tokenizer:
+def _byte_level_bpe(reader: GGUFFile, tokens: list[str], types: list[int], path: str) -> Tokenizer:
     """Byte-level BPE (GPT-2 style): the text is split by the vocabulary's regex, then spelled as bytes."""
     pre = field_value(reader, "tokenizer.ggml.pre", "gpt-2")
     if pre not in PRE_TOKENIZERS:

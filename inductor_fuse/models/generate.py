@@ -47,6 +47,44 @@ def decode_one_token(
     return sample(logits[:, -1], temperature, top_k)
 
 
+class _HostTokens:
+    """Tokens on their way to the host, read one step behind the device (a FIFO of at most two).
+
+    On CUDA, `push(token)` starts a non-blocking copy into pinned memory and records an event;
+    `pop()` returns the oldest pushed token, waiting for its event only -- its copy and the step
+    that produced it -- not for a step launched since. So the host reads token t while step t + 1
+    runs, and the GPU does not idle on the host's read. Elsewhere (CPU) a push keeps the tensor
+    and a pop reads it."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.bufs = [torch.empty((), dtype=torch.long, pin_memory=True) for _ in range(2)]
+            self.events = [torch.cuda.Event() for _ in range(2)]
+        self.tensors: list[Tensor | None] = [None, None]
+        self.pushed = 0
+        self.popped = 0
+
+    def push(self, token: Tensor) -> None:
+        if self.pushed - self.popped == 2:
+            raise RuntimeError("_HostTokens: pop before pushing a third token")
+        i = self.pushed % 2
+        if self.cuda:
+            self.bufs[i].copy_(token[0], non_blocking=True)
+            self.events[i].record()
+        else:
+            self.tensors[i] = token
+        self.pushed += 1
+
+    def pop(self) -> int:
+        i = self.popped % 2
+        self.popped += 1
+        if self.cuda:
+            self.events[i].synchronize()
+            return int(self.bufs[i])
+        return int(self.tensors[i][0])
+
+
 @torch.no_grad()
 def generate(
     model: Transformer,
@@ -63,6 +101,11 @@ def generate(
 
     on_token(id) is called as each token is known (for streaming). Stops after max_new_tokens,
     at an EOS, or when the KV cache is full.
+
+    The host reads token t after step t + 1 has been launched (`_HostTokens`): the device never
+    waits for the host between steps. A step that turns out to follow the EOS has then run for
+    nothing (its KV-cache write lies past the returned tokens); no step runs past
+    max_new_tokens or the cache.
     """
     device = model.norm.weight.device
     prompt_t = torch.tensor([list(prompt)], dtype=torch.long, device=device)
@@ -75,12 +118,16 @@ def generate(
     out: list[int] = []
     input_pos = torch.tensor([n], dtype=torch.long, device=device)
     eos = set(eos_ids)
+    host = _HostTokens(device)
+    host.push(token)
     while True:
-        t = int(token[0])
+        if host.pushed < max_new_tokens:  # launch the next step before reading the last token
+            token = decode_fn(model, token.view(1, 1).clone(), input_pos, temperature, top_k)
+            input_pos += 1
+            host.push(token)
+        t = host.pop()
         out.append(t)
         if on_token is not None:
             on_token(t)
         if t in eos or len(out) >= max_new_tokens:
             return out
-        token = decode_fn(model, token.view(1, 1).clone(), input_pos, temperature, top_k)
-        input_pos += 1

@@ -100,7 +100,7 @@ def _why_not(node: fx.Node, a: dict) -> str | None:
     if a.get("dropout_p", 0.0) != 0.0:
         return "dropout"
     if a.get("is_causal", False):
-        return "is_causal over a cache"
+        return "is_causal: no mask says which positions are live"
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         return f"q, k, v are not 4-D ({q.dim()}, {k.dim()}, {v.dim()})"
     S, T = q.shape[2], k.shape[2]

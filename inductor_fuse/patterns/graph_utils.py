@@ -93,6 +93,22 @@ def is_frozen(node: object, frozen: set[fx.Node]) -> bool:
     return root in frozen or root.op == "get_attr"
 
 
+def folds_to_constant(node: fx.Node, frozen: set[fx.Node]) -> bool:
+    """node is computed from frozen constants only (e.g. a cat of frozen planes, as `siblings`
+    makes): freezing folds it into a constant."""
+    seen: dict[fx.Node, bool] = {}
+
+    def walk(n: fx.Node) -> bool:
+        if n not in seen:
+            if n.op == "call_function":
+                seen[n] = all(walk(i) for i in n.all_input_nodes)
+            else:
+                seen[n] = is_frozen(n, frozen)
+        return seen[n]
+
+    return walk(node)
+
+
 def not_frozen_reason(what: str, node: fx.Node) -> str:
     root = weight_root(node)
     kind = f"a graph input ({root.name})" if root.op == "placeholder" else f"computed at run time ({root.target})"

@@ -90,3 +90,19 @@ def qlinear_reference(x: Tensor, planes: Sequence[Tensor], bias: Tensor | None, 
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)
+
+
+@torch.library.custom_op("inductor_fuse::dequantize", mutates_args=())
+def dequantize(planes: list[Tensor], fmt: str, dtype: torch.dtype) -> Tensor:
+    """The weight [N, K] of ``planes`` in ``fmt``, dequantized (float32 math) and cast to ``dtype``.
+
+    What the ``dequant_cpu`` rule puts in place of a qlinear over frozen planes on CPU: freezing
+    then folds it into a constant, computed once at compile time."""
+    return FORMATS[fmt].dequantize(planes).to(dtype)
+
+
+@dequantize.register_fake
+def _dequantize_fake(planes: list[Tensor], fmt: str, dtype: torch.dtype) -> Tensor:
+    f = FORMATS[fmt]
+    n, k = f.check_planes(planes)[1:]
+    return planes[0].new_empty((n, k), dtype=dtype)

@@ -4,10 +4,12 @@ spaces, newlines and special tokens; decode and streaming decode give the text b
 
 import os
 
-import gguf
 import pytest
 
+from inductor_fuse import config
 from inductor_fuse.gguf import GGUFTokenizer
+from inductor_fuse.gguf import tokenizer as tokenizer_module
+from inductor_fuse.gguf.reader import read_gguf
 from inductor_fuse.gguf.tokenizer import merges_from_vocab
 
 PROMPTS = [
@@ -46,7 +48,7 @@ def check_stream(tok: GGUFTokenizer, text: str):
 @pytest.fixture(scope="module", params=["llama", "qwen3"])
 def bpe(request, tiny_gguf):
     path, _, _, trained = tiny_gguf(request.param)
-    return request.param, path, GGUFTokenizer.from_reader(gguf.GGUFReader(path), path), trained
+    return request.param, path, GGUFTokenizer.from_reader(read_gguf(path), path), trained
 
 
 def test_bpe_equals_trained_tokenizer(bpe):
@@ -95,7 +97,7 @@ def test_unsupported_pre_tokenizer(tmp_path, tiny_gguf):
     from inductor_fuse.gguf import GGUFLoadError
 
     with pytest.raises(GGUFLoadError, match="pre.gguf: unsupported tokenizer.ggml.pre 'some-new-regex'"):
-        GGUFTokenizer.from_reader(gguf.GGUFReader(path), str(path))
+        GGUFTokenizer.from_reader(read_gguf(str(path)), str(path))
 
 
 # ---- SentencePiece ("llama" model): a Llama-2-style vocabulary written by the tests ----
@@ -111,7 +113,7 @@ def spm_path(tmp_path_factory):
 
 
 def test_sentencepiece_equals_transformers(spm_path):
-    tok = GGUFTokenizer.from_reader(gguf.GGUFReader(spm_path), spm_path)
+    tok = GGUFTokenizer.from_reader(read_gguf(spm_path), spm_path)
     hf = transformers_tokenizer(spm_path)
     assert tok.kind == "llama" and tok.add_bos and tok.eos_ids == (2,)
     for text in PROMPTS + ["<s>hi</s>", " x"]:
@@ -122,7 +124,7 @@ def test_sentencepiece_equals_transformers(spm_path):
 
 
 def test_sentencepiece_byte_fallback_and_space_prefix(spm_path):
-    tok = GGUFTokenizer.from_reader(gguf.GGUFReader(spm_path), spm_path)
+    tok = GGUFTokenizer.from_reader(read_gguf(spm_path), spm_path)
     pieces = tok.backend.encode("Hi 日", add_special_tokens=False).tokens
     assert pieces[0].startswith("\u2581")  # the space prefix
     assert pieces[-3:] == ["<0xE6>", "<0x97>", "<0xA5>"]  # 日 is not in the vocabulary: its UTF-8 bytes
@@ -134,7 +136,7 @@ def test_sentencepiece_without_space_prefix(tmp_path):
 
     path = str(tmp_path / "nospace.gguf")
     write_spm_gguf(path, add_space_prefix=False)
-    tok = GGUFTokenizer.from_reader(gguf.GGUFReader(path), path)
+    tok = GGUFTokenizer.from_reader(read_gguf(path), path)
     assert not tok.backend.encode("The capital", add_special_tokens=False).tokens[0].startswith("\u2581")
     for text in PROMPTS:
         assert tok.decode(tok.encode(text)) == text
@@ -168,3 +170,29 @@ def test_gemma_specials_and_stream(gemma):
     for text in PROMPTS:
         check_stream(tok, text)
         assert tok.decode(tok.encode(text)) == text
+
+
+def test_the_tokenizer_is_cached_and_the_cache_follows_the_file(spm_path, tmp_path, monkeypatch):
+    """Built once per vocabulary, then loaded from config.settings.cache_dir; a file with another
+    vocabulary (or other tokenizer fields) gets its own entry; no cache dir: no files."""
+    from tiny_gguf import write_spm_gguf
+
+    built = []
+    real_build = tokenizer_module._build_backend
+    monkeypatch.setattr(tokenizer_module, "_build_backend", lambda *a: built.append(a[-1]) or real_build(*a))
+    other = str(tmp_path / "nospace.gguf")
+    write_spm_gguf(other, add_space_prefix=False)
+    with config.patch(cache_dir=str(tmp_path / "cache")):
+        first = GGUFTokenizer.from_reader(read_gguf(spm_path), spm_path)
+        again = GGUFTokenizer.from_reader(read_gguf(spm_path), spm_path)
+        assert built == [spm_path]  # the second one came from the cache
+        GGUFTokenizer.from_reader(read_gguf(other), other)
+        assert built == [spm_path, other]
+    assert len(os.listdir(tmp_path / "cache" / "tokenizers")) == 2
+    for text in PROMPTS:
+        assert again.encode(text) == first.encode(text) and again.decode(again.encode(text)) == first.decode(
+            first.encode(text)
+        )
+    with config.patch(cache_dir=""):
+        GGUFTokenizer.from_reader(read_gguf(spm_path), spm_path)
+    assert built == [spm_path, other, spm_path]

@@ -99,6 +99,27 @@ def test_generate_stops_at_eos_and_cache_end():
     assert len(generate(model, prompt, 100)) == 16 - 3  # the KV cache holds 16 positions
 
 
+def test_generate_reads_tokens_one_step_behind():
+    """The host reads token t after step t + 1 is launched: streaming sees every token in order,
+    at most one step runs past an EOS, and none past max_new_tokens or the cache."""
+    model = build(LLAMA, max_seq_len=16)
+    prompt = [1, 2, 3]
+    launched, streamed = [], []
+
+    def step(model, token, input_pos, temperature, top_k):
+        launched.append(int(input_pos))
+        return decode_one_token(model, token, input_pos, temperature, top_k)
+
+    out = generate(model, prompt, 10, decode_fn=step, on_token=streamed.append)
+    assert streamed == out and len(out) == 10
+    assert launched == list(range(3, 3 + 9))  # token 0 comes from the prefill: 9 steps, no more
+    launched.clear()
+    assert generate(model, prompt, 10, eos_ids=[out[2]], decode_fn=step) == out[:3]
+    assert launched == [3, 4, 5]  # the step after the EOS ran before the EOS was read, and no other
+    launched.clear()
+    assert len(generate(model, prompt, 100, decode_fn=step)) == 13 and max(launched) == 14  # cache of 16
+
+
 def test_sample():
     logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 0.0]])
     assert sample(logits).tolist() == [1, 0]

@@ -56,7 +56,7 @@ def test_registration_errors(scratch_registry):
 
 
 def test_unknown_option_names_the_registered_families():
-    with pytest.raises(ValueError, match=r"valid options are \['siblings', 'decode_attention'\]"):
+    with pytest.raises(ValueError, match=r"valid options are \['siblings', 'decode_attention', 'dequant_cpu'\]"):
         FuseOptions.from_dict({"silu": True})
     with pytest.raises(TypeError, match="must be a bool"):
         FuseOptions.from_dict({"siblings": 1})

@@ -1,0 +1,97 @@
+"""Rule family `dequant_cpu`: on CPU a quantized linear over frozen weights runs as a float GEMM on
+the weight dequantized once at compile time (freezing folds the dequantization)."""
+
+import pytest
+import torch
+from numerics import rel_err
+from torch._inductor.utils import run_and_get_code
+from toy_models import TinyLlama
+
+import inductor_fuse
+from inductor_fuse.patterns import dequant_cpu
+from inductor_fuse.quant.formats import FORMATS
+
+FAMILY = "dequant_cpu"
+
+
+@pytest.fixture
+def dequantize_calls(monkeypatch):
+    """How often any weight is dequantized (every format's WeightFormat.dequantize)."""
+    calls = []
+    for fmt in {type(f) for f in FORMATS.values()}:
+        original = fmt.dequantize
+        monkeypatch.setattr(fmt, "dequantize", lambda self, planes, _o=original: calls.append(1) or _o(self, planes))
+    return calls
+
+
+def _model(fmt="q4_k", n_layers=2):
+    torch.manual_seed(0)
+    model = TinyLlama(n_layers=n_layers, dim=256, hidden=512).eval()
+    inductor_fuse.quantize_(model, inductor_fuse.QuantConfig(fmt=fmt))
+    return model
+
+
+@pytest.mark.parametrize("fmt", ["q4_k", "q8_0", "int4_g32"])
+def test_weights_are_dequantized_once_at_compile_time(fmt, dequantize_calls):
+    model = _model(fmt)
+    x = torch.randn(1, 3, 256)
+    with torch.no_grad():
+        ref = model(x)
+        compiled = torch.compile(model, backend="inductor_fuse")
+        _, (code,) = run_and_get_code(compiled, x)
+        dequantize_calls.clear()
+        got = [compiled(x) for _ in range(3)]
+    assert not dequantize_calls  # folded into constants: no dequantization per call
+    call = code[code.index("def call(") :]
+    assert "torch.ops.inductor_fuse" not in call and "extern_kernels.mm" in call, call  # float GEMMs on frozen weights
+    assert all(rel_err(g, ref) < 1e-5 for g in got)
+    counts = inductor_fuse.last_report().counts
+    # per layer: the fused QKV and gate|up (siblings runs first), o_proj and down_proj
+    assert counts[FAMILY] == 4 * 2 and counts["siblings"] == 2 * 2, counts
+
+
+def test_past_the_memory_budget_the_reference_runs(monkeypatch, dequantize_calls):
+    monkeypatch.setattr(dequant_cpu, "available_memory", lambda: 4 * 600 * 1024)  # budget: 600 KiB
+    model = _model(n_layers=1)
+    x = torch.randn(1, 3, 256)
+    with torch.no_grad():
+        ref = model(x)
+        compiled = torch.compile(model, backend="inductor_fuse")
+        compiled(x)
+        dequantize_calls.clear()
+        got = compiled(x)
+    assert rel_err(got, ref) < 1e-5
+    rep = inductor_fuse.last_report()
+    # in graph order: the fused qkv (512 x 256 float32, 512 KiB) fits; then 88 KiB are left, less
+    # than o_proj (256 KiB), gate|up (1 MiB), down_proj (512 KiB) need
+    assert rep.counts[FAMILY] == 1, str(rep)
+    reasons = [s.reason for s in rep.skipped if s.family == FAMILY]
+    assert len(reasons) == 3 and all("memory budget" in r for r in reasons), reasons
+    assert len(dequantize_calls) == 3  # the three left run the reference, dequantizing per call
+
+
+def test_the_option_turns_it_off(dequantize_calls):
+    model = _model(n_layers=1)
+    x = torch.randn(1, 3, 256)
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="inductor_fuse", options={FAMILY: False})
+        compiled(x)
+        dequantize_calls.clear()
+        compiled(x)
+    assert inductor_fuse.last_report().counts[FAMILY] == 0
+    assert len(dequantize_calls) == 4
+
+
+def test_planes_given_at_run_time_are_left_alone():
+    """Planes that are inputs of the graph, not frozen weights, cannot be folded."""
+    planes = list(FORMATS["q4_k"].quantize(torch.randn(64, 256)))
+
+    def f(x, qs, sm, dm):
+        return torch.ops.inductor_fuse.qlinear(x, [qs, sm, dm], None, "q4_k")
+
+    x = torch.randn(2, 256)
+    got = torch.compile(f, backend="inductor_fuse")(x, *planes)
+    assert rel_err(got, f(x, *planes)) < 1e-6
+    rep = inductor_fuse.last_report()
+    assert rep.counts[FAMILY] == 0
+    assert any(s.family == FAMILY and "not a frozen constant" in s.reason for s in rep.skipped), str(rep)
