@@ -68,6 +68,7 @@ class RulePass(CustomGraphPass):
         for family in families():
             if family.name in self.enabled and _rule_runs(family.name, family.run, graph):
                 family.run(graph)
+                graph.lint()  # every family leaves a well-formed graph
 
     def uuid(self) -> str:
         return f"{plugin_hash()}-{self.enabled}"

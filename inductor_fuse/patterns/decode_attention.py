@@ -38,7 +38,7 @@ from .. import (
     attention,  # noqa: F401 -- defines torch.ops.inductor_fuse.decode_attention, emitted below
     report,
 )
-from .graph_utils import call, module_name, val
+from .graph_utils import call, record_rewrite, val
 from .registry import GRAPH_WALK, rule_family
 
 FAMILY = "decode_attention"
@@ -161,8 +161,6 @@ def fuse_decode_attention(graph: fx.Graph) -> int:
         graph.erase_node(node)
         qs, ks = list(val(q).shape), list(val(k).shape)
         detail = f"q{qs} over k{ks} {str(val(q).dtype).removeprefix('torch.')}, mask {list(val(mask).shape)}"
-        rep.rewrites.append(report.Rewrite(FAMILY, module_name(node), (node.name,), detail))
+        record_rewrite(FAMILY, node, detail)
         rewrites += 1
-    if rewrites:
-        graph.lint()
     return rewrites

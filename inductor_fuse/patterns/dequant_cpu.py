@@ -26,7 +26,7 @@ import torch.fx as fx
 from .. import report
 from ..quant import op  # noqa: F401 -- defines the qlinear and dequantize ops
 from ..quant.formats import FORMATS
-from .graph_utils import call, folds_to_constant, frozen_placeholders, module_name, not_frozen_reason, val
+from .graph_utils import call, folds_to_constant, frozen_placeholders, not_frozen_reason, record_rewrite, val
 from .registry import GRAPH_WALK, rule_family
 
 FAMILY = "dequant_cpu"
@@ -106,8 +106,6 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
         node.replace_all_uses_with(y)
         graph.erase_node(node)
         detail = f"[{N}, {K}] {fmt} -> {str(dtype).removeprefix('torch.')} ({nbytes / 2**20:.1f} MiB)"
-        rep.rewrites.append(report.Rewrite(FAMILY, module_name(node), (node.name,), detail))
+        record_rewrite(FAMILY, node, detail)
         rewrites += 1
-    if rewrites:
-        graph.lint()
     return rewrites

@@ -15,6 +15,8 @@ import torch.fx as fx
 from torch._functorch._aot_autograd.schemas import MutationType
 from torch._guards import TracingContext
 
+from .. import report
+
 aten = torch.ops.aten
 
 # ops that only change how a weight is viewed: weight-ness flows through them
@@ -130,6 +132,11 @@ def call(graph: fx.Graph, target, *args, **kwargs) -> fx.Node:
 
 def val(node: fx.Node):
     return node.meta["val"]
+
+
+def record_rewrite(family: str, node: fx.Node, detail: str) -> None:
+    """Report a rewrite of one node, labelled with the module it came from."""
+    report.current().rewrites.append(report.Rewrite(family, module_name(node), (node.name,), detail))
 
 
 def module_name(node: fx.Node) -> str:
