@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-GGUF_FORMATS = ["q4_k", "q6_k", "q5_0", "q8_0"]
+from inductor_fuse.quant.formats import GGUF_FORMATS as _BY_GGML_TYPE
+
+GGUF_FORMATS = sorted(f.name for f in _BY_GGML_TYPE.values())  # every format with a GGUF type
+GEMMA_FORMATS = ["q4_k", "q6_k", "q5_0", "q8_0"]  # the types the real Gemma-3-270M Q4_K_M file holds
 
 
 # GGUF metadata value types -> byte size (8: string, 9: array are variable)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from inductor_fuse.quant import FORMATS
 
-from .conftest import GGUF_FORMATS, assert_bits_equal, random_gguf_bytes
+from .conftest import GEMMA_FORMATS, GGUF_FORMATS, assert_bits_equal, random_gguf_bytes
 
 
 @pytest.mark.parametrize("name", GGUF_FORMATS)
@@ -39,10 +39,13 @@ def test_plane_layout(name):
         "q6_k": [(torch.uint8, k // 2), (torch.uint8, k // 4), (torch.int8, k // 16), (torch.float16, k // 256)],
         "q5_0": [(torch.uint8, k // 2), (torch.uint8, k // 8), (torch.float16, k // 32)],
         "q8_0": [(torch.int8, k), (torch.float16, k // 32)],
+        "q4_0": [(torch.uint8, k // 2), (torch.float16, k // 32)],
+        "iq4_xs": [(torch.uint8, k // 2), (torch.int8, k // 32), (torch.float16, k // 256)],
     }[name]
     planes = f.from_gguf_bytes(random_gguf_bytes(f, n, k))
     assert [(p.dtype, tuple(p.shape)) for p in planes] == [(dt, (n, w)) for dt, w in expected]
     assert all(p.is_contiguous() for p in planes)
+    assert (f.block_size, f.type_size) == gguf.GGML_QUANT_SIZES[f.ggml_type]
 
 
 @pytest.mark.parametrize("name", GGUF_FORMATS)
@@ -75,7 +78,7 @@ def _first_tensor(tensors, ggml_type):
     return next(t for t in tensors if t.tensor_type == ggml_type and len(t.shape) == 2)
 
 
-@pytest.mark.parametrize("name", GGUF_FORMATS)
+@pytest.mark.parametrize("name", GEMMA_FORMATS)
 def test_dequantize_gemma_tensor(gemma_tensors, name):
     f = FORMATS[name]
     t = _first_tensor(gemma_tensors, f.ggml_type)

@@ -9,7 +9,7 @@ import torch
 
 from inductor_fuse.quant import FORMATS, QuantizedWeight, quantize
 
-from .conftest import GGUF_FORMATS, assert_bits_equal
+from .conftest import GEMMA_FORMATS, GGUF_FORMATS, assert_bits_equal
 
 
 def _smallest_2d(tensors, ggml_type):
@@ -17,7 +17,7 @@ def _smallest_2d(tensors, ggml_type):
     return min(ts, key=lambda t: int(t.n_bytes))
 
 
-@pytest.mark.parametrize("name", GGUF_FORMATS)
+@pytest.mark.parametrize("name", GEMMA_FORMATS)
 def test_from_gguf_gemma(gemma_tensors, name):
     f = FORMATS[name]
     t = _smallest_2d(gemma_tensors, f.ggml_type)
