@@ -77,7 +77,7 @@ def _is_full(node: object, value: float) -> bool:
     return isinstance(node, fx.Node) and node.target is aten.full.default and node.args[1] == value
 
 
-def _bool_mask(mask: fx.Node | None) -> tuple[fx.Node | None, str]:
+def _bool_mask(mask: fx.Node | None) -> tuple[fx.Node | None, str | None]:
     """The boolean mask behind SDPA's mask argument, or (None, why not)."""
     if mask is None:
         return None, "no mask: the live part of the cache cannot be told"
@@ -85,13 +85,13 @@ def _bool_mask(mask: fx.Node | None) -> tuple[fx.Node | None, str]:
     while mask.target is aten.expand.default:
         mask = mask.args[0]
     if val(mask).dtype == torch.bool:
-        return mask, ""
+        return mask, None
     if mask.target is aten.where.self:
         cond, a, b = mask.args
         if _is_full(a, 0.0) and _is_full(b, float("-inf")) and val(cond).dtype == torch.bool:
             while cond.target is aten.expand.default:
                 cond = cond.args[0]
-            return cond, ""
+            return cond, None
     return None, f"the mask {mask.name} is a float bias, not where(bool, 0, -inf): the live positions are not known"
 
 
@@ -136,7 +136,6 @@ def fuse_decode_attention(graph: fx.Graph) -> int:
         mask = None
         if why is None:
             mask, why = _bool_mask(a.get(_SDPA[node.target]))
-            why = why or None
         if why is None:
             q = a["query"]
             k, v = _strip_repeat_kv(a["key"]), _strip_repeat_kv(a["value"])

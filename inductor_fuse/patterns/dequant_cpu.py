@@ -49,8 +49,6 @@ def available_memory() -> int:
 
 def _why_not(node: fx.Node, frozen: set[fx.Node]) -> str | None:
     x, planes, bias, _ = node.args
-    if val(x).device.type != "cpu":
-        return f"x is on {val(x).device.type}: the Triton kernels run there"
     for p in planes:
         if not folds_to_constant(p, frozen):
             return not_frozen_reason("plane", p)
@@ -73,8 +71,10 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
     budget = int(available_memory() * MEMORY_FRACTION)
     rewrites = 0
     for node in list(graph.find_nodes(op="call_function", target=qlinear)):
-        why = _why_not(node, frozen)
         x, planes, bias, fmt = node.args
+        if val(x).device.type != "cpu":  # on GPU the Triton kernels run: not a candidate
+            continue
+        why = _why_not(node, frozen)
         if why is None:
             N, K = FORMATS[fmt].check_planes([val(p) for p in planes])[1:]  # from the weight: static
             nbytes = N * K * val(x).dtype.itemsize
@@ -82,8 +82,7 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
             mib = f"{nbytes / 2**20:.0f} MiB, budget left {budget / 2**20:.0f} MiB"
             why = f"its float weight would not fit the memory budget ({mib})"
         if why is not None:
-            if val(x).device.type == "cpu":  # on GPU the rule is not for this node: no noise in the report
-                rep.skipped.append(report.Skip(FAMILY, (node.name,), why))
+            rep.skipped.append(report.Skip(FAMILY, (node.name,), why))
             continue
         budget -= nbytes
         dtype = val(x).dtype
