@@ -14,7 +14,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelSpec, group_dot, prefetch_when_batched, register_kernels, unit_halves, unit_scalars, x_scales
+from ._common import (
+    KernelSpec,
+    group_dot,
+    prefetch_when_batched,
+    register_kernels,
+    unit_halves,
+    unit_scalars,
+    x_group,
+    x_scales,
+)
 
 UNIT = tl.constexpr(64)  # weights per matvec unit
 
@@ -41,7 +50,7 @@ def _q4k_load_units(wctx, u, umask):
     wa, wb = unit_halves(qs_ptr, qs_row, u, umask)
     smw = unit_scalars(sm_ptr, sm_row, u, umask)
     d = unit_scalars(dm_ptr, dm_row, (u // 4) * 2, umask)
-    dmin = unit_scalars(dm_ptr, dm_row, (u // 4) * 2 + 1, umask)
+    dmin = unit_scalars(dm_ptr, dm_row, (u // 4) * 2, umask, 1)
     return wa, wb, smw, d, dmin
 
 
@@ -67,8 +76,10 @@ def _q4k_decode(w, u, USE_ASM: tl.constexpr):
 def _q4k_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
     wa_lo, wa_hi, wb_lo, wb_hi, dsc_lo, dm_lo, dsc_hi, dm_hi = wd
     xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
-    s_lo = group_dot(wa_lo, wb_lo, xq_ptr, m, K, u * 16, umask, False, USE_ASM)
-    s_hi = group_dot(wa_hi, wb_hi, xq_ptr, m, K, u * 16, umask, False, USE_ASM, 8)
+    x_lo = x_group(xq_ptr, m, K, u * 16, umask, wa_lo)
+    x_hi = x_group(xq_ptr, m, K, u * 16, umask, wa_lo, 8)
+    s_lo = group_dot(wa_lo, wb_lo, x_lo, False, USE_ASM)
+    s_hi = group_dot(wa_hi, wb_hi, x_hi, False, USE_ASM)
     xd_lo = x_scales(xd_ptr, m, K // 32, 2 * u, umask)
     xd_hi = x_scales(xd_ptr, m, K // 32, 2 * u, umask, 1)
     xs_lo = x_scales(xs32_ptr, m, K // 32, 2 * u, umask)

@@ -39,7 +39,7 @@ def _q6k_load_units(wctx, u, umask):
     ql = unit_words(ql_ptr, ql_row, u * 4, 4, umask)
     qh = unit_words(qh_ptr, qh_row, H * 8 + (u % 2) * 4, 4, umask)
     sc0 = unit_scalars(sc_ptr, sc_row, u + 4 * H, umask)
-    sc1 = unit_scalars(sc_ptr, sc_row, u + 4 * H + 4, umask)
+    sc1 = unit_scalars(sc_ptr, sc_row, u + 4 * H, umask, 4)
     return ql, qh, sc0, sc1, unit_scalars(d_ptr, d_row, u // 8, umask)
 
 
@@ -62,8 +62,10 @@ def _q6k_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
     p = (u % 4) // 2
     q = u % 2
     xw = 32 * H + 8 * p + 4 * q
-    isum0 = tl.sum(_dp4a(q0, x_words(xq_ptr, m, K, xw, umask, q0), False, USE_ASM), axis=2)
-    isum1 = tl.sum(_dp4a(q1, x_words(xq_ptr, m, K, xw, umask, q0, 16), False, USE_ASM), axis=2)
+    x0 = x_words(xq_ptr, m, K, xw, umask, q0)
+    x1 = x_words(xq_ptr, m, K, xw, umask, q0, 16)
+    isum0 = tl.sum(_dp4a(q0, x0, False, USE_ASM), axis=2)
+    isum1 = tl.sum(_dp4a(q1, x1, False, USE_ASM), axis=2)
     g16 = 8 * H + 2 * p + q
     g32 = 4 * H + p
     xd0 = x_scales(xd_ptr, m, K // 32, g32, umask)

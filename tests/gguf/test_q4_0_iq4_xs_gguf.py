@@ -124,5 +124,7 @@ def test_cuda_kernels_match_float_reference(tmp_path, arch, exact):
     err_prefill = rel_err(prefill.cpu(), ref(torch.tensor([ids])).logits)
     err_step = rel_err(step.cpu(), ref(torch.tensor([ids[:11]])).logits[0, -1])
     print(f"{arch} {'exact' if exact else 'w4a8'}: prefill rel err {err_prefill:.2e}, decode step {err_step:.2e}")
-    # tf32 tensor-core dots in the GEMM; int8 activations (one scale per 32) in the matvec
-    assert err_prefill < 5e-3 and err_step < (5e-3 if exact else 3e-2)
+    # prefill: the GEMM, ieee float32 dots; the step: int8 activations (one scale per 32) in the
+    # W4A8 matvec, float ones with exact=True
+    assert err_prefill < RTOL, f"{arch}: prefill relative error {err_prefill:.2e}"
+    assert err_step < (RTOL if exact else 3e-2), f"{arch}: decode step relative error {err_step:.2e}"
