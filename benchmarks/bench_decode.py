@@ -174,7 +174,12 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
 
     rows = []
     env = environment()
-    for ctx in args.contexts:
+    plan = [(ctx, max_ctx) for ctx in args.contexts]
+    if args.short_buffer:  # the same model and compiled step over a cache sized for one context
+        plan.append((args.short_buffer, args.short_buffer + args.tokens + 8))
+    for ctx, buffer in plan:
+        if buffer != model.max_seq_len:
+            model.setup_caches(1, buffer)  # new cache shapes: the step recompiles in the warm-up
         timed_generate(model, step, ctx, 8)  # warm-up at this position
         runs = [timed_generate(model, step, ctx, args.tokens) for _ in range(args.repeats)]
         dec, dec_min, dec_max = median_spread(runs)
@@ -195,14 +200,18 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
                 "repeats": args.repeats,
                 "compile_s": compile_s,
                 "load_s": load_s,
-                "kv_buffer": max_ctx,
+                "kv_buffer": buffer,
                 "torch": env["torch"],
                 "triton": env["triton"],
                 "gpu": env["gpu"],
                 "date": env["date"],
             }
         )
-        print(f"{model_name} {system} ctx {ctx}: decode {dec:.1f} tok/s ({dec_min:.1f}-{dec_max:.1f})", flush=True)
+        print(
+            f"{model_name} {system} ctx {ctx} (KV buffer {buffer}):"
+            f" decode {dec:.1f} tok/s ({dec_min:.1f}-{dec_max:.1f})",
+            flush=True,
+        )
     del model, step
     torch._dynamo.reset()  # the next system compiles the same decode_one_token afresh
     return rows
@@ -221,7 +230,12 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, m in zip(axes[0], models):
         for s in SYSTEMS:
-            pts = sorted((r["context"], r["decode_tok_s"]) for r in rows if r["model"] == m and r["system"] == s)
+            big = max((r["kv_buffer"] for r in rows if r["model"] == m), default=0)  # one buffer per line
+            pts = sorted(
+                (r["context"], r["decode_tok_s"])
+                for r in rows
+                if r["model"] == m and r["system"] == s and r["kv_buffer"] == big
+            )
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=s)
         ref = sorted(LLAMA_CPP.get(m, {}).items())
@@ -247,6 +261,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda")
     p.add_argument("--device-kind", default="nvidia-h200", help="the device kind recorded in each row")
+    p.add_argument(
+        "--short-buffer",
+        type=int,
+        default=0,
+        help="also time this context with the KV cache sized for it alone (against the same context in the big buffer)",
+    )
     p.add_argument("--workdir", default="/tmp/inductor_fuse_bench", help="where the synthetic GGUF files go")
     args = p.parse_args()
     args.contexts = [int(c) for c in args.contexts.split(",")]
@@ -265,10 +285,10 @@ def main() -> None:
             rows += run(m, s, args, workdir)
     print_table(
         "decode / prefill (median of repeats; host reads each token)",
-        ["model", "system", "context", "decode tok/s", "min-max", "prefill tok/s", "compile s", "load s"],
+        ["model", "system", "context", "KV buffer", "decode tok/s", "min-max", "prefill tok/s", "compile s", "load s"],
         [
-            [r["model"], r["system"], r["context"], r["decode_tok_s"], f"{r['decode_min']:.0f}-{r['decode_max']:.0f}",
-             r["prefill_tok_s"], r["compile_s"], r["load_s"]]
+            [r["model"], r["system"], r["context"], r["kv_buffer"], r["decode_tok_s"],
+             f"{r['decode_min']:.0f}-{r['decode_max']:.0f}", r["prefill_tok_s"], r["compile_s"], r["load_s"]]
             for r in rows
         ],
     )  # fmt: skip

@@ -211,6 +211,7 @@ class Plan:
     split_t: int  # cache positions per split: a power-of-two number of tiles
     num_splits: int
     num_warps: int
+    num_stages: int = 1
 
 
 def plan(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, n_sms: int, num_splits: int | None = None) -> Plan:
@@ -295,7 +296,7 @@ def decode_attention_cuda(
         BLOCK_T=p.block_t,
         SPLIT_T=p.split_t,
         num_warps=p.num_warps,
-        num_stages=1,
+        num_stages=p.num_stages,
     )
     if p.num_splits > 1:
         splits_p2 = triton.next_power_of_2(p.num_splits)

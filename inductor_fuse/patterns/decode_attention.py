@@ -12,9 +12,10 @@ math op) with different signatures; the rule binds each to its schema. It matche
 - the query has at most MAX_QUERY_ROWS rows (decode, speculative drafts: prefill keeps the stock
   path) and the keys at least as many positions;
 - there is a mask and it is boolean, or the additive ``where(mask, 0, -inf)`` that SDPA makes of a
-  boolean one: the mask says which positions are live, so the kernel skips every cache tile whose
-  mask is all False (the unwritten tail of the cache, positions outside a sliding window). A float
-  bias of unknown origin does not say that: the report says so and the stock path runs;
+  boolean one (-65504 in place of -inf on CUDA: MASKED_OUT): the mask says which positions are
+  live, so the kernel skips every cache tile whose mask is all False (the unwritten tail of the
+  cache, positions outside a sliding window). A float bias of unknown origin does not say that:
+  the report says so and the stock path runs;
 - no dropout, not ``is_causal`` (a causal flag over a cache aligns to the wrong corner), only the
   attention output is used (no log-sum-exp for a backward).
 K and V are taken from before a ``repeat_kv`` (unsqueeze, expand, clone, view: how a model without
@@ -77,6 +78,22 @@ def _is_full(node: object, value: float) -> bool:
     return isinstance(node, fx.Node) and node.target is aten.full.default and node.args[1] == value
 
 
+# What SDPA fills a boolean mask's False positions with: -inf, or -65504 (the float16 minimum;
+# -65536 in bfloat16) where the CUDA backends convert it (cuDNN attention). Added to a score, either
+# leaves a weight of exp(-65504) = 0 in float32: the position is not read.
+MASKED_OUT = -65504.0
+
+
+def _is_masked_out(node: object) -> bool:
+    """node is aten.full(..., v) with v <= MASKED_OUT (-inf included)."""
+    return (
+        isinstance(node, fx.Node)
+        and node.target is aten.full.default
+        and isinstance(node.args[1], (int, float))
+        and node.args[1] <= MASKED_OUT
+    )
+
+
 def _bool_mask(mask: fx.Node | None) -> tuple[fx.Node | None, str | None]:
     """The boolean mask behind SDPA's mask argument, or (None, why not)."""
     if mask is None:
@@ -88,11 +105,13 @@ def _bool_mask(mask: fx.Node | None) -> tuple[fx.Node | None, str | None]:
         return mask, None
     if mask.target is aten.where.self:
         cond, a, b = mask.args
-        if _is_full(a, 0.0) and _is_full(b, float("-inf")) and val(cond).dtype == torch.bool:
+        if _is_full(a, 0.0) and _is_masked_out(b) and val(cond).dtype == torch.bool:
             while cond.target is aten.expand.default:
                 cond = cond.args[0]
             return cond, None
-    return None, f"the mask {mask.name} is a float bias, not where(bool, 0, -inf): the live positions are not known"
+    return None, (
+        f"the mask {mask.name} is a float bias, not where(bool, 0, -inf or <= -65504): the live positions are not known"
+    )
 
 
 def _why_not(node: fx.Node, a: dict) -> str | None:

@@ -85,6 +85,9 @@ class _Attend(nn.Module):
         if self.kind == "float bias":
             bias = torch.zeros(mask.shape).masked_fill(~mask, -1e4)  # finite: not where(mask, 0, -inf)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
+        if self.kind == "cuda bias":  # what SDPA's CUDA backends make of a boolean mask
+            bias = torch.where(mask, 0.0, -65504.0)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
         if self.kind == "repeat_kv":  # how models without native GQA hand SDPA their cache
             k = k[:, :, None].expand(-1, -1, self.rep, -1, -1).reshape(1, -1, *k.shape[2:])
             v = v[:, :, None].expand(-1, -1, self.rep, -1, -1).reshape(1, -1, *v.shape[2:])
@@ -99,6 +102,7 @@ class _Attend(nn.Module):
     [
         ("bool", True, None),
         ("repeat_kv", True, None),
+        ("cuda bias", True, None),
         ("float bias", False, "float bias"),
         ("no mask", False, "no mask"),
     ],
