@@ -14,6 +14,7 @@ measured device copy bandwidth. max |ours - SDPA| is taken outside the graph on 
 
     python benchmarks/bench_attention.py                       # table + JSON
     python benchmarks/bench_attention.py --lives 1024,32768    # fewer cases
+    python benchmarks/bench_attention.py --sweep               # every launch plan, 1k and 32k live
 
 JSON: $BENCH_JSON (a path) or --json, else attention_h200.json in $OUT or benchmarks/results/.
 """
@@ -21,6 +22,7 @@ JSON: $BENCH_JSON (a path) or --json, else attention_h200.json in $OUT or benchm
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -46,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lives", default="512,1024,4096,16384,32768", help="live lengths in the long buffer")
     ap.add_argument("--short-buffer", type=int, default=1024, help="a short cache, every position live (0: none)")
     ap.add_argument("--replays", type=int, default=7, help="timed graph replays (median)")
+    ap.add_argument("--sweep", action="store_true", help="time launch plans (tile, warps, stages, splits) instead")
     ap.add_argument("--json", default=os.environ.get("BENCH_JSON"), help="output path (default: $BENCH_JSON)")
     args = ap.parse_args(argv)
     args.lives = [int(x) for x in args.lives.split(",")]
@@ -107,12 +110,53 @@ def bench_case(T: int, live: int, replays: int, copy_gbs: float) -> dict:
     }
 
 
+def sweep(T: int, lives: list[int], replays: int) -> list[dict]:
+    """The op under forced launch plans: BLOCK_T x num_warps x num_stages x splits, per live length."""
+    dev = torch.device("cuda")
+    q = torch.randn(1, HQ, 1, D, device=dev, dtype=torch.bfloat16)
+    caches = [
+        (
+            torch.randn(1, HKV, T, D, device=dev, dtype=torch.bfloat16),
+            torch.randn(1, HKV, T, D, device=dev, dtype=torch.bfloat16),
+        )
+        for _ in range(3)  # 3 x 2 x 64 MiB at 32k: more than the L2
+    ]
+    op, scale, default_plan, rows = torch.ops.inductor_fuse.decode_attention, D**-0.5, kernel.plan, []
+    try:
+        for live in lives:
+            mask = (torch.arange(T, device=dev) < live)[None, None, None, :]
+            ref = F.scaled_dot_product_attention(q, *caches[0], attn_mask=mask, scale=scale, enable_gqa=True)
+            for bt, nw, ns, sp in itertools.product((64, 128), (4, 8), (1, 2, 3), (16, 32, 64, 128)):
+                p = kernel.Plan(16, 1, bt, T // sp, sp, nw, ns)  # block_r, row_blocks: G * S = 4 rows
+                kernel.plan = lambda *a, p=p: p
+                err = (op(q, *caches[0], mask, scale, 0.0).float() - ref.float()).abs().max().item()
+                t = time_graph([lambda k=k, v=v: op(q, k, v, mask, scale, 0.0) for k, v in caches], replays=replays)
+                rows.append(
+                    dict(live=live, block_t=bt, num_warps=nw, num_stages=ns, num_splits=sp, us=t * 1e6, err=err)
+                )
+                print(f"live {live} block_t {bt} warps {nw} stages {ns} splits {sp}: {t * 1e6:.1f} us", flush=True)
+    finally:
+        kernel.plan = default_plan
+    return rows
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.manual_seed(0)
     env = environment()
     bw = copy_bandwidth(torch.device("cuda"))
     print(f"{env['gpu']}  torch {env['torch']}  triton {env['triton']}  copy bandwidth {bw:.0f} GB/s", flush=True)
+    if args.sweep:
+        rows = sweep(args.buffer, [1024, args.buffer], args.replays)
+        for live in sorted({r["live"] for r in rows}):
+            best = sorted((r for r in rows if r["live"] == live), key=lambda r: r["us"])[:5]
+            print(f"best at live {live}:", *(f"{r['us']:.1f} us {r}" for r in best), sep="\n  ")
+        write_json(
+            Path(args.json or "attention_sweep_h200.json").name,
+            {**env, "sweep": rows},
+            out_dir=args.json and str(Path(args.json).parent),
+        )
+        return
     rows = []
     for T, live in cases(args):
         r = bench_case(T, live, args.replays, bw)
