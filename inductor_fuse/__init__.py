@@ -14,6 +14,7 @@ the package imports all three, so each op always has its CUDA kernel.
 
 from .backend import inductor_fuse_backend, make_backend
 from .gguf import load_gguf
+from .kernels import conv1d as _conv1d_kernel  # noqa: F401 -- registers depthwise_conv1d's CUDA implementation
 from .kernels import decode_attention as _attention_kernel  # noqa: F401 -- registers decode_attention's CUDA implementation
 from .kernels import ops as _kernel_ops  # noqa: F401 -- registers qlinear's CUDA implementation
 from .options import FuseOptions

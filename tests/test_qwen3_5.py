@@ -51,3 +51,36 @@ def test_compiles_fuses_and_matches_eager():
     assert labels.count("(in_proj_qkv,in_proj_z,in_proj_b,in_proj_a)") == 1, labels
     assert labels.count("(q_proj,k_proj,v_proj)") == 1, labels
     assert labels.count("(gate_proj,up_proj)") == 2, labels
+    # the GatedDeltaNet layer's causal depthwise conv + SiLU (transformers' torch fallback spelling)
+    assert sum(r.counts["conv1d"] for r in reports) == 1, [str(r) for r in reports]
+
+
+def test_decode_step_with_the_conv_state():
+    """One decode step after an eager prefill: transformers' causal_conv1d_update fallback (the conv
+    state concatenated with the new token, a conv without padding, the state updated in place)
+    becomes depthwise_conv1d; logits and the updated state match eager."""
+    import copy
+
+    model = tiny_qwen3_5()
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
+    n_reports = len(inductor_fuse.all_reports())
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        nxt = out.logits[:, -1:].argmax(-1)
+        cache_eager, cache_compiled = out.past_key_values, copy.deepcopy(out.past_key_values)
+        ref = model(nxt, past_key_values=cache_eager, use_cache=True).logits
+        got = torch.compile(model, backend="inductor_fuse")(nxt, past_key_values=cache_compiled, use_cache=True).logits
+    assert rel_err(got, ref) < 1e-4
+    reports = inductor_fuse.all_reports()[n_reports:]
+    assert sum(r.counts["conv1d"] for r in reports) == 1, [str(r) for r in reports]
+
+    def conv_states(cache):  # every conv-state tensor of the cache's linear-attention layers
+        found = []
+        for layer in cache.layers:
+            st = getattr(layer, "conv_states", None)
+            found += list(st.values()) if isinstance(st, dict) else [st] if isinstance(st, torch.Tensor) else []
+        return found
+
+    states = list(zip(conv_states(cache_eager), conv_states(cache_compiled)))
+    assert states, "no conv state in the cache"
+    assert all(rel_err(b, a) < 1e-6 for a, b in states)

@@ -13,7 +13,7 @@
   format's LOAD / DECODE / ROW_DOT functions, built of `matvec_prologue`, `matvec_units` (the K
   loop), `matvec_step`, `add_to_row` and `matvec_epilogue` (device), and the helpers the format
   functions read planes and x with (`unit_words`, `unit_scalars`, `x_words`, `x_group`,
-  `x_scales`, `group_dot`).
+  `x_scales`, `group_dot`, `dot_pair`).
 - `loop_bound`: a runtime loop bound that Triton's interpreter also accepts.
 """
 
@@ -480,6 +480,16 @@ def group_dot(a, b, xg, SIGNED: tl.constexpr, USE_ASM: tl.constexpr):
     unsigned or SIGNED)."""
     xa, xb = xg
     return tl.sum(_dp4a(a, xa, SIGNED, USE_ASM) + _dp4a(b, xb, SIGNED, USE_ASM), axis=2)
+
+
+@triton.jit
+def dot_pair(a, b, c, d, xq_ptr, m, K, first, umask, SIGNED: tl.constexpr, USE_ASM: tl.constexpr):
+    """The integer dots of two consecutive 32-groups of row m of x (words first[u] .. + 15) with
+    their weights: (a, b) meet the first group's halves, (c, d) the second's. Both x groups are
+    loaded before the first dp4a (x_group)."""
+    x0 = x_group(xq_ptr, m, K, first, umask, a)
+    x1 = x_group(xq_ptr, m, K, first, umask, a, 8)
+    return group_dot(a, b, x0, SIGNED, USE_ASM), group_dot(c, d, x1, SIGNED, USE_ASM)
 
 
 @triton.jit

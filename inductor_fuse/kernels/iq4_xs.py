@@ -18,12 +18,11 @@ import triton.language as tl
 
 from ._common import (
     KernelSpec,
-    group_dot,
+    dot_pair,
     prefetch_when_batched,
     register_kernels,
     unit_halves,
     unit_scalars,
-    x_group,
     x_scales,
 )
 
@@ -148,10 +147,7 @@ def _iq4xs_decode(w, u, USE_ASM: tl.constexpr):
 def _iq4xs_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
     ga_lo, ga_hi, gb_lo, gb_hi, dsc_a, dsc_b = wd
     xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
-    x_a = x_group(xq_ptr, m, K, u * 16, umask, ga_lo)
-    x_b = x_group(xq_ptr, m, K, u * 16, umask, ga_lo, 8)
-    s_a = group_dot(ga_lo, ga_hi, x_a, True, USE_ASM)
-    s_b = group_dot(gb_lo, gb_hi, x_b, True, USE_ASM)
+    s_a, s_b = dot_pair(ga_lo, ga_hi, gb_lo, gb_hi, xq_ptr, m, K, u * 16, umask, True, USE_ASM)
     xd_a = x_scales(xd_ptr, m, K // 32, 2 * u, umask)
     xd_b = x_scales(xd_ptr, m, K // 32, 2 * u, umask, 1)
     return dsc_a * (xd_a[None, :] * s_a.to(tl.float32)) + dsc_b * (xd_b[None, :] * s_b.to(tl.float32))

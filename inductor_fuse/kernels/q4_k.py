@@ -14,16 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (
-    KernelSpec,
-    group_dot,
-    prefetch_when_batched,
-    register_kernels,
-    unit_halves,
-    unit_scalars,
-    x_group,
-    x_scales,
-)
+from ._common import KernelSpec, dot_pair, prefetch_when_batched, register_kernels, unit_halves, unit_scalars, x_scales
 
 UNIT = tl.constexpr(64)  # weights per matvec unit
 
@@ -76,10 +67,7 @@ def _q4k_decode(w, u, USE_ASM: tl.constexpr):
 def _q4k_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
     wa_lo, wa_hi, wb_lo, wb_hi, dsc_lo, dm_lo, dsc_hi, dm_hi = wd
     xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
-    x_lo = x_group(xq_ptr, m, K, u * 16, umask, wa_lo)
-    x_hi = x_group(xq_ptr, m, K, u * 16, umask, wa_lo, 8)
-    s_lo = group_dot(wa_lo, wb_lo, x_lo, False, USE_ASM)
-    s_hi = group_dot(wa_hi, wb_hi, x_hi, False, USE_ASM)
+    s_lo, s_hi = dot_pair(wa_lo, wb_lo, wa_hi, wb_hi, xq_ptr, m, K, u * 16, umask, False, USE_ASM)
     xd_lo = x_scales(xd_ptr, m, K // 32, 2 * u, umask)
     xd_hi = x_scales(xd_ptr, m, K // 32, 2 * u, umask, 1)
     xs_lo = x_scales(xs32_ptr, m, K // 32, 2 * u, umask)

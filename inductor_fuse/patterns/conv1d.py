@@ -1,0 +1,222 @@
+"""Rule family ``conv1d``: a depthwise causal 1-D convolution, and the SiLU after it, become one
+``inductor_fuse.depthwise_conv1d`` (the short convolution of Mamba-style and GatedDeltaNet layers).
+
+    y = silu?( slice?( convolution(pad?(x), w [C, 1, K], b, stride 1, padding p, dilation 1, groups C) ) )
+ =>
+    y = depthwise_conv1d(x, w.view(C, K), b, pad, start, length, silu)
+
+The spellings that reach the graph:
+- ``nn.Conv1d(C, C, K, groups=C, padding=K - 1)`` then ``[..., :T]`` (prefill of Mamba, of
+  transformers' Qwen3.5 GatedDeltaNet): padding on both sides, the slice keeps the outputs that read
+  only the left one;
+- ``F.pad(x, (K - 1, 0))`` then a convolution without padding (a left ``constant_pad_nd`` of zeros);
+- at decode, ``torch.cat([conv_state, x], -1)`` then a convolution without padding and ``[..., -T:]``:
+  the state is the left context (its in-place update, a separate ``copy_``, stays as it is);
+- the SiLU as ``aten.silu``, ``y * sigmoid(y)`` or its decomposition ``y / (1 + exp(-y))``, fused
+  when it is the only reader of the convolution's output.
+Left alone, with the reason in the report: stride or dilation other than 1, groups other than the
+channel count (not depthwise), a channel multiplier, padding whose right half reaches the kept
+outputs (not causal), more than MAX_TAPS taps, a transposed convolution. The length may vary
+between calls (a graph dynamic in it: SymInt bounds).
+
+A graph walk (``GRAPH_WALK``): one anchor (the convolution) with three optional chains around it
+(the pad before, the slice and one of three SiLU spellings after); as pattern-matcher patterns that
+is one pattern per combination.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+
+import torch
+import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from .. import conv1d as _op  # noqa: F401 -- defines torch.ops.inductor_fuse.depthwise_conv1d, emitted below
+from .. import report
+from ..conv1d import MAX_TAPS
+from .graph_utils import call, record_rewrite, val
+from .registry import GRAPH_WALK, rule_family
+
+FAMILY = "conv1d"
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+
+def _single_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _is_call(node: object, target) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target is target
+
+
+def _silu_of(y: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
+    """(the node computing silu(y), the chain's nodes) when every reader of y is part of one SiLU of
+    it: ``silu(y)``, ``y * sigmoid(y)``, or ``y / (exp(-y) + 1)``, possibly computed in float32
+    between two dtype conversions (bfloat16 / float16 y); else None."""
+    up = _single_user(y)
+    if _is_call(up, prims.convert_element_type.default) and up.args[1] == torch.float32:
+        inner = _silu_in_place(up)
+        down = _single_user(inner[0]) if inner is not None else None
+        if _is_call(down, prims.convert_element_type.default) and down.args[1] == val(y).dtype:
+            return down, [up, *inner[1], down]
+        return None
+    return _silu_in_place(y)
+
+
+def _silu_in_place(y: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
+    """silu(y) in y's dtype, the three spellings (_silu_of)."""
+    users = set(y.users)
+    if len(users) == 1:
+        (u,) = users
+        return (u, [u]) if _is_call(u, aten.silu.default) else None
+    if len(users) != 2:
+        return None
+    sig = next((u for u in users if _is_call(u, aten.sigmoid.default)), None)
+    if sig is not None:
+        mul = next((u for u in users if u is not sig), None)
+        if _is_call(mul, aten.mul.Tensor) and set(mul.args) == {y, sig} and set(sig.users) == {mul}:
+            return mul, [sig, mul]
+        return None
+    neg = next((u for u in users if _is_call(u, aten.neg.default)), None)
+    div = next((u for u in users if _is_call(u, aten.div.Tensor)), None)
+    if neg is None or div is None or div.args[0] is not y:
+        return None
+    exp = _single_user(neg)
+    add = _single_user(exp) if _is_call(exp, aten.exp.default) else None
+    if not _is_call(add, aten.add.Tensor) or set(add.users) != {div} or div.args[1] is not add:
+        return None
+    a0, a1 = add.args[:2]
+    if not ((a0 is exp and a1 == 1) or (a1 is exp and a0 == 1)):  # exp(-y) + 1, either order
+        return None
+    return div, [neg, exp, add, div]
+
+
+def _sym(v):
+    """An int, or the SymInt an fx node computes."""
+    return val(v) if isinstance(v, fx.Node) else v
+
+
+def _kept_slice(conv: fx.Node) -> tuple[fx.Node | None, object, object]:
+    """(the slice node, start, end) when the convolution's only reader is a step-1 slice of its last
+    dimension, else (None, 0, None): all outputs. start, end as the slice has them: ints or fx
+    nodes of SymInts (a length that varies between calls), negative ones counted from the end, end
+    None for "to the end"."""
+    s = _single_user(conv)
+    if _is_call(s, aten.slice.Tensor) and s.args[1] in (2, -1) and (len(s.args) < 5 or s.args[4] == 1):
+        start = s.args[2] if len(s.args) > 2 and s.args[2] is not None else 0
+        end = s.args[3] if len(s.args) > 3 else None
+        if isinstance(end, int) and end >= sys.maxsize:  # a[..., -T:] in the graph: to the end
+            end = None
+        return s, start, end
+    return None, 0, None
+
+
+def _add(graph: fx.Graph, a, b):
+    """a + b for ints or nodes of SymInts: an int when both are, else a node (its value recorded)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    node = graph.call_function(operator.add, (a, b))
+    node.meta["val"] = _sym(a) + _sym(b)
+    return node
+
+
+def _neg(graph: fx.Graph, a):
+    if isinstance(a, int):
+        return -a
+    node = graph.call_function(operator.neg, (a,))
+    node.meta["val"] = -_sym(a)
+    return node
+
+
+def _why_not(conv: fx.Node) -> str | None:
+    x, w, _, stride, padding, dilation, transposed, _, groups = conv.args
+    xv, wv = val(x), val(w)
+    if xv.dim() != 3 or wv.dim() != 3:
+        return f"not a 1-D convolution (input {xv.dim()}-D)"
+    if transposed:
+        return "a transposed convolution"
+    if not all(isinstance(d, int) for d in (*xv.shape[:2], *wv.shape)):
+        return "symbolic channel count or taps"
+    C, K = xv.shape[1], wv.shape[2]
+    if list(stride) != [1]:
+        return f"stride {list(stride)}"
+    if list(dilation) != [1]:
+        return f"dilation {list(dilation)}"
+    if groups != C or wv.shape[1] != 1:
+        return f"groups {groups} with {C} channels: not depthwise"
+    if wv.shape[0] != C:
+        return f"{wv.shape[0]} output channels from {C}: a channel multiplier"
+    if K > MAX_TAPS:
+        return f"{K} taps: more than {MAX_TAPS} (a short convolution is what this rule is for)"
+    return None
+
+
+@rule_family(
+    FAMILY,
+    order=30,
+    kind=GRAPH_WALK,  # one anchor, optional pad / slice / three SiLU spellings around it
+    doc="a depthwise causal conv1d (and the SiLU after it) becomes one Triton kernel",
+)
+def fuse_depthwise_conv1d(graph: fx.Graph) -> int:
+    rep = report.current()
+    rewrites = 0
+    for conv in list(graph.find_nodes(op="call_function", target=aten.convolution.default)):
+        why = _why_not(conv)
+        if why is not None:
+            rep.skipped.append(report.Skip(FAMILY, (conv.name,), why))
+            continue
+        x, w, b, _, padding, *_ = conv.args
+        C, K, p = val(w).shape[0], val(w).shape[2], padding[0]
+        src, pad = x, p
+        pad_node = None
+        if p == 0 and _is_call(x, aten.constant_pad_nd.default):  # F.pad(x, (left, 0)) before it
+            amounts, value = x.args[1], (x.args[2] if len(x.args) > 2 else 0.0)
+            if len(amounts) == 2 and amounts[1] == 0 and amounts[0] >= 0 and value == 0:
+                pad_node, src, pad = x, x.args[0], amounts[0]
+        L, n = val(src).shape[2], val(conv).shape[2]  # n = L + p + pad - K + 1
+        sl, start, end = _kept_slice(conv)
+        sv, ev = _sym(start), (n if end is None else _sym(end))
+        from_end = [statically_known_true(v < 0) for v in (sv, ev)]  # a[-T:]: n - T
+        sv, ev = (v + n if neg else v for v, neg in zip((sv, ev), from_end))
+        if isinstance(ev, int) and isinstance(n, int):
+            ev = min(ev, n)
+        if not (statically_known_true(sv >= 0) and statically_known_true(sv <= ev) and statically_known_true(ev <= n)):
+            rep.skipped.append(report.Skip(FAMILY, (conv.name,), f"slice bounds {sv}..{ev} not known to lie in 0..{n}"))
+            continue
+        # outputs start..end-1 read x padded by p on the left only if they stay clear of the right
+        # padding: t + K - 1 < pad + L
+        bound = pad + L - K + 1
+        if not statically_known_true(ev <= bound):
+            why = f"padding {list(padding)} on both sides, outputs kept up to {ev} > {bound}: not causal"
+            rep.skipped.append(report.Skip(FAMILY, (conv.name,), why))
+            continue
+        last = sl if sl is not None else conv
+        silu = _silu_of(last)
+        with graph.inserting_before(last):  # after the slice's bounds (nodes computed after the conv)
+            wk = call(graph, aten.view.default, w, [C, K])
+            n_node = n if isinstance(n, int) else _add(graph, call(graph, aten.sym_size.int, src, 2), p + pad - K + 1)
+            start_arg, end_arg = (
+                _add(graph, n_node, v) if neg else v
+                for v, neg in zip((start, n_node if end is None else end), from_end)
+            )
+            if isinstance(end_arg, int) and isinstance(n_node, int):
+                end_arg = min(end_arg, n_node)
+            length = _add(graph, end_arg, _neg(graph, start_arg))
+            op = torch.ops.inductor_fuse.depthwise_conv1d.default
+            out = call(graph, op, src, wk, b, pad, start_arg, length, silu is not None)
+        final = silu[0] if silu is not None else last
+        out.meta.update({k: v for k, v in final.meta.items() if k != "val"})
+        final.replace_all_uses_with(out)
+        for dead in [*(silu[1][::-1] if silu is not None else []), sl, conv, pad_node]:
+            if dead is not None and not dead.users:
+                graph.erase_node(dead)
+        detail = (
+            f"x{list(val(src).shape)} {str(val(src).dtype).removeprefix('torch.')}, {K} taps, left pad {pad}, "
+            f"outputs {sv}..{ev}{', SiLU' if silu is not None else ''}"
+        )
+        record_rewrite(FAMILY, conv, detail)
+        rewrites += 1
+    return rewrites
