@@ -11,8 +11,9 @@ every other value is produced by one step and has the feature dim last:
 
 Every value is used: the outputs are every value nothing reads, plus some intermediates that
 are also read (returned *and* consumed). `graph_specs()` draws them; `build_model(spec, seed)`
-makes a fresh nn.Module; `expected_sibling_groups(spec)` says, from the description alone,
-which linears the `siblings` family must fuse.
+makes a fresh nn.Module; `expected_glu_pairs(spec)` and `expected_sibling_groups(spec)` say, from
+the description alone, which products the `glu` family and which linears the `siblings` family
+must fuse (every conv1d step is a causal depthwise one: the `conv1d` family fuses each).
 """
 
 from __future__ import annotations
@@ -124,14 +125,56 @@ def _read_dtype(spec: GraphSpec, lin: Linear) -> str:
     return lin.kind if lin.kind in FLOAT_KINDS else spec.dtype
 
 
+def _tiny_cpu_addmm(spec: GraphSpec, lin: Linear, k: int) -> bool:
+    """A float linear with bias that Inductor's CPU decomposition of addmm turns into a product and
+    a sum before any rule sees it (torch/_inductor/decomposition.py: one row of x, a weight of at
+    most 16 x 16): no longer a linear the rules can fuse."""
+    rows = 1
+    for d in spec.lead:
+        rows *= d
+    return lin.kind in FLOAT_KINDS and lin.bias and rows == 1 and k <= 16 and lin.out <= 16
+
+
+def expected_glu_pairs(spec: GraphSpec) -> list[tuple[int, int]]:
+    """(gate, up) value ids of the products the `glu` family must fuse: mul(act(gate), up) with act
+    SiLU or GELU-tanh, gate and up quantized linears of one format reading one value, both with or
+    both without bias, and nothing else reading gate, act(gate) or up (not even the outputs)."""
+    readers = collections.Counter(i for s in spec.steps for i in _reads(s))
+    readers.update(spec.outputs)
+
+    def step(v: int):
+        return spec.steps[v - 1] if v > 0 else None
+
+    pairs = []
+    for s in spec.steps:
+        if not isinstance(s, Mul) or s.a == s.b:
+            continue
+        for act_v, up_v in ((s.a, s.b), (s.b, s.a)):
+            act, up = step(act_v), step(up_v)
+            if not (isinstance(act, Act) and act.fn in ("silu", "gelu_tanh") and isinstance(up, Linear)):
+                continue
+            gate = step(act.src)
+            if not isinstance(gate, Linear) or act.src == up_v:
+                continue
+            if up.kind not in FORMATS or gate.kind != up.kind or gate.src != up.src or gate.bias != up.bias:
+                continue
+            if readers[act.src] == 1 and readers[act_v] == 1 and readers[up_v] == 1:
+                pairs.append((act.src, up_v))
+                break
+    return pairs
+
+
 def expected_sibling_groups(spec: GraphSpec) -> list[tuple[Linear, ...]]:
-    """Groups of >= 2 linears reading one tensor with compatible weights, in graph order.
+    """Groups of >= 2 linears reading one tensor with compatible weights, in graph order, among the
+    linears the `glu` family (which runs first) leaves.
 
     One tensor: the same value, read in the same dtype (two casts of one value are one tensor).
     Compatible: float of one dtype (K is the value's width, so equal), or one quantized format."""
+    taken = {v for pair in expected_glu_pairs(spec) for v in pair}
+    widths = spec.widths()
     groups: dict[tuple, list[Linear]] = collections.defaultdict(list)
-    for s in spec.steps:
-        if isinstance(s, Linear):
+    for v, s in enumerate(spec.steps, 1):
+        if isinstance(s, Linear) and v not in taken and not _tiny_cpu_addmm(spec, s, widths[s.src]):
             groups[(s.src, _read_dtype(spec, s), s.kind)].append(s)
     return [tuple(g) for g in groups.values() if len(g) >= 2]
 
@@ -183,7 +226,8 @@ class ConvStep(nn.Module):
     def forward(self, vals):
         v = vals[self.src].transpose(-1, -2)  # [..., T, C] -> [..., C, T] (2-D: unbatched conv)
         t = v.shape[-1]
-        y = F.conv1d(v, self.weight, self.bias, groups=v.shape[-2], padding=self.kernel - 1)[..., :t]
+        # groups static, as nn.Conv1d has it (not v.shape[-2], a SymInt once the widths go dynamic)
+        y = F.conv1d(v, self.weight, self.bias, groups=self.weight.shape[0], padding=self.kernel - 1)[..., :t]
         return y.transpose(-1, -2)
 
 

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .. import config
+from ..quant.op import GLU_ACTS, glu_act
 
 # Whether Triton runs kernels on the CPU (TRITON_INTERPRET=1, Triton's own variable): read once,
 # as triton.jit reads it when it decorates a kernel (a later change would not take effect there).
@@ -373,13 +374,17 @@ def launch_matvec(
     cfg: MatvecConfig,
     out_dtype: torch.dtype,
     out: torch.Tensor | None = None,
+    glu: int = 0,
 ) -> torch.Tensor:
     """out [M, N] = spec's matvec over the plane views (config.settings.on_matvec_launch, when
-    set, gets the compiled kernel)."""
+    set, gets the compiled kernel). glu (1 SiLU, 2 GELU-tanh): rows interleave gate and up, out
+    [M, N / 2] = act(gate) * up; needs an even cfg.block_n."""
     n_units = K // spec.unit
     dev = xa.xq.device
+    if glu and cfg.block_n % 2:
+        raise ValueError(f"a GLU matvec needs an even block_n (gate and up rows of one output), got {cfg}")
     if out is None:
-        out = torch.empty((M, N), dtype=out_dtype, device=dev)
+        out = torch.empty((M, N // 2 if glu else N), dtype=out_dtype, device=dev)
     ps = list(planes) + [planes[0]] * (4 - len(planes))
     block_m = matvec_block_m(M)
     ups = triton.cdiv(triton.cdiv(n_units, cfg.split_k), cfg.block_u) * cfg.block_u
@@ -396,11 +401,15 @@ def launch_matvec(
         LOAD=spec.load_units, DECODE=spec.decode, ROW_DOT=spec.row_dot,
         UNIT=spec.unit, GROUP=spec.group, HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=cfg.prefetch,
         BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u, USE_ASM=not interpreting(),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        GLU=glu if split == 1 else 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if config.settings.on_matvec_launch is not None:
         config.settings.on_matvec_launch(compiled)
-    if split > 1:
+    if split > 1 and glu:  # the partials' sum first, then the GLU (a separate step)
+        y = torch.empty((M, N), dtype=torch.float32, device=dev)
+        splitk_reduce(ws, bias, y)
+        out.copy_(glu_act(y, GLU_ACTS[glu - 1]))
+    elif split > 1:
         splitk_reduce(ws, bias, out)
     return out
 
@@ -601,6 +610,22 @@ def add_to_row(accs, part, MI: tl.constexpr):
 
 
 @triton.jit
+def tanh(x):
+    """tanh(x) = 1 - 2 / (exp(2x) + 1): exp overflowing to inf gives 1, underflowing to 0 gives -1."""
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def glu(gate, up, GLU: tl.constexpr):
+    """act(gate) * up, float32: GLU 1 SiLU, 2 GELU (tanh approximation)."""
+    if GLU == 1:
+        a = gate * tl.sigmoid(gate)
+    else:
+        a = 0.5 * gate * (1.0 + tanh(0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)))
+    return a * up
+
+
+@triton.jit
 def matvec_epilogue(
     accs,
     bias_ptr,
@@ -612,11 +637,14 @@ def matvec_epilogue(
     N,
     HAS_BIAS: tl.constexpr,
     SPLIT: tl.constexpr,
+    GLU: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """Sums each accumulator over its units (accs[i]: row m = pid_m * BLOCK_M + i) and stores the
-    [BLOCK_M, BLOCK_N] tile: float32 partials at split pid_k when SPLIT, else (+ bias) cast to out."""
+    [BLOCK_M, BLOCK_N] tile: float32 partials at split pid_k when SPLIT, else (+ bias) cast to out.
+    GLU (1 SiLU, 2 GELU-tanh; not with SPLIT): the weight's rows interleave gate and up (row 2i,
+    2i + 1), out is [M, N / 2] and gets act(gate) * up."""
     mrow = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for i in tl.static_range(BLOCK_M):
@@ -629,7 +657,14 @@ def matvec_epilogue(
         if HAS_BIAS:
             b = tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
             acc = acc + b[None, :]
-        tl.store(out_ptr + mrow[:, None] * N + rows[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+        if GLU:
+            gate, up = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_N // 2, 2]))
+            cols = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # the tile's gate|up pairs
+            y = glu(gate, up, GLU)
+            omask = (mrow[:, None] < M) & (cols[None, :] < N // 2)
+            tl.store(out_ptr + mrow[:, None] * (N // 2) + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
+        else:
+            tl.store(out_ptr + mrow[:, None] * N + rows[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -642,7 +677,7 @@ def matvec_kernel(
     LOAD: tl.constexpr, DECODE: tl.constexpr, ROW_DOT: tl.constexpr,
     UNIT: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr,
-    USE_ASM: tl.constexpr,
+    USE_ASM: tl.constexpr, GLU: tl.constexpr = 0,  # GLU: act(gate) * up of interleaved rows (matvec_epilogue)
 ):  # fmt: skip
     pid_m, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, BLOCK_N)
     # the loop invariants LOAD reads: plane pointers, the rows' offsets in each plane (int64 in
@@ -652,4 +687,4 @@ def matvec_kernel(
     accs = matvec_units(
         LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM
     )
-    matvec_epilogue(accs, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, HAS_BIAS, SPLIT, BLOCK_M, BLOCK_N)
+    matvec_epilogue(accs, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, HAS_BIAS, SPLIT, GLU, BLOCK_M, BLOCK_N)

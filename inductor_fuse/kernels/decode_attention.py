@@ -45,19 +45,13 @@ import triton.language as tl
 from torch import Tensor
 
 from ..attention import check_decode_attention_args, decode_attention, decode_attention_reference
-from ._common import interpreting, loop_bound, num_sms
+from ._common import interpreting, loop_bound, num_sms, tanh
 
 log = logging.getLogger("inductor_fuse")
 
 HEAD_DIMS = (64, 128, 256)
 SPLIT_POSITIONS = 256  # cache positions per split at most (fewer when needed to fill the GPU)
 LOG2E = tl.constexpr(1.4426950408889634)  # scores are kept in log2 units: exp2 in the kernels
-
-
-@triton.jit
-def _tanh(x):
-    # tanh(x) = 1 - 2 / (exp(2x) + 1): exp overflowing to inf gives 1, underflowing to 0 gives -1
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
 
 @triton.jit
@@ -138,7 +132,7 @@ def _split_kernel(
                     vt = vt.to(tl.float32)
                 z = tl.dot(q, tl.trans(kt), input_precision=PRECISION) * scale  # [BLOCK_R, BLOCK_T]
                 if HAS_SOFTCAP:
-                    z = softcap * _tanh(z / softcap)
+                    z = softcap * tanh(z / softcap)
                 z = tl.where(live, z * LOG2E, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(z, axis=1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no True yet: p = 0, a = 0

@@ -15,15 +15,18 @@ NotImplementedError (ops.py then runs the reference).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .. import config as knobs  # (the `config` arguments here are kernel configs)
+from ..quant.op import GLU_ACTS, glu_act
 from ._common import MatvecConfig, act_quant, interpreting, launch_matvec, pick_config
 from .gemm import dequant_mm, qgemm
 from .registry import kernel_spec
 
 
-def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None = None) -> torch.Tensor:
+def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None = None, glu: int = 0) -> torch.Tensor:
     """x [M, K] -> [M, N] through act_quant + the format's W4A8 matvec. Without `config`: the
     format's measured default (KernelSpec.matvec_config); runtime tuning is opt-in
     (config.settings.tune): triton's do_bench times one launch at a time and, for kernels of a few
@@ -36,20 +39,24 @@ def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None 
     xa = act_quant(x, interleave=spec.interleave)
 
     def launch(cfg: MatvecConfig, out: torch.Tensor | None = None) -> torch.Tensor:
-        return launch_matvec(spec, xa, views, bias, M, N, K, cfg, x.dtype, out=out)
+        return launch_matvec(spec, xa, views, bias, M, N, K, cfg, x.dtype, out=out, glu=glu)
 
     if config is None and interpreting():  # fewer, larger programs: the interpreter is slow per program
         config = MatvecConfig(block_n=16, block_u=8, prefetch=True)
     if config is None:
-        out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+        out = torch.empty((M, N // 2 if glu else N), dtype=x.dtype, device=x.device)
         cands = [spec.matvec_config(M, N, K), *spec.matvec_configs]
-        config = pick_config(("matvec", fmt, M, N, K), cands, lambda c: launch(c, out), tune=False)
+        if glu:  # a program holds gate and up rows of its outputs: an even block_n
+            cands = [c if c.block_n % 2 == 0 else dataclasses.replace(c, block_n=2 * c.block_n) for c in cands]
+        config = pick_config(("matvec", fmt, M, N, K, glu), cands, lambda c: launch(c, out), tune=False)
         return launch(config, out)
     return launch(config)
 
 
-def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str) -> torch.Tensor:
-    """The CUDA body of torch.ops.inductor_fuse.qlinear (arguments already validated)."""
+def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None) -> torch.Tensor:
+    """The CUDA body of torch.ops.inductor_fuse.qlinear, and with `act` of glu_qlinear (arguments
+    already validated): the matvec applies the GLU in its epilogue; the GEMM paths write gate|up,
+    then act(gate) * up runs as its own step."""
     spec = kernel_spec(fmt)
     K = x.shape[-1]
     N = planes[0].shape[0]
@@ -57,16 +64,19 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str) -> torch.Tensor:
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     M = x2.shape[0]
+    n_out = N // 2 if act else N
     if M == 0:
-        return x.new_empty((*x.shape[:-1], N))
+        return x.new_empty((*x.shape[:-1], n_out))
     planes = [p if p.is_contiguous() else p.contiguous() for p in planes]
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
     settings = knobs.settings
     if M <= spec.matvec_max_m and not settings.exact_matvec:
-        out = matvec(x2, planes, bias, fmt)
-    elif settings.exact_matvec or M < spec.fused_gemm_max_m or settings.gemm == "fused":
+        return matvec(x2, planes, bias, fmt, glu=GLU_ACTS.index(act) + 1 if act else 0).reshape(*x.shape[:-1], n_out)
+    if settings.exact_matvec or M < spec.fused_gemm_max_m or settings.gemm == "fused":
         out = qgemm(x2, planes, bias, fmt)
     else:
         out = dequant_mm(x2, planes, bias, fmt)
-    return out.reshape(*x.shape[:-1], N)
+    if act:
+        out = glu_act(out.float(), act).to(x.dtype)
+    return out.reshape(*x.shape[:-1], n_out)

@@ -1,4 +1,4 @@
-"""The CUDA implementation of torch.ops.inductor_fuse.qlinear (the op itself: quant/op.py).
+"""The CUDA implementations of torch.ops.inductor_fuse.qlinear and glu_qlinear (the ops: quant/op.py).
 
 On CUDA tensors the op runs the Triton kernels of kernels/dispatch.py: W4A8 dp4a matvec for small
 M (activation quantized per 32-group to int8, as llama.cpp's MMVQ), dequant + tl.dot GEMM for
@@ -18,7 +18,15 @@ import logging
 import torch
 from torch import Tensor
 
-from ..quant.op import check_qlinear_args, dequantize_linear, qlinear
+from ..quant.op import (
+    check_glu_qlinear_args,
+    check_qlinear_args,
+    dequantize_linear,
+    glu_act,
+    glu_qlinear,
+    glu_qlinear_reference,
+    qlinear,
+)
 from . import dispatch
 
 log = logging.getLogger("inductor_fuse")
@@ -34,6 +42,24 @@ def _qlinear_cuda(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str
     except Exception as e:  # noqa: BLE001 -- a kernel that cannot compile or take the call
         _warn_kernel_fallback(fmt, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         return dequantize_linear(x, planes, bias, fmt)
+
+
+@glu_qlinear.register_kernel("cuda")
+def _glu_qlinear_cuda(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str) -> Tensor:
+    check_glu_qlinear_args(x, planes, bias, fmt, act)
+    try:
+        return dispatch.qlinear_cuda(x, planes, bias, fmt, act)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the reference needs more memory, not less
+    except Exception as e:  # noqa: BLE001 -- a kernel that cannot compile or take the call
+        _warn_kernel_fallback(f"{fmt} GLU", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    try:  # the plain kernels over the interleaved rows, then the GLU as its own step
+        return glu_act(dispatch.qlinear_cuda(x, planes, bias, fmt).float(), act).to(x.dtype)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        _warn_kernel_fallback(fmt, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return glu_qlinear_reference(x, planes, bias, fmt, act)
 
 
 @functools.cache

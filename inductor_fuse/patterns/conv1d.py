@@ -36,7 +36,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from .. import conv1d as _op  # noqa: F401 -- defines torch.ops.inductor_fuse.depthwise_conv1d, emitted below
 from .. import report
 from ..conv1d import MAX_TAPS
-from .graph_utils import call, record_rewrite, val
+from .graph_utils import call, copy_meta, record_rewrite, val
 from .registry import GRAPH_WALK, rule_family
 
 FAMILY = "conv1d"
@@ -99,13 +99,22 @@ def _sym(v):
     return val(v) if isinstance(v, fx.Node) else v
 
 
-def _kept_slice(conv: fx.Node) -> tuple[fx.Node | None, object, object]:
-    """(the slice node, start, end) when the convolution's only reader is a step-1 slice of its last
-    dimension, else (None, 0, None): all outputs. start, end as the slice has them: ints or fx
-    nodes of SymInts (a length that varies between calls), negative ones counted from the end, end
-    None for "to the end"."""
+def _unbatched(conv: fx.Node) -> fx.Node | None:
+    """The squeeze(0) after the convolution of an unbatched [C, L] input (F.conv1d unsqueezes it to
+    [1, C, L] and squeezes the result) when that is the convolution's only reader, else None."""
     s = _single_user(conv)
-    if _is_call(s, aten.slice.Tensor) and s.args[1] in (2, -1) and (len(s.args) < 5 or s.args[4] == 1):
+    return s if _is_call(s, aten.squeeze.dim) and s.args[1] == 0 else None
+
+
+def _kept_slice(conv: fx.Node) -> tuple[fx.Node | None, object, object]:
+    """(the slice node, start, end) when the convolution's only reader (through the squeeze of an
+    unbatched input) is a step-1 slice of its last dimension, else (None, 0, None): all outputs.
+    start, end as the slice has them: ints or fx nodes of SymInts (a length that varies between
+    calls), negative ones counted from the end, end None for "to the end"."""
+    out = _unbatched(conv) or conv
+    s = _single_user(out)
+    dims = (out.meta["val"].dim() - 1, -1)
+    if _is_call(s, aten.slice.Tensor) and s.args[1] in dims and (len(s.args) < 5 or s.args[4] == 1):
         start = s.args[2] if len(s.args) > 2 and s.args[2] is not None else 0
         end = s.args[3] if len(s.args) > 3 else None
         if isinstance(end, int) and end >= sys.maxsize:  # a[..., -T:] in the graph: to the end
@@ -138,17 +147,19 @@ def _why_not(conv: fx.Node) -> str | None:
         return f"not a 1-D convolution (input {xv.dim()}-D)"
     if transposed:
         return "a transposed convolution"
-    if not all(isinstance(d, int) for d in (*xv.shape[:2], *wv.shape)):
-        return "symbolic channel count or taps"
-    C, K = xv.shape[1], wv.shape[2]
+    if not all(isinstance(d, int) for d in wv.shape):
+        return "symbolic weight shape"
+    C, K = wv.shape[0], wv.shape[2]  # the channels from the (frozen) weight: x's may be symbolic
     if list(stride) != [1]:
         return f"stride {list(stride)}"
     if list(dilation) != [1]:
         return f"dilation {list(dilation)}"
-    if groups != C or wv.shape[1] != 1:
-        return f"groups {groups} with {C} channels: not depthwise"
-    if wv.shape[0] != C:
-        return f"{wv.shape[0]} output channels from {C}: a channel multiplier"
+    if wv.shape[1] != 1:  # in_channels / groups input channels per group
+        return f"groups {groups} with {xv.shape[1]} channels: not depthwise"
+    if not isinstance(groups, int):  # e.g. groups=x.shape[1] traced as a SymInt: no static C to check
+        return "symbolic groups: the channel count is not known to equal the weight's"
+    if groups != C:
+        return f"{C} output channels from {groups}: a channel multiplier"
     if K > MAX_TAPS:
         return f"{K} taps: more than {MAX_TAPS} (a short convolution is what this rule is for)"
     return None
@@ -193,7 +204,8 @@ def fuse_depthwise_conv1d(graph: fx.Graph) -> int:
             why = f"padding {list(padding)} on both sides, outputs kept up to {ev} > {bound}: not causal"
             rep.skipped.append(report.Skip(FAMILY, (conv.name,), why))
             continue
-        last = sl if sl is not None else conv
+        squeeze = _unbatched(conv)
+        last = sl if sl is not None else squeeze or conv
         silu = _silu_of(last)
         with graph.inserting_before(last):  # after the slice's bounds (nodes computed after the conv)
             wk = call(graph, aten.view.default, w, [C, K])
@@ -207,10 +219,13 @@ def fuse_depthwise_conv1d(graph: fx.Graph) -> int:
             length = _add(graph, end_arg, _neg(graph, start_arg))
             op = torch.ops.inductor_fuse.depthwise_conv1d.default
             out = call(graph, op, src, wk, b, pad, start_arg, length, silu is not None)
+        if squeeze is not None:  # back to the unbatched [C, length]
+            with graph.inserting_before(last):
+                out = call(graph, aten.squeeze.dim, out, 0)
         final = silu[0] if silu is not None else last
-        out.meta.update({k: v for k, v in final.meta.items() if k != "val"})
+        copy_meta(final, out)
         final.replace_all_uses_with(out)
-        for dead in [*(silu[1][::-1] if silu is not None else []), sl, conv, pad_node]:
+        for dead in [*(silu[1][::-1] if silu is not None else []), sl, squeeze, conv, pad_node]:
             if dead is not None and not dead.users:
                 graph.erase_node(dead)
         detail = (

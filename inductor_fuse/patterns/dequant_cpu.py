@@ -2,6 +2,7 @@
 linear over the weight dequantized once, at compile time.
 
     y = qlinear(x, planes, b, fmt)                       (CPU: dequantizes every weight on every call)
+                                                         (glu_qlinear: then act(gate) * up, as aten ops)
  =>
     y = x @ dequantize(planes, fmt, x.dtype)^T + b      (dequantize folded into a constant by freezing)
 
@@ -26,13 +27,15 @@ import torch.fx as fx
 from .. import report
 from ..quant import op  # noqa: F401 -- defines the qlinear and dequantize ops
 from ..quant.formats import FORMATS
-from .graph_utils import call, folds_to_constant, frozen_placeholders, not_frozen_reason, record_rewrite, val
+from .graph_utils import call, copy_meta, folds_to_constant, frozen_placeholders, not_frozen_reason, record_rewrite, val
 from .registry import GRAPH_WALK, rule_family
 
 FAMILY = "dequant_cpu"
 MEMORY_FRACTION = 0.25  # of the available memory, for the dequantized weights of one graph
 aten = torch.ops.aten
+prims = torch.ops.prims
 qlinear = torch.ops.inductor_fuse.qlinear.default
+glu_qlinear = torch.ops.inductor_fuse.glu_qlinear.default
 
 
 def available_memory() -> int:
@@ -47,8 +50,26 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def _glu(graph: fx.Graph, y: fx.Node, N: int, act: str, dtype: torch.dtype) -> fx.Node:
+    """act(y[..., 0::2]) * y[..., 1::2] as the decomposed aten ops Inductor lowers (the activation in
+    float32, as stock decompositions compute it for bf16 / fp16)."""
+    gate = call(graph, aten.slice.Tensor, y, -1, 0, N, 2)
+    up = call(graph, aten.slice.Tensor, y, -1, 1, N, 2)
+    g = gate if dtype == torch.float32 else call(graph, prims.convert_element_type.default, gate, torch.float32)
+    if act == "silu":
+        a = call(graph, aten.mul.Tensor, g, call(graph, aten.sigmoid.default, g))
+    else:  # 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3)))
+        cube = call(graph, aten.mul.Tensor, call(graph, aten.mul.Tensor, g, g), g)
+        inner = call(graph, aten.add.Tensor, g, call(graph, aten.mul.Tensor, cube, 0.044715))
+        t = call(graph, aten.tanh.default, call(graph, aten.mul.Tensor, inner, 0.7978845608028654))
+        a = call(graph, aten.mul.Tensor, call(graph, aten.mul.Tensor, g, 0.5), call(graph, aten.add.Tensor, t, 1))
+    if dtype != torch.float32:
+        a = call(graph, prims.convert_element_type.default, a, dtype)
+    return call(graph, aten.mul.Tensor, a, up)
+
+
 def _why_not(node: fx.Node, frozen: set[fx.Node]) -> str | None:
-    x, planes, bias, _ = node.args
+    x, planes, bias = node.args[:3]
     for p in planes:
         if not folds_to_constant(p, frozen):
             return not_frozen_reason("plane", p)
@@ -70,8 +91,13 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
     frozen = frozen_placeholders(graph)
     budget = int(available_memory() * MEMORY_FRACTION)
     rewrites = 0
-    for node in list(graph.find_nodes(op="call_function", target=qlinear)):
-        x, planes, bias, fmt = node.args
+    nodes = [
+        *graph.find_nodes(op="call_function", target=qlinear),
+        *graph.find_nodes(op="call_function", target=glu_qlinear),
+    ]
+    for node in nodes:
+        x, planes, bias, fmt = node.args[:4]
+        act = node.args[4] if node.target is glu_qlinear else None
         if val(x).device.type != "cpu":  # on GPU the Triton kernels run: not a candidate
             continue
         why = _why_not(node, frozen)
@@ -101,10 +127,13 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
                     for i, d in enumerate(val(x).shape[:-1])
                 ]
                 y = call(graph, aten.reshape.default, y, [*lead, N])
-        y.meta.update({k: v for k, v in node.meta.items() if k != "val"})
+            if act is not None:  # glu_qlinear: act(gate) * up of the interleaved columns
+                y = _glu(graph, y, N, act, dtype)
+        copy_meta(node, y)
         node.replace_all_uses_with(y)
         graph.erase_node(node)
-        detail = f"[{N}, {K}] {fmt} -> {str(dtype).removeprefix('torch.')} ({nbytes / 2**20:.1f} MiB)"
+        glu = f", then {act}(gate) * up" if act else ""
+        detail = f"[{N}, {K}] {fmt} -> {str(dtype).removeprefix('torch.')} ({nbytes / 2**20:.1f} MiB){glu}"
         record_rewrite(FAMILY, node, detail)
         rewrites += 1
     return rewrites

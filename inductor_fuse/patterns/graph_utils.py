@@ -18,6 +18,7 @@ from torch._guards import TracingContext
 from .. import report
 
 aten = torch.ops.aten
+prims = torch.ops.prims
 
 # ops that only change how a weight is viewed: weight-ness flows through them
 LAYOUT_OPS = (aten.permute.default, aten.t.default, aten.reshape.default, aten.view.default)
@@ -117,6 +118,14 @@ def not_frozen_reason(what: str, node: fx.Node) -> str:
     return f"{what} {node.name} is {kind}, not a frozen constant"
 
 
+def first_not_frozen(nodes, frozen: set[fx.Node], what: str = "weight") -> str | None:
+    """The reason the first of ``nodes`` (None entries skipped) is not a frozen constant, or None."""
+    for n in nodes:
+        if n is not None and not is_frozen(n, frozen):
+            return not_frozen_reason(what, n)
+    return None
+
+
 def call(graph: fx.Graph, target, *args, **kwargs) -> fx.Node:
     """Insert ``target(*args)`` at the graph's insertion point and fill ``meta['val']``."""
     node = graph.call_function(target, args, kwargs)
@@ -128,6 +137,12 @@ def call(graph: fx.Graph, target, *args, **kwargs) -> fx.Node:
         with fake_mode:
             node.meta["val"] = target(*fake_args, **fake_kwargs)
     return node
+
+
+def copy_meta(src: fx.Node, dst: fx.Node) -> None:
+    """Give a replacement node the provenance of the node it replaces (module stack, source lines),
+    not its value or the eager inputs of its op (``eager_input_vals``: another schema's)."""
+    dst.meta.update({k: v for k, v in src.meta.items() if k not in ("val", "tensor_meta", "eager_input_vals")})
 
 
 def val(node: fx.Node):
@@ -147,3 +162,16 @@ def module_name(node: fx.Node) -> str:
     path = list(stack.values())[-1][0]  # e.g. "L['self'].layers[0].attn.q_proj"
     tail = path.rsplit(".", 1)[-1]
     return tail.split("[")[0] or path
+
+
+def activation_key(x: fx.Node):
+    """What makes two linears' inputs one activation (a key to compare, or the node itself).
+
+    Linears of a 3-D input read x through reshape(x, [-1, K]), those of a cast model through
+    convert_element_type(x, dtype); CSE usually merges such twins, but two identical reshapes or
+    casts of one tensor are one activation too (a cast of a reshape, too: recursive)."""
+    if x.op == "call_function" and x.target in (aten.reshape.default, aten.view.default):
+        return ("reshape", activation_key(x.args[0]), tuple(x.args[1]))
+    if x.op == "call_function" and x.target is prims.convert_element_type.default:
+        return ("cast", activation_key(x.args[0]), x.args[1])
+    return x

@@ -25,7 +25,9 @@ from torch._inductor.pattern_matcher import stable_topological_sort
 from .. import report
 from ..quant import op  # noqa: F401 -- defines torch.ops.inductor_fuse.qlinear, matched below
 from .graph_utils import (
+    activation_key,
     call,
+    copy_meta,
     frozen_placeholders,
     is_frozen,
     module_name,
@@ -87,17 +89,6 @@ def _weight_key(lin: _Linear) -> tuple:
     return ("quant", lin.fmt, w.device, tuple(val(p).dtype for p in lin.weights))
 
 
-def _activation_key(x: fx.Node):
-    # Siblings of a 3-D input read x through reshape(x, [-1, K]), those of a cast model through
-    # convert_element_type(x, dtype); CSE usually merges such twins, but two identical reshapes
-    # or casts of one tensor are one activation too (a cast of a reshape, too: recursive).
-    if x.op == "call_function" and x.target in (aten.reshape.default, aten.view.default):
-        return ("reshape", _activation_key(x.args[0]), tuple(x.args[1]))
-    if x.op == "call_function" and x.target is prims.convert_element_type.default:
-        return ("cast", _activation_key(x.args[0]), x.args[1])
-    return x
-
-
 def _fused_float_weight(graph: fx.Graph, lins: list[_Linear]) -> fx.Node:
     wts = [l.weights[0] for l in lins]  # each [K, N_i]
     transposed = all(
@@ -142,12 +133,12 @@ def _fuse(graph: fx.Graph, lins: list[_Linear]) -> str:
             planes = [call(graph, aten.cat.default, [l.weights[j] for l in lins], 0) for j in range(len(first.weights))]
             fused = call(graph, first.node.target, first.x, planes, bias, first.fmt)
             out_dim = val(first.x).dim() - 1
-        fused.meta.update({k: v for k, v in first.node.meta.items() if k != "val"})
+        copy_meta(first.node, fused)
         offset = 0
         for lin in lins:
             n = lin.out_features
             piece = call(graph, aten.slice.Tensor, fused, out_dim, offset, offset + n)
-            piece.meta.update({k: v for k, v in lin.node.meta.items() if k != "val"})
+            copy_meta(lin.node, piece)
             lin.node.replace_all_uses_with(piece)
             views_to_reshapes(piece)
             offset += n
@@ -173,7 +164,7 @@ def fuse_sibling_linears(graph: fx.Graph) -> int:
     for node in graph.nodes:
         lin = _as_linear(node)
         if lin is not None:
-            by_input[_activation_key(lin.x)].append(lin)
+            by_input[activation_key(lin.x)].append(lin)
 
     rewrites = 0
     for lins in by_input.values():

@@ -1,8 +1,14 @@
-"""torch.ops.inductor_fuse.qlinear: the quantized linear every pattern and QuantizedLinear calls.
+"""torch.ops.inductor_fuse.qlinear: the quantized linear every pattern and QuantizedLinear calls,
+and torch.ops.inductor_fuse.glu_qlinear, the gate|up linear of a GLU with its activation and product.
 
     qlinear(Tensor x, Tensor[] planes, Tensor? bias, str fmt) -> Tensor
     x: [..., K] float (fp32 / bf16 / fp16); planes: the format's planes of a weight [N, K]
     (docs/design.md contract); bias: [N] or None; returns [..., N] in x.dtype.
+
+    glu_qlinear(Tensor x, Tensor[] planes, Tensor? bias, str fmt, str act) -> Tensor
+    planes: a weight [2I, K] whose rows interleave gate and up (row 2i: gate row i, row 2i + 1: up
+    row i), bias [2I] likewise; with y = x W^T + b in float32:
+    returns act(y[..., 0::2]) * y[..., 1::2], [..., I] in x.dtype; act: "silu" or "gelu_tanh".
 
 This module defines the op and what every device shares:
 - default (CPU, any device without a kernel): the pure-torch reference `dequantize_linear`,
@@ -90,6 +96,46 @@ def qlinear_reference(x: Tensor, planes: Sequence[Tensor], bias: Tensor | None, 
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)
+
+
+GLU_ACTS = ("silu", "gelu_tanh")
+
+
+def glu_act(y: Tensor, act: str) -> Tensor:
+    """act(gate) * up of an interleaved gate|up output y [..., 2I] (any float dtype, computed as is)."""
+    gate, up = y[..., 0::2], y[..., 1::2]
+    return (F.silu(gate) if act == "silu" else F.gelu(gate, approximate="tanh")) * up
+
+
+def check_glu_qlinear_args(x: Tensor, planes: Sequence[Tensor], bias: Tensor | None, fmt: str, act: str) -> int:
+    """Validate glu_qlinear's arguments; returns I. Raises ValueError naming the problem."""
+    N, _ = check_qlinear_args(x, planes, bias, fmt)
+    if act not in GLU_ACTS:
+        raise ValueError(f"glu_qlinear: act must be one of {GLU_ACTS}, got {act!r}")
+    if N % 2:
+        raise ValueError(
+            f"glu_qlinear[{fmt}]: the weight must have an even number of rows (gate, up interleaved), got {N}"
+        )
+    return N // 2
+
+
+def glu_qlinear_reference(x: Tensor, planes: Sequence[Tensor], bias: Tensor | None, fmt: str, act: str) -> Tensor:
+    """glu_qlinear's pure-torch body and oracle (arguments already checked): float32 math."""
+    return glu_act(qlinear_reference(x.float(), planes, bias, fmt), act).to(x.dtype)
+
+
+@torch.library.custom_op("inductor_fuse::glu_qlinear", mutates_args=())
+def glu_qlinear(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str) -> Tensor:
+    """Pure-torch reference (the default for every device); the CUDA kernels are registered by
+    kernels/ops.py."""
+    check_glu_qlinear_args(x, planes, bias, fmt, act)
+    return glu_qlinear_reference(x, planes, bias, fmt, act)
+
+
+@glu_qlinear.register_fake
+def _glu_qlinear_fake(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str) -> Tensor:
+    inter = check_glu_qlinear_args(x, planes, bias, fmt, act)
+    return x.new_empty((*x.shape[:-1], inter))
 
 
 @torch.library.custom_op("inductor_fuse::dequantize", mutates_args=())

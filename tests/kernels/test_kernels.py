@@ -183,3 +183,27 @@ def test_matvec_launch_hook():
         dispatch.matvec(_x(1, K, seed=4), planes, None, fmt)
     dispatch.matvec(_x(1, K, seed=4), planes, None, fmt)
     assert len(launched) == 1  # the interpreter's launch returns None, a GPU launch the compiled kernel
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "int4_g32", "iq4_xs"])
+@pytest.mark.parametrize("M, split_k", [(1, 1), (3, 1), (2, 3), (40, 1)])  # M = 40: the GEMM path
+def test_glu_matvec(fmt, act, M, split_k):
+    """glu_qlinear's CUDA body: the matvec with act(gate) * up in its epilogue (rows interleave gate
+    and up), the split-K path (GLU after the reduction), the GEMM path (GLU as its own step)."""
+    from inductor_fuse.quant.op import glu_act
+
+    N, K = 2 * 37, 512
+    planes = _weight(fmt, N, K, seed=11)
+    x = _x(M, K, seed=M)
+    bias = torch.randn(N) if M == 3 else None
+    w = FORMATS[fmt].dequantize(planes)
+    xr = act_quant_reference(x) if M <= KERNELS[fmt].matvec_max_m else x
+    ref = glu_act(xr @ w.T + (bias if bias is not None else 0), act)
+    if split_k > 1:
+        cfg = MatvecConfig(block_n=8, block_u=2, split_k=split_k)
+        out = dispatch.matvec(x, planes, bias, fmt, config=cfg, glu=1 + ["silu", "gelu_tanh"].index(act))
+    else:
+        out = dispatch.qlinear_cuda(x, planes, bias, fmt, act)
+    assert out.shape == (M, N // 2) and out.dtype == x.dtype
+    _assert_close(out, ref, 2e-5, f"{fmt} GLU ({act}) matvec, M = {M}, split {split_k}")

@@ -99,3 +99,30 @@ def test_cuda_kernel_failure_falls_back_to_the_reference(monkeypatch, caplog):
     assert len(warned) == 1
     with pytest.raises(ValueError, match="must be a positive multiple"):  # bad input is still an error
         ops._qlinear_cuda(torch.randn(3, 48), planes, bias, "q8_0")
+
+
+def test_glu_cuda_kernel_failure_falls_back_to_the_reference(monkeypatch, caplog):
+    # glu_qlinear's CUDA registration, likewise: the float32 reference answers, one WARNING
+    from inductor_fuse.quant.op import glu_qlinear_reference
+
+    planes = _planes("q8_0", 24, 64)
+    x = torch.randn(3, 64)
+    ref = glu_qlinear_reference(x, planes, None, "q8_0", "silu")
+
+    def glu_broken(x, planes, bias, fmt, act=None):  # the GLU epilogue fails: plain kernel, then the GLU
+        if act:
+            raise RuntimeError("no GLU kernel")
+        return qlinear_reference(x, planes, bias, fmt)
+
+    def broken(*args):
+        raise RuntimeError("no kernel at all")
+
+    for fake, said in ((glu_broken, "no GLU kernel"), (broken, "no kernel at all")):
+        monkeypatch.setattr(dispatch, "qlinear_cuda", fake)
+        ops._warn_kernel_fallback.cache_clear()
+        with caplog.at_level(logging.WARNING, logger="inductor_fuse"):
+            out = ops._glu_qlinear_cuda(x, planes, None, "q8_0", "silu")
+        torch.testing.assert_close(out, ref)
+        assert any(said in r.message for r in caplog.records)
+    with pytest.raises(ValueError, match="act must be one of"):
+        ops._glu_qlinear_cuda(x, planes, None, "q8_0", "relu")

@@ -230,3 +230,18 @@ def test_op_refuses_bad_arguments():
         OP(x, torch.randn(5, 3), None, 2, 0, 6, False)
     with pytest.raises(ValueError, match="dtype"):
         OP(x, w.double(), None, 2, 0, 6, False)
+
+
+def test_unbatched_input():
+    """F.conv1d on a [C, L] input (it unsqueezes to [1, C, L] and squeezes the result)."""
+
+    class Unbatched(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(8, 1, 3, generator=torch.Generator().manual_seed(0)))
+
+        def forward(self, v):  # v [T, C]
+            v = v.transpose(-1, -2)
+            return F.silu(F.conv1d(v, self.w, None, groups=8, padding=2)[..., : v.shape[-1]]).transpose(-1, -2)
+
+    _check(Unbatched().eval(), (torch.randn(5, 8),), 1)

@@ -46,8 +46,8 @@ def test_weights_are_dequantized_once_at_compile_time(fmt, dequantize_calls):
     assert "torch.ops.inductor_fuse" not in call and "extern_kernels.mm" in call, call  # float GEMMs on frozen weights
     assert all(rel_err(g, ref) < 1e-5 for g in got)
     counts = inductor_fuse.last_report().counts
-    # per layer: the fused QKV and gate|up (siblings runs first), o_proj and down_proj
-    assert counts[FAMILY] == 4 * 2 and counts["siblings"] == 2 * 2, counts
+    # per layer: the fused QKV (siblings), the GLU's interleaved gate|up (glu), o_proj and down_proj
+    assert counts[FAMILY] == 4 * 2 and counts["siblings"] == 2 and counts["glu"] == 2, counts
 
 
 def test_past_the_memory_budget_the_reference_runs(monkeypatch, dequantize_calls):

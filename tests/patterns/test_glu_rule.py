@@ -1,0 +1,155 @@
+"""Rule family `glu`: act(gate(x)) * up(x) over quantized weights becomes
+torch.ops.inductor_fuse.glu_qlinear -- in every spelling of SiLU and GELU-tanh that reaches the graph
+(F.silu, nn.SiLU, x * sigmoid(x), F.gelu(approximate="tanh"), transformers' ACT2FN), float32 and
+bf16, with and without the CPU dequantization rule; left alone (with its reason) for another
+activation, a gate or up output with another reader, mismatched formats. Compiled the way users
+compile (no Dynamo reset); each test compares against the same quantized module run eagerly."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from numerics import rel_err
+
+import inductor_fuse
+from inductor_fuse.quant import QuantConfig, quantize_
+from inductor_fuse.quant.op import glu_qlinear_reference
+
+FAMILY = "glu"
+OP = torch.ops.inductor_fuse.glu_qlinear
+
+
+def _act(name):
+    if name == "silu":
+        return F.silu
+    if name == "nn.SiLU":
+        return nn.SiLU()
+    if name == "sigmoid":
+        return lambda g: g * torch.sigmoid(g)
+    if name == "gelu_tanh":
+        return lambda g: F.gelu(g, approximate="tanh")
+    if name == "gelu_erf":
+        return F.gelu
+    if name.startswith("ACT2FN:"):
+        return pytest.importorskip("transformers.activations").ACT2FN[name.split(":")[1]]
+    raise ValueError(name)
+
+
+class MLP(nn.Module):
+    """The gated MLP of Llama (SiLU) and Gemma (GELU-tanh): down(act(gate(x)) * up(x))."""
+
+    def __init__(self, act="silu", dim=64, hidden=96, extra=None):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.act, self.extra = _act(act), extra
+
+    def forward(self, x):
+        g, u = self.gate_proj(x), self.up_proj(x)
+        y = self.down_proj(self.act(g) * u)
+        if self.extra == "gate":  # the gate's output read elsewhere too
+            y = y + g.sum(-1, keepdim=True)
+        if self.extra == "up":
+            y = y + u.sum(-1, keepdim=True)
+        return y
+
+
+def _run(model, x, options=None):
+    with torch.no_grad():
+        ref = model(x)
+        got = torch.compile(model, backend="inductor_fuse", options=options or {})(x)
+    return got, ref, inductor_fuse.last_report()
+
+
+def _quantized(act, fmt="int4_g32", dtype=torch.float32, **kw):
+    torch.manual_seed(0)
+    model = MLP(act, **kw).eval().to(dtype)
+    quantize_(model, QuantConfig(fmt=fmt))
+    return model
+
+
+@pytest.mark.parametrize("dequant_cpu", [True, False], ids=["dequant_cpu", "reference-op"])
+@pytest.mark.parametrize(
+    "act, expect",
+    [
+        ("silu", "silu"),
+        ("nn.SiLU", "silu"),
+        ("sigmoid", "silu"),
+        ("ACT2FN:silu", "silu"),
+        ("gelu_tanh", "gelu_tanh"),
+        ("ACT2FN:gelu_pytorch_tanh", "gelu_tanh"),
+    ],
+)
+def test_fires_and_matches_eager(act, expect, dequant_cpu):
+    model = _quantized(act)
+    got, ref, rep = _run(model, torch.randn(2, 3, 64), {"dequant_cpu": dequant_cpu})
+    assert rel_err(got, ref) < 1e-5
+    assert rep.counts[FAMILY] == 1, str(rep)
+    assert f"-> {expect}(gate) * up, [96] x 2 interleaved, int4_g32" in str(rep)
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k"])
+def test_bf16_and_gguf_formats(act, fmt):
+    model = _quantized(act, fmt=fmt, dtype=torch.bfloat16, dim=256, hidden=64)
+    got, ref, rep = _run(model, torch.randn(1, 2, 256, dtype=torch.bfloat16))
+    assert rel_err(got, ref) < 2e-2
+    assert rep.counts[FAMILY] == 1, str(rep)
+
+
+@pytest.mark.parametrize(
+    "act, extra, reason",
+    [
+        ("gelu_erf", None, "neither SiLU nor GELU-tanh"),
+        ("silu", "gate", "gate projection's output (or its activation) has another reader"),
+        ("silu", "up", "up projection's output has another reader"),
+    ],
+)
+def test_left_alone_with_a_reason(act, extra, reason):
+    model = _quantized(act, extra=extra)
+    got, ref, rep = _run(model, torch.randn(1, 3, 64))
+    assert rel_err(got, ref) < 1e-5
+    assert rep.counts[FAMILY] == 0, str(rep)
+    assert any(s.family == FAMILY and reason in s.reason for s in rep.skipped), str(rep)
+    assert rep.counts["siblings"] >= (0 if extra else 1)  # gate|up still fused as siblings
+
+
+def test_mismatched_formats():
+    model, other = _quantized("silu"), _quantized("silu", fmt="int4_g64")
+    model.up_proj = other.up_proj
+    got, ref, rep = _run(model, torch.randn(1, 3, 64))
+    assert rel_err(got, ref) < 1e-5
+    assert any(s.family == FAMILY and "different formats" in s.reason for s in rep.skipped), str(rep)
+
+
+def test_float_weights_keep_the_sibling_path():
+    torch.manual_seed(0)
+    model = MLP().eval()
+    got, ref, rep = _run(model, torch.randn(1, 3, 64))
+    assert rel_err(got, ref) < 1e-5
+    assert rep.counts[FAMILY] == 0 and rep.counts["siblings"] == 1, str(rep)
+
+
+def test_option_turns_it_off():
+    model = _quantized("silu")
+    got, ref, rep = _run(model, torch.randn(1, 3, 64), {FAMILY: False})
+    assert rel_err(got, ref) < 1e-5
+    assert rep.counts[FAMILY] == 0 and rep.counts["siblings"] == 1
+
+
+def test_op_against_float64():
+    """The op's reference: the interleaved rows' float64 GLU."""
+    from inductor_fuse.quant.formats import FORMATS
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(2 * 40, 64, generator=g)
+    planes = FORMATS["int4_g32"].quantize(w)
+    x, b = torch.randn(5, 64, generator=g), torch.randn(80, generator=g)
+    y = x.double() @ FORMATS["int4_g32"].dequantize(planes).double().T + b.double()
+    for act, f in (("silu", F.silu), ("gelu_tanh", lambda t: F.gelu(t, approximate="tanh"))):
+        ref = f(y[:, 0::2]) * y[:, 1::2]
+        assert rel_err(OP(x, planes, b, "int4_g32", act), ref) < 1e-6
+        assert rel_err(glu_qlinear_reference(x, planes, b, "int4_g32", act), ref) < 1e-6
+    with pytest.raises(ValueError, match="act must be one of"):
+        OP(x, planes, b, "int4_g32", "relu")
