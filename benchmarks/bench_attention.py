@@ -151,11 +151,7 @@ def main(argv=None) -> None:
         for live in sorted({r["live"] for r in rows}):
             best = sorted((r for r in rows if r["live"] == live), key=lambda r: r["us"])[:5]
             print(f"best at live {live}:", *(f"{r['us']:.1f} us {r}" for r in best), sep="\n  ")
-        write_json(
-            Path(args.json or "attention_sweep_h200.json").name,
-            {**env, "sweep": rows},
-            out_dir=args.json and str(Path(args.json).parent),
-        )
+        write_json("attention_sweep_h200.json", {"buffer": args.buffer, "sweep": rows}, path=args.json)
         return
     rows = []
     for T, live in cases(args):
@@ -187,10 +183,7 @@ def main(argv=None) -> None:
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "results": rows,
     }
-    if args.json:
-        write_json(Path(args.json).name, payload, out_dir=str(Path(args.json).parent))
-    else:
-        write_json("attention_h200.json", payload)
+    write_json("attention_h200.json", payload, path=args.json)
 
 
 if __name__ == "__main__":

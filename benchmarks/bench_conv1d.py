@@ -113,10 +113,7 @@ def main(argv=None) -> None:
         ],
     )
     payload = {"method": "CUDA graph over rotated activation copies (> 3x L2), median of replays", "results": rows}
-    if args.json:
-        write_json(Path(args.json).name, payload, out_dir=str(Path(args.json).parent))
-    else:
-        write_json("conv1d_h200.json", payload)
+    write_json("conv1d_h200.json", payload, path=args.json)
 
 
 if __name__ == "__main__":

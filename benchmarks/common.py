@@ -70,10 +70,14 @@ def print_table(title: str, header: list[str], rows: list[list]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def write_json(name: str, payload: dict, out_dir: str | None = None) -> Path:
-    out = Path(out_dir or os.environ.get("OUT") or RESULTS_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
+def write_json(name: str, payload: dict, out_dir: str | None = None, path: str | None = None) -> Path:
+    """Write payload (with the environment) as JSON: to `path` when given (a benchmark's --json),
+    else to `name` in out_dir, $OUT or benchmarks/results/."""
+    if path is None:
+        out = Path(out_dir or os.environ.get("OUT") or RESULTS_DIR)
+        path = out / name
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"environment": environment(), **payload}, indent=2))
     print(f"\nwrote {path}")
     return path

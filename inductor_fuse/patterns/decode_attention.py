@@ -73,25 +73,17 @@ def _strip_repeat_kv(node: fx.Node) -> fx.Node:
     return node
 
 
-def _is_full(node: object, value: float) -> bool:
-    """node is aten.full(..., value)."""
-    return isinstance(node, fx.Node) and node.target is aten.full.default and node.args[1] == value
-
-
 # What SDPA fills a boolean mask's False positions with: -inf, or -65504 (the float16 minimum;
 # -65536 in bfloat16) where the CUDA backends convert it (cuDNN attention). Added to a score, either
 # leaves a weight of exp(-65504) = 0 in float32: the position is not read.
 MASKED_OUT = -65504.0
 
 
-def _is_masked_out(node: object) -> bool:
-    """node is aten.full(..., v) with v <= MASKED_OUT (-inf included)."""
-    return (
-        isinstance(node, fx.Node)
-        and node.target is aten.full.default
-        and isinstance(node.args[1], (int, float))
-        and node.args[1] <= MASKED_OUT
-    )
+def _full_value(node: object) -> float | None:
+    """v when node is aten.full(..., v) with a number v, else None."""
+    if isinstance(node, fx.Node) and node.target is aten.full.default and isinstance(node.args[1], (int, float)):
+        return node.args[1]
+    return None
 
 
 def _bool_mask(mask: fx.Node | None) -> tuple[fx.Node | None, str | None]:
@@ -105,7 +97,8 @@ def _bool_mask(mask: fx.Node | None) -> tuple[fx.Node | None, str | None]:
         return mask, None
     if mask.target is aten.where.self:
         cond, a, b = mask.args
-        if _is_full(a, 0.0) and _is_masked_out(b) and val(cond).dtype == torch.bool:
+        fill = _full_value(b)  # <= MASKED_OUT: -inf included
+        if _full_value(a) == 0.0 and fill is not None and fill <= MASKED_OUT and val(cond).dtype == torch.bool:
             while cond.target is aten.expand.default:
                 cond = cond.args[0]
             return cond, None
