@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -93,7 +94,7 @@ def bench_case(T: int, live: int, replays: int, copy_gbs: float) -> dict:
     t_ours = time_graph([lambda k=k, v=v: ours(k, v) for k, v in caches], replays=replays)
     t_sdpa = time_graph([lambda k=k, v=v: sdpa(k, v) for k, v in caches], replays=replays)
     n_sms = torch.cuda.get_device_properties(dev).multi_processor_count
-    splits = kernel.plan(1, HQ, HKV, 1, D, T, n_sms).num_splits
+    splits = kernel.plan(1, HQ, HKV, 1, D, T, n_sms, mask_rows=False).num_splits
     del caches
     torch.cuda.empty_cache()
     gbs = live_bytes / t_ours / 1e9
@@ -126,15 +127,27 @@ def sweep(T: int, lives: list[int], replays: int) -> list[dict]:
         for live in lives:
             mask = (torch.arange(T, device=dev) < live)[None, None, None, :]
             ref = F.scaled_dot_product_attention(q, *caches[0], attn_mask=mask, scale=scale, enable_gqa=True)
-            for bt, nw, ns, sp in itertools.product((64, 128), (4, 8), (1, 2, 3), (16, 32, 64, 128)):
-                p = kernel.Plan(16, 1, bt, T // sp, sp, nw, ns)  # block_r, row_blocks: G * S = 4 rows
+            for bt, nw, ns, sp in itertools.product((64, 128), (4, 8), (2, 3), (16, 33, 66)):
+                tiles = triton.next_power_of_2(triton.cdiv(triton.cdiv(T, bt), sp))
+                p = kernel.Plan(16, 1, bt, tiles, sp, nw, ns)  # block_r, row_blocks: G * S = 4 rows
                 kernel.plan = lambda *a, p=p: p
                 err = (op(q, *caches[0], mask, scale, 0.0).float() - ref.float()).abs().max().item()
                 t = time_graph([lambda k=k, v=v: op(q, k, v, mask, scale, 0.0) for k, v in caches], replays=replays)
                 rows.append(
-                    dict(live=live, block_t=bt, num_warps=nw, num_stages=ns, num_splits=sp, us=t * 1e6, err=err)
+                    dict(
+                        live=live,
+                        block_t=bt,
+                        num_warps=nw,
+                        num_stages=ns,
+                        num_splits=sp,
+                        us=t * 1e6,
+                        err=err,
+                    )
                 )
-                print(f"live {live} block_t {bt} warps {nw} stages {ns} splits {sp}: {t * 1e6:.1f} us", flush=True)
+                print(
+                    f"live {live} block_t {bt} warps {nw} stages {ns} splits {sp}: {t * 1e6:.1f} us",
+                    flush=True,
+                )
     finally:
         kernel.plan = default_plan
     return rows

@@ -6,10 +6,14 @@ Split-K flash decoding over a static KV cache that reads only the KV tiles the m
       rows    the G * S query rows of KV head j (G = Hq // Hkv query heads x S new tokens; row
               r = g * S + s is query head j * G + g, token s), BLOCK_R of them (block rb), padded
               to a power of two >= 16 so that both products are tl.dot
-      split   SPLIT_T contiguous cache positions. Their whole mask [BLOCK_R, SPLIT_T] is loaded
-              at once; no True in it: the program writes (m, l) = (-inf, 0) and ends. Else the
-              split is walked in BLOCK_T tiles: the tile's mask; no True in it: next tile, K and V
-              untouched; else the K, V tiles (positions no row attends to: not loaded, 0) and
+      split   the buffer's BLOCK_T-position tiles are dealt to the splits in turn: split s holds
+              tiles s, s + num_splits, s + 2 num_splits, .. (at most TILES of them), so that any
+              live range, 1k or 32k, spreads evenly over every split. The split's whole mask is
+              loaded at once (one row when all rows share it, MASK_ROWS off); from it the range
+              [i_lo, i_hi) of its tiles that some row attends to. No such tile: the program
+              writes (m, l, acc) = (-inf, 0, 0) and ends. Else the range is walked without a
+              branch (so the loads pipeline, num_stages): the tile's mask, K, and V (V only where
+              some row attends: garbage past the live length may be NaN, and 0 x NaN = NaN) and
                   z   = scale * q k^T                        [BLOCK_R, BLOCK_T], float32
                   z   = softcap * tanh(z / softcap)          (HAS_SOFTCAP)
                   z   = log2(e) z where the mask is True, -inf elsewhere
@@ -17,15 +21,14 @@ Split-K flash decoding over a static KV cache that reads only the KV tiles the m
                   l   = a l + rowsum p;   acc = a acc + p v;   m = m'
               (m' = -inf, no True yet in the row: subtracted as 0, so p = a = 0, never NaN)
     one split: out = acc / l straight from the kernel (0 where l = 0: a row that saw no True);
-    several: (acc, m, l) per split to a float32 workspace (acc only where some l > 0), then
-    `_merge_kernel`, one program per row and BLOCK_D columns, every split in one load:
+    several: (acc, m, l) per split to a float32 workspace, then `_merge_kernel`, one program per
+    row and BLOCK_D columns, every split in one load:
         M = max_s m_s;  w_s = 2^(m_s - M);  out = sum_s w_s acc_s / sum_s w_s l_s   (0 if no split saw a True)
 
-Tiles: BLOCK_T = 128 positions for D <= 128, 64 for D = 256. Splits (`plan`): at most
-SPLIT_POSITIONS positions, so that a short live range in a long buffer still spreads over several
-programs, and shorter when needed for ~2 programs per SM. num_splits depends on T (the buffer's
-length, not the live length) and the SM count only: no host sync, and the grid is a function of
-the shapes, so a CUDA graph can capture the call.
+Tiles: BLOCK_T = 128 positions for D <= 128, 64 for D = 256. Splits (`plan`): one wave of one
+program per SM, more when a split's mask would exceed MASK_BYTES. num_splits depends on T (the
+buffer's length, not the live length) and the SM count only: no host sync, and the grid is a
+function of the shapes, so a CUDA graph can capture the call.
 
 On CUDA tensors the op runs this kernel for head dims 64, 128, 256; another head dim, or a kernel
 that cannot compile or take the call, runs the pure-torch reference instead and a WARNING says so
@@ -50,7 +53,8 @@ from ._common import interpreting, loop_bound, num_sms, tanh
 log = logging.getLogger("inductor_fuse")
 
 HEAD_DIMS = (64, 128, 256)
-SPLIT_POSITIONS = 256  # cache positions per split at most (fewer when needed to fill the GPU)
+MASK_BYTES = 32768  # the mask a program loads at once to find its live tiles, at most
+SMEM_BYTES = 160 * 1024  # K and V tiles in flight (num_stages - 1 of them) per program, at most
 LOG2E = tl.constexpr(1.4426950408889634)  # scores are kept in log2 units: exp2 in the kernels
 
 
@@ -88,12 +92,13 @@ def _split_kernel(
     sos,
     HAS_SOFTCAP: tl.constexpr,
     SPLIT: tl.constexpr,
+    MASK_ROWS: tl.constexpr,  # False: every row of the block reads the same mask row (smh = sms = 0)
     DOT_F32: tl.constexpr,  # the interpreter's bf16 dot is wrong (triton 3.6/3.9): float32 dots there
     PRECISION: tl.constexpr,  # tl.dot input_precision: "ieee" for float32 operands (no TF32 rounding)
     D: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_T: tl.constexpr,
-    SPLIT_T: tl.constexpr,  # positions per split, a multiple of BLOCK_T
+    TILES: tl.constexpr,  # tiles per split at most (a power of two): split s holds tiles s, s + NUM_SPLITS, ..
 ):
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -105,49 +110,59 @@ def _split_kernel(
     h = j * G + r // S  # query head of each row
     s = r % S  # its token
     d = tl.arange(0, D)
-    mask_rows = mask_ptr + b * smb + (h * smh + s * sms)[:, None]  # smb, smh are 0 where broadcast
+    q = tl.load(q_ptr + b * sqb + (h * sqh + s * sqs)[:, None] + d[None, :], mask=rvalid[:, None], other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+    # the split's whole mask in one load -> the range [i_lo, i_hi) of its tiles that some row attends to
+    ti = tl.arange(0, TILES)
+    pos = (pid_s + ti * NUM_SPLITS)[:, None] * BLOCK_T + tl.arange(0, BLOCK_T)[None, :]  # [TILES, BLOCK_T]
+    if MASK_ROWS:
+        mask_rows = mask_ptr + b * smb + (h * smh + s * sms)[:, None]  # [BLOCK_R, 1]
+        row_ok = rvalid[:, None]
+        m3 = tl.load(
+            mask_rows[:, :, None] + pos[None, :, :] * smt, mask=row_ok[:, :, None] & (pos < T)[None, :, :], other=0
+        )
+        tile_live = tl.max(tl.max(m3.to(tl.int32), axis=2), axis=0)  # [TILES]
+    else:
+        mask_rows = mask_ptr + b * smb + tl.zeros([1, 1], dtype=tl.int32)  # [1, 1]: one row for all
+        row_ok = tl.full([1, 1], 1, tl.int1)
+        tile_live = tl.max(tl.load(mask_rows + pos * smt, mask=pos < T, other=0).to(tl.int32), axis=1)
+    i_lo = tl.min(tl.where(tile_live > 0, ti, TILES))
+    i_hi = tl.max(tl.where(tile_live > 0, ti + 1, 0))
 
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
     acc = tl.zeros([BLOCK_R, D], dtype=tl.float32)
-    t_lo = pid_s * SPLIT_T
-    t_hi = tl.minimum(t_lo + SPLIT_T, T)
-    span = t_lo + tl.arange(0, SPLIT_T)
-    span_live = tl.load(mask_rows + span[None, :] * smt, mask=rvalid[:, None] & (span < T)[None, :], other=0)
-    if tl.max(span_live.to(tl.int32)) > 0:  # the whole split's mask in one load: most splits end here
-        q = tl.load(q_ptr + b * sqb + (h * sqh + s * sqs)[:, None] + d[None, :], mask=rvalid[:, None], other=0.0)
+    k_base = k_ptr + b * skb + j * skh
+    v_base = v_ptr + b * svb + j * svh
+    # no branch in the loop: K, V and the mask of a tile load at once, and the loads can be pipelined
+    for i in range(loop_bound(i_lo), loop_bound(i_hi)):
+        t = (pid_s + i * NUM_SPLITS) * BLOCK_T + tl.arange(0, BLOCK_T)
+        inb = t < T
+        live = tl.load(mask_rows + t[None, :] * smt, mask=row_ok & inb[None, :], other=0) != 0  # [BLOCK_R|1, BLOCK_T]
+        kt = tl.load(k_base + t[:, None] * skt + d[None, :], mask=inb[:, None], other=0.0)  # [BLOCK_T, D]
+        seen = tl.max(live.to(tl.int32), axis=0) > 0  # positions some row attends to: V counts there only
+        vt = tl.load(v_base + t[:, None] * svt + d[None, :], mask=seen[:, None], other=0.0)  # (0 x NaN = NaN)
         if DOT_F32:
-            q = q.to(tl.float32)
-        k_base = k_ptr + b * skb + j * skh
-        v_base = v_ptr + b * svb + j * svh
-        for t0 in range(loop_bound(t_lo), loop_bound(t_hi), BLOCK_T):
-            t = t0 + tl.arange(0, BLOCK_T)
-            live = tl.load(mask_rows + t[None, :] * smt, mask=rvalid[:, None] & (t < t_hi)[None, :], other=0) != 0
-            if tl.max(live.to(tl.int32)) > 0:  # a runtime branch: a tile no row attends to loads no K, V
-                seen = tl.max(live.to(tl.int32), axis=0) > 0  # [BLOCK_T] positions some row attends to
-                kt = tl.load(k_base + t[:, None] * skt + d[None, :], mask=seen[:, None], other=0.0)  # [BLOCK_T, D]
-                vt = tl.load(v_base + t[:, None] * svt + d[None, :], mask=seen[:, None], other=0.0)
-                if DOT_F32:
-                    kt = kt.to(tl.float32)
-                    vt = vt.to(tl.float32)
-                z = tl.dot(q, tl.trans(kt), input_precision=PRECISION) * scale  # [BLOCK_R, BLOCK_T]
-                if HAS_SOFTCAP:
-                    z = softcap * tanh(z / softcap)
-                z = tl.where(live, z * LOG2E, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(z, axis=1))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no True yet: p = 0, a = 0
-                alpha = tl.exp2(m_i - m_safe)
-                p = tl.exp2(z - m_safe[:, None])  # exactly 0 where masked (z = -inf, m_safe finite)
-                l_i = l_i * alpha + tl.sum(p, axis=1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
-                m_i = m_new
+            kt = kt.to(tl.float32)
+            vt = vt.to(tl.float32)
+        z = tl.dot(q, tl.trans(kt), input_precision=PRECISION) * scale  # [BLOCK_R, BLOCK_T]
+        if HAS_SOFTCAP:
+            z = softcap * tanh(z / softcap)
+        z = tl.where(live, z * LOG2E, float("-inf"))  # K garbage where masked: its z is dropped here
+        m_new = tl.maximum(m_i, tl.max(z, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no True yet: p = 0, a = 0
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(z - m_safe[:, None])  # exactly 0 where masked (z = -inf, m_safe finite)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
+        m_i = m_new
 
     if SPLIT:
         row = (pid_bh * NUM_SPLITS + pid_s) * GS + r
         tl.store(ws_m_ptr + row, m_i, mask=rvalid)
         tl.store(ws_l_ptr + row, l_i, mask=rvalid)
-        if tl.max(l_i) > 0:  # the merge reads acc only where l > 0
-            tl.store(out_ptr + row.to(tl.int64)[:, None] * D + d[None, :], acc, mask=rvalid[:, None])
+        tl.store(out_ptr + row.to(tl.int64)[:, None] * D + d[None, :], acc, mask=rvalid[:, None])  # 0 if dead
     else:
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # l = 0: acc = 0, a row that saw no True
         o_rows = out_ptr + b * sob + (h * soh + s * sos)[:, None]
@@ -188,9 +203,7 @@ def _merge_kernel(
     w = tl.exp2(m_s - m_all)  # 0 where m_s = -inf (l_s = 0)
     den = tl.sum(w * l_s)
     dd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    acc = tl.load(  # [SPLITS, BLOCK_D]; not written (nor read) for a split that saw no True
-        ws_acc_ptr + at.to(tl.int64)[:, None] * D + dd[None, :], mask=(l_s > 0)[:, None], other=0.0
-    )
+    acc = tl.load(ws_acc_ptr + at.to(tl.int64)[:, None] * D + dd[None, :], mask=ok[:, None], other=0.0)  # 0 if dead
     o = tl.sum(w[:, None] * acc, axis=0) / tl.where(den > 0, den, 1.0)
     tl.store(out_ptr + b * sob + (j * G + r // S) * soh + (r % S) * sos + dd, o.to(out_ptr.dtype.element_ty))
 
@@ -202,33 +215,49 @@ class Plan:
     block_r: int  # query rows per program: G * S padded to a power of two >= 16 (tl.dot), capped
     row_blocks: int  # programs along the G * S rows
     block_t: int  # cache positions per tile
-    split_t: int  # cache positions per split: a power-of-two number of tiles
+    tiles: int  # tiles per split at most, a power of two (split s holds tiles s, s + num_splits, ..)
     num_splits: int
     num_warps: int
-    num_stages: int = 1
+    num_stages: int = 3
 
 
-def plan(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, n_sms: int, num_splits: int | None = None) -> Plan:
-    """The launch plan. Without `num_splits`: enough splits for ~2 programs per SM, and splits of
-    at most SPLIT_POSITIONS positions, whichever gives more (a short live range in a long buffer
-    then still spreads over several programs); at most one split per tile. `num_splits` asks for
-    about that many (tests). Tiles per split are rounded up to a power of two: the kernel loads a
-    split's mask at once."""
+def plan(
+    B: int,
+    Hq: int,
+    Hkv: int,
+    S: int,
+    D: int,
+    T: int,
+    n_sms: int,
+    num_splits: int | None = None,
+    elt_bytes: int = 2,
+    mask_rows: bool = True,
+) -> Plan:
+    """The launch plan. The buffer's tiles are dealt to the splits in turn (split s holds tiles s,
+    s + num_splits, ..), so that any live range, short or long, spreads evenly over the splits.
+    Without `num_splits`: as many splits as fill one wave of one program per SM (a 3-stage pipeline
+    of K and V tiles takes most of an SM's shared memory: 17 splits of 8 heads on 132 SMs ran in
+    two waves, 64 us at 32k live against 38 us for 16), or more when a program would load over
+    MASK_BYTES of mask at once (per query row when the rows' masks differ: `mask_rows`); at most
+    one split per tile. `num_splits` asks for that many (tests). Pipeline stages: as many as
+    SMEM_BYTES of K and V tiles of `elt_bytes` elements allow, at most 3."""
     GS = Hq // Hkv * S
     block_r = min(max(triton.next_power_of_2(GS), 16), 32 if D == 256 else 64)
     block_t = 128 if D <= 128 else 64
     n_tiles = triton.cdiv(T, block_t)
+    row_blocks = triton.cdiv(GS, block_r)
     if num_splits is None:
-        programs = B * Hkv * triton.cdiv(GS, block_r)
-        num_splits = max(triton.cdiv(2 * n_sms, programs), triton.cdiv(T, SPLIT_POSITIONS))
-    split_t = triton.next_power_of_2(triton.cdiv(n_tiles, min(max(num_splits, 1), n_tiles))) * block_t
+        max_tiles = max(MASK_BYTES // ((block_r if mask_rows else 1) * block_t), 1)
+        num_splits = max(triton.cdiv(n_tiles, max_tiles), max(n_sms // (B * Hkv * row_blocks), 1))
+    num_splits = min(max(num_splits, 1), n_tiles)
     return Plan(
         block_r=block_r,
-        row_blocks=triton.cdiv(GS, block_r),
+        row_blocks=row_blocks,
         block_t=block_t,
-        split_t=split_t,
-        num_splits=triton.cdiv(T, split_t),
-        num_warps=8 if block_r * D >= 32 * 256 else 4,
+        tiles=triton.next_power_of_2(triton.cdiv(n_tiles, num_splits)),
+        num_splits=num_splits,
+        num_warps=8 if block_r * D >= 32 * 256 or block_t * D >= 128 * 128 else 4,
+        num_stages=min(1 + SMEM_BYTES // (2 * block_t * D * elt_bytes), 3),
     )
 
 
@@ -247,10 +276,11 @@ def decode_attention_cuda(
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     G = Hq // Hkv
     GS = G * S
-    p = plan(B, Hq, Hkv, S, D, T, num_sms(q.device), num_splits)
-    out = torch.empty((B, Hq, S, D), dtype=q.dtype, device=q.device)
     m8 = mask.view(torch.uint8)
     smb, smh, sms, smt = (0 if n == 1 else st for n, st in zip(m8.shape, m8.stride()))  # broadcast: stride 0
+    mask_rows = not (smh == 0 and (sms == 0 or S == 1))  # else every query row reads one mask row
+    p = plan(B, Hq, Hkv, S, D, T, num_sms(q.device), num_splits, k.element_size(), mask_rows)
+    out = torch.empty((B, Hq, S, D), dtype=q.dtype, device=q.device)
     if p.num_splits > 1:
         ws_acc = torch.empty((B * Hkv, p.num_splits, GS, D), dtype=torch.float32, device=q.device)
         ws_m = torch.empty((B * Hkv, p.num_splits, GS), dtype=torch.float32, device=q.device)
@@ -283,12 +313,13 @@ def decode_attention_cuda(
         *out.stride()[:3],
         HAS_SOFTCAP=softcap > 0,
         SPLIT=p.num_splits > 1,
+        MASK_ROWS=mask_rows,
         DOT_F32=interpreting(),
         PRECISION="ieee" if q.dtype == torch.float32 or interpreting() else "tf32",  # tf32: unused for 16-bit
         D=D,
         BLOCK_R=p.block_r,
         BLOCK_T=p.block_t,
-        SPLIT_T=p.split_t,
+        TILES=p.tiles,
         num_warps=p.num_warps,
         num_stages=p.num_stages,
     )

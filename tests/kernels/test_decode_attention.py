@@ -187,16 +187,19 @@ def test_kernel_takes_the_model_layout():
 @pytest.mark.parametrize(
     "B,Hq,Hkv,S,D", [(1, 32, 8, 1, 128), (1, 4, 1, 1, 256), (1, 8, 1, 16, 64), (16, 64, 8, 4, 128)]
 )
-def test_plan_covers_the_buffer_and_fills_the_gpu(T, B, Hq, Hkv, S, D):
-    p = kernel.plan(B, Hq, Hkv, S, D, T, n_sms=132)
+@pytest.mark.parametrize("elt_bytes,mask_rows", [(2, False), (2, True), (4, True)])
+def test_plan_covers_the_buffer_and_fills_the_gpu(T, B, Hq, Hkv, S, D, elt_bytes, mask_rows):
+    p = kernel.plan(B, Hq, Hkv, S, D, T, n_sms=132, elt_bytes=elt_bytes, mask_rows=mask_rows)
     GS = Hq // Hkv * S
     assert p.block_r >= 16 and p.block_r & (p.block_r - 1) == 0 and p.block_r * p.row_blocks >= GS
-    tiles = p.split_t // p.block_t
-    assert p.split_t % p.block_t == 0 and tiles & (tiles - 1) == 0 and p.split_t <= kernel.SPLIT_POSITIONS
-    assert (p.num_splits - 1) * p.split_t < T <= p.num_splits * p.split_t  # every position, no empty split
-    # >= 2 programs per SM when T allows, up to the rounding to power-of-two tiles per split (< 4x)
+    n_tiles = math.ceil(T / p.block_t)
+    assert p.tiles & (p.tiles - 1) == 0 and p.num_splits <= n_tiles  # no empty split
+    assert p.num_splits * p.tiles >= n_tiles > p.num_splits * (p.tiles // 2)  # every tile, TILES not too large
+    rows = p.block_r if mask_rows else 1
+    assert rows * p.tiles * p.block_t <= kernel.MASK_BYTES or p.tiles == 1  # the first mask load
     programs = B * Hkv * p.row_blocks
-    assert 4 * p.num_splits * programs > min(2 * 132, math.ceil(T / p.block_t) * programs)
+    assert p.num_splits * programs > min(132 - programs, (n_tiles - 1) * programs)  # one wave of a program per SM
+    assert 1 <= p.num_stages <= 3 and (p.num_stages - 1) * 2 * p.block_t * D * elt_bytes <= kernel.SMEM_BYTES
 
 
 def test_plan_takes_a_split_count():
