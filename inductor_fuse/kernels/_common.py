@@ -15,15 +15,19 @@
   functions read planes and x with (`unit_words`, `unit_scalars`, `x_words`, `x_group`,
   `x_scales`, `group_dot`, `dot_pair`).
 - `loop_bound`: a runtime loop bound that Triton's interpreter also accepts.
+- `kernel_or_reference`: the body every op's CUDA registration shares: the kernel, or the
+  pure-torch reference (and a WARNING once per error) when the kernel raises.
+- `glu_code`: a GLU activation's name (quant.op.GLU_ACTS) as the matvec's GLU constexpr.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import triton
@@ -59,6 +63,50 @@ def loop_bound(x):
     if INTERPRETING:
         return x.handle.data.item()
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUDA registrations' fallback: a kernel that raises (cannot compile, or take the call) is
+# replaced by the pure-torch reference for that call, with one WARNING per op, format and error.
+# ---------------------------------------------------------------------------------------------
+
+log = logging.getLogger("inductor_fuse")
+T = TypeVar("T")
+
+
+def kernel_or_reference(
+    what: str,
+    kernel: Callable[..., T],
+    reference: Callable[..., T],
+    *args: Any,
+    instead: str = "the pure-torch reference",
+) -> T:
+    """kernel(*args), or reference(*args) when the kernel raises anything but a CUDA out-of-memory
+    error (re-raised: the reference needs more memory, not less); then a WARNING names `what` (the
+    op, and the format where there are several: "q4_k", "q4_k GLU", "depthwise_conv1d"), the
+    error's type and first line, and `instead` (what runs), once per distinct (what, error,
+    first line, instead). Validate the arguments before: a ValueError of the kernel is a fallback
+    here, not an error. Pass the kernel as a module attribute read at call time
+    (``dispatch.qlinear_cuda``, a module-level name) so that tests can replace it."""
+    try:
+        return kernel(*args)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the reference needs more memory, not less
+    except Exception as e:  # noqa: BLE001 -- a kernel that cannot compile or take the call
+        warn_kernel_fallback(what, type(e).__name__, str(e).splitlines()[0] if str(e) else "", instead)
+        return reference(*args)
+
+
+@functools.cache
+def warn_kernel_fallback(what: str, error: str, message: str, instead: str) -> None:
+    """kernel_or_reference's WARNING, once per distinct arguments (cache_clear() to hear it again)."""
+    log.warning(
+        "inductor_fuse: the %s CUDA kernel failed (%s: %s); this call and others like it run %s: correct, slower",
+        what,
+        error,
+        message,
+        instead,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,13 +422,14 @@ def launch_matvec(
     cfg: MatvecConfig,
     out_dtype: torch.dtype,
     out: torch.Tensor | None = None,
-    glu: int = 0,
+    act: str | None = None,
 ) -> torch.Tensor:
     """out [M, N] = spec's matvec over the plane views (config.settings.on_matvec_launch, when
-    set, gets the compiled kernel). glu (1 SiLU, 2 GELU-tanh): rows interleave gate and up, out
+    set, gets the compiled kernel). act (a GLU_ACTS name): rows interleave gate and up, out
     [M, N / 2] = act(gate) * up; needs an even cfg.block_n."""
     n_units = K // spec.unit
     dev = xa.xq.device
+    glu = glu_code(act)
     if glu and cfg.block_n % 2:
         raise ValueError(f"a GLU matvec needs an even block_n (gate and up rows of one output), got {cfg}")
     if out is None:
@@ -408,7 +457,7 @@ def launch_matvec(
     if split > 1 and glu:  # the partials' sum first, then the GLU (a separate step)
         y = torch.empty((M, N), dtype=torch.float32, device=dev)
         splitk_reduce(ws, bias, y)
-        out.copy_(glu_act(y, GLU_ACTS[glu - 1]))
+        out.copy_(glu_act(y, act))
     elif split > 1:
         splitk_reduce(ws, bias, out)
     return out
@@ -615,10 +664,18 @@ def tanh(x):
     return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
 
+def glu_code(act: str | None) -> int:
+    """The matvec's GLU constexpr for a GLU_ACTS name (None: no GLU, 0); `glu` below reads it."""
+    return 1 + GLU_ACTS.index(act) if act else 0
+
+
+_GLU_SILU: tl.constexpr = tl.constexpr(glu_code("silu"))
+
+
 @triton.jit
 def glu(gate, up, GLU: tl.constexpr):
-    """act(gate) * up, float32: GLU 1 SiLU, 2 GELU (tanh approximation)."""
-    if GLU == 1:
+    """act(gate) * up, float32: GLU = glu_code(act), SiLU or GELU (tanh approximation)."""
+    if GLU == _GLU_SILU:
         a = gate * tl.sigmoid(gate)
     else:
         a = 0.5 * gate * (1.0 + tanh(0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)))
@@ -643,8 +700,8 @@ def matvec_epilogue(
 ):
     """Sums each accumulator over its units (accs[i]: row m = pid_m * BLOCK_M + i) and stores the
     [BLOCK_M, BLOCK_N] tile: float32 partials at split pid_k when SPLIT, else (+ bias) cast to out.
-    GLU (1 SiLU, 2 GELU-tanh; not with SPLIT): the weight's rows interleave gate and up (row 2i,
-    2i + 1), out is [M, N / 2] and gets act(gate) * up."""
+    GLU (glu_code(act): 0 none, else SiLU or GELU-tanh; not with SPLIT): the weight's rows
+    interleave gate and up (row 2i, 2i + 1), out is [M, N / 2] and gets act(gate) * up."""
     mrow = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for i in tl.static_range(BLOCK_M):

@@ -11,13 +11,10 @@ graph safe, no host sync.
 
 On CUDA tensors the op runs this kernel; a kernel that cannot compile or take the call runs the
 reference instead and a WARNING says so once per error; a CUDA out-of-memory error is raised, not
-retried. Registration happens at import; nothing touches a device then.
+retried (_common.kernel_or_reference). Registration happens at import; nothing touches a device then.
 """
 
 from __future__ import annotations
-
-import functools
-import logging
 
 import torch
 import triton
@@ -25,8 +22,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..conv1d import MAX_TAPS, check_depthwise_conv1d_args, depthwise_conv1d, depthwise_conv1d_reference
-
-log = logging.getLogger("inductor_fuse")
+from ._common import kernel_or_reference
 
 
 @triton.jit
@@ -118,21 +114,6 @@ def depthwise_conv1d_cuda(
 def _depthwise_conv1d_cuda(
     x: Tensor, w: Tensor, bias: Tensor | None, pad: int, start: int, length: int, silu: bool
 ) -> Tensor:
-    check_depthwise_conv1d_args(x, w, bias, pad, start, length, silu)
-    try:
-        return depthwise_conv1d_cuda(x, w, bias, pad, start, length, silu)
-    except torch.cuda.OutOfMemoryError:
-        raise  # the reference needs more memory, not less
-    except Exception as e:  # noqa: BLE001 -- a kernel that cannot compile or take the call
-        _warn_kernel_fallback(type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        return depthwise_conv1d_reference(x, w, bias, pad, start, length, silu)
-
-
-@functools.cache
-def _warn_kernel_fallback(error: str, message: str) -> None:
-    log.warning(
-        "inductor_fuse: the depthwise_conv1d CUDA kernel failed (%s: %s); this call and others like it run "
-        "the pure-torch reference: correct, slower",
-        error,
-        message,
-    )
+    args = (x, w, bias, pad, start, length, silu)
+    check_depthwise_conv1d_args(*args)
+    return kernel_or_reference("depthwise_conv1d", depthwise_conv1d_cuda, depthwise_conv1d_reference, *args)

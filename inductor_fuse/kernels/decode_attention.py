@@ -38,8 +38,6 @@ nothing touches a device then.
 
 from __future__ import annotations
 
-import functools
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -48,9 +46,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..attention import check_decode_attention_args, decode_attention, decode_attention_reference
-from ._common import interpreting, loop_bound, num_sms, tanh
-
-log = logging.getLogger("inductor_fuse")
+from ._common import interpreting, kernel_or_reference, loop_bound, num_sms, tanh
 
 HEAD_DIMS = (64, 128, 256)
 MASK_BYTES = 32768  # the mask a program loads at once to find its live tiles, at most
@@ -346,21 +342,7 @@ def decode_attention_cuda(
 
 @decode_attention.register_kernel("cuda")
 def _decode_attention_cuda(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float) -> Tensor:
-    check_decode_attention_args(q, k, v, mask, scale, softcap)
-    try:
-        return decode_attention_cuda(q, k, v, mask, scale, softcap)
-    except torch.cuda.OutOfMemoryError:
-        raise  # the reference needs more memory, not less
-    except Exception as e:  # noqa: BLE001 -- a head dim without a kernel, a kernel that cannot compile
-        _warn_kernel_fallback(type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        return decode_attention_reference(q, k, v, mask, scale, softcap)
-
-
-@functools.cache
-def _warn_kernel_fallback(error: str, message: str) -> None:
-    log.warning(
-        "inductor_fuse: the decode_attention CUDA kernel failed (%s: %s); this call and others like it run "
-        "the pure-torch reference: correct, slower",
-        error,
-        message,
-    )
+    args = (q, k, v, mask, scale, softcap)
+    check_decode_attention_args(*args)
+    # a head dim without a kernel, a kernel that cannot compile: the reference, one WARNING
+    return kernel_or_reference("decode_attention", decode_attention_cuda, decode_attention_reference, *args)

@@ -20,18 +20,20 @@ import dataclasses
 import torch
 
 from .. import config as knobs  # (the `config` arguments here are kernel configs)
-from ..quant.op import GLU_ACTS, glu_act
+from ..quant.op import glu_act
 from ._common import MatvecConfig, act_quant, interpreting, launch_matvec, pick_config
 from .gemm import dequant_mm, qgemm
 from .registry import kernel_spec
 
 
-def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None = None, glu: int = 0) -> torch.Tensor:
+def matvec(
+    x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None = None, act: str | None = None
+) -> torch.Tensor:
     """x [M, K] -> [M, N] through act_quant + the format's W4A8 matvec. Without `config`: the
     format's measured default (KernelSpec.matvec_config); runtime tuning is opt-in
     (config.settings.tune): triton's do_bench times one launch at a time and, for kernels of a few
     microseconds, ranked the configs differently from a CUDA-graph measurement (qkv: picked 9.5 us
-    over 6.2 us)."""
+    over 6.2 us). act (a GLU_ACTS name): glu_qlinear's matvec, act(gate) * up in its epilogue."""
     spec = kernel_spec(fmt)
     M, K = x.shape
     N = planes[0].shape[0]
@@ -39,16 +41,16 @@ def matvec(x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None 
     xa = act_quant(x, interleave=spec.interleave)
 
     def launch(cfg: MatvecConfig, out: torch.Tensor | None = None) -> torch.Tensor:
-        return launch_matvec(spec, xa, views, bias, M, N, K, cfg, x.dtype, out=out, glu=glu)
+        return launch_matvec(spec, xa, views, bias, M, N, K, cfg, x.dtype, out=out, act=act)
 
     if config is None and interpreting():  # fewer, larger programs: the interpreter is slow per program
         config = MatvecConfig(block_n=16, block_u=8, prefetch=True)
     if config is None:
-        out = torch.empty((M, N // 2 if glu else N), dtype=x.dtype, device=x.device)
+        out = torch.empty((M, N // 2 if act else N), dtype=x.dtype, device=x.device)
         cands = [spec.matvec_config(M, N, K), *spec.matvec_configs]
-        if glu:  # a program holds gate and up rows of its outputs: an even block_n
+        if act:  # a program holds gate and up rows of its outputs: an even block_n
             cands = [c if c.block_n % 2 == 0 else dataclasses.replace(c, block_n=2 * c.block_n) for c in cands]
-        config = pick_config(("matvec", fmt, M, N, K, glu), cands, lambda c: launch(c, out), tune=False)
+        config = pick_config(("matvec", fmt, M, N, K, act), cands, lambda c: launch(c, out), tune=False)
         return launch(config, out)
     return launch(config)
 
@@ -72,7 +74,7 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None
         bias = bias.to(x.dtype)
     settings = knobs.settings
     if M <= spec.matvec_max_m and not settings.exact_matvec:
-        return matvec(x2, planes, bias, fmt, glu=GLU_ACTS.index(act) + 1 if act else 0).reshape(*x.shape[:-1], n_out)
+        return matvec(x2, planes, bias, fmt, act=act).reshape(*x.shape[:-1], n_out)
     if settings.exact_matvec or M < spec.fused_gemm_max_m or settings.gemm == "fused":
         out = qgemm(x2, planes, bias, fmt)
     else:

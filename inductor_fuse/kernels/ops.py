@@ -4,7 +4,8 @@ On CUDA tensors the op runs the Triton kernels of kernels/dispatch.py: W4A8 dp4a
 M (activation quantized per 32-group to int8, as llama.cpp's MMVQ), dequant + tl.dot GEMM for
 large M. If that path raises (a kernel that cannot compile or take the call), the call runs the
 pure-torch reference instead and a WARNING says so once per format and error; a CUDA
-out-of-memory error is raised, not retried.
+out-of-memory error is raised, not retried (_common.kernel_or_reference). glu_qlinear falls back
+in two steps: the plain kernels and the GLU as its own step, then the reference.
 
 Registration happens at import (`import inductor_fuse` imports this module); nothing touches a
 device then.
@@ -12,10 +13,6 @@ device then.
 
 from __future__ import annotations
 
-import functools
-import logging
-
-import torch
 from torch import Tensor
 
 from ..quant.op import (
@@ -28,46 +25,30 @@ from ..quant.op import (
     qlinear,
 )
 from . import dispatch
+from ._common import kernel_or_reference
 
-log = logging.getLogger("inductor_fuse")
+REFERENCE = "the pure-torch reference (dequantize + F.linear)"
 
 
 @qlinear.register_kernel("cuda")
 def _qlinear_cuda(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str) -> Tensor:
     check_qlinear_args(x, planes, bias, fmt)
-    try:
-        return dispatch.qlinear_cuda(x, planes, bias, fmt)
-    except torch.cuda.OutOfMemoryError:
-        raise  # the reference needs more memory, not less
-    except Exception as e:  # noqa: BLE001 -- a kernel that cannot compile or take the call
-        _warn_kernel_fallback(fmt, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        return dequantize_linear(x, planes, bias, fmt)
+    return kernel_or_reference(fmt, dispatch.qlinear_cuda, dequantize_linear, x, planes, bias, fmt, instead=REFERENCE)
 
 
 @glu_qlinear.register_kernel("cuda")
 def _glu_qlinear_cuda(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str) -> Tensor:
     check_glu_qlinear_args(x, planes, bias, fmt, act)
-    try:
-        return dispatch.qlinear_cuda(x, planes, bias, fmt, act)
-    except torch.cuda.OutOfMemoryError:
-        raise  # the reference needs more memory, not less
-    except Exception as e:  # noqa: BLE001 -- a kernel that cannot compile or take the call
-        _warn_kernel_fallback(f"{fmt} GLU", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-    try:  # the plain kernels over the interleaved rows, then the GLU as its own step
-        return glu_act(dispatch.qlinear_cuda(x, planes, bias, fmt).float(), act).to(x.dtype)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        _warn_kernel_fallback(fmt, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        return glu_qlinear_reference(x, planes, bias, fmt, act)
+    args = (x, planes, bias, fmt, act)
+    return kernel_or_reference(f"{fmt} GLU", dispatch.qlinear_cuda, _glu_unfused, *args, instead=REFERENCE)
 
 
-@functools.cache
-def _warn_kernel_fallback(fmt: str, error: str, message: str) -> None:
-    log.warning(
-        "inductor_fuse: the %s CUDA kernel failed (%s: %s); this call and others like it run the "
-        "pure-torch reference (dequantize + F.linear): correct, slower",
-        fmt,
-        error,
-        message,
-    )
+def _glu_unfused(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str) -> Tensor:
+    """The GLU epilogue failed: the plain kernels over the interleaved rows, then the GLU as its own
+    step; the reference if those fail too."""
+    args = (x, planes, bias, fmt, act)
+    return kernel_or_reference(fmt, _plain_then_glu, glu_qlinear_reference, *args, instead=REFERENCE)
+
+
+def _plain_then_glu(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str) -> Tensor:
+    return glu_act(dispatch.qlinear_cuda(x, planes, bias, fmt).float(), act).to(x.dtype)

@@ -12,16 +12,17 @@ The spellings that reach the graph:
 - ``F.pad(x, (K - 1, 0))`` then a convolution without padding (a left ``constant_pad_nd`` of zeros);
 - at decode, ``torch.cat([conv_state, x], -1)`` then a convolution without padding and ``[..., -T:]``:
   the state is the left context (its in-place update, a separate ``copy_``, stays as it is);
-- the SiLU as ``aten.silu``, ``y * sigmoid(y)`` or its decomposition ``y / (1 + exp(-y))``, fused
-  when it is the only reader of the convolution's output.
+- the SiLU recognised by what it computes (graph_utils.activation_after, shared with ``glu``):
+  ``aten.silu``, ``y * sigmoid(y)``, its decomposition ``y / (1 + exp(-y))``, through a float32
+  round trip of a bf16 / fp16 y, ...; fused when it is the only reader of the convolution's output.
 Left alone, with the reason in the report: stride or dilation other than 1, groups other than the
 channel count (not depthwise), a channel multiplier, padding whose right half reaches the kept
 outputs (not causal), more than MAX_TAPS taps, a transposed convolution. The length may vary
 between calls (a graph dynamic in it: SymInt bounds).
 
 A graph walk (``GRAPH_WALK``): one anchor (the convolution) with three optional chains around it
-(the pad before, the slice and one of three SiLU spellings after); as pattern-matcher patterns that
-is one pattern per combination.
+(the pad before, the slice and a SiLU after, any pointwise spelling of it); as pattern-matcher
+patterns that is one pattern per combination and spelling.
 """
 
 from __future__ import annotations
@@ -36,12 +37,11 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from .. import conv1d as _op  # noqa: F401 -- defines torch.ops.inductor_fuse.depthwise_conv1d, emitted below
 from .. import report
 from ..conv1d import MAX_TAPS
-from .graph_utils import call, copy_meta, record_rewrite, val
+from .graph_utils import activation_after, call, copy_meta, record_rewrite, val
 from .registry import GRAPH_WALK, rule_family
 
 FAMILY = "conv1d"
 aten = torch.ops.aten
-prims = torch.ops.prims
 
 
 def _single_user(node: fx.Node) -> fx.Node | None:
@@ -50,48 +50,6 @@ def _single_user(node: fx.Node) -> fx.Node | None:
 
 def _is_call(node: object, target) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target is target
-
-
-def _silu_of(y: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
-    """(the node computing silu(y), the chain's nodes) when every reader of y is part of one SiLU of
-    it: ``silu(y)``, ``y * sigmoid(y)``, or ``y / (exp(-y) + 1)``, possibly computed in float32
-    between two dtype conversions (bfloat16 / float16 y); else None."""
-    up = _single_user(y)
-    if _is_call(up, prims.convert_element_type.default) and up.args[1] == torch.float32:
-        inner = _silu_in_place(up)
-        down = _single_user(inner[0]) if inner is not None else None
-        if _is_call(down, prims.convert_element_type.default) and down.args[1] == val(y).dtype:
-            return down, [up, *inner[1], down]
-        return None
-    return _silu_in_place(y)
-
-
-def _silu_in_place(y: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
-    """silu(y) in y's dtype, the three spellings (_silu_of)."""
-    users = set(y.users)
-    if len(users) == 1:
-        (u,) = users
-        return (u, [u]) if _is_call(u, aten.silu.default) else None
-    if len(users) != 2:
-        return None
-    sig = next((u for u in users if _is_call(u, aten.sigmoid.default)), None)
-    if sig is not None:
-        mul = next((u for u in users if u is not sig), None)
-        if _is_call(mul, aten.mul.Tensor) and set(mul.args) == {y, sig} and set(sig.users) == {mul}:
-            return mul, [sig, mul]
-        return None
-    neg = next((u for u in users if _is_call(u, aten.neg.default)), None)
-    div = next((u for u in users if _is_call(u, aten.div.Tensor)), None)
-    if neg is None or div is None or div.args[0] is not y:
-        return None
-    exp = _single_user(neg)
-    add = _single_user(exp) if _is_call(exp, aten.exp.default) else None
-    if not _is_call(add, aten.add.Tensor) or set(add.users) != {div} or div.args[1] is not add:
-        return None
-    a0, a1 = add.args[:2]
-    if not ((a0 is exp and a1 == 1) or (a1 is exp and a0 == 1)):  # exp(-y) + 1, either order
-        return None
-    return div, [neg, exp, add, div]
 
 
 def _sym(v):
@@ -168,7 +126,7 @@ def _why_not(conv: fx.Node) -> str | None:
 @rule_family(
     FAMILY,
     order=30,
-    kind=GRAPH_WALK,  # one anchor, optional pad / slice / three SiLU spellings around it
+    kind=GRAPH_WALK,  # one anchor, optional pad / slice / a SiLU (any spelling) around it
     doc="a depthwise causal conv1d (and the SiLU after it) becomes one Triton kernel",
 )
 def fuse_depthwise_conv1d(graph: fx.Graph) -> int:
@@ -206,7 +164,8 @@ def fuse_depthwise_conv1d(graph: fx.Graph) -> int:
             continue
         squeeze = _unbatched(conv)
         last = sl if sl is not None else squeeze or conv
-        silu = _silu_of(last)
+        act = activation_after(last)
+        silu = act[1:] if act is not None and act[0] == "silu" else None  # (silu(last), its nodes)
         with graph.inserting_before(last):  # after the slice's bounds (nodes computed after the conv)
             wk = call(graph, aten.view.default, w, [C, K])
             n_node = n if isinstance(n, int) else _add(graph, call(graph, aten.sym_size.int, src, 2), p + pad - K + 1)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch._functorch._aot_autograd.schemas import MutationType
 from torch._guards import TracingContext
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from .. import report
 
@@ -175,3 +177,108 @@ def activation_key(x: fx.Node):
     if x.op == "call_function" and x.target is prims.convert_element_type.default:
         return ("cast", activation_key(x.args[0]), x.args[1])
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations, recognised by what they compute, not by how they are spelled: the pointwise nodes
+# between a node and its activation (``F.silu``, ``x * sigmoid(x)``, its ``x / (1 + exp(-x))``
+# decomposition, ``F.gelu(approximate="tanh")`` and its decomposition, float32 round trips of a
+# bf16 value, ...) are evaluated in float64 on a probe of 257 points in [-8, 8] (dtype casts taken
+# as exact) and must equal one of ACTIVATIONS to 1e-9 (GELU with erf, 4.7e-4 away, is not
+# GELU-tanh). `glu` walks up from the product's operand (pointwise_chain, reads_stay_inside,
+# activation_of), `conv1d` down from the convolution's output (activation_after).
+# ---------------------------------------------------------------------------------------------
+
+MAX_ACT_NODES = 32  # pointwise nodes of one activation, at most
+_PROBE = torch.linspace(-8.0, 8.0, 257, dtype=torch.float64)
+ACTIVATIONS = {"silu": F.silu(_PROBE), "gelu_tanh": F.gelu(_PROBE, approximate="tanh")}
+
+
+def is_pointwise(node: fx.Node) -> bool:
+    t = node.target
+    return node.op == "call_function" and (
+        t is prims.convert_element_type.default
+        or (isinstance(t, torch._ops.OpOverload) and torch.Tag.pointwise in t.tags)
+    )
+
+
+def pointwise_chain(out: fx.Node, stop: fx.Node | None = None) -> tuple[fx.Node, list[fx.Node]] | None:
+    """(root, chain): the one non-pointwise node (or `stop`) `out` is a pointwise function of, and the
+    pointwise nodes in between, each after the nodes it reads (out last when it is pointwise; chain
+    empty when out is the root); None when out reads more than one such node or the chain has more
+    than MAX_ACT_NODES nodes."""
+    chain, seen, root = [], set(), None
+    stack = [(out, False)]
+    while stack:  # depth first from out to its inputs; a node joins the chain after its inputs
+        n, inputs_done = stack.pop()
+        if inputs_done:
+            chain.append(n)
+            continue
+        if n in seen or n is root:
+            continue
+        if n is stop or not is_pointwise(n) or not n.all_input_nodes:
+            if root is not None:
+                return None
+            root = n
+            continue
+        seen.add(n)
+        if len(seen) > MAX_ACT_NODES:
+            return None
+        stack.append((n, True))
+        stack.extend((i, False) for i in reversed(n.all_input_nodes))
+    return (root, chain) if root is not None else None
+
+
+def reads_stay_inside(root: fx.Node, chain: list[fx.Node], out: fx.Node) -> bool:
+    """Every reader of root and of the chain's nodes, out's aside, is a node of the chain: nothing
+    but out is read from outside (pointwise_chain's root and chain of out)."""
+    inside = set(chain)
+    return all(n is out or set(n.users) <= inside for n in (root, *chain))
+
+
+def activation_of(root: fx.Node, chain: list[fx.Node], out: fx.Node) -> str | None:
+    """The name in ACTIVATIONS of what the chain computes of root at out (evaluated on the probe),
+    or None (pointwise_chain's root and chain of out)."""
+    with unset_fake_temporarily():  # the passes run under the compile's fake mode: real tensors here
+        env = {root: _PROBE}
+        try:
+            for n in chain:
+                args, kwargs = fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
+                if n.target is prims.convert_element_type.default:
+                    env[n] = args[0]  # casts are exact here: the function, not its rounding, is asked
+                else:
+                    kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
+                    env[n] = n.target(*args, **kwargs)
+        except Exception:  # noqa: BLE001 -- an op that cannot run on the probe: not an activation we know
+            return None
+        y = env[out]
+        if not isinstance(y, torch.Tensor) or y.shape != _PROBE.shape or y.dtype != torch.float64:
+            return None
+        return next((name for name, ref in ACTIVATIONS.items() if torch.allclose(y, ref, rtol=1e-9, atol=1e-9)), None)
+
+
+def activation_after(y: fx.Node) -> tuple[str, fx.Node, list[fx.Node]] | None:
+    """(name, out, chain) when every reader of y is part of one activation of y (ACTIVATIONS) that
+    out computes in y's dtype: chain is the pointwise nodes from y to out (out last; to
+    erase once out is replaced: in reverse), none of them read from outside the chain but out.
+    The shortest such chain (e.g. ``silu(y)``, not a cast of it after; through a float32 round
+    trip of a bf16 y, the cast back); else None."""
+    found, frontier, seen = [], [u for u in y.users if is_pointwise(u)], set()
+    while frontier and len(seen) < MAX_ACT_NODES:  # the pointwise nodes computed from y alone
+        n = frontier.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        pc = pointwise_chain(n, stop=y)
+        if pc is None or pc[0] is not y:
+            continue
+        if reads_stay_inside(y, pc[1], n):
+            found.append(pc[1])
+        frontier.extend(u for u in n.users if is_pointwise(u))
+    for chain in sorted(found, key=len):  # nested: each closed chain holds the shorter ones
+        out = chain[-1]  # its shape is y's: pointwise of y and scalars only
+        if val(out).dtype == val(y).dtype:
+            name = activation_of(y, chain, out)
+            if name is not None:
+                return name, out, chain
+    return None

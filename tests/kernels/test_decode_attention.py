@@ -13,6 +13,7 @@ from numerics import rel_err
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import inductor_fuse.attention  # noqa: F401 -- defines the op
+from inductor_fuse.kernels import _common
 from inductor_fuse.kernels import decode_attention as kernel
 from inductor_fuse.kernels._common import interpreting
 
@@ -257,7 +258,7 @@ def test_torch_compile_fullgraph(backend):
 def test_cuda_kernel_failure_falls_back_to_the_reference(caplog):
     # The CUDA implementation, called directly on CPU tensors: a head dim without a kernel (32)
     # runs the reference and a WARNING says so once; bad input is still an error.
-    kernel._warn_kernel_fallback.cache_clear()
+    _common.warn_kernel_fallback.cache_clear()
     q, k, v = make_qkv(1, 4, 2, 2, 32, 40, torch.float32)
     mask = make_mask("causal", 1, 4, 2, 40, 33)
     with caplog.at_level(logging.WARNING, logger="inductor_fuse"):

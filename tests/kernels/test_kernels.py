@@ -202,7 +202,7 @@ def test_glu_matvec(fmt, act, M, split_k):
     ref = glu_act(xr @ w.T + (bias if bias is not None else 0), act)
     if split_k > 1:
         cfg = MatvecConfig(block_n=8, block_u=2, split_k=split_k)
-        out = dispatch.matvec(x, planes, bias, fmt, config=cfg, glu=1 + ["silu", "gelu_tanh"].index(act))
+        out = dispatch.matvec(x, planes, bias, fmt, config=cfg, act=act)
     else:
         out = dispatch.qlinear_cuda(x, planes, bias, fmt, act)
     assert out.shape == (M, N // 2) and out.dtype == x.dtype

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from inductor_fuse.kernels import dispatch, ops
+from inductor_fuse.kernels import _common, dispatch, ops
 from inductor_fuse.quant.formats import FORMATS
 from inductor_fuse.quant.op import qlinear_reference
 
@@ -86,7 +86,7 @@ def test_cuda_kernel_failure_falls_back_to_the_reference(monkeypatch, caplog):
         raise RuntimeError("no kernel for this shape")
 
     monkeypatch.setattr(dispatch, "qlinear_cuda", broken)
-    ops._warn_kernel_fallback.cache_clear()
+    _common.warn_kernel_fallback.cache_clear()
     planes = _planes("q8_0", 24, 64)
     x, bias = torch.randn(3, 64), torch.randn(24)
     with caplog.at_level(logging.WARNING, logger="inductor_fuse"):
@@ -119,10 +119,35 @@ def test_glu_cuda_kernel_failure_falls_back_to_the_reference(monkeypatch, caplog
 
     for fake, said in ((glu_broken, "no GLU kernel"), (broken, "no kernel at all")):
         monkeypatch.setattr(dispatch, "qlinear_cuda", fake)
-        ops._warn_kernel_fallback.cache_clear()
+        _common.warn_kernel_fallback.cache_clear()
         with caplog.at_level(logging.WARNING, logger="inductor_fuse"):
             out = ops._glu_qlinear_cuda(x, planes, None, "q8_0", "silu")
         torch.testing.assert_close(out, ref)
         assert any(said in r.message for r in caplog.records)
     with pytest.raises(ValueError, match="act must be one of"):
         ops._glu_qlinear_cuda(x, planes, None, "q8_0", "relu")
+
+
+def test_kernel_or_reference_warns_once_per_error_and_reraises_out_of_memory(caplog):
+    # The body every CUDA registration shares: the reference answers a kernel that raises, one
+    # WARNING per (op, error type, first line); a CUDA out-of-memory error is raised, not retried.
+    def failing(message, error=RuntimeError):
+        def kernel(*args):
+            raise error(message)
+
+        return kernel
+
+    _common.warn_kernel_fallback.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="inductor_fuse"):
+        for message in ("first\ndetail", "first\nother detail", "second"):
+            assert _common.kernel_or_reference("op_x", failing(message), lambda a, b: a + b, 1, 2) == 3
+    said = [r.getMessage() for r in caplog.records if "op_x CUDA kernel failed" in r.getMessage()]
+    assert said == [
+        "inductor_fuse: the op_x CUDA kernel failed (RuntimeError: first); this call and others like it run the "
+        "pure-torch reference: correct, slower",
+        "inductor_fuse: the op_x CUDA kernel failed (RuntimeError: second); this call and others like it run the "
+        "pure-torch reference: correct, slower",
+    ]
+    assert _common.kernel_or_reference("op_x", lambda a: a * 2, failing("unused"), 4) == 8
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        _common.kernel_or_reference("op_x", failing("out of memory", torch.cuda.OutOfMemoryError), lambda: 0)
