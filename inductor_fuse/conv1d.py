@@ -75,6 +75,8 @@ def depthwise_conv1d_reference(
 ) -> Tensor:
     """The op's pure-torch body (arguments already checked): F.conv1d in float32."""
     C, K = w.shape
+    if length == 0:  # (the padded input may be shorter than the taps: no output to compute)
+        return x.new_empty((x.shape[0], C, 0))
     xp = F.pad(x.float(), (pad, 0))
     y = F.conv1d(xp, w.float()[:, None, :], None if bias is None else bias.float(), groups=C)
     y = y[:, :, start : start + length]
@@ -98,4 +100,60 @@ def _depthwise_conv1d_fake(
     x: Tensor, w: Tensor, bias: Tensor | None, pad: int, start: int, length: int, silu: bool
 ) -> Tensor:
     check_depthwise_conv1d_args(x, w, bias, pad, start, length, silu)
+    return x.new_empty((x.shape[0], x.shape[1], length))
+
+
+# ---------------------------------------------------------------------------------------------
+# The decode form with its state update: one op instead of cat + conv + a copy back into the state
+# ---------------------------------------------------------------------------------------------
+
+
+def check_depthwise_conv1d_update_args(
+    state: Tensor, x: Tensor, w: Tensor, bias: Tensor | None, start: int, length: int, silu: bool
+) -> None:
+    """Validate depthwise_conv1d_update's arguments: those of depthwise_conv1d over cat(state, x)
+    without padding, and a state [B, C, S] of x's dtype and device."""
+    if state.dim() != 3 or x.dim() != 3 or tuple(state.shape[:2]) != tuple(x.shape[:2]):
+        raise ValueError(
+            f"depthwise_conv1d_update: state [B, C, S] and x [B, C, T] must agree on B, C, got "
+            f"{tuple(state.shape)} and {tuple(x.shape)}"
+        )
+    if state.dtype != x.dtype or state.device != x.device:
+        raise ValueError(
+            f"depthwise_conv1d_update: state must have x's dtype and device ({x.dtype}, {x.device}), "
+            f"got {state.dtype}, {state.device}"
+        )
+    # the state in the place of a left padding of S: the same lengths and bounds to check
+    check_depthwise_conv1d_args(x, w, bias, state.shape[2], start, length, silu)
+
+
+def depthwise_conv1d_update_reference(
+    state: Tensor, x: Tensor, w: Tensor, bias: Tensor | None, start: int, length: int, silu: bool
+) -> Tensor:
+    """The pure-torch body (arguments already checked): the convolution over cat(state, x), then the
+    state becomes the last S positions of cat(state, x)."""
+    xs = torch.cat([state, x], -1)
+    y = depthwise_conv1d_reference(xs, w, bias, 0, start, length, silu)
+    S = state.shape[2]
+    state.copy_(xs[:, :, xs.shape[2] - S :])
+    return y
+
+
+@torch.library.custom_op("inductor_fuse::depthwise_conv1d_update", mutates_args=("state",))
+def depthwise_conv1d_update(
+    state: Tensor, x: Tensor, w: Tensor, bias: Tensor | None, start: int, length: int, silu: bool
+) -> Tensor:
+    """depthwise_conv1d(cat(state, x), w, bias, 0, start, length, silu), and the state [B, C, S]
+    updated in place to the last S positions of cat(state, x): the decode step of a short
+    convolution (the conv state holds the last inputs). Pure-torch reference for every device; the
+    CUDA kernel (one launch, the state written after it is read) is registered by kernels/conv1d.py."""
+    check_depthwise_conv1d_update_args(state, x, w, bias, start, length, silu)
+    return depthwise_conv1d_update_reference(state, x, w, bias, start, length, silu)
+
+
+@depthwise_conv1d_update.register_fake
+def _depthwise_conv1d_update_fake(
+    state: Tensor, x: Tensor, w: Tensor, bias: Tensor | None, start: int, length: int, silu: bool
+) -> Tensor:
+    check_depthwise_conv1d_update_args(state, x, w, bias, start, length, silu)
     return x.new_empty((x.shape[0], x.shape[1], length))

@@ -58,7 +58,8 @@ def test_compiles_fuses_and_matches_eager():
 def test_decode_step_with_the_conv_state():
     """One decode step after an eager prefill: transformers' causal_conv1d_update fallback (the conv
     state concatenated with the new token, a conv without padding, the state updated in place)
-    becomes depthwise_conv1d; logits and the updated state match eager."""
+    becomes depthwise_conv1d_update (the state written by the same kernel); logits and the updated
+    state match eager."""
     import copy
 
     model = tiny_qwen3_5()
@@ -73,6 +74,7 @@ def test_decode_step_with_the_conv_state():
     assert rel_err(got, ref) < 1e-4
     reports = inductor_fuse.all_reports()[n_reports:]
     assert sum(r.counts["conv1d"] for r in reports) == 1, [str(r) for r in reports]
+    assert any("state updated in place" in rw.detail for r in reports for rw in r.rewrites), [str(r) for r in reports]
 
     def conv_states(cache):  # every conv-state tensor of the cache's linear-attention layers
         found = []

@@ -21,7 +21,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..conv1d import MAX_TAPS, check_depthwise_conv1d_args, depthwise_conv1d, depthwise_conv1d_reference
+from ..conv1d import (
+    MAX_TAPS,
+    check_depthwise_conv1d_args,
+    check_depthwise_conv1d_update_args,
+    depthwise_conv1d,
+    depthwise_conv1d_reference,
+    depthwise_conv1d_update,
+    depthwise_conv1d_update_reference,
+)
 from ._common import kernel_or_reference
 
 
@@ -39,12 +47,18 @@ def _conv1d_kernel(
     sxb,
     sxc,
     sxl,
+    state_ptr,  # [B, C, S] (HAS_STATE): the left context, then (program t-block 0) its update
+    ssb,
+    ssc,
+    ssl,
     K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     C_FAST: tl.constexpr,  # channels along the tile's fast dimension (x's channel stride is 1)
+    HAS_STATE: tl.constexpr,  # positions < 0 read the state (pad = S) instead of zeros; state updated
     BLOCK_C: tl.constexpr,
     BLOCK_T: tl.constexpr,
+    BLOCK_S: tl.constexpr,  # >= S (HAS_STATE)
 ):
     b = tl.program_id(0).to(tl.int64)
     if C_FAST:
@@ -58,9 +72,12 @@ def _conv1d_kernel(
     cm = c < C
     tm = t < length
     x_row = x_ptr + b * sxb + c.to(tl.int64) * sxc
+    s_row = state_ptr + b * ssb + c.to(tl.int64) * ssc
     for i in tl.static_range(K):
-        pos = start + t + i - pad  # x's position for output t and tap i; < 0: the zero padding
+        pos = start + t + i - pad  # x's position for output t and tap i; < 0: the padding (or state)
         xv = tl.load(x_row + pos * sxl, mask=cm & tm & (pos >= 0) & (pos < L), other=0.0)
+        if HAS_STATE:  # the state's position pad + pos (only t-block 0 reaches it: BLOCK_T >= S)
+            xv += tl.load(s_row + (pos + pad) * ssl, mask=cm & tm & (pos < 0) & (pos + pad >= 0), other=0.0)
         wv = tl.load(w_ptr + c * K + i, mask=cm, other=0.0)
         acc += wv.to(tl.float32) * xv.to(tl.float32)
     if HAS_BIAS:
@@ -68,24 +85,47 @@ def _conv1d_kernel(
     if SILU:
         acc = acc * tl.sigmoid(acc)
     tl.store(out_ptr + (b * C + c) * length + t, acc.to(out_ptr.dtype.element_ty), mask=cm & tm)
+    if HAS_STATE:
+        if tl.program_id(2) == 0:  # the new state: the last S positions of cat(state, x)
+            if C_FAST:
+                j = tl.arange(0, BLOCK_S)[:, None]
+            else:
+                j = tl.arange(0, BLOCK_S)[None, :]
+            src = L + j  # position in cat(state, x), of length S + L
+            jm = cm & (j < pad)
+            v = tl.load(s_row + src * ssl, mask=jm & (src < pad), other=0.0)
+            v += tl.load(x_row + (src - pad) * sxl, mask=jm & (src >= pad), other=0.0)
+            tl.debug_barrier()  # every read of the old state in this program is done
+            tl.store(s_row + j * ssl, v, mask=jm)
 
 
 def depthwise_conv1d_cuda(
-    x: Tensor, w: Tensor, bias: Tensor | None, pad: int, start: int, length: int, silu: bool
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    pad: int,
+    start: int,
+    length: int,
+    silu: bool,
+    state: Tensor | None = None,
 ) -> Tensor:
     """Launch the kernel (arguments already checked); x on a CUDA device (or the CPU under
-    TRITON_INTERPRET=1)."""
+    TRITON_INTERPRET=1). With `state` [B, C, S] (depthwise_conv1d_update; pad = S): the left
+    context is the state, which the kernel then updates in place to the last S positions of
+    cat(state, x)."""
     B, C, L = x.shape
     K = w.shape[1]
     if K > MAX_TAPS:
         raise ValueError(f"depthwise_conv1d kernel: {K} taps, more than {MAX_TAPS}")
     out = torch.empty((B, C, length), dtype=x.dtype, device=x.device)
-    if out.numel() == 0:
+    if B * C == 0 or (length == 0 and state is None):
         return out
-    block_t = min(triton.next_power_of_2(length), 64)
+    block_t = min(triton.next_power_of_2(max(length, 1)), 64)
+    if state is not None and length > block_t:  # only t-block 0 reads the state, which it then writes
+        block_t = max(block_t, triton.next_power_of_2(pad))
     block_c = max(min(triton.next_power_of_2(C), 2048 // block_t), 16)
     w = w.contiguous()
-    grid = (B, triton.cdiv(C, block_c), triton.cdiv(length, block_t))
+    grid = (B, triton.cdiv(C, block_c), max(triton.cdiv(length, block_t), 1))
     _conv1d_kernel[grid](
         x,
         w,
@@ -99,15 +139,26 @@ def depthwise_conv1d_cuda(
         x.stride(0),
         x.stride(1),
         x.stride(2),
+        x if state is None else state,
+        *(state.stride() if state is not None else (0, 0, 0)),
         K=K,
         HAS_BIAS=bias is not None,
         SILU=silu,
         C_FAST=x.stride(1) == 1 and C > 1,
+        HAS_STATE=state is not None,
         BLOCK_C=block_c,
         BLOCK_T=block_t,
+        BLOCK_S=triton.next_power_of_2(max(pad, 1)) if state is not None else 1,
         num_warps=4,
     )
     return out
+
+
+def depthwise_conv1d_update_cuda(
+    state: Tensor, x: Tensor, w: Tensor, bias: Tensor | None, start: int, length: int, silu: bool
+) -> Tensor:
+    """depthwise_conv1d_update in one launch (arguments already checked)."""
+    return depthwise_conv1d_cuda(x, w, bias, state.shape[2], start, length, silu, state=state)
 
 
 @depthwise_conv1d.register_kernel("cuda")
@@ -117,3 +168,14 @@ def _depthwise_conv1d_cuda(
     args = (x, w, bias, pad, start, length, silu)
     check_depthwise_conv1d_args(*args)
     return kernel_or_reference("depthwise_conv1d", depthwise_conv1d_cuda, depthwise_conv1d_reference, *args)
+
+
+@depthwise_conv1d_update.register_kernel("cuda")
+def _depthwise_conv1d_update_cuda(
+    state: Tensor, x: Tensor, w: Tensor, bias: Tensor | None, start: int, length: int, silu: bool
+) -> Tensor:
+    args = (state, x, w, bias, start, length, silu)
+    check_depthwise_conv1d_update_args(*args)
+    return kernel_or_reference(
+        "depthwise_conv1d_update", depthwise_conv1d_update_cuda, depthwise_conv1d_update_reference, *args
+    )

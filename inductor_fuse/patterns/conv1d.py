@@ -11,7 +11,10 @@ The spellings that reach the graph:
   only the left one;
 - ``F.pad(x, (K - 1, 0))`` then a convolution without padding (a left ``constant_pad_nd`` of zeros);
 - at decode, ``torch.cat([conv_state, x], -1)`` then a convolution without padding and ``[..., -T:]``:
-  the state is the left context (its in-place update, a separate ``copy_``, stays as it is);
+  the state is the left context. When the state's update is its last S positions copied back
+  (``state.copy_(xs[..., -S:])``, a graph input read by nothing else) the whole step becomes
+  ``depthwise_conv1d_update(state, x, ..)``, one kernel that also writes the new state; else the
+  update stays as it is;
 - the SiLU recognised by what it computes (graph_utils.activation_after, shared with ``glu``):
   ``aten.silu``, ``y * sigmoid(y)``, its decomposition ``y / (1 + exp(-y))``, through a float32
   round trip of a bf16 / fp16 y, ...; fused when it is the only reader of the convolution's output.
@@ -98,6 +101,41 @@ def _neg(graph: fx.Graph, a):
     return node
 
 
+def _state_update(src: fx.Node, conv: fx.Node) -> tuple[fx.Node, fx.Node, list[fx.Node]] | None:
+    """The decode form's state update around a convolution over src = cat([state, x], -1):
+    (state, x, the update's nodes) when cat's only other reader is its last S positions copied
+    back into the state (a graph input, read by nothing else): slice -> copy -> copy_(state, ..).
+    Else None (the convolution alone is rewritten; the update stays as it is)."""
+    if not (_is_call(src, aten.cat.default) and len(src.args[0]) == 2):
+        return None
+    dim = src.args[1] if len(src.args) > 1 else 0
+    if dim not in (2, -1):
+        return None
+    state, x = src.args[0]
+    if state.op != "placeholder" or len(src.users) != 2 or conv not in src.users:
+        return None
+    sl = next(u for u in src.users if u is not conv)
+    cp = _single_user(sl)
+    cp_ = _single_user(cp) if cp is not None else None
+    if not (
+        _is_call(sl, aten.slice.Tensor)
+        and sl.args[1] in (2, -1)
+        and (len(sl.args) < 5 or sl.args[4] == 1)
+        and (len(sl.args) < 4 or sl.args[3] is None or (isinstance(sl.args[3], int) and sl.args[3] >= sys.maxsize))
+        and tuple(val(sl).shape) == tuple(val(state).shape)  # to the end, S long: the last S positions
+        and _is_call(cp, aten.copy.default)
+        and cp.args[0] is state
+        and cp.args[1] is sl
+        and _is_call(cp_, aten.copy_.default)
+        and cp_.args[0] is state
+        and cp_.args[1] is cp
+        and not cp_.users
+        and set(state.users) == {src, cp, cp_}
+    ):
+        return None
+    return state, x, [cp_, cp, sl]
+
+
 def _why_not(conv: fx.Node) -> str | None:
     x, w, _, stride, padding, dilation, transposed, _, groups = conv.args
     xv, wv = val(x), val(w)
@@ -145,6 +183,7 @@ def fuse_depthwise_conv1d(graph: fx.Graph) -> int:
             amounts, value = x.args[1], (x.args[2] if len(x.args) > 2 else 0.0)
             if len(amounts) == 2 and amounts[1] == 0 and amounts[0] >= 0 and value == 0:
                 pad_node, src, pad = x, x.args[0], amounts[0]
+        upd = _state_update(src, conv) if pad == 0 else None  # (state, x, the update's nodes)
         L, n = val(src).shape[2], val(conv).shape[2]  # n = L + p + pad - K + 1
         sl, start, end = _kept_slice(conv)
         sv, ev = _sym(start), (n if end is None else _sym(end))
@@ -168,7 +207,12 @@ def fuse_depthwise_conv1d(graph: fx.Graph) -> int:
         silu = act[1:] if act is not None and act[0] == "silu" else None  # (silu(last), its nodes)
         with graph.inserting_before(last):  # after the slice's bounds (nodes computed after the conv)
             wk = call(graph, aten.view.default, w, [C, K])
-            n_node = n if isinstance(n, int) else _add(graph, call(graph, aten.sym_size.int, src, 2), p + pad - K + 1)
+            if isinstance(n, int):
+                n_node = n
+            elif upd is not None:  # cat(state, x) goes away: its length from x's
+                n_node = _add(graph, call(graph, aten.sym_size.int, upd[1], 2), val(upd[0]).shape[2] - K + 1)
+            else:
+                n_node = _add(graph, call(graph, aten.sym_size.int, src, 2), p + pad - K + 1)
             start_arg, end_arg = (
                 _add(graph, n_node, v) if neg else v
                 for v, neg in zip((start, n_node if end is None else end), from_end)
@@ -176,20 +220,28 @@ def fuse_depthwise_conv1d(graph: fx.Graph) -> int:
             if isinstance(end_arg, int) and isinstance(n_node, int):
                 end_arg = min(end_arg, n_node)
             length = _add(graph, end_arg, _neg(graph, start_arg))
-            op = torch.ops.inductor_fuse.depthwise_conv1d.default
-            out = call(graph, op, src, wk, b, pad, start_arg, length, silu is not None)
+            if upd is not None:  # the state read and updated in place by the same kernel
+                op = torch.ops.inductor_fuse.depthwise_conv1d_update.default
+                out = call(graph, op, upd[0], upd[1], wk, b, start_arg, length, silu is not None)
+            else:
+                op = torch.ops.inductor_fuse.depthwise_conv1d.default
+                out = call(graph, op, src, wk, b, pad, start_arg, length, silu is not None)
         if squeeze is not None:  # back to the unbatched [C, length]
             with graph.inserting_before(last):
                 out = call(graph, aten.squeeze.dim, out, 0)
         final = silu[0] if silu is not None else last
         copy_meta(final, out)
         final.replace_all_uses_with(out)
-        for dead in [*(silu[1][::-1] if silu is not None else []), sl, squeeze, conv, pad_node]:
+        update_nodes = upd[2] if upd is not None else []
+        for dead in [*update_nodes, *(silu[1][::-1] if silu is not None else []), sl, squeeze, conv, pad_node]:
             if dead is not None and not dead.users:
                 graph.erase_node(dead)
+        if upd is not None and not src.users:
+            graph.erase_node(src)
         detail = (
             f"x{list(val(src).shape)} {str(val(src).dtype).removeprefix('torch.')}, {K} taps, left pad {pad}, "
             f"outputs {sv}..{ev}{', SiLU' if silu is not None else ''}"
+            f"{', state updated in place' if upd is not None else ''}"
         )
         record_rewrite(FAMILY, conv, detail)
         rewrites += 1

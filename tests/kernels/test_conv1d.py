@@ -93,3 +93,60 @@ def test_full_size_on_gpu(T):
     b = torch.randn(C, generator=g, device="cuda", dtype=torch.bfloat16)
     got = torch.ops.inductor_fuse.depthwise_conv1d(x, w, b, 0, 0, T, True)
     assert rel_err(got, conv_fp64(x, w, b, 0, 0, T, True)) < TOL[torch.bfloat16]
+
+
+UPDATE_CASES = [
+    # B, C, S (state), T (new), K, start, length, channels-last x
+    (1, 37, 3, 1, 4, 0, 1, True),  # Mamba / Qwen3.5 decode: state K - 1, one token
+    (2, 5, 4, 1, 4, 1, 1, False),  # a state of K positions (transformers' layout): the first output dropped
+    (1, 33, 3, 7, 4, 3, 4, True),  # several tokens, the last outputs kept
+    (2, 16, 4, 2, 4, 0, 3, False),  # T < S: the new state keeps part of the old one
+    (1, 8, 2, 100, 3, 0, 100, True),  # more outputs than one tile
+]
+
+
+@kernel_runs
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", UPDATE_CASES, ids=[f"S{c[2]}-T{c[3]}-K{c[4]}" for c in UPDATE_CASES])
+def test_update_kernel_matches_float64(case, dtype):
+    """depthwise_conv1d_update: the convolution over cat(state, x) and the state's update in place."""
+    B, C, S, T, K, start, length, channels_last = case
+    g = torch.Generator().manual_seed(C * 100 + T)
+    state = torch.randn(B, C, S, generator=g).to(dtype)
+    x = (torch.randn(B, T, C, generator=g).transpose(1, 2) if channels_last else torch.randn(B, C, T, generator=g)).to(
+        dtype
+    )
+    w = (torch.randn(C, K, generator=g) / K).to(dtype)
+    b = torch.randn(C, generator=g).to(dtype)
+    xs = torch.cat([state, x], -1)
+    ref = conv_fp64(xs, w, b, 0, start, length, True)
+    dev = "cpu" if interpreting() else "cuda"
+    st = state.to(dev)
+    got = kernel.depthwise_conv1d_update_cuda(st, x.to(dev), w.to(dev), b.to(dev), start, length, True).cpu()
+    assert got.shape == (B, C, length) and got.dtype == dtype
+    assert rel_err(got, ref) < TOL[dtype]
+    assert torch.equal(st.cpu(), xs[..., T:])  # the last S positions of cat(state, x), exactly
+
+
+def test_update_op_on_cpu_is_the_reference():
+    state, x, w = torch.randn(1, 6, 3), torch.randn(1, 6, 2), torch.randn(6, 4)
+    xs = torch.cat([state, x], -1)
+    got = torch.ops.inductor_fuse.depthwise_conv1d_update(state, x, w, None, 0, 2, False)
+    assert rel_err(got, conv_fp64(xs, w, None, 0, 0, 2, False)) < 1e-6 and torch.equal(state, xs[..., 2:])
+    with pytest.raises(ValueError, match="agree on B, C"):
+        torch.ops.inductor_fuse.depthwise_conv1d_update(torch.randn(1, 5, 3), x, w, None, 0, 2, False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a GPU")
+def test_full_size_update_on_gpu():
+    """The decode step at Qwen3.5 / Mamba sizes: C = 8192, 4 taps, a 3-position state, bf16."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    C, K = 8192, 4
+    state = torch.randn(1, C, K - 1, generator=g, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(1, 1, C, generator=g, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    w = torch.randn(C, K, generator=g, device="cuda", dtype=torch.bfloat16) / K
+    xs = torch.cat([state, x], -1)
+    got = torch.ops.inductor_fuse.depthwise_conv1d_update(state, x, w, None, 0, 1, True)
+    assert rel_err(got, conv_fp64(xs, w, None, 0, 0, 1, True)) < TOL[torch.bfloat16]
+    assert torch.equal(state, xs[..., 1:])

@@ -143,8 +143,32 @@ def test_decode_form_over_a_conv_state(T):
     assert rep.counts[FAMILY] == 1, str(rep)
     # the K - 1 + T inputs give T outputs, all kept (T symbolic once Dynamo has seen two lengths)
     assert re.search(
-        rf"x\[1, 24, ({3 + T}|s\d+ \+ 3)\] float32, 4 taps, left pad 0, outputs 0..({T}|s\d+), SiLU", str(rep)
+        rf"x\[1, 24, ({3 + T}|s\d+ \+ 3)\] float32, 4 taps, left pad 0, outputs 0..({T}|s\d+), SiLU, "
+        "state updated in place",
+        str(rep),
     )
+
+
+class ConvStateReadTwice(ConvState):
+    """The decode form, and the old state read once more after the update is written: the update
+    cannot move into the kernel (it would change what that read sees); the convolution still fuses."""
+
+    def forward(self, x):
+        old = self.state * 1.0
+        return super().forward(x) + old[..., -1:].sum()
+
+
+def test_decode_form_keeps_an_update_that_is_read_elsewhere():
+    eager, model = ConvStateReadTwice().eval(), ConvStateReadTwice().eval()
+    x = torch.randn(1, 24, 1)
+    with torch.no_grad():
+        ref = [eager(x), eager(x)]
+        compiled = torch.compile(model, backend="inductor_fuse")
+        got = [compiled(x), compiled(x)]
+    assert max(rel_err(g, r) for g, r in zip(got, ref)) < 1e-4
+    assert rel_err(model.state, eager.state) < 1e-6
+    rep = inductor_fuse.last_report()
+    assert rep.counts[FAMILY] == 1 and "state updated in place" not in str(rep), str(rep)
 
 
 class Conv(nn.Module):
