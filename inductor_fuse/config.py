@@ -3,7 +3,8 @@
     variable                        setting            default   what it does
     INDUCTOR_FUSE_EXACT_MATVEC=1    exact_matvec       False     CUDA qlinear sends every M to the fused GEMM: the
                                                                  activation stays float (no int8 rounding of x as
-                                                                 in the W4A8 matvec), slower at small M
+                                                                 in the W4A8 matvec), slower at small M; the
+                                                                 act_quant rule's quantize_act then launches nothing
     INDUCTOR_FUSE_GEMM=fused        gemm               "auto"    "auto": above a format's matvec range, the fused
                                                                  Triton GEMM up to its fused_gemm_max_m, then
                                                                  dequantize + cuBLAS; "fused": the fused GEMM for

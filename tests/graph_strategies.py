@@ -13,7 +13,9 @@ Every value is used: the outputs are every value nothing reads, plus some interm
 are also read (returned *and* consumed). `graph_specs()` draws them; `build_model(spec, seed)`
 makes a fresh nn.Module; `expected_glu_pairs(spec)` and `expected_sibling_groups(spec)` say, from
 the description alone, which products the `glu` family and which linears the `siblings` family
-must fuse (every conv1d step is a causal depthwise one: the `conv1d` family fuses each).
+must fuse (every conv1d step is a causal depthwise one: the `conv1d` family fuses each), and
+`expected_act_quant_groups(spec)` which quantized linears the `act_quant` family makes share one
+quantized activation.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 
 import inductor_fuse
+from inductor_fuse.kernels.registry import KERNELS
 from inductor_fuse.quant import FORMATS
 
 ACTIVATIONS = {
@@ -177,6 +180,28 @@ def expected_sibling_groups(spec: GraphSpec) -> list[tuple[Linear, ...]]:
         if isinstance(s, Linear) and v not in taken and not _tiny_cpu_addmm(spec, s, widths[s.src]):
             groups[(s.src, _read_dtype(spec, s), s.kind)].append(s)
     return [tuple(g) for g in groups.values() if len(g) >= 2]
+
+
+def expected_act_quant_groups(spec: GraphSpec) -> list[list[tuple[int, str]]]:
+    """(value read, format) of the quantized linears that share one quantize_act: what `glu` and
+    `siblings` leave (a GLU pair is one linear, a quantized sibling group one), grouped by the value
+    they read and the activation layout of their format's matvec (KernelSpec.interleave); groups of
+    two or more. (x has at most 8 rows here: every format's matvec takes them.)"""
+    pairs = expected_glu_pairs(spec)
+    taken = {v for pair in pairs for v in pair}
+    widths = spec.widths()
+    left = [(spec.steps[gate - 1].src, spec.steps[gate - 1].kind) for gate, _ in pairs]
+    # the quantized linears glu leaves: siblings fuses those of one (value, format) into one
+    left += dict.fromkeys(
+        (s.src, s.kind)
+        for v, s in enumerate(spec.steps, 1)
+        if isinstance(s, Linear) and s.kind in FORMATS and v not in taken
+    )
+    by_key: dict[tuple, list[tuple[int, str]]] = collections.defaultdict(list)
+    for src, kind in left:
+        assert widths[src] % 32 == 0 and kind in KERNELS
+        by_key[(src, KERNELS[kind].interleave)].append((src, kind))
+    return [g for g in by_key.values() if len(g) >= 2]
 
 
 # -- the module -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ each model its own weights, and later examples meet automatic-dynamic shapes.
     python -m pytest -q tests/test_property_graphs.py                                      # CI size
     INDUCTOR_FUSE_PROPERTY_EXAMPLES=200 python -m pytest -q tests/test_property_graphs.py  # larger run
 
-CI size: 4 fixed + 10 drawn examples (derandomized), ~45 s on 2 CPU cores with a cold Inductor
+CI size: 5 fixed + 10 drawn examples (derandomized), ~45 s on 2 CPU cores with a cold Inductor
 cache. A failure found by drawing is shrunk to a minimal graph, which compiles many more models.
 """
 
@@ -22,6 +22,7 @@ from graph_strategies import (
     Linear,
     Mul,
     build_model,
+    expected_act_quant_groups,
     expected_glu_pairs,
     expected_sibling_groups,
     graph_specs,
@@ -65,6 +66,24 @@ CAST_GLU = GraphSpec(
     (4,),
 )
 
+# q4_k and q6_k linears on one value (siblings keeps them apart), an int4 one (another activation
+# layout) and a GLU over q4_k on the same value: act_quant shares one quantize_act among three
+MIXED_FORMATS = GraphSpec(
+    "float32",
+    (3,),
+    256,
+    (
+        Linear(0, 32, False, "q4_k"),
+        Linear(0, 16, True, "q6_k"),
+        Linear(0, 32, False, "int4_g32"),
+        Linear(0, 64, False, "q4_k"),
+        Act(4, "silu"),
+        Linear(0, 64, False, "q4_k"),
+        Mul(5, 6),
+    ),
+    (1, 2, 3, 7),
+)
+
 
 @settings(
     max_examples=EXAMPLES,
@@ -78,6 +97,7 @@ CAST_GLU = GraphSpec(
 @example(spec=TWO_LINEARS, seed=2)  # same graph, new weights: must not run seed 1's weights
 @example(spec=CHAINED_GROUPS, seed=0)
 @example(spec=CAST_GLU, seed=0)
+@example(spec=MIXED_FORMATS, seed=0)
 def test_random_graph_matches_eager_and_fuses_every_sibling_group(spec: GraphSpec, seed: int):
     note(f"graph (seed={seed}):\n{spec}")
     model = build_model(spec, seed)
@@ -108,8 +128,9 @@ def test_random_graph_matches_eager_and_fuses_every_sibling_group(spec: GraphSpe
     note(f"report:\n{rep}")
 
     # glu fires once per legal GLU product, siblings once per legal group of what is left, over
-    # exactly that group's linears, conv1d once per conv; dequant_cpu (this is a CPU compile) once
-    # per quantized linear (or GLU pair) left after that; nothing else fires
+    # exactly that group's linears, conv1d once per conv; act_quant once per value that two or more
+    # of the quantized linears left read (in one activation layout); dequant_cpu (this is a CPU
+    # compile) once per quantized linear (or GLU pair) left after glu and siblings; nothing else fires
     groups = expected_sibling_groups(spec)
     note("expected sibling groups: " + str([[f"{lin.out}:{lin.kind}" for lin in g] for g in groups]))
     assert not rep.failures, "a rule raised"
@@ -122,7 +143,11 @@ def test_random_graph_matches_eager_and_fuses_every_sibling_group(spec: GraphSpe
     quantized = [s for s in spec.steps if isinstance(s, Linear) and s.kind in spec.quantized_kinds()]
     merged = sum(len(g) - 1 for g in groups if g[0].kind in spec.quantized_kinds()) + len(pairs)
     assert counts["dequant_cpu"] == len(quantized) - merged  # a GLU pair is one node
-    others = ("siblings", "dequant_cpu", "glu", "conv1d")
+    shared = expected_act_quant_groups(spec)
+    note(f"expected act_quant groups (value, format): {shared}")
+    assert counts["act_quant"] == len(shared)
+    assert sorted(len(r.nodes) for r in rep.rewrites if r.family == "act_quant") == sorted(map(len, shared))
+    others = ("siblings", "dequant_cpu", "glu", "conv1d", "act_quant")
     assert {f: n for f, n in counts.items() if f not in others} == {
         f: 0 for f in inductor_fuse.FAMILIES if f not in others
     }

@@ -2,7 +2,9 @@
 
 Per format, from its KernelSpec (kernels/registry.py):
 
-    M <= spec.matvec_max_m:      act_quant(x) -> the format's matvec     (2 launches, +1 when split-K)
+    M <= spec.matvec_max_m:      act_quant(x) -> the format's matvec     (2 launches, +1 when split-K;
+                                 1 when the activation comes quantized: qlinear_q8 / glu_qlinear_q8,
+                                 whose xa the act_quant rule computed once for every consumer)
     M <  spec.fused_gemm_max_m:  qgemm, the fused Triton GEMM (dequant in registers + tl.dot)
     otherwise:                   dequant_mm (chunked dequant -> cuBLAS); config.settings.gemm
                                  == "fused" (INDUCTOR_FUSE_GEMM=fused) forces qgemm
@@ -21,15 +23,22 @@ import torch
 
 from .. import config as knobs  # (the `config` arguments here are kernel configs)
 from ..quant.op import glu_act
-from ._common import MatvecConfig, act_quant, interpreting, launch_matvec, pick_config
+from ._common import MatvecConfig, QuantizedActivation, act_quant, interpreting, launch_matvec, pick_config
 from .gemm import dequant_mm, qgemm
 from .registry import kernel_spec
 
 
 def matvec(
-    x: torch.Tensor, planes, bias, fmt: str, config: MatvecConfig | None = None, act: str | None = None
+    x: torch.Tensor,
+    planes,
+    bias,
+    fmt: str,
+    config: MatvecConfig | None = None,
+    act: str | None = None,
+    xa: QuantizedActivation | None = None,
 ) -> torch.Tensor:
-    """x [M, K] -> [M, N] through act_quant + the format's W4A8 matvec. Without `config`: the
+    """x [M, K] -> [M, N] through act_quant + the format's W4A8 matvec; with `xa` (x already
+    quantized in the format's layout, spec.interleave) the matvec alone. Without `config`: the
     format's measured default (KernelSpec.matvec_config); runtime tuning is opt-in
     (config.settings.tune): triton's do_bench times one launch at a time and, for kernels of a few
     microseconds, ranked the configs differently from a CUDA-graph measurement (qkv: picked 9.5 us
@@ -38,7 +47,8 @@ def matvec(
     M, K = x.shape
     N = planes[0].shape[0]
     views = spec.plane_views(planes)
-    xa = act_quant(x, interleave=spec.interleave)
+    if xa is None:
+        xa = act_quant(x, interleave=spec.interleave)
 
     def launch(cfg: MatvecConfig, out: torch.Tensor | None = None) -> torch.Tensor:
         return launch_matvec(spec, xa, views, bias, M, N, K, cfg, x.dtype, out=out, act=act)
@@ -55,10 +65,12 @@ def matvec(
     return launch(config)
 
 
-def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None) -> torch.Tensor:
+def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None, xa=None) -> torch.Tensor:
     """The CUDA body of torch.ops.inductor_fuse.qlinear, and with `act` of glu_qlinear (arguments
     already validated): the matvec applies the GLU in its epilogue; the GEMM paths write gate|up,
-    then act(gate) * up runs as its own step."""
+    then act(gate) * up runs as its own step. `xa`: quantize_act(x, spec.interleave, ...)'s four
+    tensors (qlinear_q8, glu_qlinear_q8), which the matvec reads instead of quantizing x itself;
+    the GEMM paths read x (quantize_act computes nothing for them: its max_m)."""
     spec = kernel_spec(fmt)
     K = x.shape[-1]
     N = planes[0].shape[0]
@@ -74,7 +86,8 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None
         bias = bias.to(x.dtype)
     settings = knobs.settings
     if M <= spec.matvec_max_m and not settings.exact_matvec:
-        return matvec(x2, planes, bias, fmt, act=act).reshape(*x.shape[:-1], n_out)
+        qa = None if xa is None else QuantizedActivation(*(t.reshape(M, -1).contiguous() for t in xa))
+        return matvec(x2, planes, bias, fmt, act=act, xa=qa).reshape(*x.shape[:-1], n_out)
     if settings.exact_matvec or M < spec.fused_gemm_max_m or settings.gemm == "fused":
         out = qgemm(x2, planes, bias, fmt)
     else:

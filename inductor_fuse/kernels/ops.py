@@ -1,11 +1,18 @@
-"""The CUDA implementations of torch.ops.inductor_fuse.qlinear and glu_qlinear (the ops: quant/op.py).
+"""The CUDA implementations of torch.ops.inductor_fuse.qlinear and glu_qlinear, of their variants
+qlinear_q8 / glu_qlinear_q8 that take the quantized activation, and of quantize_act, which computes
+it (the ops: quant/op.py).
 
 On CUDA tensors the op runs the Triton kernels of kernels/dispatch.py: W4A8 dp4a matvec for small
 M (activation quantized per 32-group to int8, as llama.cpp's MMVQ), dequant + tl.dot GEMM for
 large M. If that path raises (a kernel that cannot compile or take the call), the call runs the
 pure-torch reference instead and a WARNING says so once per format and error; a CUDA
 out-of-memory error is raised, not retried (_common.kernel_or_reference). glu_qlinear falls back
-in two steps: the plain kernels and the GLU as its own step, then the reference.
+in two steps: the plain kernels and the GLU as its own step, then the reference. The _q8 variants
+(qlinear_q8, glu_qlinear_q8) take the activation already quantized by quantize_act and fall back
+the same way. quantize_act's kernel is `_common.act_quant`; it runs only when x has at most
+`max_m` rows (and config.settings.exact_matvec is off): otherwise no consumer's matvec runs and it
+returns uninitialized buffers of the right shapes without a launch. If the kernel raises, the
+pure-torch quantize_act_reference answers (WARNING once).
 
 Registration happens at import (`import inductor_fuse` imports this module); nothing touches a
 device then.
@@ -15,17 +22,26 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .. import config as knobs
 from ..quant.op import (
+    act_shapes,
     check_glu_qlinear_args,
     check_qlinear_args,
+    check_quantize_act_args,
+    check_quantized_activation,
     dequantize_linear,
+    empty_quantized_activation,
     glu_act,
     glu_qlinear,
+    glu_qlinear_q8,
     glu_qlinear_reference,
     qlinear,
+    qlinear_q8,
+    quantize_act,
+    quantize_act_reference,
 )
 from . import dispatch
-from ._common import kernel_or_reference
+from ._common import act_quant, kernel_or_reference
 
 REFERENCE = "the pure-torch reference (dequantize + F.linear)"
 
@@ -39,16 +55,70 @@ def _qlinear_cuda(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str
 @glu_qlinear.register_kernel("cuda")
 def _glu_qlinear_cuda(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str) -> Tensor:
     check_glu_qlinear_args(x, planes, bias, fmt, act)
-    args = (x, planes, bias, fmt, act)
-    return kernel_or_reference(f"{fmt} GLU", dispatch.qlinear_cuda, _glu_unfused, *args, instead=REFERENCE)
+    return _glu(x, planes, bias, fmt, act, None)
 
 
-def _glu_unfused(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str) -> Tensor:
-    """The GLU epilogue failed: the plain kernels over the interleaved rows, then the GLU as its own
-    step; the reference if those fail too."""
-    args = (x, planes, bias, fmt, act)
-    return kernel_or_reference(fmt, _plain_then_glu, glu_qlinear_reference, *args, instead=REFERENCE)
+@qlinear_q8.register_kernel("cuda")
+def _qlinear_q8_cuda(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa: list[Tensor]) -> Tensor:
+    check_qlinear_args(x, planes, bias, fmt)
+    check_quantized_activation(x, xa)
+    return kernel_or_reference(fmt, _qlinear_xa, _qlinear_xa_reference, x, planes, bias, fmt, xa, instead=REFERENCE)
 
 
-def _plain_then_glu(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str) -> Tensor:
-    return glu_act(dispatch.qlinear_cuda(x, planes, bias, fmt).float(), act).to(x.dtype)
+@glu_qlinear_q8.register_kernel("cuda")
+def _glu_qlinear_q8_cuda(
+    x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str, xa: list[Tensor]
+) -> Tensor:
+    check_glu_qlinear_args(x, planes, bias, fmt, act)
+    check_quantized_activation(x, xa)
+    return _glu(x, planes, bias, fmt, act, xa)
+
+
+def _qlinear_xa(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa) -> Tensor:
+    return dispatch.qlinear_cuda(x, planes, bias, fmt, xa=xa)
+
+
+def _qlinear_xa_reference(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa) -> Tensor:
+    return dequantize_linear(x, planes, bias, fmt)
+
+
+def _glu(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str, xa) -> Tensor:
+    """The GLU epilogue kernel; if it fails, the plain kernels over the interleaved rows and the GLU
+    as its own step; if those fail too, the reference."""
+    args = (x, planes, bias, fmt, act, xa)
+    return kernel_or_reference(f"{fmt} GLU", _glu_fused, _glu_unfused, *args, instead=REFERENCE)
+
+
+def _glu_fused(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str, xa) -> Tensor:
+    return dispatch.qlinear_cuda(x, planes, bias, fmt, act, xa=xa)
+
+
+def _glu_unfused(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str, xa) -> Tensor:
+    args = (x, planes, bias, fmt, act, xa)
+    return kernel_or_reference(fmt, _plain_then_glu, _glu_reference, *args, instead=REFERENCE)
+
+
+def _plain_then_glu(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str, xa) -> Tensor:
+    return glu_act(dispatch.qlinear_cuda(x, planes, bias, fmt, xa=xa).float(), act).to(x.dtype)
+
+
+def _glu_reference(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str, xa) -> Tensor:
+    return glu_qlinear_reference(x, planes, bias, fmt, act)
+
+
+@quantize_act.register_kernel("cuda")
+def _quantize_act_cuda(x: Tensor, interleave: bool, max_m: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    K = check_quantize_act_args(x, interleave, max_m)
+    M = x.numel() // K
+    if M == 0 or M > max_m or knobs.settings.exact_matvec:  # no consumer's matvec runs: nothing reads it
+        return empty_quantized_activation(x)
+    instead = "the pure-torch quantization (the same formula)"
+    return kernel_or_reference(
+        "act_quant", _quantize_act_kernel, quantize_act_reference, x, interleave, instead=instead
+    )
+
+
+def _quantize_act_kernel(x: Tensor, interleave: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    K = x.shape[-1]
+    xa = act_quant(x.reshape(-1, K), interleave=interleave)  # (a module attribute: tests replace it)
+    return tuple(t.reshape(shape) for t, shape in zip((xa.xq, xa.xd, xa.xs32, xa.xs16), act_shapes(x)))

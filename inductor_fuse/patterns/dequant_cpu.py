@@ -3,6 +3,7 @@ linear over the weight dequantized once, at compile time.
 
     y = qlinear(x, planes, b, fmt)                       (CPU: dequantizes every weight on every call)
                                                          (glu_qlinear: then act(gate) * up, as aten ops)
+                                                         (qlinear_q8 / glu_qlinear_q8 likewise, on x)
  =>
     y = x @ dequantize(planes, fmt, x.dtype)^T + b      (dequantize folded into a constant by freezing)
 
@@ -12,13 +13,18 @@ call, which made a CPU decode step of Gemma-3-270M take ~0.6 s. Freezing folds
 float weight and Inductor's CPU GEMM runs. The cost is memory: the float weights (4 bytes a weight
 in float32, against ~0.56 for Q4_K). The rule dequantizes only while the float weights of the
 graph fit in a quarter of the machine's available memory; past that the report says so and the
-reference runs. Runs after ``siblings`` (a fused gate|up is dequantized as one weight).
+reference runs. Runs after ``siblings`` (a fused gate|up is dequantized as one weight) and after
+``act_quant``: its consumers (``qlinear_q8``, ``glu_qlinear_q8``) are rewritten like the plain ops,
+on x; one this rule leaves on CPU goes back to the plain op (its CPU body never reads the int8
+activation); a ``quantize_act`` nothing reads any more is erased. So on CPU the graph computes what
+it computed without ``act_quant``.
 
 A graph walk: one op, one node at a time, plus the memory budget over the whole graph.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
@@ -36,6 +42,12 @@ aten = torch.ops.aten
 prims = torch.ops.prims
 qlinear = torch.ops.inductor_fuse.qlinear.default
 glu_qlinear = torch.ops.inductor_fuse.glu_qlinear.default
+# act_quant's consumers (a last argument: the quantized activation) -> the plain ops
+_PLAIN = {
+    torch.ops.inductor_fuse.qlinear_q8.default: qlinear,
+    torch.ops.inductor_fuse.glu_qlinear_q8.default: glu_qlinear,
+}
+_GLU_OPS = (glu_qlinear, torch.ops.inductor_fuse.glu_qlinear_q8.default)
 
 
 def available_memory() -> int:
@@ -92,12 +104,13 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
     budget = int(available_memory() * MEMORY_FRACTION)
     rewrites = 0
     nodes = [
-        *graph.find_nodes(op="call_function", target=qlinear),
-        *graph.find_nodes(op="call_function", target=glu_qlinear),
+        n for target in (qlinear, glu_qlinear, *_PLAIN) for n in graph.find_nodes(op="call_function", target=target)
     ]
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    nodes.sort(key=order.__getitem__)  # graph order: the memory budget goes to the first ones
     for node in nodes:
         x, planes, bias, fmt = node.args[:4]
-        act = node.args[4] if node.target is glu_qlinear else None
+        act = node.args[4] if node.target in _GLU_OPS else None
         if val(x).device.type != "cpu":  # on GPU the Triton kernels run: not a candidate
             continue
         why = _why_not(node, frozen)
@@ -109,6 +122,8 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
             why = f"its float weight would not fit the memory budget ({mib})"
         if why is not None:
             rep.skipped.append(report.Skip(FAMILY, (node.name,), why))
+            if node.target in _PLAIN:  # the reference runs: on x, the int8 activation unread
+                node.target, node.args = _PLAIN[node.target], node.args[:-1]
             continue
         budget -= nbytes
         dtype = val(x).dtype
@@ -136,4 +151,15 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
         detail = f"[{N}, {K}] {fmt} -> {str(dtype).removeprefix('torch.')} ({nbytes / 2**20:.1f} MiB){glu}"
         record_rewrite(FAMILY, node, detail)
         rewrites += 1
+    _erase_unread_quantize_act(graph)
     return rewrites
+
+
+def _erase_unread_quantize_act(graph: fx.Graph) -> None:
+    """Erase each quantize_act (and its getitems) whose outputs nothing reads any more."""
+    for qa in graph.find_nodes(op="call_function", target=torch.ops.inductor_fuse.quantize_act.default):
+        parts = list(qa.users)
+        if all(p.target is operator.getitem and not p.users for p in parts):
+            for p in parts:
+                graph.erase_node(p)
+            graph.erase_node(qa)

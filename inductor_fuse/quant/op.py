@@ -10,7 +10,16 @@ and torch.ops.inductor_fuse.glu_qlinear, the gate|up linear of a GLU with its ac
     row i), bias [2I] likewise; with y = x W^T + b in float32:
     returns act(y[..., 0::2]) * y[..., 1::2], [..., I] in x.dtype; act: "silu" or "gelu_tanh".
 
-This module defines the op and what every device shares:
+    quantize_act(Tensor x, bool interleave, int max_m) -> (Tensor xq, Tensor xd, Tensor xs32, Tensor xs16)
+    the int8 activation the W4A8 matvecs read, once per activation (the ``act_quant`` rule): x
+    [..., K] float, K % 32 == 0 -> xq int32 [..., K/4] (4 int8 per word), xd / xs32 float32
+    [..., K/32], xs16 float32 [..., K/16] (per row, per 32-wide K tile: scale, sums; layout below).
+    qlinear_q8(x, planes, bias, fmt, xa) and glu_qlinear_q8(x, planes, bias, fmt, act, xa): qlinear
+    and glu_qlinear with xa = quantize_act(x, ...)'s four tensors passed along; same results as the
+    ops without xa (the CPU body ignores xa; the CUDA matvec reads it instead of quantizing x
+    again; the GEMM paths read x).
+
+This module defines the ops and what every device shares:
 - default (CPU, any device without a kernel): the pure-torch reference `dequantize_linear`,
   FORMATS[fmt].dequantize(planes).to(x.dtype) then F.linear.
 - fake: shape [..., N], dtype x.dtype, with the same validation (`check_qlinear_args`: a
@@ -152,3 +161,142 @@ def _dequantize_fake(planes: list[Tensor], fmt: str, dtype: torch.dtype) -> Tens
     f = FORMATS[fmt]
     n, k = f.check_planes(planes)[1:]
     return planes[0].new_empty((n, k), dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The quantized activation (W4A8), once per activation: quantize_act and its consumers.
+#   d[m,g]   = max_l |x[m, 32g+l]| / 127                  (float32; 0 for an all-zero tile)
+#   q[m,k]   = round_half_away(x[m,k] * (127 / amax))     int8 in [-127, 127]
+#   s16[m,h] = d[m, h//2] * sum_{l<16} q[m, 16h+l]
+#   s32[m,g] = s16[m,2g] + s16[m,2g+1]
+# interleave=True stores element l of each 32-tile at (l%2)*16 + (l//8)*4 + (l%8)//2 (the int4_g*
+# matvec's layout). The same float32 operations, in the same order, as kernels/_common.py's
+# _act_quant_kernel: bit-identical buffers (tests/kernels/test_act_quant.py).
+# ---------------------------------------------------------------------------------------------
+
+ACT_TILE = 32
+_LANE = torch.arange(ACT_TILE)
+_INTERLEAVE_DST = (_LANE % 2) * 16 + (_LANE // 8) * 4 + (_LANE % 8) // 2  # where element l is stored
+_INTERLEAVE_SRC = torch.argsort(_INTERLEAVE_DST)  # which element position j holds
+
+
+def check_quantize_act_args(x: Tensor, interleave: bool, max_m: int) -> int:
+    """Validate quantize_act's arguments; returns K. Raises ValueError naming the problem."""
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"quantize_act: x must be float32, bfloat16 or float16, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError("quantize_act: x must have at least one dimension [..., K]")
+    K = x.shape[-1]
+    if K <= 0 or K % ACT_TILE != 0:
+        raise ValueError(f"quantize_act: K = x.shape[-1] = {K} must be a positive multiple of {ACT_TILE}")
+    if max_m < 0:
+        raise ValueError(f"quantize_act: max_m must be >= 0, got {max_m}")
+    return K
+
+
+def act_shapes(x: Tensor) -> list[tuple]:
+    """The shapes of quantize_act(x)'s four tensors (a function of x's shape alone)."""
+    lead, K = tuple(x.shape[:-1]), x.shape[-1]
+    return [(*lead, K // 4), (*lead, K // ACT_TILE), (*lead, K // ACT_TILE), (*lead, K // 16)]
+
+
+ACT_DTYPES = (torch.int32, torch.float32, torch.float32, torch.float32)  # of xq, xd, xs32, xs16
+
+
+def empty_quantized_activation(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Uninitialized tensors of quantize_act(x)'s shapes and dtypes."""
+    return tuple(x.new_empty(shape, dtype=dt) for shape, dt in zip(act_shapes(x), ACT_DTYPES))
+
+
+def quantize_act_reference(x: Tensor, interleave: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """quantize_act's pure-torch body (arguments already checked): (xq, xd, xs32, xs16)."""
+    K = x.shape[-1]
+    G = K // ACT_TILE
+    M = x.numel() // K
+    xg = x.reshape(M, G, ACT_TILE).float()
+    amax = xg.abs().amax(-1)  # [M, G]
+    d = amax / 127.0
+    inv = torch.where(amax > 0, 127.0 / amax, 0.0)
+    v = xg * inv[..., None]
+    q = (v + torch.where(v >= 0, 0.5, -0.5)).to(torch.int32)  # truncation: round half away from zero
+    q = q.clamp(-127, 127)
+    s_lo = q[..., :16].sum(-1).float() * d
+    s_hi = q[..., 16:].sum(-1).float() * d
+    xs32 = s_lo + s_hi
+    xs16 = torch.stack([s_lo, s_hi], -1).reshape(M, 2 * G)
+    q8 = q.to(torch.int8)
+    if interleave:
+        q8 = q8[..., _INTERLEAVE_SRC.to(x.device)]
+    xq = q8.reshape(M, K).contiguous().view(torch.int32)
+    return tuple(t.reshape(shape) for t, shape in zip((xq, d, xs32, xs16), act_shapes(x)))
+
+
+@torch.library.custom_op("inductor_fuse::quantize_act", mutates_args=())
+def quantize_act(x: Tensor, interleave: bool, max_m: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pure-torch reference (every device without a kernel), every row computed. The CUDA kernel
+    (kernels/ops.py) computes nothing when x has more than ``max_m`` rows: the consumers' GEMM
+    paths read x then, not the int8 activation (the act_quant rule passes the largest
+    matvec_max_m of the consumers' formats)."""
+    check_quantize_act_args(x, interleave, max_m)
+    return quantize_act_reference(x, interleave)
+
+
+@quantize_act.register_fake
+def _quantize_act_fake(x: Tensor, interleave: bool, max_m: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    check_quantize_act_args(x, interleave, max_m)
+    return empty_quantized_activation(x)
+
+
+def _same(a, b) -> bool:
+    """Dimension equality where both are known integers (symbolic ones: not compared, no guard)."""
+    return not (isinstance(a, int) and isinstance(b, int)) or a == b
+
+
+def check_quantized_activation(x: Tensor, xa: Sequence[Tensor]) -> None:
+    """xa is quantize_act(x)'s four tensors (shapes, dtypes, device). Raises ValueError."""
+    names = ("xq", "xd", "xs32", "xs16")
+    if len(xa) != len(names):
+        raise ValueError(f"quantized activation: expected 4 tensors {list(names)}, got {len(xa)}")
+    for name, t, shape, dt in zip(names, xa, act_shapes(x), ACT_DTYPES):
+        if t.dtype != dt or t.dim() != len(shape) or not all(_same(a, b) for a, b in zip(t.shape, shape)):
+            raise ValueError(
+                f"quantized activation: {name} must be {dt} of shape {list(shape)} for x {list(x.shape)}, "
+                f"got {t.dtype} {list(t.shape)}"
+            )
+        if t.device != x.device:
+            raise ValueError(f"quantized activation: {name} is on {t.device}, x on {x.device}")
+
+
+@torch.library.custom_op("inductor_fuse::qlinear_q8", mutates_args=())
+def qlinear_q8(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa: list[Tensor]) -> Tensor:
+    """qlinear with the quantized activation xa = quantize_act(x, ...) given: the pure-torch
+    reference on x (xa is what the CUDA matvec reads, kernels/ops.py)."""
+    check_qlinear_args(x, planes, bias, fmt)
+    check_quantized_activation(x, xa)
+    return dequantize_linear(x, planes, bias, fmt)
+
+
+@qlinear_q8.register_fake
+def _qlinear_q8_fake(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa: list[Tensor]) -> Tensor:
+    N, _ = check_qlinear_args(x, planes, bias, fmt)
+    check_quantized_activation(x, xa)
+    return x.new_empty((*x.shape[:-1], N))
+
+
+@torch.library.custom_op("inductor_fuse::glu_qlinear_q8", mutates_args=())
+def glu_qlinear_q8(
+    x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str, xa: list[Tensor]
+) -> Tensor:
+    """glu_qlinear with the quantized activation given (as qlinear_q8)."""
+    check_glu_qlinear_args(x, planes, bias, fmt, act)
+    check_quantized_activation(x, xa)
+    return glu_qlinear_reference(x, planes, bias, fmt, act)
+
+
+@glu_qlinear_q8.register_fake
+def _glu_qlinear_q8_fake(
+    x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str, xa: list[Tensor]
+) -> Tensor:
+    inter = check_glu_qlinear_args(x, planes, bias, fmt, act)
+    check_quantized_activation(x, xa)
+    return x.new_empty((*x.shape[:-1], inter))

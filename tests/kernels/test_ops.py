@@ -82,7 +82,7 @@ def test_cuda_kernel_failure_falls_back_to_the_reference(monkeypatch, caplog):
     # The CUDA implementation, called directly on CPU tensors: when the kernel path raises (no
     # Triton, a kernel that cannot compile or take the call), the reference answers and a WARNING
     # says so once.
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("no kernel for this shape")
 
     monkeypatch.setattr(dispatch, "qlinear_cuda", broken)
@@ -109,12 +109,12 @@ def test_glu_cuda_kernel_failure_falls_back_to_the_reference(monkeypatch, caplog
     x = torch.randn(3, 64)
     ref = glu_qlinear_reference(x, planes, None, "q8_0", "silu")
 
-    def glu_broken(x, planes, bias, fmt, act=None):  # the GLU epilogue fails: plain kernel, then the GLU
+    def glu_broken(x, planes, bias, fmt, act=None, xa=None):  # the GLU epilogue fails: plain kernel, then the GLU
         if act:
             raise RuntimeError("no GLU kernel")
         return qlinear_reference(x, planes, bias, fmt)
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("no kernel at all")
 
     for fake, said in ((glu_broken, "no GLU kernel"), (broken, "no kernel at all")):

@@ -24,6 +24,13 @@ def test_siblings_is_registered_as_a_graph_walk():
     assert inductor_fuse.FAMILIES == family_names()
 
 
+def test_act_quant_runs_after_the_families_whose_output_it_reads():
+    order = {f.name: f.order for f in registry.families()}
+    assert order["glu"] < order["act_quant"] and order["siblings"] < order["act_quant"] < order["dequant_cpu"]
+    (fam,) = [f for f in registry.families() if f.name == "act_quant"]
+    assert fam.kind == GRAPH_WALK and fam.run is inductor_fuse.patterns.act_quant.share_act_quant
+
+
 def test_a_registered_family_is_an_option_a_counter_and_a_pass_in_order(scratch_registry):
     calls = []
 
@@ -57,8 +64,8 @@ def test_registration_errors(scratch_registry):
 
 def test_unknown_option_names_the_registered_families():
     # every family file registered, in pass order
-    assert family_names() == ("glu", "siblings", "conv1d", "decode_attention", "dequant_cpu")
-    listed = r"valid options are \['glu', 'siblings', 'conv1d', 'decode_attention', 'dequant_cpu'\]"
+    assert family_names() == ("glu", "siblings", "conv1d", "decode_attention", "act_quant", "dequant_cpu")
+    listed = r"valid options are \['glu', 'siblings', 'conv1d', 'decode_attention', 'act_quant', 'dequant_cpu'\]"
     with pytest.raises(ValueError, match=listed):
         FuseOptions.from_dict({"silu": True})
     with pytest.raises(TypeError, match="must be a bool"):

@@ -222,8 +222,10 @@ def test_quantized_siblings_fuse_per_format():
     # q/k/v in q4_k with GQA widths, plus one q6_k sibling that must stay on its own
     model = QuantSiblings(["q4_k", "q4_k", "q4_k", "q6_k"], [64, 32, 32, 48]).eval()
     x = torch.randn(2, 3, 256)
-    with torch.no_grad():  # dequant_cpu off: the quantized linears stay qlinear calls in the CPU code
-        compiled = torch.compile(model, backend="inductor_fuse", options={"dequant_cpu": False})
+    # dequant_cpu off: the quantized linears stay qlinear calls in the CPU code (act_quant off: not
+    # qlinear_q8 calls sharing one quantized activation, tests/patterns/test_act_quant_rule.py)
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="inductor_fuse", options={"dequant_cpu": False, "act_quant": False})
         got, (code,) = run_and_get_code(compiled, x)
         ref = model(x)
     assert rel_err(got, ref) < 1e-5

@@ -1,0 +1,246 @@
+"""Rule family `act_quant`: the quantized linears that read one activation share one
+torch.ops.inductor_fuse.quantize_act (the int8 activation with a scale per row per 32-wide K tile)
+and become qlinear_q8 / glu_qlinear_q8, which read it instead of quantizing x in their own call.
+
+Compiled the way users compile (no Dynamo reset), on CPU: there `dequant_cpu` turns the consumers
+into float GEMMs and erases the unread quantize_act, so the compiled model must equal the one
+compiled without the rule. The rewritten graph's CUDA path is checked by running the ops' CUDA
+bodies on CPU tensors (Triton under TRITON_INTERPRET=1): one act_quant launch where there were two,
+the same output bit for bit."""
+
+import operator
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from numerics import rel_err
+from torch._inductor.utils import run_and_get_code
+from torch.fx.experimental.proxy_tensor import make_fx
+from toy_models import TinyLlama
+
+import inductor_fuse
+from inductor_fuse.kernels import _common, dispatch, ops
+from inductor_fuse.kernels._common import interpreting
+from inductor_fuse.kernels.registry import KERNELS
+from inductor_fuse.patterns.act_quant import share_act_quant
+from inductor_fuse.quant import QuantConfig, quantize_
+from inductor_fuse.quant.formats import FORMATS
+
+FAMILY = "act_quant"
+lib = torch.ops.inductor_fuse
+
+
+def _llama(n_layers=2, v_fmt="q6_k", fmt="q4_k"):
+    """q|k (and o, the MLP) in `fmt`, v in `v_fmt` (as llama.cpp's Q4_K_M mixes Q4_K and Q6_K)."""
+    torch.manual_seed(0)
+    model = TinyLlama(n_layers=n_layers, dim=256, hidden=512).eval()
+    quantize_(model, QuantConfig(fmt=fmt, skip=("v_proj",)))
+    quantize_(model, QuantConfig(fmt=v_fmt))
+    return model
+
+
+def _run(model, x, options=None, **compile_kw):
+    with torch.no_grad():
+        ref = model(x)
+        got = torch.compile(model, backend="inductor_fuse", options=options or {}, **compile_kw)(x)
+    return got, ref, inductor_fuse.last_report()
+
+
+def _without_rule(model, x, options=None):
+    with torch.no_grad():
+        return torch.compile(model, backend="inductor_fuse", options={**(options or {}), FAMILY: False})(x)
+
+
+@pytest.mark.parametrize("dequant_cpu", [True, False], ids=["dequant_cpu", "reference-op"])
+def test_fires_once_per_shared_activation_and_matches_the_unfused_compile(dequant_cpu):
+    model = _llama()
+    x = torch.randn(1, 3, 256)
+    got, ref, rep = _run(model, x, {"dequant_cpu": dequant_cpu})
+    assert rep.counts[FAMILY] == 2, str(rep)  # per layer: the fused q|k (q4_k) and v (q6_k)
+    assert rep.counts["siblings"] == 2 and rep.counts["glu"] == 2, str(rep)
+    (detail,) = {r.detail for r in rep.rewrites if r.family == FAMILY}
+    assert detail == "x[1, 3, 256] -> int8 per 32-tile (natural order), M <= 16; read by 2: q4_k, q6_k", detail
+    assert all(r.label == "(q_proj,v_proj)" and len(r.nodes) == 2 for r in rep.rewrites if r.family == FAMILY)
+    # the other linears are alone on their activation (o_proj, the GLU, down_proj)
+    alone = [s for s in rep.skipped if s.family == FAMILY]
+    assert len(alone) == 3 * 2 and all("the only quantized linear reading" in s.reason for s in alone), str(rep)
+    assert rel_err(got, ref) < 1e-5
+    assert torch.equal(got, _without_rule(model, x, {"dequant_cpu": dequant_cpu}))
+
+
+def test_on_cpu_the_quantized_activation_is_erased():
+    model = _llama(n_layers=1)
+    x = torch.randn(1, 2, 256)
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="inductor_fuse")
+        got, (code,) = run_and_get_code(compiled, x)
+        ref = model(x)
+    assert inductor_fuse.last_report().counts[FAMILY] == 1
+    call = code[code.index("def call(") :]
+    assert "torch.ops.inductor_fuse" not in call, call  # float GEMMs only: no quantize_act left
+    assert rel_err(got, ref) < 1e-5
+
+
+def test_without_dequant_cpu_the_code_shares_one_quantize_act():
+    model = _llama(n_layers=1)
+    x = torch.randn(1, 2, 256)
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="inductor_fuse", options={"dequant_cpu": False})
+        got, (code,) = run_and_get_code(compiled, x)
+        ref = model(x)
+    call = code[code.index("def call(") :]
+    assert call.count("torch.ops.inductor_fuse.quantize_act.default(") == 1, call
+    assert call.count("torch.ops.inductor_fuse.qlinear_q8.default(") == 2, call  # q|k, v
+    assert rel_err(got, ref) < 1e-5
+
+
+class SharedInput(nn.Module):
+    """act(gate(x)) * up(x) (the glu family's) and a side projection of another format, on one x."""
+
+    def __init__(self, dim=256, hidden=64):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.side = nn.Linear(dim, 32, bias=True)
+
+    def forward(self, x):
+        return F.silu(self.gate_proj(x)) * self.up_proj(x), self.side(x)
+
+
+def _shared_input(fmt="q4_k", side_fmt="q8_0", dtype=torch.float32):
+    torch.manual_seed(1)
+    model = SharedInput().eval().to(dtype)
+    quantize_(model, QuantConfig(fmt=fmt, skip=("side",)))
+    quantize_(model, QuantConfig(fmt=side_fmt))
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_glu_and_a_linear_share_it(dtype):
+    model = _shared_input(dtype=dtype)
+    x = torch.randn(2, 256, dtype=dtype)
+    got, ref, rep = _run(model, x)
+    assert rep.counts[FAMILY] == 1 and rep.counts["glu"] == 1, str(rep)
+    (r,) = [r for r in rep.rewrites if r.family == FAMILY]
+    assert r.detail.endswith("read by 2: q4_k, q8_0"), r.detail
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert all(rel_err(g, e) < tol for g, e in zip(got, ref))
+    assert all(torch.equal(g, e) for g, e in zip(got, _without_rule(model, x)))
+
+
+def test_layouts_are_grouped_apart():
+    """int4_g* matvecs read x interleaved, the GGUF formats in natural order: two layouts, one
+    consumer each, nothing shared; two int4 group sizes share one layout."""
+    model = _shared_input(fmt="q4_k", side_fmt="int4_g32")
+    got, ref, rep = _run(model, torch.randn(1, 256))
+    assert rep.counts[FAMILY] == 0, str(rep)
+    assert sum("the only quantized linear reading" in s.reason for s in rep.skipped if s.family == FAMILY) == 2
+    model = _shared_input(fmt="int4_g64", side_fmt="int4_g32")
+    got, ref, rep = _run(model, torch.randn(1, 256))
+    assert rep.counts[FAMILY] == 1, str(rep)
+    assert "(interleaved), M <= 8; read by 2: int4_g64, int4_g32" in str(rep)
+    assert all(rel_err(g, e) < 1e-5 for g, e in zip(got, ref))
+
+
+def test_a_format_without_a_matvec_is_left_alone(monkeypatch):
+    monkeypatch.delitem(KERNELS, "q6_k")  # as if q6_k had no Triton kernels
+    model = _llama(n_layers=1)
+    x = torch.randn(1, 3, 256)
+    got, ref, rep = _run(model, x)
+    assert rep.counts[FAMILY] == 0, str(rep)
+    reasons = [s.reason for s in rep.skipped if s.family == FAMILY]
+    assert any("format q6_k has no int8 x int4 matvec" in r for r in reasons), reasons
+    assert rel_err(got, ref) < 1e-5
+
+
+def test_option_turns_it_off():
+    model = _llama(n_layers=1)
+    got, ref, rep = _run(model, torch.randn(1, 3, 256), {FAMILY: False})
+    assert rep.counts[FAMILY] == 0 and not [s for s in rep.skipped if s.family == FAMILY]
+    assert rel_err(got, ref) < 1e-5
+
+
+def test_more_rows_than_any_matvec_takes_is_left_alone():
+    """A static M above the formats' matvec range: every consumer runs its GEMM on float x."""
+    model = _llama(n_layers=1)
+    got, ref, rep = _run(model, torch.randn(1, 17, 256), dynamic=False)  # 17 > q6_k's 16 > q4_k's 8
+    assert rep.counts[FAMILY] == 0, str(rep)
+    assert any("M = 17 rows: q6_k's GEMM runs" in s.reason for s in rep.skipped if s.family == FAMILY), str(rep)
+    assert rel_err(got, ref) < 1e-5
+
+
+def test_symbolic_rows_fire():
+    """A symbolic M may be a decode step: shared; the CUDA quantize_act skips the work past max_m."""
+    model = _llama(n_layers=1)
+    got, ref, rep = _run(model, torch.randn(1, 5, 256), dynamic=True)
+    assert rep.counts[FAMILY] == 1, str(rep)
+    assert rel_err(got, ref) < 1e-5
+
+
+# -- the rewritten graph on the CUDA bodies ---------------------------------------------------------
+
+CUDA_BODIES = {
+    lib.qlinear.default: ops._qlinear_cuda,
+    lib.glu_qlinear.default: ops._glu_qlinear_cuda,
+    lib.qlinear_q8.default: ops._qlinear_q8_cuda,
+    lib.glu_qlinear_q8.default: ops._glu_qlinear_q8_cuda,
+    lib.quantize_act.default: ops._quantize_act_cuda,
+}
+
+
+@pytest.fixture(scope="module")
+def rewritten():
+    """f: four quantized linears of three formats on one x, traced with a symbolic M (as a decode
+    graph compiled for any M), act_quant applied, each op's CUDA body in place of the op."""
+    fmts = {"qk": "q4_k", "v": "q6_k", "gu": "q4_k", "side": "iq4_xs"}
+    g = torch.Generator().manual_seed(0)
+    w = {k: list(FORMATS[f].quantize(torch.randn(64, 256, generator=g))) for k, f in fmts.items()}
+
+    def f(x, qk, v, gu, side):
+        return (
+            lib.qlinear(x, qk, None, "q4_k"),
+            lib.qlinear(x, v, None, "q6_k"),
+            lib.glu_qlinear(x, gu, None, "q4_k", "silu"),
+            lib.qlinear(x, side, None, "iq4_xs"),
+        )
+
+    gm = make_fx(f, tracing_mode="symbolic")(torch.randn(4, 256), *(w[k] for k in fmts))
+    assert share_act_quant(gm.graph) == 1
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function" and n.target is not operator.getitem]
+    assert targets.count(lib.quantize_act.default) == 1 and targets.count(lib.qlinear_q8.default) == 3
+    assert targets.count(lib.glu_qlinear_q8.default) == 1
+    (qa,) = gm.graph.find_nodes(op="call_function", target=lib.quantize_act.default)
+    assert qa.args[1:] == (False, 16)  # natural order, up to q6_k's matvec range
+    for node in gm.graph.nodes:  # run each op's CUDA body instead (on the CPU tensors)
+        if node.op == "call_function" and node.target in CUDA_BODIES:
+            node.target = CUDA_BODIES[node.target]
+    gm.recompile()
+    return gm, fmts, w
+
+
+@pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("M", [1, 3, 12, 20])  # 12: q6_k's matvec, q4_k's GEMM; 20: GEMMs only
+def test_the_rewritten_graph_on_the_cuda_bodies(M, rewritten, monkeypatch):
+    gm, fmts, w = rewritten
+    x = torch.randn(M, 256, generator=torch.Generator().manual_seed(M))
+    args = (x, *(w[k] for k in fmts))
+    launches = []
+
+    def spy(x, interleave=False):
+        launches.append(tuple(x.shape))
+        return _common.act_quant(x, interleave=interleave)
+
+    monkeypatch.setattr(ops, "act_quant", spy)
+    monkeypatch.setattr(dispatch, "act_quant", spy)
+    got = gm(*args)
+    shared = launches[:]
+    launches.clear()
+    want = [CUDA_BODIES[lib.qlinear.default](x, w[k], None, fmts[k]) for k in ("qk", "v")]
+    want.append(CUDA_BODIES[lib.glu_qlinear.default](x, w["gu"], None, "q4_k", "silu"))
+    want.append(CUDA_BODIES[lib.qlinear.default](x, w["side"], None, "iq4_xs"))
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    matvecs = sum(M <= KERNELS[fmt].matvec_max_m for fmt in ("q4_k", "q6_k", "q4_k", "iq4_xs"))
+    assert len(launches) == matvecs  # unshared: one act_quant per matvec
+    assert len(shared) == (1 if M <= 16 else 0)  # shared: one for all, none when no matvec reads it
