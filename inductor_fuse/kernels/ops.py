@@ -42,6 +42,7 @@ from ..quant.op import (
 )
 from . import dispatch
 from ._common import act_quant, kernel_or_reference
+from .registry import KERNELS, kernel_spec
 
 REFERENCE = "the pure-torch reference (dequantize + F.linear)"
 
@@ -59,19 +60,42 @@ def _glu_qlinear_cuda(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt:
 
 
 @qlinear_q8.register_kernel("cuda")
-def _qlinear_q8_cuda(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa: list[Tensor]) -> Tensor:
+def _qlinear_q8_cuda(
+    x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa: list[Tensor], interleave: bool, max_m: int
+) -> Tensor:
     check_qlinear_args(x, planes, bias, fmt)
-    check_quantized_activation(x, xa)
+    xa = _usable_activation(x, fmt, xa, interleave, max_m)
     return kernel_or_reference(fmt, _qlinear_xa, _qlinear_xa_reference, x, planes, bias, fmt, xa, instead=REFERENCE)
 
 
 @glu_qlinear_q8.register_kernel("cuda")
 def _glu_qlinear_q8_cuda(
-    x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str, xa: list[Tensor]
+    x: Tensor,
+    planes: list[Tensor],
+    bias: Tensor | None,
+    fmt: str,
+    act: str,
+    xa: list[Tensor],
+    interleave: bool,
+    max_m: int,
 ) -> Tensor:
     check_glu_qlinear_args(x, planes, bias, fmt, act)
+    return _glu(x, planes, bias, fmt, act, _usable_activation(x, fmt, xa, interleave, max_m))
+
+
+def _usable_activation(x: Tensor, fmt: str, xa: list[Tensor], interleave: bool, max_m: int) -> list[Tensor] | None:
+    """xa when the matvec may read it: in fmt's layout (else a ValueError: a graph that pairs a
+    format with another layout's activation is wrong, not slow), and filled (quantize_act launches
+    only for at most max_m rows; more: None, the call quantizes x itself)."""
     check_quantized_activation(x, xa)
-    return _glu(x, planes, bias, fmt, act, xa)
+    want = kernel_spec(fmt).interleave if fmt in KERNELS else interleave
+    if interleave != want:
+        raise ValueError(
+            f"qlinear_q8[{fmt}]: the activation was quantized with interleave={interleave}, the {fmt} matvec "
+            f"reads interleave={want}"
+        )
+    M = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return xa if M <= max_m else None
 
 
 def _qlinear_xa(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa) -> Tensor:

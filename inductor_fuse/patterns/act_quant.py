@@ -6,9 +6,9 @@ tile, one float32 scale) is computed once and shared by every quantized linear t
     y3 = glu_qlinear(x, P3, b3, "q4_k", "silu")
  =>
     xq, xd, xs32, xs16 = quantize_act(x, interleave=False, max_m=16)
-    y1 = qlinear_q8(x, P1, b1, "q4_k", [xq, xd, xs32, xs16])        (the matvec alone)
-    y2 = qlinear_q8(x, P2, b2, "q6_k", [xq, xd, xs32, xs16])
-    y3 = glu_qlinear_q8(x, P3, b3, "q4_k", "silu", [xq, xd, xs32, xs16])
+    y1 = qlinear_q8(x, P1, b1, "q4_k", [xq, xd, xs32, xs16], False, 16)        (the matvec alone)
+    y2 = qlinear_q8(x, P2, b2, "q6_k", [xq, xd, xs32, xs16], False, 16)
+    y3 = glu_qlinear_q8(x, P3, b3, "q4_k", "silu", [xq, xd, xs32, xs16], False, 16)
 
 Runs after ``glu`` and ``siblings`` (order 50 > 10, 20): it sees what they leave, e.g. a fused q|k
 in Q4_K and v in Q6_K (llama.cpp's Q4_K_M) reading one normed activation. Consumers are grouped by
@@ -89,7 +89,7 @@ def _rewrite(graph: fx.Graph, group: list[fx.Node], interleave: bool) -> str:
     copy_meta(first, qa)
     for node in group:
         with graph.inserting_before(node):
-            new = call(graph, Q8_VARIANT[node.target], *node.args, parts)
+            new = call(graph, Q8_VARIANT[node.target], *node.args, parts, interleave, max_m)
         copy_meta(node, new)
         node.replace_all_uses_with(new)
         graph.erase_node(node)

@@ -14,10 +14,12 @@ and torch.ops.inductor_fuse.glu_qlinear, the gate|up linear of a GLU with its ac
     the int8 activation the W4A8 matvecs read, once per activation (the ``act_quant`` rule): x
     [..., K] float, K % 32 == 0 -> xq int32 [..., K/4] (4 int8 per word), xd / xs32 float32
     [..., K/32], xs16 float32 [..., K/16] (per row, per 32-wide K tile: scale, sums; layout below).
-    qlinear_q8(x, planes, bias, fmt, xa) and glu_qlinear_q8(x, planes, bias, fmt, act, xa): qlinear
-    and glu_qlinear with xa = quantize_act(x, ...)'s four tensors passed along; same results as the
-    ops without xa (the CPU body ignores xa; the CUDA matvec reads it instead of quantizing x
-    again; the GEMM paths read x).
+    qlinear_q8(x, planes, bias, fmt, xa, interleave, max_m) and glu_qlinear_q8(x, planes, bias, fmt,
+    act, xa, interleave, max_m): qlinear and glu_qlinear with xa = quantize_act(x, interleave,
+    max_m)'s four tensors passed along, with the two arguments that made them; same results as
+    the ops without xa (the CPU body ignores xa; the CUDA matvec reads it instead of quantizing x
+    again, when x has at most max_m rows -- quantize_act filled it only then -- and after checking
+    that interleave is the layout the format's matvec reads; the GEMM paths read x).
 
 This module defines the ops and what every device shares:
 - default (CPU, any device without a kernel): the pure-torch reference `dequantize_linear`,
@@ -268,16 +270,20 @@ def check_quantized_activation(x: Tensor, xa: Sequence[Tensor]) -> None:
 
 
 @torch.library.custom_op("inductor_fuse::qlinear_q8", mutates_args=())
-def qlinear_q8(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa: list[Tensor]) -> Tensor:
-    """qlinear with the quantized activation xa = quantize_act(x, ...) given: the pure-torch
-    reference on x (xa is what the CUDA matvec reads, kernels/ops.py)."""
+def qlinear_q8(
+    x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa: list[Tensor], interleave: bool, max_m: int
+) -> Tensor:
+    """qlinear with the quantized activation xa = quantize_act(x, interleave, max_m) given: the
+    pure-torch reference on x (xa is what the CUDA matvec reads, kernels/ops.py)."""
     check_qlinear_args(x, planes, bias, fmt)
     check_quantized_activation(x, xa)
     return dequantize_linear(x, planes, bias, fmt)
 
 
 @qlinear_q8.register_fake
-def _qlinear_q8_fake(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa: list[Tensor]) -> Tensor:
+def _qlinear_q8_fake(
+    x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa: list[Tensor], interleave: bool, max_m: int
+) -> Tensor:
     N, _ = check_qlinear_args(x, planes, bias, fmt)
     check_quantized_activation(x, xa)
     return x.new_empty((*x.shape[:-1], N))
@@ -285,7 +291,14 @@ def _qlinear_q8_fake(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: 
 
 @torch.library.custom_op("inductor_fuse::glu_qlinear_q8", mutates_args=())
 def glu_qlinear_q8(
-    x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str, xa: list[Tensor]
+    x: Tensor,
+    planes: list[Tensor],
+    bias: Tensor | None,
+    fmt: str,
+    act: str,
+    xa: list[Tensor],
+    interleave: bool,
+    max_m: int,
 ) -> Tensor:
     """glu_qlinear with the quantized activation given (as qlinear_q8)."""
     check_glu_qlinear_args(x, planes, bias, fmt, act)
@@ -295,7 +308,14 @@ def glu_qlinear_q8(
 
 @glu_qlinear_q8.register_fake
 def _glu_qlinear_q8_fake(
-    x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, act: str, xa: list[Tensor]
+    x: Tensor,
+    planes: list[Tensor],
+    bias: Tensor | None,
+    fmt: str,
+    act: str,
+    xa: list[Tensor],
+    interleave: bool,
+    max_m: int,
 ) -> Tensor:
     inter = check_glu_qlinear_args(x, planes, bias, fmt, act)
     check_quantized_activation(x, xa)

@@ -77,16 +77,16 @@ def test_fake_shapes_opcheck_and_bad_inputs():
     assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
     torch.library.opcheck(quantize_act, (x, True, 8))
     planes = list(FORMATS["q8_0"].quantize(torch.randn(24, 64)))
-    torch.library.opcheck(qlinear_q8, (x, planes, torch.randn(24), "q8_0", list(real)))
-    torch.library.opcheck(glu_qlinear_q8, (x, planes, None, "q8_0", "silu", list(real)))
+    torch.library.opcheck(qlinear_q8, (x, planes, torch.randn(24), "q8_0", list(real), True, 8))
+    torch.library.opcheck(glu_qlinear_q8, (x, planes, None, "q8_0", "silu", list(real), True, 8))
     with pytest.raises(ValueError, match="positive multiple of 32"):
         quantize_act(torch.randn(2, 48), False, 8)
     with pytest.raises(ValueError, match="must be float32"):
         quantize_act(torch.ones(2, 32, dtype=torch.int32), False, 8)
     with pytest.raises(ValueError, match="xd must be torch.float32 of shape"):
-        qlinear_q8(x, planes, None, "q8_0", [real[0], real[1][:1], real[2], real[3]])
+        qlinear_q8(x, planes, None, "q8_0", [real[0], real[1][:1], real[2], real[3]], True, 8)
     with pytest.raises(ValueError, match="expected 4 tensors"):
-        qlinear_q8(x, planes, None, "q8_0", list(real[:3]))
+        qlinear_q8(x, planes, None, "q8_0", list(real[:3]), True, 8)
 
 
 @pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "int4_g32"])
@@ -94,12 +94,16 @@ def test_cpu_consumers_are_the_reference_on_x(fmt):
     """On CPU the consumers ignore the int8 activation: exactly qlinear / glu_qlinear."""
     planes = list(FORMATS[fmt].quantize(torch.randn(2 * 20, 256)))
     x, bias = torch.randn(1, 3, 256), torch.randn(40)
-    xa = list(quantize_act(x, KERNELS[fmt].interleave, 16))
+    il = KERNELS[fmt].interleave
+    xa = list(quantize_act(x, il, 16))
     torch.testing.assert_close(
-        qlinear_q8(x, planes, bias, fmt, xa), torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt), rtol=0, atol=0
+        qlinear_q8(x, planes, bias, fmt, xa, il, 16),
+        torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt),
+        rtol=0,
+        atol=0,
     )
     glu = torch.ops.inductor_fuse.glu_qlinear(x, planes, bias, fmt, "gelu_tanh")
-    torch.testing.assert_close(glu_qlinear_q8(x, planes, bias, fmt, "gelu_tanh", xa), glu, rtol=0, atol=0)
+    torch.testing.assert_close(glu_qlinear_q8(x, planes, bias, fmt, "gelu_tanh", xa, il, 16), glu, rtol=0, atol=0)
 
 
 @pytest.fixture
@@ -169,10 +173,10 @@ def test_consumers_read_the_given_activation(fmt, act, act_quant_calls):
             return ops._qlinear_cuda(x, planes, bias, fmt)
         return ops._glu_qlinear_cuda(x, planes, bias, fmt, act)
 
-    def q8(x, xa):
+    def q8(x, xa, max_m=spec.matvec_max_m):
         if act is None:
-            return ops._qlinear_q8_cuda(x, planes, bias, fmt, xa)
-        return ops._glu_qlinear_q8_cuda(x, planes, bias, fmt, act, xa)
+            return ops._qlinear_q8_cuda(x, planes, bias, fmt, xa, spec.interleave, max_m)
+        return ops._glu_qlinear_q8_cuda(x, planes, bias, fmt, act, xa, spec.interleave, max_m)
 
     for M in (1, 3, spec.matvec_max_m + 1):
         x = _x((1, M, K), seed=M)
@@ -182,6 +186,9 @@ def test_consumers_read_the_given_activation(fmt, act, act_quant_calls):
         assert act_quant_calls == ([(M, K)] if M <= spec.matvec_max_m else []), M
         ref = plain(x)
         assert got.shape == ref.shape and torch.equal(got, ref), f"M = {M}"
+        if M > 1:  # an activation quantize_act did not fill (M > its max_m): the call quantizes x itself
+            xa_small = list(ops._quantize_act_cuda(x, spec.interleave, 1))
+            assert torch.equal(q8(x, xa_small, max_m=1), ref), f"M = {M}, max_m 1"
     x = _x((2, K), seed=9)
     w = FORMATS[fmt].dequantize(planes)
     if act is None:  # and what the matvec computes: x quantized, times the dequantized weight
@@ -200,8 +207,18 @@ def test_q8_cuda_bodies_fall_back_to_the_reference(monkeypatch, caplog):
     x = torch.randn(3, 64)
     xa = list(quantize_act(x, False, 8))
     with caplog.at_level(logging.WARNING, logger="inductor_fuse"):
-        out = ops._qlinear_q8_cuda(x, planes, None, "q8_0", xa)
-        glu = ops._glu_qlinear_q8_cuda(x, planes, None, "q8_0", "silu", xa)
+        out = ops._qlinear_q8_cuda(x, planes, None, "q8_0", xa, False, 8)
+        glu = ops._glu_qlinear_q8_cuda(x, planes, None, "q8_0", "silu", xa, False, 8)
     torch.testing.assert_close(out, qlinear_reference(x, planes, None, "q8_0"), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(glu, torch.ops.inductor_fuse.glu_qlinear(x, planes, None, "q8_0", "silu"))
     assert any("no kernel here" in r.message for r in caplog.records)
+
+
+def test_q8_cuda_body_refuses_an_activation_of_another_layout():
+    """int4_g32's matvec reads x interleaved; an activation quantized in natural order is a wrong
+    graph: a ValueError, not a wrong result."""
+    planes = _planes("int4_g32", 8, 64, seed=2)
+    x = torch.randn(1, 64)
+    xa = list(quantize_act(x, False, 8))
+    with pytest.raises(ValueError, match="interleave=False, the int4_g32 matvec reads interleave=True"):
+        ops._qlinear_q8_cuda(x, planes, None, "int4_g32", xa, False, 8)
