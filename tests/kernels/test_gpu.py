@@ -71,3 +71,22 @@ def test_torch_compile_reduce_overhead():
         x = torch.randn(1, M, K, device=dev, dtype=torch.bfloat16)
         got = cf(x).clone()
         torch.testing.assert_close(got, f(x), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q8_0", "int4_g32"])
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("M", [1, 4, 300])
+def test_glu_qlinear_cuda(fmt, act, M):
+    """glu_qlinear at Llama-3-8B's MLP size (I 14336, K 4096): the GLU epilogue (matvec) and the
+    GEMM path against act(x W_gate^T) * (x W_up^T) on the dequantized weights."""
+    from inductor_fuse.quant.op import glu_act
+
+    dev, inter, K = "cuda", 14336, 4096
+    planes = random_planes(fmt, 2 * inter, K, dev, seed=M)  # rows interleave gate and up
+    wd = FORMATS[fmt].dequantize(planes)
+    x = torch.randn(M, K, device=dev, dtype=torch.bfloat16, generator=torch.Generator(device=dev).manual_seed(M))
+    out = torch.ops.inductor_fuse.glu_qlinear(x, planes, None, fmt, act)
+    xr = act_quant_reference(x.float()) if M <= KERNELS[fmt].matvec_max_m else x.float()
+    ref = glu_act(xr @ wd.T, act)
+    assert out.shape == (M, inter) and out.dtype == torch.bfloat16
+    assert rel_err(out.float(), ref) < 1e-2, f"{fmt} {act} M={M}"
