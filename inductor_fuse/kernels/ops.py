@@ -69,16 +69,7 @@ def _qlinear_q8_cuda(
 
 
 @glu_qlinear_q8.register_kernel("cuda")
-def _glu_qlinear_q8_cuda(
-    x: Tensor,
-    planes: list[Tensor],
-    bias: Tensor | None,
-    fmt: str,
-    act: str,
-    xa: list[Tensor],
-    interleave: bool,
-    max_m: int,
-) -> Tensor:
+def _glu_qlinear_q8_cuda(x, planes, bias, fmt, act, xa, interleave, max_m) -> Tensor:  # (types: the op's, quant/op.py)
     check_glu_qlinear_args(x, planes, bias, fmt, act)
     return _glu(x, planes, bias, fmt, act, _usable_activation(x, fmt, xa, interleave, max_m))
 

@@ -307,16 +307,7 @@ def glu_qlinear_q8(
 
 
 @glu_qlinear_q8.register_fake
-def _glu_qlinear_q8_fake(
-    x: Tensor,
-    planes: list[Tensor],
-    bias: Tensor | None,
-    fmt: str,
-    act: str,
-    xa: list[Tensor],
-    interleave: bool,
-    max_m: int,
-) -> Tensor:
+def _glu_qlinear_q8_fake(x, planes, bias, fmt, act, xa, interleave, max_m) -> Tensor:  # (types: the op's)
     inter = check_glu_qlinear_args(x, planes, bias, fmt, act)
     check_quantized_activation(x, xa)
     return x.new_empty((*x.shape[:-1], inter))
