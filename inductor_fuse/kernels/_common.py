@@ -3,7 +3,8 @@
 - `_dp4a`: 4-way int8 dot product with int32 accumulate (PTX `dp4a` through inline asm on the GPU,
   a shift/mask emulation under TRITON_INTERPRET=1).
 - `act_quant`: per-row, per-32-wide-K-group int8 quantization of the activation (W4A8), run once
-  per call and shared by every weight format.
+  per call and shared by every weight format; `quantize_tiles`, its formula, which the RMSNorm
+  that quantizes its own output (kernels/norm_quant.py) shares.
 - `splitk_reduce`: sums split-K partials, adds the bias, casts to the output dtype.
 - `MatvecConfig`, `GemmConfig` and `pick_config`: the small config spaces and the
   (kernel, fmt, M, N, K)-keyed tuner.
@@ -159,23 +160,12 @@ def _dp4a(a, b, SIGNED_A: tl.constexpr, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _act_quant_kernel(
-    x_ptr,
-    xq_ptr,
-    xd_ptr,
-    xs32_ptr,
-    xs16_ptr,  # x [M, K] float; xq int8 [M, K]; xd, xs32 f32 [M, K/32]; xs16 f32 [M, K/16]
-    K,
-    stride_xm,
-    INTERLEAVE: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-):
-    m = tl.program_id(0)
-    g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)  # [BG] 32-groups
+def quantize_tiles(x, m, g, gmask, K, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, INTERLEAVE: tl.constexpr):
+    """Quantize the 32-tiles g [BG] of row m, x [BG, 32] float32 (masked tiles: 0), and store them
+    in quantize_act's layout (xq int8 [M, K], xd / xs32 [M, K/32], xs16 [M, K/16]). The one copy
+    of the formula: `_act_quant_kernel` and norm_quant's `_rmsnorm_quantize_kernel` call it."""
     l = tl.arange(0, 32)
     G = K // 32
-    gmask = g < G
-    x = tl.load(x_ptr + m * stride_xm + g[:, None] * 32 + l[None, :], mask=gmask[:, None], other=0.0).to(tl.float32)
     amax = tl.max(tl.abs(x), axis=1)  # [BG]
     d = amax / 127.0
     inv = tl.where(amax > 0, 127.0 / amax, 0.0)
@@ -193,6 +183,26 @@ def _act_quant_kernel(
     else:
         dst = l
     tl.store(xq_ptr + m * K + g[:, None] * 32 + dst[None, :], q.to(tl.int8), mask=gmask[:, None])
+
+
+@triton.jit
+def _act_quant_kernel(
+    x_ptr,
+    xq_ptr,
+    xd_ptr,
+    xs32_ptr,
+    xs16_ptr,  # x [M, K] float; xq int8 [M, K]; xd, xs32 f32 [M, K/32]; xs16 f32 [M, K/16]
+    K,
+    stride_xm,
+    INTERLEAVE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
+    m = tl.program_id(0)
+    g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)  # [BG] 32-groups
+    l = tl.arange(0, 32)
+    gmask = g < K // 32
+    x = tl.load(x_ptr + m * stride_xm + g[:, None] * 32 + l[None, :], mask=gmask[:, None], other=0.0).to(tl.float32)
+    quantize_tiles(x, m, g, gmask, K, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, INTERLEAVE)
 
 
 class QuantizedActivation:

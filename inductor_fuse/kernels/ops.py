@@ -12,7 +12,10 @@ in two steps: the plain kernels and the GLU as its own step, then the reference.
 the same way. quantize_act's kernel is `_common.act_quant`; it runs only when x has at most
 `max_m` rows (and config.settings.exact_matvec is off): otherwise no consumer's matvec runs and it
 returns uninitialized buffers of the right shapes without a launch. If the kernel raises, the
-pure-torch quantize_act_reference answers (WARNING once).
+pure-torch quantize_act_reference answers (WARNING once). rmsnorm_quantize_act (quantize_act fused
+into the RMSNorm that makes x) runs `norm_quant.rmsnorm_quantize`: y always, the int8 activation
+under the same condition as quantize_act (else uninitialized buffers); its fallback is the
+pure-torch RMSNorm (and quantization).
 
 Registration happens at import (`import inductor_fuse` imports this module); nothing touches a
 device then.
@@ -29,6 +32,7 @@ from ..quant.op import (
     check_qlinear_args,
     check_quantize_act_args,
     check_quantized_activation,
+    check_rmsnorm_quantize_act_args,
     dequantize_linear,
     empty_quantized_activation,
     glu_act,
@@ -39,8 +43,11 @@ from ..quant.op import (
     qlinear_q8,
     quantize_act,
     quantize_act_reference,
+    rmsnorm_quantize_act,
+    rmsnorm_quantize_act_reference,
+    rmsnorm_reference,
 )
-from . import dispatch
+from . import dispatch, norm_quant
 from ._common import act_quant, kernel_or_reference
 from .registry import KERNELS, kernel_spec
 
@@ -137,3 +144,38 @@ def _quantize_act_kernel(x: Tensor, interleave: bool) -> tuple[Tensor, Tensor, T
     K = x.shape[-1]
     xa = act_quant(x.reshape(-1, K), interleave=interleave)  # (a module attribute: tests replace it)
     return tuple(t.reshape(shape) for t, shape in zip((xa.xq, xa.xd, xa.xs32, xa.xs16), act_shapes(x)))
+
+
+@rmsnorm_quantize_act.register_kernel("cuda")
+def _rmsnorm_quantize_act_cuda(
+    h: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool, max_m: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    K = check_rmsnorm_quantize_act_args(h, w, eps, w_offset, cast_before_weight, interleave, max_m)
+    M = h.numel() // K
+    quant = 0 < M <= max_m and not knobs.settings.exact_matvec  # else no consumer's matvec reads it
+    if M == 0:
+        return (h.new_empty(h.shape), *empty_quantized_activation(h))
+    args = (h, w, eps, w_offset, cast_before_weight, interleave, quant)
+    instead = "the pure-torch RMSNorm and quantization (the same formulas)"
+    return kernel_or_reference(
+        "rmsnorm_quantize_act", _rmsnorm_quantize_kernel, _rmsnorm_quantize_reference, *args, instead=instead
+    )
+
+
+def _rmsnorm_quantize_kernel(
+    h: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool, quant: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    K = h.shape[-1]
+    out = norm_quant.rmsnorm_quantize(h.reshape(-1, K), w, eps, w_offset, cast_before_weight, interleave, quant)
+    y = out[0].reshape(h.shape)
+    if not quant:
+        return (y, *empty_quantized_activation(h))
+    return (y, *(t.reshape(shape) for t, shape in zip(out[1:], act_shapes(h))))
+
+
+def _rmsnorm_quantize_reference(
+    h: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool, quant: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if not quant:
+        return (rmsnorm_reference(h, w, eps, w_offset, cast_before_weight), *empty_quantized_activation(h))
+    return rmsnorm_quantize_act_reference(h, w, eps, w_offset, cast_before_weight, interleave)

@@ -18,14 +18,31 @@ group of two or more gets one ``quantize_act``. ``max_m`` is the largest ``matve
 group's formats: with more rows than that every consumer runs its GEMM on x, and the CUDA
 quantize_act computes nothing (kernels/ops.py). The consumers keep x for those GEMM paths.
 
-Counter: one per ``quantize_act`` inserted (one per group; the rewrite lists the consumers). Left
-alone, with the reason in the report: a linear whose format has no Triton matvec (it never reads an
-int8 activation), one with more rows than its matvec takes (static M), an activation only one
-quantized linear of that layout reads (quantizing inside its own call is the same single launch).
+The producer fused: when the group's activation is (through reshapes / views that keep K) the
+output of an RMSNorm (``match_rmsnorm``: the aten spellings of transformers' LlamaRMSNorm and
+Gemma3RMSNorm and of models/transformer.py's RMSNorm, below), the norm and the quantization become
+one op, for one consumer too (a Llama layer: the fused q|k|v, gate|up, and lm_head):
+
+    h32 = h.float(); n = h32 * rsqrt(mean(h32^2, -1) + eps); x = (n * w).to(dtype)  (or the like)
+    y1 = qlinear(x, P1, b1, "q4_k")
+ =>
+    x, xq, xd, xs32, xs16 = rmsnorm_quantize_act(h, w, eps, w_offset, cast_before_weight, False, 8)
+    y1 = qlinear_q8(x, P1, b1, "q4_k", [xq, xd, xs32, xs16], False, 8)
+
+every other reader of the norm's output reads the op's x (the report says "RMSNorm fused").
+Nothing is removed that a node outside the norm reads; a norm that does not match exactly is left
+alone (the reason is in the report).
+
+Counter: one per ``quantize_act`` or ``rmsnorm_quantize_act`` inserted (one per group; the rewrite
+lists the consumers). Left alone, with the reason in the report: a linear whose format has no
+Triton matvec (it never reads an int8 activation), one with more rows than its matvec takes
+(static M), an activation only one quantized linear of that layout reads and no RMSNorm makes
+(quantizing inside its own call is the same single launch).
 
 On CPU the consumers' bodies are the pure-torch reference (xa unused) and ``dequant_cpu`` (order
-90) turns them into float GEMMs and erases the unread ``quantize_act``; so CPU results are those of
-the unfused graph.
+90) turns them into float GEMMs, erases the unread ``quantize_act`` and turns an
+``rmsnorm_quantize_act`` whose int8 outputs nothing reads back into the norm's aten ops; so CPU
+results are those of the unfused graph.
 
 A graph walk (``GRAPH_WALK``): any number of consumers per activation, a variadic pattern.
 """
@@ -33,11 +50,13 @@ A graph walk (``GRAPH_WALK``): any number of consumers per activation, a variadi
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import operator
 
 import torch
 import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import is_concrete_int, statically_known_true
 
 from .. import report
 from ..kernels.registry import KERNELS
@@ -48,12 +67,15 @@ from .registry import GRAPH_WALK, rule_family
 
 FAMILY = "act_quant"
 ops = torch.ops.inductor_fuse
+aten = torch.ops.aten
+prims = torch.ops.prims
 # each consumer op -> its variant that takes the quantized activation as a last argument
 Q8_VARIANT = {
     ops.qlinear.default: ops.qlinear_q8.default,
     ops.glu_qlinear.default: ops.glu_qlinear_q8.default,
 }
 quantize_act = ops.quantize_act.default
+rmsnorm_quantize_act = ops.rmsnorm_quantize_act.default
 
 
 def _why_not(node: fx.Node) -> str | None:
@@ -98,6 +120,218 @@ def _rewrite(graph: fx.Graph, group: list[fx.Node], interleave: bool) -> str:
     return f"x{list(val(x).shape)} -> int8 per 32-tile ({layout}), M <= {max_m}; read by {len(group)}: {fmts}"
 
 
+# -- the producer: an RMSNorm ----------------------------------------------------------------------
+# What the post-grad aten graph of an RMSNorm over the last dim looks like (dtype: the model's;
+# the casts are absent in a float32 model):
+#   h32 = convert_element_type(h, float32)
+#   r   = rsqrt(add(mean(pow(h32, 2), [-1], True), eps))       (or mul(h32, h32); add(eps, mean))
+#   n   = mul(h32, r)                                            (either operand order)
+# then the weight, one of:
+#   y = mul(w, convert_element_type(n, dtype))                   LlamaRMSNorm: cast_before_weight
+#   y = convert_element_type(mul(n, w32), dtype)                 models/transformer.py (w32 =
+#       w32 = convert_element_type(w, float32) or w;              convert(w) or w), Gemma3RMSNorm
+#       or add(that, 1.0)                                         (w32 = add(convert(w), 1.0))
+# (float32: y = mul(n, w) or mul(n, add(w, 1.0)), the two orders the same arithmetic).
+
+
+@dataclasses.dataclass
+class RMSNorm:
+    """An RMSNorm subgraph: y = out, computed from h and w; ``removed``: its nodes but h and w."""
+
+    h: fx.Node
+    w: fx.Node
+    eps: float
+    w_offset: float
+    cast_before_weight: bool
+    out: fx.Node
+    removed: list[fx.Node]
+
+    def describe(self) -> str:
+        weight = "weight after the cast" if self.cast_before_weight else "weight in float32"
+        offset = f", w + {self.w_offset:g}" if self.w_offset else ""
+        return f"eps {self.eps:g}{offset}, {weight}"
+
+
+def _same_shape(a, b) -> bool:
+    """Shapes equal without a guard: a symbolic dimension only equals itself."""
+    return len(a) == len(b) and all(statically_known_true(x == y) for x, y in zip(a, b))
+
+
+def _is(node: object, *targets) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
+
+
+def _cast_of(node: object, dtype: torch.dtype) -> fx.Node | None:
+    """The input of ``convert_element_type(input, dtype)``, else None."""
+    if _is(node, prims.convert_element_type.default) and node.args[1] == dtype and not node.kwargs:
+        return node.args[0]
+    return None
+
+
+def _weight(node: object, K: int) -> tuple[fx.Node, float, list[fx.Node]] | None:
+    """(w, offset, nodes) of a float32 weight expression: w | convert(w) | add(w or convert(w), c)."""
+    offset, nodes = 0.0, []
+    if _is(node, aten.add.Tensor) and len(node.args) == 2 and not node.kwargs:
+        a, b = node.args
+        if isinstance(a, (int, float)):
+            a, b = b, a
+        if not isinstance(b, (int, float)) or isinstance(b, bool) or not isinstance(a, fx.Node):
+            return None
+        offset, nodes, node = float(b), [node], a
+    inner = _cast_of(node, torch.float32)
+    if inner is not None:
+        nodes, node = [*nodes, node], inner
+    if not isinstance(node, fx.Node) or "val" not in node.meta:
+        return None
+    v = val(node)
+    if not isinstance(v, torch.Tensor) or not _same_shape(v.shape, [K]) or v.dtype not in op._FLOAT_DTYPES:
+        return None
+    if inner is None and v.dtype != torch.float32:
+        return None
+    return node, offset, nodes
+
+
+def _core(n: object) -> tuple[fx.Node, float, list[fx.Node]] | str | None:
+    """n = mul(h32, rsqrt(add(mean(pow(h32, 2), [-1], True), eps))): (h32, eps, nodes); a reason
+    when it looks like one (a mean under an rsqrt) and is not; None when it does not."""
+    if not _is(n, aten.mul.Tensor) or len(n.args) != 2 or n.kwargs:
+        return None
+    for h32, r in (n.args, n.args[::-1]):
+        if not _is(r, aten.rsqrt.default):
+            continue
+        a = r.args[0]
+        if not _is(a, aten.add.Tensor) or len(a.args) != 2 or a.kwargs:
+            return "no add(mean, eps) under the rsqrt"
+        mean, eps = a.args if isinstance(a.args[0], fx.Node) else a.args[::-1]
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+            return "eps is not a constant"
+        if not _is(mean, aten.mean.dim) or mean.kwargs.get("dtype") is not None:
+            return "no mean under the rsqrt"
+        sq, dims, keep = (*mean.args, False)[:3] if len(mean.args) < 3 else mean.args[:3]
+        keep = mean.kwargs.get("keepdim", keep)
+        ndim = val(sq).dim()
+        if list(dims) not in ([-1], [ndim - 1]) or not keep:
+            return f"the mean is over dims {list(dims)} (keepdim {keep}), not the last one"
+        if _is(sq, aten.pow.Tensor_Scalar):
+            squares = sq.args[0] is h32 and sq.args[1] == 2
+        else:
+            squares = _is(sq, aten.mul.Tensor) and sq.args[0] is h32 and sq.args[1] is h32
+        if not squares or not isinstance(h32, fx.Node):
+            return "the mean is not of the squares of what it normalizes"
+        if val(h32).dtype != torch.float32:
+            return f"computed in {val(h32).dtype}, not float32"
+        return h32, float(eps), [sq, mean, a, r, n]
+    return None
+
+
+def match_rmsnorm(x: fx.Node) -> tuple[RMSNorm | None, str | None]:
+    """The RMSNorm that makes x (through reshapes / views that keep the last dim), or (None, why):
+    why is None when x's producer is no RMSNorm at all, a reason when it looks like one and is not
+    one this op computes exactly."""
+    K = val(x).shape[-1]
+    K = int(K) if is_concrete_int(K) else K  # (a SymInt of a known value in a make_fx graph: its int)
+    out = x
+    while _is(out, aten.reshape.default, aten.view.default):
+        out = out.args[0]
+        if not isinstance(out, fx.Node) or not statically_known_true(val(out).shape[-1] == K):
+            return None, None
+    if not isinstance(out, fx.Node) or out.op != "call_function":
+        return None, None
+    dtype = val(out).dtype
+    cands = []  # (n, weight expression, cast_before_weight, nodes between n and out)
+    inner = _cast_of(out, dtype) if dtype != torch.float32 else None
+    if inner is not None and _is(inner, aten.mul.Tensor) and val(inner).dtype == torch.float32:
+        a, b = inner.args
+        cands += [(a, b, False, [inner]), (b, a, False, [inner])]
+    elif _is(out, aten.mul.Tensor) and len(out.args) == 2 and not out.kwargs:
+        for n, wx in (out.args, out.args[::-1]):
+            if dtype == torch.float32:
+                cands.append((n, wx, False, []))
+            elif (core := _cast_of(n, dtype)) is not None:
+                cands.append((core, wx, True, [n]))
+    for n, wx, cast_first, between in cands:
+        core = _core(n)
+        if core is None:
+            continue
+        if isinstance(core, str):
+            return None, core
+        h32, eps, core_nodes = core
+        h, nodes = h32, [*core_nodes, *between]
+        if dtype != torch.float32:
+            h = _cast_of(h32, torch.float32)
+            if h is None or val(h).dtype != dtype:
+                return None, f"normalizes a {val(h32).dtype} value that is no cast of a {dtype} one"
+            nodes.insert(0, h32)
+        if cast_first:
+            if not isinstance(wx, fx.Node) or not _same_shape(val(wx).shape, [K]) or val(wx).dtype != dtype:
+                return None, f"the weight is not a [{K}] {dtype} vector"
+            w, offset, w_nodes = wx, 0.0, []
+        else:
+            weight = _weight(wx, K)
+            if weight is None:
+                return None, f"the weight is not a [{K}] vector (w, float(w) or float(w) + c)"
+            w, offset, w_nodes = weight
+        if not _same_shape(val(h).shape, val(out).shape) or val(out).dtype != val(h).dtype:
+            return None, "the output's shape or dtype is not its input's"
+        if not isinstance(K, int):
+            return None, f"symbolic K = {K}"
+        if K % op.ACT_TILE:
+            return None, f"K = {K} is not a multiple of {op.ACT_TILE}"
+        removed = [*nodes, *w_nodes, out]
+        inside = set(removed)
+        for node in removed[:-1]:
+            outside = [u.name for u in node.users if u not in inside]
+            if outside:
+                return None, f"{node.name} (inside the norm) is also read by {', '.join(outside)}"
+        return RMSNorm(h, w, eps, offset, cast_first, out, removed), None
+    return None, None
+
+
+def _rows_like(graph: fx.Graph, part: fx.Node, x: fx.Node) -> fx.Node:
+    """part [..., C] of the norm output's leading dims reshaped to x's leading dims."""
+    if _same_shape(val(part).shape[:-1], val(x).shape[:-1]):
+        return part
+    lead = [d if isinstance(d, int) else call(graph, aten.sym_size.int, x, i) for i, d in enumerate(val(x).shape[:-1])]
+    return call(graph, aten.reshape.default, part, [*lead, val(part).shape[-1]])
+
+
+def _rewrite_fused(graph: fx.Graph, norm: RMSNorm, group: list[fx.Node], interleave: bool) -> str:
+    """The RMSNorm and the quantization as one rmsnorm_quantize_act; its y replaces the norm's
+    output for every reader, the consumers become q8 variants reading its int8 activation."""
+    first = group[0]
+    x = first.args[0]
+    max_m = max(KERNELS[n.args[3]].matvec_max_m for n in group)
+    out = norm.out
+    args = (norm.h, norm.w, norm.eps, norm.w_offset, norm.cast_before_weight, interleave, max_m)
+    with graph.inserting_before(out):
+        fused = call(graph, rmsnorm_quantize_act, *args)
+        parts = []
+        for i in range(5):
+            part = graph.call_function(operator.getitem, (fused, i))
+            part.meta["val"] = val(fused)[i]
+            parts.append(part)
+    copy_meta(out, fused)
+    copy_meta(out, parts[0])
+    out.replace_all_uses_with(parts[0])
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in sorted(norm.removed, key=order.__getitem__, reverse=True):  # readers first
+        graph.erase_node(node)
+    with graph.inserting_before(first):
+        xa = [_rows_like(graph, p, x) for p in parts[1:]]
+    for node in group:
+        with graph.inserting_before(node):
+            new = call(graph, Q8_VARIANT[node.target], *node.args, xa, interleave, max_m)
+        copy_meta(node, new)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+    fmts = ", ".join(n.args[3] for n in group)
+    layout = "interleaved" if interleave else "natural order"
+    return (
+        f"RMSNorm fused ({norm.describe()}): x{list(val(x).shape)} -> int8 per 32-tile ({layout}), "
+        f"M <= {max_m}; read by {len(group)}: {fmts}"
+    )
+
+
 @rule_family(
     FAMILY,
     order=50,
@@ -119,14 +353,24 @@ def share_act_quant(graph: fx.Graph) -> int:
 
     rewrites = 0
     for (_, interleave), group in groups.items():
+        label = "(" + ",".join(module_name(n) for n in group) + ")"
+        names = tuple(n.name for n in group)
+        norm, why_norm = match_rmsnorm(group[0].args[0])
+        if norm is not None:
+            detail = _rewrite_fused(graph, norm, group, interleave)
+            rep.rewrites.append(report.Rewrite(FAMILY, label, names, detail))
+            rewrites += 1
+            continue
         if len(group) < 2:
             (node,) = group
             x = node.args[0].name
             why = f"the only quantized linear reading {x} in its layout: its own act_quant is the same one launch"
+            if why_norm is not None:
+                why += f"; RMSNorm not fused: {why_norm}"
             rep.skipped.append(report.Skip(FAMILY, (node.name,), why))
             continue
-        label = "(" + ",".join(module_name(n) for n in group) + ")"
-        names = tuple(n.name for n in group)
+        if why_norm is not None:
+            rep.skipped.append(report.Skip(FAMILY, names, f"RMSNorm not fused ({why_norm}): quantize_act of its own"))
         rep.rewrites.append(report.Rewrite(FAMILY, label, names, _rewrite(graph, group, interleave)))
         rewrites += 1
     return rewrites

@@ -16,8 +16,9 @@ graph fit in a quarter of the machine's available memory; past that the report s
 reference runs. Runs after ``siblings`` (a fused gate|up is dequantized as one weight) and after
 ``act_quant``: its consumers (``qlinear_q8``, ``glu_qlinear_q8``) are rewritten like the plain ops,
 on x; one this rule leaves on CPU goes back to the plain op (its CPU body never reads the int8
-activation); a ``quantize_act`` nothing reads any more is erased. So on CPU the graph computes what
-it computed without ``act_quant``.
+activation); a ``quantize_act`` nothing reads any more is erased, and an ``rmsnorm_quantize_act``
+whose int8 outputs nothing reads becomes the RMSNorm's aten ops again. So on CPU the graph
+computes what it computed without ``act_quant``.
 
 A graph walk: one op, one node at a time, plus the memory budget over the whole graph.
 """
@@ -123,7 +124,8 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
         if why is not None:
             rep.skipped.append(report.Skip(FAMILY, (node.name,), why))
             if node.target in _PLAIN:  # the reference runs: on x, the int8 activation unread
-                node.target, node.args = _PLAIN[node.target], node.args[:-1]
+                plain = _PLAIN[node.target]  # its arguments: the q8 variant's without (xa, interleave, max_m)
+                node.target, node.args = plain, node.args[: len(plain._schema.arguments)]
             continue
         budget -= nbytes
         dtype = val(x).dtype
@@ -152,6 +154,7 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
         record_rewrite(FAMILY, node, detail)
         rewrites += 1
     _erase_unread_quantize_act(graph)
+    _unfuse_unread_rmsnorm_quantize_act(graph)
     return rewrites
 
 
@@ -163,3 +166,42 @@ def _erase_unread_quantize_act(graph: fx.Graph) -> None:
             for p in parts:
                 graph.erase_node(p)
             graph.erase_node(qa)
+
+
+def _unfuse_unread_rmsnorm_quantize_act(graph: fx.Graph) -> None:
+    """Each rmsnorm_quantize_act whose int8 outputs nothing reads any more (the reshapes of them
+    act_quant made included) becomes its RMSNorm again: the aten ops of the graph it replaced, in
+    its order (RMSNorm in act_quant.match_rmsnorm), so Inductor compiles what it compiled before."""
+    target = torch.ops.inductor_fuse.rmsnorm_quantize_act.default
+    for fused in graph.find_nodes(op="call_function", target=target):
+        parts = {p.args[1]: p for p in fused.users}  # getitem index -> node
+        for i in range(1, 5):
+            for user in list(parts[i].users) if i in parts else ():
+                if user.target in (aten.reshape.default, aten.view.default) and not user.users:
+                    graph.erase_node(user)
+        if any(parts[i].users for i in range(1, 5) if i in parts):
+            continue
+        h, w, eps, w_offset, cast_before_weight = fused.args[:5]
+        dtype = val(h).dtype
+        f32 = torch.float32
+        with graph.inserting_before(fused):
+            h32 = h if dtype == f32 else call(graph, prims.convert_element_type.default, h, f32)
+            mean = call(graph, aten.mean.dim, call(graph, aten.pow.Tensor_Scalar, h32, 2), [-1], True)
+            n = call(
+                graph, aten.mul.Tensor, h32, call(graph, aten.rsqrt.default, call(graph, aten.add.Tensor, mean, eps))
+            )
+            if cast_before_weight:
+                nc = n if dtype == f32 else call(graph, prims.convert_element_type.default, n, dtype)
+                y = call(graph, aten.mul.Tensor, w, nc)
+            else:
+                w32 = w if val(w).dtype == f32 else call(graph, prims.convert_element_type.default, w, f32)
+                if w_offset:
+                    w32 = call(graph, aten.add.Tensor, w32, w_offset)
+                y = call(graph, aten.mul.Tensor, n, w32)
+                y = y if dtype == f32 else call(graph, prims.convert_element_type.default, y, dtype)
+        copy_meta(fused, y)
+        if 0 in parts:
+            parts[0].replace_all_uses_with(y)
+        for p in parts.values():
+            graph.erase_node(p)
+        graph.erase_node(fused)

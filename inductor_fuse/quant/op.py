@@ -21,6 +21,12 @@ and torch.ops.inductor_fuse.glu_qlinear, the gate|up linear of a GLU with its ac
     again, when x has at most max_m rows -- quantize_act filled it only then -- and after checking
     that interleave is the layout the format's matvec reads; the GEMM paths read x).
 
+    rmsnorm_quantize_act(Tensor h, Tensor w, float eps, float w_offset, bool cast_before_weight,
+                         bool interleave, int max_m) -> (Tensor y, Tensor xq, Tensor xd, Tensor xs32, Tensor xs16)
+    quantize_act fused into its producer, an RMSNorm of h [..., K] over K (float32 math): y as the
+    matched graph computes it (``rmsnorm_reference``; the ``act_quant`` rule emits the op) and
+    quantize_act(y, interleave, max_m)'s four tensors.
+
 This module defines the ops and what every device shares:
 - default (CPU, any device without a kernel): the pure-torch reference `dequantize_linear`,
   FORMATS[fmt].dequantize(planes).to(x.dtype) then F.linear.
@@ -311,3 +317,75 @@ def _glu_qlinear_q8_fake(x, planes, bias, fmt, act, xa, interleave, max_m) -> Te
     inter = check_glu_qlinear_args(x, planes, bias, fmt, act)
     check_quantized_activation(x, xa)
     return x.new_empty((*x.shape[:-1], inter))
+
+
+# ---------------------------------------------------------------------------------------------
+# The quantized activation fused into its producer, an RMSNorm (the ``act_quant`` rule):
+#   rmsnorm_quantize_act(h, w, eps, w_offset, cast_before_weight, interleave, max_m)
+#       -> (y, xq, xd, xs32, xs16)
+# y is the RMSNorm of h [..., K] over its last dim, as the matched graph computes it (float32 math):
+#   n = h32 * rsqrt(mean(h32^2, -1) + eps)
+#   cast_before_weight:  y = n.to(h.dtype) * w                      (transformers' LlamaRMSNorm)
+#   else:                y = (n * (w.float() + w_offset)).to(h.dtype)  (models/transformer.py: 0,
+#                                                                    Gemma3RMSNorm: 1.0)
+# and (xq, xd, xs32, xs16) = quantize_act(y, interleave, max_m), y's stored values quantized.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_rmsnorm_quantize_act_args(
+    h: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool, max_m: int
+) -> int:
+    """Validate rmsnorm_quantize_act's arguments; returns K. Raises ValueError naming the problem."""
+    if h.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"rmsnorm_quantize_act: h must be float32, bfloat16 or float16, got {h.dtype}")
+    K = check_quantize_act_args(h, interleave, max_m)
+    if w.dim() != 1 or not _same(w.shape[0], K):
+        raise ValueError(f"rmsnorm_quantize_act: w must have shape [{K}] (K = h.shape[-1]), got {list(w.shape)}")
+    if w.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"rmsnorm_quantize_act: w must be floating point, got {w.dtype}")
+    if cast_before_weight and w.dtype != h.dtype:
+        raise ValueError(f"rmsnorm_quantize_act: cast_before_weight needs w in h's dtype {h.dtype}, got {w.dtype}")
+    if cast_before_weight and w_offset != 0:
+        raise ValueError("rmsnorm_quantize_act: cast_before_weight takes no w_offset")
+    if w.device != h.device:
+        raise ValueError(f"rmsnorm_quantize_act: w is on {w.device}, h on {h.device}")
+    return K
+
+
+def rmsnorm_reference(h: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool) -> Tensor:
+    """The RMSNorm as the matched graph computes it: its aten ops, in its order (also what
+    dequant_cpu puts back when nothing reads the int8 activation)."""
+    h32 = h.float()
+    n = h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)
+    if cast_before_weight:
+        return (n.to(h.dtype) * w).contiguous()  # contiguous: the fake's strides, whatever h's are
+    w32 = w.float()
+    if w_offset:
+        w32 = w32 + w_offset
+    return (n * w32).to(h.dtype).contiguous()
+
+
+def rmsnorm_quantize_act_reference(
+    h: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """rmsnorm_quantize_act's pure-torch body (arguments already checked): y and quantize_act(y)."""
+    y = rmsnorm_reference(h, w, eps, w_offset, cast_before_weight)
+    return (y, *quantize_act_reference(y, interleave))
+
+
+@torch.library.custom_op("inductor_fuse::rmsnorm_quantize_act", mutates_args=())
+def rmsnorm_quantize_act(
+    h: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool, max_m: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Pure-torch reference (every device without a kernel), every row quantized. The CUDA kernel
+    (kernels/ops.py) computes only y when h has more than ``max_m`` rows (as quantize_act)."""
+    check_rmsnorm_quantize_act_args(h, w, eps, w_offset, cast_before_weight, interleave, max_m)
+    return rmsnorm_quantize_act_reference(h, w, eps, w_offset, cast_before_weight, interleave)
+
+
+@rmsnorm_quantize_act.register_fake
+def _rmsnorm_quantize_act_fake(
+    h: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool, max_m: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    check_rmsnorm_quantize_act_args(h, w, eps, w_offset, cast_before_weight, interleave, max_m)
+    return (torch.empty_like(h, memory_format=torch.contiguous_format), *empty_quantized_activation(h))

@@ -222,3 +222,125 @@ def test_q8_cuda_body_refuses_an_activation_of_another_layout():
     xa = list(quantize_act(x, False, 8))
     with pytest.raises(ValueError, match="interleave=False, the int4_g32 matvec reads interleave=True"):
         ops._qlinear_q8_cuda(x, planes, None, "int4_g32", xa, False, 8)
+
+
+# -- rmsnorm_quantize_act: quantize_act fused into the RMSNorm that makes x ----------------------------
+
+rmsnorm_quantize_act = torch.ops.inductor_fuse.rmsnorm_quantize_act
+# (cast_before_weight, w_offset): LlamaRMSNorm, models/transformer.py's RMSNorm, Gemma3RMSNorm
+NORMS = {"llama": (True, 0.0), "float32-weight": (False, 0.0), "gemma": (False, 1.0)}
+
+
+def _norm_inputs(M, K, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    h = (torch.randn(M, K, generator=g) * torch.rand(K, generator=g) * 5).to(dtype)
+    w = (torch.randn(K, generator=g) * 0.3 + 0.5).to(dtype)
+    return h, w
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", NORMS)
+def test_rmsnorm_quantize_act_reference_against_float64(norm, dtype):
+    cast_first, offset = NORMS[norm]
+    h, w = _norm_inputs(3, 96, dtype, seed=1)
+    y, *xa = rmsnorm_quantize_act(h, w, 1e-6, offset, cast_first, False, 16)
+    h64 = h.double()
+    want = h64 * torch.rsqrt(h64.pow(2).mean(-1, keepdim=True) + 1e-6) * (w.double() + offset)
+    assert y.dtype == dtype and y.shape == h.shape
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: the casts (one or two roundings)
+    torch.testing.assert_close(y.double(), want, rtol=tol, atol=tol)
+    for a, b in zip(xa, quantize_act_reference(y, False)):  # the int8 activation is quantize_act(y)
+        assert torch.equal(a, b)
+
+
+@interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("K", [64, 96, 640])
+@pytest.mark.parametrize("M", [1, 3])
+def test_rmsnorm_quantize_kernel_against_the_reference(M, K, norm, dtype):
+    """The Triton kernel: y within a rounding of the reference (its sum of squares is summed in
+    another order), the int8 buffers bit for bit quantize_act_reference of the y it stored."""
+    cast_first, offset = NORMS[norm]
+    h, w = _norm_inputs(M, K, dtype, seed=M * K)
+    h[0, :32] = 0.0  # an all-zero tile of y
+    for interleave in (False, True):
+        y, *xa = ops._rmsnorm_quantize_act_cuda(h, w, 1e-5, offset, cast_first, interleave, 16)
+        ref = rmsnorm_quantize_act(h, w, 1e-5, offset, cast_first, interleave, 16)
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-2)
+        torch.testing.assert_close(y, ref[0], **tol)
+        for name, a, b in zip(("xq", "xd", "xs32", "xs16"), xa, quantize_act_reference(y, interleave)):
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+            assert torch.equal(a, b), f"{name}: {(a != b).sum()} elements differ"
+
+
+@pytest.fixture
+def norm_quant_calls(monkeypatch):
+    """Every launch of the fused kernel: (rows, quantized)."""
+    from inductor_fuse.kernels import norm_quant
+
+    calls = []
+    real = norm_quant.rmsnorm_quantize
+
+    def spy(h, w, eps, w_offset, cast_first, interleave, quant):
+        calls.append((h.shape[0], quant))
+        return real(h, w, eps, w_offset, cast_first, interleave, quant)
+
+    monkeypatch.setattr(norm_quant, "rmsnorm_quantize", spy)
+    return calls
+
+
+@interpreter
+def test_rmsnorm_quantize_cuda_body_quantizes_only_what_a_matvec_reads(norm_quant_calls):
+    h, w = _norm_inputs(4, 64, torch.float32, seed=2)
+    h = h.reshape(2, 2, 64)
+    got = ops._rmsnorm_quantize_act_cuda(h, w, 1e-6, 1.0, False, True, 4)  # M = 4 <= max_m
+    assert norm_quant_calls == [(4, True)]
+    assert [tuple(t.shape) for t in got] == [(2, 2, 64), (2, 2, 16), (2, 2, 2), (2, 2, 2), (2, 2, 4)]
+    norm_quant_calls.clear()
+    y_only = ops._rmsnorm_quantize_act_cuda(h, w, 1e-6, 1.0, False, True, 3)  # M = 4 > max_m: y alone
+    with config.patch(exact_matvec=True):
+        exact = ops._rmsnorm_quantize_act_cuda(h, w, 1e-6, 1.0, False, True, 4)
+    assert norm_quant_calls == [(4, False), (4, False)]
+    for out in (y_only, exact):
+        assert torch.equal(out[0], got[0])
+        assert [(t.shape, t.dtype) for t in out] == [(t.shape, t.dtype) for t in got]
+
+
+def test_rmsnorm_quantize_cuda_body_falls_back_to_the_reference(monkeypatch, caplog):
+    from inductor_fuse.kernels import norm_quant
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no norm kernel")
+
+    monkeypatch.setattr(norm_quant, "rmsnorm_quantize", broken)
+    _common.warn_kernel_fallback.cache_clear()
+    h, w = _norm_inputs(3, 64, torch.bfloat16, seed=3)
+    with caplog.at_level(logging.WARNING, logger="inductor_fuse"):
+        got = ops._rmsnorm_quantize_act_cuda(h, w, 1e-6, 0.0, True, False, 8)
+        y_only = ops._rmsnorm_quantize_act_cuda(h, w, 1e-6, 0.0, True, False, 2)
+    for a, b in zip(got, rmsnorm_quantize_act(h, w, 1e-6, 0.0, True, False, 8)):
+        assert torch.equal(a, b)
+    assert torch.equal(y_only[0], got[0])
+    said = "rmsnorm_quantize_act CUDA kernel failed (RuntimeError: no norm kernel)"
+    assert any(said in r.message for r in caplog.records)
+
+
+def test_rmsnorm_quantize_act_fake_opcheck_and_bad_inputs():
+    h, w = _norm_inputs(6, 64, torch.bfloat16, seed=4)
+    h = h.reshape(2, 3, 64)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = rmsnorm_quantize_act(h, w, 1e-6, 1.0, False, True, 8)
+    real = rmsnorm_quantize_act(h, w, 1e-6, 1.0, False, True, 8)
+    assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
+    torch.library.opcheck(rmsnorm_quantize_act, (h, w, 1e-6, 1.0, False, True, 8))
+    torch.library.opcheck(rmsnorm_quantize_act, (h, w, 1e-6, 0.0, True, False, 8))
+    ht = h.transpose(0, 1)  # not contiguous: y is (the fake's strides)
+    torch.library.opcheck(rmsnorm_quantize_act, (ht, w, 1e-6, 1.0, False, False, 8))
+    assert rmsnorm_quantize_act(ht, w, 1e-6, 1.0, False, False, 8)[0].is_contiguous()
+    with pytest.raises(ValueError, match="w must have shape \\[64\\]"):
+        rmsnorm_quantize_act(h, w[:32], 1e-6, 0.0, False, False, 8)
+    with pytest.raises(ValueError, match="cast_before_weight needs w in h's dtype"):
+        rmsnorm_quantize_act(h, w.float(), 1e-6, 0.0, True, False, 8)
+    with pytest.raises(ValueError, match="positive multiple of 32"):
+        rmsnorm_quantize_act(torch.randn(2, 48), torch.randn(48), 1e-6, 0.0, False, False, 8)

@@ -20,6 +20,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from toy_models import TinyLlama
 
 import inductor_fuse
+from inductor_fuse import report
 from inductor_fuse.kernels import _common, dispatch, ops
 from inductor_fuse.kernels._common import interpreting
 from inductor_fuse.kernels.registry import KERNELS
@@ -57,16 +58,25 @@ def test_fires_once_per_shared_activation_and_matches_the_unfused_compile(dequan
     model = _llama()
     x = torch.randn(1, 3, 256)
     got, ref, rep = _run(model, x, {"dequant_cpu": dequant_cpu})
-    assert rep.counts[FAMILY] == 2, str(rep)  # per layer: the fused q|k (q4_k) and v (q6_k)
+    # per layer: the fused q|k (q4_k) and v (q6_k) on the attention norm, the GLU on the MLP norm;
+    # both norms are fused with the quantization (TinyLlama's RMSNorm)
+    assert rep.counts[FAMILY] == 4, str(rep)
     assert rep.counts["siblings"] == 2 and rep.counts["glu"] == 2, str(rep)
-    (detail,) = {r.detail for r in rep.rewrites if r.family == FAMILY}
-    assert detail == "x[1, 3, 256] -> int8 per 32-tile (natural order), M <= 16; read by 2: q4_k, q6_k", detail
-    assert all(r.label == "(q_proj,v_proj)" and len(r.nodes) == 2 for r in rep.rewrites if r.family == FAMILY)
-    # the other linears are alone on their activation (o_proj, the GLU, down_proj)
+    fused = "RMSNorm fused (eps 1e-06, weight in float32): x[1, 3, 256] -> int8 per 32-tile (natural order), "
+    details = {r.label: r.detail for r in rep.rewrites if r.family == FAMILY}
+    assert details == {
+        "(q_proj,v_proj)": fused + "M <= 16; read by 2: q4_k, q6_k",
+        "(gate_proj)": fused + "M <= 8; read by 1: q4_k",
+    }, details
+    # the other linears are alone on their activation (o_proj, down_proj)
     alone = [s for s in rep.skipped if s.family == FAMILY]
-    assert len(alone) == 3 * 2 and all("the only quantized linear reading" in s.reason for s in alone), str(rep)
+    assert len(alone) == 2 * 2 and all("the only quantized linear reading" in s.reason for s in alone), str(rep)
     assert rel_err(got, ref) < 1e-5
-    assert torch.equal(got, _without_rule(model, x, {"dequant_cpu": dequant_cpu}))
+    plain = _without_rule(model, x, {"dequant_cpu": dequant_cpu})
+    if dequant_cpu:  # the norms are aten ops again: the unfused compile, bit for bit
+        assert torch.equal(got, plain)
+    else:  # the fused norm's CPU body is eager torch, the unfused norm Inductor's code: another rounding
+        assert rel_err(got, plain) < 1e-6
 
 
 def test_on_cpu_the_quantized_activation_is_erased():
@@ -76,13 +86,13 @@ def test_on_cpu_the_quantized_activation_is_erased():
         compiled = torch.compile(model, backend="inductor_fuse")
         got, (code,) = run_and_get_code(compiled, x)
         ref = model(x)
-    assert inductor_fuse.last_report().counts[FAMILY] == 1
+    assert inductor_fuse.last_report().counts[FAMILY] == 2  # the two norms, fused
     call = code[code.index("def call(") :]
-    assert "torch.ops.inductor_fuse" not in call, call  # float GEMMs only: no quantize_act left
+    assert "torch.ops.inductor_fuse" not in call, call  # float GEMMs only: no (fused) quantize_act left
     assert rel_err(got, ref) < 1e-5
 
 
-def test_without_dequant_cpu_the_code_shares_one_quantize_act():
+def test_without_dequant_cpu_the_code_quantizes_in_the_norms():
     model = _llama(n_layers=1)
     x = torch.randn(1, 2, 256)
     with torch.no_grad():
@@ -90,8 +100,10 @@ def test_without_dequant_cpu_the_code_shares_one_quantize_act():
         got, (code,) = run_and_get_code(compiled, x)
         ref = model(x)
     call = code[code.index("def call(") :]
-    assert call.count("torch.ops.inductor_fuse.quantize_act.default(") == 1, call
+    assert "torch.ops.inductor_fuse.quantize_act.default(" not in call, call
+    assert call.count("torch.ops.inductor_fuse.rmsnorm_quantize_act.default(") == 2, call  # attention, MLP
     assert call.count("torch.ops.inductor_fuse.qlinear_q8.default(") == 2, call  # q|k, v
+    assert call.count("torch.ops.inductor_fuse.glu_qlinear_q8.default(") == 1, call
     assert rel_err(got, ref) < 1e-5
 
 
@@ -148,7 +160,9 @@ def test_a_format_without_a_matvec_is_left_alone(monkeypatch):
     model = _llama(n_layers=1)
     x = torch.randn(1, 3, 256)
     got, ref, rep = _run(model, x)
-    assert rep.counts[FAMILY] == 0, str(rep)
+    # nothing shared with v_proj: q|k and the GLU alone on their norms, each fused into it
+    assert rep.counts[FAMILY] == 2, str(rep)
+    assert all(r.detail.endswith("read by 1: q4_k") for r in rep.rewrites if r.family == FAMILY), str(rep)
     reasons = [s.reason for s in rep.skipped if s.family == FAMILY]
     assert any("format q6_k has no int8 x int4 matvec" in r for r in reasons), reasons
     assert rel_err(got, ref) < 1e-5
@@ -175,6 +189,8 @@ def test_symbolic_rows_fire():
     model = _llama(n_layers=1)
     got, ref, rep = _run(model, torch.randn(1, 5, 256), dynamic=True)
     assert rep.counts[FAMILY] == 1, str(rep)
+    # dynamic=True makes the norms' eps a graph input: not fused (the op takes a constant eps)
+    assert any("RMSNorm not fused: eps is not a constant" in s.reason for s in rep.skipped), str(rep)
     assert rel_err(got, ref) < 1e-5
 
 
@@ -244,3 +260,214 @@ def test_the_rewritten_graph_on_the_cuda_bodies(M, rewritten, monkeypatch):
     matvecs = sum(M <= KERNELS[fmt].matvec_max_m for fmt in ("q4_k", "q6_k", "q4_k", "iq4_xs"))
     assert len(launches) == matvecs  # unshared: one act_quant per matvec
     assert len(shared) == (1 if M <= 16 else 0)  # shared: one for all, none when no matvec reads it
+
+
+# -- the producer fused: RMSNorm + quantization as one rmsnorm_quantize_act ------------------------
+
+FUSED = "RMSNorm fused"
+
+
+def _fused_rewrites(rep):
+    return [r for r in rep.rewrites if r.family == FAMILY and r.detail.startswith(FUSED)]
+
+
+def _transformer(dtype=torch.float32):
+    """The project's Transformer (llama flavour, 2 layers), q4_k weights: per layer the attention
+    norm feeds q|k|v (siblings) and the MLP norm gate|up (glu), the final norm lm_head."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
+    from test_transformer import FAMILIES, build
+
+    args = dataclasses.replace(FAMILIES["llama"], dim=256, intermediate_size=512, head_dim=64)
+    model = build(args, max_seq_len=16).to(dtype)
+    quantize_(model, QuantConfig(fmt="q4_k"))
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_transformers_norms_are_fused(dtype):
+    model = _transformer(dtype)
+    tokens, pos = torch.tensor([[1, 2]]), torch.arange(2)
+    with torch.no_grad():
+        ref = model(tokens, pos)
+        got = torch.compile(model, backend="inductor_fuse")(tokens, pos)
+        rep = inductor_fuse.last_report()
+        plain = torch.compile(model, backend="inductor_fuse", options={FAMILY: False})(tokens, pos)
+    fused = _fused_rewrites(rep)
+    assert rep.counts[FAMILY] == len(fused) == 5, str(rep)  # 2 layers x (attention, MLP) + the final norm
+    assert sorted(r.label for r in fused) == ["(gate_proj)"] * 2 + ["(output)"] + ["(q_proj)"] * 2, str(rep)
+    want = "RMSNorm fused (eps 1e-05, weight in float32): x[1, 2, 256] -> int8 per 32-tile (natural order), M <= 8"
+    assert all(r.detail.startswith(want) for r in fused), [r.detail for r in fused]
+    assert rel_err(got.float(), ref.float()) < (1e-5 if dtype == torch.float32 else 3e-2)
+    assert torch.equal(got, plain)  # on CPU dequant_cpu puts the norm back: the unfused compile
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_transformers_models_int4(family):
+    """transformers' LlamaRMSNorm (weight after the cast) and Gemma3RMSNorm (1 + w in float32) on
+    int4 weights (the int4_g32 matvec reads x interleaved)."""
+    from hf_models import FAMILIES, input_ids
+    from hf_models import build as build_hf
+
+    fam = next(f for f in FAMILIES if f.name == family)
+    try:
+        model = build_hf(fam)
+    except Exception as e:  # noqa: BLE001 -- transformers without this family
+        pytest.skip(f"{family}: {e}")
+    quantize_(model, QuantConfig(fmt="int4_g32"))
+    ids = input_ids(seq=3)
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+        got = torch.compile(model, backend="inductor_fuse")(ids, use_cache=False).logits
+        rep = inductor_fuse.last_report()
+        plain = torch.compile(model, backend="inductor_fuse", options={FAMILY: False})(ids, use_cache=False).logits
+    fused = _fused_rewrites(rep)
+    assert rep.counts[FAMILY] == len(fused) == 5, str(rep)
+    offset = ", w + 1" if family == "gemma3" else ""
+    assert all(f"{offset}, weight in float32): " in r.detail and "(interleaved), M <= 8" in r.detail for r in fused)
+    assert rel_err(got, ref) < 1e-4
+    assert torch.equal(got, plain)
+
+
+def _rms(h, w, cast_first=True, offset=0.0, dim=-1):
+    h32 = h.float()
+    n = h32 * torch.rsqrt(h32.pow(2).mean(dim, keepdim=True) + 1e-6)
+    return w * n.to(h.dtype) if cast_first else (n * (w.float() + offset)).to(h.dtype)
+
+
+def _trace(f, *args, mode="symbolic"):
+    """f's aten graph with Inductor's decompositions (``.float()`` as prims.convert_element_type,
+    as in the post-grad graph)."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    return make_fx(f, tracing_mode=mode, decomposition_table=select_decomp_table())(*args)
+
+
+def _calls(gm, target):
+    return gm.graph.find_nodes(op="call_function", target=target)
+
+
+NORM_CUDA_BODIES = {**CUDA_BODIES, lib.rmsnorm_quantize_act.default: ops._rmsnorm_quantize_act_cuda}
+
+
+@pytest.fixture(scope="module", params=[torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def rewritten_norm(request):
+    """A Gemma-style norm of h [1, M, 256] read by a q4_k linear and a GLU through a reshape
+    [M, 256], and returned (another reader of y); traced with a symbolic M, act_quant applied."""
+    dtype = request.param
+    g = torch.Generator().manual_seed(0)
+    w = {k: list(FORMATS["q4_k"].quantize(torch.randn(64, 256, generator=g))) for k in ("qkv", "gu")}
+    norm_w = (torch.randn(256, generator=g) * 0.2).to(dtype)
+
+    def f(h, nw, qkv, gu):
+        y = _rms(h, nw, cast_first=False, offset=1.0)
+        x = y.reshape(-1, 256)
+        return y, lib.qlinear(x, qkv, None, "q4_k"), lib.glu_qlinear(x, gu, None, "q4_k", "silu")
+
+    h = torch.randn(1, 4, 256, dtype=dtype)
+    gm = _trace(f, h, norm_w, w["qkv"], w["gu"])
+    plain = _trace(f, h, norm_w, w["qkv"], w["gu"])
+    assert share_act_quant(gm.graph) == 1
+    (fused,) = _calls(gm, lib.rmsnorm_quantize_act.default)
+    assert fused.args[2:] == (1e-6, 1.0, False, False, 8)
+    assert not _calls(gm, aten_rsqrt) and not _calls(gm, lib.quantize_act.default)
+    for m in (gm, plain):
+        for node in m.graph.nodes:
+            if node.op == "call_function" and node.target in NORM_CUDA_BODIES:
+                node.target = NORM_CUDA_BODIES[node.target]
+        m.recompile()
+    return gm, plain, dtype, norm_w, w
+
+
+aten_rsqrt = torch.ops.aten.rsqrt.default
+
+
+@pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("M", [1, 3, 12])  # 12: past q4_k's matvec (8): the GEMMs read y, nothing quantized
+def test_the_fused_norm_on_the_cuda_bodies(M, rewritten_norm, monkeypatch):
+    from inductor_fuse.kernels import norm_quant
+
+    gm, plain, dtype, norm_w, w = rewritten_norm
+    h = torch.randn(1, M, 256, generator=torch.Generator().manual_seed(M)).to(dtype)
+    launches, fused = [], []
+    real_norm = norm_quant.rmsnorm_quantize
+
+    def spy(x, interleave=False):
+        launches.append(tuple(x.shape))
+        return _common.act_quant(x, interleave=interleave)
+
+    def norm_spy(*args):
+        fused.append(args[-1])
+        return real_norm(*args)
+
+    monkeypatch.setattr(ops, "act_quant", spy)
+    monkeypatch.setattr(dispatch, "act_quant", spy)
+    monkeypatch.setattr(norm_quant, "rmsnorm_quantize", norm_spy)
+    got = gm(h, norm_w, w["qkv"], w["gu"])
+    assert fused == [M <= 8] and launches == []  # one launch: the norm quantizes; the matvecs read it
+    want = plain(h, norm_w, w["qkv"], w["gu"])
+    assert launches == ([(M, 256)] * 2 if M <= 8 else [])  # unfused: one act_quant per matvec
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and rel_err(a.float(), b.float()) < tol
+
+
+def _one_linear(norm):
+    planes = list(FORMATS["q4_k"].quantize(torch.randn(64, 256, generator=torch.Generator().manual_seed(5))))
+
+    def f(h, nw, p):
+        y = norm(h, nw)
+        return lib.qlinear(y, p, None, "q4_k")
+
+    return _trace(f, torch.randn(3, 256), torch.randn(256), planes, mode="real")
+
+
+def _not_fused(gm):
+    before = [n.target for n in gm.graph.nodes]
+    assert share_act_quant(gm.graph) == 0
+    assert [n.target for n in gm.graph.nodes] == before
+
+
+def test_a_norm_over_another_dim_is_not_fused():
+    with report.discarding() as rep:
+        _not_fused(_one_linear(lambda h, w: _rms(h, w, dim=0)))
+    assert any("RMSNorm not fused: the mean is over dims [0]" in s.reason for s in rep.skipped), str(rep)
+
+
+def test_a_mean_not_over_the_full_last_dim_is_not_fused():
+    with report.discarding() as rep:  # a norm per 32 of the K = 256 the linear reads: no RMSNorm of x
+        _not_fused(_one_linear(lambda h, w: _rms(h.reshape(3, 8, 32), w[:32]).reshape(3, 256)))
+    (skip,) = [s for s in rep.skipped if s.family == FAMILY]
+    assert skip.reason.endswith("its own act_quant is the same one launch"), skip.reason
+    with report.discarding() as rep:
+        _not_fused(_one_linear(lambda h, w: _rms(h, w, dim=[-2, -1])))
+    assert any("RMSNorm not fused: the mean is over dims [-2, -1]" in s.reason for s in rep.skipped), str(rep)
+
+
+def _calls_in_report(rep):
+    return [r for r in rep.rewrites if r.family == FAMILY]
+
+
+def test_a_norm_whose_inside_is_read_elsewhere_is_not_fused():
+    """rsqrt is also an output: removing the norm would remove it."""
+    planes = list(FORMATS["q4_k"].quantize(torch.randn(64, 256)))
+
+    def f(h, nw, p):
+        r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return lib.qlinear(h * r * nw, p, None, "q4_k"), r
+
+    gm = _trace(f, torch.randn(3, 256), torch.randn(256), planes, mode="real")
+    with report.discarding() as rep:
+        _not_fused(gm)
+    assert any("(inside the norm) is also read by output" in s.reason for s in rep.skipped), str(rep)
+
+
+def test_a_float_linear_after_the_norm_is_left_alone():
+    args = torch.randn(3, 256), torch.randn(256), torch.randn(64, 256)
+    gm = _trace(lambda h, nw, W: F.linear(_rms(h, nw), W), *args, mode="real")
+    with report.discarding() as rep:
+        _not_fused(gm)
+    assert not _calls_in_report(rep) and not rep.skipped

@@ -88,6 +88,7 @@ assert torch._C._dispatch_has_kernel_for_dispatch_key("inductor_fuse::qlinear", 
         "inductor_fuse.gguf.loader",
         "inductor_fuse.patterns.siblings",
         "inductor_fuse.patterns.act_quant",
+        "inductor_fuse.kernels.norm_quant",
         "inductor_fuse.attention",
         "inductor_fuse.kernels.decode_attention",
         "inductor_fuse.patterns.decode_attention",
@@ -98,7 +99,8 @@ def test_no_import_cycle(module):
 
 
 def test_package_import_registers_the_cuda_kernels():
-    ops = ("qlinear", "glu_qlinear", "qlinear_q8", "glu_qlinear_q8", "quantize_act", "decode_attention")
+    ops = ("qlinear", "glu_qlinear", "qlinear_q8", "glu_qlinear_q8", "quantize_act", "rmsnorm_quantize_act")
+    ops = (*ops, "decode_attention")
     for op in (f"inductor_fuse::{name}" for name in ops):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
 

@@ -1,0 +1,108 @@
+"""The RMSNorm that quantizes its own output: the Triton kernel behind the CUDA body of
+torch.ops.inductor_fuse.rmsnorm_quantize_act (registered in kernels/ops.py; the op and its
+pure-torch reference: quant/op.py; the rule that emits it: patterns/act_quant.py).
+
+Why a kernel of its own, in a file of its own: the W4A8 matvecs read the activation as int8 per
+32-wide K tile (kernels/_common.py, `act_quant`), and in a Llama-style layer that activation is an
+RMSNorm's output (before q|k|v, before gate|up, before lm_head). Quantizing it where it is made
+saves a launch and a read of y per layer input: one program per row reads h twice (sum of squares,
+then y), stores y in h's dtype and quantizes y's stored values per 32-tile with `_common.
+quantize_tiles`, the same formula (the same code) as `_act_quant_kernel`: so the int8 buffers are
+bit for bit quantize_act(y) of the y this kernel stored. It sits next to nothing else because it is
+the only norm kernel: _common.py holds what the weight formats share.
+
+    n = h32 * rsqrt(sum(h32^2) / K + eps)                       (float32)
+    CAST_FIRST:  y = (n.to(dtype) * w)                          (LlamaRMSNorm)
+    else:        y = (n * (w32 + W_OFFSET)).to(dtype)           (models/transformer.py, Gemma3)
+
+With QUANT off (more rows than any consumer's matvec takes) it computes y alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import interpreting, loop_bound, quantize_tiles
+
+
+@triton.jit
+def _rmsnorm_quantize_kernel(
+    h_ptr,  # [M, K] float, row stride stride_hm
+    w_ptr,  # [K] float
+    y_ptr,  # [M, K] h's dtype, contiguous
+    xq_ptr,  # int8 [M, K]
+    xd_ptr,  # f32 [M, K/32]
+    xs32_ptr,  # f32 [M, K/32]
+    xs16_ptr,  # f32 [M, K/16]
+    K,
+    stride_hm,
+    eps,
+    W_OFFSET: tl.constexpr,
+    CAST_FIRST: tl.constexpr,
+    QUANT: tl.constexpr,
+    INTERLEAVE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
+    m = tl.program_id(0)
+    l = tl.arange(0, 32)
+    G = K // 32
+    acc = tl.zeros((BLOCK_G, 32), dtype=tl.float32)
+    for g0 in range(0, loop_bound(G), BLOCK_G):  # pass 1: the sum of squares
+        g = g0 + tl.arange(0, BLOCK_G)
+        gmask = g < G
+        h = tl.load(h_ptr + m * stride_hm + g[:, None] * 32 + l[None, :], mask=gmask[:, None], other=0.0)
+        h = h.to(tl.float32)
+        acc += h * h
+    r = 1.0 / tl.sqrt(tl.sum(tl.sum(acc, axis=1), axis=0) / K + eps)
+    for g0 in range(0, loop_bound(G), BLOCK_G):  # pass 2: y, stored, then quantized
+        g = g0 + tl.arange(0, BLOCK_G)
+        gmask = g < G
+        offs = g[:, None] * 32 + l[None, :]
+        h = tl.load(h_ptr + m * stride_hm + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
+        n = h * r
+        if CAST_FIRST:
+            y = (n.to(y_ptr.dtype.element_ty).to(tl.float32) * w).to(y_ptr.dtype.element_ty)
+        else:
+            y = (n * (w + W_OFFSET)).to(y_ptr.dtype.element_ty)
+        tl.store(y_ptr + m * K + offs, y, mask=gmask[:, None])
+        if QUANT:
+            quantize_tiles(y.to(tl.float32), m, g, gmask, K, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, INTERLEAVE)
+
+
+def rmsnorm_quantize(
+    h: torch.Tensor,
+    w: torch.Tensor,
+    eps: float,
+    w_offset: float,
+    cast_before_weight: bool,
+    interleave: bool,
+    quant: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """h [M, K] (K % 32 == 0), w [K] -> (y [M, K] in h's dtype, xq int32 [M, K/4], xd, xs32 [M, K/32],
+    xs16 [M, K/16]); with quant off the last four are None (not computed)."""
+    M, K = h.shape
+    if K % 32:
+        raise ValueError(f"rmsnorm_quantize: K must be a multiple of 32, got {K}")
+    h = h if h.stride(1) == 1 else h.contiguous()
+    w = w.contiguous()
+    dev = h.device
+    y = torch.empty((M, K), dtype=h.dtype, device=dev)
+    if quant:
+        xq = torch.empty((M, K), dtype=torch.int8, device=dev)
+        xd = torch.empty((M, K // 32), dtype=torch.float32, device=dev)
+        xs32 = torch.empty((M, K // 32), dtype=torch.float32, device=dev)
+        xs16 = torch.empty((M, K // 16), dtype=torch.float32, device=dev)
+    else:
+        xq = xd = xs32 = xs16 = y  # unused pointers (QUANT off)
+    BLOCK_G = 8 if interpreting() else min(32, triton.next_power_of_2(K // 32))
+    _rmsnorm_quantize_kernel[(M,)](
+        h, w, y, xq, xd, xs32, xs16, K, h.stride(0), float(eps),
+        W_OFFSET=float(w_offset), CAST_FIRST=cast_before_weight, QUANT=quant, INTERLEAVE=interleave,
+        BLOCK_G=BLOCK_G, num_warps=4,
+    )  # fmt: skip
+    if not quant:
+        return y, None, None, None, None
+    return y, xq.view(torch.int32), xd, xs32, xs16
