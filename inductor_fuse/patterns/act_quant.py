@@ -103,15 +103,27 @@ def _rewrite(graph: fx.Graph, group: list[fx.Node], interleave: bool) -> str:
     max_m = max(KERNELS[n.args[3]].matvec_max_m for n in group)
     with graph.inserting_before(first):
         qa = call(graph, quantize_act, x, interleave, max_m)
-        parts = []
-        for i in range(4):
-            part = graph.call_function(operator.getitem, (qa, i))
-            part.meta["val"] = val(qa)[i]
-            parts.append(part)
+        parts = _outputs(graph, qa)
     copy_meta(first, qa)
+    return _swap_consumers(graph, group, parts, interleave, max_m)
+
+
+def _outputs(graph: fx.Graph, node: fx.Node) -> list[fx.Node]:
+    """getitem nodes for each output of a multi-output op (their values recorded)."""
+    parts = []
+    for i, v in enumerate(val(node)):
+        part = graph.call_function(operator.getitem, (node, i))
+        part.meta["val"] = v
+        parts.append(part)
+    return parts
+
+
+def _swap_consumers(graph: fx.Graph, group: list[fx.Node], xa: list, interleave: bool, max_m: int) -> str:
+    """Each consumer becomes its q8 variant reading xa; returns the rewrite's description."""
+    x = group[0].args[0]
     for node in group:
         with graph.inserting_before(node):
-            new = call(graph, Q8_VARIANT[node.target], *node.args, parts, interleave, max_m)
+            new = call(graph, Q8_VARIANT[node.target], *node.args, xa, interleave, max_m)
         copy_meta(node, new)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
@@ -305,11 +317,7 @@ def _rewrite_fused(graph: fx.Graph, norm: RMSNorm, group: list[fx.Node], interle
     args = (norm.h, norm.w, norm.eps, norm.w_offset, norm.cast_before_weight, interleave, max_m)
     with graph.inserting_before(out):
         fused = call(graph, rmsnorm_quantize_act, *args)
-        parts = []
-        for i in range(5):
-            part = graph.call_function(operator.getitem, (fused, i))
-            part.meta["val"] = val(fused)[i]
-            parts.append(part)
+        parts = _outputs(graph, fused)
     copy_meta(out, fused)
     copy_meta(out, parts[0])
     out.replace_all_uses_with(parts[0])
@@ -318,18 +326,7 @@ def _rewrite_fused(graph: fx.Graph, norm: RMSNorm, group: list[fx.Node], interle
         graph.erase_node(node)
     with graph.inserting_before(first):
         xa = [_rows_like(graph, p, x) for p in parts[1:]]
-    for node in group:
-        with graph.inserting_before(node):
-            new = call(graph, Q8_VARIANT[node.target], *node.args, xa, interleave, max_m)
-        copy_meta(node, new)
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
-    fmts = ", ".join(n.args[3] for n in group)
-    layout = "interleaved" if interleave else "natural order"
-    return (
-        f"RMSNorm fused ({norm.describe()}): x{list(val(x).shape)} -> int8 per 32-tile ({layout}), "
-        f"M <= {max_m}; read by {len(group)}: {fmts}"
-    )
+    return f"RMSNorm fused ({norm.describe()}): " + _swap_consumers(graph, group, xa, interleave, max_m)
 
 
 @rule_family(
