@@ -32,3 +32,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def act_quant_calls(monkeypatch):
+    """Every launch of the act_quant kernel (its input's shape), from the ops' CUDA bodies and from
+    kernels/dispatch.py, which both call it through their module attribute."""
+    from inductor_fuse.kernels import _common, dispatch, ops
+
+    calls = []
+
+    def spy(x, interleave=False):
+        calls.append(tuple(x.shape))
+        return _common.act_quant(x, interleave=interleave)
+
+    monkeypatch.setattr(ops, "act_quant", spy)
+    monkeypatch.setattr(dispatch, "act_quant", spy)
+    return calls

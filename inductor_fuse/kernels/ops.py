@@ -96,6 +96,12 @@ def _usable_activation(x: Tensor, fmt: str, xa: list[Tensor], interleave: bool, 
     return xa if M <= max_m else None
 
 
+def _matvec_reads(M: int, max_m: int) -> bool:
+    """Whether some consumer's matvec reads the int8 activation of M rows that quantize_act /
+    rmsnorm_quantize_act make for consumers taking at most max_m: else they compute none of it."""
+    return 0 < M <= max_m and not knobs.settings.exact_matvec
+
+
 def _qlinear_xa(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: str, xa) -> Tensor:
     return dispatch.qlinear_cuda(x, planes, bias, fmt, xa=xa)
 
@@ -131,8 +137,7 @@ def _glu_reference(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: st
 @quantize_act.register_kernel("cuda")
 def _quantize_act_cuda(x: Tensor, interleave: bool, max_m: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     K = check_quantize_act_args(x, interleave, max_m)
-    M = x.numel() // K
-    if M == 0 or M > max_m or knobs.settings.exact_matvec:  # no consumer's matvec runs: nothing reads it
+    if not _matvec_reads(x.numel() // K, max_m):
         return empty_quantized_activation(x)
     instead = "the pure-torch quantization (the same formula)"
     return kernel_or_reference(
@@ -152,7 +157,7 @@ def _rmsnorm_quantize_act_cuda(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     K = check_rmsnorm_quantize_act_args(h, w, eps, w_offset, cast_before_weight, interleave, max_m)
     M = h.numel() // K
-    quant = 0 < M <= max_m and not knobs.settings.exact_matvec  # else no consumer's matvec reads it
+    quant = _matvec_reads(M, max_m)
     if M == 0:
         return (h.new_empty(h.shape), *empty_quantized_activation(h))
     args = (h, w, eps, w_offset, cast_before_weight, interleave, quant)

@@ -106,20 +106,6 @@ def test_cpu_consumers_are_the_reference_on_x(fmt):
     torch.testing.assert_close(glu_qlinear_q8(x, planes, bias, fmt, "gelu_tanh", xa, il, 16), glu, rtol=0, atol=0)
 
 
-@pytest.fixture
-def act_quant_calls(monkeypatch):
-    """Every launch of the act_quant kernel, from the CUDA bodies (ops) and from dispatch."""
-    calls = []
-
-    def spy(x, interleave=False):
-        calls.append(tuple(x.shape))
-        return _common.act_quant(x, interleave=interleave)
-
-    monkeypatch.setattr(ops, "act_quant", spy)
-    monkeypatch.setattr(dispatch, "act_quant", spy)
-    return calls
-
-
 @interpreter
 def test_cuda_body_computes_only_what_a_matvec_reads(act_quant_calls):
     x = _x((2, 2, 64), seed=1)

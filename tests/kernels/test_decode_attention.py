@@ -250,7 +250,6 @@ def test_torch_compile_fullgraph(backend):
     def f(q):
         return decode_attention(q * 2.0, k, v, mask, 0.125, 0.0) + 1.0
 
-    torch._dynamo.reset()
     got = torch.compile(f, backend=backend, fullgraph=True)(q)
     torch.testing.assert_close(got, f(q), rtol=1e-6, atol=1e-6)
 

@@ -49,7 +49,6 @@ def test_torch_compile_fullgraph(backend):
         return torch.relu(qlinear(x * 2.0, planes, bias, "q6_k")) + 1.0
 
     x = torch.randn(5, 512)
-    torch._dynamo.reset()
     got = torch.compile(f, backend=backend, fullgraph=True)(x)
     torch.testing.assert_close(got, f(x), rtol=1e-5, atol=1e-4)
 

@@ -21,7 +21,7 @@ from toy_models import TinyLlama
 
 import inductor_fuse
 from inductor_fuse import report
-from inductor_fuse.kernels import _common, dispatch, ops
+from inductor_fuse.kernels import ops
 from inductor_fuse.kernels._common import interpreting
 from inductor_fuse.kernels.registry import KERNELS
 from inductor_fuse.patterns.act_quant import share_act_quant
@@ -237,18 +237,11 @@ def rewritten():
 
 @pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
 @pytest.mark.parametrize("M", [1, 3, 12, 20])  # 12: q6_k's matvec, q4_k's GEMM; 20: GEMMs only
-def test_the_rewritten_graph_on_the_cuda_bodies(M, rewritten, monkeypatch):
+def test_the_rewritten_graph_on_the_cuda_bodies(M, rewritten, act_quant_calls):
     gm, fmts, w = rewritten
     x = torch.randn(M, 256, generator=torch.Generator().manual_seed(M))
     args = (x, *(w[k] for k in fmts))
-    launches = []
-
-    def spy(x, interleave=False):
-        launches.append(tuple(x.shape))
-        return _common.act_quant(x, interleave=interleave)
-
-    monkeypatch.setattr(ops, "act_quant", spy)
-    monkeypatch.setattr(dispatch, "act_quant", spy)
+    launches = act_quant_calls
     got = gm(*args)
     shared = launches[:]
     launches.clear()
@@ -387,24 +380,18 @@ aten_rsqrt = torch.ops.aten.rsqrt.default
 
 @pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
 @pytest.mark.parametrize("M", [1, 3, 12])  # 12: past q4_k's matvec (8): the GEMMs read y, nothing quantized
-def test_the_fused_norm_on_the_cuda_bodies(M, rewritten_norm, monkeypatch):
+def test_the_fused_norm_on_the_cuda_bodies(M, rewritten_norm, act_quant_calls, monkeypatch):
     from inductor_fuse.kernels import norm_quant
 
     gm, plain, dtype, norm_w, w = rewritten_norm
     h = torch.randn(1, M, 256, generator=torch.Generator().manual_seed(M)).to(dtype)
-    launches, fused = [], []
+    launches, fused = act_quant_calls, []
     real_norm = norm_quant.rmsnorm_quantize
-
-    def spy(x, interleave=False):
-        launches.append(tuple(x.shape))
-        return _common.act_quant(x, interleave=interleave)
 
     def norm_spy(*args):
         fused.append(args[-1])
         return real_norm(*args)
 
-    monkeypatch.setattr(ops, "act_quant", spy)
-    monkeypatch.setattr(dispatch, "act_quant", spy)
     monkeypatch.setattr(norm_quant, "rmsnorm_quantize", norm_spy)
     got = gm(h, norm_w, w["qkv"], w["gu"])
     assert fused == [M <= 8] and launches == []  # one launch: the norm quantizes; the matvecs read it
