@@ -83,7 +83,11 @@ def test_quantized_models_twice(device, fmt):
         model = TinyLlama(n_layers=1, dim=256, n_heads=4, n_kv_heads=2, hidden=256).eval()
         inductor_fuse.quantize_(model, inductor_fuse.QuantConfig(fmt=fmt))
         model.to(device)
-        assert compiled_err(model, x[None]) < 1e-5, seed
+        # On CUDA the matvecs read int8 activations, and the compiled RMSNorm (fused with their
+        # quantization) sums in another order than eager's: a y one rounding apart can round to the
+        # next int8 level, about 1e-4 relative. A model run with another one's weights: order 1.
+        tol = 1e-5 if device == "cpu" else 2e-3
+        assert compiled_err(model, x[None]) < tol, seed
         counts = inductor_fuse.last_report().counts
         assert counts["siblings"] == 1 and counts["glu"] == 1, counts  # q|k|v; the GLU's gate|up
 

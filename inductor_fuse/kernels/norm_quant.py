@@ -5,11 +5,12 @@ pure-torch reference: quant/op.py; the rule that emits it: patterns/act_quant.py
 Why a kernel of its own, in a file of its own: the W4A8 matvecs read the activation as int8 per
 32-wide K tile (kernels/_common.py, `act_quant`), and in a Llama-style layer that activation is an
 RMSNorm's output (before q|k|v, before gate|up, before lm_head). Quantizing it where it is made
-saves a launch and a read of y per layer input: one program per row reads h twice (sum of squares,
-then y), stores y in h's dtype and quantizes y's stored values per 32-tile with `_common.
-quantize_tiles`, the same formula (the same code) as `_act_quant_kernel`: so the int8 buffers are
-bit for bit quantize_act(y) of the y this kernel stored. It sits next to nothing else because it is
-the only norm kernel: _common.py holds what the weight formats share.
+saves a launch and a read of y per layer input: one program per row reads h (once when the row fits
+one block, else twice: sum of squares, then y), stores y in h's dtype and quantizes y's stored
+values per 32-tile with `_common.quantize_tiles`, the same formula (the same code) as
+`_act_quant_kernel`: so the int8 buffers are bit for bit quantize_act(y) of the y this kernel
+stored. It sits next to nothing else because it is the only norm kernel: _common.py holds what the
+weight formats share.
 
     n = h32 * rsqrt(sum(h32^2) / K + eps)                       (float32)
     CAST_FIRST:  y = (n.to(dtype) * w)                          (LlamaRMSNorm)
@@ -44,32 +45,85 @@ def _rmsnorm_quantize_kernel(
     QUANT: tl.constexpr,
     INTERLEAVE: tl.constexpr,
     BLOCK_G: tl.constexpr,
+    ONE_PASS: tl.constexpr,
 ):
     m = tl.program_id(0)
     l = tl.arange(0, 32)
     G = K // 32
-    acc = tl.zeros((BLOCK_G, 32), dtype=tl.float32)
-    for g0 in range(0, loop_bound(G), BLOCK_G):  # pass 1: the sum of squares
-        g = g0 + tl.arange(0, BLOCK_G)
-        gmask = g < G
-        h = tl.load(h_ptr + m * stride_hm + g[:, None] * 32 + l[None, :], mask=gmask[:, None], other=0.0)
-        h = h.to(tl.float32)
-        acc += h * h
-    r = 1.0 / tl.sqrt(tl.sum(tl.sum(acc, axis=1), axis=0) / K + eps)
-    for g0 in range(0, loop_bound(G), BLOCK_G):  # pass 2: y, stored, then quantized
-        g = g0 + tl.arange(0, BLOCK_G)
+    if ONE_PASS:  # the whole row in registers (BLOCK_G >= G): h read once
+        g = tl.arange(0, BLOCK_G)
         gmask = g < G
         offs = g[:, None] * 32 + l[None, :]
         h = tl.load(h_ptr + m * stride_hm + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
         w = tl.load(w_ptr + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
-        n = h * r
-        if CAST_FIRST:
-            y = (n.to(y_ptr.dtype.element_ty).to(tl.float32) * w).to(y_ptr.dtype.element_ty)
-        else:
-            y = (n * (w + W_OFFSET)).to(y_ptr.dtype.element_ty)
-        tl.store(y_ptr + m * K + offs, y, mask=gmask[:, None])
-        if QUANT:
-            quantize_tiles(y.to(tl.float32), m, g, gmask, K, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, INTERLEAVE)
+        r = 1.0 / tl.sqrt(tl.sum(tl.sum(h * h, axis=1), axis=0) / K + eps)
+        _norm_tiles(
+            h, w, r, m, g, gmask, K, y_ptr, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, W_OFFSET, CAST_FIRST, QUANT, INTERLEAVE
+        )
+    else:
+        acc = tl.zeros((BLOCK_G, 32), dtype=tl.float32)
+        for g0 in range(0, loop_bound(G), BLOCK_G):  # pass 1: the sum of squares
+            g = g0 + tl.arange(0, BLOCK_G)
+            gmask = g < G
+            h = tl.load(h_ptr + m * stride_hm + g[:, None] * 32 + l[None, :], mask=gmask[:, None], other=0.0)
+            h = h.to(tl.float32)
+            acc += h * h
+        r = 1.0 / tl.sqrt(tl.sum(tl.sum(acc, axis=1), axis=0) / K + eps)
+        for g0 in range(0, loop_bound(G), BLOCK_G):  # pass 2: y, stored, then quantized
+            g = g0 + tl.arange(0, BLOCK_G)
+            gmask = g < G
+            offs = g[:, None] * 32 + l[None, :]
+            h = tl.load(h_ptr + m * stride_hm + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
+            _norm_tiles(
+                h,
+                w,
+                r,
+                m,
+                g,
+                gmask,
+                K,
+                y_ptr,
+                xq_ptr,
+                xd_ptr,
+                xs32_ptr,
+                xs16_ptr,
+                W_OFFSET,
+                CAST_FIRST,
+                QUANT,
+                INTERLEAVE,
+            )
+
+
+@triton.jit
+def _norm_tiles(
+    h,
+    w,
+    r,
+    m,
+    g,
+    gmask,
+    K,
+    y_ptr,
+    xq_ptr,
+    xd_ptr,
+    xs32_ptr,
+    xs16_ptr,
+    W_OFFSET: tl.constexpr,
+    CAST_FIRST: tl.constexpr,
+    QUANT: tl.constexpr,
+    INTERLEAVE: tl.constexpr,
+):
+    """y of the 32-tiles g (h, w [BG, 32] float32, r the row's 1/rms): stored, then quantized."""
+    offs = g[:, None] * 32 + tl.arange(0, 32)[None, :]
+    n = h * r
+    if CAST_FIRST:
+        y = (n.to(y_ptr.dtype.element_ty).to(tl.float32) * w).to(y_ptr.dtype.element_ty)
+    else:
+        y = (n * (w + W_OFFSET)).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + m * K + offs, y, mask=gmask[:, None])
+    if QUANT:
+        quantize_tiles(y.to(tl.float32), m, g, gmask, K, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, INTERLEAVE)
 
 
 def rmsnorm_quantize(
@@ -97,11 +151,14 @@ def rmsnorm_quantize(
         xs16 = torch.empty((M, K // 16), dtype=torch.float32, device=dev)
     else:
         xq = xd = xs32 = xs16 = y  # unused pointers (QUANT off)
-    BLOCK_G = 8 if interpreting() else min(32, triton.next_power_of_2(K // 32))
+    G = K // 32
+    # a row of up to 256 tiles (K <= 8192) in one block: h read once, one load's latency (at M = 1
+    # the kernel is one program); longer rows loop twice over 32 tiles at a time
+    BLOCK_G = 8 if interpreting() else (triton.next_power_of_2(G) if G <= 256 else 32)
     _rmsnorm_quantize_kernel[(M,)](
         h, w, y, xq, xd, xs32, xs16, K, h.stride(0), float(eps),
         W_OFFSET=float(w_offset), CAST_FIRST=cast_before_weight, QUANT=quant, INTERLEAVE=interleave,
-        BLOCK_G=BLOCK_G, num_warps=4,
+        BLOCK_G=BLOCK_G, ONE_PASS=BLOCK_G >= G, num_warps=8 if BLOCK_G >= 128 else 4,
     )  # fmt: skip
     if not quant:
         return y, None, None, None, None
