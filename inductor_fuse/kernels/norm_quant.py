@@ -31,6 +31,8 @@ from ._common import interpreting, loop_bound, quantize_tiles
 @triton.jit
 def _rmsnorm_quantize_kernel(
     h_ptr,  # [M, K] float, row stride stride_hm
+    r_ptr,  # [M, K] h's dtype, row stride stride_rm (ADD: the residual added to h before the norm)
+    s_ptr,  # [M, K] h's dtype, contiguous (ADD: h + r stored)
     w_ptr,  # [K] float
     y_ptr,  # [M, K] h's dtype, contiguous
     xq_ptr,  # int8 [M, K]
@@ -39,83 +41,63 @@ def _rmsnorm_quantize_kernel(
     xs16_ptr,  # f32 [M, K/16]
     K,
     stride_hm,
+    stride_rm,
     eps,
     W_OFFSET: tl.constexpr,
     CAST_FIRST: tl.constexpr,
+    ADD: tl.constexpr,
     QUANT: tl.constexpr,
     INTERLEAVE: tl.constexpr,
     BLOCK_G: tl.constexpr,
     ONE_PASS: tl.constexpr,
 ):
     m = tl.program_id(0)
-    l = tl.arange(0, 32)
     G = K // 32
     if ONE_PASS:  # the whole row in registers (BLOCK_G >= G): h read once
         g = tl.arange(0, BLOCK_G)
-        gmask = g < G
-        offs = g[:, None] * 32 + l[None, :]
-        h = tl.load(h_ptr + m * stride_hm + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
+        h = _row_tiles(h_ptr, r_ptr, s_ptr, m, g, K, stride_hm, stride_rm, ADD, True)
         r = 1.0 / tl.sqrt(tl.sum(tl.sum(h * h, axis=1), axis=0) / K + eps)
         _norm_tiles(
-            h, w, r, m, g, gmask, K, y_ptr, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, W_OFFSET, CAST_FIRST, QUANT, INTERLEAVE
+            h, r, w_ptr, m, g, K, y_ptr, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, W_OFFSET, CAST_FIRST, QUANT, INTERLEAVE
         )
     else:
         acc = tl.zeros((BLOCK_G, 32), dtype=tl.float32)
-        for g0 in range(0, loop_bound(G), BLOCK_G):  # pass 1: the sum of squares
-            g = g0 + tl.arange(0, BLOCK_G)
-            gmask = g < G
-            h = tl.load(h_ptr + m * stride_hm + g[:, None] * 32 + l[None, :], mask=gmask[:, None], other=0.0)
-            h = h.to(tl.float32)
+        for g0 in range(0, loop_bound(G), BLOCK_G):  # pass 1: the sum of squares (and h + r stored)
+            h = _row_tiles(h_ptr, r_ptr, s_ptr, m, g0 + tl.arange(0, BLOCK_G), K, stride_hm, stride_rm, ADD, True)
             acc += h * h
         r = 1.0 / tl.sqrt(tl.sum(tl.sum(acc, axis=1), axis=0) / K + eps)
         for g0 in range(0, loop_bound(G), BLOCK_G):  # pass 2: y, stored, then quantized
             g = g0 + tl.arange(0, BLOCK_G)
-            gmask = g < G
-            offs = g[:, None] * 32 + l[None, :]
-            h = tl.load(h_ptr + m * stride_hm + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
-            w = tl.load(w_ptr + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
+            h = _row_tiles(h_ptr, r_ptr, s_ptr, m, g, K, stride_hm, stride_rm, ADD, False)
             _norm_tiles(
-                h,
-                w,
-                r,
-                m,
-                g,
-                gmask,
-                K,
-                y_ptr,
-                xq_ptr,
-                xd_ptr,
-                xs32_ptr,
-                xs16_ptr,
-                W_OFFSET,
-                CAST_FIRST,
-                QUANT,
-                INTERLEAVE,
+                h, r, w_ptr, m, g, K, y_ptr, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, W_OFFSET, CAST_FIRST, QUANT, INTERLEAVE
             )
 
 
 @triton.jit
-def _norm_tiles(
-    h,
-    w,
-    r,
-    m,
-    g,
-    gmask,
-    K,
-    y_ptr,
-    xq_ptr,
-    xd_ptr,
-    xs32_ptr,
-    xs16_ptr,
-    W_OFFSET: tl.constexpr,
-    CAST_FIRST: tl.constexpr,
-    QUANT: tl.constexpr,
-    INTERLEAVE: tl.constexpr,
-):
-    """y of the 32-tiles g (h, w [BG, 32] float32, r the row's 1/rms): stored, then quantized."""
+def _row_tiles(h_ptr, r_ptr, s_ptr, m, g, K, stride_hm, stride_rm, ADD: tl.constexpr, STORE_SUM: tl.constexpr):
+    """The 32-tiles g of row m of the normalized input as float32 [BG, 32] (masked tiles: 0): h, or
+    with ADD h + r rounded to h's dtype (as aten's add), stored to s when STORE_SUM."""
     offs = g[:, None] * 32 + tl.arange(0, 32)[None, :]
+    gmask = (g < K // 32)[:, None]
+    h = tl.load(h_ptr + m * stride_hm + offs, mask=gmask, other=0.0)
+    if ADD:
+        res = tl.load(r_ptr + m * stride_rm + offs, mask=gmask, other=0.0)
+        h = (h.to(tl.float32) + res.to(tl.float32)).to(s_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+        if STORE_SUM:
+            tl.store(s_ptr + m * K + offs, h, mask=gmask)
+    return h.to(tl.float32)
+
+
+@triton.jit
+def _norm_tiles(
+    h, r, w_ptr, m, g, K, y_ptr, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr,
+    W_OFFSET: tl.constexpr, CAST_FIRST: tl.constexpr, QUANT: tl.constexpr, INTERLEAVE: tl.constexpr,
+):  # fmt: skip
+    """y of the 32-tiles g (h [BG, 32] float32, r the row's 1/rms): stored, then quantized."""
+    offs = g[:, None] * 32 + tl.arange(0, 32)[None, :]
+    gmask = g < K // 32
+    w = tl.load(w_ptr + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
     n = h * r
     if CAST_FIRST:
         y = (n.to(y_ptr.dtype.element_ty).to(tl.float32) * w).to(y_ptr.dtype.element_ty)
@@ -134,9 +116,11 @@ def rmsnorm_quantize(
     cast_before_weight: bool,
     interleave: bool,
     quant: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    residual: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     """h [M, K] (K % 32 == 0), w [K] -> (y [M, K] in h's dtype, xq int32 [M, K/4], xd, xs32 [M, K/32],
-    xs16 [M, K/16]); with quant off the last four are None (not computed)."""
+    xs16 [M, K/16]); with quant off the last four are None (not computed). With a residual [M, K]
+    (h's dtype) the norm is of s = h + residual, and s [M, K] is returned first."""
     M, K = h.shape
     if K % 32:
         raise ValueError(f"rmsnorm_quantize: K must be a multiple of 32, got {K}")
@@ -144,6 +128,16 @@ def rmsnorm_quantize(
     w = w.contiguous()
     dev = h.device
     y = torch.empty((M, K), dtype=h.dtype, device=dev)
+    if residual is not None:
+        if residual.shape != h.shape or residual.dtype != h.dtype:
+            raise ValueError(
+                f"rmsnorm_quantize: residual must be {list(h.shape)} {h.dtype}, "
+                f"got {list(residual.shape)} {residual.dtype}"
+            )
+        residual = residual if residual.stride(1) == 1 else residual.contiguous()
+        s = torch.empty((M, K), dtype=h.dtype, device=dev)
+    else:
+        residual = s = y  # unused pointers (ADD off)
     if quant:
         xq = torch.empty((M, K), dtype=torch.int8, device=dev)
         xd = torch.empty((M, K // 32), dtype=torch.float32, device=dev)
@@ -152,14 +146,14 @@ def rmsnorm_quantize(
     else:
         xq = xd = xs32 = xs16 = y  # unused pointers (QUANT off)
     G = K // 32
+    add = s is not y
     # a row of up to 256 tiles (K <= 8192) in one block: h read once, one load's latency (at M = 1
     # the kernel is one program); longer rows loop twice over 32 tiles at a time
     BLOCK_G = 8 if interpreting() else (triton.next_power_of_2(G) if G <= 256 else 32)
     _rmsnorm_quantize_kernel[(M,)](
-        h, w, y, xq, xd, xs32, xs16, K, h.stride(0), float(eps),
-        W_OFFSET=float(w_offset), CAST_FIRST=cast_before_weight, QUANT=quant, INTERLEAVE=interleave,
+        h, residual, s, w, y, xq, xd, xs32, xs16, K, h.stride(0), residual.stride(0), float(eps),
+        W_OFFSET=float(w_offset), CAST_FIRST=cast_before_weight, ADD=add, QUANT=quant, INTERLEAVE=interleave,
         BLOCK_G=BLOCK_G, ONE_PASS=BLOCK_G >= G, num_warps=8 if BLOCK_G >= 128 else 4,
     )  # fmt: skip
-    if not quant:
-        return y, None, None, None, None
-    return y, xq.view(torch.int32), xd, xs32, xs16
+    out = (y, xq.view(torch.int32), xd, xs32, xs16) if quant else (y, None, None, None, None)
+    return (s, *out) if add else out

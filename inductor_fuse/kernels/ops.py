@@ -15,7 +15,8 @@ returns uninitialized buffers of the right shapes without a launch. If the kerne
 pure-torch quantize_act_reference answers (WARNING once). rmsnorm_quantize_act (quantize_act fused
 into the RMSNorm that makes x) runs `norm_quant.rmsnorm_quantize`: y always, the int8 activation
 under the same condition as quantize_act (else uninitialized buffers); its fallback is the
-pure-torch RMSNorm (and quantization).
+pure-torch RMSNorm (and quantization). add_rmsnorm_quantize_act is the same with the residual add
+before the norm in the kernel too (s = a + b stored; the norm of s).
 
 Registration happens at import (`import inductor_fuse` imports this module); nothing touches a
 device then.
@@ -28,6 +29,8 @@ from torch import Tensor
 from .. import config as knobs
 from ..quant.op import (
     act_shapes,
+    add_rmsnorm_quantize_act,
+    check_add_rmsnorm_quantize_act_args,
     check_glu_qlinear_args,
     check_qlinear_args,
     check_quantize_act_args,
@@ -167,20 +170,63 @@ def _rmsnorm_quantize_act_cuda(
     )
 
 
+@add_rmsnorm_quantize_act.register_kernel("cuda")
+def _add_rmsnorm_quantize_act_cuda(
+    a: Tensor,
+    b: Tensor,
+    w: Tensor,
+    eps: float,
+    w_offset: float,
+    cast_before_weight: bool,
+    interleave: bool,
+    max_m: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    K = check_add_rmsnorm_quantize_act_args(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m)
+    M = a.numel() // K
+    if M == 0:
+        return (a.new_empty(a.shape), a.new_empty(a.shape), *empty_quantized_activation(a))
+    args = (a, w, eps, w_offset, cast_before_weight, interleave, _matvec_reads(M, max_m), b)
+    instead = "the pure-torch add, RMSNorm and quantization (the same formulas)"
+    return kernel_or_reference(
+        "add_rmsnorm_quantize_act", _rmsnorm_quantize_kernel, _rmsnorm_quantize_reference, *args, instead=instead
+    )
+
+
 def _rmsnorm_quantize_kernel(
-    h: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool, quant: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    h: Tensor,
+    w: Tensor,
+    eps: float,
+    w_offset: float,
+    cast_before_weight: bool,
+    interleave: bool,
+    quant: bool,
+    residual: Tensor | None = None,
+) -> tuple[Tensor, ...]:
+    """The kernel's outputs in the op's shapes: (y, xa...), with a residual (s, y, xa...)."""
     K = h.shape[-1]
-    out = norm_quant.rmsnorm_quantize(h.reshape(-1, K), w, eps, w_offset, cast_before_weight, interleave, quant)
-    y = out[0].reshape(h.shape)
+    res = None if residual is None else residual.reshape(-1, K)
+    out = norm_quant.rmsnorm_quantize(h.reshape(-1, K), w, eps, w_offset, cast_before_weight, interleave, quant, res)
+    head = tuple(t.reshape(h.shape) for t in out[: 1 + (residual is not None)])
+    xa = out[len(head) :]
     if not quant:
-        return (y, *empty_quantized_activation(h))
-    return (y, *(t.reshape(shape) for t, shape in zip(out[1:], act_shapes(h))))
+        return (*head, *empty_quantized_activation(h))
+    return (*head, *(t.reshape(shape) for t, shape in zip(xa, act_shapes(h))))
 
 
 def _rmsnorm_quantize_reference(
-    h: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool, quant: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    h: Tensor,
+    w: Tensor,
+    eps: float,
+    w_offset: float,
+    cast_before_weight: bool,
+    interleave: bool,
+    quant: bool,
+    residual: Tensor | None = None,
+) -> tuple[Tensor, ...]:
+    head = ()
+    if residual is not None:
+        h = (h + residual).contiguous()
+        head = (h,)
     if not quant:
-        return (rmsnorm_reference(h, w, eps, w_offset, cast_before_weight), *empty_quantized_activation(h))
-    return rmsnorm_quantize_act_reference(h, w, eps, w_offset, cast_before_weight, interleave)
+        return (*head, rmsnorm_reference(h, w, eps, w_offset, cast_before_weight), *empty_quantized_activation(h))
+    return (*head, *rmsnorm_quantize_act_reference(h, w, eps, w_offset, cast_before_weight, interleave))

@@ -30,19 +30,26 @@ one op, for one consumer too (a Llama layer: the fused q|k|v, gate|up, and lm_he
     y1 = qlinear_q8(x, P1, b1, "q4_k", [xq, xd, xs32, xs16], False, 8)
 
 every other reader of the norm's output reads the op's x (the report says "RMSNorm fused").
+When h is itself a residual add (h = add(a, b), same shapes and dtype: a Llama layer's input after
+the first), the add goes into the op too (the report says "RMSNorm fused, with the residual add before it"):
+
+    s, x, xq, xd, xs32, xs16 = add_rmsnorm_quantize_act(a, b, w, eps, w_offset, cast_before_weight, False, 8)
+
+s (= a + b, rounded to the dtype as aten's add) replaces h for every other reader (the residual
+stream): without it the add is a launch of its own, since Inductor cannot fuse it into our op.
 Nothing is removed that a node outside the norm reads; a norm that does not match exactly is left
 alone (the reason is in the report).
 
-Counter: one per ``quantize_act`` or ``rmsnorm_quantize_act`` inserted (one per group; the rewrite
-lists the consumers). Left alone, with the reason in the report: a linear whose format has no
-Triton matvec (it never reads an int8 activation), one with more rows than its matvec takes
-(static M), an activation only one quantized linear of that layout reads and no RMSNorm makes
-(quantizing inside its own call is the same single launch).
+Counter: one per ``quantize_act``, ``rmsnorm_quantize_act`` or ``add_rmsnorm_quantize_act``
+inserted (one per group; the rewrite lists the consumers). Left alone, with the reason in the
+report: a linear whose format has no Triton matvec (it never reads an int8 activation), one with
+more rows than its matvec takes (static M), an activation only one quantized linear of that layout
+reads and no RMSNorm makes (quantizing inside its own call is the same single launch).
 
 On CPU the consumers' bodies are the pure-torch reference (xa unused) and ``dequant_cpu`` (order
 90) turns them into float GEMMs, erases the unread ``quantize_act`` and turns an
-``rmsnorm_quantize_act`` whose int8 outputs nothing reads back into the norm's aten ops; so CPU
-results are those of the unfused graph.
+``rmsnorm_quantize_act`` / ``add_rmsnorm_quantize_act`` whose int8 outputs nothing reads back
+into the (add and) norm's aten ops; so CPU results are those of the unfused graph.
 
 A graph walk (``GRAPH_WALK``): any number of consumers per activation, a variadic pattern.
 """
@@ -76,6 +83,7 @@ Q8_VARIANT = {
 }
 quantize_act = ops.quantize_act.default
 rmsnorm_quantize_act = ops.rmsnorm_quantize_act.default
+add_rmsnorm_quantize_act = ops.add_rmsnorm_quantize_act.default
 
 
 def _why_not(node: fx.Node) -> str | None:
@@ -307,26 +315,54 @@ def _rows_like(graph: fx.Graph, part: fx.Node, x: fx.Node) -> fx.Node:
     return call(graph, aten.reshape.default, part, [*lead, val(part).shape[-1]])
 
 
+def _residual_add(graph: fx.Graph, norm: RMSNorm) -> fx.Node | None:
+    """The add(a, b) that makes the norm's input (a residual add: same shapes and dtype, no
+    alpha), when the fused op can take it (its weight defined before it), else None."""
+    h = norm.h
+    if not _is(h, aten.add.Tensor) or len(h.args) != 2 or h.kwargs:
+        return None
+    if not all(isinstance(t, fx.Node) and "val" in t.meta for t in h.args):
+        return None
+    vh = val(h)
+    if any(val(t).dtype != vh.dtype or not _same_shape(val(t).shape, vh.shape) for t in h.args):
+        return None
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    return h if order[norm.w] < order[h] else None
+
+
 def _rewrite_fused(graph: fx.Graph, norm: RMSNorm, group: list[fx.Node], interleave: bool) -> str:
-    """The RMSNorm and the quantization as one rmsnorm_quantize_act; its y replaces the norm's
-    output for every reader, the consumers become q8 variants reading its int8 activation."""
+    """The RMSNorm and the quantization as one rmsnorm_quantize_act (with the residual add before
+    the norm, when there is one: add_rmsnorm_quantize_act, whose s replaces the add for every
+    reader); its y replaces the norm's output for every reader, the consumers become q8 variants
+    reading its int8 activation."""
     first = group[0]
     x = first.args[0]
     max_m = max(KERNELS[n.args[3]].matvec_max_m for n in group)
     out = norm.out
-    args = (norm.h, norm.w, norm.eps, norm.w_offset, norm.cast_before_weight, interleave, max_m)
-    with graph.inserting_before(out):
-        fused = call(graph, rmsnorm_quantize_act, *args)
+    args = (norm.w, norm.eps, norm.w_offset, norm.cast_before_weight, interleave, max_m)
+    add = _residual_add(graph, norm)
+    with graph.inserting_before(add or out):
+        if add is not None:
+            fused = call(graph, add_rmsnorm_quantize_act, *add.args, *args)
+        else:
+            fused = call(graph, rmsnorm_quantize_act, norm.h, *args)
         parts = _outputs(graph, fused)
     copy_meta(out, fused)
+    if add is not None:
+        s, *parts = parts
+        copy_meta(add, s)
+        add.replace_all_uses_with(s)
     copy_meta(out, parts[0])
     out.replace_all_uses_with(parts[0])
     order = {n: i for i, n in enumerate(graph.nodes)}
     for node in sorted(norm.removed, key=order.__getitem__, reverse=True):  # readers first
         graph.erase_node(node)
+    if add is not None:
+        graph.erase_node(add)
     with graph.inserting_before(first):
         xa = [_rows_like(graph, p, x) for p in parts[1:]]
-    return f"RMSNorm fused ({norm.describe()}): " + _swap_consumers(graph, group, xa, interleave, max_m)
+    what = "RMSNorm fused, with the residual add before it," if add is not None else "RMSNorm fused"
+    return f"{what} ({norm.describe()}): " + _swap_consumers(graph, group, xa, interleave, max_m)
 
 
 @rule_family(

@@ -169,39 +169,50 @@ def _erase_unread_quantize_act(graph: fx.Graph) -> None:
 
 
 def _unfuse_unread_rmsnorm_quantize_act(graph: fx.Graph) -> None:
-    """Each rmsnorm_quantize_act whose int8 outputs nothing reads any more (the reshapes of them
-    act_quant made included) becomes its RMSNorm again: the aten ops of the graph it replaced, in
-    its order (RMSNorm in act_quant.match_rmsnorm), so Inductor compiles what it compiled before."""
-    target = torch.ops.inductor_fuse.rmsnorm_quantize_act.default
-    for fused in graph.find_nodes(op="call_function", target=target):
-        parts = {p.args[1]: p for p in fused.users}  # getitem index -> node
-        for i in range(1, 5):
-            for user in list(parts[i].users) if i in parts else ():
-                if user.target in (aten.reshape.default, aten.view.default) and not user.users:
-                    graph.erase_node(user)
-        if any(parts[i].users for i in range(1, 5) if i in parts):
-            continue
-        h, w, eps, w_offset, cast_before_weight = fused.args[:5]
+    """Each rmsnorm_quantize_act / add_rmsnorm_quantize_act whose int8 outputs nothing reads any
+    more (the reshapes of them act_quant made included) becomes its (add and) RMSNorm again: the
+    aten ops of the graph it replaced, in its order (RMSNorm in act_quant.match_rmsnorm), so
+    Inductor compiles what it compiled before."""
+    ops = torch.ops.inductor_fuse
+    for target, add in ((ops.rmsnorm_quantize_act.default, False), (ops.add_rmsnorm_quantize_act.default, True)):
+        for fused in graph.find_nodes(op="call_function", target=target):
+            _unfuse(graph, fused, add)
+
+
+def _unfuse(graph: fx.Graph, fused: fx.Node, add: bool) -> None:
+    parts = {p.args[1] - add: p for p in fused.users}  # output index (counting y as 0) -> getitem node
+    for i in range(1, 5):
+        for user in list(parts[i].users) if i in parts else ():
+            if user.target in (aten.reshape.default, aten.view.default) and not user.users:
+                graph.erase_node(user)
+    if any(parts[i].users for i in range(1, 5) if i in parts):
+        return
+    args = list(fused.args)
+    with graph.inserting_before(fused):
+        if add:
+            s = call(graph, aten.add.Tensor, args.pop(0), args.pop(0))
+            copy_meta(fused, s)
+            args.insert(0, s)
+        h, w, eps, w_offset, cast_before_weight = args[:5]
         dtype = val(h).dtype
         f32 = torch.float32
-        with graph.inserting_before(fused):
-            h32 = h if dtype == f32 else call(graph, prims.convert_element_type.default, h, f32)
-            mean = call(graph, aten.mean.dim, call(graph, aten.pow.Tensor_Scalar, h32, 2), [-1], True)
-            n = call(
-                graph, aten.mul.Tensor, h32, call(graph, aten.rsqrt.default, call(graph, aten.add.Tensor, mean, eps))
-            )
-            if cast_before_weight:
-                nc = n if dtype == f32 else call(graph, prims.convert_element_type.default, n, dtype)
-                y = call(graph, aten.mul.Tensor, w, nc)
-            else:
-                w32 = w if val(w).dtype == f32 else call(graph, prims.convert_element_type.default, w, f32)
-                if w_offset:
-                    w32 = call(graph, aten.add.Tensor, w32, w_offset)
-                y = call(graph, aten.mul.Tensor, n, w32)
-                y = y if dtype == f32 else call(graph, prims.convert_element_type.default, y, dtype)
-        copy_meta(fused, y)
-        if 0 in parts:
-            parts[0].replace_all_uses_with(y)
-        for p in parts.values():
-            graph.erase_node(p)
-        graph.erase_node(fused)
+        h32 = h if dtype == f32 else call(graph, prims.convert_element_type.default, h, f32)
+        mean = call(graph, aten.mean.dim, call(graph, aten.pow.Tensor_Scalar, h32, 2), [-1], True)
+        n = call(graph, aten.mul.Tensor, h32, call(graph, aten.rsqrt.default, call(graph, aten.add.Tensor, mean, eps)))
+        if cast_before_weight:
+            nc = n if dtype == f32 else call(graph, prims.convert_element_type.default, n, dtype)
+            y = call(graph, aten.mul.Tensor, w, nc)
+        else:
+            w32 = w if val(w).dtype == f32 else call(graph, prims.convert_element_type.default, w, f32)
+            if w_offset:
+                w32 = call(graph, aten.add.Tensor, w32, w_offset)
+            y = call(graph, aten.mul.Tensor, n, w32)
+            y = y if dtype == f32 else call(graph, prims.convert_element_type.default, y, dtype)
+    copy_meta(fused, y)
+    if add and -1 in parts:
+        parts[-1].replace_all_uses_with(h)
+    if 0 in parts:
+        parts[0].replace_all_uses_with(y)
+    for p in parts.values():
+        graph.erase_node(p)
+    graph.erase_node(fused)

@@ -27,6 +27,12 @@ and torch.ops.inductor_fuse.glu_qlinear, the gate|up linear of a GLU with its ac
     matched graph computes it (``rmsnorm_reference``; the ``act_quant`` rule emits the op) and
     quantize_act(y, interleave, max_m)'s four tensors.
 
+    add_rmsnorm_quantize_act(Tensor a, Tensor b, Tensor w, float eps, float w_offset,
+                             bool cast_before_weight, bool interleave, int max_m)
+        -> (Tensor s, Tensor y, Tensor xq, Tensor xd, Tensor xs32, Tensor xs16)
+    the same with the residual add before the norm: s = a + b (a's dtype, as aten's add), then
+    rmsnorm_quantize_act(s, ...)'s five outputs; s also goes on (the residual stream).
+
 This module defines the ops and what every device shares:
 - default (CPU, any device without a kernel): the pure-torch reference `dequantize_linear`,
   FORMATS[fmt].dequantize(planes).to(x.dtype) then F.linear.
@@ -389,3 +395,44 @@ def _rmsnorm_quantize_act_fake(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     check_rmsnorm_quantize_act_args(h, w, eps, w_offset, cast_before_weight, interleave, max_m)
     return (torch.empty_like(h, memory_format=torch.contiguous_format), *empty_quantized_activation(h))
+
+
+# The residual add before the norm, fused too (the ``act_quant`` rule, when h = add(a, b)):
+#   add_rmsnorm_quantize_act(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m)
+#       -> (s, y, xq, xd, xs32, xs16),  s = a + b,  the rest rmsnorm_quantize_act(s, ...)
+
+
+def check_add_rmsnorm_quantize_act_args(
+    a: Tensor, b: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool, max_m: int
+) -> int:
+    """Validate add_rmsnorm_quantize_act's arguments; returns K. Raises ValueError naming the problem."""
+    if b.dtype != a.dtype or b.device != a.device or b.dim() != a.dim() or not all(map(_same, b.shape, a.shape)):
+        raise ValueError(
+            f"add_rmsnorm_quantize_act: b must be a's shape {list(a.shape)}, dtype {a.dtype} and device {a.device}, "
+            f"got {list(b.shape)} {b.dtype} on {b.device}"
+        )
+    return check_rmsnorm_quantize_act_args(a, w, eps, w_offset, cast_before_weight, interleave, max_m)
+
+
+@torch.library.custom_op("inductor_fuse::add_rmsnorm_quantize_act", mutates_args=())
+def add_rmsnorm_quantize_act(
+    a: Tensor,
+    b: Tensor,
+    w: Tensor,
+    eps: float,
+    w_offset: float,
+    cast_before_weight: bool,
+    interleave: bool,
+    max_m: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Pure-torch reference: s = a + b, then rmsnorm_quantize_act's body on s."""
+    check_add_rmsnorm_quantize_act_args(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m)
+    s = (a + b).contiguous()
+    return (s, *rmsnorm_quantize_act_reference(s, w, eps, w_offset, cast_before_weight, interleave))
+
+
+@add_rmsnorm_quantize_act.register_fake
+def _add_rmsnorm_quantize_act_fake(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m):  # (types: the op's)
+    check_add_rmsnorm_quantize_act_args(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m)
+    s = torch.empty_like(a, memory_format=torch.contiguous_format)
+    return (s, torch.empty_like(s), *empty_quantized_activation(a))

@@ -260,6 +260,50 @@ def test_rmsnorm_quantize_kernel_against_the_reference(M, K, norm, dtype):
             assert torch.equal(a, b), f"{name}: {(a != b).sum()} elements differ"
 
 
+add_rmsnorm_quantize_act = torch.ops.inductor_fuse.add_rmsnorm_quantize_act
+
+
+@interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("K", [96, 640])  # 640: the two-loop kernel under the interpreter (8 tiles a block)
+@pytest.mark.parametrize("M", [1, 3])
+def test_add_rmsnorm_quantize_kernel_against_the_reference(M, K, norm, dtype):
+    """The residual add in the kernel: s bit for bit aten's a + b, y within a rounding of the norm
+    of s, the int8 buffers bit for bit quantize_act_reference of the y it stored."""
+    cast_first, offset = NORMS[norm]
+    a, w = _norm_inputs(M, K, dtype, seed=M + K)
+    b = _norm_inputs(M, K, dtype, seed=M + K + 1)[0]
+    a = a.t().contiguous().t()  # a column-major operand: rows with a stride the kernel must follow
+    s, y, *xa = ops._add_rmsnorm_quantize_act_cuda(a, b, w, 1e-5, offset, cast_first, False, 16)
+    # s: aten's a + b (float32 sum rounded to nearest even); the interpreter's float32 -> bf16 cast
+    # truncates (a GPU's rounds), so there bf16 sums may be one unit in the last place apart
+    ulp = 2**-7 if dtype == torch.bfloat16 else 0.0
+    torch.testing.assert_close(s, a + b, rtol=ulp, atol=0.0)
+    ref_y = rmsnorm_quantize_act(s, w, 1e-5, offset, cast_first, False, 16)[0]
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-2)
+    torch.testing.assert_close(y, ref_y, **tol)
+    # the int8 activation is quantize_act of the stored y, up to an exact tie (y = amax / 2, not rare
+    # in bf16) that the kernel's and torch's float32 arithmetic may round to either side
+    xq, xd, xs32, xs16 = xa
+    want = quantize_act_reference(y, False)
+    assert torch.equal(xd, want[1])
+    dq = xq.view(torch.int8).int() - want[0].view(torch.int8).int()
+    assert dq.abs().max() <= 1 and (dq != 0).float().mean() < 0.01, dq.abs().sum()
+    for got_s, want_s in zip((xs32, xs16), want[2:]):
+        torch.testing.assert_close(got_s, want_s, rtol=1e-5, atol=float(xd.max()) * 2)
+    for got, want in zip((s, y, *xa), add_rmsnorm_quantize_act(a, b, w, 1e-5, offset, cast_first, False, 16)):
+        assert got.shape == want.shape and got.dtype == want.dtype  # the CPU op (reference) agrees in form
+
+
+def test_add_rmsnorm_quantize_act_refuses_operands_that_differ():
+    a, w = _norm_inputs(2, 64, torch.float32, seed=4)
+    with pytest.raises(ValueError, match="b must be a's shape"):
+        add_rmsnorm_quantize_act(a, a[:1], w, 1e-6, 0.0, False, False, 8)
+    with pytest.raises(ValueError, match="b must be a's shape"):
+        add_rmsnorm_quantize_act(a, a.bfloat16(), w, 1e-6, 0.0, False, False, 8)
+
+
 @pytest.fixture
 def norm_quant_calls(monkeypatch):
     """Every launch of the fused kernel: (rows, quantized)."""
@@ -268,9 +312,9 @@ def norm_quant_calls(monkeypatch):
     calls = []
     real = norm_quant.rmsnorm_quantize
 
-    def spy(h, w, eps, w_offset, cast_first, interleave, quant):
+    def spy(h, w, eps, w_offset, cast_first, interleave, quant, residual=None):
         calls.append((h.shape[0], quant))
-        return real(h, w, eps, w_offset, cast_first, interleave, quant)
+        return real(h, w, eps, w_offset, cast_first, interleave, quant, residual)
 
     monkeypatch.setattr(norm_quant, "rmsnorm_quantize", spy)
     return calls

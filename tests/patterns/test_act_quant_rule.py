@@ -62,12 +62,17 @@ def test_fires_once_per_shared_activation_and_matches_the_unfused_compile(dequan
     # both norms are fused with the quantization (TinyLlama's RMSNorm)
     assert rep.counts[FAMILY] == 4, str(rep)
     assert rep.counts["siblings"] == 2 and rep.counts["glu"] == 2, str(rep)
-    fused = "RMSNorm fused (eps 1e-06, weight in float32): x[1, 3, 256] -> int8 per 32-tile (natural order), "
-    details = {r.label: r.detail for r in rep.rewrites if r.family == FAMILY}
-    assert details == {
-        "(q_proj,v_proj)": fused + "M <= 16; read by 2: q4_k, q6_k",
-        "(gate_proj)": fused + "M <= 8; read by 1: q4_k",
-    }, details
+    # the first norm reads the model's input; every later one a residual add, fused too
+    norm, add = "RMSNorm fused", "RMSNorm fused, with the residual add before it,"
+    rest = " (eps 1e-06, weight in float32): x[1, 3, 256] -> int8 per 32-tile (natural order), "
+    qkv, mlp = rest + "M <= 16; read by 2: q4_k, q6_k", rest + "M <= 8; read by 1: q4_k"
+    details = [(r.label, r.detail) for r in rep.rewrites if r.family == FAMILY]
+    assert details == [
+        ("(q_proj,v_proj)", norm + qkv),
+        ("(gate_proj)", add + mlp),
+        ("(q_proj,v_proj)", add + qkv),
+        ("(gate_proj)", add + mlp),
+    ], details
     # the other linears are alone on their activation (o_proj, down_proj)
     alone = [s for s in rep.skipped if s.family == FAMILY]
     assert len(alone) == 2 * 2 and all("the only quantized linear reading" in s.reason for s in alone), str(rep)
@@ -101,7 +106,8 @@ def test_without_dequant_cpu_the_code_quantizes_in_the_norms():
         ref = model(x)
     call = code[code.index("def call(") :]
     assert "torch.ops.inductor_fuse.quantize_act.default(" not in call, call
-    assert call.count("torch.ops.inductor_fuse.rmsnorm_quantize_act.default(") == 2, call  # attention, MLP
+    assert call.count("torch.ops.inductor_fuse.rmsnorm_quantize_act.default(") == 1, call  # attention
+    assert call.count("torch.ops.inductor_fuse.add_rmsnorm_quantize_act.default(") == 1, call  # MLP (+ residual)
     assert call.count("torch.ops.inductor_fuse.qlinear_q8.default(") == 2, call  # q|k, v
     assert call.count("torch.ops.inductor_fuse.glu_qlinear_q8.default(") == 1, call
     assert rel_err(got, ref) < 1e-5
@@ -292,8 +298,10 @@ def test_the_transformers_norms_are_fused(dtype):
     fused = _fused_rewrites(rep)
     assert rep.counts[FAMILY] == len(fused) == 5, str(rep)  # 2 layers x (attention, MLP) + the final norm
     assert sorted(r.label for r in fused) == ["(gate_proj)"] * 2 + ["(output)"] + ["(q_proj)"] * 2, str(rep)
-    want = "RMSNorm fused (eps 1e-05, weight in float32): x[1, 2, 256] -> int8 per 32-tile (natural order), M <= 8"
-    assert all(r.detail.startswith(want) for r in fused), [r.detail for r in fused]
+    want = " (eps 1e-05, weight in float32): x[1, 2, 256] -> int8 per 32-tile (natural order), M <= 8"
+    assert all(want in r.detail for r in fused), [r.detail for r in fused]
+    added = [r.label for r in fused if r.detail.startswith("RMSNorm fused, with the residual add before it")]
+    assert len(added) == 4, [r.detail for r in fused]  # every norm but the first (the embedding's output)
     assert rel_err(got.float(), ref.float()) < (1e-5 if dtype == torch.float32 else 3e-2)
     assert torch.equal(got, plain)  # on CPU dequant_cpu puts the norm back: the unfused compile
 
@@ -343,7 +351,11 @@ def _calls(gm, target):
     return gm.graph.find_nodes(op="call_function", target=target)
 
 
-NORM_CUDA_BODIES = {**CUDA_BODIES, lib.rmsnorm_quantize_act.default: ops._rmsnorm_quantize_act_cuda}
+NORM_CUDA_BODIES = {
+    **CUDA_BODIES,
+    lib.rmsnorm_quantize_act.default: ops._rmsnorm_quantize_act_cuda,
+    lib.add_rmsnorm_quantize_act.default: ops._add_rmsnorm_quantize_act_cuda,
+}
 
 
 @pytest.fixture(scope="module", params=[torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -388,9 +400,9 @@ def test_the_fused_norm_on_the_cuda_bodies(M, rewritten_norm, act_quant_calls, m
     launches, fused = act_quant_calls, []
     real_norm = norm_quant.rmsnorm_quantize
 
-    def norm_spy(*args):
-        fused.append(args[-1])
-        return real_norm(*args)
+    def norm_spy(*args, **kwargs):
+        fused.append(args[6])  # quant
+        return real_norm(*args, **kwargs)
 
     monkeypatch.setattr(norm_quant, "rmsnorm_quantize", norm_spy)
     got = gm(h, norm_w, w["qkv"], w["gu"])
@@ -400,6 +412,51 @@ def test_the_fused_norm_on_the_cuda_bodies(M, rewritten_norm, act_quant_calls, m
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     for a, b in zip(got, want):
         assert a.shape == b.shape and rel_err(a.float(), b.float()) < tol
+
+
+@pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_residual_add_goes_into_the_fused_norm(dtype):
+    """h = a + b read by the norm and by the residual stream: one add_rmsnorm_quantize_act, whose s
+    the stream reads; on the CUDA bodies the same results as the unfused graph's."""
+    g = torch.Generator().manual_seed(1)
+    planes = list(FORMATS["q4_k"].quantize(torch.randn(64, 256, generator=g)))
+    norm_w = (torch.randn(256, generator=g) * 0.2).to(dtype)
+
+    def f(a, b, nw, p):
+        h = a + b
+        y = _rms(h, nw, cast_first=False, offset=1.0)
+        return h * 2.0, lib.qlinear(y, p, None, "q4_k")
+
+    a, b = (torch.randn(1, 3, 256, generator=g).to(dtype) for _ in range(2))
+    gm, plain = (_trace(f, a, b, norm_w, planes, mode="fake") for _ in range(2))
+    with report.discarding() as rep:
+        assert share_act_quant(gm.graph) == 1, str(rep)
+    (fused,) = _calls(gm, lib.add_rmsnorm_quantize_act.default)
+    assert "RMSNorm fused, with the residual add before it" in rep.rewrites[0].detail
+    assert fused.args[:2] == tuple(n for n in gm.graph.nodes if n.op == "placeholder")[:2]  # (a, b)
+    assert not _calls(gm, torch.ops.aten.add.Tensor)  # the residual add, the norm's eps and 1 + w: all inside
+    for m in (gm, plain):
+        for node in m.graph.nodes:
+            if node.op == "call_function" and node.target in NORM_CUDA_BODIES:
+                node.target = NORM_CUDA_BODIES[node.target]
+        m.recompile()
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    for got, want in zip(gm(a, b, norm_w, planes), plain(a, b, norm_w, planes)):
+        assert got.shape == want.shape and rel_err(got.float(), want.float()) < tol
+
+
+def test_a_broadcast_add_stays_out_of_the_fused_norm():
+    planes = list(FORMATS["q4_k"].quantize(torch.randn(64, 256, generator=torch.Generator().manual_seed(2))))
+
+    def f(a, bias, nw, p):
+        y = _rms(a + bias, nw, cast_first=False)  # [1, 3, 256] + [256]: not a residual add
+        return lib.qlinear(y, p, None, "q4_k")
+
+    gm = _trace(f, torch.randn(1, 3, 256), torch.randn(256), torch.randn(256), planes, mode="fake")
+    with report.discarding() as rep:
+        assert share_act_quant(gm.graph) == 1, str(rep)
+    assert _calls(gm, lib.rmsnorm_quantize_act.default) and not _calls(gm, lib.add_rmsnorm_quantize_act.default)
 
 
 def _one_linear(norm):
