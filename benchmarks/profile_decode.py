@@ -40,13 +40,13 @@ from inductor_fuse.models.generate import decode_one_token  # noqa: E402
 
 # kernel name -> kind (first match wins); names are Triton function names or Inductor's triton_*
 KINDS = (
+    ("inductor reduction", re.compile(r"^triton_(red|per)_")),  # Inductor's own kernels first: their
+    ("inductor pointwise", re.compile(r"^triton_poi_")),  # names list the ops fused (qlinear, ...)
     ("attention", re.compile(r"decode_attention|^_split_kernel|^_merge_kernel|_attn|flash|sdpa|softmax", re.I)),
     ("rmsnorm+act_quant", re.compile(r"rmsnorm_quantize")),
     ("act_quant", re.compile(r"act_quant")),
     ("matvec", re.compile(r"matvec|splitk|gemv|qlinear", re.I)),
     ("conv1d", re.compile(r"conv1d")),
-    ("inductor reduction", re.compile(r"^triton_(red|per)_")),
-    ("inductor pointwise", re.compile(r"^triton_poi_")),
     ("copy / fill", re.compile(r"memcpy|memset|copy|fill", re.I)),
 )
 
