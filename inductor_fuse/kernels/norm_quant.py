@@ -83,7 +83,7 @@ def _row_tiles(h_ptr, r_ptr, s_ptr, m, g, K, stride_hm, stride_rm, ADD: tl.const
     h = tl.load(h_ptr + m * stride_hm + offs, mask=gmask, other=0.0)
     if ADD:
         res = tl.load(r_ptr + m * stride_rm + offs, mask=gmask, other=0.0)
-        h = (h.to(tl.float32) + res.to(tl.float32)).to(s_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+        h = (h.to(tl.float32) + res.to(tl.float32)).to(s_ptr.dtype.element_ty)  # round to nearest even
         if STORE_SUM:
             tl.store(s_ptr + m * K + offs, h, mask=gmask)
     return h.to(tl.float32)
