@@ -28,6 +28,10 @@ What it does, per Dynamo graph:
    never serves stale weights. ``RulePass.uuid()`` (a hash of every plugin file) is in the key.
 3. Everything else is stock ``compile_fx``; options are scoped with ``config_patches``, never
    by assigning Inductor's global config.
+4. A graph with float CPU tensors starts Inductor's check of the C++ compiler's SIMD ISAs on a
+   thread (`_probe_vec_isa`): a dry compile and load of a test program per ISA, ~5 s on a 2-core
+   machine with a cold cache, which Inductor otherwise runs at its first C++ kernel, in the middle
+   of codegen. Started before lowering, it runs while the graph is lowered.
 Failures never fail the user's compile when stock Inductor can compile the graph: a rule that
 raises is skipped for that graph (``patterns.RulePass``); any other error of a compile with our
 rules makes the backend compile the graph again with stock Inductor (freezing, no rules). Both
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -122,6 +127,23 @@ def _warn_once(message: str) -> None:
     log.warning("inductor_fuse: %s", message)
 
 
+@functools.cache
+def _probe_vec_isa() -> None:
+    """Run Inductor's check of the SIMD ISAs the C++ compiler builds (``valid_vec_isa_list``, cached
+    for the process) on a daemon thread, once per process. Codegen asks for the same list later and
+    finds it, or waits for the file lock of the ISA being built; an error here is left for codegen
+    to meet and report."""
+    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+
+    def probe() -> None:
+        try:
+            valid_vec_isa_list()
+        except Exception:  # noqa: BLE001 -- codegen calls it again and raises there
+            pass
+
+    threading.Thread(target=probe, name="inductor_fuse-vec-isa", daemon=True).start()
+
+
 def inductor_fuse_backend(
     gm: fx.GraphModule,
     example_inputs: Sequence[Any],
@@ -134,6 +156,8 @@ def inductor_fuse_backend(
     opts = FuseOptions.from_dict(options)
     patches: dict[str, Any] = dict(list_mode_options(mode))
 
+    if any(isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type == "cpu" for t in example_inputs):
+        _probe_vec_isa()
     with report.collecting() as rep:
         needs_grad = torch.is_grad_enabled() and any(
             isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs

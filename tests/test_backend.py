@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import torch
@@ -129,3 +130,27 @@ def test_report_history_and_totals():
     assert inductor_fuse.total_counts()["siblings"] == 4
     text = str(inductor_fuse.last_report())
     assert "rewrite siblings (q_proj,k_proj,v_proj)" in text and "skipped siblings" in text
+
+
+def test_a_cpu_graph_checks_the_simd_isas_on_a_thread(monkeypatch):
+    # Inductor's check of the C++ compiler's SIMD ISAs (dry compiles, ~5 s cold) starts on a thread
+    # when the backend meets a CPU graph, before lowering; codegen then finds it done.
+    from torch._inductor import cpu_vec_isa
+
+    from inductor_fuse import backend
+
+    callers = []
+    real = cpu_vec_isa.valid_vec_isa_list
+
+    def spy():
+        callers.append(threading.current_thread().name)
+        return real()
+
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", spy)
+    backend._probe_vec_isa.cache_clear()
+    with torch.no_grad():
+        torch.compile(nn.Linear(8, 8).eval(), backend="inductor_fuse")(torch.randn(2, 8))
+    for t in threading.enumerate():
+        if t.name == "inductor_fuse-vec-isa":
+            t.join()
+    assert "inductor_fuse-vec-isa" in callers, callers

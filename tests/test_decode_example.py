@@ -1,5 +1,6 @@
 """examples/decode.py as a user meets it: a bad --gguf path is one line on stderr, no traceback."""
 
+import json
 import os
 import subprocess
 import sys
@@ -22,3 +23,18 @@ def test_bad_gguf_path_is_one_line_on_stderr(tmp_path, bad):
     assert len(lines) == 1 and str(path) in lines[0], proc.stderr
     cause = "no such file" if bad == "missing" else "bad magic"
     assert cause in lines[0], lines[0]
+
+
+def test_the_timed_run_reuses_the_step_the_warm_up_compiled(tmp_path):
+    # The warm-up compiles the decode step from a token without prefilling the prompt; the timed
+    # generation must hit that compiled code (a recompile would be timed as the first token).
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "gguf"))
+    from tiny_gguf import write_tiny_gguf
+
+    path = tmp_path / "tiny-gemma3.gguf"
+    write_tiny_gguf(path, "gemma3")
+    cmd = [sys.executable, DECODE, "--gguf", str(path), "--device", "cpu", "--max-new-tokens", "4", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "fusion report (1 graph(s) compiled)" in proc.stderr, proc.stderr[-4000:]
+    assert len(json.loads(proc.stdout.strip().splitlines()[-1])["tokens"]) == 4

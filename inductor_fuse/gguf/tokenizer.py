@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import tempfile
@@ -94,16 +95,24 @@ def byte_alphabet() -> dict[int, str]:
 def merges_from_vocab(tokens: list[str], rank: list[float]) -> list[tuple[str, str]]:
     """BPE merges implied by a SentencePiece vocabulary: every split of a token into two tokens,
     best (lowest `rank`) merged token first; ties: longer left piece, longer right piece, then
-    vocabulary order (the order transformers' `generate_merges` gives)."""
-    vocab = {t: i for i, t in enumerate(tokens)}
-    keyed = []
-    for i, (token, r) in enumerate(zip(tokens, rank)):
-        for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            if left in vocab and right in vocab:
-                keyed.append(((r, -len(left), -len(right), i, vocab[left], vocab[right]), left, right))
-    keyed.sort(key=lambda m: m[0])
-    return [(left, right) for _, left, right in keyed]
+    vocabulary order (the order transformers' `generate_merges` gives). A rank only one token has
+    (every rank of Gemma's, which ranks by position) needs no sort: its splits, longer left first."""
+    vocab = set(tokens)
+
+    def splits(token: str) -> list[tuple[str, str]]:  # longer left piece first
+        cuts = range(len(token) - 1, 0, -1)
+        return [(token[:c], token[c:]) for c in cuts if token[:c] in vocab and token[c:] in vocab]
+
+    merges = []
+    order = sorted(range(len(tokens)), key=rank.__getitem__)  # stable: equal ranks in vocabulary order
+    for _, same in itertools.groupby(order, key=rank.__getitem__):
+        same = list(same)
+        if len(same) == 1:
+            merges += splits(tokens[same[0]])
+        else:
+            keyed = [((-len(left), -len(right), i), left, right) for i in same for left, right in splits(tokens[i])]
+            merges += [(left, right) for _, left, right in sorted(keyed)]
+    return merges
 
 
 class GGUFTokenizer:

@@ -43,7 +43,9 @@ class Q80Format(WeightFormat):
     def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
         qs, d = planes
         nb = k // QK
-        return (qs.view(n, nb, QK).to(torch.float32) * d.view(n, nb, 1).to(torch.float32)).reshape(n, k)
+        w = qs.to(torch.float32)  # scaled in place: one float32 [N, K] allocated, not two
+        w.view(n, nb, QK).mul_(d.view(n, nb, 1).to(torch.float32))
+        return w
 
     # quantize_row_q8_0_ref (ggml-quants.c):
     #   d = absmax / 127, id = 1/d (0 if d == 0), q = roundf(x id)

@@ -3,6 +3,7 @@ the tokenizer a tiny file was written from: same ids for ASCII, accents, emoji, 
 spaces, newlines and special tokens; decode and streaming decode give the text back."""
 
 import os
+import random
 
 import pytest
 
@@ -149,6 +150,22 @@ def test_merges_from_vocab_order():
     tokens = ["a", "b", "c", "ab", "bc", "abc"]
     # best merged token first (rank = position here); for one token, the longer left piece first
     assert merges_from_vocab(tokens, list(range(6))) == [("a", "b"), ("b", "c"), ("ab", "c"), ("a", "bc")]
+
+
+def test_merges_from_vocab_ties():
+    # equal ranks: longer left piece, then longer right piece, then vocabulary order, across tokens
+    rng = random.Random(0)
+    tokens = sorted({"".join(rng.choice("abc") for _ in range(rng.randint(1, 5))) for _ in range(300)})
+    rng.shuffle(tokens)
+    rank = [float(rng.randint(0, 20)) for _ in tokens]
+    vocab = set(tokens)
+    splits = [
+        ((r, -cut, cut - len(t), i), t[:cut], t[cut:])
+        for i, (t, r) in enumerate(zip(tokens, rank))
+        for cut in range(1, len(t))
+        if t[:cut] in vocab and t[cut:] in vocab
+    ]
+    assert merges_from_vocab(tokens, rank) == [(left, right) for _, left, right in sorted(splits)]
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ bodies on CPU tensors (Triton under TRITON_INTERPRET=1): one act_quant launch wh
 the same output bit for bit."""
 
 import operator
+import re
 
 import pytest
 import torch
@@ -64,9 +65,13 @@ def test_fires_once_per_shared_activation_and_matches_the_unfused_compile(dequan
     assert rep.counts["siblings"] == 2 and rep.counts["glu"] == 2, str(rep)
     # the first norm reads the model's input; every later one a residual add, fused too
     norm, add = "RMSNorm fused", "RMSNorm fused, with the residual add before it,"
-    rest = " (eps 1e-06, weight in float32): x[1, 3, 256] -> int8 per 32-tile (natural order), "
+    rest = " (eps 1e-06, weight in float32): x[1, S, 256] -> int8 per 32-tile (natural order), "
     qkv, mlp = rest + "M <= 16; read by 2: q4_k, q6_k", rest + "M <= 8; read by 1: q4_k"
-    details = [(r.label, r.detail) for r in rep.rewrites if r.family == FAMILY]
+    # S: 3, or a symbol when earlier compiles of TinyLlama in this process saw other lengths
+    # (Dynamo's automatic dynamic shapes)
+    details = [
+        (r.label, re.sub(r"x\[1, \w+, 256\]", "x[1, S, 256]", r.detail)) for r in rep.rewrites if r.family == FAMILY
+    ]
     assert details == [
         ("(q_proj,v_proj)", norm + qkv),
         ("(gate_proj)", add + mlp),
@@ -93,7 +98,8 @@ def test_on_cpu_the_quantized_activation_is_erased():
         ref = model(x)
     assert inductor_fuse.last_report().counts[FAMILY] == 2  # the two norms, fused
     call = code[code.index("def call(") :]
-    assert "torch.ops.inductor_fuse" not in call, call  # float GEMMs only: no (fused) quantize_act left
+    # float GEMMs only (gate|up, 1 MiB: sliced_linear): no (fused) quantize_act left
+    assert set(re.findall(r"torch\.ops\.inductor_fuse\.(\w+)", call)) <= {"sliced_linear"}, call
     assert rel_err(got, ref) < 1e-5
 
 

@@ -1,6 +1,8 @@
 """Rule family `dequant_cpu`: on CPU a quantized linear over frozen weights runs as a float GEMM on
 the weight dequantized once at compile time (freezing folds the dequantization)."""
 
+import re
+
 import pytest
 import torch
 from numerics import rel_err
@@ -43,7 +45,9 @@ def test_weights_are_dequantized_once_at_compile_time(fmt, dequantize_calls):
         got = [compiled(x) for _ in range(3)]
     assert not dequantize_calls  # folded into constants: no dequantization per call
     call = code[code.index("def call(") :]
-    assert "torch.ops.inductor_fuse" not in call and "extern_kernels.mm" in call, call  # float GEMMs on frozen weights
+    # float GEMMs on frozen weights (gate|up, 1 MiB: sliced_linear)
+    assert set(re.findall(r"torch\.ops\.inductor_fuse\.(\w+)", call)) == {"sliced_linear"}, call
+    assert "extern_kernels.mm" in call, call
     assert all(rel_err(g, ref) < 1e-5 for g in got)
     counts = inductor_fuse.last_report().counts
     # per layer: the fused QKV (siblings), the GLU's interleaved gate|up (glu), o_proj and down_proj
@@ -95,3 +99,33 @@ def test_planes_given_at_run_time_are_left_alone():
     rep = inductor_fuse.last_report()
     assert rep.counts[FAMILY] == 0
     assert any(s.family == FAMILY and "not a frozen constant" in s.reason for s in rep.skipped), str(rep)
+
+
+@pytest.mark.parametrize("M", [1, dequant_cpu.MAX_M, dequant_cpu.MAX_M + 1])
+def test_large_weights_times_a_few_rows_run_sliced(monkeypatch, M):
+    # Every weight counts as large here: up to MAX_M rows, the linears without a bias (o_proj,
+    # gate|up, down_proj) run sliced_linear, bit-identical to the mm they replace; above, one mm.
+    model = _model(n_layers=1)
+    copy = _model(n_layers=1)
+    x = torch.randn(1, M, 256)
+    with torch.no_grad():
+        plain = torch.compile(model, backend="inductor_fuse")(x)
+        monkeypatch.setattr(dequant_cpu, "SPLIT_BYTES", 0)
+        got, (code,) = run_and_get_code(torch.compile(copy, backend="inductor_fuse"), x)
+    call = code[code.index("def call(") :]
+    sliced = 3 if M <= dequant_cpu.MAX_M else 0
+    assert call.count("torch.ops.inductor_fuse.sliced_linear.default(") == sliced, call
+    assert torch.equal(got, plain)
+    details = [r.detail for r in inductor_fuse.last_report().rewrites if r.family == FAMILY]
+    # o_proj [256, 256] and down_proj [256, 512]: 4 slices of 64 rows; gate|up [1024, 256]: 8
+    slices = sorted(d.split("over ")[1].split(",")[0] for d in details if "sliced_linear" in d)
+    assert slices == ["4 slices of its rows", "4 slices of its rows", "8 slices of its rows"][:sliced], details
+
+
+@pytest.mark.parametrize(("N", "slices"), [(262144, 8), (151936, 2), (128256, 6), (32000, 5), (50257, 1), (448, 7)])
+def test_slices_are_multiples_of_row_align(N, slices):
+    nbytes = dequant_cpu.SPLIT_BYTES
+    assert dequant_cpu._slices(torch.empty(1, 1, 640), N, nbytes) == slices
+    assert dequant_cpu._slices(torch.empty(1, 1, 640), N, nbytes - 1) == 1
+    assert dequant_cpu._slices(torch.empty(dequant_cpu.MAX_M + 1, 640), N, nbytes) == 1
+    assert dequant_cpu._slices(torch.empty(1, 640, dtype=torch.bfloat16), N, nbytes) == 1
