@@ -410,10 +410,11 @@ def register_kernels(*specs: KernelSpec) -> tuple[KernelSpec, ...]:
 # The matvec launcher shared by every format: matvec_kernel (below) with the format's functions
 #   matvec_kernel(xq, xd, xs32, xs16, p0, p1, p2, p3, bias, out, M, N, K, UNITS_PER_SPLIT,
 #                 rs0, rs1, rs2, rs3, LOAD, DECODE, ROW_DOT, UNIT, GROUP, HAS_BIAS,
-#                 SPLIT, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM)
+#                 SPLIT, PREFETCH, BLOCK_M, M_BLOCKS, BLOCK_N, BLOCK_U, USE_ASM)
 # rs_i: row stride of plane i (elements of its view), passed from the host so that Triton sees
 # their divisibility by 16 and emits 16-byte loads.
-# grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M), split); a "unit" is the format's natural K step.
+# grid (cdiv(N, BLOCK_N) * cdiv(M, BLOCK_M), 1, split), the row blocks of x fastest; a "unit" is the
+# format's natural K step.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -448,7 +449,7 @@ def launch_matvec(
     block_m = matvec_block_m(M)
     ups = triton.cdiv(triton.cdiv(n_units, cfg.split_k), cfg.block_u) * cfg.block_u
     split = triton.cdiv(n_units, ups)
-    grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, block_m), split)
+    grid = (triton.cdiv(N, cfg.block_n) * triton.cdiv(M, block_m), 1, split)  # matvec_prologue
     if split > 1:
         ws = torch.empty((split, M, N), dtype=torch.float32, device=dev)
         dst = ws
@@ -459,7 +460,8 @@ def launch_matvec(
         *(p.stride(0) for p in ps),
         LOAD=spec.load_units, DECODE=spec.decode, ROW_DOT=spec.row_dot,
         UNIT=spec.unit, GROUP=spec.group, HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=cfg.prefetch,
-        BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u, USE_ASM=not interpreting(),
+        BLOCK_M=block_m, M_BLOCKS=triton.cdiv(M, block_m), BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u,
+        USE_ASM=not interpreting(),
         GLU=glu if split == 1 else 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if config.settings.on_matvec_launch is not None:
@@ -475,7 +477,7 @@ def launch_matvec(
 
 # ---------------------------------------------------------------------------------------------
 # The matvec. matvec_kernel is
-#     pid_m, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, BLOCK_N)
+#     pid_m, pid_n, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, ...)
 #     wctx = (p0, p1, p2, p3, row offsets r0..r3 of the planes, rows_c, GROUP)
 #     accs = matvec_units(LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, ...)
 #     matvec_epilogue(accs, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, ...)
@@ -583,18 +585,25 @@ def x_scales(ptr, m, n_groups, g, umask, OFF: tl.constexpr = 0):
 
 
 @triton.jit
-def matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT: tl.constexpr, BLOCK_N: tl.constexpr):
-    """-> pid_m, pid_k, rows [BLOCK_N] (this program's output rows), rows_c (clamped to N - 1:
-    loads need no row mask), [u_lo, u_hi) (this program's units along K)."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
+def matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT: tl.constexpr, M_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """-> pid_m, pid_n, pid_k, rows [BLOCK_N] (this program's output rows), rows_c (clamped to
+    N - 1: loads need no row mask), [u_lo, u_hi) (this program's units along K). Axis 0 of the
+    grid runs the row blocks of x fastest: the programs that read one weight tile (one per
+    BLOCK_M rows of x) run together, and the second reads it from L2, not HBM. M_BLOCKS =
+    cdiv(M, BLOCK_M) is a constexpr (1 or 2: M <= 16), so one row block costs no division."""
+    if M_BLOCKS == 1:
+        pid_m = 0
+        pid_n = tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0) % M_BLOCKS
+        pid_n = tl.program_id(0) // M_BLOCKS
     pid_k = tl.program_id(2)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_c = tl.minimum(rows, N - 1)
     n_units = K // UNIT
     u_lo = pid_k * UNITS_PER_SPLIT
     u_hi = tl.minimum(u_lo + UNITS_PER_SPLIT, n_units)
-    return pid_m, pid_k, rows, rows_c, u_lo, u_hi
+    return pid_m, pid_n, pid_k, rows, rows_c, u_lo, u_hi
 
 
 @triton.jit
@@ -698,6 +707,7 @@ def matvec_epilogue(
     bias_ptr,
     out_ptr,
     pid_m,
+    pid_n,
     pid_k,
     rows,
     M,
@@ -726,7 +736,7 @@ def matvec_epilogue(
             acc = acc + b[None, :]
         if GLU:
             gate, up = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_N // 2, 2]))
-            cols = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # the tile's gate|up pairs
+            cols = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # the tile's gate|up pairs
             y = glu(gate, up, GLU)
             omask = (mrow[:, None] < M) & (cols[None, :] < N // 2)
             tl.store(out_ptr + mrow[:, None] * (N // 2) + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
@@ -743,10 +753,11 @@ def matvec_kernel(
     rs0, rs1, rs2, rs3,  # rs_i: row strides of the planes
     LOAD: tl.constexpr, DECODE: tl.constexpr, ROW_DOT: tl.constexpr,
     UNIT: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-    PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr,
+    PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, M_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_U: tl.constexpr,
     USE_ASM: tl.constexpr, GLU: tl.constexpr = 0,  # GLU: act(gate) * up of interleaved rows (matvec_epilogue)
 ):  # fmt: skip
-    pid_m, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, BLOCK_N)
+    pid_m, pid_n, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, M_BLOCKS, BLOCK_N)
     # the loop invariants LOAD reads: plane pointers, the rows' offsets in each plane (int64 in
     # the bulk plane 0: a large weight's byte offsets pass 2**31), the rows, the int4 group
     wctx = (p0, p1, p2, p3, rows_c.to(tl.int64) * rs0, rows_c * rs1, rows_c * rs2, rows_c * rs3, rows_c, GROUP)
@@ -754,4 +765,4 @@ def matvec_kernel(
     accs = matvec_units(
         LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM
     )
-    matvec_epilogue(accs, bias_ptr, out_ptr, pid_m, pid_k, rows, M, N, HAS_BIAS, SPLIT, GLU, BLOCK_M, BLOCK_N)
+    matvec_epilogue(accs, bias_ptr, out_ptr, pid_m, pid_n, pid_k, rows, M, N, HAS_BIAS, SPLIT, GLU, BLOCK_M, BLOCK_N)

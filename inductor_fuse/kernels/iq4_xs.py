@@ -1,5 +1,5 @@
-"""IQ4_XS kernels: W4A8 decode matvec (byte-permute grid lookup + signed dp4a) and the weight tile
-dequantizer used by the GEMM.
+"""IQ4_XS kernels: W4A8 decode matvec (byte-permute grid lookup into two half tables, chained
+signed dp4a) and the weight tile dequantizer used by the GEMM.
 
 Planes (docs/design.md contract; quant/iq4_xs.py), weight [N, K], K % 256 == 0, sub-block s of 32:
     qs uint8 [N, K/2]    16 bytes per sub-block, kernel order: int32 word t (bytes 16s + 4t ..)
@@ -18,56 +18,66 @@ import triton.language as tl
 
 from ._common import (
     KernelSpec,
-    dot_pair,
+    _dp4a,
     prefetch_when_batched,
     register_kernels,
     unit_halves,
     unit_scalars,
+    x_group,
     x_scales,
 )
 
 UNIT = tl.constexpr(64)  # weights per matvec unit
 
 # KVALUES as int8 bytes, 4 per little-endian int32 word (int32 values of 0xBFAD9881, 0xF6EADDCF,
-# 0x26190D01, 0x71594535): word j holds KVALUES[4j..4j+3].
+# 0x26190D01, 0x71594535): word j holds KVALUES[4j..4j+3]. (The GEMM's dequantized tile reads them.)
 _KV_W0: tl.constexpr = tl.constexpr(-1079142271)
 _KV_W1: tl.constexpr = tl.constexpr(-152379953)
 _KV_W2: tl.constexpr = tl.constexpr(639175937)
 _KV_W3: tl.constexpr = tl.constexpr(1901675829)
+# The matvec's two half tables: TA = KVALUES[0..7] (= _KV_W0, _KV_W1, every byte negative) and
+# TB = KVALUES[8..15] + 1 (0x271A0E02, 0x725A4636, every byte positive).
+_TB_W0: tl.constexpr = tl.constexpr(656018946)
+_TB_W1: tl.constexpr = tl.constexpr(1918518838)
 
 # ---------------------------------------------------------------------------------------------
-# Grid lookup of the 8 codes of a word at once, with byte permutes (as llama.cpp's
-# get_int_from_table_16, minus its final reorder, which the kernel order of qs makes unneeded).
+# Grid lookup of the 8 codes of a word, as two byte permutes per 4 codes and no select.
 # PTX prmt.b32 d, a, b, s: byte k of d is byte (s >> 4k) & 7 of the 8 bytes {b:a}, its sign
-# replicated over the byte when bit 3 of that selector nibble is set. With the grid in 4 words
-# T0..T3 and code k of w in nibble k:
-#   c = w & 0x77777777 (a set msb would sign-replicate), ch = c >> 16
-#   a0 = prmt(T0, T1, c): right for codes 0-3 that are < 8;  b0 = prmt(T2, T3, c): for those >= 8
-#   m0 = prmt(w << 4, w, 0xD9C8): byte k = 0xFF where code k >= 8 (the msbs, sign-replicated)
-#   lo = (a0 & ~m0) | (b0 & m0)  (one lop3)               hi likewise from ch and 0xFBEA
-# 11 instructions for 8 weights. The table words are inline-asm operands from registers that the
+# replicated over the byte when bit 3 of that selector nibble is set. With code k of w in nibble k:
+#   A = prmt(TA0, TA1, w):              code < 8: KVALUES[code];  code >= 8: sign of a TA byte = -1
+#   B = prmt(TB0, TB1, w ^ 0x88888888): code >= 8: KVALUES[code] + 1;  code < 8: sign of a TB byte = 0
+# so A + B (bytewise, as int8) is KVALUES[code] for every code. The sum is never formed: dp4a is
+# linear, dp4a(A, x) + dp4a(B, x) is the grid's dot with x, and the two dp4a chain through the
+# accumulator. Codes 0-3 use the selector's low 16 bits, codes 4-7 the word shifted right by 16:
+# 3 integer ops and 4 permutes per 8 codes (the select of llama.cpp's get_int_from_table_16 and
+# of this kernel before, lop3 on a mask built by two more permutes, costs 4 more), against 2 more
+# dp4a per 8 codes and row of x. The table words are inline-asm operands from registers that the
 # kernel computes as (rows_c >> 31) ^ T: zero bits ptxas cannot prove zero, so the words stay in
 # registers through the K loop; as immediates ptxas re-copied them from uniform registers before
-# every permute (sm_90 SASS of the matvec loop: 211 -> 183 instructions per 64 weights).
+# every permute.
 # ---------------------------------------------------------------------------------------------
 
 
 _LOOKUP_PTX: tl.constexpr = tl.constexpr(
     "{\n"
-    ".reg .b32 c, ch, a0, b0, a1, b1, w4, m0, m1;\n"
-    "and.b32 c, $2, 0x77777777;\n"
-    "shr.u32 ch, c, 16;\n"
-    "prmt.b32 a0, $3, $4, c;\n"
-    "prmt.b32 b0, $5, $6, c;\n"
-    "prmt.b32 a1, $3, $4, ch;\n"
-    "prmt.b32 b1, $5, $6, ch;\n"
-    "shl.b32 w4, $2, 4;\n"
-    "prmt.b32 m0, w4, $2, 0xD9C8;\n"
-    "prmt.b32 m1, w4, $2, 0xFBEA;\n"
-    "lop3.b32 $0, a0, b0, m0, 0xD8;\n"
-    "lop3.b32 $1, a1, b1, m1, 0xD8;\n"
+    ".reg .b32 wh, wx, wxh;\n"
+    "shr.u32 wh, $4, 16;\n"
+    "xor.b32 wx, $4, 0x88888888;\n"
+    "shr.u32 wxh, wx, 16;\n"
+    "prmt.b32 $0, $5, $6, $4;\n"
+    "prmt.b32 $1, $7, $8, wx;\n"
+    "prmt.b32 $2, $5, $6, wh;\n"
+    "prmt.b32 $3, $7, $8, wxh;\n"
     "}"
-)  # $0, $1: lo, hi; $2: w; $3..$6: T0..T3
+)  # $0, $1: A, B of codes 0-3; $2, $3: A, B of codes 4-7; $4: w; $5, $6: TA0, TA1; $7, $8: TB0, TB1
+
+# dp4a(a0, x0) + dp4a(b0, x0) + dp4a(a1, x1) + dp4a(b1, x1), chained through the accumulator
+_DP4A4_PTX: tl.constexpr = tl.constexpr(
+    "dp4a.s32.s32 $0, $1, $3, 0;\n"
+    "dp4a.s32.s32 $0, $2, $3, $0;\n"
+    "dp4a.s32.s32 $0, $4, $6, $0;\n"
+    "dp4a.s32.s32 $0, $5, $6, $0;"
+)  # $1, $2: A, B of codes 0-3, $3 their x word; $4, $5: of codes 4-7, $6 their x word
 
 
 @triton.jit
@@ -84,35 +94,49 @@ def _prmt(a, b, s):
 
 
 @triton.jit
-def _iq4nl_lookup(w, t0, t1, t2, t3, USE_ASM: tl.constexpr):
-    # w: int32 (8 codes, nibble k = code k); t0..t3: the grid words, in w's shape
-    # -> lo, hi int32: the int8 KVALUES of codes 0-3 (lo) and 4-7 (hi)
+def _iq4nl_lookup(w, ta0, ta1, tb0, tb1, USE_ASM: tl.constexpr):
+    # w: int32 (8 codes, nibble k = code k); ta0..tb1: the half tables' words, in w's shape
+    # -> a_lo, b_lo, a_hi, b_hi int32: A and B (see above) of codes 0-3 (lo) and 4-7 (hi)
     if USE_ASM:
-        lo, hi = tl.inline_asm_elementwise(
+        a_lo, b_lo, a_hi, b_hi = tl.inline_asm_elementwise(
             _LOOKUP_PTX,
-            "=r,=r,r,r,r,r,r",
-            [w, t0, t1, t2, t3],
-            dtype=(tl.int32, tl.int32),
+            "=r,=r,=r,=r,r,r,r,r,r",
+            [w, ta0, ta1, tb0, tb1],
+            dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
             is_pure=True,
             pack=1,
         )
     else:
-        c = w & 0x77777777
-        ch = c >> 16  # c >= 0: the arithmetic shift is the logical one
-        w4 = w << 4
-        m0 = _prmt(w4, w, 0xD9C8)
-        m1 = _prmt(w4, w, 0xFBEA)
-        lo = (_prmt(t0, t1, c) & ~m0) | (_prmt(t2, t3, c) & m0)
-        hi = (_prmt(t0, t1, ch) & ~m1) | (_prmt(t2, t3, ch) & m1)
-    return lo, hi
+        wx = w ^ -2004318072  # 0x88888888
+        a_lo = _prmt(ta0, ta1, w)
+        b_lo = _prmt(tb0, tb1, wx)
+        a_hi = _prmt(ta0, ta1, (w >> 16) & 0xFFFF)
+        b_hi = _prmt(tb0, tb1, (wx >> 16) & 0xFFFF)
+    return a_lo, b_lo, a_hi, b_hi
+
+
+@triton.jit
+def _grid_dot(g, xg, USE_ASM: tl.constexpr):
+    # int32 [BLOCK_N, BLOCK_U]: one sub-block's 32 grid values (g: A, B words of its codes 0-3 and
+    # 4-7, [BLOCK_N, BLOCK_U, 4] each) dotted with its x group xg (x_group: words 0-3, 4-7)
+    a_lo, b_lo, a_hi, b_hi = g
+    x_lo, x_hi = xg
+    if USE_ASM:
+        s = tl.inline_asm_elementwise(
+            _DP4A4_PTX, "=r,r,r,r,r,r,r", [a_lo, b_lo, x_lo, a_hi, b_hi, x_hi], dtype=tl.int32, is_pure=True, pack=1
+        )
+    else:
+        s = _dp4a(a_lo, x_lo, True, False) + _dp4a(b_lo, x_lo, True, False)
+        s += _dp4a(a_hi, x_hi, True, False) + _dp4a(b_hi, x_hi, True, False)
+    return tl.sum(s, axis=2)
 
 
 # ---------------------------------------------------------------------------------------------
 # Matvec. A unit is two sub-blocks u = (2u, 2u + 1): 32 qs bytes loaded as two 16-byte halves of
 # one layout (wa: sub-block 2u, wb: 2u + 1), so one thread owns a unit, as in Q4_K. Word t of a
-# half gives (lookup) the int8 grid values of elements 4t..4t+3 and 16+4t..16+4t+3: activation
-# words t and 4 + t of its sub-block. With x quantized per 32-group (xq, xd):
-#   out[m, n] += (d * sc_a) * xd_a * sum dp4a_s8(grid(wa), x_a) + (d * sc_b) * xd_b * sum dp4a_s8(grid(wb), x_b)
+# half gives (lookup) the grid values of elements 4t..4t+3 and 16+4t..16+4t+3: activation words
+# t and 4 + t of its sub-block. With x quantized per 32-group (xq, xd):
+#   out[m, n] += (d * sc_a) * xd_a * grid_dot(wa, x_a) + (d * sc_b) * xd_b * grid_dot(wb, x_b)
 # The grid has no offset (no zero point, no min): no xs32 term. sc_a, sc_b are the unit's int16
 # word of sc; d is the super-block's (u // 4).
 # ---------------------------------------------------------------------------------------------
@@ -132,22 +156,25 @@ def _iq4xs_load_units(wctx, u, umask):
 
 @triton.jit
 def _iq4xs_decode(w, u, USE_ASM: tl.constexpr):
-    # -> the grid values (int8 x 4 words) of both sub-blocks' low and high codes; d * sc of each
+    # -> the A, B words (see the lookup) of both sub-blocks; d * sc of each
     wa, wb, scw, d, z = w
     z = tl.broadcast_to(z, wa.shape)
-    t0, t1, t2, t3 = z ^ _KV_W0, z ^ _KV_W1, z ^ _KV_W2, z ^ _KV_W3
-    ga_lo, ga_hi = _iq4nl_lookup(wa, t0, t1, t2, t3, USE_ASM)
-    gb_lo, gb_hi = _iq4nl_lookup(wb, t0, t1, t2, t3, USE_ASM)
+    ta0, ta1, tb0, tb1 = z ^ _KV_W0, z ^ _KV_W1, z ^ _TB_W0, z ^ _TB_W1
+    ga = _iq4nl_lookup(wa, ta0, ta1, tb0, tb1, USE_ASM)
+    gb = _iq4nl_lookup(wb, ta0, ta1, tb0, tb1, USE_ASM)
     scw = scw.to(tl.int32)  # sign-extends sc_b
     d = d.to(tl.float32)
-    return ga_lo, ga_hi, gb_lo, gb_hi, d * ((scw << 24) >> 24).to(tl.float32), d * (scw >> 8).to(tl.float32)
+    return ga, gb, d * ((scw << 24) >> 24).to(tl.float32), d * (scw >> 8).to(tl.float32)
 
 
 @triton.jit
 def _iq4xs_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
-    ga_lo, ga_hi, gb_lo, gb_hi, dsc_a, dsc_b = wd
+    ga, gb, dsc_a, dsc_b = wd
     xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
-    s_a, s_b = dot_pair(ga_lo, ga_hi, gb_lo, gb_hi, xq_ptr, m, K, u * 16, umask, True, USE_ASM)
+    x_a = x_group(xq_ptr, m, K, u * 16, umask, ga[0])  # both groups loaded before the first dp4a
+    x_b = x_group(xq_ptr, m, K, u * 16, umask, ga[0], 8)
+    s_a = _grid_dot(ga, x_a, USE_ASM)
+    s_b = _grid_dot(gb, x_b, USE_ASM)
     xd_a = x_scales(xd_ptr, m, K // 32, 2 * u, umask)
     xd_b = x_scales(xd_ptr, m, K // 32, 2 * u, umask, 1)
     return dsc_a * (xd_a[None, :] * s_a.to(tl.float32)) + dsc_b * (xd_b[None, :] * s_b.to(tl.float32))

@@ -104,6 +104,8 @@ def _q6k_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
 def _default_config(M: int, N: int, K: int) -> MatvecConfig:
     """Measured on an H200 (CUDA graph over rotated weight copies: benchmarks/results/
     kernels_h200_tuning.json)."""
+    if M > 8:  # two or more row blocks of x: the prefetch's registers cost more than it hides
+        return MatvecConfig(block_n=2, block_u=16, num_warps=1)
     if M > 1:
         return MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=True)
     if K >= 8192:

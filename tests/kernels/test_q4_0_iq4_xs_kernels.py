@@ -141,13 +141,32 @@ def test_dispatch_any_m_bf16(fmt):
 # ---- the IQ4_XS grid lookup ------------------------------------------------------------------
 
 
-def _expected_lookup(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # words uint32 [n] -> (lo, hi) uint32: bytes k = int8 KVALUES of nibble k (lo), nibble 4 + k (hi)
-    kv = np.array(KVALUES, dtype=np.int8).view(np.uint8).astype(np.uint32)
+def _expected_lookup(words: np.ndarray) -> tuple[np.ndarray, ...]:
+    # words uint32 [n] -> (a_lo, b_lo, a_hi, b_hi) uint32, byte k of the lo words from nibble k, of
+    # the hi words from nibble 4 + k: A = KVALUES[code] for code < 8, else -1; B = KVALUES[code] + 1
+    # for code >= 8, else 0 (so A + B = KVALUES[code], byte by byte)
+    kv = np.array(KVALUES, dtype=np.int64)
+    a_tab = np.where(np.arange(16) < 8, kv, -1).astype(np.int8).view(np.uint8).astype(np.uint32)
+    b_tab = np.where(np.arange(16) >= 8, kv + 1, 0).astype(np.int8).view(np.uint8).astype(np.uint32)
     codes = [(words >> np.uint32(4 * k)) & np.uint32(0xF) for k in range(8)]
-    lo = sum(kv[codes[k]] << np.uint32(8 * k) for k in range(4)).astype(np.uint32)
-    hi = sum(kv[codes[4 + k]] << np.uint32(8 * k) for k in range(4)).astype(np.uint32)
-    return lo, hi
+
+    def pack(tab, first):
+        return sum(tab[codes[first + k]] << np.uint32(8 * k) for k in range(4)).astype(np.uint32)
+
+    return pack(a_tab, 0), pack(b_tab, 0), pack(a_tab, 4), pack(b_tab, 4)
+
+
+def _bytes_i8(w: np.ndarray) -> np.ndarray:
+    return w.astype(np.uint32).view(np.uint8).view(np.int8).reshape(-1, 4).astype(np.int64)
+
+
+def test_iq4_xs_half_tables_sum_to_the_grid():
+    # the premise of the lookup: A + B is the grid, for each of the 16 codes
+    words = np.array([sum(c << (4 * k) for k in range(8)) for c in range(16)], dtype=np.uint32)
+    a_lo, b_lo, a_hi, b_hi = _expected_lookup(words)
+    grid = (_bytes_i8(a_lo) + _bytes_i8(b_lo))[:, 0]
+    assert grid.tolist() == list(KVALUES)
+    assert np.array_equal(_bytes_i8(a_hi) + _bytes_i8(b_hi), _bytes_i8(a_lo) + _bytes_i8(b_lo))
 
 
 def _lookup_words() -> np.ndarray:
@@ -193,6 +212,12 @@ def _run_ptx(ptx: str, regs: dict) -> dict:
         src = [val(t) for t in src]
         if op == "and.b32":
             r = src[0] & src[1]
+        elif op == "xor.b32":
+            r = src[0] ^ src[1]
+        elif op == "dp4a.s32.s32":
+            prods = (_bytes_i8(src[0]) * _bytes_i8(src[1])).sum(axis=1)
+            r = (prods + np.asarray(src[2]).astype(np.uint32).view(np.int32).astype(np.int64)).astype(np.int64)
+            r = r.astype(np.int32).view(np.uint32)
         elif op == "shr.u32":
             r = src[0] >> src[1]
         elif op == "shl.b32":
@@ -209,21 +234,31 @@ def _run_ptx(ptx: str, regs: dict) -> dict:
 
 def test_iq4_xs_lookup_ptx_simulated():
     words = _lookup_words()
-    table = np.array([iq4_xs._KV_W0, iq4_xs._KV_W1, iq4_xs._KV_W2, iq4_xs._KV_W3], dtype=np.int64).astype(np.uint32)
-    regs = {"$2": words, **{f"${3 + j}": np.full_like(words, table[j]) for j in range(4)}}
+    table = np.array([iq4_xs._KV_W0, iq4_xs._KV_W1, iq4_xs._TB_W0, iq4_xs._TB_W1], dtype=np.int64).astype(np.uint32)
+    regs = {"$4": words, **{f"${5 + j}": np.full_like(words, table[j]) for j in range(4)}}
     regs = _run_ptx(iq4_xs._LOOKUP_PTX.value, regs)
-    lo, hi = _expected_lookup(words)
-    assert np.array_equal(regs["$0"], lo) and np.array_equal(regs["$1"], hi)
+    for j, exp in enumerate(_expected_lookup(words)):
+        assert np.array_equal(regs[f"${j}"], exp), f"output ${j}"
+
+
+def test_iq4_xs_dp4a_chain_ptx_simulated():
+    # the row dot's four chained dp4a: A and B of codes 0-3 with one x word, of codes 4-7 with another
+    rng = np.random.default_rng(1)
+    words = rng.integers(0, 1 << 32, (6, 512), dtype=np.uint64).astype(np.uint32)
+    regs = _run_ptx(iq4_xs._DP4A4_PTX.value, {f"${1 + j}": words[j] for j in range(6)})
+    b = [_bytes_i8(w) for w in words]
+    exp = ((b[0] + b[1]) * b[2] + (b[3] + b[4]) * b[5]).sum(axis=1)
+    assert np.array_equal(regs["$0"].view(np.int32).astype(np.int64), exp)
 
 
 @triton.jit
-def _lookup_kernel(w_ptr, lo_ptr, hi_ptr, BLOCK: tl.constexpr):
+def _lookup_kernel(w_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     w = tl.load(w_ptr + offs)
     z = w * 0
-    lo, hi = iq4_xs._iq4nl_lookup(w, z ^ iq4_xs._KV_W0, z ^ iq4_xs._KV_W1, z ^ iq4_xs._KV_W2, z ^ iq4_xs._KV_W3, False)
-    tl.store(lo_ptr + offs, lo)
-    tl.store(hi_ptr + offs, hi)
+    out = iq4_xs._iq4nl_lookup(w, z ^ iq4_xs._KV_W0, z ^ iq4_xs._KV_W1, z ^ iq4_xs._TB_W0, z ^ iq4_xs._TB_W1, False)
+    for j in tl.static_range(4):
+        tl.store(out_ptr + j * n + offs, out[j])
 
 
 def test_iq4_xs_lookup_emulation():
@@ -231,7 +266,7 @@ def test_iq4_xs_lookup_emulation():
     words = _lookup_words()
     n = -(-len(words) // 256) * 256
     w = torch.from_numpy(np.resize(words, n).view(np.int32).copy())
-    lo, hi = torch.empty_like(w), torch.empty_like(w)
-    _lookup_kernel[(n // 256,)](w, lo, hi, BLOCK=256)
-    exp_lo, exp_hi = _expected_lookup(w.numpy().view(np.uint32))
-    assert np.array_equal(lo.numpy().view(np.uint32), exp_lo) and np.array_equal(hi.numpy().view(np.uint32), exp_hi)
+    out = torch.empty(4, n, dtype=torch.int32)
+    _lookup_kernel[(n // 256,)](w, out, n, BLOCK=256)
+    for j, exp in enumerate(_expected_lookup(w.numpy().view(np.uint32))):
+        assert np.array_equal(out[j].numpy().view(np.uint32), exp), f"output {j}"
