@@ -47,10 +47,15 @@ def test_one_compiled_function_called_on_two_models(device):
     cstep = torch.compile(step, backend="inductor_fuse")
     x = torch.randn(2, 5, 64, device=device)
     a, b = TinyLlama(n_layers=2).eval().to(device), TinyLlama(n_layers=2).eval().to(device)
+    n_reports = len(inductor_fuse.all_reports())
     with torch.no_grad():
         for m in (a, b, a):
             assert rel_err(cstep(m, x), m(x)) < 1e-5
-    assert inductor_fuse.last_report().counts["siblings"] == 4  # the rules fired for b too
+    # the rules fired for b too: q|k|v and gate|up in each of 2 layers, per model compiled. Summed
+    # over this test's compilations, not read from the last one: on the GPU suite (other tests
+    # earlier in the process) the last report once held 2, its graph one of several.
+    siblings = inductor_fuse.total_counts(inductor_fuse.all_reports()[n_reports:])["siblings"]
+    assert siblings >= 8 and siblings % 4 == 0, siblings
 
 
 @pytest.mark.parametrize("device", DEVICES)

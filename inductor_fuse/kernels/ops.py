@@ -171,16 +171,7 @@ def _rmsnorm_quantize_act_cuda(
 
 
 @add_rmsnorm_quantize_act.register_kernel("cuda")
-def _add_rmsnorm_quantize_act_cuda(
-    a: Tensor,
-    b: Tensor,
-    w: Tensor,
-    eps: float,
-    w_offset: float,
-    cast_before_weight: bool,
-    interleave: bool,
-    max_m: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _add_rmsnorm_quantize_act_cuda(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m):  # (types: the op's)
     K = check_add_rmsnorm_quantize_act_args(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m)
     M = a.numel() // K
     if M == 0:
@@ -213,16 +204,8 @@ def _rmsnorm_quantize_kernel(
     return (*head, *(t.reshape(shape) for t, shape in zip(xa, act_shapes(h))))
 
 
-def _rmsnorm_quantize_reference(
-    h: Tensor,
-    w: Tensor,
-    eps: float,
-    w_offset: float,
-    cast_before_weight: bool,
-    interleave: bool,
-    quant: bool,
-    residual: Tensor | None = None,
-) -> tuple[Tensor, ...]:
+def _rmsnorm_quantize_reference(h, w, eps, w_offset, cast_before_weight, interleave, quant, residual=None):
+    """_rmsnorm_quantize_kernel's pure-torch twin (same arguments, same outputs)."""
     head = ()
     if residual is not None:
         h = (h + residual).contiguous()
