@@ -8,11 +8,12 @@ few-row products of decoding on CPU over a large weight.
 torch's CPU GEMM (MKL) runs a product with a few rows of x on one thread: Gemma-3's output head, x
 [1, 640] times its float32 [262144, 640] weight, took 44 ms on a 2-core machine that reads the weight
 in 14 ms. The batched mm runs its batch on every intra-op thread: 23 ms with 8 slices. Each output is
-the same dot product over K as in the one mm; the results were bit-identical to ``x @ w.t()`` when
-every slice is a multiple of 64 rows, and differed when slices had an odd number of rows
-(tests/test_sliced_linear.py). The ``dequant_cpu`` rule emits it (patterns/dequant_cpu.py: which
-weights, how many slices). An op rather than aten.bmm in the graph: Inductor lowers a CPU bmm whose
-x has one row to a multiply and a sum, not MKL's product.
+the same dot product over K as in the one mm, equal to ``x @ w.t()`` up to float32 rounding: MKL
+may order a row's sum differently in the batched call (5e-7 of the largest output with 2 threads
+and 4 rows of x on a 2-core Xeon; bit-identical on one thread; slices of a multiple of 64 rows
+differ less often than odd ones: tests/test_sliced_linear.py). The ``dequant_cpu`` rule emits it
+(patterns/dequant_cpu.py: which weights, how many slices). An op rather than aten.bmm in the
+graph: Inductor lowers a CPU bmm whose x has one row to a multiply and a sum, not MKL's product.
 
 The op runs on every device as written (pure torch); fake: shape and dtype, same validation.
 """

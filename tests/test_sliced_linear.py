@@ -1,6 +1,7 @@
-"""torch.ops.inductor_fuse.sliced_linear: x @ w^T as one bmm over slices of w's rows, bit-identical
-to the one mm (which the dequant_cpu rule emits for every other linear) when the slices are
-multiples of 64 rows."""
+"""torch.ops.inductor_fuse.sliced_linear: x @ w^T as one bmm over slices of w's rows, equal to the
+one mm (which the dequant_cpu rule emits for every other linear) up to float32 rounding: MKL may
+sum a row's K products in another order in the batched call (measured: 5e-7 of the output's
+largest value with 2 threads and 4 rows on a 2-core Xeon; bit-identical on one thread)."""
 
 import pytest
 import torch
@@ -24,7 +25,12 @@ def test_bit_identical_to_mm(threads, n_threads, M, N, slices):
     x, w = torch.randn(M, 640), torch.randn(N, 640)
     threads(n_threads)
     y = torch.ops.inductor_fuse.sliced_linear(x, w, slices)
-    assert y.shape == (M, N) and torch.equal(y, torch.mm(x, w.t()))
+    ref = torch.mm(x, w.t())
+    assert y.shape == (M, N)
+    # a sum of 640 float32 products in another order: a few ulps of the largest output
+    assert (y - ref).abs().max() <= 2e-6 * ref.abs().max(), (y - ref).abs().max()
+    if n_threads == 1:
+        assert torch.equal(y, ref)  # one thread: the same order (measured; the bound above is the claim)
 
 
 def test_a_stride_zero_row_as_inductor_passes_it():

@@ -9,7 +9,7 @@ linear over the weight dequantized once, at compile time.
     y = sliced_linear(x, dequantize(planes, fmt, x.dtype), C)
                                                          (float32, no bias, static M <= MAX_M, a weight
                                                          of SPLIT_BYTES or more: one bmm over C slices
-                                                         of its rows, on every thread; bit-identical)
+                                                         of its rows, on every thread; equal up to float32 rounding)
 
 The CPU body of ``qlinear`` is the pure-torch reference: it dequantizes the whole weight on every
 call, which made a CPU decode step of Gemma-3-270M take ~0.6 s. Freezing folds
@@ -51,7 +51,7 @@ MEMORY_FRACTION = 0.25  # of the available memory, for the dequantized weights o
 SPLIT_BYTES = 1 << 20  # float weights from this size ...
 MAX_M = 4  # ... times at most this many rows of x (from 8 rows on, MKL threads the mm itself)
 MAX_SLICES = 8  # the most slices (Gemma-3's head on 2 cores: 4 or 8 slices 23 ms, 2 slices 26, one mm 44)
-ROW_ALIGN = 64  # rows per slice: a multiple of this (bit-identical to one mm; odd-sized slices were not)
+ROW_ALIGN = 64  # rows per slice: a multiple of this (closest to one mm's summation; sliced_linear.py)
 aten = torch.ops.aten
 prims = torch.ops.prims
 qlinear = torch.ops.inductor_fuse.qlinear.default

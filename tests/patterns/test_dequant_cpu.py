@@ -104,7 +104,8 @@ def test_planes_given_at_run_time_are_left_alone():
 @pytest.mark.parametrize("M", [1, dequant_cpu.MAX_M, dequant_cpu.MAX_M + 1])
 def test_large_weights_times_a_few_rows_run_sliced(monkeypatch, M):
     # Every weight counts as large here: up to MAX_M rows, the linears without a bias (o_proj,
-    # gate|up, down_proj) run sliced_linear, bit-identical to the mm they replace; above, one mm.
+    # gate|up, down_proj) run sliced_linear, equal to the mm they replace up to float32 rounding
+    # (MKL's summation order); above, one mm.
     model = _model(n_layers=1)
     copy = _model(n_layers=1)
     x = torch.randn(1, M, 256)
@@ -115,7 +116,7 @@ def test_large_weights_times_a_few_rows_run_sliced(monkeypatch, M):
     call = code[code.index("def call(") :]
     sliced = 3 if M <= dequant_cpu.MAX_M else 0
     assert call.count("torch.ops.inductor_fuse.sliced_linear.default(") == sliced, call
-    assert torch.equal(got, plain)
+    assert (got - plain).abs().max() <= 1e-5 * plain.abs().max()
     details = [r.detail for r in inductor_fuse.last_report().rewrites if r.family == FAMILY]
     # o_proj [256, 256] and down_proj [256, 512]: 4 slices of 64 rows; gate|up [1024, 256]: 8
     slices = sorted(d.split("over ")[1].split(",")[0] for d in details if "sliced_linear" in d)
