@@ -53,6 +53,7 @@ from torch._dynamo.exc import RestartAnalysis
 from torch._dynamo.guards import GuardBuilder, install_guard
 from torch._inductor import list_mode_options
 from torch._inductor.compile_fx import compile_fx
+from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
 from . import report
 from .options import FuseOptions, validate_mode
@@ -133,7 +134,6 @@ def _probe_vec_isa() -> None:
     for the process) on a daemon thread, once per process. Codegen asks for the same list later and
     finds it, or waits for the file lock of the ISA being built; an error here is left for codegen
     to meet and report."""
-    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
     def probe() -> None:
         try:

@@ -135,18 +135,16 @@ def test_report_history_and_totals():
 def test_a_cpu_graph_checks_the_simd_isas_on_a_thread(monkeypatch):
     # Inductor's check of the C++ compiler's SIMD ISAs (dry compiles, ~5 s cold) starts on a thread
     # when the backend meets a CPU graph, before lowering; codegen then finds it done.
-    from torch._inductor import cpu_vec_isa
-
     from inductor_fuse import backend
 
     callers = []
-    real = cpu_vec_isa.valid_vec_isa_list
+    real = backend.valid_vec_isa_list
 
     def spy():
         callers.append(threading.current_thread().name)
         return real()
 
-    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", spy)
+    monkeypatch.setattr(backend, "valid_vec_isa_list", spy)
     backend._probe_vec_isa.cache_clear()
     with torch.no_grad():
         torch.compile(nn.Linear(8, 8).eval(), backend="inductor_fuse")(torch.randn(2, 8))
