@@ -256,7 +256,7 @@ def sweep(dev, out, args_dump=None, sweep_formats=("q4_k", "q6_k"), sweep_ms=(1,
                 print(
                     f"sweep {name:8s} {fmt} M={M} {cfg}: {t * 1e6:8.1f} us {pct:5.1f}% regs/spills {regs}", flush=True
                 )
-                if args_dump and cfg == spec.matvec_configs[0] and M == 1 and name in ("gate_up", "lm_head"):
+                if args_dump and cfg == spec.matvec_config(M, N, K) and M == 1 and name in ("gate_up", "lm_head"):
                     for kind in ("ttgir", "sass"):
                         try:
                             with open(os.path.join(args_dump, f"{fmt}_{name}_M{M}.{kind}"), "w") as f:
@@ -278,7 +278,7 @@ def main():
     ap.add_argument("--sweep-formats", default="q4_k,q6_k")
     ap.add_argument("--sweep-ms", default="1,4")
     ap.add_argument("--no-baselines", action="store_true")
-    ap.add_argument("--dump", default=None, help="folder for ttgir/sass of the default matvec configs (--sweep)")
+    ap.add_argument("--dump", default=None, help="folder for ttgir/sass of the default configs, M = 1 (--sweep)")
     ap.add_argument("--json", default=os.environ.get("BENCH_JSON", "benchmarks/results/kernels_h200.json"))
     args = ap.parse_args()
     dev = torch.device("cuda")
