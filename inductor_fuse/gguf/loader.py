@@ -247,10 +247,18 @@ def _plan(args: ModelArgs, reader: GGUFFile, tensors: dict, path: str) -> dict[s
     return plan
 
 
-def _float(t, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A GGUF tensor dequantized to `dtype`, in torch order."""
+def _planes(t) -> QuantizedWeight | None:
+    """A 2-D GGUF tensor of a format in quant.FORMATS as its QuantizedWeight; None for others."""
     if GGMLQuantizationType(t.tensor_type) in GGUF_FORMATS and len(t.shape) == 2:
-        return QuantizedWeight.from_gguf(t).dequantize().to(device=device, dtype=dtype)  # torch, bit-exact
+        return QuantizedWeight.from_gguf(t)
+    return None
+
+
+def _float(t, dtype: torch.dtype, device: torch.device, qw: QuantizedWeight | None = None) -> torch.Tensor:
+    """A GGUF tensor dequantized to `dtype`, in torch order (qw: its planes, when already read)."""
+    qw = qw if qw is not None else _planes(t)
+    if qw is not None:
+        return qw.dequantize().to(device=device, dtype=dtype)  # torch, bit-exact
     shape = tuple(int(d) for d in reversed(t.shape))
     values = np.array(gguf_dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
     return torch.from_numpy(values).to(device=device, dtype=dtype)
@@ -264,7 +272,7 @@ def _unpermute_rows(n_heads: int, head_dim: int) -> torch.Tensor:
     return (h * head_dim + 2 * j + s).reshape(-1)  # indexed by HF row (h, s, j)
 
 
-def _linear(t, bias, rows: torch.Tensor | None, dtype, device) -> nn.Module:
+def _linear(t, bias, rows: torch.Tensor | None, dtype, device, qw: QuantizedWeight | None = None) -> nn.Module:
     if GGMLQuantizationType(t.tensor_type) in FLOAT_TYPES:
         w = _float(t, dtype, device)
         if rows is not None:
@@ -274,7 +282,7 @@ def _linear(t, bias, rows: torch.Tensor | None, dtype, device) -> nn.Module:
         if bias is not None:
             linear.bias = nn.Parameter(bias, requires_grad=False)
         return linear
-    qw = QuantizedWeight.from_gguf(t)
+    qw = qw if qw is not None else QuantizedWeight.from_gguf(t)
     if rows is not None:
         qw = QuantizedWeight(qw.fmt, tuple(p[rows].contiguous() for p in qw.planes), qw.shape)
     qw = qw.to(device)
@@ -293,12 +301,8 @@ def _build(args, arch, plan, tensors, path, device, dtype, progress) -> Transfor
         parent = model.get_submodule(parent_name) if parent_name else model
         module = getattr(parent, attr)
         if isinstance(module, nn.Embedding):
-            if GGMLQuantizationType(t.tensor_type) in GGUF_FORMATS and len(t.shape) == 2:
-                embed_planes = QuantizedWeight.from_gguf(t)  # read once: a tied output reuses them
-                w = embed_planes.dequantize().to(device=device, dtype=dtype)
-            else:
-                w = _float(t, dtype, device)
-            module.weight = nn.Parameter(w, requires_grad=False)
+            embed_planes = _planes(t)  # read once: a tied output reuses them
+            module.weight = nn.Parameter(_float(t, dtype, device, embed_planes), requires_grad=False)
         elif isinstance(module, nn.Linear):
             bias = _float(tensors[f"{gguf_name}.bias"], dtype, device) if module.bias is not None else None
             rows = None
@@ -313,10 +317,8 @@ def _build(args, arch, plan, tensors, path, device, dtype, progress) -> Transfor
         if GGMLQuantizationType(t.tensor_type) in FLOAT_TYPES:
             model.output = nn.Linear(args.dim, args.vocab_size, bias=False, device="meta")
             model.output.weight = model.tok_embeddings.weight  # shared
-        elif embed_planes is not None:
-            model.output = QuantizedLinear.from_weight(embed_planes.to(device), None)
         else:
-            model.output = _linear(t, None, None, dtype, device)
+            model.output = _linear(t, None, None, dtype, device, embed_planes)
     leftover = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if leftover:
         raise GGUFLoadError(f"{path}: no tensor for {leftover[:5]}")
