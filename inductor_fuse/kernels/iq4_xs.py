@@ -147,7 +147,7 @@ def _iq4xs_load_units(wctx, u, umask):
     # -> wa, wb int32 [BN, BU, 4] (sub-blocks 2u, 2u + 1); scw int16 [BN, BU] (sc_a | sc_b << 8);
     #    d f16 [BN, BU]; z int32 [BN, 1, 1] zeros
     qs_ptr, sc_ptr, d_ptr, _, qs_row, sc_row, d_row, _, rows_c, _ = wctx
-    wa, wb = unit_halves(qs_ptr, qs_row, u, umask)
+    wa, wb = unit_halves(qs_ptr, qs_row, u, umask, STREAM=False)  # unit_words: IQ4_XS is slower streamed
     scw = unit_scalars(sc_ptr, sc_row, u, umask)
     d = unit_scalars(d_ptr, d_row, u // 4, umask)
     z = (rows_c >> 31)[:, None, None]  # zeros (rows_c >= 0), per thread and opaque: see _iq4nl_lookup

@@ -36,8 +36,8 @@ def _q6k_load_units(wctx, u, umask):
     # -> ql, qh int32 [BN, BU, 4]; sc0, sc1 int8 [BN, BU]; d f16 [BN, BU]
     ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, sc_row, d_row, _, _ = wctx
     H = u // 4
-    ql = unit_words(ql_ptr, ql_row, u * 4, 4, umask)
-    qh = unit_words(qh_ptr, qh_row, H * 8 + (u % 2) * 4, 4, umask)
+    ql = unit_words(ql_ptr, ql_row, u * 4, 4, umask, STREAM=False)  # unit_words: Q6_K is slower streamed
+    qh = unit_words(qh_ptr, qh_row, H * 8 + (u % 2) * 4, 4, umask, STREAM=False)
     sc0 = unit_scalars(sc_ptr, sc_row, u + 4 * H, umask)
     sc1 = unit_scalars(sc_ptr, sc_row, u + 4 * H, umask, 4)
     return ql, qh, sc0, sc1, unit_scalars(d_ptr, d_row, u // 8, umask)
