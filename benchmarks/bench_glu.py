@@ -5,6 +5,7 @@ as a separate kernel (stock Inductor's one fused pointwise kernel).
 
     python benchmarks/bench_glu.py                       # Llama-3-8B / 3.2-1B / Gemma-3-270M MLPs, Q4_K, M 1 and 4
     python benchmarks/bench_glu.py --formats q4_k,q6_k --ms 1,2,4
+    python benchmarks/bench_glu.py --formats bf16 --ms 1,4,16,64   # float: glu_linear against cuBLAS + act*mul
 
 Method (as bench_kernels.py): random planes of the format, enough weight copies to exceed 3x the
 L2, many calls captured in one CUDA graph, median per call over graph replays. Writes
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_kernels import n_copies, plane_bytes, time_graph  # noqa: E402
 from common import environment, print_table, write_json  # noqa: E402
 
-import inductor_fuse.kernels.ops  # noqa: E402,F401 -- the ops' CUDA implementations
+import inductor_fuse  # noqa: E402,F401 -- the ops and their CUDA implementations
 from inductor_fuse.kernels.testing import random_planes  # noqa: E402
 from inductor_fuse.quant.formats import FORMATS  # noqa: E402
 
@@ -56,18 +57,35 @@ def interleave(gate: list[torch.Tensor], up: list[torch.Tensor]) -> list[torch.T
     return [torch.stack([g, u], dim=1).reshape(2 * g.shape[0], *g.shape[1:]) for g, u in zip(gate, up)]
 
 
+def random_weights(fmt: str, N: int, K: int, dev, seed: int) -> list[torch.Tensor]:
+    """The planes of a random quantized [N, K] weight, or ([N, K] bf16,) for fmt "bf16"."""
+    if fmt == "bf16":
+        g = torch.Generator(device=dev).manual_seed(seed)
+        return [(torch.randn(N, K, generator=g, device=dev) / K**0.5).to(torch.bfloat16)]
+    return random_planes(fmt, N, K, dev, seed=seed)
+
+
 def bench_case(mlp: str, fmt: str, M: int, act: str) -> dict:
     inter, hidden = MLPS[mlp]
     dev = torch.device("cuda")
     x = torch.randn(M, hidden, device=dev, dtype=torch.bfloat16)
-    one = random_planes(fmt, 2 * inter, hidden, dev, seed=0)
+    one = random_weights(fmt, 2 * inter, hidden, dev, seed=0)
     copies = []
     for i in range(n_copies(plane_bytes(one))):
-        gate = random_planes(fmt, inter, hidden, dev, seed=2 * i + 1)
-        up = random_planes(fmt, inter, hidden, dev, seed=2 * i + 2)
+        gate = random_weights(fmt, inter, hidden, dev, seed=2 * i + 1)
+        up = random_weights(fmt, inter, hidden, dev, seed=2 * i + 2)
         copies.append((interleave(gate, up), [torch.cat([g, u]) for g, u in zip(gate, up)]))
     del one
-    qlinear, glu_qlinear = torch.ops.inductor_fuse.qlinear, torch.ops.inductor_fuse.glu_qlinear
+    if fmt == "bf16":  # glu_linear against cuBLAS over the concatenated weight (siblings' output)
+
+        def qlinear(x, planes, bias, fmt):
+            return F.linear(x, planes[0])
+
+        def glu_qlinear(x, planes, bias, fmt, act):
+            return torch.ops.inductor_fuse.glu_linear(x, planes[0], None, act)
+
+    else:
+        qlinear, glu_qlinear = torch.ops.inductor_fuse.qlinear, torch.ops.inductor_fuse.glu_qlinear
     gelu = act == "gelu_tanh"
 
     @torch.compile(fullgraph=True)  # stock Inductor: one pointwise kernel
@@ -111,7 +129,7 @@ def main(argv=None) -> None:
     rows = []
     for mlp in args.mlps:
         for fmt in args.formats:
-            if MLPS[mlp][1] % FORMATS[fmt].block_size:
+            if fmt != "bf16" and MLPS[mlp][1] % FORMATS[fmt].block_size:
                 print(f"{mlp} {fmt}: skipped, hidden size {MLPS[mlp][1]} is not a multiple of the format's block")
                 continue
             for M in args.ms:
@@ -120,7 +138,7 @@ def main(argv=None) -> None:
                 print(f"{mlp} {fmt} M {M}: glu {r['glu_us']:.1f} us, unfused {r['matmul_then_act_mul_us']:.1f} us")
     print_table(
         f"GLU ({args.act}(gate) * up, bf16 activations), us per call (CUDA graph)",
-        ["mlp", "I x K", "fmt", "M", "glu_qlinear us", "qlinear + act*mul us", "speedup", "max rel err"],
+        ["mlp", "I x K", "fmt", "M", "glu op us", "matmul + act*mul us", "speedup", "max rel err"],
         [
             [
                 r["mlp"],

@@ -5,10 +5,11 @@ inductor_fuse.last_report().counts   # {"siblings": 64, ...}
 
 The ops in two layers:
     quant      weight formats, QuantizedLinear, the op torch.ops.inductor_fuse.qlinear (pure torch)
-    attention  the op torch.ops.inductor_fuse.decode_attention (pure torch)
-    kernels    Triton kernels; kernels/ops.py and kernels/decode_attention.py register them as the
-               ops' CUDA implementations
-kernels imports quant and attention, never the reverse (tests/quant/test_layering.py). Importing
+    attention, conv1d, glu
+               the ops decode_attention, depthwise_conv1d, glu_linear (pure torch)
+    kernels    Triton kernels; kernels/ops.py, decode_attention.py, conv1d.py and glu_linear.py
+               register them as the ops' CUDA implementations
+kernels imports quant and the op modules, never the reverse (tests/quant/test_layering.py). Importing
 the package imports all three, so each op always has its CUDA kernel.
 """
 
@@ -16,6 +17,7 @@ from .backend import inductor_fuse_backend, make_backend
 from .gguf import load_gguf
 from .kernels import conv1d as _conv1d_kernel  # noqa: F401 -- registers depthwise_conv1d's CUDA implementation
 from .kernels import decode_attention as _attention_kernel  # noqa: F401 -- registers decode_attention's CUDA implementation
+from .kernels import glu_linear as _glu_linear_kernel  # noqa: F401 -- registers glu_linear's CUDA implementation
 from .kernels import ops as _kernel_ops  # noqa: F401 -- registers qlinear's CUDA implementation
 from .options import FuseOptions
 from .patterns.registry import family_names

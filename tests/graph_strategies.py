@@ -140,8 +140,11 @@ def _tiny_cpu_addmm(spec: GraphSpec, lin: Linear, k: int) -> bool:
 
 def expected_glu_pairs(spec: GraphSpec) -> list[tuple[int, int]]:
     """(gate, up) value ids of the products the `glu` family must fuse: mul(act(gate), up) with act
-    SiLU or GELU-tanh, gate and up quantized linears of one format reading one value, both with or
-    both without bias, and nothing else reading gate, act(gate) or up (not even the outputs)."""
+    SiLU or GELU-tanh, gate and up linears of one kind (a quantized format, or the model's float
+    dtype and neither turned into a product and a sum by Inductor's CPU addmm decomposition) reading one
+    value, both with or both without bias, and nothing else reading gate, act(gate) or up (not even
+    the outputs)."""
+    widths = spec.widths()
     readers = collections.Counter(i for s in spec.steps for i in _reads(s))
     readers.update(spec.outputs)
 
@@ -159,7 +162,14 @@ def expected_glu_pairs(spec: GraphSpec) -> list[tuple[int, int]]:
             gate = step(act.src)
             if not isinstance(gate, Linear) or act.src == up_v:
                 continue
-            if up.kind not in FORMATS or gate.kind != up.kind or gate.src != up.src or gate.bias != up.bias:
+            if gate.kind != up.kind or gate.src != up.src or gate.bias != up.bias:
+                continue
+            if up.kind in FLOAT_KINDS and (
+                up.kind != spec.dtype  # cast in and out (LinearStep): the product reads casts, not linears
+                or any(_tiny_cpu_addmm(spec, lin, widths[up.src]) for lin in (gate, up))
+            ):
+                continue
+            if up.kind not in FORMATS and up.kind not in FLOAT_KINDS:
                 continue
             if readers[act.src] == 1 and readers[act_v] == 1 and readers[up_v] == 1:
                 pairs.append((act.src, up_v))
@@ -191,6 +201,7 @@ def expected_act_quant_groups(spec: GraphSpec) -> list[list[tuple[int, str]]]:
     taken = {v for pair in pairs for v in pair}
     widths = spec.widths()
     left = [(spec.steps[gate - 1].src, spec.steps[gate - 1].kind) for gate, _ in pairs]
+    left = [(v, kind) for v, kind in left if kind in FORMATS]  # float GLU pairs quantize nothing
     # the quantized linears glu leaves: siblings fuses those of one (value, format) into one
     left += dict.fromkeys(
         (s.src, s.kind)

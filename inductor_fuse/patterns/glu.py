@@ -1,14 +1,17 @@
-"""Rule family ``glu``: the gated MLP's ``act(gate(x)) * up(x)`` over quantized weights becomes one
-``inductor_fuse.glu_qlinear``: one matvec that reads the gate and up weights once and writes only
-the ``intermediate`` values (act and product in its epilogue).
+"""Rule family ``glu``: the gated MLP's ``act(gate(x)) * up(x)`` becomes one op that reads the gate
+and up weights once and writes only the ``intermediate`` values (act and product in its epilogue).
 
-    y = act(qlinear(x, G, bg, fmt)) * qlinear(x, U, bu, fmt)          act: SiLU or GELU-tanh
- =>
-    y = glu_qlinear(x, interleave(G, U), interleave(bg, bu), fmt, act)
+    quantized:  y = act(qlinear(x, G, bg, fmt)) * qlinear(x, U, bu, fmt)
+             => y = glu_qlinear(x, interleave(G, U), interleave(bg, bu), fmt, act)
+    float:      y = act(x2 @ G^T + bg) * (x2 @ U^T + bu)        (aten mm / addmm, each perhaps
+                                                                 behind one view to x's leading dims)
+             => y = view(glu_linear(x2, interleave(G, U), interleave(bg, bu), act))
+    act: SiLU or GELU-tanh
 
-interleave puts gate row i and up row i at rows 2i and 2i + 1 of every plane (one program of the
-matvec then holds both for its outputs); the planes are frozen, so freezing folds it into a
-constant. Runs before ``siblings`` (order 10 < 20), which would otherwise concatenate gate and up.
+interleave puts gate row i and up row i at rows 2i and 2i + 1 of every plane / of the weight (one
+program of the kernel then holds both for its outputs); the weights are frozen, so freezing folds
+it into a constant. Runs before ``siblings`` (order 10 < 20), which would otherwise concatenate
+gate and up.
 
 The activation is recognised by what it computes, not by how it is spelled (graph_utils.activation_of,
 shared with ``conv1d``): the pointwise nodes between the gate's output and the product (``F.silu``,
@@ -16,9 +19,9 @@ shared with ``conv1d``): the pointwise nodes between the gate's output and the p
 ``F.gelu(approximate="tanh")`` and its decomposition, the transformers ``ACT2FN`` modules, float32
 round trips of a bf16 value) are evaluated in float64 on a probe of 257 points in [-8, 8] (dtype
 casts taken as exact) and must equal SiLU or GELU-tanh to 1e-9; GELU with erf (4.7e-4 away) is not
-GELU-tanh. Left alone, with the reason in the report: a
-gate or up output with another reader, another activation, gate and up reading different inputs or
-in different formats, weights not frozen, float weights (not built yet: ``siblings`` takes them).
+GELU-tanh. Left alone, with the reason in the report: a gate or up output with another reader,
+another activation, gate and up reading different inputs, in different formats or dtypes, one
+float and one quantized, weights not frozen.
 
 A graph walk (``GRAPH_WALK``): an activation is any chain of pointwise nodes, which no fixed pattern
 lists.
@@ -26,9 +29,12 @@ lists.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.fx as fx
 
+from .. import glu as _glu_op  # noqa: F401 -- defines glu_linear, emitted for float weights
 from .. import report
 from ..quant.op import GLU_ACTS  # (importing quant.op defines qlinear, matched, and glu_qlinear, emitted)
 from .graph_utils import (
@@ -48,41 +54,90 @@ from .registry import GRAPH_WALK, rule_family
 FAMILY = "glu"
 aten = torch.ops.aten
 qlinear = torch.ops.inductor_fuse.qlinear.default
+_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class _Linear(NamedTuple):
+    out: fx.Node  # what the GLU reads: the linear, or the one view of it to x's leading dims
+    nodes: tuple[fx.Node, ...]  # the linear's nodes, out first
+    x: fx.Node
+    weights: tuple[fx.Node, ...]  # the planes (quantized) or (W^T,) [K, N] (float)
+    bias: fx.Node | None
+    fmt: str | None  # None: float
+
+
+def _as_linear(node: fx.Node) -> _Linear | None:
+    """A qlinear, or a float aten.mm / addmm (of a 1-D bias) perhaps behind one view that is its
+    only reader."""
+    if node.op != "call_function":
+        return None
+    if node.target is qlinear:
+        x, planes, b, fmt = node.args
+        return _Linear(node, (node,), x, tuple(planes), b, fmt)
+    inner = node
+    if node.target in _VIEWS and isinstance(node.args[0], fx.Node):
+        inner = node.args[0]
+        if len(inner.users) != 1:
+            return None
+    nodes = (node,) if inner is node else (node, inner)
+    if inner.target is aten.mm.default and len(inner.args) == 2 and not inner.kwargs:
+        x, wt = inner.args
+        return _Linear(node, nodes, x, (wt,), None, None)
+    if inner.target is aten.addmm.default and len(inner.args) == 3 and not inner.kwargs:
+        b, x, wt = inner.args
+        if val(b).dim() == 1:
+            return _Linear(node, nodes, x, (wt,), b, None)
+    return None
 
 
 def _match(mul: fx.Node, frozen: set[fx.Node]) -> tuple[str | None, tuple | None]:
-    """(reason it does not fuse, None) or (None, (gate, up, act, chain))."""
+    """(reason it does not fuse, None) or (None, (gate, up, act, chain)), gate and up _Linear."""
     a, b = mul.args[:2]
     if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
         return "not a candidate", None
-    for act_out, up in ((a, b), (b, a)):
-        if up.target is not qlinear:
+    for act_out, up_out in ((a, b), (b, a)):
+        up = _as_linear(up_out)
+        if up is None:
             continue
         found = pointwise_chain(act_out)
-        if found is None or found[0].target is not qlinear or found[0] is up:
+        gate = _as_linear(found[0]) if found is not None else None
+        if gate is None or gate.out is up.out:
             continue
-        gate, chain = found
-        if len(up.users) != 1:
+        chain = found[1]
+        if len(up.out.users) != 1:
             return "the up projection's output has another reader", None
-        if not reads_stay_inside(gate, chain, act_out) or set(act_out.users) != {mul}:
+        if not reads_stay_inside(gate.out, chain, act_out) or set(act_out.users) != {mul}:
             return "the gate projection's output (or its activation) has another reader", None
-        if activation_key(gate.args[0]) != activation_key(up.args[0]):
+        if activation_key(gate.x) != activation_key(up.x):
             return "gate and up read different inputs", None
-        (xg, pg, bg, fg), (_, pu, bu, fu) = gate.args, up.args
-        if fg != fu or [val(p).shape[1:] for p in pg] != [val(p).shape[1:] for p in pu]:
-            return f"gate and up in different formats or K ({fg}, {fu})", None
-        if (bg is None) != (bu is None):
+        shapes_g, shapes_u = ([tuple(val(w).shape) for w in lin.weights] for lin in (gate, up))
+        if gate.fmt != up.fmt or [val(w).dtype for w in gate.weights] != [val(w).dtype for w in up.weights]:
+            return f"gate and up in different formats ({gate.fmt or 'float'}, {up.fmt or 'float'})", None
+        if shapes_g != shapes_u:
+            return "gate and up of different widths or K", None
+        if (gate.bias is None) != (up.bias is None):
             return "one of gate and up has a bias", None
-        if val(mul).dtype != val(xg).dtype or [val(p).shape[0] for p in pg] != [val(p).shape[0] for p in pu]:
-            return "gate and up of different widths or the product in another dtype", None
-        why = first_not_frozen((*pg, *pu, bg, bu), frozen)
+        if val(mul).dtype != val(gate.x).dtype:
+            return "the product in another dtype than the input", None
+        x_dtype = val(gate.x).dtype
+        if gate.fmt is None and not (x_dtype == val(gate.weights[0]).dtype and x_dtype in _FLOAT_DTYPES):
+            return "float gate and up of another dtype than their input", None
+        why = first_not_frozen((*gate.weights, *up.weights, gate.bias, up.bias), frozen)
         if why is not None:
             return why, None
-        act = activation_of(gate, chain, act_out)
+        act = activation_of(gate.out, chain, act_out)
         if act not in GLU_ACTS:  # (of graph_utils.ACTIVATIONS, those glu_qlinear has)
             return "the activation is neither SiLU nor GELU-tanh", None
         return None, (gate, up, act, chain)
     return "not a candidate", None
+
+
+def _untransposed(graph: fx.Graph, wt: fx.Node) -> fx.Node:
+    """W [N, K] of a float linear's W^T [K, N] operand: the permute's input when it is one."""
+    if wt.op == "call_function" and wt.target is aten.permute.default and list(wt.args[1]) == [1, 0]:
+        return wt.args[0]
+    return call(graph, aten.permute.default, wt, [1, 0])
 
 
 def _interleave(graph: fx.Graph, g: fx.Node, u: fx.Node) -> fx.Node:
@@ -96,7 +151,7 @@ def _interleave(graph: fx.Graph, g: fx.Node, u: fx.Node) -> fx.Node:
     FAMILY,
     order=10,
     kind=GRAPH_WALK,  # the activation is any pointwise chain, recognised by evaluating it
-    doc="act(gate(x)) * up(x) over quantized weights (SiLU, GELU-tanh) becomes one matvec with the GLU epilogue",
+    doc="act(gate(x)) * up(x) (SiLU, GELU-tanh), quantized or float, becomes one kernel with the GLU epilogue",
 )
 def fuse_glu(graph: fx.Graph) -> int:
     rep = report.current()
@@ -112,20 +167,25 @@ def fuse_glu(graph: fx.Graph) -> int:
             rep.skipped.append(report.Skip(FAMILY, (mul.name,), why))
             continue
         gate, up, act, chain = m
-        x, pg, bg, fmt = gate.args
-        pu, bu = up.args[1], up.args[2]
         with graph.inserting_before(mul):
-            planes = [_interleave(graph, g, u) for g, u in zip(pg, pu)]
-            bias = _interleave(graph, bg, bu) if bg is not None else None
-            out = call(graph, torch.ops.inductor_fuse.glu_qlinear.default, x, planes, bias, fmt, act)
-        copy_meta(gate, out)  # labelled as the gate projection
+            bias = _interleave(graph, gate.bias, up.bias) if gate.bias is not None else None
+            if gate.fmt is not None:
+                planes = [_interleave(graph, g, u) for g, u in zip(gate.weights, up.weights)]
+                out = call(graph, torch.ops.inductor_fuse.glu_qlinear.default, gate.x, planes, bias, gate.fmt, act)
+            else:
+                weight = _interleave(graph, _untransposed(graph, gate.weights[0]), _untransposed(graph, up.weights[0]))
+                out = call(graph, torch.ops.inductor_fuse.glu_linear.default, gate.x, weight, bias, act)
+                if gate.out.target in _VIEWS:  # back to x's leading dims, as the gate's view did
+                    out = call(graph, gate.out.target, out, gate.out.args[1])
+        copy_meta(gate.out, out)  # labelled as the gate projection
         mul.replace_all_uses_with(out)
-        for dead in [mul, *reversed(chain), up, gate]:
+        for dead in [mul, *reversed(chain), *up.nodes, *gate.nodes]:
             if not dead.users:
                 graph.erase_node(dead)
-        inter = val(pg[0]).shape[0]
-        label = f"({module_name(gate)},{module_name(up)})"
-        detail = f"x{list(val(x).shape)} -> {act}(gate) * up, [{inter}] x 2 interleaved, {fmt}"
-        rep.rewrites.append(report.Rewrite(FAMILY, label, (gate.name, up.name), detail))
+        w0 = val(gate.weights[0])
+        inter, kind = (w0.shape[0], gate.fmt) if gate.fmt else (w0.shape[1], str(w0.dtype).removeprefix("torch."))
+        label = f"({module_name(gate.nodes[-1])},{module_name(up.nodes[-1])})"
+        detail = f"x{list(val(gate.x).shape)} -> {act}(gate) * up, [{inter}] x 2 interleaved, {kind}"
+        rep.rewrites.append(report.Rewrite(FAMILY, label, (gate.nodes[-1].name, up.nodes[-1].name), detail))
         rewrites += 1
     return rewrites
