@@ -118,6 +118,8 @@ def _match(mul: fx.Node, frozen: set[fx.Node]) -> tuple[str | None, tuple | None
             return "gate and up of different widths or K", None
         if (gate.bias is None) != (up.bias is None):
             return "one of gate and up has a bias", None
+        if not (val(gate.out).shape == val(up.out).shape == val(mul).shape):
+            return "gate, up and their product of different shapes (a broadcast)", None
         if val(mul).dtype != val(gate.x).dtype:
             return "the product in another dtype than the input", None
         x_dtype = val(gate.x).dtype
