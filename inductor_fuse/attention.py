@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from .quant.op import FLOAT_DTYPES
 
 
 def check_decode_attention_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float) -> None:
@@ -46,7 +46,7 @@ def check_decode_attention_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, s
     for name, t in (("q", q), ("k", k), ("v", v), ("mask", mask)):
         if t.dim() != 4:
             raise ValueError(f"decode_attention: {name} must be 4-D, got shape {tuple(t.shape)}")
-    if q.dtype not in _FLOAT_DTYPES:
+    if q.dtype not in FLOAT_DTYPES:
         raise ValueError(f"decode_attention: q must be float32, bfloat16 or float16, got {q.dtype}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"decode_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")

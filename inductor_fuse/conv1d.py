@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from .quant.op import FLOAT_DTYPES
+
 MAX_TAPS = 16  # a short convolution: the rule matches up to this many taps, the kernel unrolls them
 
 
@@ -49,7 +50,7 @@ def check_depthwise_conv1d_args(
         raise ValueError(f"depthwise_conv1d: x must be [B, C, L], got shape {tuple(x.shape)}")
     if w.dim() != 2:
         raise ValueError(f"depthwise_conv1d: w must be [C, K], got shape {tuple(w.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"depthwise_conv1d: x must be float32, bfloat16 or float16, got {x.dtype}")
     B, C, L = x.shape
     if w.shape[0] != C or w.shape[1] < 1:

@@ -24,16 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .quant.op import GLU_ACTS, glu_act
-
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from .quant.op import FLOAT_DTYPES, GLU_ACTS, glu_act
 
 
 def check_glu_linear_args(x: Tensor, weight: Tensor, bias: Tensor | None, act: str) -> int:
     """Validate glu_linear's arguments; returns I. Raises ValueError naming the problem."""
     if act not in GLU_ACTS:
         raise ValueError(f"glu_linear: act must be one of {GLU_ACTS}, got {act!r}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"glu_linear: x must be float32, bfloat16 or float16, got {x.dtype}")
     if weight.dim() != 2 or weight.shape[0] % 2 or x.dim() < 1 or weight.shape[1] != x.shape[-1]:
         raise ValueError(

@@ -88,7 +88,7 @@ def _act_mul_kernel(y_ptr, out_ptr, total, GLU: tl.constexpr, BLOCK: tl.constexp
     tl.store(out_ptr + i, glu(gate, up, GLU).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def plan(M: int, I: int, K: int, elt_bytes: int, n_sms: int) -> tuple[int, int, int, int]:
+def plan(I: int, K: int, elt_bytes: int, n_sms: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages) of the fused kernel: outputs per program as many
     as keep at least one program per SM (64 .. 16), K steps of 256 bytes of weight row."""
     block_n = 64
@@ -117,7 +117,7 @@ def glu_linear_cuda(x: Tensor, weight: Tensor, bias: Tensor | None, act: str) ->
         block = 1024
         _act_mul_kernel[(triton.cdiv(M * I, block),)](y, out, M * I, GLU=glu_code(act), BLOCK=block, num_warps=4)
         return out.reshape(*x.shape[:-1], I)
-    block_n, block_k, warps, stages = plan(M, I, K, x.element_size(), num_sms(x.device))
+    block_n, block_k, warps, stages = plan(I, K, x.element_size(), num_sms(x.device))
     _glu_linear_kernel[(triton.cdiv(I, block_n),)](
         x2,
         weight,

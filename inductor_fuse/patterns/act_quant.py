@@ -204,7 +204,7 @@ def _weight(node: object, K: int) -> tuple[fx.Node, float, list[fx.Node]] | None
     if not isinstance(node, fx.Node) or "val" not in node.meta:
         return None
     v = val(node)
-    if not isinstance(v, torch.Tensor) or not _same_shape(v.shape, [K]) or v.dtype not in op._FLOAT_DTYPES:
+    if not isinstance(v, torch.Tensor) or not _same_shape(v.shape, [K]) or v.dtype not in op.FLOAT_DTYPES:
         return None
     if inner is None and v.dtype != torch.float32:
         return None

@@ -36,10 +36,12 @@ import torch.fx as fx
 
 from .. import glu as _glu_op  # noqa: F401 -- defines glu_linear, emitted for float weights
 from .. import report
-from ..quant.op import GLU_ACTS  # (importing quant.op defines qlinear, matched, and glu_qlinear, emitted)
+from ..quant.op import FLOAT_DTYPES, GLU_ACTS  # (importing quant.op defines qlinear, matched, and glu_qlinear, emitted)
 from .graph_utils import (
+    Linear,
     activation_key,
     activation_of,
+    as_linear,
     call,
     copy_meta,
     first_not_frozen,
@@ -47,85 +49,76 @@ from .graph_utils import (
     module_name,
     pointwise_chain,
     reads_stay_inside,
+    transposed_source,
     val,
 )
 from .registry import GRAPH_WALK, rule_family
 
 FAMILY = "glu"
 aten = torch.ops.aten
-qlinear = torch.ops.inductor_fuse.qlinear.default
 _VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-class _Linear(NamedTuple):
-    out: fx.Node  # what the GLU reads: the linear, or the one view of it to x's leading dims
-    nodes: tuple[fx.Node, ...]  # the linear's nodes, out first
-    x: fx.Node
-    weights: tuple[fx.Node, ...]  # the planes (quantized) or (W^T,) [K, N] (float)
-    bias: fx.Node | None
-    fmt: str | None  # None: float
+class _Operand(NamedTuple):
+    """A product operand that is a linear: the linear itself, or one view of a float linear (to x's
+    leading dims) that is the linear's only reader."""
+
+    out: fx.Node  # what the product (or the activation) reads
+    lin: Linear
+
+    @property
+    def nodes(self) -> tuple[fx.Node, ...]:  # out first
+        return (self.out,) if self.out is self.lin.node else (self.out, self.lin.node)
 
 
-def _as_linear(node: fx.Node) -> _Linear | None:
-    """A qlinear, or a float aten.mm / addmm (of a 1-D bias) perhaps behind one view that is its
-    only reader."""
-    if node.op != "call_function":
-        return None
-    if node.target is qlinear:
-        x, planes, b, fmt = node.args
-        return _Linear(node, (node,), x, tuple(planes), b, fmt)
+def _operand(node: fx.Node) -> _Operand | None:
     inner = node
-    if node.target in _VIEWS and isinstance(node.args[0], fx.Node):
+    if node.op == "call_function" and node.target in _VIEWS and isinstance(node.args[0], fx.Node):
         inner = node.args[0]
         if len(inner.users) != 1:
             return None
-    nodes = (node,) if inner is node else (node, inner)
-    if inner.target is aten.mm.default and len(inner.args) == 2 and not inner.kwargs:
-        x, wt = inner.args
-        return _Linear(node, nodes, x, (wt,), None, None)
-    if inner.target is aten.addmm.default and len(inner.args) == 3 and not inner.kwargs:
-        b, x, wt = inner.args
-        if val(b).dim() == 1:
-            return _Linear(node, nodes, x, (wt,), b, None)
-    return None
+    lin = as_linear(inner)
+    if lin is None or (inner is not node and lin.fmt is not None):  # a qlinear reads x's leading dims itself
+        return None
+    return _Operand(node, lin)
 
 
 def _match(mul: fx.Node, frozen: set[fx.Node]) -> tuple[str | None, tuple | None]:
-    """(reason it does not fuse, None) or (None, (gate, up, act, chain)), gate and up _Linear."""
+    """(reason it does not fuse, None) or (None, (gate, up, act, chain)), gate and up _Operand."""
     a, b = mul.args[:2]
     if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
         return "not a candidate", None
     for act_out, up_out in ((a, b), (b, a)):
-        up = _as_linear(up_out)
+        up = _operand(up_out)
         if up is None:
             continue
         found = pointwise_chain(act_out)
-        gate = _as_linear(found[0]) if found is not None else None
+        gate = _operand(found[0]) if found is not None else None
         if gate is None or gate.out is up.out:
             continue
         chain = found[1]
+        g, u = gate.lin, up.lin
         if len(up.out.users) != 1:
             return "the up projection's output has another reader", None
         if not reads_stay_inside(gate.out, chain, act_out) or set(act_out.users) != {mul}:
             return "the gate projection's output (or its activation) has another reader", None
-        if activation_key(gate.x) != activation_key(up.x):
+        if activation_key(g.x) != activation_key(u.x):
             return "gate and up read different inputs", None
-        shapes_g, shapes_u = ([tuple(val(w).shape) for w in lin.weights] for lin in (gate, up))
-        if gate.fmt != up.fmt or [val(w).dtype for w in gate.weights] != [val(w).dtype for w in up.weights]:
-            return f"gate and up in different formats ({gate.fmt or 'float'}, {up.fmt or 'float'})", None
+        shapes_g, shapes_u = ([tuple(val(w).shape) for w in lin.weights] for lin in (g, u))
+        if g.fmt != u.fmt or [val(w).dtype for w in g.weights] != [val(w).dtype for w in u.weights]:
+            return f"gate and up in different formats ({g.fmt or 'float'}, {u.fmt or 'float'})", None
         if shapes_g != shapes_u:
             return "gate and up of different widths or K", None
-        if (gate.bias is None) != (up.bias is None):
+        if (g.bias is None) != (u.bias is None):
             return "one of gate and up has a bias", None
         if not (val(gate.out).shape == val(up.out).shape == val(mul).shape):
             return "gate, up and their product of different shapes (a broadcast)", None
-        if val(mul).dtype != val(gate.x).dtype:
+        if val(mul).dtype != val(g.x).dtype:
             return "the product in another dtype than the input", None
-        x_dtype = val(gate.x).dtype
-        if gate.fmt is None and not (x_dtype == val(gate.weights[0]).dtype and x_dtype in _FLOAT_DTYPES):
+        x_dtype = val(g.x).dtype
+        if g.fmt is None and not (x_dtype == val(g.weights[0]).dtype and x_dtype in FLOAT_DTYPES):
             return "float gate and up of another dtype than their input", None
-        why = first_not_frozen((*gate.weights, *up.weights, gate.bias, up.bias), frozen)
+        why = first_not_frozen((*g.weights, *u.weights, g.bias, u.bias), frozen)
         if why is not None:
             return why, None
         act = activation_of(gate.out, chain, act_out)
@@ -136,10 +129,9 @@ def _match(mul: fx.Node, frozen: set[fx.Node]) -> tuple[str | None, tuple | None
 
 
 def _untransposed(graph: fx.Graph, wt: fx.Node) -> fx.Node:
-    """W [N, K] of a float linear's W^T [K, N] operand: the permute's input when it is one."""
-    if wt.op == "call_function" and wt.target is aten.permute.default and list(wt.args[1]) == [1, 0]:
-        return wt.args[0]
-    return call(graph, aten.permute.default, wt, [1, 0])
+    """W [N, K] of a float linear's W^T [K, N] operand."""
+    w = transposed_source(wt)
+    return w if w is not None else call(graph, aten.permute.default, wt, [1, 0])
 
 
 def _interleave(graph: fx.Graph, g: fx.Node, u: fx.Node) -> fx.Node:
@@ -169,25 +161,25 @@ def fuse_glu(graph: fx.Graph) -> int:
             rep.skipped.append(report.Skip(FAMILY, (mul.name,), why))
             continue
         gate, up, act, chain = m
+        g, u = gate.lin, up.lin
         with graph.inserting_before(mul):
-            bias = _interleave(graph, gate.bias, up.bias) if gate.bias is not None else None
-            if gate.fmt is not None:
-                planes = [_interleave(graph, g, u) for g, u in zip(gate.weights, up.weights)]
-                out = call(graph, torch.ops.inductor_fuse.glu_qlinear.default, gate.x, planes, bias, gate.fmt, act)
+            bias = _interleave(graph, g.bias, u.bias) if g.bias is not None else None
+            if g.fmt is not None:
+                planes = [_interleave(graph, pg, pu) for pg, pu in zip(g.weights, u.weights)]
+                out = call(graph, torch.ops.inductor_fuse.glu_qlinear.default, g.x, planes, bias, g.fmt, act)
             else:
-                weight = _interleave(graph, _untransposed(graph, gate.weights[0]), _untransposed(graph, up.weights[0]))
-                out = call(graph, torch.ops.inductor_fuse.glu_linear.default, gate.x, weight, bias, act)
-                if gate.out.target in _VIEWS:  # back to x's leading dims, as the gate's view did
-                    out = call(graph, gate.out.target, out, gate.out.args[1])
+                weight = _interleave(graph, _untransposed(graph, g.weights[0]), _untransposed(graph, u.weights[0]))
+                out = call(graph, torch.ops.inductor_fuse.glu_linear.default, g.x, weight, bias, act)
+            if gate.out is not g.node:  # the gate's view (to x's leading dims), on the GLU's output
+                out = call(graph, gate.out.target, out, gate.out.args[1])
         copy_meta(gate.out, out)  # labelled as the gate projection
         mul.replace_all_uses_with(out)
         for dead in [mul, *reversed(chain), *up.nodes, *gate.nodes]:
             if not dead.users:
                 graph.erase_node(dead)
-        w0 = val(gate.weights[0])
-        inter, kind = (w0.shape[0], gate.fmt) if gate.fmt else (w0.shape[1], str(w0.dtype).removeprefix("torch."))
-        label = f"({module_name(gate.nodes[-1])},{module_name(up.nodes[-1])})"
-        detail = f"x{list(val(gate.x).shape)} -> {act}(gate) * up, [{inter}] x 2 interleaved, {kind}"
-        rep.rewrites.append(report.Rewrite(FAMILY, label, (gate.nodes[-1].name, up.nodes[-1].name), detail))
+        kind = g.fmt or str(val(g.weights[0]).dtype).removeprefix("torch.")
+        label = f"({module_name(g.node)},{module_name(u.node)})"
+        detail = f"x{list(val(g.x).shape)} -> {act}(gate) * up, [{g.out_features}] x 2 interleaved, {kind}"
+        rep.rewrites.append(report.Rewrite(FAMILY, label, (g.node.name, u.node.name), detail))
         rewrites += 1
     return rewrites

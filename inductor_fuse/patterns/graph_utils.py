@@ -10,6 +10,8 @@ parameters, keyed by metadata and re-read from the live graph on a cache hit.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -18,12 +20,53 @@ from torch._guards import TracingContext
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from .. import report
+from ..quant import op as _quant_op  # noqa: F401 -- defines torch.ops.inductor_fuse.qlinear, matched below
 
 aten = torch.ops.aten
 prims = torch.ops.prims
+qlinear = torch.ops.inductor_fuse.qlinear.default
 
 # ops that only change how a weight is viewed: weight-ness flows through them
 LAYOUT_OPS = (aten.permute.default, aten.t.default, aten.reshape.default, aten.view.default)
+
+
+class Linear(NamedTuple):
+    """A linear as the rules see it. Float linears appear as ``aten.mm(x, W^T)`` /
+    ``aten.addmm(b, x, W^T)`` (x 2-D), quantized ones as ``inductor_fuse.qlinear(x, planes, b, fmt)``."""
+
+    node: fx.Node  # the mm / addmm / qlinear node
+    x: fx.Node  # activation
+    weights: tuple[fx.Node, ...]  # (W^T,) for float ([K, N]), the planes for quantized
+    bias: fx.Node | None
+    fmt: str | None  # None for float
+
+    @property
+    def out_features(self) -> int:
+        return val(self.weights[0]).shape[1 if self.fmt is None else 0]
+
+
+def as_linear(node: fx.Node) -> Linear | None:
+    """The Linear a node is (an mm, an addmm of a 1-D bias, a qlinear), or None."""
+    if node.op != "call_function":
+        return None
+    if node.target is aten.mm.default and len(node.args) == 2 and not node.kwargs:
+        x, wt = node.args
+        return Linear(node, x, (wt,), None, None)
+    if node.target is aten.addmm.default and len(node.args) == 3 and not node.kwargs:
+        b, x, wt = node.args
+        if val(b).dim() == 1:
+            return Linear(node, x, (wt,), b, None)
+    if node.target is qlinear:
+        x, planes, b, fmt = node.args
+        return Linear(node, x, tuple(planes), b, fmt)
+    return None
+
+
+def transposed_source(wt: fx.Node) -> fx.Node | None:
+    """W when a float linear's W^T operand is permute(W, [1, 0]) (how nn.Linear traces), else None."""
+    if wt.op == "call_function" and wt.target is aten.permute.default and list(wt.args[1]) == [1, 0]:
+        return wt.args[0]
+    return None
 
 
 def frozen_placeholders(graph: fx.Graph) -> set[fx.Node]:

@@ -6,8 +6,8 @@
     y_i = y[:, off_i : off_i + N_i]                (views, no copy)
 
 Covers QKV (GQA: unequal N_i), gate|up, the 4-way input projections of linear-attention layers.
-Float linears appear as ``aten.mm(x, W^T)`` / ``aten.addmm(b, x, W^T)``; quantized linears as
-``inductor_fuse.qlinear(x, planes, b, fmt)``, whose planes all have N as leading dim, so each
+Linears as graph_utils.as_linear sees them (aten mm / addmm, inductor_fuse.qlinear); a quantized
+linear's planes all have N as leading dim, so each
 plane concatenates along dim 0 (same format and K required). Missing biases become zeros.
 Runs before freezing (see graph_utils), which also keeps Inductor's own 2/3-way equal-shape
 concat from taking the linears first.
@@ -16,22 +16,23 @@ concat from taking the linears first.
 from __future__ import annotations
 
 import collections
-from typing import NamedTuple
 
 import torch
 import torch.fx as fx
 from torch._inductor.pattern_matcher import stable_topological_sort
 
 from .. import report
-from ..quant import op  # noqa: F401 -- defines torch.ops.inductor_fuse.qlinear, matched below
 from .graph_utils import (
+    Linear,
     activation_key,
+    as_linear,
     call,
     copy_meta,
     frozen_placeholders,
     is_frozen,
     module_name,
     not_frozen_reason,
+    transposed_source,
     val,
     views_to_reshapes,
     weight_root,
@@ -40,39 +41,9 @@ from .registry import GRAPH_WALK, rule_family
 
 FAMILY = "siblings"
 aten = torch.ops.aten
-prims = torch.ops.prims
-qlinear = torch.ops.inductor_fuse.qlinear.default
 
 
-class _Linear(NamedTuple):
-    node: fx.Node  # the mm / addmm / qlinear node
-    x: fx.Node  # activation
-    weights: tuple[fx.Node, ...]  # (W^T,) for float ([K, N]), the planes for quantized
-    bias: fx.Node | None
-    fmt: str | None  # None for float
-
-    @property
-    def out_features(self) -> int:
-        return val(self.weights[0]).shape[1 if self.fmt is None else 0]
-
-
-def _as_linear(node: fx.Node) -> _Linear | None:
-    if node.op != "call_function":
-        return None
-    if node.target is aten.mm.default and len(node.args) == 2 and not node.kwargs:
-        x, wt = node.args
-        return _Linear(node, x, (wt,), None, None)
-    if node.target is aten.addmm.default and len(node.args) == 3 and not node.kwargs:
-        b, x, wt = node.args
-        if val(b).dim() == 1:
-            return _Linear(node, x, (wt,), b, None)
-    if node.target is qlinear:
-        x, planes, b, fmt = node.args
-        return _Linear(node, x, tuple(planes), b, fmt)
-    return None
-
-
-def _why_not_fusable(lin: _Linear, frozen: set[fx.Node]) -> str | None:
+def _why_not_fusable(lin: Linear, frozen: set[fx.Node]) -> str | None:
     for w in lin.weights:
         if not is_frozen(w, frozen):
             return not_frozen_reason("weight", w)
@@ -81,7 +52,7 @@ def _why_not_fusable(lin: _Linear, frozen: set[fx.Node]) -> str | None:
     return None
 
 
-def _weight_key(lin: _Linear) -> tuple:
+def _weight_key(lin: Linear) -> tuple:
     """Linears fuse only with compatible weights: float of one dtype and K, or one quant format."""
     w = val(lin.weights[0])
     if lin.fmt is None:
@@ -89,17 +60,15 @@ def _weight_key(lin: _Linear) -> tuple:
     return ("quant", lin.fmt, w.device, tuple(val(p).dtype for p in lin.weights))
 
 
-def _fused_float_weight(graph: fx.Graph, lins: list[_Linear]) -> fx.Node:
+def _fused_float_weight(graph: fx.Graph, lins: list[Linear]) -> fx.Node:
     wts = [l.weights[0] for l in lins]  # each [K, N_i]
-    transposed = all(
-        w.op == "call_function" and w.target is aten.permute.default and list(w.args[1]) == [1, 0] for w in wts
-    )
-    if transposed:  # W_i^T = permute(W_i): concatenate the [N_i, K] weights, keep the layout
-        return call(graph, aten.permute.default, call(graph, aten.cat.default, [w.args[0] for w in wts], 0), [1, 0])
+    sources = [transposed_source(w) for w in wts]
+    if all(w is not None for w in sources):  # W_i^T = permute(W_i): concatenate the [N_i, K] weights, keep the layout
+        return call(graph, aten.permute.default, call(graph, aten.cat.default, sources, 0), [1, 0])
     return call(graph, aten.cat.default, wts, 1)
 
 
-def _fused_bias(graph: fx.Graph, lins: list[_Linear]) -> fx.Node | None:
+def _fused_bias(graph: fx.Graph, lins: list[Linear]) -> fx.Node | None:
     biases = [l.bias for l in lins]
     if all(b is None for b in biases):
         return None
@@ -113,11 +82,11 @@ def _fused_bias(graph: fx.Graph, lins: list[_Linear]) -> fx.Node | None:
     return call(graph, aten.cat.default, parts, 0)
 
 
-def _fuse(graph: fx.Graph, lins: list[_Linear]) -> str:
+def _fuse(graph: fx.Graph, lins: list[Linear]) -> str:
     """Replace ``lins`` (in graph order) by one fused linear + slices; return the detail line."""
     # Read the linears again: an earlier group's rewrite may have replaced their input (a group
     # that reads another group's output now reads a slice of the fused one).
-    lins = [_as_linear(l.node) for l in lins]
+    lins = [as_linear(l.node) for l in lins]
     first = lins[0]
     with graph.inserting_before(first.node):
         bias = _fused_bias(graph, lins)
@@ -160,9 +129,9 @@ def fuse_sibling_linears(graph: fx.Graph) -> int:
     rep = report.current()
     frozen = frozen_placeholders(graph)
 
-    by_input: dict[object, list[_Linear]] = collections.defaultdict(list)
+    by_input: dict[object, list[Linear]] = collections.defaultdict(list)
     for node in graph.nodes:
-        lin = _as_linear(node)
+        lin = as_linear(node)
         if lin is not None:
             by_input[activation_key(lin.x)].append(lin)
 
@@ -173,7 +142,7 @@ def fuse_sibling_linears(graph: fx.Graph) -> int:
                 report.Skip(FAMILY, (lins[0].node.name,), f"no other linear reads its input {lins[0].x.name}")
             )
             continue
-        groups: dict[tuple, list[_Linear]] = collections.defaultdict(list)
+        groups: dict[tuple, list[Linear]] = collections.defaultdict(list)
         for lin in lins:
             why = _why_not_fusable(lin, frozen)
             if why is None:

@@ -54,7 +54,7 @@ from torch import Tensor
 
 from .formats import FORMATS
 
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the ops take as activations
 
 
 def check_qlinear_args(x: Tensor, planes: Sequence[Tensor], bias: Tensor | None, fmt: str) -> tuple[int, int]:
@@ -62,7 +62,7 @@ def check_qlinear_args(x: Tensor, planes: Sequence[Tensor], bias: Tensor | None,
     if fmt not in FORMATS:
         raise ValueError(f"qlinear: unknown format {fmt!r}; known: {sorted(FORMATS)}")
     f = FORMATS[fmt]
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"qlinear: x must be float32, bfloat16 or float16, got {x.dtype}")
     if x.dim() < 1:
         raise ValueError("qlinear: x must have at least one dimension [..., K]")
@@ -88,7 +88,7 @@ def check_qlinear_args(x: Tensor, planes: Sequence[Tensor], bias: Tensor | None,
     if bias is not None:
         if bias.dim() != 1 or bias.shape[0] != N:
             raise ValueError(f"qlinear[{fmt}]: bias must have shape [{N}], got {tuple(bias.shape)}")
-        if bias.dtype not in _FLOAT_DTYPES:
+        if bias.dtype not in FLOAT_DTYPES:
             raise ValueError(f"qlinear[{fmt}]: bias must be floating point, got {bias.dtype}")
     return N, K
 
@@ -196,7 +196,7 @@ _INTERLEAVE_SRC = torch.argsort(_INTERLEAVE_DST)  # which element position j hol
 
 def check_quantize_act_args(x: Tensor, interleave: bool, max_m: int) -> int:
     """Validate quantize_act's arguments; returns K. Raises ValueError naming the problem."""
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"quantize_act: x must be float32, bfloat16 or float16, got {x.dtype}")
     if x.dim() < 1:
         raise ValueError("quantize_act: x must have at least one dimension [..., K]")
@@ -342,12 +342,12 @@ def check_rmsnorm_quantize_act_args(
     h: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool, max_m: int
 ) -> int:
     """Validate rmsnorm_quantize_act's arguments; returns K. Raises ValueError naming the problem."""
-    if h.dtype not in _FLOAT_DTYPES:
+    if h.dtype not in FLOAT_DTYPES:
         raise ValueError(f"rmsnorm_quantize_act: h must be float32, bfloat16 or float16, got {h.dtype}")
     K = check_quantize_act_args(h, interleave, max_m)
     if w.dim() != 1 or not _same(w.shape[0], K):
         raise ValueError(f"rmsnorm_quantize_act: w must have shape [{K}] (K = h.shape[-1]), got {list(w.shape)}")
-    if w.dtype not in _FLOAT_DTYPES:
+    if w.dtype not in FLOAT_DTYPES:
         raise ValueError(f"rmsnorm_quantize_act: w must be floating point, got {w.dtype}")
     if cast_before_weight and w.dtype != h.dtype:
         raise ValueError(f"rmsnorm_quantize_act: cast_before_weight needs w in h's dtype {h.dtype}, got {w.dtype}")

@@ -85,9 +85,9 @@ def test_kernel_reads_a_strided_x_and_keeps_leading_dims():
 
 
 def test_plan_fills_the_gpu_and_steps_k_by_256_bytes():
-    assert kernel.plan(1, 14336, 4096, 2, 132)[:2] == (64, 128)  # 224 programs
-    assert kernel.plan(1, 2048, 640, 2, 132)[:2] == (16, 128)  # 128 programs, the smallest tile
-    assert kernel.plan(1, 100, 24, 4, 132)[1] == 32  # K smaller than a step
+    assert kernel.plan(14336, 4096, 2, 132)[:2] == (64, 128)  # 224 programs
+    assert kernel.plan(2048, 640, 2, 132)[:2] == (16, 128)  # 128 programs, the smallest tile
+    assert kernel.plan(100, 24, 4, 132)[1] == 32  # K smaller than a step
 
 
 @pytest.mark.parametrize(

@@ -159,6 +159,21 @@ def test_float_bias_and_bf16():
     assert rel_err(got, ref) < 2e-2 and rep.counts[FAMILY] == 1, str(rep)
 
 
+class ViewedMLP(MLP):
+    def forward(self, x):  # x [B * T, K]: gate and up viewed to [B, T, I] before the GLU
+        g = self.gate_proj(x).view(2, -1, self.gate_proj.out_features)
+        u = self.up_proj(x).view(2, -1, self.up_proj.out_features)
+        return self.down_proj(self.act(g) * u)
+
+
+def test_float_gate_and_up_behind_a_view():
+    # the GLU's output takes the gate's view: [B * T, I] -> [B, T, I], as the product had
+    torch.manual_seed(0)
+    got, ref, rep = _run(ViewedMLP().eval(), torch.randn(6, 64))
+    assert got.shape == ref.shape == (2, 3, 64)
+    assert rel_err(got, ref) < 1e-5 and rep.counts[FAMILY] == 1, str(rep)
+
+
 class ActOfProduct(MLP):
     def forward(self, x):  # the activation after the product: not a GLU
         return self.down_proj(F.silu(self.gate_proj(x) * self.up_proj(x)))
