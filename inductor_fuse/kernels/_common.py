@@ -410,7 +410,7 @@ def register_kernels(*specs: KernelSpec) -> tuple[KernelSpec, ...]:
 # The matvec launcher shared by every format: matvec_kernel (below) with the format's functions
 #   matvec_kernel(xq, xd, xs32, xs16, p0, p1, p2, p3, bias, out, M, N, K, UNITS_PER_SPLIT,
 #                 rs0, rs1, rs2, rs3, LOAD, DECODE, ROW_DOT, UNIT, GROUP, HAS_BIAS,
-#                 SPLIT, PREFETCH, BLOCK_M, M_BLOCKS, BLOCK_N, BLOCK_U, USE_ASM)
+#                 SPLIT, PREFETCH, BLOCK_M, M_BLOCKS, BLOCK_N, BLOCK_U, USE_ASM, GLU, EVEN)
 # rs_i: row stride of plane i (elements of its view), passed from the host so that Triton sees
 # their divisibility by 16 and emits 16-byte loads.
 # grid (cdiv(N, BLOCK_N) * cdiv(M, BLOCK_M), 1, split), the row blocks of x fastest; a "unit" is the
@@ -461,8 +461,8 @@ def launch_matvec(
         LOAD=spec.load_units, DECODE=spec.decode, ROW_DOT=spec.row_dot,
         UNIT=spec.unit, GROUP=spec.group, HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=cfg.prefetch,
         BLOCK_M=block_m, M_BLOCKS=triton.cdiv(M, block_m), BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u,
-        USE_ASM=not interpreting(),
-        GLU=glu if split == 1 else 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        USE_ASM=not interpreting(), GLU=glu if split == 1 else 0, EVEN=n_units % cfg.block_u == 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if config.settings.on_matvec_launch is not None:
         config.settings.on_matvec_launch(compiled)
@@ -497,35 +497,34 @@ def launch_matvec(
 
 
 @triton.jit
-def unit_words(ptr, row_off, first, E: tl.constexpr, umask, OFF: tl.constexpr = 0, STREAM: tl.constexpr = True):
+def unit_words(ptr, row_off, first, E: tl.constexpr, umask, OFF: tl.constexpr = 0):
     """int32 [BLOCK_N, BLOCK_U, E]: words first[u] + OFF .. + E - 1 of each row of a plane
-    (row_off [BLOCK_N], first [BLOCK_U] in words): one vector load per thread and unit. STREAM:
+    (row_off [BLOCK_N], first [BLOCK_U] in words): one vector load per thread and unit. Streamed:
     the weights pass once, so their lines go first when the caches evict and the activation, read
     by every program, stays (kernel alone, M = 1, H200, 2026-12-02: Q4_0 gate_up 85 -> 91% of copy
-    bandwidth, Q4_K 82 -> 88% on gate_up and 61 -> 69% on down; Q6_K 1-7% and IQ4_XS about 1%
-    slower, so theirs do not stream)."""
+    bandwidth, Q4_K 82 -> 88% on gate_up and 61 -> 69% on down; IQ4_XS and Q6_K gained once their
+    K loops lost the masks and the scale-layout conversions: docs/kernels.md)."""
     e = tl.arange(0, E)
     at = ptr + row_off[:, None, None] + first[None, :, None] + e[None, None, :] + OFF
-    if STREAM:
-        w = tl.load(at, mask=umask[None, :, None], other=0, eviction_policy="evict_first")
-    else:
-        w = tl.load(at, mask=umask[None, :, None], other=0)
-    return w
+    return tl.load(at, mask=umask[None, :, None], other=0, eviction_policy="evict_first")
 
 
 @triton.jit
-def unit_halves(ptr, row_off, u, umask, STREAM: tl.constexpr = True):
+def unit_halves(ptr, row_off, u, umask):
     """The 32 bytes of each 32-byte unit u of a plane as two int32 [BLOCK_N, BLOCK_U, 4] halves (words
-    0-3 and 4-7): two 16-byte loads of one layout, so one thread holds the whole unit (STREAM:
-    unit_words)."""
-    return unit_words(ptr, row_off, u * 8, 4, umask, 0, STREAM), unit_words(ptr, row_off, u * 8, 4, umask, 4, STREAM)
+    0-3 and 4-7): two 16-byte loads of one layout, so one thread holds the whole unit (unit_words)."""
+    return unit_words(ptr, row_off, u * 8, 4, umask, 0), unit_words(ptr, row_off, u * 8, 4, umask, 4)
 
 
 @triton.jit
 def unit_scalars(ptr, row_off, idx, umask, OFF: tl.constexpr = 0):
     """[BLOCK_N, BLOCK_U]: element idx[u] + OFF of each row of a plane (row_off [BLOCK_N]). (A
-    constant offset goes in OFF: added to the pointer last, it folds into the load's immediate.)"""
-    return tl.load(ptr + row_off[:, None] + idx[None, :] + OFF, mask=umask[None, :], other=0)
+    constant offset goes in OFF: added to the pointer last, it folds into the load's immediate.)
+    The pointers are declared non-contiguous: a contiguous idx (IQ4_XS's u, Q6_K's u + 4 * (u // 4))
+    made Triton's coalescing give the load its own layout and convert it to the weights' in the
+    K loop (a warp shuffle, or shared memory and barriers across warps)."""
+    off = tl.max_contiguous(row_off[:, None] + idx[None, :], [1, 1])
+    return tl.load(ptr + off + OFF, mask=umask[None, :], other=0)
 
 
 @triton.jit
@@ -652,9 +651,13 @@ def matvec_units(
     BLOCK_N: tl.constexpr,
     BLOCK_U: tl.constexpr,
     USE_ASM: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     """The K loop over units [u_lo, u_hi), BLOCK_U at a time -> accs. With PREFETCH the weight
-    loads are double-buffered in registers: the next units' loads fly while these compute."""
+    loads are double-buffered in registers: the next units' loads fly while these compute. EVEN
+    (the launcher's K // UNIT % BLOCK_U == 0, so every step is whole, in every split): the steps
+    without PREFETCH load unmasked (a constant-true mask, which Triton folds away): no predicate
+    and no zero-fill per load (IQ4_XS's loop, H200: 165 -> 139 instructions per unit)."""
     ub = tl.arange(0, BLOCK_U)
     zero = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
     accs = (zero, zero, zero, zero, zero, zero, zero, zero)
@@ -671,7 +674,10 @@ def matvec_units(
     else:
         for u0 in range(loop_bound(u_lo), loop_bound(u_hi), BLOCK_U):
             u = u0 + ub
-            umask = u < u_hi
+            if EVEN:
+                umask = tl.full([BLOCK_U], 1, tl.int1)
+            else:
+                umask = u < u_hi
             w = LOAD(wctx, u, umask)
             accs = matvec_step(DECODE, ROW_DOT, w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM)
     return accs
@@ -762,6 +768,7 @@ def matvec_kernel(
     PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, M_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_U: tl.constexpr,
     USE_ASM: tl.constexpr, GLU: tl.constexpr = 0,  # GLU: act(gate) * up of interleaved rows (matvec_epilogue)
+    EVEN: tl.constexpr = False,  # every K step whole: no masks (matvec_units)
 ):  # fmt: skip
     pid_m, pid_n, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, M_BLOCKS, BLOCK_N)
     # the loop invariants LOAD reads: plane pointers, the rows' offsets in each plane (int64 in
@@ -769,6 +776,6 @@ def matvec_kernel(
     wctx = (p0, p1, p2, p3, rows_c.to(tl.int64) * rs0, rows_c * rs1, rows_c * rs2, rows_c * rs3, rows_c, GROUP)
     xa = (xq_ptr, xd_ptr, xs32_ptr, xs16_ptr)
     accs = matvec_units(
-        LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM
+        LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM, EVEN
     )
     matvec_epilogue(accs, bias_ptr, out_ptr, pid_m, pid_n, pid_k, rows, M, N, HAS_BIAS, SPLIT, GLU, BLOCK_M, BLOCK_N)

@@ -147,7 +147,7 @@ def _iq4xs_load_units(wctx, u, umask):
     # -> wa, wb int32 [BN, BU, 4] (sub-blocks 2u, 2u + 1); scw int16 [BN, BU] (sc_a | sc_b << 8);
     #    d f16 [BN, BU]; z int32 [BN, 1, 1] zeros
     qs_ptr, sc_ptr, d_ptr, _, qs_row, sc_row, d_row, _, rows_c, _ = wctx
-    wa, wb = unit_halves(qs_ptr, qs_row, u, umask, STREAM=False)  # unit_words: IQ4_XS is slower streamed
+    wa, wb = unit_halves(qs_ptr, qs_row, u, umask)
     scw = unit_scalars(sc_ptr, sc_row, u, umask)
     d = unit_scalars(d_ptr, d_row, u // 4, umask)
     z = (rows_c >> 31)[:, None, None]  # zeros (rows_c >= 0), per thread and opaque: see _iq4nl_lookup
@@ -211,7 +211,8 @@ def _iq4xs_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
 # Spec
 # ---------------------------------------------------------------------------------------------
 
-# The matvec default: not measured yet; Q4_K's (same unit, same 32-byte loads per thread).
+# The matvec default: Q4_K's (same unit, same 32-byte loads per thread), also the fastest of every
+# candidate at M = 1 (benchmarks/results/2026-12-02-kernels-sweep.json).
 (SPEC,) = register_kernels(
     KernelSpec("iq4_xs", UNIT.value, _iq4xs_load_units, _iq4xs_decode, _iq4xs_row_dot, _iq4xs_dequant_tile,
                plane_dtypes=(torch.int32, torch.int16, None), default_config=prefetch_when_batched(2, 16, num_warps=1))

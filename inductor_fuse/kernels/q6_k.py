@@ -36,8 +36,8 @@ def _q6k_load_units(wctx, u, umask):
     # -> ql, qh int32 [BN, BU, 4]; sc0, sc1 int8 [BN, BU]; d f16 [BN, BU]
     ql_ptr, qh_ptr, sc_ptr, d_ptr, ql_row, qh_row, sc_row, d_row, _, _ = wctx
     H = u // 4
-    ql = unit_words(ql_ptr, ql_row, u * 4, 4, umask, STREAM=False)  # unit_words: Q6_K is slower streamed
-    qh = unit_words(qh_ptr, qh_row, H * 8 + (u % 2) * 4, 4, umask, STREAM=False)
+    ql = unit_words(ql_ptr, ql_row, u * 4, 4, umask)
+    qh = unit_words(qh_ptr, qh_row, H * 8 + (u % 2) * 4, 4, umask)
     sc0 = unit_scalars(sc_ptr, sc_row, u + 4 * H, umask)
     sc1 = unit_scalars(sc_ptr, sc_row, u + 4 * H, umask, 4)
     return ql, qh, sc0, sc1, unit_scalars(d_ptr, d_row, u // 8, umask)
@@ -102,15 +102,13 @@ def _q6k_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
 
 
 def _default_config(M: int, N: int, K: int) -> MatvecConfig:
-    """Measured on an H200 (CUDA graph over rotated weight copies: benchmarks/results/
-    kernels_h200_tuning.json)."""
-    if M > 8:  # two or more row blocks of x: the prefetch's registers cost more than it hides
-        return MatvecConfig(block_n=2, block_u=16, num_warps=1)
-    if M > 1:
-        return MatvecConfig(block_n=2, block_u=16, num_warps=1, prefetch=True)
-    if K >= 8192:
-        return MatvecConfig(block_n=1, block_u=32, num_warps=1, prefetch=True)
-    return MatvecConfig(block_n=2, block_u=32, num_warps=2)
+    """Measured on an H200 (kernel alone, CUDA graph over rotated weight copies, every candidate at
+    M = 1, 4, 16 on down 4096 x 14336 and lm_head 128256 x 4096: benchmarks/results/
+    2026-12-02-kernels-sweep-q6_k.json). No register prefetch: since the scales load in the weights'
+    layout it only costs registers."""
+    if K >= 8192:  # long rows (down): one row per program at M = 1, two warps over 64 units above
+        return MatvecConfig(block_n=1, block_u=32, num_warps=1) if M == 1 else MatvecConfig(2, 32, num_warps=2)
+    return MatvecConfig(block_n=2, block_u=16, num_warps=1)
 
 
 (SPEC,) = register_kernels(

@@ -6,6 +6,7 @@ the reference on the dequantized activation (tight), and with the float referenc
 
 import pytest
 import torch
+import triton
 from numerics import rel_err
 
 from inductor_fuse import config
@@ -83,6 +84,23 @@ def test_matvec_split_k(fmt, prefetch):
     out = dispatch.matvec(x, planes, bias, fmt, config=cfg)
     ref = act_quant_reference(x) @ FORMATS[fmt].dequantize(planes).T + bias
     _assert_close(out, ref, 1e-5, f"{fmt} split-K matvec")
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("K", [1024, 768])
+def test_matvec_whole_and_partial_steps(fmt, K):
+    # K = 1024: K // unit units (a power of two) in two whole steps of block_u, so the kernel drops
+    # its masks; K = 768: 3 * 2**j units in steps of 2**(j + 1), the last one partial (masked)
+    n_units = K // KERNELS[fmt].unit
+    block_u = n_units // 2 if K == 1024 else triton.next_power_of_2(n_units) // 2
+    N, M = 21, 2
+    planes = _weight(fmt, N, K, seed=K)
+    x = _x(M, K, seed=K)
+    ref = act_quant_reference(x) @ FORMATS[fmt].dequantize(planes).T
+    for split_k in (1, 2):
+        cfg = MatvecConfig(block_n=2, block_u=block_u, split_k=split_k)
+        out = dispatch.matvec(x, planes, None, fmt, config=cfg)
+        _assert_close(out, ref, 1e-5, f"{fmt} matvec, {n_units} units, {cfg}")
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)

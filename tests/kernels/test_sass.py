@@ -1,0 +1,42 @@
+"""The W4A8 matvec compiled for sm_90 on this machine (benchmarks/sass_matvec.py: Triton's own
+ptxas and nvdisasm, no GPU, in a process of its own since these tests run Triton's interpreter):
+what its K loop executes, for the formats whose loop was made lean on purpose. Structure, not
+speed: speed is measured by bench_kernels.py on the GPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import triton
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "sass_matvec.py"
+NVDISASM = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+
+pytestmark = pytest.mark.skipif(not NVDISASM.exists(), reason="this Triton wheel has no NVIDIA tools")
+
+# (fmt, M, K): 8B decode shapes whose loops docs/kernels.md reports (gate_up / lm_head K = 4096, down 14336)
+CASES = [("iq4_xs", 1, 4096), ("q4_k", 1, 4096), ("q6_k", 1, 4096), ("q6_k", 16, 14336)]
+
+
+@pytest.mark.parametrize("fmt, M, K", CASES)
+def test_scales_load_in_the_weights_layout_and_whole_steps_drop_the_masks(fmt, M, K):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run(
+        [sys.executable, str(SCRIPT), fmt, "--m", str(M), "--K", str(K), "--json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    even, masked = r["even"], r["masked"]
+    assert even["loop"] and masked["loop"], "no K loop found in the SASS"
+    # no layout conversion inside the loop: the scale loads are declared non-contiguous so that
+    # Triton gives them the weights' layout (else a warp shuffle, or shared memory and barriers,
+    # every step)
+    assert even["conversions"] == 0, even["mix"]
+    # the unmasked loop: no zero-fill of masked-off load destinations, fewer instructions
+    assert even["mix"].get("CS2R", 0) == 0 < masked["mix"].get("CS2R", 0)
+    assert even["loop"] < masked["loop"]
+    assert even["stack"] == 0, f"{fmt}: spills to the stack"
