@@ -90,15 +90,16 @@ def test_matvec_split_k(fmt, prefetch):
 @pytest.mark.parametrize("K", [1024, 768])
 def test_matvec_whole_and_partial_steps(fmt, K):
     # K = 1024: K // unit units (a power of two) in two whole steps of block_u, so the kernel drops
-    # its masks; K = 768: 3 * 2**j units in steps of 2**(j + 1), the last one partial (masked)
+    # its masks; K = 768: 3 * 2**j units in steps of 2**(j + 1), the last one partial (masked);
+    # each with and without split-K and the register prefetch
     n_units = K // KERNELS[fmt].unit
     block_u = n_units // 2 if K == 1024 else triton.next_power_of_2(n_units) // 2
     N, M = 21, 2
     planes = _weight(fmt, N, K, seed=K)
     x = _x(M, K, seed=K)
     ref = act_quant_reference(x) @ FORMATS[fmt].dequantize(planes).T
-    for split_k in (1, 2):
-        cfg = MatvecConfig(block_n=2, block_u=block_u, split_k=split_k)
+    for split_k, prefetch in ((1, False), (2, False), (1, True), (2, True)):
+        cfg = MatvecConfig(block_n=2, block_u=block_u, split_k=split_k, prefetch=prefetch)
         out = dispatch.matvec(x, planes, None, fmt, config=cfg)
         _assert_close(out, ref, 1e-5, f"{fmt} matvec, {n_units} units, {cfg}")
 
