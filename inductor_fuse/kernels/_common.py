@@ -657,7 +657,8 @@ def matvec_units(
     loads are double-buffered in registers: the next units' loads fly while these compute. EVEN
     (the launcher's K // UNIT % BLOCK_U == 0, so every step is whole, in every split): the steps
     without PREFETCH load unmasked (a constant-true mask, which Triton folds away): no predicate
-    and no zero-fill per load (IQ4_XS's loop, H200: 165 -> 139 instructions per unit)."""
+    and no zero-fill per load (IQ4_XS's loop at M = 1, sm_90: 169 -> 148 instructions per step,
+    benchmarks/sass_matvec.py)."""
     ub = tl.arange(0, BLOCK_U)
     zero = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
     accs = (zero, zero, zero, zero, zero, zero, zero, zero)
