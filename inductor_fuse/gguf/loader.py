@@ -65,24 +65,34 @@ def load_gguf(
     device = torch.device(device)
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    reader = _open(path)
-    try:
-        args = model_args(reader, path)
-        arch = field_value(reader, "general.architecture")
-        tensors = {t.name: t for t in reader.tensors}
-        plan = _plan(args, reader, tensors, path)  # every tensor checked before anything is built
-        # The tokenizer (a vocabulary's JSON parsed in Rust, ~0.5 s for Gemma's 262k tokens,
-        # without the GIL) is made on a thread while the weights are read and converted.
-        with ThreadPoolExecutor(1, thread_name_prefix="inductor_fuse-tokenizer") as pool:
+    # Two jobs run on threads while this one parses the file and converts the weights: the CUDA
+    # context (its creation, a few tenths of a second, would otherwise wait for the first weight
+    # copy) and the tokenizer (a vocabulary's JSON parsed in Rust without the GIL, ~0.5 s for
+    # Gemma's 262k tokens).
+    with ThreadPoolExecutor(2, thread_name_prefix="inductor_fuse-load") as pool:
+        device_job = pool.submit(_start_device, device) if device.type == "cuda" else None
+        reader = _open(path)
+        try:
+            args = model_args(reader, path)
+            arch = field_value(reader, "general.architecture")
+            tensors = {t.name: t for t in reader.tensors}
+            plan = _plan(args, reader, tensors, path)  # every tensor checked before anything is built
             tokenizer_job = pool.submit(GGUFTokenizer.from_reader, reader, path)
             model = _build(args, arch, plan, tensors, path, device, dtype, progress)
             model.setup_caches(max_batch_size, max_seq_len, dtype)
             tokenizer = tokenizer_job.result()
-    except GGUFLoadError:
-        raise
-    except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as e:
-        raise GGUFLoadError(f"{path}: {type(e).__name__}: {e}") from e
+            if device_job is not None:
+                device_job.result()  # its error, if the build did not meet it first
+        except GGUFLoadError:
+            raise
+        except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as e:
+            raise GGUFLoadError(f"{path}: {type(e).__name__}: {e}") from e
     return model.eval(), tokenizer
+
+
+def _start_device(device: torch.device) -> None:
+    """Create the CUDA context of `device` (and its caching allocator) by putting one value there."""
+    torch.zeros(1, device=device)
 
 
 def _open(path: str) -> GGUFFile:

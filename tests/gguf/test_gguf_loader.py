@@ -2,13 +2,15 @@
 quantizers: the loaded model's logits equal those of transformers' float model built from the
 dequantized weights (prefill and step-by-step decode)."""
 
+import threading
+
 import pytest
 import torch
 import torch.nn as nn
 from numerics import rel_err
 from tiny_gguf import hf_reference
 
-from inductor_fuse.gguf import load_gguf
+from inductor_fuse.gguf import GGUFLoadError, load_gguf, loader
 from inductor_fuse.models.generate import decode_one_token, generate
 from inductor_fuse.quant import QuantizedLinear
 
@@ -140,3 +142,57 @@ def test_resized_cache_keeps_the_activation_dtype(tiny_gguf):
     model.setup_caches(1, 64)
     assert model.layers[0].attention.kv_cache.k_cache.dtype == torch.bfloat16
     assert len(generate(model, [5, 7, 11], 4)) == 4
+
+
+def test_a_cuda_load_starts_the_device_on_a_thread(tiny_gguf, monkeypatch):
+    # load_gguf creates the CUDA context on a thread while it parses and converts; here the
+    # device job only records on which thread it ran, and the build's own error (this machine
+    # may have no CUDA) still comes out as a GGUFLoadError naming the file
+    started = []
+    parse = loader._open
+
+    def record_open(path):
+        started.append(("open", threading.current_thread().name))
+        return parse(path)
+
+    def fake_start(device):
+        started.append((str(device), threading.current_thread().name))
+
+    def build_fails(*args, **kwargs):
+        raise RuntimeError("no CUDA device in this test")
+
+    build = loader._build
+    monkeypatch.setattr(loader, "_start_device", fake_start)
+    monkeypatch.setattr(loader, "_open", record_open)
+    monkeypatch.setattr(loader, "_build", build_fails)
+    path = tiny_gguf("llama")[0]
+    with pytest.raises(GGUFLoadError, match="no CUDA device in this test") as e:
+        load_gguf(path, device="cuda:0", progress=False)
+    assert path in str(e.value)
+    device_threads = [thread for what, thread in started if what == "cuda:0"]
+    assert len(device_threads) == 1 and device_threads[0].startswith("inductor_fuse-load")
+    assert ("open", threading.main_thread().name) in started
+    # a CPU load (the real build) parses on this thread and starts no device job
+    started.clear()
+    monkeypatch.setattr(loader, "_build", build)
+    load_gguf(path, device="cpu", max_seq_len=8, progress=False)
+    assert started == [("open", threading.main_thread().name)]
+
+
+def test_the_device_jobs_error_is_not_lost(tiny_gguf, monkeypatch):
+    # the build succeeds (on the CPU, standing in for the device), the device job failed: the
+    # load fails with its error, naming the file
+    def start_fails(device):
+        raise RuntimeError("CUDA error: invalid device ordinal (test)")
+
+    build = loader._build
+
+    def build_on_cpu(args, arch, plan, tensors, path, device, *rest):
+        return build(args, arch, plan, tensors, path, torch.device("cpu"), *rest)
+
+    monkeypatch.setattr(loader, "_start_device", start_fails)
+    monkeypatch.setattr(loader, "_build", build_on_cpu)
+    path = tiny_gguf("llama")[0]
+    with pytest.raises(GGUFLoadError, match="invalid device ordinal") as e:
+        load_gguf(path, device="cuda:0", dtype=torch.float32, max_seq_len=8, progress=False)
+    assert path in str(e.value)
