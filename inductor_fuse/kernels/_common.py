@@ -19,6 +19,8 @@
 - `kernel_or_reference`: the body every op's CUDA registration shares: the kernel, or the
   pure-torch reference (and a WARNING once per error) when the kernel raises.
 - `glu_code`: a GLU activation's name (quant.op.GLU_ACTS) as the matvec's GLU constexpr.
+- `act_mul`: act(gate) * up of an interleaved gate|up output, one launch (the GLU step of the
+  paths that do not fuse it: glu_linear above its fused rows, the quantized GEMMs, split-K).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import triton
 import triton.language as tl
 
 from .. import config
-from ..quant.op import GLU_ACTS, glu_act
+from ..quant.op import GLU_ACTS
 
 # Whether Triton runs kernels on the CPU (TRITON_INTERPRET=1, Triton's own variable): read once,
 # as triton.jit reads it when it decorates a kernel (a later change would not take effect there).
@@ -469,7 +471,7 @@ def launch_matvec(
     if split > 1 and glu:  # the partials' sum first, then the GLU (a separate step)
         y = torch.empty((M, N), dtype=torch.float32, device=dev)
         splitk_reduce(ws, bias, y)
-        out.copy_(glu_act(y, act))
+        act_mul(y, act, out)
     elif split > 1:
         splitk_reduce(ws, bias, out)
     return out
@@ -712,6 +714,32 @@ def glu(gate, up, GLU: tl.constexpr):
     else:
         a = 0.5 * gate * (1.0 + tanh(0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)))
     return a * up
+
+
+@triton.jit
+def _act_mul_kernel(y_ptr, out_ptr, total, GLU: tl.constexpr, BLOCK: tl.constexpr):
+    # out.flat[i] = act(y.flat[2i]) * y.flat[2i + 1]: y [M, 2I] interleaved, out [M, I], contiguous
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < total
+    pair = tl.load(y_ptr + 2 * i[:, None] + tl.arange(0, 2)[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    gate, up = tl.split(pair)
+    tl.store(out_ptr + i, glu(gate, up, GLU).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def act_mul(y: torch.Tensor, act: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """act(gate) * up of an interleaved gate|up output y [M, 2I] (rows 2i, 2i + 1: glu_act's
+    layout) as one launch: out [M, I] (y's dtype unless given), float32 math. The GLU step of every
+    path that does not fuse it into its matmul: glu_linear above the fused kernel's rows, the
+    quantized GEMMs and the split-K matvec."""
+    y = y.contiguous()
+    M, N = y.shape
+    if out is None:
+        out = torch.empty((M, N // 2), dtype=y.dtype, device=y.device)
+    total = M * (N // 2)
+    if total:
+        block = 1024
+        _act_mul_kernel[(triton.cdiv(total, block),)](y, out, total, GLU=glu_code(act), BLOCK=block, num_warps=4)
+    return out
 
 
 @triton.jit

@@ -22,8 +22,7 @@ import dataclasses
 import torch
 
 from .. import config as knobs  # (the `config` arguments here are kernel configs)
-from ..quant.op import glu_act
-from ._common import MatvecConfig, QuantizedActivation, act_quant, interpreting, launch_matvec, pick_config
+from ._common import MatvecConfig, QuantizedActivation, act_mul, act_quant, interpreting, launch_matvec, pick_config
 from .gemm import dequant_mm, qgemm
 from .registry import kernel_spec
 
@@ -93,5 +92,5 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None
     else:
         out = dequant_mm(x2, planes, bias, fmt)
     if act:
-        out = glu_act(out.float(), act).to(x.dtype)
+        out = act_mul(out, act)
     return out.reshape(*x.shape[:-1], n_out)

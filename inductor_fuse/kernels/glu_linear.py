@@ -8,7 +8,7 @@ gated MLP's gate|up linear over float weights with act(gate) * up in the epilogu
             acc [16, 2 BLOCK_N] += x_tile @ w_tile^T            (float32)
         then splits acc into its even (gate) and odd (up) columns, adds the bias, and writes only
         act(gate) * up [M, BLOCK_N]. One launch, no [M, 2I] intermediate.
-    more rows (prefill): cuBLAS's mm over the interleaved weight, then `_act_mul_kernel` (one
+    more rows (prefill): cuBLAS's mm over the interleaved weight, then `_common.act_mul` (one
         launch: each output reads its gate and up as one pair of neighbours). A tl.dot GEMM does
         not keep up with cuBLAS there, and the product's [M, 2I] round trip is small next to the
         GEMM.
@@ -26,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..glu import check_glu_linear_args, glu_linear, glu_linear_reference
-from ._common import glu, glu_code, interpreting, kernel_or_reference, loop_bound, num_sms
+from ._common import act_mul, glu, glu_code, interpreting, kernel_or_reference, loop_bound, num_sms
 
 FUSED_MAX_M = 16  # rows of x the fused kernel takes (one 16-row tl.dot tile); more: mm + act_mul
 
@@ -78,16 +78,6 @@ def _glu_linear_kernel(
     )
 
 
-@triton.jit
-def _act_mul_kernel(y_ptr, out_ptr, total, GLU: tl.constexpr, BLOCK: tl.constexpr):
-    # out.flat[i] = act(y.flat[2i]) * y.flat[2i + 1]: y [M, 2I] interleaved, out [M, I], contiguous
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < total
-    pair = tl.load(y_ptr + 2 * i[:, None] + tl.arange(0, 2)[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-    gate, up = tl.split(pair)
-    tl.store(out_ptr + i, glu(gate, up, GLU).to(out_ptr.dtype.element_ty), mask=ok)
-
-
 def plan(I: int, K: int, elt_bytes: int, n_sms: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages) of the fused kernel: outputs per program as many
     as keep at least one program per SM (64 .. 16), K steps of 256 bytes of weight row."""
@@ -113,9 +103,7 @@ def glu_linear_cuda(x: Tensor, weight: Tensor, bias: Tensor | None, act: str) ->
     if M == 0 or I == 0:
         return out.reshape(*x.shape[:-1], I)
     if M > FUSED_MAX_M:
-        y = torch.nn.functional.linear(x2, weight, bias).contiguous()
-        block = 1024
-        _act_mul_kernel[(triton.cdiv(M * I, block),)](y, out, M * I, GLU=glu_code(act), BLOCK=block, num_warps=4)
+        act_mul(torch.nn.functional.linear(x2, weight, bias), act, out)
         return out.reshape(*x.shape[:-1], I)
     block_n, block_k, warps, stages = plan(I, K, x.element_size(), num_sms(x.device))
     _glu_linear_kernel[(triton.cdiv(I, block_n),)](
