@@ -107,7 +107,9 @@ def _default_config(M: int, N: int, K: int) -> MatvecConfig:
     2026-12-02-kernels-sweep-q6_k.json). No register prefetch: since the scales load in the weights'
     layout it only costs registers."""
     if K >= 8192:  # long rows (down): one row per program at M = 1, two warps over 64 units above
-        return MatvecConfig(block_n=1, block_u=32, num_warps=1) if M == 1 else MatvecConfig(2, 32, num_warps=2)
+        if M == 1:
+            return MatvecConfig(block_n=1, block_u=32, num_warps=1)
+        return MatvecConfig(block_n=2, block_u=32, num_warps=2)
     return MatvecConfig(block_n=2, block_u=16, num_warps=1)
 
 
