@@ -65,8 +65,7 @@ def test_torch_compile_reduce_overhead():
     def f(x):
         return torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt) * 2.0
 
-    torch._dynamo.reset()
-    cf = torch.compile(f, mode="reduce-overhead", fullgraph=True)
+    cf = torch.compile(f, mode="reduce-overhead", fullgraph=True)  # as users compile: no dynamo reset before
     for M in (1, 1, 1, 4, 4, 4, 64, 64):
         x = torch.randn(1, M, K, device=dev, dtype=torch.bfloat16)
         got = cf(x).clone()
