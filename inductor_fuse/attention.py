@@ -28,6 +28,15 @@ This module defines the op and what every device shares:
 - default (CPU, any device without a kernel): the pure-torch `decode_attention_reference`.
 - fake: shape and dtype of q, with the same validation (`check_decode_attention_args`: a ValueError
   naming the problem).
+
+    decode_attention_quantize_act(q, k, v, mask, scale, softcap, bool interleave, int max_m)
+        -> (Tensor out, Tensor xq, Tensor xd, Tensor xs32, Tensor xs16)
+    the op with its output quantized for the o-projection that reads it (the ``act_quant`` rule
+    emits it): out as decode_attention's, and quantize_act(x, interleave, max_m)'s four tensors
+    (quant/op.py) of x = out.transpose(1, 2).reshape(B, S, Hq * D), the o-projection's input, as
+    one launch fewer: the CUDA kernel quantizes in the step that merges its splits. Hq * D must be a
+    multiple of 32; like quantize_act, the CUDA body fills the int8 tensors only for at most max_m
+    rows (B * S).
 The CUDA implementation (a split-K flash-decoding Triton kernel that reads only the KV tiles the
 mask reaches) is registered on this op by kernels/decode_attention.py. Registration happens at
 import; nothing touches a device then.
@@ -38,7 +47,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .quant.op import FLOAT_DTYPES
+from .quant.op import (
+    ACT_TILE,
+    FLOAT_DTYPES,
+    check_quantize_act_args,
+    empty_quantized_activation,
+    quantize_act_reference,
+)
 
 
 def check_decode_attention_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float) -> None:
@@ -116,3 +131,40 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float
 def _decode_attention_fake(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float) -> Tensor:
     check_decode_attention_args(q, k, v, mask, scale, softcap)
     return q.new_empty(q.shape)
+
+
+def attention_rows(out: Tensor) -> Tensor:
+    """The attention output [B, Hq, S, D] as its o-projection reads it: [B, S, Hq * D]."""
+    B, Hq, S, D = out.shape
+    return out.transpose(1, 2).reshape(B, S, Hq * D)
+
+
+def check_decode_attention_quantize_act_args(q, k, v, mask, scale, softcap, interleave, max_m) -> None:
+    """decode_attention's checks, and quantize_act's on the o-projection's input. Raises ValueError."""
+    check_decode_attention_args(q, k, v, mask, scale, softcap)
+    B, Hq, S, D = q.shape
+    if (Hq * D) % ACT_TILE:
+        raise ValueError(f"decode_attention_quantize_act: Hq * D = {Hq * D} must be a multiple of {ACT_TILE}")
+    check_quantize_act_args(q.new_empty((0, Hq * D)), interleave, max_m)
+
+
+def decode_attention_quantize_act_reference(q, k, v, mask, scale, softcap, interleave):
+    """The op's pure-torch body (arguments already checked): out, then the quantization of its rows."""
+    out = decode_attention_reference(q, k, v, mask, scale, softcap)
+    return (out, *quantize_act_reference(attention_rows(out), interleave))
+
+
+@torch.library.custom_op("inductor_fuse::decode_attention_quantize_act", mutates_args=())
+def decode_attention_quantize_act(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float, interleave: bool, max_m: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Pure-torch reference, every row quantized; the CUDA kernel: kernels/decode_attention.py."""
+    check_decode_attention_quantize_act_args(q, k, v, mask, scale, softcap, interleave, max_m)
+    return decode_attention_quantize_act_reference(q, k, v, mask, scale, softcap, interleave)
+
+
+@decode_attention_quantize_act.register_fake
+def _decode_attention_quantize_act_fake(q, k, v, mask, scale, softcap, interleave, max_m):  # (types: the op's)
+    check_decode_attention_quantize_act_args(q, k, v, mask, scale, softcap, interleave, max_m)
+    B, Hq, S, D = q.shape
+    return (q.new_empty(q.shape), *empty_quantized_activation(q.new_empty((B, S, Hq * D))))

@@ -45,8 +45,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..attention import check_decode_attention_args, decode_attention, decode_attention_reference
-from ._common import interpreting, kernel_or_reference, loop_bound, num_sms, tanh
+from ..attention import (
+    attention_rows,
+    check_decode_attention_args,
+    check_decode_attention_quantize_act_args,
+    decode_attention,
+    decode_attention_quantize_act,
+    decode_attention_quantize_act_reference,
+    decode_attention_reference,
+)
+from ..quant.op import act_shapes, empty_quantized_activation
+from ._common import act_quant, interpreting, kernel_or_reference, loop_bound, num_sms, quantize_tiles, tanh
+from .ops import matvec_reads
 
 HEAD_DIMS = (64, 128, 256)
 MASK_BYTES = 32768  # the mask a program loads at once to find its live tiles, at most
@@ -171,6 +181,10 @@ def _merge_kernel(
     ws_m_ptr,
     ws_l_ptr,  # float32 [B * Hkv, NUM_SPLITS, G * S]
     out_ptr,  # [B, Hq, S, D]
+    xq_ptr,  # QUANT: int8 [B * S, Hq * D]
+    xd_ptr,
+    xs32_ptr,  # QUANT: float32 [B * S, Hq * D / 32]
+    xs16_ptr,  # QUANT: float32 [B * S, Hq * D / 16]
     Hkv,
     G,
     S,
@@ -181,6 +195,8 @@ def _merge_kernel(
     D: tl.constexpr,
     SPLITS: tl.constexpr,  # NUM_SPLITS rounded up to a power of two
     BLOCK_D: tl.constexpr,
+    QUANT: tl.constexpr = False,  # also quantize out's stored values for the o-projection (BLOCK_D % 32 == 0)
+    INTERLEAVE: tl.constexpr = False,
 ):
     # program (b * Hkv + j, r, dc): row r of KV head j (query head j * G + r // S, token r % S),
     # columns dc * BLOCK_D ..; every split's partial in one load each (no dependent loop)
@@ -201,7 +217,14 @@ def _merge_kernel(
     dd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     acc = tl.load(ws_acc_ptr + at.to(tl.int64)[:, None] * D + dd[None, :], mask=ok[:, None], other=0.0)  # 0 if dead
     o = tl.sum(w[:, None] * acc, axis=0) / tl.where(den > 0, den, 1.0)
-    tl.store(out_ptr + b * sob + (j * G + r // S) * soh + (r % S) * sos + dd, o.to(out_ptr.dtype.element_ty))
+    h = j * G + r // S
+    o = o.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + b * sob + h * soh + (r % S) * sos + dd, o)
+    if QUANT:  # x = out.transpose(1, 2).reshape(B * S, Hq * D): row b * S + s, columns h * D + dd
+        K = G * Hkv * D
+        g = (h * D + tl.program_id(2) * BLOCK_D) // 32 + tl.arange(0, BLOCK_D // 32)
+        tiles = tl.reshape(o.to(tl.float32), [BLOCK_D // 32, 32])
+        quantize_tiles(tiles, b * S + r % S, g, g < K // 32, K, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, INTERLEAVE)
 
 
 @dataclass(frozen=True)
@@ -258,11 +281,20 @@ def plan(
 
 
 def decode_attention_cuda(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float, num_splits: int | None = None
-) -> Tensor:
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    scale: float,
+    softcap: float,
+    num_splits: int | None = None,
+    quantize: bool | None = None,
+) -> Tensor | tuple[Tensor, ...]:
     """The kernel's launcher (arguments already validated; CPU tensors under TRITON_INTERPRET=1).
     q [B, Hq, S, D], k/v [B, Hkv, T, D], mask bool [1|B, 1|Hq, S, T] -> [B, Hq, S, D] in q.dtype.
-    num_splits: about how many T-splits (default: `plan`'s choice); tests set it."""
+    num_splits: about how many T-splits (default: `plan`'s choice); tests set it. quantize (the
+    interleave flag; None: no): also return quantize_act's (xq, xd, xs32, xs16) of
+    attention_rows(out), as [B * S, ...] tensors, made by the merge step (one split: act_quant)."""
     B, Hq, S, D = q.shape
     _, Hkv, T, _ = k.shape
     if D not in HEAD_DIMS:
@@ -319,14 +351,22 @@ def decode_attention_cuda(
         num_warps=p.num_warps,
         num_stages=p.num_stages,
     )
+    quant = quantize is not None
+    if quant:
+        K = Hq * D
+        xq = torch.empty((B * S, K), dtype=torch.int8, device=q.device)
+        xd, xs32 = (torch.empty((B * S, K // 32), dtype=torch.float32, device=q.device) for _ in range(2))
+        xs16 = torch.empty((B * S, K // 16), dtype=torch.float32, device=q.device)
     if p.num_splits > 1:
         splits_p2 = triton.next_power_of_2(p.num_splits)
-        block_d = min(D, max(8192 // splits_p2, 8))  # a [splits, BLOCK_D] float32 tile of <= 8192
+        # a [splits, BLOCK_D] float32 tile of <= 8192; whole 32-tiles of out when quantizing
+        block_d = min(D, max(8192 // splits_p2, 32 if quant else 8))
         _merge_kernel[(B * Hkv, GS, D // block_d)](
             ws_acc,
             ws_m,
             ws_l,
             out,
+            *((xq, xd, xs32, xs16) if quant else (out,) * 4),
             Hkv,
             G,
             S,
@@ -335,8 +375,15 @@ def decode_attention_cuda(
             D=D,
             SPLITS=splits_p2,
             BLOCK_D=block_d,
+            QUANT=quant,
+            INTERLEAVE=bool(quantize),
             num_warps=4,
         )
+    elif quant:  # one split wrote out itself: the quantization as its own launch
+        xa = act_quant(attention_rows(out).reshape(B * S, Hq * D), interleave=quantize)
+        return out, xa.xq, xa.xd, xa.xs32, xa.xs16
+    if quant:
+        return out, xq.view(torch.int32), xd, xs32, xs16
     return out
 
 
@@ -346,3 +393,24 @@ def _decode_attention_cuda(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale:
     check_decode_attention_args(*args)
     # a head dim without a kernel, a kernel that cannot compile: the reference, one WARNING
     return kernel_or_reference("decode_attention", decode_attention_cuda, decode_attention_reference, *args)
+
+
+@decode_attention_quantize_act.register_kernel("cuda")
+def _decode_attention_quantize_act_cuda(q, k, v, mask, scale, softcap, interleave, max_m):  # (types: the op's)
+    args = (q, k, v, mask, scale, softcap)
+    check_decode_attention_quantize_act_args(*args, interleave, max_m)
+    B, Hq, S, D = q.shape
+    if not matvec_reads(B * S, max_m):
+        out = kernel_or_reference("decode_attention", decode_attention_cuda, decode_attention_reference, *args)
+        return (out, *empty_quantized_activation(q.new_empty((B, S, Hq * D))))
+    out = kernel_or_reference("decode_attention", _quantized_kernel, _quantized_reference, *args, interleave)
+    rows = torch.empty((B, S, Hq * D), device="meta")  # the o-projection's input: the int8 tensors' shapes
+    return (out[0], *(t.reshape(shape) for t, shape in zip(out[1:], act_shapes(rows))))
+
+
+def _quantized_kernel(q, k, v, mask, scale, softcap, interleave):
+    return decode_attention_cuda(q, k, v, mask, scale, softcap, quantize=interleave)
+
+
+def _quantized_reference(q, k, v, mask, scale, softcap, interleave):
+    return decode_attention_quantize_act_reference(q, k, v, mask, scale, softcap, interleave)

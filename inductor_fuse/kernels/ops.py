@@ -99,7 +99,7 @@ def _usable_activation(x: Tensor, fmt: str, xa: list[Tensor], interleave: bool, 
     return xa if M <= max_m else None
 
 
-def _matvec_reads(M: int, max_m: int) -> bool:
+def matvec_reads(M: int, max_m: int) -> bool:
     """Whether some consumer's matvec reads the int8 activation of M rows that quantize_act /
     rmsnorm_quantize_act make for consumers taking at most max_m: else they compute none of it."""
     return 0 < M <= max_m and not knobs.settings.exact_matvec
@@ -140,7 +140,7 @@ def _glu_reference(x: Tensor, planes: list[Tensor], bias: Tensor | None, fmt: st
 @quantize_act.register_kernel("cuda")
 def _quantize_act_cuda(x: Tensor, interleave: bool, max_m: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     K = check_quantize_act_args(x, interleave, max_m)
-    if not _matvec_reads(x.numel() // K, max_m):
+    if not matvec_reads(x.numel() // K, max_m):
         return empty_quantized_activation(x)
     instead = "the pure-torch quantization (the same formula)"
     return kernel_or_reference(
@@ -160,7 +160,7 @@ def _rmsnorm_quantize_act_cuda(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     K = check_rmsnorm_quantize_act_args(h, w, eps, w_offset, cast_before_weight, interleave, max_m)
     M = h.numel() // K
-    quant = _matvec_reads(M, max_m)
+    quant = matvec_reads(M, max_m)
     if M == 0:
         return (h.new_empty(h.shape), *empty_quantized_activation(h))
     args = (h, w, eps, w_offset, cast_before_weight, interleave, quant)
@@ -176,7 +176,7 @@ def _add_rmsnorm_quantize_act_cuda(a, b, w, eps, w_offset, cast_before_weight, i
     M = a.numel() // K
     if M == 0:
         return (a.new_empty(a.shape), a.new_empty(a.shape), *empty_quantized_activation(a))
-    args = (a, w, eps, w_offset, cast_before_weight, interleave, _matvec_reads(M, max_m), b)
+    args = (a, w, eps, w_offset, cast_before_weight, interleave, matvec_reads(M, max_m), b)
     instead = "the pure-torch add, RMSNorm and quantization (the same formulas)"
     return kernel_or_reference(
         "add_rmsnorm_quantize_act", _rmsnorm_quantize_kernel, _rmsnorm_quantize_reference, *args, instead=instead

@@ -65,7 +65,10 @@ import torch
 import torch.fx as fx
 from torch.fx.experimental.symbolic_shapes import is_concrete_int, statically_known_true
 
-from .. import report
+from .. import (
+    attention,  # noqa: F401 -- defines decode_attention (matched) and decode_attention_quantize_act (emitted)
+    report,
+)
 from ..kernels.registry import KERNELS
 from ..quant import op  # noqa: F401 -- defines the consumers (matched) and quantize_act, the q8 variants (emitted)
 from ..quant.formats import FORMATS
@@ -84,6 +87,7 @@ Q8_VARIANT = {
 quantize_act = ops.quantize_act.default
 rmsnorm_quantize_act = ops.rmsnorm_quantize_act.default
 add_rmsnorm_quantize_act = ops.add_rmsnorm_quantize_act.default
+decode_attention_quantize_act = ops.decode_attention_quantize_act.default
 
 
 def _why_not(node: fx.Node) -> str | None:
@@ -365,6 +369,61 @@ def _rewrite_fused(graph: fx.Graph, norm: RMSNorm, group: list[fx.Node], interle
     return f"{what} ({norm.describe()}): " + _swap_consumers(graph, group, xa, interleave, max_m)
 
 
+# -- the producer: decode attention ----------------------------------------------------------------
+# The o-projection of a decode step reads the attention output through a transpose and a view:
+#   a = decode_attention(q, k, v, mask, scale, softcap)        [B, Hq, S, D]   (the decode_attention rule's)
+#   x = view(permute(a, [0, 2, 1, 3]), [B, S, Hq * D])            (or transpose(a, 1, 2); reshape)
+#   y = qlinear(x, P, b, fmt)
+# =>
+#   a, xq, xd, xs32, xs16 = decode_attention_quantize_act(q, k, v, mask, scale, softcap, interleave, max_m)
+#   y = qlinear_q8(x, P, b, fmt, [xq, xd, xs32, xs16], interleave, max_m)
+# The kernel quantizes in the step that merges its splits: one launch fewer per layer.
+
+
+def match_attention(x: fx.Node) -> fx.Node | None:
+    """The decode_attention node whose output x is, as its o-projection reads it, else None."""
+    if not _is(x, aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+        return None
+    t = x.args[0]
+    if _is(t, aten.clone.default):  # .contiguous() of the transpose
+        t = t.args[0]
+    if _is(t, aten.permute.default) and list(t.args[1]) in ([0, 2, 1, 3], [0, 2, 1, -1]):
+        a = t.args[0]
+    elif _is(t, aten.transpose.int) and sorted(int(d) % 4 for d in t.args[1:3]) == [1, 2]:
+        a = t.args[0]
+    else:
+        return None
+    if not _is(a, ops.decode_attention.default) or a.kwargs:
+        return None
+    B, Hq, S, D = val(a).shape
+    lead, K = val(x).shape[:-1], val(x).shape[-1]
+    if not all(isinstance(d, int) for d in (B, Hq, S, D, K, *lead)) or K != Hq * D or math.prod(lead) != B * S:
+        return None
+    if len(lead) > 1 and list(lead) != [B, S]:
+        return None
+    return a if K % op.ACT_TILE == 0 else None
+
+
+def _rewrite_attention(graph: fx.Graph, attn: fx.Node, group: list[fx.Node], interleave: bool) -> str:
+    """decode_attention -> decode_attention_quantize_act; its out replaces the attention's output
+    for every reader, the consumers become q8 variants reading its int8 activation."""
+    first = group[0]
+    x = first.args[0]
+    max_m = max(KERNELS[n.args[3]].matvec_max_m for n in group)
+    with graph.inserting_before(attn):
+        fused = call(graph, decode_attention_quantize_act, *attn.args, interleave, max_m)
+        parts = _outputs(graph, fused)
+    copy_meta(attn, fused)
+    copy_meta(attn, parts[0])
+    attn.replace_all_uses_with(parts[0])
+    graph.erase_node(attn)
+    with graph.inserting_before(first):
+        xa = [_rows_like(graph, p, x) for p in parts[1:]]
+    return "decode attention's output quantized in its merge step: " + _swap_consumers(
+        graph, group, xa, interleave, max_m
+    )
+
+
 @rule_family(
     FAMILY,
     order=50,
@@ -391,6 +450,12 @@ def share_act_quant(graph: fx.Graph) -> int:
         norm, why_norm = match_rmsnorm(group[0].args[0])
         if norm is not None:
             detail = _rewrite_fused(graph, norm, group, interleave)
+            rep.rewrites.append(report.Rewrite(FAMILY, label, names, detail))
+            rewrites += 1
+            continue
+        attn = match_attention(group[0].args[0]) if why_norm is None else None
+        if attn is not None:
+            detail = _rewrite_attention(graph, attn, group, interleave)
             rep.rewrites.append(report.Rewrite(FAMILY, label, names, detail))
             rewrites += 1
             continue

@@ -20,8 +20,9 @@ graph fit in a quarter of the machine's available memory; past that the report s
 reference runs. Runs after ``siblings`` (a fused gate|up is dequantized as one weight) and after
 ``act_quant``: its consumers (``qlinear_q8``, ``glu_qlinear_q8``) are rewritten like the plain ops,
 on x; one this rule leaves on CPU goes back to the plain op (its CPU body never reads the int8
-activation); a ``quantize_act`` nothing reads any more is erased, and an ``rmsnorm_quantize_act``
-whose int8 outputs nothing reads becomes the RMSNorm's aten ops again. So on CPU the graph
+activation); a ``quantize_act`` nothing reads any more is erased, an ``rmsnorm_quantize_act``
+whose int8 outputs nothing reads becomes the RMSNorm's aten ops again, a
+``decode_attention_quantize_act`` the ``decode_attention`` it was. So on CPU the graph
 computes what it computed without ``act_quant``.
 
 A graph walk: one op, one node at a time, plus the memory budget over the whole graph.
@@ -183,6 +184,7 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
         rewrites += 1
     _erase_unread_quantize_act(graph)
     _unfuse_unread_rmsnorm_quantize_act(graph)
+    _unfuse_unread_attention_quantize_act(graph)
     return rewrites
 
 
@@ -207,13 +209,40 @@ def _unfuse_unread_rmsnorm_quantize_act(graph: fx.Graph) -> None:
             _unfuse(graph, fused, add)
 
 
-def _unfuse(graph: fx.Graph, fused: fx.Node, add: bool) -> None:
-    parts = {p.args[1] - add: p for p in fused.users}  # output index (counting y as 0) -> getitem node
+def _unfuse_unread_attention_quantize_act(graph: fx.Graph) -> None:
+    """Each decode_attention_quantize_act whose int8 outputs nothing reads any more becomes the
+    decode_attention it was."""
+    ops = torch.ops.inductor_fuse
+    for fused in graph.find_nodes(op="call_function", target=ops.decode_attention_quantize_act.default):
+        parts = _unread_int8_parts(graph, fused, 0)
+        if parts is None:
+            continue
+        with graph.inserting_before(fused):
+            attn = call(graph, ops.decode_attention.default, *fused.args[:6])
+        copy_meta(fused, attn)
+        if 0 in parts:
+            parts[0].replace_all_uses_with(attn)
+        for p in parts.values():
+            graph.erase_node(p)
+        graph.erase_node(fused)
+
+
+def _unread_int8_parts(graph: fx.Graph, fused: fx.Node, first: int) -> dict[int, fx.Node] | None:
+    """{output index counting the main output as 0: getitem} of a fused op whose four int8-side
+    outputs (indices 1..4) nothing reads once their unread reshapes are erased, else None."""
+    parts = {p.args[1] - first: p for p in fused.users}
     for i in range(1, 5):
         for user in list(parts[i].users) if i in parts else ():
             if user.target in (aten.reshape.default, aten.view.default) and not user.users:
                 graph.erase_node(user)
     if any(parts[i].users for i in range(1, 5) if i in parts):
+        return None
+    return parts
+
+
+def _unfuse(graph: fx.Graph, fused: fx.Node, add: bool) -> None:
+    parts = _unread_int8_parts(graph, fused, int(add))  # output index (counting y as 0) -> getitem node
+    if parts is None:
         return
     args = list(fused.args)
     with graph.inserting_before(fused):

@@ -127,6 +127,71 @@ def test_kernel_matches_reference_and_sdpa(name):
         assert_matches_sdpa(out, q, k, v, mask, scale, q.dtype, f"{name}: kernel")
 
 
+# name: CASES' key; the o-projection's input quantized by the kernel (merge step; one split: act_quant)
+QUANT_CASES = ["mha-causal", "gqa4-window-spec", "gemma3_270m-causal", "gemma3_270m-window-spec", "gqa8-causal-32rows"]
+
+
+@kernel_runs
+@pytest.mark.parametrize("interleave", [False, True], ids=["natural", "interleaved"])
+@pytest.mark.parametrize("name", QUANT_CASES)
+def test_kernel_quantizes_its_output_for_the_o_projection(name, interleave):
+    # out is the plain kernel's, bit for bit; the int8 activation is the act_quant kernel's of out's
+    # rows as the o-projection reads them (out.transpose(1, 2).reshape(B, S, Hq * D)), bit for bit
+    # (the same Triton code, _common.quantize_tiles; tests/kernels/test_act_quant.py checks it
+    # against the pure-torch formula)
+    from inductor_fuse.attention import attention_rows
+
+    q, k, v, mask, scale, softcap, splits = _case(name)
+    dev = "cpu" if interpreting() else "cuda"
+    q, k, v, mask = (t.to(dev) for t in (q, k, v, mask))
+    plain = kernel.decode_attention_cuda(q, k, v, mask, scale, softcap, num_splits=splits)
+    out, *xa = kernel.decode_attention_cuda(q, k, v, mask, scale, softcap, num_splits=splits, quantize=interleave)
+    assert torch.equal(out, plain)
+    B, Hq, S, D = q.shape
+    qa = _common.act_quant(attention_rows(out).reshape(B * S, Hq * D), interleave=interleave)
+    for name_, got, ref in zip(("xq", "xd", "xs32", "xs16"), xa, (qa.xq, qa.xd, qa.xs32, qa.xs16)):
+        assert got.dtype == ref.dtype and got.shape == ref.shape, name_
+        assert torch.equal(got.cpu(), ref.cpu()), f"{name}: {name_} differs from quantize_act of the output"
+
+
+def test_quantize_act_op_on_cpu_and_its_fake():
+    # the op's CPU body: decode_attention's output and quantize_act's tensors of its rows; opcheck
+    # checks the fake against it (shapes [B, S, Hq * D / ...])
+    from inductor_fuse.attention import attention_rows
+    from inductor_fuse.quant.op import quantize_act_reference
+
+    op = torch.ops.inductor_fuse.decode_attention_quantize_act
+    q, k, v = make_qkv(2, 8, 2, 2, 64, 40, torch.float32)
+    mask = make_mask("causal", 2, 8, 2, 40, 30)
+    out, *xa = op(q, k, v, mask, 0.125, 0.0, False, 8)
+    assert torch.equal(out, decode_attention(q, k, v, mask, 0.125, 0.0))
+    for got, ref in zip(xa, quantize_act_reference(attention_rows(out), False)):
+        assert torch.equal(got, ref) and got.shape[:2] == (2, 2)
+    torch.library.opcheck(op, (q, k, v, mask, 0.125, 0.0, True, 8))
+    with pytest.raises(ValueError, match="must be a multiple of 32"):
+        op(q[:, :1, :, :8], k[:, :1, :, :8], v[:, :1, :, :8], mask, 0.125, 0.0, False, 8)
+
+
+def test_quantize_act_cuda_body_quantizes_only_what_a_matvec_reads():
+    # more rows than max_m: out alone (the int8 tensors are left unfilled, as quantize_act's)
+    q, k, v = make_qkv(1, 4, 2, 2, 64, 40, torch.float32)
+    mask = make_mask("causal", 1, 4, 2, 40, 33)
+    calls = []
+    real = kernel.decode_attention_cuda
+
+    def spy(*args, **kw):
+        calls.append(kw.get("quantize"))
+        return real(*args, **kw)
+
+    kernel.decode_attention_cuda = spy
+    try:
+        out, *xa = kernel._decode_attention_quantize_act_cuda(q, k, v, mask, 0.125, 0.0, False, 1)
+    finally:
+        kernel.decode_attention_cuda = real
+    assert calls == [None] and [t.shape for t in xa] == [(1, 2, 64), (1, 2, 8), (1, 2, 8), (1, 2, 16)]
+    assert_close(out, attention_fp64(q, k, v, mask, 0.125, 0.0), q.dtype, "out")
+
+
 def _with_dead_rows():
     """A causal S = 4 call with an all-False row (batch 0, row 2) and an all-False batch element (1)."""
     q, k, v = make_qkv(2, 8, 2, 4, 64, 384, torch.float32, seed=3)

@@ -8,6 +8,7 @@ compiled without the rule. The rewritten graph's CUDA path is checked by running
 bodies on CPU tensors (Triton under TRITON_INTERPRET=1): one act_quant launch where there were two,
 the same output bit for bit."""
 
+import functools
 import operator
 import re
 
@@ -270,10 +271,15 @@ def test_the_rewritten_graph_on_the_cuda_bodies(M, rewritten, act_quant_calls):
 # -- the producer fused: RMSNorm + quantization as one rmsnorm_quantize_act ------------------------
 
 FUSED = "RMSNorm fused"
+ATTENTION = "decode attention's output quantized in its merge step: "
 
 
 def _fused_rewrites(rep):
     return [r for r in rep.rewrites if r.family == FAMILY and r.detail.startswith(FUSED)]
+
+
+def _attention_rewrites(rep):
+    return [r for r in rep.rewrites if r.family == FAMILY and r.detail.startswith(ATTENTION)]
 
 
 def _transformer(dtype=torch.float32):
@@ -301,8 +307,10 @@ def test_the_transformers_norms_are_fused(dtype):
         got = torch.compile(model, backend="inductor_fuse")(tokens, pos)
         rep = inductor_fuse.last_report()
         plain = torch.compile(model, backend="inductor_fuse", options={FAMILY: False})(tokens, pos)
-    fused = _fused_rewrites(rep)
-    assert rep.counts[FAMILY] == len(fused) == 5, str(rep)  # 2 layers x (attention, MLP) + the final norm
+    fused, attention = _fused_rewrites(rep), _attention_rewrites(rep)
+    assert len(fused) == 5, str(rep)  # 2 layers x (attention, MLP) + the final norm
+    assert rep.counts[FAMILY] == len(fused) + len(attention) == 7, str(rep)  # + each layer's o_proj
+    assert [r.label for r in attention] == ["(o_proj)"] * 2, str(rep)
     assert sorted(r.label for r in fused) == ["(gate_proj)"] * 2 + ["(output)"] + ["(q_proj)"] * 2, str(rep)
     want = " (eps 1e-05, weight in float32): x[1, 2, 256] -> int8 per 32-tile (natural order), M <= 8"
     assert all(want in r.detail for r in fused), [r.detail for r in fused]
@@ -331,12 +339,75 @@ def test_transformers_models_int4(family):
         got = torch.compile(model, backend="inductor_fuse")(ids, use_cache=False).logits
         rep = inductor_fuse.last_report()
         plain = torch.compile(model, backend="inductor_fuse", options={FAMILY: False})(ids, use_cache=False).logits
-    fused = _fused_rewrites(rep)
-    assert rep.counts[FAMILY] == len(fused) == 5, str(rep)
+    fused, attention = _fused_rewrites(rep), _attention_rewrites(rep)
+    assert len(fused) == 5 and len(attention) == 2, str(rep)  # the norms; each layer's o_proj
+    assert rep.counts[FAMILY] == len(fused) + len(attention), str(rep)
     offset = ", w + 1" if family == "gemma3" else ""
     assert all(f"{offset}, weight in float32): " in r.detail and "(interleaved), M <= 8" in r.detail for r in fused)
     assert rel_err(got, ref) < 1e-4
     assert torch.equal(got, plain)
+
+
+@pytest.mark.parametrize("dequant_cpu", [True, False], ids=["dequant_cpu", "reference-op"])
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_the_attention_output_is_quantized_where_it_is_merged(family, dequant_cpu):
+    """A decode step of the project's Transformer (llama: GQA 2, head dim 64; gemma3: head dim 256,
+    sliding-window layers): each layer's o-projection reads the int8 activation that
+    decode_attention_quantize_act makes, no act_quant of its own. On CPU dequant_cpu turns it back
+    into decode_attention (the graph of the compile without the rule); without dequant_cpu the
+    op's reference body runs."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
+    from test_transformer import FAMILIES, build
+
+    args = dataclasses.replace(FAMILIES[family], dim=256, intermediate_size=512, n_heads=4, head_dim=64)
+    if family == "gemma3":
+        args = dataclasses.replace(args, head_dim=256)
+    models = []
+    for _ in range(3):
+        m = build(args, max_seq_len=48)
+        quantize_(m, QuantConfig(fmt="q4_k"))
+        models.append(m)
+    tokens = torch.randint(0, args.vocab_size, (1, 9), generator=torch.Generator().manual_seed(5))
+    options = {"dequant_cpu": dequant_cpu}
+    with torch.no_grad():
+        outs = []
+        for model, opts in zip(models, (None, options, {**options, FAMILY: False})):
+            model(tokens[:, :6], torch.arange(6))
+            step = model if opts is None else torch.compile(model, backend="inductor_fuse", options=opts)
+            outs.append(torch.cat([step(tokens[:, i : i + 1], torch.tensor([i])) for i in range(6, 9)], 1))
+            if opts is options:
+                rep = inductor_fuse.last_report()
+    ref, got, plain = outs
+    rewrites = _attention_rewrites(rep)
+    assert [r.label for r in rewrites] == ["(o_proj)"] * args.n_layers, str(rep)
+    assert all("x[1, 1, " in r.detail and "read by 1: q4_k" in r.detail for r in rewrites), str(rep)
+    assert rep.counts["decode_attention"] == args.n_layers, str(rep)
+    assert rel_err(got, ref) < 1e-5
+    if dequant_cpu:
+        assert torch.equal(got, plain)
+
+
+def test_an_attention_output_read_in_another_layout_is_left_alone():
+    # o-projection reading the attention output [B, Hq, S, D] without the transpose (another
+    # layout than the one the kernel quantizes): no rewrite
+    from inductor_fuse.patterns.act_quant import match_attention
+
+    q, k, v = torch.randn(1, 4, 1, 64), torch.randn(1, 2, 32, 64), torch.randn(1, 2, 32, 64)
+    mask = torch.ones(1, 1, 1, 32, dtype=torch.bool)
+
+    def f(q, k, v, mask, transpose):
+        a = lib.decode_attention(q, k, v, mask, 0.125, 0.0)
+        return (a.transpose(1, 2) if transpose else a).reshape(1, 1, 256)
+
+    for transpose, fires in ((True, True), (False, False)):
+        gm = _trace(functools.partial(f, transpose=transpose), q, k, v, mask, mode="fake")
+        (out,) = [n for n in gm.graph.nodes if n.op == "output"][0].args[0:1]
+        x = out[0] if isinstance(out, (tuple, list)) else out
+        assert (match_attention(x) is not None) == fires, gm.graph
 
 
 def _rms(h, w, cast_first=True, offset=0.0, dim=-1):
