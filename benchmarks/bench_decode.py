@@ -15,14 +15,17 @@ Q4_K_M files of Llama-3.2-1B and Llama-3-8B shapes in llama.cpp's type mix
   `aten._weight_int4pack_mm` (tinygemm, what gpt-fast and torchao's int4 use), stock Inductor.
 The decode step is compiled with `mode="reduce-overhead"` (CUDA graphs) and `fullgraph=True`.
 
-Per (model, system): load time; prefill of a --prompt-token prompt (eager, as
-`examples/decode.py` runs it); then for each context c, --tokens new tokens generated from
-position c, the host reading each token as a streaming generator does (`models.generate`:
-one step behind the device). The cache then holds c positions of zeros before the new tokens:
-speed depends on how much is read, not on the values. The KV cache is sized for the largest
-context, so a stock system reads all of it at every context. compile_s is the first
-generation's time (compile + CUDA-graph recording). Every timing is the median of --repeats
-runs after a warm-up; min and max are kept.
+Per (model, system): load time; prefill of a --prompt-token prompt in each --prefill mode
+(`compiled`: `compile_prefill`, dynamic shapes, the system's backend without CUDA graphs, as
+`examples/decode.py` runs it on a GPU; `eager`: the model run eagerly; both attend over the live
+prefix of the cache only), the first mode's figure as `prefill_tok_s`, every mode's in
+`prefill_by_mode`, the compiled mode's first call as `prefill_compile_s`; then for each context
+c, --tokens new tokens generated from position c, the host reading each token as a streaming
+generator does (`models.generate`: one step behind the device). The cache then holds c positions
+of zeros before the new tokens: speed depends on how much is read, not on the values. The KV
+cache is sized for the largest context, so a stock system reads all of it at every context.
+compile_s is the first generation's time (compile + CUDA-graph recording). Every timing is the
+median of --repeats runs after a warm-up; min and max are kept.
 
 Writes `<date>-decode.json` (a list of rows: model, system, device, context, prefill_tok_s,
 decode_tok_s, compile_s, load_s, torch, triton, ...) into $OUT or benchmarks/results/, and
@@ -50,7 +53,7 @@ from common import RESULTS_DIR, environment, print_table  # noqa: E402
 
 from inductor_fuse.backend import make_backend  # noqa: E402
 from inductor_fuse.gguf import load_gguf  # noqa: E402
-from inductor_fuse.models.generate import decode_one_token, generate, prefill  # noqa: E402
+from inductor_fuse.models.generate import compile_prefill, decode_one_token, generate, prefill  # noqa: E402
 from inductor_fuse.options import FuseOptions  # noqa: E402
 from inductor_fuse.quant import QuantizedLinear  # noqa: E402
 
@@ -161,22 +164,31 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
     if system == "inductor_fuse":  # rule families switched off by --off, if any
         backend = make_backend(mode, **{f: False for f in args.off})
         step = torch.compile(decode_one_token, backend=backend, fullgraph=True)
+        prompt_backend = make_backend(None, **{f: False for f in args.off})
     else:
         step = torch.compile(decode_one_token, backend="inductor", mode=mode, fullgraph=True)
+        prompt_backend = "inductor"
     t0 = time.perf_counter()
     timed_generate(model, step, args.contexts[0], 4)
     compile_s = time.perf_counter() - t0
 
     prompt = torch.randint(2, min(1000, model.args.vocab_size), (1, args.prompt), device=args.device)
-    pre = []
-    for _ in range(args.repeats + 1):
-        sync()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            prefill(model, prompt, torch.arange(args.prompt, device=args.device))
-        sync()
-        pre.append(args.prompt / (time.perf_counter() - t0))
-    prefill_tok_s, pre_min, pre_max = median_spread(pre[1:])
+    by_mode, prefill_compile_s = {}, None
+    for how in args.prefill:
+        fn = compile_prefill(prompt_backend) if how == "compiled" else prefill
+        pre = []
+        for _ in range(args.repeats + 1):  # the first call (the compile) is not counted
+            sync()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                fn(model, prompt, torch.arange(args.prompt, device=args.device))
+            sync()
+            pre.append(time.perf_counter() - t0)
+        if how == "compiled":
+            prefill_compile_s = pre[0]
+        by_mode[how] = median_spread([args.prompt / t for t in pre[1:]])
+        print(f"{model_name} {system} prefill ({how}): {by_mode[how][0]:.0f} tok/s", flush=True)
+    prefill_tok_s, pre_min, pre_max = by_mode[args.prefill[0]]
 
     rows = []
     env = environment()
@@ -200,6 +212,9 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
                 "prefill_min": pre_min,
                 "prefill_max": pre_max,
                 "prefill_tokens": args.prompt,
+                "prefill": args.prefill[0],
+                "prefill_by_mode": {k: {"tok_s": v[0], "min": v[1], "max": v[2]} for k, v in by_mode.items()},
+                "prefill_compile_s": prefill_compile_s,
                 "decode_tok_s": dec,
                 "decode_min": dec_min,
                 "decode_max": dec_max,
@@ -275,11 +290,17 @@ def main() -> None:
         help="also time this context with the KV cache sized for it alone (against the same context in the big buffer)",
     )
     p.add_argument("--workdir", default="/tmp/inductor_fuse_bench", help="where the synthetic GGUF files go")
+    p.add_argument(
+        "--prefill", default="compiled", help="prefill modes, comma-separated: compiled, eager (first: prefill_tok_s)"
+    )
     p.add_argument("--off", default="", help="inductor_fuse rule families to switch off, e.g. act_quant (comparisons)")
     args = p.parse_args()
     args.off = [f for f in args.off.split(",") if f]
     FuseOptions.from_dict({f: False for f in args.off})  # unknown family: an error now, not after the load
     args.contexts = [int(c) for c in args.contexts.split(",")]
+    args.prefill = args.prefill.split(",")
+    if not args.prefill or not set(args.prefill) <= {"compiled", "eager"}:
+        raise SystemExit(f"--prefill: compiled and/or eager, not {args.prefill}")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

@@ -38,3 +38,24 @@ def test_the_timed_run_reuses_the_step_the_warm_up_compiled(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "fusion report (1 graph(s) compiled)" in proc.stderr, proc.stderr[-4000:]
     assert len(json.loads(proc.stdout.strip().splitlines()[-1])["tokens"]) == 4
+
+
+def test_compiled_prefill_gives_the_eager_prefills_tokens(tmp_path):
+    # --prefill compiled (the default on cuda) on the CPU: the prompt's graph and the decode
+    # step's, both compiled in the warm-up (2 graphs, none in the timed run), and the tokens of
+    # the eager prefill.
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "gguf"))
+    from tiny_gguf import write_tiny_gguf
+
+    path = tmp_path / "tiny-llama.gguf"
+    write_tiny_gguf(path, "llama")
+    base = [sys.executable, DECODE, "--gguf", str(path), "--device", "cpu", "--max-new-tokens", "4", "--json"]
+    out = {}
+    for how in ("compiled", "eager"):
+        proc = subprocess.run([*base, "--prefill", how], capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        out[how] = json.loads(proc.stdout.strip().splitlines()[-1])
+        graphs = 2 if how == "compiled" else 1
+        assert f"fusion report ({graphs} graph(s) compiled)" in proc.stderr, proc.stderr[-4000:]
+        assert out[how]["prefill"] == how
+    assert out["compiled"]["tokens"] == out["eager"]["tokens"]

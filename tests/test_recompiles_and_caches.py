@@ -19,7 +19,7 @@ from toy_models import TinyLlama
 
 import inductor_fuse
 from inductor_fuse.models import ModelArgs, Transformer
-from inductor_fuse.models.generate import decode_one_token, prefill
+from inductor_fuse.models.generate import compile_prefill, decode_one_token, prefill
 
 # The project's Transformer, llama flavour, as in tests/models/test_transformer.py.
 LLAMA = ModelArgs(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96)
@@ -118,6 +118,27 @@ def test_transformer_prefill_varying_seq(dynamic):
     assert 1 <= per_shape[-1] <= (1 if dynamic else 2), per_shape
     assert per_shape[3] == per_shape[-1], per_shape
     assert_rules_fired(seen.reports(), LLAMA.n_layers, LLAMA.n_layers)  # (q,k,v) siblings, (gate,up) glu per layer
+
+
+def test_compiled_prefill_one_graph_for_every_prompt_length():
+    # compile_prefill: prompts of 3, 5, 9, 17, 7 tokens, then a continuation chunk (positions
+    # 7..12 after the 7-token prompt), into a 48-position cache; attention over the live prefix.
+    # The same tokens as the eager prefill, and one graph (dynamic length and live prefix).
+    model, ref = build_transformer(seed=5, max_seq_len=48), build_transformer(seed=5, max_seq_len=48)
+    step = compile_prefill("inductor_fuse")
+    seen = Compilations()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for s in (3, 5, 9, 17, 7):
+            tokens, pos = torch.randint(0, LLAMA.vocab_size, (1, s), generator=gen), torch.arange(s)
+            assert torch.equal(step(model, tokens, pos), prefill(ref, tokens, pos)), s
+        tokens, pos = torch.randint(0, LLAMA.vocab_size, (1, 6), generator=gen), torch.arange(7, 13)
+        got, want = step(model, tokens, pos), prefill(ref, tokens, pos)
+        assert torch.equal(got, want)
+        want_logits = ref(tokens, pos, last_only=True)  # the whole-cache forward: same cache, same logits
+        assert want_logits[:, -1].argmax(-1).equal(got)
+    assert seen.count() == 1, [r.summary() for r in inductor_fuse.all_reports()[seen.n_reports :]]
+    assert_rules_fired(seen.reports(), LLAMA.n_layers, LLAMA.n_layers)
 
 
 def test_decode_step_does_not_recompile_per_position():

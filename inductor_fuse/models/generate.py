@@ -1,6 +1,8 @@
 """Token generation with a static KV cache, gpt-fast style.
 
     next_tok = prefill(model, prompt[None], torch.arange(len(prompt)))      # eager (any S)
+    prefill_c = compile_prefill("inductor_fuse")                               # or compiled: one
+    next_tok = prefill_c(model, prompt[None], torch.arange(len(prompt)))    #   graph for every S
     step = torch.compile(decode_one_token, backend="inductor_fuse", mode="reduce-overhead", fullgraph=True)
     tokens = generate(model, prompt, 32, eos_ids=tok.eos_ids, decode_fn=step)
 
@@ -34,9 +36,32 @@ def sample(logits: Tensor, temperature: float = 0.0, top_k: int | None = None) -
 def prefill(
     model: Transformer, tokens: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None
 ) -> Tensor:
-    # tokens: [B, S], input_pos: [S] -> next token [B]
-    logits = model(tokens, input_pos, last_only=True)
+    # tokens: [B, S], input_pos: [S] -> next token [B]; attention over the live cache prefix only
+    live = int(input_pos.max()) + 1  # (one host read: prefill runs eagerly)
+    logits = model(tokens, input_pos, last_only=True, live=live)
     return sample(logits[:, -1], temperature, top_k)
+
+
+def prefill_logits(model: Transformer, tokens: Tensor, input_pos: Tensor, live: int) -> Tensor:
+    # tokens: [B, S], input_pos: [S], every position < live -> the last token's logits [B, V]
+    return model(tokens, input_pos, last_only=True, live=live)[:, -1]
+
+
+def compile_prefill(backend: str | Callable = "inductor_fuse", **options) -> Callable:
+    """`prefill` through torch.compile, with the same signature. Dynamic shapes: the prompt length
+    and the live prefix are symbolic, so one graph serves every prompt of 2 or more tokens (Dynamo
+    specializes a length of 1: a second graph); no padding, no recompile per length. The int4
+    matmuls of a prompt run the GEMM paths (`qlinear` picks by M at run time); the norms, rope and
+    residual adds around them fuse as Inductor's kernels. `options` go to torch.compile."""
+    compiled = torch.compile(prefill_logits, backend=backend, dynamic=True, **options)
+
+    def compiled_prefill(
+        model: Transformer, tokens: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None
+    ) -> Tensor:
+        live = int(input_pos.max()) + 1
+        return sample(compiled(model, tokens, input_pos, live), temperature, top_k)
+
+    return compiled_prefill
 
 
 def decode_one_token(

@@ -107,18 +107,24 @@ class Transformer(nn.Module):
             rope = rope_table(args.head_dim, args.rope_local_base, 1.0, None, max_seq_len, device)
             self.register_buffer("rope_local", rope, persistent=False)
 
-    def forward(self, tokens: Tensor, input_pos: Tensor, last_only: bool = False) -> Tensor:
+    def forward(self, tokens: Tensor, input_pos: Tensor, last_only: bool = False, live: int | None = None) -> Tensor:
         # tokens: [B, S] int, input_pos: [S] int -> logits [B, S, V] (S = 1 with last_only)
+        # live: every input_pos is below it; attention then reads cache positions [0, live) only
+        # (prefill: a 512-token prompt in a 32k cache attends over 512 keys, not 32k). None: the
+        # whole cache, a shape that does not depend on the position (the decode step's).
         args = self.args
+        if live is not None and not 0 < live <= self.max_seq_len:
+            raise ValueError(f"live = {live} must be in 1..max_seq_len ({self.max_seq_len})")
         x = self.tok_embeddings(tokens)  # [B, S, D]
         if args.embed_scale:
             # sqrt(dim) rounded to the embedding dtype, as HF does (a device constant: no host tensor in the graph)
             x = x * torch.full((), args.dim**0.5, dtype=x.dtype, device=x.device)
         global_rope = self.rope_global[input_pos]  # [S, head_dim, 2] (cos, sin)
-        global_mask = self.causal_mask[None, None, input_pos]  # [1, 1, S, max_seq_len]
+        keys = slice(None, live)
+        global_mask = self.causal_mask[None, None, input_pos, keys]  # [1, 1, S, live or max_seq_len]
         if args.sliding_window_pattern:
             local_rope = self.rope_local[input_pos]
-            local_mask = self.sliding_mask[None, None, input_pos]
+            local_mask = self.sliding_mask[None, None, input_pos, keys]
         for i, layer in enumerate(self.layers):
             if args.is_sliding(i):
                 x = layer(x, input_pos, local_rope, local_mask)
@@ -178,6 +184,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, hd]
         k, v = self.kv_cache.update(input_pos, k, v)  # [B, Hkv, max_seq_len, hd]
+        if mask.shape[-1] != k.shape[2]:  # prefill with `live`: the keys the mask covers
+            k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.n_heads != self.n_kv_heads
         )  # [B, H, S, hd]

@@ -47,6 +47,25 @@ def test_incremental_decode_equals_full_forward(family):
     torch.testing.assert_close(torch.cat(steps, 1), full[:, 5:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_live_prefix_attention_equals_the_whole_cache(family):
+    """forward(..., live=L) attends over cache positions < L only: a prompt in two chunks (5, then
+    7 more) gives the logits of the whole-cache forward, and the cache holds the same keys."""
+    whole, prefix = build(FAMILIES[family]), build(FAMILIES[family])
+    tokens = torch.randint(0, 97, (1, 12))
+    want = torch.cat([whole(tokens[:, :5], torch.arange(5)), whole(tokens[:, 5:], torch.arange(5, 12))], 1)
+    got = torch.cat(
+        [prefix(tokens[:, :5], torch.arange(5), live=5), prefix(tokens[:, 5:], torch.arange(5, 12), live=12)], 1
+    )
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(whole.layers, prefix.layers):
+        torch.testing.assert_close(b.attention.kv_cache.k_cache, a.attention.kv_cache.k_cache)
+    for bad in (0, 33):
+        with pytest.raises(ValueError, match="live"):
+            prefix(tokens[:, :1], torch.arange(1), live=bad)
+
+
 @torch.no_grad()
 def test_last_only():
     model = build(LLAMA)
