@@ -16,16 +16,17 @@ Q4_K_M files of Llama-3.2-1B and Llama-3-8B shapes in llama.cpp's type mix
 The decode step is compiled with `mode="reduce-overhead"` (CUDA graphs) and `fullgraph=True`.
 
 Per (model, system): load time; prefill of a --prompt-token prompt in each --prefill mode
-(`compiled`: `compile_prefill`, dynamic shapes, the system's backend without CUDA graphs, as
-`examples/decode.py` runs it on a GPU; `eager`: the model run eagerly; both attend over the live
-prefix of the cache only), the first mode's figure as `prefill_tok_s`, every mode's in
-`prefill_by_mode`, the compiled mode's first call as `prefill_compile_s`; then for each context
-c, --tokens new tokens generated from position c, the host reading each token as a streaming
-generator does (`models.generate`: one step behind the device). The cache then holds c positions
-of zeros before the new tokens: speed depends on how much is read, not on the values. The KV
-cache is sized for the largest context, so a stock system reads all of it at every context.
-compile_s is the first generation's time (compile + CUDA-graph recording). Every timing is the
-median of --repeats runs after a warm-up; min and max are kept.
+(`compiled`: `compile_prefill`, dynamic shapes, the system's backend, as `examples/decode.py`
+runs it on a GPU; `graphs`: the same replayed as CUDA graphs (the prompt padded to a power of
+two); `eager`: the model run eagerly; all attend over the live prefix of the cache only), the
+first mode's figure as `prefill_tok_s`, every mode's in `prefill_by_mode`, the compiled mode's
+first call as `prefill_compile_s`; then for each context c, --tokens new tokens generated from
+position c, the host reading each token as a streaming generator does (`models.generate`: one
+step behind the device). The cache then holds c positions of zeros before the new tokens: speed
+depends on how much is read, not on the values. The KV cache is sized for the largest context,
+so a stock system reads all of it at every context. compile_s is the first generation's time
+(compile + CUDA-graph recording). Every timing is the median of --repeats runs after a warm-up;
+min and max are kept.
 
 Writes `<date>-decode.json` (a list of rows: model, system, device, context, prefill_tok_s,
 decode_tok_s, compile_s, load_s, torch, triton, ...) into $OUT or benchmarks/results/, and
@@ -162,31 +163,33 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
     load_s = time.perf_counter() - t0
     mode = "reduce-overhead" if args.device == "cuda" else None
     if system == "inductor_fuse":  # rule families switched off by --off, if any
-        backend = make_backend(mode, **{f: False for f in args.off})
+        off = {f: False for f in args.off}
+        backend = make_backend(mode, **off)
         step = torch.compile(decode_one_token, backend=backend, fullgraph=True)
-        prompt_backend = make_backend(None, **{f: False for f in args.off})
+        prompt_fns = {"graphs": compile_prefill(backend), "compiled": compile_prefill(make_backend(None, **off))}
     else:
         step = torch.compile(decode_one_token, backend="inductor", mode=mode, fullgraph=True)
-        prompt_backend = "inductor"
+        prompt_fns = {"graphs": compile_prefill("inductor", mode=mode), "compiled": compile_prefill("inductor")}
+    prompt_fns["eager"] = prefill
     t0 = time.perf_counter()
     timed_generate(model, step, args.contexts[0], 4)
     compile_s = time.perf_counter() - t0
 
-    prompt = torch.randint(2, min(1000, model.args.vocab_size), (1, args.prompt), device=args.device)
+    tokens = torch.randint(2, min(1000, model.args.vocab_size), (1, args.prompt), device=args.device)
     by_mode, prefill_compile_s = {}, None
     for how in args.prefill:
-        fn = compile_prefill(prompt_backend) if how == "compiled" else prefill
+        fn, skip = prompt_fns[how], 1 + (how == "graphs")
         pre = []
-        for _ in range(args.repeats + 1):  # the first call (the compile) is not counted
+        for _ in range(args.repeats + skip):  # not counted: the compile (and the CUDA graph's recording)
             sync()
             t0 = time.perf_counter()
             with torch.no_grad():
-                fn(model, prompt, torch.arange(args.prompt, device=args.device))
+                fn(model, tokens, torch.arange(args.prompt, device=args.device))
             sync()
             pre.append(time.perf_counter() - t0)
-        if how == "compiled":
+        if how != "eager" and prefill_compile_s is None:
             prefill_compile_s = pre[0]
-        by_mode[how] = median_spread([args.prompt / t for t in pre[1:]])
+        by_mode[how] = median_spread([args.prompt / t for t in pre[skip:]])
         print(f"{model_name} {system} prefill ({how}): {by_mode[how][0]:.0f} tok/s", flush=True)
     prefill_tok_s, pre_min, pre_max = by_mode[args.prefill[0]]
 
@@ -291,7 +294,9 @@ def main() -> None:
     )
     p.add_argument("--workdir", default="/tmp/inductor_fuse_bench", help="where the synthetic GGUF files go")
     p.add_argument(
-        "--prefill", default="compiled", help="prefill modes, comma-separated: compiled, eager (first: prefill_tok_s)"
+        "--prefill",
+        default="compiled",
+        help="prefill modes, comma-separated: graphs, compiled, eager (first: prefill_tok_s)",
     )
     p.add_argument("--off", default="", help="inductor_fuse rule families to switch off, e.g. act_quant (comparisons)")
     args = p.parse_args()
@@ -299,8 +304,8 @@ def main() -> None:
     FuseOptions.from_dict({f: False for f in args.off})  # unknown family: an error now, not after the load
     args.contexts = [int(c) for c in args.contexts.split(",")]
     args.prefill = args.prefill.split(",")
-    if not args.prefill or not set(args.prefill) <= {"compiled", "eager"}:
-        raise SystemExit(f"--prefill: compiled and/or eager, not {args.prefill}")
+    if not args.prefill or not set(args.prefill) <= {"graphs", "compiled", "eager"}:
+        raise SystemExit(f"--prefill: graphs, compiled and/or eager, not {args.prefill}")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

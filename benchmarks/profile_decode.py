@@ -12,7 +12,9 @@ launches and microseconds, the sum of kernel time against the wall time (the res
 latency inside the CUDA graph and the host's read of each token), and the byte floor: the bytes a
 token must read (the quantized weights and the live KV cache) over the measured copy bandwidth.
 `--configs` names the rule families switched off per configuration (`default`: none;
-`act_quant`: the act_quant family off; `act_quant+glu`: both). JSON:
+`act_quant`: the act_quant family off; `act_quant+glu`: both). `--prefill N` profiles the compiled
+prefill of an N-token prompt instead (`compile_prefill`, as examples/decode.py runs it on a GPU):
+per prompt, the same table, against the wall time of the prefill. JSON:
 `benchmarks/results/<date>-profile.json` (or $OUT).
 """
 
@@ -25,6 +27,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -36,7 +39,7 @@ from common import RESULTS_DIR, environment, print_table  # noqa: E402
 
 from inductor_fuse.backend import make_backend  # noqa: E402
 from inductor_fuse.gguf import load_gguf  # noqa: E402
-from inductor_fuse.models.generate import decode_one_token  # noqa: E402
+from inductor_fuse.models.generate import compile_prefill, decode_one_token  # noqa: E402
 
 # kernel name -> kind (first match wins); names are Triton function names or Inductor's triton_*
 KINDS = (
@@ -113,6 +116,39 @@ def profile_config(model, off: list[str], ctx: int, tokens: int) -> dict:
     }
 
 
+def profile_prefill(model, off: list[str], n: int) -> dict:
+    """The compiled prefill of an n-token prompt: its wall time (median of 5) and its kernels."""
+    fn = compile_prefill(make_backend(None, **{f: False for f in off}))
+    prompt = torch.randint(2, min(1000, model.args.vocab_size), (1, n), device="cuda")
+    pos = torch.arange(n, device="cuda")
+
+    def once() -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            fn(model, prompt, pos)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    once()  # compile
+    walls = sorted(once() for _ in range(5))
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        once()
+    per_name: dict[str, list[float]] = collections.defaultdict(list)
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per_name[e.name].append(e.device_time if hasattr(e, "device_time") else e.cuda_time)
+    kernels = [
+        {"name": k, "kind": kind_of(k), "launches_per_token": len(ts), "us_per_token": sum(ts)}
+        for k, ts in per_name.items()
+    ]  # (per prompt: the keys of the decode rows)
+    kernels.sort(key=lambda k: -k["us_per_token"])
+    torch._dynamo.reset()
+    tok_s = [n / w for w in walls]
+    return {"families_off": off, "prefill_tokens": n, "decode_tok_s": 1 / walls[2], "prefill_tok_s": tok_s[2],
+            "decode_min": 1 / walls[-1], "decode_max": 1 / walls[0], "kernels": kernels}  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="llama3-8b-q4_k_m")
@@ -121,6 +157,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--workdir", default="/tmp/inductor_fuse_bench")
     p.add_argument("--device-kind", default="nvidia-h200")
+    p.add_argument("--prefill", type=int, default=0, help="profile the compiled prefill of this many tokens instead")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_decode.py profiles CUDA kernels: no CUDA device here")
@@ -138,7 +175,11 @@ def main() -> None:
             floor_us = token_bytes(model, ctx) / bw * 1e6
             for config in args.configs.split(","):
                 off = [] if config == "default" else config.split("+")
-                r = profile_config(model, off, ctx, args.tokens)
+                if args.prefill:  # rows in the decode table's units: "token" = one prefill of the prompt
+                    r = profile_prefill(model, off, args.prefill)
+                    floor_us = float("nan")
+                else:
+                    r = profile_config(model, off, ctx, args.tokens)
                 kern_us = sum(k["us_per_token"] for k in r["kernels"])
                 wall_us = 1e6 / r["decode_tok_s"]
                 by_kind: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
@@ -146,6 +187,8 @@ def main() -> None:
                     by_kind[k["kind"]][0] += k["launches_per_token"]
                     by_kind[k["kind"]][1] += k["us_per_token"]
                 label = f"{name} ctx {ctx}, families off: {'+'.join(off) or 'none'}"
+                if args.prefill:
+                    label = f"{name} prefill of {args.prefill} tokens ({r['prefill_tok_s']:.0f} tok/s; per prompt:)"
                 print_table(
                     f"{label}: {r['decode_tok_s']:.1f} tok/s ({r['decode_min']:.1f}-{r['decode_max']:.1f}), "
                     f"{wall_us:.0f} us/token; kernels {kern_us:.0f} us; byte floor {floor_us:.0f} us",

@@ -6,7 +6,7 @@
 
 Loads the file (weights stay in their GGUF formats), runs the prompt (prefill: compiled with
 dynamic shapes on a GPU, eagerly on the CPU, where compiling it would cost more than it saves;
---prefill picks), and generates with the S=1 decode step compiled -- with CUDA graphs
+--prefill picks, `graphs` adds CUDA graphs), and generates with the S=1 decode step compiled -- with CUDA graphs
 (mode="reduce-overhead") on a GPU. A warm-up generation compiles both before anything is timed.
 Prints the text as it is generated, prefill and decode tokens/s, and the fusion report; with
 --json the last line of stdout is one JSON object. See docs/decode.md.
@@ -59,9 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--prefill",
-        choices=("compiled", "eager"),
+        choices=("graphs", "compiled", "eager"),
         default=None,
-        help="how the prompt runs (default: compiled on cuda, eager on cpu); compiled uses --backend",
+        help="how the prompt runs (default: compiled on cuda, eager on cpu); compiled uses --backend, graphs "
+        "also replays CUDA graphs (the prompt padded to a power-of-two length, a graph recorded per length)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="end stdout with one JSON line of results")
@@ -96,14 +97,15 @@ def compile_step(backend: str, device: str):
 
 
 def prefill_fn(backend: str, device: str, how: str | None):
-    """The prompt's function: `prefill` (eager), or `compile_prefill` for `backend` (no CUDA
-    graphs: a graph per prompt length would be recorded)."""
+    """The prompt's function: `prefill` (eager), or `compile_prefill` for `backend` (`graphs`: with
+    CUDA graphs, the prompt padded to a power-of-two length, a graph per length)."""
     how = how or ("compiled" if device == "cuda" else "eager")
     if how == "eager" or backend == "eager":
         return prefill
+    mode = "reduce-overhead" if how == "graphs" and device == "cuda" else None
     if backend == "inductor_fuse" and backend not in torch._dynamo.list_backends():
-        return compile_prefill(inductor_fuse.make_backend())  # a source tree without the entry point
-    return compile_prefill(backend)
+        return compile_prefill(inductor_fuse.make_backend(mode=mode))  # a source tree without the entry point
+    return compile_prefill(backend, mode=mode)
 
 
 def no_prefill(model, tokens, input_pos, temperature=0.0, top_k=None):
@@ -153,6 +155,9 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     warmup_tokens = args.warmup_tokens if args.warmup_tokens is not None else 8 if args.device == "cuda" else 1
     warm_prompt = no_prefill if run_prompt is prefill else run_prompt
+    if args.prefill == "graphs" and args.device == "cuda":  # CUDA graphs: the first call of a
+        prompt_t = torch.tensor([prompt], device=args.device)  # shape warms up, the second records
+        run_prompt(model, prompt_t, torch.arange(len(prompt), device=args.device), **sampling)
     generate(
         model, prompt, min(warmup_tokens, args.max_new_tokens) + 1, decode_fn=step, prefill_fn=warm_prompt, **sampling
     )
@@ -205,7 +210,7 @@ def main(argv=None) -> dict:
         "prompt_tokens": len(prompt),
         "new_tokens": len(tokens),
         "prefill_tok_s": prefill_tok_s,
-        "prefill": "eager" if run_prompt is prefill else "compiled",
+        "prefill": "eager" if run_prompt is prefill else args.prefill or "compiled",
         "decode_tok_s": decode_tok_s,
         "report": counts,
         "backend": args.backend,

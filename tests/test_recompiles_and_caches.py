@@ -120,24 +120,33 @@ def test_transformer_prefill_varying_seq(dynamic):
     assert_rules_fired(seen.reports(), LLAMA.n_layers, LLAMA.n_layers)  # (q,k,v) siblings, (gate,up) glu per layer
 
 
-def test_compiled_prefill_one_graph_for_every_prompt_length():
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_compiled_prefill_one_graph_for_every_prompt_length(mode):
     # compile_prefill: prompts of 3, 5, 9, 17, 7 tokens, then a continuation chunk (positions
     # 7..12 after the 7-token prompt), into a 48-position cache; attention over the live prefix.
     # The same tokens as the eager prefill, and one graph (dynamic length and live prefix).
-    model, ref = build_transformer(seed=5, max_seq_len=48), build_transformer(seed=5, max_seq_len=48)
-    step = compile_prefill("inductor_fuse")
-    seen = Compilations()
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for s in (3, 5, 9, 17, 7):
-            tokens, pos = torch.randint(0, LLAMA.vocab_size, (1, s), generator=gen), torch.arange(s)
-            assert torch.equal(step(model, tokens, pos), prefill(ref, tokens, pos)), s
-        tokens, pos = torch.randint(0, LLAMA.vocab_size, (1, 6), generator=gen), torch.arange(7, 13)
-        got, want = step(model, tokens, pos), prefill(ref, tokens, pos)
-        assert torch.equal(got, want)
-        want_logits = ref(tokens, pos, last_only=True)  # the whole-cache forward: same cache, same logits
-        assert want_logits[:, -1].argmax(-1).equal(got)
-    assert seen.count() == 1, [r.summary() for r in inductor_fuse.all_reports()[seen.n_reports :]]
+    # reduce-overhead pads the prompt to a power of two (>= 16; no CUDA graphs on the CPU, the
+    # padding is the same): the 17-token prompt pads to 32, the continuation (end 13) to 16 + 7;
+    # a cache of 20 leaves the 17-token prompt unpadded (32 > 20).
+    for cache in (48, 20):
+        model, ref = build_transformer(seed=5, max_seq_len=cache), build_transformer(seed=5, max_seq_len=cache)
+        step = compile_prefill("inductor_fuse", mode=mode)
+        seen = Compilations()
+        gen = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for s in (3, 5, 9, 17, 7):
+                tokens, pos = torch.randint(0, LLAMA.vocab_size, (1, s), generator=gen), torch.arange(s)
+                assert torch.equal(step(model, tokens, pos), prefill(ref, tokens, pos)), s
+            tokens, pos = torch.randint(0, LLAMA.vocab_size, (1, 6), generator=gen), torch.arange(7, 13)
+            got, want = step(model, tokens, pos), prefill(ref, tokens, pos)
+            assert torch.equal(got, want)
+            want_logits = ref(tokens, pos, last_only=True)  # the whole-cache forward: same cache, same logits
+            assert want_logits[:, -1].argmax(-1).equal(got)
+            for a, b in zip(ref.layers, model.layers):  # the prompt's cache entries (pads lie past them)
+                torch.testing.assert_close(
+                    b.attention.kv_cache.k_cache[:, :, :13], a.attention.kv_cache.k_cache[:, :, :13]
+                )
+        assert seen.count() == 1, [r.summary() for r in inductor_fuse.all_reports()[seen.n_reports :]]
     assert_rules_fired(seen.reports(), LLAMA.n_layers, LLAMA.n_layers)
 
 

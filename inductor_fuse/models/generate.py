@@ -42,24 +42,51 @@ def prefill(
     return sample(logits[:, -1], temperature, top_k)
 
 
-def prefill_logits(model: Transformer, tokens: Tensor, input_pos: Tensor, live: int) -> Tensor:
-    # tokens: [B, S], input_pos: [S], every position < live -> the last token's logits [B, V]
-    return model(tokens, input_pos, last_only=True, live=live)[:, -1]
+def prefill_logits(model: Transformer, tokens: Tensor, input_pos: Tensor, live: int, last: Tensor) -> Tensor:
+    # tokens: [B, S], input_pos: [S], every position < live, last: [1] the row of the prompt's
+    # last token -> its logits [B, V]
+    return model(tokens, input_pos, live=live, logits_at=last)[:, -1]
 
 
-def compile_prefill(backend: str | Callable = "inductor_fuse", **options) -> Callable:
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def compile_prefill(backend: str | Callable = "inductor_fuse", mode: str | None = None, **options) -> Callable:
     """`prefill` through torch.compile, with the same signature. Dynamic shapes: the prompt length
     and the live prefix are symbolic, so one graph serves every prompt of 2 or more tokens (Dynamo
-    specializes a length of 1: a second graph); no padding, no recompile per length. The int4
-    matmuls of a prompt run the GEMM paths (`qlinear` picks by M at run time); the norms, rope and
-    residual adds around them fuse as Inductor's kernels. `options` go to torch.compile."""
+    specializes a length of 1: a second graph); no recompile per length. The int4 matmuls of a
+    prompt run the GEMM paths (`qlinear` picks by M at run time); the norms, rope and residual adds
+    around them fuse as Inductor's kernels. `mode`, `options`: torch.compile's.
+
+    mode="reduce-overhead" (CUDA graphs; with a callable backend, one made for that mode, e.g.
+    `make_backend("reduce-overhead")`): a prompt is a few hundred launches, whose host cost is
+    several times their GPU time on a small model; replaying a graph removes it. A graph is
+    recorded per distinct shape, so the prompt is padded to a power-of-two length (>= 16) and the
+    live prefix rounded up to a power of two where the cache has room: at most about
+    log2(max_seq_len) lengths each. The pad
+    tokens follow the prompt, in cache positions that the next steps overwrite before any query
+    can see them (causal masks); where they would not fit in the cache, no padding."""
+    graphs = mode == "reduce-overhead"
+    if isinstance(backend, str) and mode is not None:
+        options["mode"] = mode  # (a callable backend carries its mode)
     compiled = torch.compile(prefill_logits, backend=backend, dynamic=True, **options)
 
     def compiled_prefill(
         model: Transformer, tokens: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None
     ) -> Tensor:
-        live = int(input_pos.max()) + 1
-        return sample(compiled(model, tokens, input_pos, live), temperature, top_k)
+        n = tokens.shape[1]
+        end = int(input_pos.max()) + 1  # (one host read)
+        last = torch.full((1,), n - 1, dtype=torch.long, device=tokens.device)
+        if graphs:
+            pad = max(16, _pow2(n)) - n
+            if end + pad <= model.max_seq_len:
+                tokens = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], pad)], 1)
+                input_pos = torch.cat([input_pos, torch.arange(end, end + pad, device=input_pos.device)])
+                end += pad
+            if _pow2(end) <= model.max_seq_len:  # (else exact: a live prefix of the whole cache
+                end = _pow2(end)  # would be a graph of its own, the slice then being the cache)
+        return sample(compiled(model, tokens, input_pos, end, last), temperature, top_k)
 
     return compiled_prefill
 

@@ -107,8 +107,16 @@ class Transformer(nn.Module):
             rope = rope_table(args.head_dim, args.rope_local_base, 1.0, None, max_seq_len, device)
             self.register_buffer("rope_local", rope, persistent=False)
 
-    def forward(self, tokens: Tensor, input_pos: Tensor, last_only: bool = False, live: int | None = None) -> Tensor:
-        # tokens: [B, S] int, input_pos: [S] int -> logits [B, S, V] (S = 1 with last_only)
+    def forward(
+        self,
+        tokens: Tensor,
+        input_pos: Tensor,
+        last_only: bool = False,
+        live: int | None = None,
+        logits_at: Tensor | None = None,
+    ) -> Tensor:
+        # tokens: [B, S] int, input_pos: [S] int -> logits [B, S, V] (S = 1 with last_only; with
+        # logits_at, int [n] indices into S, the logits of those rows only: [B, n, V])
         # live: every input_pos is below it; attention then reads cache positions [0, live) only
         # (prefill: a 512-token prompt in a 32k cache attends over 512 keys, not 32k). None: the
         # whole cache, a shape that does not depend on the position (the decode step's).
@@ -127,11 +135,13 @@ class Transformer(nn.Module):
             local_mask = self.sliding_mask[None, None, input_pos, keys]
         for i, layer in enumerate(self.layers):
             if args.is_sliding(i):
-                x = layer(x, input_pos, local_rope, local_mask)
+                x = layer(x, input_pos, local_rope, local_mask, live)
             else:
-                x = layer(x, input_pos, global_rope, global_mask)
+                x = layer(x, input_pos, global_rope, global_mask, live)
         if last_only:
             x = x[:, -1:]
+        elif logits_at is not None:
+            x = x.index_select(1, logits_at)
         return self.output(self.norm(x))
 
 
@@ -147,9 +157,9 @@ class TransformerBlock(nn.Module):
             self.post_attention_norm = RMSNorm(args.dim, args.norm_eps)
             self.post_ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: Tensor, input_pos: Tensor, rope: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, input_pos: Tensor, rope: Tensor, mask: Tensor, live: int | None = None) -> Tensor:
         # x: [B, S, D]
-        h = self.attention(self.attention_norm(x), input_pos, rope, mask)
+        h = self.attention(self.attention_norm(x), input_pos, rope, mask, live)
         if self.sandwich_norm:
             h = self.post_attention_norm(h)
         x = x + h
@@ -174,7 +184,7 @@ class Attention(nn.Module):
         self.scale = (args.query_pre_attn_scalar or args.head_dim) ** -0.5
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, input_pos: Tensor, rope: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, input_pos: Tensor, rope: Tensor, mask: Tensor, live: int | None = None) -> Tensor:
         B, S, _ = x.shape
         q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim)
@@ -184,8 +194,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, hd]
         k, v = self.kv_cache.update(input_pos, k, v)  # [B, Hkv, max_seq_len, hd]
-        if mask.shape[-1] != k.shape[2]:  # prefill with `live`: the keys the mask covers
-            k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]
+        if live is not None:  # prefill: the live prefix (no test of live against the cache length: no guard)
+            k, v = k[:, :, :live], v[:, :, :live]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.n_heads != self.n_kv_heads
         )  # [B, H, S, hd]

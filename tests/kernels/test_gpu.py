@@ -89,3 +89,50 @@ def test_glu_qlinear_cuda(fmt, act, M):
     ref = glu_act(xr @ wd.T, act)
     assert out.shape == (M, inter) and out.dtype == torch.bfloat16
     assert rel_err(out.float(), ref) < 1e-2, f"{fmt} {act} M={M}"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_compiled_prefill_with_cuda_graphs_then_decode(tmp_path, arch):
+    # A tiny GGUF model on the GPU as examples/decode.py runs it: the prompt through
+    # compile_prefill with CUDA graphs (padded to a power of two), then 4 decode steps, also
+    # replayed as a CUDA graph; prompts of 5, 13, 40 and 13 tokens, one after the other's decode
+    # (graphs of both functions alternate). Against the eager model, teacher-forced: the prompt's
+    # KV cache entries, and each token within a whisker of the eager logits' max (W4A8 and float
+    # GEMMs round differently, so an exact argmax would fail on near-ties).
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "gguf"))
+    from tiny_gguf import write_tiny_gguf
+
+    from inductor_fuse.backend import make_backend
+    from inductor_fuse.gguf import load_gguf
+    from inductor_fuse.models.generate import compile_prefill, decode_one_token
+
+    path = tmp_path / f"{arch}.gguf"
+    write_tiny_gguf(path, arch)
+    model, _ = load_gguf(str(path), device="cuda", max_seq_len=96, dtype=torch.float32, progress=False)
+    prompt_fn = compile_prefill(make_backend("reduce-overhead"))
+    step = torch.compile(decode_one_token, backend=make_backend("reduce-overhead"), fullgraph=True)
+    caches = [m.attention.kv_cache for m in model.layers]
+
+    def near_max(logits, token):
+        return bool(logits[0, token] >= logits.max() - 0.02 * logits.abs().max())
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n in (5, 13, 40, 13):
+            tokens = torch.randint(1, model.args.vocab_size, (1, n), generator=gen).cuda()
+            pos = torch.arange(n, device="cuda")
+            token = prompt_fn(model, tokens, pos)
+            got = torch.cat(
+                [c.k_cache[:, :, :n].clone() for c in caches] + [c.v_cache[:, :, :n].clone() for c in caches]
+            )
+            logits = model(tokens, pos, live=n)[:, -1]  # eager: the same positions again
+            want = torch.cat([c.k_cache[:, :, :n] for c in caches] + [c.v_cache[:, :, :n] for c in caches])
+            assert rel_err(got, want) < 2e-2, (n, rel_err(got, want))
+            assert near_max(logits, int(token)), (n, int(token), logits.topk(3))
+            for p in range(n, n + 4):
+                t, at = token.view(1, 1).clone(), torch.tensor([p], device="cuda")
+                token = step(model, t, at).clone()
+                assert near_max(model(t, at)[:, -1], int(token)), (n, p)
