@@ -145,7 +145,9 @@ def profile_prefill(model, off: list[str], n: int) -> dict:
     kernels.sort(key=lambda k: -k["us_per_token"])
     torch._dynamo.reset()
     tok_s = [n / w for w in walls]
-    return {"families_off": off, "prefill_tokens": n, "decode_tok_s": 1 / walls[2], "prefill_tok_s": tok_s[2],
+    # (the decode rows' keys, one "token" being one prefill: decode_tok_s = prefills per second)
+    return {"unit": f"one prefill of {n} tokens", "families_off": off, "prefill_tokens": n,
+            "decode_tok_s": 1 / walls[2], "prefill_tok_s": tok_s[2],
             "decode_min": 1 / walls[-1], "decode_max": 1 / walls[0], "kernels": kernels}  # fmt: skip
 
 
