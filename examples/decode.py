@@ -5,8 +5,8 @@
     python examples/decode.py --backend eager --device cpu --json
 
 Loads the file (weights stay in their GGUF formats), runs the prompt (prefill: compiled with
-dynamic shapes on a GPU, eagerly on the CPU, where compiling it would cost more than it saves;
---prefill picks, `graphs` adds CUDA graphs), and generates with the S=1 decode step compiled -- with CUDA graphs
+dynamic shapes and replayed as CUDA graphs on a GPU, eagerly on the CPU, where compiling it would
+cost more than it saves; --prefill picks), and generates with the S=1 decode step compiled -- with CUDA graphs
 (mode="reduce-overhead") on a GPU. A warm-up generation compiles both before anything is timed.
 Prints the text as it is generated, prefill and decode tokens/s, and the fusion report; with
 --json the last line of stdout is one JSON object. See docs/decode.md.
@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--prefill",
         choices=("graphs", "compiled", "eager"),
         default=None,
-        help="how the prompt runs (default: compiled on cuda, eager on cpu); compiled uses --backend, graphs "
+        help="how the prompt runs (default: graphs on cuda, eager on cpu); compiled uses --backend, graphs "
         "also replays CUDA graphs (the prompt padded to a power-of-two length, a graph recorded per length)",
     )
     p.add_argument("--seed", type=int, default=0)
@@ -96,10 +96,9 @@ def compile_step(backend: str, device: str):
     return torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
 
 
-def prefill_fn(backend: str, device: str, how: str | None):
+def prefill_fn(backend: str, device: str, how: str):
     """The prompt's function: `prefill` (eager), or `compile_prefill` for `backend` (`graphs`: with
     CUDA graphs, the prompt padded to a power-of-two length, a graph per length)."""
-    how = how or ("compiled" if device == "cuda" else "eager")
     if how == "eager" or backend == "eager":
         return prefill
     mode = "reduce-overhead" if how == "graphs" and device == "cuda" else None
@@ -147,6 +146,7 @@ def main(argv=None) -> dict:
 
     inductor_fuse.clear_reports()
     step = compile_step(args.backend, args.device)
+    args.prefill = args.prefill or ("graphs" if args.device == "cuda" else "eager")
     run_prompt = prefill_fn(args.backend, args.device, args.prefill)
     sampling = dict(temperature=args.temperature, top_k=args.top_k)
 
@@ -210,7 +210,7 @@ def main(argv=None) -> dict:
         "prompt_tokens": len(prompt),
         "new_tokens": len(tokens),
         "prefill_tok_s": prefill_tok_s,
-        "prefill": "eager" if run_prompt is prefill else args.prefill or "compiled",
+        "prefill": "eager" if run_prompt is prefill else args.prefill,
         "decode_tok_s": decode_tok_s,
         "report": counts,
         "backend": args.backend,
