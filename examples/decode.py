@@ -6,8 +6,9 @@
 
 Loads the file (weights stay in their GGUF formats), runs the prompt (prefill: compiled with
 dynamic shapes and replayed as CUDA graphs on a GPU, eagerly on the CPU, where compiling it would
-cost more than it saves; --prefill picks), and generates with the S=1 decode step compiled -- with CUDA graphs
-(mode="reduce-overhead") on a GPU. A warm-up generation compiles both before anything is timed.
+cost more than it saves; --prefill picks), and generates with the S=1 decode step compiled --
+with CUDA graphs (mode="reduce-overhead") on a GPU. A warm-up generation compiles both before
+anything is timed.
 Prints the text as it is generated, prefill and decode tokens/s, and the fusion report; with
 --json the last line of stdout is one JSON object. See docs/decode.md.
 """

@@ -352,39 +352,35 @@ def decode_attention_cuda(
         num_stages=p.num_stages,
     )
     quant = quantize is not None
-    if quant:
-        K = Hq * D
-        xq = torch.empty((B * S, K), dtype=torch.int8, device=q.device)
-        xd, xs32 = (torch.empty((B * S, K // 32), dtype=torch.float32, device=q.device) for _ in range(2))
-        xs16 = torch.empty((B * S, K // 16), dtype=torch.float32, device=q.device)
-    if p.num_splits > 1:
-        splits_p2 = triton.next_power_of_2(p.num_splits)
-        # a [splits, BLOCK_D] float32 tile of <= 8192; whole 32-tiles of out when quantizing
-        block_d = min(D, max(8192 // splits_p2, 32 if quant else 8))
-        _merge_kernel[(B * Hkv, GS, D // block_d)](
-            ws_acc,
-            ws_m,
-            ws_l,
-            out,
-            *((xq, xd, xs32, xs16) if quant else (out,) * 4),
-            Hkv,
-            G,
-            S,
-            p.num_splits,
-            *out.stride()[:3],
-            D=D,
-            SPLITS=splits_p2,
-            BLOCK_D=block_d,
-            QUANT=quant,
-            INTERLEAVE=bool(quantize),
-            num_warps=4,
-        )
-    elif quant:  # one split wrote out itself: the quantization as its own launch
+    if p.num_splits == 1:  # the split kernel wrote out itself: any quantization is a launch of its own
+        if not quant:
+            return out
         xa = act_quant(attention_rows(out).reshape(B * S, Hq * D), interleave=quantize)
         return out, xa.xq, xa.xd, xa.xs32, xa.xs16
-    if quant:
-        return out, xq.view(torch.int32), xd, xs32, xs16
-    return out
+    xa = empty_quantized_activation(q.new_empty((B * S, Hq * D))) if quant else (out,) * 4
+    splits_p2 = triton.next_power_of_2(p.num_splits)
+    # a [splits, BLOCK_D] float32 tile of <= 8192; whole 32-tiles of out when quantizing
+    block_d = min(D, max(8192 // splits_p2, 32 if quant else 8))
+    _merge_kernel[(B * Hkv, GS, D // block_d)](
+        ws_acc,
+        ws_m,
+        ws_l,
+        out,
+        xa[0].view(torch.int8) if quant else out,  # (xq: int8 values, stored as int32 words)
+        *xa[1:],
+        Hkv,
+        G,
+        S,
+        p.num_splits,
+        *out.stride()[:3],
+        D=D,
+        SPLITS=splits_p2,
+        BLOCK_D=block_d,
+        QUANT=quant,
+        INTERLEAVE=bool(quantize),
+        num_warps=4,
+    )
+    return (out, *xa) if quant else out
 
 
 @decode_attention.register_kernel("cuda")
@@ -403,14 +399,12 @@ def _decode_attention_quantize_act_cuda(q, k, v, mask, scale, softcap, interleav
     if not matvec_reads(B * S, max_m):
         out = kernel_or_reference("decode_attention", decode_attention_cuda, decode_attention_reference, *args)
         return (out, *empty_quantized_activation(q.new_empty((B, S, Hq * D))))
-    out = kernel_or_reference("decode_attention", _quantized_kernel, _quantized_reference, *args, interleave)
+    out = kernel_or_reference(
+        "decode_attention", _quantized_kernel, decode_attention_quantize_act_reference, *args, interleave
+    )
     rows = torch.empty((B, S, Hq * D), device="meta")  # the o-projection's input: the int8 tensors' shapes
     return (out[0], *(t.reshape(shape) for t, shape in zip(out[1:], act_shapes(rows))))
 
 
 def _quantized_kernel(q, k, v, mask, scale, softcap, interleave):
     return decode_attention_cuda(q, k, v, mask, scale, softcap, quantize=interleave)
-
-
-def _quantized_reference(q, k, v, mask, scale, softcap, interleave):
-    return decode_attention_quantize_act_reference(q, k, v, mask, scale, softcap, interleave)

@@ -64,9 +64,9 @@ def compile_prefill(backend: str | Callable = "inductor_fuse", mode: str | None 
     several times their GPU time on a small model; replaying a graph removes it. A graph is
     recorded per distinct shape, so the prompt is padded to a power-of-two length (>= 16) and the
     live prefix rounded up to a power of two where the cache has room: at most about
-    log2(max_seq_len) lengths each. The pad
-    tokens follow the prompt, in cache positions that the next steps overwrite before any query
-    can see them (causal masks); where they would not fit in the cache, no padding."""
+    log2(max_seq_len) lengths each. The pad tokens follow the prompt, in cache positions that the
+    next steps overwrite before any query can see them (causal masks); where they would not fit in
+    the cache, no padding."""
     graphs = mode == "reduce-overhead"
     if isinstance(backend, str) and mode is not None:
         options["mode"] = mode  # (a callable backend carries its mode)
@@ -84,8 +84,8 @@ def compile_prefill(backend: str | Callable = "inductor_fuse", mode: str | None 
                 tokens = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], pad)], 1)
                 input_pos = torch.cat([input_pos, torch.arange(end, end + pad, device=input_pos.device)])
                 end += pad
-            if _pow2(end) <= model.max_seq_len:  # (else exact: a live prefix of the whole cache
-                end = _pow2(end)  # would be a graph of its own, the slice then being the cache)
+            rounded = _pow2(end)  # (past the cache: exact; the whole cache would be a graph of its own)
+            end = rounded if rounded <= model.max_seq_len else end
         return sample(compiled(model, tokens, input_pos, end, last), temperature, top_k)
 
     return compiled_prefill
