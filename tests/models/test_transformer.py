@@ -105,8 +105,8 @@ def test_model_args_validation():
 def test_rope_freq_factors_change_frequencies():
     a = build(LLAMA)
     b = build(dataclasses.replace(LLAMA, rope_freq_factors=(1.0,) * 4 + (8.0,) * 4))
-    assert torch.equal(a.rope_global[:, :4], b.rope_global[:, :4])
-    assert not torch.equal(a.rope_global[:, 4:8], b.rope_global[:, 4:8])
+    assert torch.equal(a.rope_global[..., :4], b.rope_global[..., :4])
+    assert not torch.equal(a.rope_global[..., 4:8], b.rope_global[..., 4:8])
 
 
 def test_generate_stops_at_eos_and_cache_end():
