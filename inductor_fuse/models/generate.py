@@ -20,17 +20,36 @@ from torch import Tensor
 from .transformer import Transformer
 
 
+def _argmax_chunk(n: int) -> int | None:
+    # the largest divisor of n in [256, 2048] that leaves >= 16 chunks, or None
+    return next((c for c in range(2048, 255, -1) if n % c == 0 and n // c >= 16), None)
+
+
+def argmax_last(x: Tensor) -> Tensor:
+    """x.argmax(-1) (the first index of the maximum) in two stages, so that a long row such as a
+    vocabulary of logits is reduced by many programs: Inductor never splits an argmax, and one
+    program reading Gemma-3-270M's 262,144 logits took 38 us of a 710 us decode step on an H200.
+    Stage one: the maximum and its first index in each chunk of a divisor length; stage two: the
+    first chunk holding the largest of those."""
+    chunk = _argmax_chunk(x.shape[-1])
+    if chunk is None:
+        return x.argmax(dim=-1)
+    best, where = x.unflatten(-1, (x.shape[-1] // chunk, chunk)).max(dim=-1)  # [..., C] each
+    c = best.argmax(dim=-1, keepdim=True)
+    return (c * chunk + where.gather(-1, c)).squeeze(-1)
+
+
 def sample(logits: Tensor, temperature: float = 0.0, top_k: int | None = None) -> Tensor:
     # logits: [B, V] -> token ids [B]; temperature 0 is greedy
     if temperature <= 0.0:
-        return logits.argmax(dim=-1)
+        return argmax_last(logits)
     logits = logits.float() / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = torch.where(logits < kth, float("-inf"), logits)
     probs = torch.softmax(logits, dim=-1)
     # argmax(p / Exp(1)) draws from p without a device->host sync
-    return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
+    return argmax_last(probs / torch.empty_like(probs).exponential_(1))
 
 
 def prefill(

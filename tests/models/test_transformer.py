@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inductor_fuse.models import ModelArgs, Transformer
-from inductor_fuse.models.generate import decode_one_token, generate, sample
+from inductor_fuse.models.generate import argmax_last, decode_one_token, generate, sample
 
 LLAMA = ModelArgs(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96)
 GEMMA = dataclasses.replace(
@@ -107,6 +107,23 @@ def test_rope_freq_factors_change_frequencies():
     b = build(dataclasses.replace(LLAMA, rope_freq_factors=(1.0,) * 4 + (8.0,) * 4))
     assert torch.equal(a.rope_global[..., :4], b.rope_global[..., :4])
     assert not torch.equal(a.rope_global[..., 4:8], b.rope_global[..., 4:8])
+
+
+@pytest.mark.parametrize("n", [97, 4096, 128256, 262144])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_last_is_the_first_index_of_the_maximum(n, dtype):
+    """The two-stage argmax returns what argmax does, ties included (values drawn from a few
+    levels, so every row has many maxima); compiled too, at the two real vocabulary sizes."""
+    torch.manual_seed(n)
+    x = torch.randint(-3, 4, (5, n)).to(dtype)
+    x[1, -1] = 10  # the maximum in the last chunk
+    x[2, 0] = 10  # in the first
+    x[3] = 0  # a row of one value: index 0
+    want = x.argmax(-1)
+    assert torch.equal(argmax_last(x), want)
+    if n >= 128256 and dtype == torch.bfloat16:
+        assert torch.equal(torch.compile(argmax_last)(x), want)
+    assert torch.equal(argmax_last(x[0]), want[0])
 
 
 def test_generate_stops_at_eos_and_cache_end():
