@@ -136,3 +136,35 @@ def test_compiled_prefill_with_cuda_graphs_then_decode(tmp_path, arch):
                 t, at = token.view(1, 1).clone(), torch.tensor([p], device="cuda")
                 token = step(model, t, at).clone()
                 assert near_max(model(t, at)[:, -1], int(token)), (n, p)
+
+
+def test_decode_step_norms_are_one_pass_reductions():
+    # Gemma 3's QK-norm (head_dim 256) fused with rope and the cache write must compile to a
+    # persistent reduction (`triton_per_`): a looped one (`triton_red_`) has an autotuned block size,
+    # and one compile picked a small block, 7x slower (docs/design.md). The rope table's layout
+    # decides it (unit-stride cos / sin rows), so any kernel that reduces a norm here is persistent.
+    import dataclasses
+
+    from torch._inductor.utils import run_and_get_code
+
+    from inductor_fuse.backend import make_backend
+    from inductor_fuse.models import ModelArgs, Transformer
+    from inductor_fuse.models.generate import decode_one_token
+
+    args = ModelArgs(vocab_size=4096, dim=256, n_layers=2, n_heads=4, n_kv_heads=1, head_dim=256,
+                     intermediate_size=512, act="gelu_tanh", qk_norm=True, sandwich_norm=True, embed_scale=True,
+                     sliding_window=8, sliding_window_pattern=2, tie_embeddings=True)  # fmt: skip
+    args = dataclasses.replace(args, norm_eps=1e-6)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Transformer(args).to(torch.bfloat16)
+    model.setup_caches(1, 64)
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]], device="cuda"), torch.arange(3, device="cuda"))
+        step = torch.compile(decode_one_token, backend=make_backend("default"), fullgraph=True)
+        t, at = torch.tensor([[4]], device="cuda"), torch.tensor([3], device="cuda")
+        token, (code, *_) = run_and_get_code(step, model, t, at)
+        logits = model(t, at)[0, -1].float()  # eager, the same position again
+    looped = sorted(set(n for n in code.split() if n.startswith("triton_red_fused") and "mean" in n))
+    assert "mean" in code and not looped, looped
+    assert logits[int(token)] >= logits.max() - 0.02 * logits.abs().max()  # bf16 rounding: near-ties
