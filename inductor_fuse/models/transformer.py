@@ -234,17 +234,27 @@ class RMSNorm(nn.Module):
 
 
 class KVCache(nn.Module):
+    """K and V in one buffer, kv [2, B, Hkv, max_seq_len, hd], written by one index_put: Inductor
+    then emits one kernel per layer that writes the new K (after its rope, and QK-norm) and V,
+    where two index_puts on two buffers were two kernels."""
+
     def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype, device):
         super().__init__()
-        shape = (batch, n_kv_heads, max_seq_len, head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        shape = (2, batch, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    @property
+    def k_cache(self) -> Tensor:  # [B, Hkv, max_seq_len, hd], a view of kv
+        return self.kv[0]
+
+    @property
+    def v_cache(self) -> Tensor:
+        return self.kv[1]
 
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         # input_pos: [S], k, v: [B, Hkv, S, hd]
-        self.k_cache[:, :, input_pos] = k.to(self.k_cache.dtype)
-        self.v_cache[:, :, input_pos] = v.to(self.v_cache.dtype)
-        return self.k_cache, self.v_cache
+        self.kv[:, :, :, input_pos] = torch.stack([k, v]).to(self.kv.dtype)
+        return self.kv[0], self.kv[1]
 
 
 def rope_table(head_dim: int, base: float, scale: float, factors, max_seq_len: int, device) -> Tensor:
