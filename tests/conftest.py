@@ -25,6 +25,14 @@ torch._dynamo.config.recompile_limit = 256
 torch._dynamo.config.accumulated_recompile_limit = 4096
 
 
+@pytest.fixture(autouse=True)
+def _same_random_state():
+    """Every test starts from the same torch RNG state, whatever ran before it in its process:
+    pytest-xdist deals the tests to its workers in an order that changes from run to run, and a
+    test that draws unseeded tensors must not see different values each time."""
+    torch.manual_seed(0)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
