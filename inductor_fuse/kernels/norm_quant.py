@@ -16,6 +16,11 @@ weight formats share.
     CAST_FIRST:  y = (n.to(dtype) * w)                          (LlamaRMSNorm)
     else:        y = (n * (w32 + W_OFFSET)).to(dtype)           (models/transformer.py, Gemma3)
 
+With ADD, h is first the residual sum s = h + r (rounded to h's dtype, as aten's add), stored;
+with NORM_R too, r is first normalized itself (its own weight, eps and flavour, rounded to h's
+dtype): Gemma 3's sandwich norm, s = x + post_norm(o), then the next pre-norm of s, in one launch
+(rows of up to 8192: a longer one is normalized by the pure-torch RMSNorm first).
+
 With QUANT off (more rows than any consumer's matvec takes) it computes y alone.
 """
 
@@ -25,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..quant.op import rmsnorm_reference
 from ._common import interpreting, loop_bound, quantize_tiles
 
 
@@ -32,6 +38,7 @@ from ._common import interpreting, loop_bound, quantize_tiles
 def _rmsnorm_quantize_kernel(
     h_ptr,  # [M, K] float, row stride stride_hm
     r_ptr,  # [M, K] h's dtype, row stride stride_rm (ADD: the residual added to h before the norm)
+    wr_ptr,  # [K] float (NORM_R: r's own RMSNorm weight)
     s_ptr,  # [M, K] h's dtype, contiguous (ADD: h + r stored)
     w_ptr,  # [K] float
     y_ptr,  # [M, K] h's dtype, contiguous
@@ -43,9 +50,13 @@ def _rmsnorm_quantize_kernel(
     stride_hm,
     stride_rm,
     eps,
+    eps_r,
     W_OFFSET: tl.constexpr,
     CAST_FIRST: tl.constexpr,
     ADD: tl.constexpr,
+    NORM_R: tl.constexpr,  # (with ADD, ONE_PASS) r normalized first: weight wr, eps_r, WR_OFFSET, R_CAST_FIRST
+    WR_OFFSET: tl.constexpr,
+    R_CAST_FIRST: tl.constexpr,
     QUANT: tl.constexpr,
     INTERLEAVE: tl.constexpr,
     BLOCK_G: tl.constexpr,
@@ -53,9 +64,10 @@ def _rmsnorm_quantize_kernel(
 ):
     m = tl.program_id(0)
     G = K // 32
+    rn = (wr_ptr, eps_r, WR_OFFSET, R_CAST_FIRST)
     if ONE_PASS:  # the whole row in registers (BLOCK_G >= G): h read once
         g = tl.arange(0, BLOCK_G)
-        h = _row_tiles(h_ptr, r_ptr, s_ptr, m, g, K, stride_hm, stride_rm, ADD, True)
+        h = _row_tiles(h_ptr, r_ptr, s_ptr, m, g, K, stride_hm, stride_rm, ADD, NORM_R, rn, True)
         r = 1.0 / tl.sqrt(tl.sum(tl.sum(h * h, axis=1), axis=0) / K + eps)
         _norm_tiles(
             h, r, w_ptr, m, g, K, y_ptr, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, W_OFFSET, CAST_FIRST, QUANT, INTERLEAVE
@@ -63,30 +75,52 @@ def _rmsnorm_quantize_kernel(
     else:
         acc = tl.zeros((BLOCK_G, 32), dtype=tl.float32)
         for g0 in range(0, loop_bound(G), BLOCK_G):  # pass 1: the sum of squares (and h + r stored)
-            h = _row_tiles(h_ptr, r_ptr, s_ptr, m, g0 + tl.arange(0, BLOCK_G), K, stride_hm, stride_rm, ADD, True)
+            h = _row_tiles(
+                h_ptr, r_ptr, s_ptr, m, g0 + tl.arange(0, BLOCK_G), K, stride_hm, stride_rm, ADD, False, rn, True
+            )
             acc += h * h
         r = 1.0 / tl.sqrt(tl.sum(tl.sum(acc, axis=1), axis=0) / K + eps)
         for g0 in range(0, loop_bound(G), BLOCK_G):  # pass 2: y, stored, then quantized
             g = g0 + tl.arange(0, BLOCK_G)
-            h = _row_tiles(h_ptr, r_ptr, s_ptr, m, g, K, stride_hm, stride_rm, ADD, False)
+            h = _row_tiles(h_ptr, r_ptr, s_ptr, m, g, K, stride_hm, stride_rm, ADD, False, rn, False)
             _norm_tiles(
                 h, r, w_ptr, m, g, K, y_ptr, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, W_OFFSET, CAST_FIRST, QUANT, INTERLEAVE
             )
 
 
 @triton.jit
-def _row_tiles(h_ptr, r_ptr, s_ptr, m, g, K, stride_hm, stride_rm, ADD: tl.constexpr, STORE_SUM: tl.constexpr):
+def _row_tiles(
+    h_ptr, r_ptr, s_ptr, m, g, K, stride_hm, stride_rm,
+    ADD: tl.constexpr, NORM_R: tl.constexpr, rn, STORE_SUM: tl.constexpr,
+):  # fmt: skip
     """The 32-tiles g of row m of the normalized input as float32 [BG, 32] (masked tiles: 0): h, or
-    with ADD h + r rounded to h's dtype (as aten's add), stored to s when STORE_SUM."""
+    with ADD h + r rounded to h's dtype (as aten's add), stored to s when STORE_SUM. NORM_R (only
+    when g holds the whole row): r is first RMS-normalized with rn = (wr_ptr, eps_r, WR_OFFSET,
+    R_CAST_FIRST) and rounded to h's dtype, as the unfused norm stores it."""
     offs = g[:, None] * 32 + tl.arange(0, 32)[None, :]
     gmask = (g < K // 32)[:, None]
     h = tl.load(h_ptr + m * stride_hm + offs, mask=gmask, other=0.0)
     if ADD:
         res = tl.load(r_ptr + m * stride_rm + offs, mask=gmask, other=0.0)
+        if NORM_R:
+            wr_ptr, eps_r, WR_OFFSET, R_CAST_FIRST = rn
+            r32 = res.to(tl.float32)
+            rr = 1.0 / tl.sqrt(tl.sum(tl.sum(r32 * r32, axis=1), axis=0) / K + eps_r)
+            res = _weigh(r32 * rr, wr_ptr, offs, gmask, h.dtype, WR_OFFSET, R_CAST_FIRST)
         h = (h.to(tl.float32) + res.to(tl.float32)).to(s_ptr.dtype.element_ty)  # round to nearest even
         if STORE_SUM:
             tl.store(s_ptr + m * K + offs, h, mask=gmask)
     return h.to(tl.float32)
+
+
+@triton.jit
+def _weigh(n, w_ptr, offs, gmask, dtype: tl.constexpr, W_OFFSET: tl.constexpr, CAST_FIRST: tl.constexpr):
+    """The normalized tiles n (float32) times the norm's weight, in `dtype` (rmsnorm_reference's two
+    flavours): CAST_FIRST n.to(dtype) * w, else (n * (w32 + W_OFFSET)).to(dtype)."""
+    w = tl.load(w_ptr + offs, mask=gmask, other=0.0).to(tl.float32)
+    if CAST_FIRST:
+        return (n.to(dtype).to(tl.float32) * w).to(dtype)
+    return (n * (w + W_OFFSET)).to(dtype)
 
 
 @triton.jit
@@ -97,12 +131,7 @@ def _norm_tiles(
     """y of the 32-tiles g (h [BG, 32] float32, r the row's 1/rms): stored, then quantized."""
     offs = g[:, None] * 32 + tl.arange(0, 32)[None, :]
     gmask = g < K // 32
-    w = tl.load(w_ptr + offs, mask=gmask[:, None], other=0.0).to(tl.float32)
-    n = h * r
-    if CAST_FIRST:
-        y = (n.to(y_ptr.dtype.element_ty).to(tl.float32) * w).to(y_ptr.dtype.element_ty)
-    else:
-        y = (n * (w + W_OFFSET)).to(y_ptr.dtype.element_ty)
+    y = _weigh(h * r, w_ptr, offs, gmask[:, None], y_ptr.dtype.element_ty, W_OFFSET, CAST_FIRST)
     tl.store(y_ptr + m * K + offs, y, mask=gmask[:, None])
     if QUANT:
         quantize_tiles(y.to(tl.float32), m, g, gmask, K, xq_ptr, xd_ptr, xs32_ptr, xs16_ptr, INTERLEAVE)
@@ -117,10 +146,12 @@ def rmsnorm_quantize(
     interleave: bool,
     quant: bool,
     residual: torch.Tensor | None = None,
+    residual_norm: tuple[torch.Tensor, float, float, bool] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """h [M, K] (K % 32 == 0), w [K] -> (y [M, K] in h's dtype, xq int32 [M, K/4], xd, xs32 [M, K/32],
     xs16 [M, K/16]); with quant off the last four are None (not computed). With a residual [M, K]
-    (h's dtype) the norm is of s = h + residual, and s [M, K] is returned first."""
+    (h's dtype) the norm is of s = h + residual, and s [M, K] is returned first; with residual_norm
+    (w_r, eps_r, w_offset_r, cast_before_weight_r) too, of s = h + rmsnorm(residual)."""
     M, K = h.shape
     if K % 32:
         raise ValueError(f"rmsnorm_quantize: K must be a multiple of 32, got {K}")
@@ -128,6 +159,8 @@ def rmsnorm_quantize(
     w = w.contiguous()
     dev = h.device
     y = torch.empty((M, K), dtype=h.dtype, device=dev)
+    if residual_norm is not None and residual is None:
+        raise ValueError("rmsnorm_quantize: residual_norm needs a residual")
     if residual is not None:
         if residual.shape != h.shape or residual.dtype != h.dtype:
             raise ValueError(
@@ -149,11 +182,17 @@ def rmsnorm_quantize(
     add = s is not y
     # a row of up to 256 tiles (K <= 8192) in one block: h read once, one load's latency (at M = 1
     # the kernel is one program); longer rows loop twice over 32 tiles at a time
-    BLOCK_G = 8 if interpreting() else (triton.next_power_of_2(G) if G <= 256 else 32)
+    BLOCK_G = triton.next_power_of_2(G) if G <= 256 else 32
+    if interpreting() and residual_norm is None:
+        BLOCK_G = min(BLOCK_G, 8)  # (the interpreter is slow with large blocks: the two-pass loop tested too)
+    if residual_norm is not None and BLOCK_G < G:  # a row too long for one block: r's norm first, in torch
+        residual, residual_norm = rmsnorm_reference(residual, *residual_norm), None
+    wr, eps_r, wr_offset, r_cast_first = residual_norm or (w, 0.0, 0.0, False)
     _rmsnorm_quantize_kernel[(M,)](
-        h, residual, s, w, y, xq, xd, xs32, xs16, K, h.stride(0), residual.stride(0), float(eps),
-        W_OFFSET=float(w_offset), CAST_FIRST=cast_before_weight, ADD=add, QUANT=quant, INTERLEAVE=interleave,
-        BLOCK_G=BLOCK_G, ONE_PASS=BLOCK_G >= G, num_warps=8 if BLOCK_G >= 128 else 4,
+        h, residual, wr.contiguous(), s, w, y, xq, xd, xs32, xs16, K, h.stride(0), residual.stride(0), float(eps),
+        float(eps_r), W_OFFSET=float(w_offset), CAST_FIRST=cast_before_weight, ADD=add,
+        NORM_R=residual_norm is not None, WR_OFFSET=float(wr_offset), R_CAST_FIRST=r_cast_first, QUANT=quant,
+        INTERLEAVE=interleave, BLOCK_G=BLOCK_G, ONE_PASS=BLOCK_G >= G, num_warps=8 if BLOCK_G >= 128 else 4,
     )  # fmt: skip
     out = (y, xq.view(torch.int32), xd, xs32, xs16) if quant else (y, None, None, None, None)
     return (s, *out) if add else out

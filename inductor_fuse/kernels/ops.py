@@ -16,7 +16,8 @@ pure-torch quantize_act_reference answers (WARNING once). rmsnorm_quantize_act (
 into the RMSNorm that makes x) runs `norm_quant.rmsnorm_quantize`: y always, the int8 activation
 under the same condition as quantize_act (else uninitialized buffers); its fallback is the
 pure-torch RMSNorm (and quantization). add_rmsnorm_quantize_act is the same with the residual add
-before the norm in the kernel too (s = a + b stored; the norm of s).
+before the norm in the kernel too (s = a + b stored; the norm of s), and b's own RMSNorm before the
+add when the op has one (Gemma 3's sandwich norms).
 
 Registration happens at import (`import inductor_fuse` imports this module); nothing touches a
 device then.
@@ -171,12 +172,16 @@ def _rmsnorm_quantize_act_cuda(
 
 
 @add_rmsnorm_quantize_act.register_kernel("cuda")
-def _add_rmsnorm_quantize_act_cuda(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m):  # (types: the op's)
-    K = check_add_rmsnorm_quantize_act_args(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m)
+def _add_rmsnorm_quantize_act_cuda(
+    a, b, w, eps, w_offset, cast_before_weight, interleave, max_m, b_w=None, b_eps=0.0, b_w_offset=0.0, b_cast=False
+):  # (types: the op's)
+    b_norm = (b_w, b_eps, b_w_offset, b_cast)
+    K = check_add_rmsnorm_quantize_act_args(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m, *b_norm)
     M = a.numel() // K
     if M == 0:
         return (a.new_empty(a.shape), a.new_empty(a.shape), *empty_quantized_activation(a))
     args = (a, w, eps, w_offset, cast_before_weight, interleave, matvec_reads(M, max_m), b)
+    args += (b_norm if b_w is not None else None,)
     instead = "the pure-torch add, RMSNorm and quantization (the same formulas)"
     return kernel_or_reference(
         "add_rmsnorm_quantize_act", _rmsnorm_quantize_kernel, _rmsnorm_quantize_reference, *args, instead=instead
@@ -192,11 +197,14 @@ def _rmsnorm_quantize_kernel(
     interleave: bool,
     quant: bool,
     residual: Tensor | None = None,
+    residual_norm: tuple | None = None,
 ) -> tuple[Tensor, ...]:
-    """The kernel's outputs in the op's shapes: (y, xa...), with a residual (s, y, xa...)."""
+    """The kernel's outputs in the op's shapes: (y, xa...), with a residual (s, y, xa...); with
+    residual_norm (w, eps, w_offset, cast_before_weight) the residual is RMS-normalized first."""
     K = h.shape[-1]
     res = None if residual is None else residual.reshape(-1, K)
-    out = norm_quant.rmsnorm_quantize(h.reshape(-1, K), w, eps, w_offset, cast_before_weight, interleave, quant, res)
+    args = (h.reshape(-1, K), w, eps, w_offset, cast_before_weight, interleave, quant, res, residual_norm)
+    out = norm_quant.rmsnorm_quantize(*args)
     head = tuple(t.reshape(h.shape) for t in out[: 1 + (residual is not None)])
     xa = out[len(head) :]
     if not quant:
@@ -204,10 +212,14 @@ def _rmsnorm_quantize_kernel(
     return (*head, *(t.reshape(shape) for t, shape in zip(xa, act_shapes(h))))
 
 
-def _rmsnorm_quantize_reference(h, w, eps, w_offset, cast_before_weight, interleave, quant, residual=None):
+def _rmsnorm_quantize_reference(
+    h, w, eps, w_offset, cast_before_weight, interleave, quant, residual=None, residual_norm=None
+):  # (types: _rmsnorm_quantize_kernel's)
     """_rmsnorm_quantize_kernel's pure-torch twin (same arguments, same outputs)."""
     head = ()
     if residual is not None:
+        if residual_norm is not None:
+            residual = rmsnorm_reference(residual, *residual_norm)
         h = (h + residual).contiguous()
         head = (h,)
     if not quant:

@@ -37,6 +37,13 @@ the first), the add goes into the op too (the report says "RMSNorm fused, with t
 
 s (= a + b, rounded to the dtype as aten's add) replaces h for every other reader (the residual
 stream): without it the add is a launch of its own, since Inductor cannot fuse it into our op.
+When b is itself an RMSNorm's output that only the add reads (Gemma 3's sandwich norms: the
+residual stream plus the post-attention / post-MLP norm of the block's output), that norm goes in
+too, as four trailing arguments (report: "with the residual add and its addend's RMSNorm"):
+
+    s, x, xq, xd, xs32, xs16 = add_rmsnorm_quantize_act(a, o, w, ..., 8, w_post, eps_post, 1.0, False)
+
+Without it, that norm is an Inductor reduction kernel of its own (two per Gemma layer).
 Nothing is removed that a node outside the norm reads; a norm that does not match exactly is left
 alone (the reason is in the report).
 
@@ -334,6 +341,16 @@ def _residual_add(graph: fx.Graph, norm: RMSNorm) -> fx.Node | None:
     return h if order[norm.w] < order[h] else None
 
 
+def _normed_addend(add: fx.Node) -> tuple[fx.Node, RMSNorm] | None:
+    """(the other operand, the norm) when one operand of the residual add is an RMSNorm's output
+    that only the add reads (Gemma 3's sandwich norms: x + post_norm(o)), else None."""
+    for i in (1, 0):
+        inner, _ = match_rmsnorm(add.args[i])
+        if inner is not None and inner.out is add.args[i] and list(inner.out.users) == [add]:
+            return add.args[1 - i], inner
+    return None
+
+
 def _rewrite_fused(graph: fx.Graph, norm: RMSNorm, group: list[fx.Node], interleave: bool) -> str:
     """The RMSNorm and the quantization as one rmsnorm_quantize_act (with the residual add before
     the norm, when there is one: add_rmsnorm_quantize_act, whose s replaces the add for every
@@ -345,8 +362,13 @@ def _rewrite_fused(graph: fx.Graph, norm: RMSNorm, group: list[fx.Node], interle
     out = norm.out
     args = (norm.w, norm.eps, norm.w_offset, norm.cast_before_weight, interleave, max_m)
     add = _residual_add(graph, norm)
+    addend = _normed_addend(add) if add is not None else None
     with graph.inserting_before(add or out):
-        if add is not None:
+        if addend is not None:
+            a, bn = addend
+            b_norm = (bn.w, bn.eps, bn.w_offset, bn.cast_before_weight)
+            fused = call(graph, add_rmsnorm_quantize_act, a, bn.h, *args, *b_norm)
+        elif add is not None:
             fused = call(graph, add_rmsnorm_quantize_act, *add.args, *args)
         else:
             fused = call(graph, rmsnorm_quantize_act, norm.h, *args)
@@ -363,9 +385,17 @@ def _rewrite_fused(graph: fx.Graph, norm: RMSNorm, group: list[fx.Node], interle
         graph.erase_node(node)
     if add is not None:
         graph.erase_node(add)
+    if addend is not None:
+        for node in sorted(addend[1].removed, key=order.__getitem__, reverse=True):
+            graph.erase_node(node)
     with graph.inserting_before(first):
         xa = [_rows_like(graph, p, x) for p in parts[1:]]
-    what = "RMSNorm fused, with the residual add before it," if add is not None else "RMSNorm fused"
+    if addend is not None:
+        what = f"RMSNorm fused, with the residual add and its addend's RMSNorm ({addend[1].describe()}) before it,"
+    elif add is not None:
+        what = "RMSNorm fused, with the residual add before it,"
+    else:
+        what = "RMSNorm fused"
     return f"{what} ({norm.describe()}): " + _swap_consumers(graph, group, xa, interleave, max_m)
 
 

@@ -247,24 +247,14 @@ def _unfuse(graph: fx.Graph, fused: fx.Node, add: bool) -> None:
     args = list(fused.args)
     with graph.inserting_before(fused):
         if add:
-            s = call(graph, aten.add.Tensor, args.pop(0), args.pop(0))
+            a, b = args.pop(0), args.pop(0)
+            if len(args) > 6 and args[6] is not None:  # b's own norm (b_w, b_eps, b_w_offset, b_cast_before_weight)
+                b = _rmsnorm_nodes(graph, b, *args[6:10])
+            s = call(graph, aten.add.Tensor, a, b)
             copy_meta(fused, s)
             args.insert(0, s)
-        h, w, eps, w_offset, cast_before_weight = args[:5]
-        dtype = val(h).dtype
-        f32 = torch.float32
-        h32 = h if dtype == f32 else call(graph, prims.convert_element_type.default, h, f32)
-        mean = call(graph, aten.mean.dim, call(graph, aten.pow.Tensor_Scalar, h32, 2), [-1], True)
-        n = call(graph, aten.mul.Tensor, h32, call(graph, aten.rsqrt.default, call(graph, aten.add.Tensor, mean, eps)))
-        if cast_before_weight:
-            nc = n if dtype == f32 else call(graph, prims.convert_element_type.default, n, dtype)
-            y = call(graph, aten.mul.Tensor, w, nc)
-        else:
-            w32 = w if val(w).dtype == f32 else call(graph, prims.convert_element_type.default, w, f32)
-            if w_offset:
-                w32 = call(graph, aten.add.Tensor, w32, w_offset)
-            y = call(graph, aten.mul.Tensor, n, w32)
-            y = y if dtype == f32 else call(graph, prims.convert_element_type.default, y, dtype)
+        h = args[0]
+        y = _rmsnorm_nodes(graph, *args[:5])
     copy_meta(fused, y)
     if add and -1 in parts:
         parts[-1].replace_all_uses_with(h)
@@ -273,3 +263,21 @@ def _unfuse(graph: fx.Graph, fused: fx.Node, add: bool) -> None:
     for p in parts.values():
         graph.erase_node(p)
     graph.erase_node(fused)
+
+
+def _rmsnorm_nodes(graph: fx.Graph, h: fx.Node, w, eps: float, w_offset: float, cast_before_weight: bool) -> fx.Node:
+    """The aten ops of an RMSNorm of h as act_quant.match_rmsnorm matches them (rmsnorm_reference's
+    order); returns the output node."""
+    dtype = val(h).dtype
+    f32 = torch.float32
+    h32 = h if dtype == f32 else call(graph, prims.convert_element_type.default, h, f32)
+    mean = call(graph, aten.mean.dim, call(graph, aten.pow.Tensor_Scalar, h32, 2), [-1], True)
+    n = call(graph, aten.mul.Tensor, h32, call(graph, aten.rsqrt.default, call(graph, aten.add.Tensor, mean, eps)))
+    if cast_before_weight:
+        nc = n if dtype == f32 else call(graph, prims.convert_element_type.default, n, dtype)
+        return call(graph, aten.mul.Tensor, w, nc)
+    w32 = w if val(w).dtype == f32 else call(graph, prims.convert_element_type.default, w, f32)
+    if w_offset:
+        w32 = call(graph, aten.add.Tensor, w32, w_offset)
+    y = call(graph, aten.mul.Tensor, n, w32)
+    return y if dtype == f32 else call(graph, prims.convert_element_type.default, y, dtype)

@@ -400,10 +400,25 @@ def _rmsnorm_quantize_act_fake(
 # The residual add before the norm, fused too (the ``act_quant`` rule, when h = add(a, b)):
 #   add_rmsnorm_quantize_act(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m)
 #       -> (s, y, xq, xd, xs32, xs16),  s = a + b,  the rest rmsnorm_quantize_act(s, ...)
+# and, when b is itself an RMSNorm's output (Gemma 3's sandwich norms: x + post_norm(o)), that norm
+# too, given by four trailing arguments (b_w None: no norm of b):
+#   add_rmsnorm_quantize_act(a, b, w, ..., max_m, b_w, b_eps, b_w_offset, b_cast_before_weight)
+#       -> s = a + rmsnorm_reference(b, b_w, b_eps, b_w_offset, b_cast_before_weight), the rest as above
 
 
 def check_add_rmsnorm_quantize_act_args(
-    a: Tensor, b: Tensor, w: Tensor, eps: float, w_offset: float, cast_before_weight: bool, interleave: bool, max_m: int
+    a: Tensor,
+    b: Tensor,
+    w: Tensor,
+    eps: float,
+    w_offset: float,
+    cast_before_weight: bool,
+    interleave: bool,
+    max_m: int,
+    b_w: Tensor | None = None,
+    b_eps: float = 0.0,
+    b_w_offset: float = 0.0,
+    b_cast_before_weight: bool = False,
 ) -> int:
     """Validate add_rmsnorm_quantize_act's arguments; returns K. Raises ValueError naming the problem."""
     if b.dtype != a.dtype or b.device != a.device or b.dim() != a.dim() or not all(map(_same, b.shape, a.shape)):
@@ -411,6 +426,11 @@ def check_add_rmsnorm_quantize_act_args(
             f"add_rmsnorm_quantize_act: b must be a's shape {list(a.shape)}, dtype {a.dtype} and device {a.device}, "
             f"got {list(b.shape)} {b.dtype} on {b.device}"
         )
+    if b_w is not None:
+        try:
+            check_rmsnorm_quantize_act_args(b, b_w, b_eps, b_w_offset, b_cast_before_weight, interleave, max_m)
+        except ValueError as e:
+            raise ValueError(f"add_rmsnorm_quantize_act: b's norm: {e}") from None
     return check_rmsnorm_quantize_act_args(a, w, eps, w_offset, cast_before_weight, interleave, max_m)
 
 
@@ -424,15 +444,26 @@ def add_rmsnorm_quantize_act(
     cast_before_weight: bool,
     interleave: bool,
     max_m: int,
+    b_w: Tensor | None = None,
+    b_eps: float = 0.0,
+    b_w_offset: float = 0.0,
+    b_cast_before_weight: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Pure-torch reference: s = a + b, then rmsnorm_quantize_act's body on s."""
-    check_add_rmsnorm_quantize_act_args(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m)
+    """Pure-torch reference: s = a + b (b RMS-normalized first when b_w is given), then
+    rmsnorm_quantize_act's body on s."""
+    args = (a, b, w, eps, w_offset, cast_before_weight, interleave, max_m, b_w, b_eps, b_w_offset, b_cast_before_weight)
+    check_add_rmsnorm_quantize_act_args(*args)
+    if b_w is not None:
+        b = rmsnorm_reference(b, b_w, b_eps, b_w_offset, b_cast_before_weight)
     s = (a + b).contiguous()
     return (s, *rmsnorm_quantize_act_reference(s, w, eps, w_offset, cast_before_weight, interleave))
 
 
 @add_rmsnorm_quantize_act.register_fake
-def _add_rmsnorm_quantize_act_fake(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m):  # (types: the op's)
-    check_add_rmsnorm_quantize_act_args(a, b, w, eps, w_offset, cast_before_weight, interleave, max_m)
+def _add_rmsnorm_quantize_act_fake(
+    a, b, w, eps, w_offset, cast_before_weight, interleave, max_m, b_w=None, b_eps=0.0, b_w_offset=0.0, b_cast=False
+):  # (types: the op's)
+    args = (a, b, w, eps, w_offset, cast_before_weight, interleave, max_m, b_w, b_eps, b_w_offset, b_cast)
+    check_add_rmsnorm_quantize_act_args(*args)
     s = torch.empty_like(a, memory_format=torch.contiguous_format)
     return (s, torch.empty_like(s), *empty_quantized_activation(a))

@@ -296,6 +296,53 @@ def test_add_rmsnorm_quantize_kernel_against_the_reference(M, K, norm, dtype):
         assert got.shape == want.shape and got.dtype == want.dtype  # the CPU op (reference) agrees in form
 
 
+@interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("K", [96, 640, 8224])  # 8224: a row past one block (b's norm in torch first)
+@pytest.mark.parametrize("M", [1, 3])
+def test_add_rmsnorm_quantize_kernel_with_the_addends_norm(M, K, norm, dtype):
+    """Gemma 3's sandwich norm in the kernel: s = a + rmsnorm(b, w_b), then y = rmsnorm(s, w) and
+    its int8 activation; against an independent float64 oracle of the same steps (each rounded to
+    the dtype where the model rounds: rmsnorm(b) and s)."""
+    if K == 8224 and (M > 1 or norm != "gemma"):
+        pytest.skip("one long-row case is enough (interpreter time)")
+    cast_first, offset = NORMS[norm]
+    a, w = _norm_inputs(M, K, dtype, seed=M + K + 7)
+    b, w_b = _norm_inputs(M, K, dtype, seed=M + K + 8)
+    b = b * 40.0  # o's scale is not the residual stream's: the norm of b matters
+    s, y, *xa = ops._add_rmsnorm_quantize_act_cuda(
+        a, b, w, 1e-5, offset, cast_first, False, 16, w_b, 1e-6, offset, cast_first
+    )
+
+    def rms64(h, w_, eps):
+        h64 = h.double()
+        return h64 * torch.rsqrt(h64.pow(2).mean(-1, keepdim=True) + eps) * (w_.double() + offset)
+
+    s_want = (a.double() + rms64(b, w_b, 1e-6).to(dtype).double()).to(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=2e-2)
+    torch.testing.assert_close(s, s_want, **tol)
+    torch.testing.assert_close(y.double(), rms64(s, w, 1e-5), **tol)  # y is the norm of the s it stored
+    xq, xd, *_ = xa  # quantize_act of the stored y, up to an exact tie (as in the test above)
+    want = quantize_act_reference(y, False)
+    assert torch.equal(xd, want[1])
+    dq = xq.view(torch.int8).int() - want[0].view(torch.int8).int()
+    assert dq.abs().max() <= 1 and (dq != 0).sum() <= max(1, M * K // 100), dq.abs().sum()
+    ref = add_rmsnorm_quantize_act(a, b, w, 1e-5, offset, cast_first, False, 16, w_b, 1e-6, offset, cast_first)
+    torch.testing.assert_close(ref[0], s, **tol)  # the CPU op (reference) computes the same s and y
+    torch.testing.assert_close(ref[1], y, **tol)
+    plain = add_rmsnorm_quantize_act(a, b, w, 1e-5, offset, cast_first, False, 16)[0]
+    assert not torch.allclose(plain, s, **tol)  # (b's norm changes s: the check above can fail)
+
+
+def test_add_rmsnorm_quantize_act_refuses_a_bad_addend_norm():
+    a, w = _norm_inputs(2, 64, torch.float32, seed=4)
+    with pytest.raises(ValueError, match="b's norm: .*w must have shape"):
+        add_rmsnorm_quantize_act(a, a, w, 1e-6, 0.0, False, False, 8, w[:32], 1e-6, 0.0, False)
+    with pytest.raises(ValueError, match="b's norm: .*cast_before_weight takes no w_offset"):
+        add_rmsnorm_quantize_act(a, a, w, 1e-6, 0.0, False, False, 8, w, 1e-6, 1.0, True)
+
+
 def test_add_rmsnorm_quantize_act_refuses_operands_that_differ():
     a, w = _norm_inputs(2, 64, torch.float32, seed=4)
     with pytest.raises(ValueError, match="b must be a's shape"):
@@ -312,9 +359,9 @@ def norm_quant_calls(monkeypatch):
     calls = []
     real = norm_quant.rmsnorm_quantize
 
-    def spy(h, w, eps, w_offset, cast_first, interleave, quant, residual=None):
+    def spy(h, w, eps, w_offset, cast_first, interleave, quant, *residual):
         calls.append((h.shape[0], quant))
-        return real(h, w, eps, w_offset, cast_first, interleave, quant, residual)
+        return real(h, w, eps, w_offset, cast_first, interleave, quant, *residual)
 
     monkeypatch.setattr(norm_quant, "rmsnorm_quantize", spy)
     return calls

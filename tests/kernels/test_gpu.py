@@ -164,3 +164,21 @@ def test_decode_step_norms_are_one_pass_reductions():
     looped = sorted(set(n for n in code.split() if n.startswith("triton_red_fused") and "mean" in n))
     assert "mean" in code and not looped, looped
     assert logits[int(token)] >= logits.max() - 0.02 * logits.abs().max()  # bf16 rounding: near-ties
+
+
+@pytest.mark.parametrize("K", [640, 2560, 5376, 8224])  # Gemma 3 270M, 4B, 27B; a row past one block
+@pytest.mark.parametrize("M", [1, 5])
+def test_sandwich_norm_kernel_against_the_reference(M, K):
+    """add_rmsnorm_quantize_act with the addend's own norm (Gemma 3's post-norm + residual add +
+    next pre-norm, one launch) on the GPU against the CPU op (the pure-torch reference)."""
+    g = torch.Generator().manual_seed(K + M)
+    a = torch.randn(M, K, generator=g).bfloat16()
+    o = (torch.randn(M, K, generator=g) * 30).bfloat16()
+    w, w_post = ((torch.randn(K, generator=g) * 0.3).bfloat16() for _ in range(2))
+    args = (1e-6, 1.0, False, False, 8, w_post.cuda(), 1e-6, 1.0, False)
+    op = torch.ops.inductor_fuse.add_rmsnorm_quantize_act
+    got = op(a.cuda(), o.cuda(), w.cuda(), *args)
+    want = op(a, o, w, *args[:5], w_post, *args[6:])
+    for name, x, y in zip(("s", "y"), got[:2], want[:2]):
+        assert rel_err(x.cpu().float(), y.float()) < 1e-2, name
+    assert (got[2].cpu().view(torch.int8).int() - want[2].view(torch.int8).int()).abs().max() <= 1

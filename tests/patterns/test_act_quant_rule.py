@@ -526,6 +526,58 @@ def test_the_residual_add_goes_into_the_fused_norm(dtype):
         assert got.shape == want.shape and rel_err(got.float(), want.float()) < tol
 
 
+def _sandwich(dtype, post_norm_read_elsewhere=False):
+    """Gemma 3's residual step: h = a + post_norm(o); the next pre-norm of h read by a q4_k linear;
+    h is the residual stream (returned)."""
+    g = torch.Generator().manual_seed(3)
+    planes = list(FORMATS["q4_k"].quantize(torch.randn(64, 256, generator=g)))
+    w_post, w_pre = ((torch.randn(256, generator=g) * 0.2).to(dtype) for _ in range(2))
+
+    def f(a, o, wp, wn, p):
+        n = _rms(o, wp, cast_first=False, offset=1.0)
+        h = a + n
+        y = _rms(h, wn, cast_first=False, offset=1.0)
+        out = (h * 2.0, lib.qlinear(y, p, None, "q4_k"))
+        return (*out, n + 1.0) if post_norm_read_elsewhere else out
+
+    a, o = torch.randn(1, 3, 256, generator=g).to(dtype), (torch.randn(1, 3, 256, generator=g) * 30).to(dtype)
+    args = (a, o, w_post, w_pre, planes)
+    return (_trace(f, *args, mode="fake") for _ in range(2)), args
+
+
+@pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_sandwich_norm_before_the_add_goes_in_too(dtype):
+    """h = a + post_norm(o), then the norm of h: one add_rmsnorm_quantize_act that normalizes o
+    too (no norm left to Inductor: no rsqrt, no add in the graph); on the CUDA bodies the same
+    results as the unfused graph's."""
+    (gm, plain), args = _sandwich(dtype)
+    with report.discarding() as rep:
+        assert share_act_quant(gm.graph) == 1, str(rep)
+    (fused,) = _calls(gm, lib.add_rmsnorm_quantize_act.default)
+    assert "with the residual add and its addend's RMSNorm" in rep.rewrites[0].detail
+    a, o, w_post = [n for n in gm.graph.nodes if n.op == "placeholder"][:3]
+    assert fused.args[:2] == (a, o) and fused.args[8:] == (w_post, 1e-6, 1.0, False)
+    assert not _calls(gm, aten_rsqrt) and not _calls(gm, torch.ops.aten.add.Tensor)
+    for m in (gm, plain):
+        for node in m.graph.nodes:
+            if node.op == "call_function" and node.target in NORM_CUDA_BODIES:
+                node.target = NORM_CUDA_BODIES[node.target]
+        m.recompile()
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    for got, want in zip(gm(*args), plain(*args)):
+        assert got.shape == want.shape and rel_err(got.float(), want.float()) < tol
+
+
+def test_a_post_norm_read_elsewhere_stays_out_of_the_fused_norm():
+    (gm, _), _ = _sandwich(torch.float32, post_norm_read_elsewhere=True)
+    with report.discarding() as rep:
+        assert share_act_quant(gm.graph) == 1, str(rep)
+    (fused,) = _calls(gm, lib.add_rmsnorm_quantize_act.default)
+    assert len(fused.args) == 8 and len(_calls(gm, aten_rsqrt)) == 1  # the post-norm stays, outside
+    assert "with the residual add before it" in rep.rewrites[0].detail
+
+
 def test_a_broadcast_add_stays_out_of_the_fused_norm():
     planes = list(FORMATS["q4_k"].quantize(torch.randn(64, 256, generator=torch.Generator().manual_seed(2))))
 
