@@ -15,6 +15,10 @@
                                                                  tuned by default, the matvec's are not: their
                                                                  measured defaults beat what a one-launch timing
                                                                  picks)
+    INDUCTOR_FUSE_GLU_QUANT=1       glu_quant          False     the GLU matvec quantizes its output for the down
+                                                                 projection in its epilogue (programs of 64 rows,
+                                                                 one act_quant launch fewer per layer); off: the
+                                                                 GLU matvec, then act_quant (the same numbers)
     INDUCTOR_FUSE_CACHE_DIR=path    cache_dir          (below)   where the GGUF loader keeps what is slow to rebuild
                                                                  (the tokenizer of a vocabulary); default
                                                                  ~/.cache/inductor_fuse; empty: no cache
@@ -52,6 +56,7 @@ class Settings:
     gemm: str = "auto"
     no_tune: bool = False
     tune: bool = False
+    glu_quant: bool = False
     cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "inductor_fuse")
     on_matvec_launch: Callable[[Any], None] | None = None
 
@@ -67,6 +72,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         gemm=environ.get("INDUCTOR_FUSE_GEMM", "") or "auto",
         no_tune=environ.get("INDUCTOR_FUSE_NO_TUNE", "0") == "1",
         tune=environ.get("INDUCTOR_FUSE_TUNE", "0") == "1",
+        glu_quant=environ.get("INDUCTOR_FUSE_GLU_QUANT", "0") == "1",
         cache_dir=environ.get("INDUCTOR_FUSE_CACHE_DIR", Settings.cache_dir),
     )
 

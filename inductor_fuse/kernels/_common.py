@@ -436,15 +436,20 @@ def launch_matvec(
     out_dtype: torch.dtype,
     out: torch.Tensor | None = None,
     act: str | None = None,
+    ya: tuple[QuantizedActivation, bool] | None = None,
 ) -> torch.Tensor:
     """out [M, N] = spec's matvec over the plane views (config.settings.on_matvec_launch, when
     set, gets the compiled kernel). act (a GLU_ACTS name): rows interleave gate and up, out
-    [M, N / 2] = act(gate) * up; needs an even cfg.block_n."""
+    [M, N / 2] = act(gate) * up; needs an even cfg.block_n. ya = (buffers, interleave), with act:
+    the output quantized too, into the buffers (quantize_act's of out); needs cfg.block_n a
+    multiple of 64 (whole 32-tiles of outputs per program), no split-K and N / 2 % 32 == 0."""
     n_units = K // spec.unit
     dev = xa.xq.device
     glu = glu_code(act)
     if glu and cfg.block_n % 2:
         raise ValueError(f"a GLU matvec needs an even block_n (gate and up rows of one output), got {cfg}")
+    if ya is not None and (not glu or cfg.block_n % 64 or cfg.split_k != 1 or (N // 2) % 32):
+        raise ValueError(f"a matvec that quantizes its output needs a GLU, block_n % 64 == 0, no split-K, got {cfg}")
     if out is None:
         out = torch.empty((M, N // 2 if glu else N), dtype=out_dtype, device=dev)
     ps = list(planes) + [planes[0]] * (4 - len(planes))
@@ -464,6 +469,10 @@ def launch_matvec(
         UNIT=spec.unit, GROUP=spec.group, HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=cfg.prefetch,
         BLOCK_M=block_m, M_BLOCKS=triton.cdiv(M, block_m), BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u,
         USE_ASM=not interpreting(), GLU=glu if split == 1 else 0, EVEN=n_units % cfg.block_u == 0,
+        **({} if ya is None else dict(
+            yq_ptr=ya[0].xq.view(torch.int8), yd_ptr=ya[0].xd, ys32_ptr=ya[0].xs32, ys16_ptr=ya[0].xs16, QUANT_OUT=True,
+            INTERLEAVE_OUT=ya[1],
+        )),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if config.settings.on_matvec_launch is not None:
@@ -758,11 +767,17 @@ def matvec_epilogue(
     GLU: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    ya=None,
+    QUANT_OUT: tl.constexpr = False,
+    INTERLEAVE_OUT: tl.constexpr = False,
 ):
     """Sums each accumulator over its units (accs[i]: row m = pid_m * BLOCK_M + i) and stores the
     [BLOCK_M, BLOCK_N] tile: float32 partials at split pid_k when SPLIT, else (+ bias) cast to out.
     GLU (glu_code(act): 0 none, else SiLU or GELU-tanh; not with SPLIT): the weight's rows
-    interleave gate and up (row 2i, 2i + 1), out is [M, N / 2] and gets act(gate) * up."""
+    interleave gate and up (row 2i, 2i + 1), out is [M, N / 2] and gets act(gate) * up.
+    QUANT_OUT (with GLU; BLOCK_N // 2 a multiple of 32: the tile's outputs are whole 32-tiles):
+    the stored outputs are also quantized, quantize_act's formula (`quantize_tiles`), into
+    ya = (yq, yd, ys32, ys16) of y [M, N / 2]: the down projection's int8 activation."""
     mrow = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for i in tl.static_range(BLOCK_M):
@@ -780,7 +795,17 @@ def matvec_epilogue(
             cols = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # the tile's gate|up pairs
             y = glu(gate, up, GLU)
             omask = (mrow[:, None] < M) & (cols[None, :] < N // 2)
-            tl.store(out_ptr + mrow[:, None] * (N // 2) + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
+            y = y.to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + mrow[:, None] * (N // 2) + cols[None, :], y, mask=omask)
+            if QUANT_OUT:
+                yq_ptr, yd_ptr, ys32_ptr, ys16_ptr = ya
+                g = pid_n * (BLOCK_N // 64) + tl.arange(0, BLOCK_N // 64)  # the tile's 32-tiles of y
+                for i in tl.static_range(BLOCK_M):
+                    m = pid_m * BLOCK_M + i
+                    yi = tl.sum(tl.where(mrow[:, None] == m, y.to(tl.float32), 0.0), axis=0)  # row m of y
+                    gmask = g < tl.where(m < M, N // 64, 0)  # (no row m: every tile masked)
+                    t = tl.reshape(yi, [BLOCK_N // 64, 32])
+                    quantize_tiles(t, m, g, gmask, N // 2, yq_ptr, yd_ptr, ys32_ptr, ys16_ptr, INTERLEAVE_OUT)
         else:
             tl.store(out_ptr + mrow[:, None] * N + rows[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -798,6 +823,8 @@ def matvec_kernel(
     BLOCK_U: tl.constexpr,
     USE_ASM: tl.constexpr, GLU: tl.constexpr = 0,  # GLU: act(gate) * up of interleaved rows (matvec_epilogue)
     EVEN: tl.constexpr = False,  # every K step whole: no masks (matvec_units)
+    yq_ptr=None, yd_ptr=None, ys32_ptr=None, ys16_ptr=None,  # QUANT_OUT: quantize_act of the GLU's output
+    QUANT_OUT: tl.constexpr = False, INTERLEAVE_OUT: tl.constexpr = False,
 ):  # fmt: skip
     pid_m, pid_n, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, M_BLOCKS, BLOCK_N)
     # the loop invariants LOAD reads: plane pointers, the rows' offsets in each plane (int64 in
@@ -807,4 +834,7 @@ def matvec_kernel(
     accs = matvec_units(
         LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM, EVEN
     )
-    matvec_epilogue(accs, bias_ptr, out_ptr, pid_m, pid_n, pid_k, rows, M, N, HAS_BIAS, SPLIT, GLU, BLOCK_M, BLOCK_N)
+    matvec_epilogue(
+        accs, bias_ptr, out_ptr, pid_m, pid_n, pid_k, rows, M, N, HAS_BIAS, SPLIT, GLU, BLOCK_M, BLOCK_N,
+        (yq_ptr, yd_ptr, ys32_ptr, ys16_ptr), QUANT_OUT, INTERLEAVE_OUT,
+    )  # fmt: skip

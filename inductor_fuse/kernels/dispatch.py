@@ -22,9 +22,12 @@ import dataclasses
 import torch
 
 from .. import config as knobs  # (the `config` arguments here are kernel configs)
+from ..quant.op import empty_quantized_activation
 from ._common import MatvecConfig, QuantizedActivation, act_mul, act_quant, interpreting, launch_matvec, pick_config
 from .gemm import dequant_mm, qgemm
 from .registry import kernel_spec
+
+GLU_QUANT_WARPS = 16  # warps of a GLU matvec program that quantizes its output (64 weight rows)
 
 
 def matvec(
@@ -35,13 +38,17 @@ def matvec(
     config: MatvecConfig | None = None,
     act: str | None = None,
     xa: QuantizedActivation | None = None,
+    ya: tuple[QuantizedActivation, bool] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x [M, K] -> [M, N] through act_quant + the format's W4A8 matvec; with `xa` (x already
-    quantized in the format's layout, spec.interleave) the matvec alone. Without `config`: the
-    format's measured default (KernelSpec.matvec_config); runtime tuning is opt-in
+    """x [M, K] -> [M, N] (into `out` when given, with ya) through act_quant + the format's W4A8
+    matvec; with `xa` (x already quantized in the format's layout, spec.interleave) the matvec
+    alone. Without `config`: the format's measured default (KernelSpec.matvec_config); runtime tuning is opt-in
     (config.settings.tune): triton's do_bench times one launch at a time and, for kernels of a few
     microseconds, ranked the configs differently from a CUDA-graph measurement (qkv: picked 9.5 us
-    over 6.2 us). act (a GLU_ACTS name): glu_qlinear's matvec, act(gate) * up in its epilogue."""
+    over 6.2 us). act (a GLU_ACTS name): glu_qlinear's matvec, act(gate) * up in its epilogue;
+    with ya = (buffers, interleave) too, the epilogue also quantizes it into the buffers, with
+    programs of 64 rows (32 outputs: one whole 32-tile of y each) and the format's K step."""
     spec = kernel_spec(fmt)
     M, K = x.shape
     N = planes[0].shape[0]
@@ -50,7 +57,12 @@ def matvec(
         xa = act_quant(x, interleave=spec.interleave)
 
     def launch(cfg: MatvecConfig, out: torch.Tensor | None = None) -> torch.Tensor:
-        return launch_matvec(spec, xa, views, bias, M, N, K, cfg, x.dtype, out=out, act=act)
+        return launch_matvec(spec, xa, views, bias, M, N, K, cfg, x.dtype, out=out, act=act, ya=ya)
+
+    if ya is not None:
+        base = config or spec.matvec_config(M, N, K)
+        cfg = MatvecConfig(block_n=64, block_u=base.block_u, num_warps=GLU_QUANT_WARPS, prefetch=base.prefetch)
+        return launch(cfg, out)
 
     if config is None and interpreting():  # fewer, larger programs: the interpreter is slow per program
         config = MatvecConfig(block_n=16, block_u=8, prefetch=True)
@@ -64,12 +76,14 @@ def matvec(
     return launch(config)
 
 
-def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None, xa=None) -> torch.Tensor:
+def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None, xa=None, ya_interleave=None):
     """The CUDA body of torch.ops.inductor_fuse.qlinear, and with `act` of glu_qlinear (arguments
     already validated): the matvec applies the GLU in its epilogue; the GEMM paths write gate|up,
     then act(gate) * up runs as its own step. `xa`: quantize_act(x, spec.interleave, ...)'s four
     tensors (qlinear_q8, glu_qlinear_q8), which the matvec reads instead of quantizing x itself;
-    the GEMM paths read x (quantize_act computes nothing for them: its max_m)."""
+    the GEMM paths read x (quantize_act computes nothing for them: its max_m). ya_interleave (a
+    bool, with act; glu_qlinear_q8_quantize_act): the GLU matvec also quantizes its output, and
+    the call returns (y, yq, yd, ys32, ys16); a ValueError where the matvec does not run."""
     spec = kernel_spec(fmt)
     K = x.shape[-1]
     N = planes[0].shape[0]
@@ -86,7 +100,15 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None
     settings = knobs.settings
     if M <= spec.matvec_max_m and not settings.exact_matvec:
         qa = None if xa is None else QuantizedActivation(*(t.reshape(M, -1).contiguous() for t in xa))
+        if ya_interleave is not None:
+            y = x.new_empty((*x.shape[:-1], n_out))
+            ya = empty_quantized_activation(y)
+            flat = QuantizedActivation(*(t.view(M, -1) for t in ya))
+            matvec(x2, planes, bias, fmt, act=act, xa=qa, ya=(flat, ya_interleave), out=y.view(M, n_out))
+            return (y, *ya)
         return matvec(x2, planes, bias, fmt, act=act, xa=qa).reshape(*x.shape[:-1], n_out)
+    if ya_interleave is not None:
+        raise ValueError(f"{fmt}: the GLU matvec that quantizes its output runs for M <= {spec.matvec_max_m}, got {M}")
     if settings.exact_matvec or M < spec.fused_gemm_max_m or settings.gemm == "fused":
         out = qgemm(x2, planes, bias, fmt)
     else:

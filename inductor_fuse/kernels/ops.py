@@ -18,6 +18,9 @@ under the same condition as quantize_act (else uninitialized buffers); its fallb
 pure-torch RMSNorm (and quantization). add_rmsnorm_quantize_act is the same with the residual add
 before the norm in the kernel too (s = a + b stored; the norm of s), and b's own RMSNorm before the
 add when the op has one (Gemma 3's sandwich norms).
+glu_qlinear_q8_quantize_act: the GLU, then quantize_act's body on its output; with
+INDUCTOR_FUSE_GLU_QUANT=1 (config.settings.glu_quant) and the matvec running, one launch: the GLU
+matvec quantizes its own output (its fallback: the two steps).
 
 Registration happens at import (`import inductor_fuse` imports this module); nothing touches a
 device then.
@@ -42,6 +45,7 @@ from ..quant.op import (
     glu_act,
     glu_qlinear,
     glu_qlinear_q8,
+    glu_qlinear_q8_quantize_act,
     glu_qlinear_reference,
     qlinear,
     qlinear_q8,
@@ -83,6 +87,32 @@ def _qlinear_q8_cuda(
 def _glu_qlinear_q8_cuda(x, planes, bias, fmt, act, xa, interleave, max_m) -> Tensor:  # (types: the op's, quant/op.py)
     check_glu_qlinear_args(x, planes, bias, fmt, act)
     return _glu(x, planes, bias, fmt, act, _usable_activation(x, fmt, xa, interleave, max_m))
+
+
+@glu_qlinear_q8_quantize_act.register_kernel("cuda")
+def _glu_qlinear_q8_quantize_act_cuda(
+    x, planes, bias, fmt, act, xa, interleave, max_m, out_interleave, out_max_m
+):  # (types: the op's, quant/op.py)
+    check_glu_qlinear_args(x, planes, bias, fmt, act)
+    qa = _usable_activation(x, fmt, xa, interleave, max_m)
+    M = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    args = (x, planes, bias, fmt, act, qa, out_interleave, out_max_m)
+    if knobs.settings.glu_quant and qa is not None and matvec_reads(M, out_max_m):  # the matvec runs
+        instead = "the GLU, then act_quant (two launches)"
+        return kernel_or_reference(
+            f"{fmt} GLU + act_quant", _glu_quantize_fused, _glu_then_quantize, *args, instead=instead
+        )
+    return _glu_then_quantize(*args)
+
+
+def _glu_quantize_fused(x, planes, bias, fmt, act, xa, out_interleave, out_max_m):
+    return dispatch.qlinear_cuda(x, planes, bias, fmt, act, xa=xa, ya_interleave=out_interleave)
+
+
+def _glu_then_quantize(x, planes, bias, fmt, act, xa, out_interleave, out_max_m):
+    """The GLU (its kernels, or the reference), then quantize_act's CUDA body on its output."""
+    y = _glu(x, planes, bias, fmt, act, xa)
+    return (y, *_quantize_act_cuda(y, out_interleave, out_max_m))
 
 
 def _usable_activation(x: Tensor, fmt: str, xa: list[Tensor], interleave: bool, max_m: int) -> list[Tensor] | None:

@@ -47,16 +47,24 @@ Without it, that norm is an Inductor reduction kernel of its own (two per Gemma 
 Nothing is removed that a node outside the norm reads; a norm that does not match exactly is left
 alone (the reason is in the report).
 
-Counter: one per ``quantize_act``, ``rmsnorm_quantize_act`` or ``add_rmsnorm_quantize_act``
-inserted (one per group; the rewrite lists the consumers). Left alone, with the reason in the
-report: a linear whose format has no Triton matvec (it never reads an int8 activation), one with
-more rows than its matvec takes (static M), an activation only one quantized linear of that layout
-reads and no RMSNorm makes (quantizing inside its own call is the same single launch).
+The producer a GLU: when the activation is a ``glu_qlinear_q8``'s output (the down projection's
+input, once the GLU's own input was quantized above), the GLU becomes
+``glu_qlinear_q8_quantize_act``, which also returns the int8 activation of its output ("the GLU's
+output quantized with it"); with INDUCTOR_FUSE_GLU_QUANT=1 its matvec quantizes in its epilogue,
+else it runs act_quant after the GLU (the same numbers, the launch of before).
+
+Counter: one per ``quantize_act``, ``rmsnorm_quantize_act``, ``add_rmsnorm_quantize_act``,
+``decode_attention_quantize_act`` or ``glu_qlinear_q8_quantize_act`` inserted (one per group; the
+rewrite lists the consumers). Left alone, with the reason in the report: a linear whose format has
+no Triton matvec (it never reads an int8 activation), one with more rows than its matvec takes
+(static M), an activation only one quantized linear of that layout reads and no RMSNorm, decode
+attention or GLU makes (quantizing inside its own call is the same single launch).
 
 On CPU the consumers' bodies are the pure-torch reference (xa unused) and ``dequant_cpu`` (order
 90) turns them into float GEMMs, erases the unread ``quantize_act`` and turns an
 ``rmsnorm_quantize_act`` / ``add_rmsnorm_quantize_act`` whose int8 outputs nothing reads back
-into the (add and) norm's aten ops; so CPU results are those of the unfused graph.
+into the (add and) norm's aten ops, a ``glu_qlinear_q8_quantize_act`` the GLU and a
+``quantize_act`` (then erased); so CPU results are those of the unfused graph.
 
 A graph walk (``GRAPH_WALK``): any number of consumers per activation, a variadic pattern.
 """
@@ -95,6 +103,7 @@ quantize_act = ops.quantize_act.default
 rmsnorm_quantize_act = ops.rmsnorm_quantize_act.default
 add_rmsnorm_quantize_act = ops.add_rmsnorm_quantize_act.default
 decode_attention_quantize_act = ops.decode_attention_quantize_act.default
+glu_qlinear_q8_quantize_act = ops.glu_qlinear_q8_quantize_act.default
 
 
 def _why_not(node: fx.Node) -> str | None:
@@ -454,6 +463,39 @@ def _rewrite_attention(graph: fx.Graph, attn: fx.Node, group: list[fx.Node], int
     )
 
 
+# -- the producer: a GLU ----------------------------------------------------------------------------
+# The down projection reads the GLU's output (gate|up after the rewrite above: glu_qlinear_q8):
+#   y = glu_qlinear_q8(x, P, b, fmt, act, xa, interleave, max_m)         [..., I], I % 32 == 0
+#   z = qlinear(y, Pd, bd, fmt_d)
+# =>
+#   y, yq, yd, ys32, ys16 = glu_qlinear_q8_quantize_act(x, P, b, fmt, act, xa, interleave, max_m, il_d, max_m_d)
+#   z = qlinear_q8(y, Pd, bd, fmt_d, [yq, yd, ys32, ys16], il_d, max_m_d)
+# With INDUCTOR_FUSE_GLU_QUANT=1 the GLU matvec quantizes its own output (one launch fewer per
+# layer); else the op runs the GLU, then act_quant: the graph is the same either way.
+
+
+def match_glu(x: fx.Node) -> fx.Node | None:
+    """The glu_qlinear_q8 node whose output x is (its every 32-tile whole), else None."""
+    if not _is(x, ops.glu_qlinear_q8.default) or x.kwargs:
+        return None
+    I = val(x).shape[-1]
+    return x if isinstance(I, int) and I % op.ACT_TILE == 0 else None
+
+
+def _rewrite_glu(graph: fx.Graph, glu: fx.Node, group: list[fx.Node], interleave: bool) -> str:
+    """glu_qlinear_q8 -> glu_qlinear_q8_quantize_act; its y replaces the GLU's output for every
+    reader, the consumers become q8 variants reading its int8 activation."""
+    max_m = max(KERNELS[n.args[3]].matvec_max_m for n in group)
+    with graph.inserting_before(glu):
+        fused = call(graph, glu_qlinear_q8_quantize_act, *glu.args, interleave, max_m)
+        parts = _outputs(graph, fused)
+    copy_meta(glu, fused)
+    copy_meta(glu, parts[0])
+    glu.replace_all_uses_with(parts[0])
+    graph.erase_node(glu)
+    return "the GLU's output quantized with it: " + _swap_consumers(graph, group, parts[1:], interleave, max_m)
+
+
 @rule_family(
     FAMILY,
     order=50,
@@ -486,6 +528,12 @@ def share_act_quant(graph: fx.Graph) -> int:
         attn = match_attention(group[0].args[0]) if why_norm is None else None
         if attn is not None:
             detail = _rewrite_attention(graph, attn, group, interleave)
+            rep.rewrites.append(report.Rewrite(FAMILY, label, names, detail))
+            rewrites += 1
+            continue
+        glu = match_glu(group[0].args[0]) if why_norm is None else None
+        if glu is not None:
+            detail = _rewrite_glu(graph, glu, group, interleave)
             rep.rewrites.append(report.Rewrite(FAMILY, label, names, detail))
             rewrites += 1
             continue

@@ -130,6 +130,7 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
     frozen = frozen_placeholders(graph)
     budget = int(available_memory() * MEMORY_FRACTION)
     rewrites = 0
+    _split_glu_quantize_act(graph)
     nodes = [
         n for target in (qlinear, glu_qlinear, *_PLAIN) for n in graph.find_nodes(op="call_function", target=target)
     ]
@@ -186,6 +187,29 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
     _unfuse_unread_rmsnorm_quantize_act(graph)
     _unfuse_unread_attention_quantize_act(graph)
     return rewrites
+
+
+def _split_glu_quantize_act(graph: fx.Graph) -> None:
+    """Each CPU glu_qlinear_q8_quantize_act becomes the glu_qlinear_q8 and the quantize_act of its
+    output that it fuses (the same values), so the GLU is rewritten below like any other and the
+    quantize_act, once nothing reads it, erased."""
+    ops = torch.ops.inductor_fuse
+    for fused in graph.find_nodes(op="call_function", target=ops.glu_qlinear_q8_quantize_act.default):
+        if val(fused.args[0]).device.type != "cpu":
+            continue
+        with graph.inserting_before(fused):
+            y = call(graph, ops.glu_qlinear_q8.default, *fused.args[:8])
+            qa = call(graph, ops.quantize_act.default, y, *fused.args[8:10])
+        copy_meta(fused, y)
+        copy_meta(fused, qa)
+        for part in list(fused.users):  # getitem(fused, i): y, then the four int8-side tensors
+            i = part.args[1]
+            if i == 0:
+                part.replace_all_uses_with(y)
+                graph.erase_node(part)
+            else:
+                part.args = (qa, i - 1)
+        graph.erase_node(fused)
 
 
 def _erase_unread_quantize_act(graph: fx.Graph) -> None:

@@ -33,6 +33,12 @@ and torch.ops.inductor_fuse.glu_qlinear, the gate|up linear of a GLU with its ac
     the same with the residual add before the norm: s = a + b (a's dtype, as aten's add), then
     rmsnorm_quantize_act(s, ...)'s five outputs; s also goes on (the residual stream).
 
+    glu_qlinear_q8_quantize_act(x, planes, bias, fmt, act, xa, interleave, max_m, out_interleave, out_max_m)
+        -> (Tensor y, Tensor yq, Tensor yd, Tensor ys32, Tensor ys16)
+    glu_qlinear_q8 and quantize_act(y, out_interleave, out_max_m) of its output in one op: the
+    quantization fused into its producer, the GLU (the ``act_quant`` rule emits it where the
+    GLU's output is a quantized linear's activation: the down projection).
+
 This module defines the ops and what every device shares:
 - default (CPU, any device without a kernel): the pure-torch reference `dequantize_linear`,
   FORMATS[fmt].dequantize(planes).to(x.dtype) then F.linear.
@@ -323,6 +329,38 @@ def _glu_qlinear_q8_fake(x, planes, bias, fmt, act, xa, interleave, max_m) -> Te
     inter = check_glu_qlinear_args(x, planes, bias, fmt, act)
     check_quantized_activation(x, xa)
     return x.new_empty((*x.shape[:-1], inter))
+
+
+@torch.library.custom_op("inductor_fuse::glu_qlinear_q8_quantize_act", mutates_args=())
+def glu_qlinear_q8_quantize_act(
+    x: Tensor,
+    planes: list[Tensor],
+    bias: Tensor | None,
+    fmt: str,
+    act: str,
+    xa: list[Tensor],
+    interleave: bool,
+    max_m: int,
+    out_interleave: bool,
+    out_max_m: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """glu_qlinear_q8, and quantize_act of its output (out_interleave, out_max_m): the pure-torch
+    reference, every row quantized (the CUDA body quantizes only when y has at most out_max_m
+    rows, as quantize_act)."""
+    check_glu_qlinear_args(x, planes, bias, fmt, act)
+    check_quantized_activation(x, xa)
+    y = glu_qlinear_reference(x, planes, bias, fmt, act)
+    check_quantize_act_args(y, out_interleave, out_max_m)
+    return (y, *quantize_act_reference(y, out_interleave))
+
+
+@glu_qlinear_q8_quantize_act.register_fake
+def _glu_qlinear_q8_quantize_act_fake(
+    x, planes, bias, fmt, act, xa, interleave, max_m, out_interleave, out_max_m
+):  # (types: the op's)
+    y = _glu_qlinear_q8_fake(x, planes, bias, fmt, act, xa, interleave, max_m)
+    check_quantize_act_args(y, out_interleave, out_max_m)
+    return (y, *empty_quantized_activation(y))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from inductor_fuse.kernels.registry import KERNELS
 from inductor_fuse.quant.formats import FORMATS
 from inductor_fuse.quant.op import qlinear_reference, quantize_act_reference
 
+lib = torch.ops.inductor_fuse
+
 quantize_act = torch.ops.inductor_fuse.quantize_act
 qlinear_q8 = torch.ops.inductor_fuse.qlinear_q8
 glu_qlinear_q8 = torch.ops.inductor_fuse.glu_qlinear_q8
@@ -140,6 +142,52 @@ def test_cuda_body_falls_back_to_the_reference(monkeypatch, caplog):
 def _planes(fmt, N, K, seed):
     g = torch.Generator().manual_seed(seed)
     return list(FORMATS[fmt].quantize(torch.randn(N, K, generator=g)))
+
+
+@interpreter
+@pytest.mark.parametrize("glu_quant", [True, False], ids=["fused", "two-launches"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "int4_g32", "q5_0"])
+def test_glu_quantizes_its_output(fmt, dtype, glu_quant, act_quant_calls):
+    """glu_qlinear_q8_quantize_act's CUDA body: y bit for bit glu_qlinear_q8's, the int8 buffers
+    bit for bit quantize_act_reference of that y (both layouts); fused (the GLU matvec's epilogue
+    quantizes: no act_quant launch) or GLU then act_quant; rows past 32-tile programs (I = 96: three
+    programs of one tile) and past the matvec range (the GEMM runs: nothing quantized, y the same)."""
+    spec = KERNELS[fmt]
+    I, K = 96, 256
+    planes = _planes(fmt, 2 * I, K, seed=5)
+    for M in (1, 3, spec.matvec_max_m + 1):
+        x = _x((1, M, K), seed=M).to(dtype)
+        xa = list(ops._quantize_act_cuda(x, spec.interleave, spec.matvec_max_m))
+        want_y = ops._glu_qlinear_q8_cuda(x, planes, None, fmt, "gelu_tanh", xa, spec.interleave, spec.matvec_max_m)
+        for out_il in (False, True):
+            act_quant_calls.clear()
+            with config.patch(glu_quant=glu_quant):
+                y, *ya = ops._glu_qlinear_q8_quantize_act_cuda(
+                    x, planes, None, fmt, "gelu_tanh", xa, spec.interleave, spec.matvec_max_m, out_il, 8
+                )
+            assert torch.equal(y, want_y), (M, out_il)
+            if M > 8:
+                assert act_quant_calls == []  # the down projection's GEMM reads y, not the buffers
+                continue
+            assert act_quant_calls == ([] if glu_quant else [(M, I)]), (M, out_il)
+            for name, a, b in zip(("yq", "yd", "ys32", "ys16"), ya, quantize_act_reference(y, out_il)):
+                assert a.shape == b.shape and torch.equal(a, b), f"{name}, M = {M}, interleave {out_il}"
+
+
+def test_glu_quantize_act_op_is_glu_then_quantize_act():
+    """The CPU op (the reference) against its parts, and its checks."""
+    I, K = 64, 256
+    planes = _planes("q4_k", 2 * I, K, seed=6)
+    x = _x((2, K), seed=7)
+    xa = list(lib.quantize_act(x, False, 8))
+    y, *ya = lib.glu_qlinear_q8_quantize_act(x, planes, None, "q4_k", "silu", xa, False, 8, True, 8)
+    assert torch.equal(y, lib.glu_qlinear_q8(x, planes, None, "q4_k", "silu", xa, False, 8))
+    for a, b in zip(ya, lib.quantize_act(y, True, 8)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        planes48 = _planes("q4_k", 2 * 48, K, seed=6)
+        lib.glu_qlinear_q8_quantize_act(x, planes48, None, "q4_k", "silu", xa, False, 8, True, 8)
 
 
 @interpreter

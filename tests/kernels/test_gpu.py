@@ -182,3 +182,27 @@ def test_sandwich_norm_kernel_against_the_reference(M, K):
     for name, x, y in zip(("s", "y"), got[:2], want[:2]):
         assert rel_err(x.cpu().float(), y.float()) < 1e-2, name
     assert (got[2].cpu().view(torch.int8).int() - want[2].view(torch.int8).int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize(
+    "fmt,I,K", [("q4_k", 8192, 2048), ("q8_0", 2048, 640), ("q4_k", 14336, 4096), ("q6_k", 96, 256)]
+)
+@pytest.mark.parametrize("M", [1, 4])
+def test_glu_matvec_quantizes_its_output(fmt, I, K, M):
+    """The GLU matvec that quantizes its output (INDUCTOR_FUSE_GLU_QUANT=1): y bit for bit the GLU
+    matvec's, the int8 buffers bit for bit the act_quant kernel's of that y."""
+    from inductor_fuse import config
+    from inductor_fuse.kernels import ops
+
+    g = torch.Generator().manual_seed(I + M)
+    planes = [p.cuda() for p in FORMATS[fmt].quantize(torch.randn(2 * I, K, generator=g))]
+    x = torch.randn(M, K, generator=g).bfloat16().cuda()
+    il = KERNELS[fmt].interleave
+    xa = list(torch.ops.inductor_fuse.quantize_act(x, il, 8))
+    args = (x, planes, None, fmt, "gelu_tanh", xa, il, 8, False, 8)
+    with config.patch(glu_quant=True):
+        fused = ops._glu_qlinear_q8_quantize_act_cuda(*args)
+    with config.patch(glu_quant=False):
+        plain = ops._glu_qlinear_q8_quantize_act_cuda(*args)
+    for name, a, b in zip(("y", "yq", "yd", "ys32", "ys16"), fused, plain):
+        assert torch.equal(a, b), name

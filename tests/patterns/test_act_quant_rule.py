@@ -61,8 +61,9 @@ def test_fires_once_per_shared_activation_and_matches_the_unfused_compile(dequan
     x = torch.randn(1, 3, 256)
     got, ref, rep = _run(model, x, {"dequant_cpu": dequant_cpu})
     # per layer: the fused q|k (q4_k) and v (q6_k) on the attention norm, the GLU on the MLP norm;
-    # both norms are fused with the quantization (TinyLlama's RMSNorm)
-    assert rep.counts[FAMILY] == 4, str(rep)
+    # both norms are fused with the quantization (TinyLlama's RMSNorm); down_proj reads the GLU's
+    # output, quantized with it
+    assert rep.counts[FAMILY] == 6, str(rep)
     assert rep.counts["siblings"] == 2 and rep.counts["glu"] == 2, str(rep)
     # the first norm reads the model's input; every later one a residual add, fused too
     norm, add = "RMSNorm fused", "RMSNorm fused, with the residual add before it,"
@@ -71,17 +72,24 @@ def test_fires_once_per_shared_activation_and_matches_the_unfused_compile(dequan
     # S: 3, or a symbol when earlier compiles of TinyLlama in this process saw other lengths
     # (Dynamo's automatic dynamic shapes)
     details = [
-        (r.label, re.sub(r"x\[1, \w+, 256\]", "x[1, S, 256]", r.detail)) for r in rep.rewrites if r.family == FAMILY
+        (r.label, re.sub(r"x\[1, \w+, (256|512)\]", r"x[1, S, \1]", r.detail))
+        for r in rep.rewrites
+        if r.family == FAMILY
     ]
+    down = (
+        "the GLU's output quantized with it: x[1, S, 512] -> int8 per 32-tile (natural order), M <= 8; read by 1: q4_k"
+    )
     assert details == [
         ("(q_proj,v_proj)", norm + qkv),
         ("(gate_proj)", add + mlp),
+        ("(down_proj)", down),
         ("(q_proj,v_proj)", add + qkv),
         ("(gate_proj)", add + mlp),
+        ("(down_proj)", down),
     ], details
-    # the other linears are alone on their activation (o_proj, down_proj)
+    # the other linear is alone on its activation (o_proj: the model's attention is not decode_attention's)
     alone = [s for s in rep.skipped if s.family == FAMILY]
-    assert len(alone) == 2 * 2 and all("the only quantized linear reading" in s.reason for s in alone), str(rep)
+    assert len(alone) == 2 and all("the only quantized linear reading" in s.reason for s in alone), str(rep)
     assert rel_err(got, ref) < 1e-5
     plain = _without_rule(model, x, {"dequant_cpu": dequant_cpu})
     if dequant_cpu:  # the norms are aten ops again: the unfused compile, bit for bit
@@ -97,7 +105,7 @@ def test_on_cpu_the_quantized_activation_is_erased():
         compiled = torch.compile(model, backend="inductor_fuse")
         got, (code,) = run_and_get_code(compiled, x)
         ref = model(x)
-    assert inductor_fuse.last_report().counts[FAMILY] == 2  # the two norms, fused
+    assert inductor_fuse.last_report().counts[FAMILY] == 3  # the two norms and the GLU, fused
     call = code[code.index("def call(") :]
     # float GEMMs only (gate|up, 1 MiB: sliced_linear): no (fused) quantize_act left
     assert set(re.findall(r"torch\.ops\.inductor_fuse\.(\w+)", call)) <= {"sliced_linear"}, call
@@ -115,8 +123,8 @@ def test_without_dequant_cpu_the_code_quantizes_in_the_norms():
     assert "torch.ops.inductor_fuse.quantize_act.default(" not in call, call
     assert call.count("torch.ops.inductor_fuse.rmsnorm_quantize_act.default(") == 1, call  # attention
     assert call.count("torch.ops.inductor_fuse.add_rmsnorm_quantize_act.default(") == 1, call  # MLP (+ residual)
-    assert call.count("torch.ops.inductor_fuse.qlinear_q8.default(") == 2, call  # q|k, v
-    assert call.count("torch.ops.inductor_fuse.glu_qlinear_q8.default(") == 1, call
+    assert call.count("torch.ops.inductor_fuse.glu_qlinear_q8_quantize_act.default(") == 1, call  # for down
+    assert call.count("torch.ops.inductor_fuse.qlinear_q8.default(") == 2 + 1, call  # q|k, v; down
     assert rel_err(got, ref) < 1e-5
 
 
@@ -173,8 +181,9 @@ def test_a_format_without_a_matvec_is_left_alone(monkeypatch):
     model = _llama(n_layers=1)
     x = torch.randn(1, 3, 256)
     got, ref, rep = _run(model, x)
-    # nothing shared with v_proj: q|k and the GLU alone on their norms, each fused into it
-    assert rep.counts[FAMILY] == 2, str(rep)
+    # nothing shared with v_proj: q|k and the GLU alone on their norms, each fused into it; down
+    # on the GLU's output
+    assert rep.counts[FAMILY] == 3, str(rep)
     assert all(r.detail.endswith("read by 1: q4_k") for r in rep.rewrites if r.family == FAMILY), str(rep)
     reasons = [s.reason for s in rep.skipped if s.family == FAMILY]
     assert any("format q6_k has no int8 x int4 matvec" in r for r in reasons), reasons
@@ -312,7 +321,9 @@ def test_the_transformers_norms_are_fused(dtype):
         plain = torch.compile(model, backend="inductor_fuse", dynamic=False, options={FAMILY: False})(tokens, pos)
     fused, attention = _fused_rewrites(rep), _attention_rewrites(rep)
     assert len(fused) == 5, str(rep)  # 2 layers x (attention, MLP) + the final norm
-    assert rep.counts[FAMILY] == len(fused) + len(attention) == 7, str(rep)  # + each layer's o_proj
+    glus = [r for r in rep.rewrites if r.family == FAMILY and r.detail.startswith("the GLU's output")]
+    assert [r.label for r in glus] == ["(down_proj)"] * 2, str(rep)
+    assert rep.counts[FAMILY] == len(fused) + len(attention) + len(glus) == 9, str(rep)  # + o_proj, down_proj
     assert [r.label for r in attention] == ["(o_proj)"] * 2, str(rep)
     assert sorted(r.label for r in fused) == ["(gate_proj)"] * 2 + ["(output)"] + ["(q_proj)"] * 2, str(rep)
     want = " (eps 1e-05, weight in float32): x[1, 2, 256] -> int8 per 32-tile (natural order), M <= 8"
@@ -343,8 +354,9 @@ def test_transformers_models_int4(family):
         rep = inductor_fuse.last_report()
         plain = torch.compile(model, backend="inductor_fuse", options={FAMILY: False})(ids, use_cache=False).logits
     fused, attention = _fused_rewrites(rep), _attention_rewrites(rep)
-    assert len(fused) == 5 and len(attention) == 2, str(rep)  # the norms; each layer's o_proj
-    assert rep.counts[FAMILY] == len(fused) + len(attention), str(rep)
+    glus = [r for r in rep.rewrites if r.family == FAMILY and r.detail.startswith("the GLU's output")]
+    assert len(fused) == 5 and len(attention) == 2 and len(glus) == 2, str(rep)  # the norms; o_proj; down_proj
+    assert rep.counts[FAMILY] == len(fused) + len(attention) + len(glus), str(rep)
     offset = ", w + 1" if family == "gemma3" else ""
     assert all(f"{offset}, weight in float32): " in r.detail and "(interleaved), M <= 8" in r.detail for r in fused)
     assert rel_err(got, ref) < 1e-4
