@@ -443,24 +443,23 @@ def match_attention(x: fx.Node) -> fx.Node | None:
     return a if K % op.ACT_TILE == 0 else None
 
 
-def _rewrite_attention(graph: fx.Graph, attn: fx.Node, group: list[fx.Node], interleave: bool) -> str:
-    """decode_attention -> decode_attention_quantize_act; its out replaces the attention's output
-    for every reader, the consumers become q8 variants reading its int8 activation."""
+def _rewrite_producer(graph: fx.Graph, producer: fx.Node, target, group: list[fx.Node], interleave: bool) -> str:
+    """producer -> target(*producer.args, interleave, max_m), its quantizing variant: its first
+    output replaces the producer's for every reader, the consumers become q8 variants reading the
+    int8 activation (the other four outputs, shaped as the consumers' x)."""
     first = group[0]
     x = first.args[0]
     max_m = max(KERNELS[n.args[3]].matvec_max_m for n in group)
-    with graph.inserting_before(attn):
-        fused = call(graph, decode_attention_quantize_act, *attn.args, interleave, max_m)
+    with graph.inserting_before(producer):
+        fused = call(graph, target, *producer.args, interleave, max_m)
         parts = _outputs(graph, fused)
-    copy_meta(attn, fused)
-    copy_meta(attn, parts[0])
-    attn.replace_all_uses_with(parts[0])
-    graph.erase_node(attn)
+    copy_meta(producer, fused)
+    copy_meta(producer, parts[0])
+    producer.replace_all_uses_with(parts[0])
+    graph.erase_node(producer)
     with graph.inserting_before(first):
         xa = [_rows_like(graph, p, x) for p in parts[1:]]
-    return "decode attention's output quantized in its merge step: " + _swap_consumers(
-        graph, group, xa, interleave, max_m
-    )
+    return _swap_consumers(graph, group, xa, interleave, max_m)
 
 
 # -- the producer: a GLU ----------------------------------------------------------------------------
@@ -480,20 +479,6 @@ def match_glu(x: fx.Node) -> fx.Node | None:
         return None
     I = val(x).shape[-1]
     return x if isinstance(I, int) and I % op.ACT_TILE == 0 else None
-
-
-def _rewrite_glu(graph: fx.Graph, glu: fx.Node, group: list[fx.Node], interleave: bool) -> str:
-    """glu_qlinear_q8 -> glu_qlinear_q8_quantize_act; its y replaces the GLU's output for every
-    reader, the consumers become q8 variants reading its int8 activation."""
-    max_m = max(KERNELS[n.args[3]].matvec_max_m for n in group)
-    with graph.inserting_before(glu):
-        fused = call(graph, glu_qlinear_q8_quantize_act, *glu.args, interleave, max_m)
-        parts = _outputs(graph, fused)
-    copy_meta(glu, fused)
-    copy_meta(glu, parts[0])
-    glu.replace_all_uses_with(parts[0])
-    graph.erase_node(glu)
-    return "the GLU's output quantized with it: " + _swap_consumers(graph, group, parts[1:], interleave, max_m)
 
 
 @rule_family(
@@ -527,13 +512,15 @@ def share_act_quant(graph: fx.Graph) -> int:
             continue
         attn = match_attention(group[0].args[0]) if why_norm is None else None
         if attn is not None:
-            detail = _rewrite_attention(graph, attn, group, interleave)
+            what = "decode attention's output quantized in its merge step: "
+            detail = what + _rewrite_producer(graph, attn, decode_attention_quantize_act, group, interleave)
             rep.rewrites.append(report.Rewrite(FAMILY, label, names, detail))
             rewrites += 1
             continue
         glu = match_glu(group[0].args[0]) if why_norm is None else None
         if glu is not None:
-            detail = _rewrite_glu(graph, glu, group, interleave)
+            what = "the GLU's output quantized with it: "
+            detail = what + _rewrite_producer(graph, glu, glu_qlinear_q8_quantize_act, group, interleave)
             rep.rewrites.append(report.Rewrite(FAMILY, label, names, detail))
             rewrites += 1
             continue

@@ -450,6 +450,15 @@ NORM_CUDA_BODIES = {
 }
 
 
+def _on_cuda_bodies(*gms):
+    """Each graph's inductor_fuse ops swapped for their CUDA bodies (Triton under the interpreter)."""
+    for m in gms:
+        for node in m.graph.nodes:
+            if node.op == "call_function" and node.target in NORM_CUDA_BODIES:
+                node.target = NORM_CUDA_BODIES[node.target]
+        m.recompile()
+
+
 @pytest.fixture(scope="module", params=[torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def rewritten_norm(request):
     """A Gemma-style norm of h [1, M, 256] read by a q4_k linear and a GLU through a reshape
@@ -471,11 +480,7 @@ def rewritten_norm(request):
     (fused,) = _calls(gm, lib.rmsnorm_quantize_act.default)
     assert fused.args[2:] == (1e-6, 1.0, False, False, 8)
     assert not _calls(gm, aten_rsqrt) and not _calls(gm, lib.quantize_act.default)
-    for m in (gm, plain):
-        for node in m.graph.nodes:
-            if node.op == "call_function" and node.target in NORM_CUDA_BODIES:
-                node.target = NORM_CUDA_BODIES[node.target]
-        m.recompile()
+    _on_cuda_bodies(gm, plain)
     return gm, plain, dtype, norm_w, w
 
 
@@ -528,11 +533,7 @@ def test_the_residual_add_goes_into_the_fused_norm(dtype):
     assert "RMSNorm fused, with the residual add before it" in rep.rewrites[0].detail
     assert fused.args[:2] == tuple(n for n in gm.graph.nodes if n.op == "placeholder")[:2]  # (a, b)
     assert not _calls(gm, torch.ops.aten.add.Tensor)  # the residual add, the norm's eps and 1 + w: all inside
-    for m in (gm, plain):
-        for node in m.graph.nodes:
-            if node.op == "call_function" and node.target in NORM_CUDA_BODIES:
-                node.target = NORM_CUDA_BODIES[node.target]
-        m.recompile()
+    _on_cuda_bodies(gm, plain)
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     for got, want in zip(gm(a, b, norm_w, planes), plain(a, b, norm_w, planes)):
         assert got.shape == want.shape and rel_err(got.float(), want.float()) < tol
@@ -571,11 +572,7 @@ def test_the_sandwich_norm_before_the_add_goes_in_too(dtype):
     a, o, w_post = [n for n in gm.graph.nodes if n.op == "placeholder"][:3]
     assert fused.args[:2] == (a, o) and fused.args[8:] == (w_post, 1e-6, 1.0, False)
     assert not _calls(gm, aten_rsqrt) and not _calls(gm, torch.ops.aten.add.Tensor)
-    for m in (gm, plain):
-        for node in m.graph.nodes:
-            if node.op == "call_function" and node.target in NORM_CUDA_BODIES:
-                node.target = NORM_CUDA_BODIES[node.target]
-        m.recompile()
+    _on_cuda_bodies(gm, plain)
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     for got, want in zip(gm(*args), plain(*args)):
         assert got.shape == want.shape and rel_err(got.float(), want.float()) < tol
