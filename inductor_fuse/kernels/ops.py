@@ -97,7 +97,8 @@ def _glu_qlinear_q8_quantize_act_cuda(
     qa = _usable_activation(x, fmt, xa, interleave, max_m)
     M = x.numel() // x.shape[-1] if x.shape[-1] else 0
     args = (x, planes, bias, fmt, act, qa, out_interleave, out_max_m)
-    if knobs.settings.glu_quant and qa is not None and matvec_reads(M, out_max_m):  # the matvec runs
+    matvec = qa is not None and M <= kernel_spec(fmt).matvec_max_m  # the GLU runs as its matvec
+    if knobs.settings.glu_quant and matvec and matvec_reads(M, out_max_m):
         instead = "the GLU, then act_quant (two launches)"
         return kernel_or_reference(
             f"{fmt} GLU + act_quant", _glu_quantize_fused, _glu_then_quantize, *args, instead=instead

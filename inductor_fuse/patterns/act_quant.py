@@ -504,23 +504,18 @@ def share_act_quant(graph: fx.Graph) -> int:
     for (_, interleave), group in groups.items():
         label = "(" + ",".join(module_name(n) for n in group) + ")"
         names = tuple(n.name for n in group)
-        norm, why_norm = match_rmsnorm(group[0].args[0])
+        activation = group[0].args[0]
+        norm, why_norm = match_rmsnorm(activation)
+        detail = None
         if norm is not None:
             detail = _rewrite_fused(graph, norm, group, interleave)
-            rep.rewrites.append(report.Rewrite(FAMILY, label, names, detail))
-            rewrites += 1
-            continue
-        attn = match_attention(group[0].args[0]) if why_norm is None else None
-        if attn is not None:
+        elif why_norm is None and (attn := match_attention(activation)) is not None:
             what = "decode attention's output quantized in its merge step: "
             detail = what + _rewrite_producer(graph, attn, decode_attention_quantize_act, group, interleave)
-            rep.rewrites.append(report.Rewrite(FAMILY, label, names, detail))
-            rewrites += 1
-            continue
-        glu = match_glu(group[0].args[0]) if why_norm is None else None
-        if glu is not None:
+        elif why_norm is None and (glu := match_glu(activation)) is not None:
             what = "the GLU's output quantized with it: "
             detail = what + _rewrite_producer(graph, glu, glu_qlinear_q8_quantize_act, group, interleave)
+        if detail is not None:  # a producer quantizes: one launch fewer
             rep.rewrites.append(report.Rewrite(FAMILY, label, names, detail))
             rewrites += 1
             continue
