@@ -47,6 +47,7 @@ KINDS = (
     ("inductor pointwise", re.compile(r"^triton_poi_")),  # names list the ops fused (qlinear, ...)
     ("attention", re.compile(r"decode_attention|^_split_kernel|^_merge_kernel|_attn|flash|sdpa|softmax", re.I)),
     ("rmsnorm+act_quant", re.compile(r"rmsnorm_quantize")),
+    ("qk-norm+rope+cache write", re.compile(r"^_rope_cache")),
     ("act_quant", re.compile(r"act_quant")),
     ("matvec", re.compile(r"matvec|splitk|gemv|qlinear", re.I)),
     ("conv1d", re.compile(r"conv1d")),

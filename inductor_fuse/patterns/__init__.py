@@ -15,7 +15,7 @@ import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from .. import report
-from . import act_quant, conv1d, decode_attention, dequant_cpu, glu, siblings  # noqa: F401 -- registers the families; one name per family
+from . import act_quant, conv1d, decode_attention, dequant_cpu, glu, rope_cache, siblings  # noqa: F401 -- registers the families; one name per family
 from .registry import families
 
 log = logging.getLogger("inductor_fuse")

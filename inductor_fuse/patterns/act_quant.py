@@ -264,10 +264,11 @@ def _core(n: object) -> tuple[fx.Node, float, list[fx.Node]] | str | None:
     return None
 
 
-def match_rmsnorm(x: fx.Node) -> tuple[RMSNorm | None, str | None]:
+def match_rmsnorm(x: fx.Node, whole_tiles: bool = True) -> tuple[RMSNorm | None, str | None]:
     """The RMSNorm that makes x (through reshapes / views that keep the last dim), or (None, why):
     why is None when x's producer is no RMSNorm at all, a reason when it looks like one and is not
-    one this op computes exactly."""
+    one this op computes exactly. whole_tiles: K must be a multiple of ACT_TILE (the norms that
+    quantize their output)."""
     K = val(x).shape[-1]
     K = int(K) if is_concrete_int(K) else K  # (a SymInt of a known value in a make_fx graph: its int)
     out = x
@@ -315,7 +316,7 @@ def match_rmsnorm(x: fx.Node) -> tuple[RMSNorm | None, str | None]:
             return None, "the output's shape or dtype is not its input's"
         if not isinstance(K, int):
             return None, f"symbolic K = {K}"
-        if K % op.ACT_TILE:
+        if whole_tiles and K % op.ACT_TILE:
             return None, f"K = {K} is not a multiple of {op.ACT_TILE}"
         removed = [*nodes, *w_nodes, out]
         inside = set(removed)
