@@ -68,6 +68,8 @@ def check_rope_cache_write_args(q, k, v, cos, sin, q_w, k_w, eps, w_offset, cast
             raise ValueError(
                 f"rope_cache_write: {name} must be a [{D}] {q.dtype} or float32 vector, got {w.dtype} {tuple(w.shape)}"
             )
+    if q_w is not None and q_w.dtype != k_w.dtype:
+        raise ValueError(f"rope_cache_write: q_w and k_w must share one dtype, got {q_w.dtype} and {k_w.dtype}")
     if cast_before_weight and q_w is not None and (q_w.dtype != q.dtype or k_w.dtype != q.dtype):
         raise ValueError("rope_cache_write: cast_before_weight needs q_w and k_w in q's dtype")
     Hkv = k.shape[2]
@@ -108,7 +110,10 @@ def rope_cache_write_reference(q, k, v, cos, sin, q_w, k_w, eps, w_offset, cast_
     return q
 
 
-@torch.library.custom_op("inductor_fuse::rope_cache_write", mutates_args=("kv",))
+# flexible_layout: Inductor passes each input in the layout it has (the kernel takes strides). With
+# the default constraint it copied cos and sin into a buffer of their traced strides at every
+# layer's call (a launch per layer on the GPU), though every layer reads the same values.
+@torch.library.custom_op("inductor_fuse::rope_cache_write", mutates_args=("kv",), tags=(torch.Tag.flexible_layout,))
 def rope_cache_write(
     q: Tensor,
     k: Tensor,

@@ -93,12 +93,12 @@ def _rope_cache_kernel(
     t = tl.load(pos_ptr + s).to(tl.int64)
     if h >= Hq + Hkv:  # a value head: copied into the cache
         j = h - Hq - Hkv
-        src = v_ptr + b * svb + s * svs + j * svh
-        dst = kv_ptr + skv2 + b * skvb + j * skvh + t * skvt
-        x1 = tl.load(src + half, mask=hmask)
-        x2 = tl.load(src + D // 2 + half, mask=hmask)
-        tl.store(dst + half, x1.to(kv_ptr.dtype.element_ty), mask=hmask)
-        tl.store(dst + D // 2 + half, x2.to(kv_ptr.dtype.element_ty), mask=hmask)
+        v_src = v_ptr + b * svb + s * svs + j * svh
+        v_dst = kv_ptr + skv2 + b * skvb + j * skvh + t * skvt
+        v1 = tl.load(v_src + half, mask=hmask)
+        v2 = tl.load(v_src + D // 2 + half, mask=hmask)
+        tl.store(v_dst + half, v1.to(kv_ptr.dtype.element_ty), mask=hmask)
+        tl.store(v_dst + D // 2 + half, v2.to(kv_ptr.dtype.element_ty), mask=hmask)
     else:
         if h < Hq:
             src = q_ptr + b * sqb + s * sqs + h * sqh
@@ -123,16 +123,14 @@ def _rope_cache_kernel(
         s2 = tl.load(sn + D // 2 + half, mask=hmask, other=0.0).to(tl.float32)
         o1 = x1 * c1 + (-x2) * s1
         o2 = x2 * c2 + x1 * s2
-        if h < Hq:
-            dst = out_ptr + ((b * S + s) * Hq + h) * D
-            o1 = o1.to(dtype)
-            o2 = o2.to(dtype)
+        if h < Hq:  # (each branch stores its own dtype: a value may not change type across branches)
+            q_dst = out_ptr + ((b * S + s) * Hq + h) * D
+            tl.store(q_dst + half, o1.to(dtype), mask=hmask)
+            tl.store(q_dst + D // 2 + half, o2.to(dtype), mask=hmask)
         else:
-            dst = kv_ptr + b * skvb + (h - Hq) * skvh + t * skvt
-            o1 = o1.to(dtype).to(kv_ptr.dtype.element_ty)
-            o2 = o2.to(dtype).to(kv_ptr.dtype.element_ty)
-        tl.store(dst + half, o1, mask=hmask)
-        tl.store(dst + D // 2 + half, o2, mask=hmask)
+            k_dst = kv_ptr + b * skvb + (h - Hq) * skvh + t * skvt
+            tl.store(k_dst + half, o1.to(dtype).to(kv_ptr.dtype.element_ty), mask=hmask)
+            tl.store(k_dst + D // 2 + half, o2.to(dtype).to(kv_ptr.dtype.element_ty), mask=hmask)
 
 
 def rope_cache_write_cuda(q, k, v, cos, sin, q_w, k_w, eps, w_offset, cast_before_weight, kv, pos) -> Tensor:
