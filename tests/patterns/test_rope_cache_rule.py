@@ -37,15 +37,20 @@ def _caches(model):
     return torch.stack([layer.attention.kv_cache.kv for layer in model.layers])
 
 
+# the op itself on CPU: dequant_cpu off (with it on, the op goes back to aten ops on CPU)
+OP_ON_CPU = {"dequant_cpu": False}
+
+
+@pytest.mark.parametrize("options", [OP_ON_CPU, None], ids=["op", "dequant_cpu"])
 @pytest.mark.parametrize("family", MODELS)
-def test_fires_in_every_layer_and_matches_eager(family):
+def test_fires_in_every_layer_and_matches_eager(family, options):
     """llama (GQA 2, no QK-norm), gemma3 (QK-norm, sliding-window layers with their own rope),
     qwen2 (one KV head, q/k/v bias), qwen3 (QK-norm)."""
     args = MODELS[family]
     tokens = torch.randint(0, args.vocab_size, (1, 12), generator=torch.Generator().manual_seed(5))
     eager, model = build(args, max_seq_len=32), build(args, max_seq_len=32)
     ref = _steps(eager, eager, tokens, 5, 5)
-    got = _steps(model, torch.compile(model, backend="inductor_fuse"), tokens, 5, 5)
+    got = _steps(model, torch.compile(model, backend="inductor_fuse", options=options), tokens, 5, 5)
     assert rel_err(got, ref) < 1e-5
     assert rel_err(_caches(model), _caches(eager)) < 1e-6
     rep = inductor_fuse.last_report()
@@ -54,20 +59,24 @@ def test_fires_in_every_layer_and_matches_eager(family):
     assert ("QK-norm eps" in detail) == args.qk_norm, detail
 
 
+@pytest.mark.parametrize("options", [OP_ON_CPU, None], ids=["op", "dequant_cpu"])
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
-def test_the_cache_is_written_in_place(family):
+def test_the_cache_is_written_in_place(family, options):
     """One rope_cache_write per layer in the compiled code, on the cache buffer itself: no clone of
-    the cache, no copy back (Inductor's reinplacing pass took the auto_functionalized op in place)."""
+    the cache, no copy back (Inductor's reinplacing pass took the auto_functionalized op in place).
+    With dequant_cpu (on CPU): no op, Inductor's own kernels write the cache, still in place."""
     from inductor_fuse.models.generate import decode_one_token
 
     args = FAMILIES[family]
     model = build(args, max_seq_len=32)
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3]]), torch.arange(3))
-        step = torch.compile(decode_one_token, backend="inductor_fuse", fullgraph=True)
+        step = torch.compile(decode_one_token, backend="inductor_fuse", fullgraph=True, options=options)
         _, (code, *_) = run_and_get_code(step, model, torch.tensor([[4]]), torch.tensor([3]))
-    assert code.count("torch.ops.inductor_fuse.rope_cache_write.default(") == args.n_layers
-    assert not re.search(r"\.copy_\(|clone|index_put", code)
+    assert inductor_fuse.last_report().counts[FAMILY] == args.n_layers
+    calls = code.count("torch.ops.inductor_fuse.rope_cache_write.default(")
+    assert calls == (args.n_layers if options else 0)
+    assert not re.search(r"\.copy_\(|clone", code)
 
 
 def test_bfloat16_gemma_matches_eager():
@@ -77,7 +86,7 @@ def test_bfloat16_gemma_matches_eager():
     for m in (eager, model):
         m.setup_caches(1, 32)
     ref = _steps(eager, eager, tokens, 5, 5)
-    got = _steps(model, torch.compile(model, backend="inductor_fuse"), tokens, 5, 5)
+    got = _steps(model, torch.compile(model, backend="inductor_fuse", options=OP_ON_CPU), tokens, 5, 5)
     assert rel_err(got, ref) < 2e-2  # bf16: the compiled graph rounds elsewhere than eager
     assert rel_err(_caches(model), _caches(eager)) < 2e-2
     assert inductor_fuse.last_report().counts[FAMILY] == args.n_layers

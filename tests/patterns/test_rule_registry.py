@@ -65,7 +65,10 @@ def test_registration_errors(scratch_registry):
 def test_unknown_option_names_the_registered_families():
     # every family file registered, in pass order
     assert family_names() == ("glu", "siblings", "conv1d", "decode_attention", "rope_cache", "act_quant", "dequant_cpu")
-    listed = r"valid options are \['glu', 'siblings', 'conv1d', 'decode_attention', 'rope_cache', 'act_quant', 'dequant_cpu'\]"
+    listed = (
+        r"valid options are \['glu', 'siblings', 'conv1d', 'decode_attention', 'rope_cache', 'act_quant', "
+        r"'dequant_cpu'\]"
+    )
     with pytest.raises(ValueError, match=listed):
         FuseOptions.from_dict({"silu": True})
     with pytest.raises(TypeError, match="must be a bool"):
