@@ -41,8 +41,11 @@ def _caches(model):
 OP_ON_CPU = {"dequant_cpu": False}
 
 
-@pytest.mark.parametrize("options", [OP_ON_CPU, None], ids=["op", "dequant_cpu"])
-@pytest.mark.parametrize("family", MODELS)
+@pytest.mark.parametrize(
+    "family, options",
+    [(f, OP_ON_CPU) for f in MODELS] + [("llama", None), ("gemma3", None)],
+    ids=[f"{f}-op" for f in MODELS] + ["llama-dequant_cpu", "gemma3-dequant_cpu"],
+)
 def test_fires_in_every_layer_and_matches_eager(family, options):
     """llama (GQA 2, no QK-norm), gemma3 (QK-norm, sliding-window layers with their own rope),
     qwen2 (one KV head, q/k/v bias), qwen3 (QK-norm)."""
