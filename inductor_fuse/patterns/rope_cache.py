@@ -225,6 +225,9 @@ def _why_not(attn: fx.Node) -> str | tuple:
     if qrec is not None:
         if (qrec.eps, qrec.w_offset, qrec.cast_before_weight) != (krec.eps, krec.w_offset, krec.cast_before_weight):
             return "the query's and the key's norms differ in eps, weight offset or cast order"
+        wdt = {val(qrec.w).dtype, val(krec.w).dtype}
+        if len(wdt) != 1 or not wdt <= {val(q).dtype, torch.float32}:
+            return f"QK-norm weights in {sorted(map(str, wdt))}: not both in q's dtype or both float32"
     why = _only_read_inside([*qnorm_nodes, *qnodes], {qr}) or _only_read_inside([*knorm_nodes, *knodes], {kr})
     if why is not None:
         return why
@@ -266,8 +269,8 @@ def fuse_rope_cache(graph: fx.Graph) -> int:
             rep.skipped.append(report.Skip(FAMILY, (attn.name,), found))
             continue
         q, k, v, cos, sin, norm, knorm, kv, pos, qr, kv2 = found
-        # one (cos, sin) node pair for every layer that computes the same: an extern op's inputs
-        # are materialized, and each layer's own select of the rope table would be a launch
+        # one (cos, sin) node pair for every layer that computes the same, so that Inductor
+        # realizes the rope row once for all the layers' ops
         cos, sin = next(((c, s) for c, s in tables if _same(c, cos) and _same(s, sin)), (cos, sin))
         if (cos, sin) not in tables:
             tables.append((cos, sin))

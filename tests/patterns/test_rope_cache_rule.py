@@ -108,13 +108,13 @@ def test_needs_the_decode_attention_rule():
 
 class _Attention(nn.Module):
     """models/transformer.py's attention over its KV cache, with the roped key also read elsewhere
-    (leak) or the key's norm left out (half_norm)."""
+    (leak), the key's norm left out (half_norm) or its weight in bfloat16 (mixed_w)."""
 
-    def __init__(self, leak=False, half_norm=False, H=4, Hkv=2, D=16, T=32):
+    def __init__(self, leak=False, half_norm=False, mixed_w=False, H=4, Hkv=2, D=16, T=32):
         super().__init__()
         self.H, self.Hkv, self.D, self.leak, self.half_norm = H, Hkv, D, leak, half_norm
         self.wq, self.wk, self.wv = nn.Linear(64, H * D), nn.Linear(64, Hkv * D), nn.Linear(64, Hkv * D)
-        self.q_norm, self.k_norm = RMSNorm(D), RMSNorm(D)
+        self.q_norm, self.k_norm = RMSNorm(D), RMSNorm(D).to(torch.bfloat16 if mixed_w else torch.float32)
         self.cache = KVCache(1, Hkv, T, D, torch.float32, "cpu")
         self.register_buffer("rope", rope_table(D, 10000.0, 1.0, None, T, "cpu"))
         self.register_buffer("causal", torch.ones(T, T, dtype=torch.bool).tril())
@@ -140,6 +140,7 @@ class _Attention(nn.Module):
     [
         ({"leak": True}, "also read elsewhere than the cache write"),
         ({"half_norm": True}, "a norm on only one of the query and the key"),
+        ({"mixed_w": True}, "not both in q's dtype or both float32"),
     ],
 )
 def test_left_alone_with_the_reason(kw, reason):
