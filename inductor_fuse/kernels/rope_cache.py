@@ -30,8 +30,8 @@ from ._common import interpreting, kernel_or_reference
 
 @triton.jit
 def _normed_half_pair(x1, x2, w_ptr, half, hmask, eps, w_offset, D: tl.constexpr, CAST_FIRST: tl.constexpr):
-    """x1, x2 (float32 halves of one row) after the RMSNorm, rounded to w's row dtype as the
-    stock graph does (returned in float32)."""
+    """x1, x2 (float32 halves of one row) after the RMSNorm, in float32 (the caller rounds them
+    to the row dtype; CAST_FIRST rounds the normalized value before the weight, as its graph does)."""
     ms = (tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / D
     r = tl.math.rsqrt(ms + eps)
     w1 = tl.load(w_ptr + half, mask=hmask, other=0.0)

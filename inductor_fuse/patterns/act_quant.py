@@ -87,7 +87,7 @@ from .. import (
 from ..kernels.registry import KERNELS
 from ..quant import op  # noqa: F401 -- defines the consumers (matched) and quantize_act, the q8 variants (emitted)
 from ..quant.formats import FORMATS
-from .graph_utils import activation_key, call, copy_meta, module_name, val
+from .graph_utils import activation_key, call, copy_meta, is_call, module_name, val
 from .registry import GRAPH_WALK, rule_family
 
 FAMILY = "act_quant"
@@ -197,13 +197,9 @@ def _same_shape(a, b) -> bool:
     return len(a) == len(b) and all(statically_known_true(x == y) for x, y in zip(a, b))
 
 
-def _is(node: object, *targets) -> bool:
-    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
-
-
 def _cast_of(node: object, dtype: torch.dtype) -> fx.Node | None:
     """The input of ``convert_element_type(input, dtype)``, else None."""
-    if _is(node, prims.convert_element_type.default) and node.args[1] == dtype and not node.kwargs:
+    if is_call(node, prims.convert_element_type.default) and node.args[1] == dtype and not node.kwargs:
         return node.args[0]
     return None
 
@@ -211,7 +207,7 @@ def _cast_of(node: object, dtype: torch.dtype) -> fx.Node | None:
 def _weight(node: object, K: int) -> tuple[fx.Node, float, list[fx.Node]] | None:
     """(w, offset, nodes) of a float32 weight expression: w | convert(w) | add(w or convert(w), c)."""
     offset, nodes = 0.0, []
-    if _is(node, aten.add.Tensor) and len(node.args) == 2 and not node.kwargs:
+    if is_call(node, aten.add.Tensor) and len(node.args) == 2 and not node.kwargs:
         a, b = node.args
         if isinstance(a, (int, float)):
             a, b = b, a
@@ -234,28 +230,28 @@ def _weight(node: object, K: int) -> tuple[fx.Node, float, list[fx.Node]] | None
 def _core(n: object) -> tuple[fx.Node, float, list[fx.Node]] | str | None:
     """n = mul(h32, rsqrt(add(mean(pow(h32, 2), [-1], True), eps))): (h32, eps, nodes); a reason
     when it looks like one (a mean under an rsqrt) and is not; None when it does not."""
-    if not _is(n, aten.mul.Tensor) or len(n.args) != 2 or n.kwargs:
+    if not is_call(n, aten.mul.Tensor) or len(n.args) != 2 or n.kwargs:
         return None
     for h32, r in (n.args, n.args[::-1]):
-        if not _is(r, aten.rsqrt.default):
+        if not is_call(r, aten.rsqrt.default):
             continue
         a = r.args[0]
-        if not _is(a, aten.add.Tensor) or len(a.args) != 2 or a.kwargs:
+        if not is_call(a, aten.add.Tensor) or len(a.args) != 2 or a.kwargs:
             return "no add(mean, eps) under the rsqrt"
         mean, eps = a.args if isinstance(a.args[0], fx.Node) else a.args[::-1]
         if not isinstance(eps, (int, float)) or isinstance(eps, bool):
             return "eps is not a constant"
-        if not _is(mean, aten.mean.dim) or mean.kwargs.get("dtype") is not None:
+        if not is_call(mean, aten.mean.dim) or mean.kwargs.get("dtype") is not None:
             return "no mean under the rsqrt"
         sq, dims, keep = (*mean.args, False)[:3] if len(mean.args) < 3 else mean.args[:3]
         keep = mean.kwargs.get("keepdim", keep)
         ndim = val(sq).dim()
         if list(dims) not in ([-1], [ndim - 1]) or not keep:
             return f"the mean is over dims {list(dims)} (keepdim {keep}), not the last one"
-        if _is(sq, aten.pow.Tensor_Scalar):
+        if is_call(sq, aten.pow.Tensor_Scalar):
             squares = sq.args[0] is h32 and sq.args[1] == 2
         else:
-            squares = _is(sq, aten.mul.Tensor) and sq.args[0] is h32 and sq.args[1] is h32
+            squares = is_call(sq, aten.mul.Tensor) and sq.args[0] is h32 and sq.args[1] is h32
         if not squares or not isinstance(h32, fx.Node):
             return "the mean is not of the squares of what it normalizes"
         if val(h32).dtype != torch.float32:
@@ -272,7 +268,7 @@ def match_rmsnorm(x: fx.Node, whole_tiles: bool = True) -> tuple[RMSNorm | None,
     K = val(x).shape[-1]
     K = int(K) if is_concrete_int(K) else K  # (a SymInt of a known value in a make_fx graph: its int)
     out = x
-    while _is(out, aten.reshape.default, aten.view.default):
+    while is_call(out, aten.reshape.default, aten.view.default):
         out = out.args[0]
         if not isinstance(out, fx.Node) or not statically_known_true(val(out).shape[-1] == K):
             return None, None
@@ -281,10 +277,10 @@ def match_rmsnorm(x: fx.Node, whole_tiles: bool = True) -> tuple[RMSNorm | None,
     dtype = val(out).dtype
     cands = []  # (n, weight expression, cast_before_weight, nodes between n and out)
     inner = _cast_of(out, dtype) if dtype != torch.float32 else None
-    if inner is not None and _is(inner, aten.mul.Tensor) and val(inner).dtype == torch.float32:
+    if inner is not None and is_call(inner, aten.mul.Tensor) and val(inner).dtype == torch.float32:
         a, b = inner.args
         cands += [(a, b, False, [inner]), (b, a, False, [inner])]
-    elif _is(out, aten.mul.Tensor) and len(out.args) == 2 and not out.kwargs:
+    elif is_call(out, aten.mul.Tensor) and len(out.args) == 2 and not out.kwargs:
         for n, wx in (out.args, out.args[::-1]):
             if dtype == torch.float32:
                 cands.append((n, wx, False, []))
@@ -340,7 +336,7 @@ def _residual_add(graph: fx.Graph, norm: RMSNorm) -> fx.Node | None:
     """The add(a, b) that makes the norm's input (a residual add: same shapes and dtype, no
     alpha), when the fused op can take it (its weight defined before it), else None."""
     h = norm.h
-    if not _is(h, aten.add.Tensor) or len(h.args) != 2 or h.kwargs:
+    if not is_call(h, aten.add.Tensor) or len(h.args) != 2 or h.kwargs:
         return None
     if not all(isinstance(t, fx.Node) and "val" in t.meta for t in h.args):
         return None
@@ -422,18 +418,18 @@ def _rewrite_fused(graph: fx.Graph, norm: RMSNorm, group: list[fx.Node], interle
 
 def match_attention(x: fx.Node) -> fx.Node | None:
     """The decode_attention node whose output x is, as its o-projection reads it, else None."""
-    if not _is(x, aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+    if not is_call(x, aten.view.default, aten.reshape.default, aten._unsafe_view.default):
         return None
     t = x.args[0]
-    if _is(t, aten.clone.default):  # .contiguous() of the transpose
+    if is_call(t, aten.clone.default):  # .contiguous() of the transpose
         t = t.args[0]
-    if _is(t, aten.permute.default) and list(t.args[1]) in ([0, 2, 1, 3], [0, 2, 1, -1]):
+    if is_call(t, aten.permute.default) and list(t.args[1]) in ([0, 2, 1, 3], [0, 2, 1, -1]):
         a = t.args[0]
-    elif _is(t, aten.transpose.int) and sorted(int(d) % 4 for d in t.args[1:3]) == [1, 2]:
+    elif is_call(t, aten.transpose.int) and sorted(int(d) % 4 for d in t.args[1:3]) == [1, 2]:
         a = t.args[0]
     else:
         return None
-    if not _is(a, ops.decode_attention.default) or a.kwargs:
+    if not is_call(a, ops.decode_attention.default) or a.kwargs:
         return None
     B, Hq, S, D = val(a).shape
     lead, K = val(x).shape[:-1], val(x).shape[-1]
@@ -476,7 +472,7 @@ def _rewrite_producer(graph: fx.Graph, producer: fx.Node, target, group: list[fx
 
 def match_glu(x: fx.Node) -> fx.Node | None:
     """The glu_qlinear_q8 node whose output x is (its every 32-tile whole), else None."""
-    if not _is(x, ops.glu_qlinear_q8.default) or x.kwargs:
+    if not is_call(x, ops.glu_qlinear_q8.default) or x.kwargs:
         return None
     I = val(x).shape[-1]
     return x if isinstance(I, int) and I % op.ACT_TILE == 0 else None

@@ -190,6 +190,11 @@ def copy_meta(src: fx.Node, dst: fx.Node) -> None:
     dst.meta.update({k: v for k, v in src.meta.items() if k not in ("val", "tensor_meta", "eager_input_vals")})
 
 
+def is_call(node: object, *targets) -> bool:
+    """node is a call_function node of one of targets."""
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
+
+
 def val(node: fx.Node):
     return node.meta["val"]
 

@@ -23,6 +23,7 @@ cache write; the pattern matcher would need one pattern per norm flavour and cac
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 
 import torch
@@ -34,7 +35,7 @@ from .. import (
     rope_cache,  # noqa: F401 -- defines torch.ops.inductor_fuse.rope_cache_write, emitted below
 )
 from .act_quant import match_rmsnorm
-from .graph_utils import record_rewrite, val
+from .graph_utils import is_call, record_rewrite, val
 from .registry import GRAPH_WALK, rule_family
 
 FAMILY = "rope_cache"
@@ -42,10 +43,6 @@ aten = torch.ops.aten
 prims = torch.ops.prims
 _ATTENTION = ("decode_attention", "decode_attention_quantize_act")
 _VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
-
-
-def _is(node: object, *targets) -> bool:
-    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
 
 
 def _same(a: object, b: object) -> bool:
@@ -59,14 +56,14 @@ def _same(a: object, b: object) -> bool:
         return not isinstance(a, fx.Node) and not isinstance(b, fx.Node) and a == b
     pure = (aten.select.int, aten.unsqueeze.default, aten.slice.Tensor, aten.index.Tensor, aten.expand.default)
     pure += _VIEWS + (prims.convert_element_type.default,)
-    return _is(a, *pure) and a.target is b.target and a.kwargs == b.kwargs and _same(a.args, b.args)
+    return is_call(a, *pure) and a.target is b.target and a.kwargs == b.kwargs and _same(a.args, b.args)
 
 
 def _transposed(node: object) -> fx.Node | None:
     """x of permute(x, [0, 2, 1, 3]) (the [B, S, H, D] <-> [B, H, S, D] swap), else None."""
-    if _is(node, aten.permute.default) and list(node.args[1]) == [0, 2, 1, 3]:
+    if is_call(node, aten.permute.default) and list(node.args[1]) == [0, 2, 1, 3]:
         return node.args[0]
-    if _is(node, aten.transpose.int) and sorted(a % 4 for a in node.args[1:3]) == [1, 2]:
+    if is_call(node, aten.transpose.int) and sorted(a % 4 for a in node.args[1:3]) == [1, 2]:
         return node.args[0]
     return None
 
@@ -74,15 +71,15 @@ def _transposed(node: object) -> fx.Node | None:
 def _halves(xf: fx.Node, a: object, b: object) -> bool:
     """a, b are xf[..., :D/2] and xf[..., D/2:] (chunk / split getitems, or slices)."""
     D = val(xf).shape[-1]
-    if all(_is(n, operator.getitem) for n in (a, b)):
+    if all(is_call(n, operator.getitem) for n in (a, b)):
         sp = a.args[0]
-        if sp is not b.args[0] or (a.args[1], b.args[1]) != (0, 1) or not _is(sp, aten.split.Tensor):
+        if sp is not b.args[0] or (a.args[1], b.args[1]) != (0, 1) or not is_call(sp, aten.split.Tensor):
             return False
         return sp.args[0] is xf and sp.args[1] == D // 2 and sp.args[2] in (-1, 3) and len(sp.users) == 2
 
     def sliced(n, start, end):
         return (
-            _is(n, aten.slice.Tensor)
+            is_call(n, aten.slice.Tensor)
             and n.args[0] is xf
             and n.args[1] in (-1, 3)
             and n.args[2] == start
@@ -99,31 +96,31 @@ def match_rope(out: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, list[fx.Node]] 
     dtype = val(out).dtype
     add, nodes = out, []
     if dtype != torch.float32:
-        if not _is(out, prims.convert_element_type.default):
+        if not is_call(out, prims.convert_element_type.default):
             return None
         add, nodes = out.args[0], [out]
-    if not _is(add, aten.add.Tensor) or len(add.args) != 2 or add.kwargs or val(add).dtype != torch.float32:
+    if not is_call(add, aten.add.Tensor) or len(add.args) != 2 or add.kwargs or val(add).dtype != torch.float32:
         return None
     for m1, m2 in (add.args, add.args[::-1]):
-        if not (_is(m1, aten.mul.Tensor) and _is(m2, aten.mul.Tensor)):
+        if not (is_call(m1, aten.mul.Tensor) and is_call(m2, aten.mul.Tensor)):
             continue
         for xf, cos in (m1.args, m1.args[::-1]):
             for cat, sin in (m2.args, m2.args[::-1]):
-                if not (_is(cat, aten.cat.default) and isinstance(xf, fx.Node) and isinstance(cos, fx.Node)):
+                if not (is_call(cat, aten.cat.default) and isinstance(xf, fx.Node) and isinstance(cos, fx.Node)):
                     continue
                 parts = cat.args[0]
                 if (cat.args[1] if len(cat.args) > 1 else 0) not in (-1, 3) or len(parts) != 2:
                     continue
                 neg, x1 = parts
-                if not _is(neg, aten.neg.default) or not _halves(xf, x1, neg.args[0]):
+                if not is_call(neg, aten.neg.default) or not _halves(xf, x1, neg.args[0]):
                     continue
                 if not isinstance(sin, fx.Node) or val(xf).dtype != torch.float32:
                     continue
                 x = xf
                 chain = [cat, neg, x1, neg.args[0], m1, m2, add, *nodes]
-                if _is(x1, operator.getitem):
+                if is_call(x1, operator.getitem):
                     chain.append(x1.args[0])
-                if _is(xf, prims.convert_element_type.default):  # float32(x): x in dtype, or already float32
+                if is_call(xf, prims.convert_element_type.default):  # float32(x): x in dtype, or already float32
                     x, chain = xf.args[0], [xf, *chain]
                 return x, cos, sin, chain
     return None
@@ -143,7 +140,7 @@ def _only_read_inside(nodes: list[fx.Node], ends: set[fx.Node]) -> str | None:
 def _cache_write(kv2: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node, fx.Node] | str:
     """(kv, pos, k', v, copy_) of kv2 = index_put(kv, [None]*3 + [pos], stack(k'^T, v^T)) whose kv
     the graph writes back; else why not."""
-    if not _is(kv2, aten.index_put.default) or len(kv2.args) != 3 or kv2.kwargs:
+    if not is_call(kv2, aten.index_put.default) or len(kv2.args) != 3 or kv2.kwargs:
         return "K and V are not read from an index_put on one [2, B, Hkv, T, D] cache"
     kv, indices, values = kv2.args
     if not (isinstance(kv, fx.Node) and kv.op == "placeholder" and val(kv).dim() == 5 and val(kv).shape[0] == 2):
@@ -153,17 +150,18 @@ def _cache_write(kv2: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node, fx.N
     pos = indices[3]
     if val(pos).dim() != 1 or val(pos).dtype not in (torch.int32, torch.int64):
         return "the positions are not an int vector"
-    copies = [u for u in kv2.users if _is(u, aten.copy_.default) and u.args[0] is kv and u.args[1] is kv2]
+    copies = [u for u in kv2.users if is_call(u, aten.copy_.default) and u.args[0] is kv and u.args[1] is kv2]
     if len(copies) != 1:
         return "the written cache is not copied back to its input (a functional cache: a copy per step)"
-    while _is(values, *_VIEWS, prims.convert_element_type.default):
+    while is_call(values, *_VIEWS, prims.convert_element_type.default):
         values = values.args[0]
-    if not _is(values, aten.cat.default, aten.stack.default) or len(values.args[0]) != 2:
+    if not is_call(values, aten.cat.default, aten.stack.default) or len(values.args[0]) != 2:
         return "the new K and V are not one stack / cat"
     if (values.args[1] if len(values.args) > 1 else 0) != 0:
         return "the new K and V are not stacked along a new leading dim"
     kt, vt = values.args[0]
-    if values.target is aten.cat.default and _is(kt, aten.unsqueeze.default) and _is(vt, aten.unsqueeze.default):
+    unsqueezed = is_call(kt, aten.unsqueeze.default) and is_call(vt, aten.unsqueeze.default)
+    if values.target is aten.cat.default and unsqueezed:
         kt, vt = kt.args[0], vt.args[0]
     k, v = _transposed(kt), _transposed(vt)
     if k is None or v is None:
@@ -188,17 +186,16 @@ def _source(x: fx.Node, dtype: torch.dtype) -> tuple[fx.Node, object, list[fx.No
     if norm.out is not x:
         return "a reshape between the QK-norm and the rope"
     h, nodes = norm.h, list(norm.removed)
-    if val(h).dtype != dtype and _is(h, prims.convert_element_type.default) and val(h.args[0]).dtype == dtype:
+    if val(h).dtype != dtype and is_call(h, prims.convert_element_type.default) and val(h.args[0]).dtype == dtype:
         h, nodes = h.args[0], [norm.h, *nodes]  # the float32 norm of a dtype value
     if val(h).dtype != dtype:
         return f"the QK-norm normalizes a {val(h).dtype} value, not one in the rope's dtype {dtype}"
-    norm.h = h
-    return h, norm, nodes
+    return h, dataclasses.replace(norm, h=h), nodes
 
 
 def _why_not(attn: fx.Node) -> str | tuple:
     qt, kc, vc = attn.args[:3]
-    if not (_is(kc, aten.select.int) and _is(vc, aten.select.int)) or kc.args[0] is not vc.args[0]:
+    if not (is_call(kc, aten.select.int) and is_call(vc, aten.select.int)) or kc.args[0] is not vc.args[0]:
         return "K and V are not two halves of one cache buffer"
     if (kc.args[1], kc.args[2], vc.args[1], vc.args[2]) != (0, 0, 0, 1):
         return "K and V are not kv[0] and kv[1] of one cache buffer"
