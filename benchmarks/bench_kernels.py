@@ -10,12 +10,14 @@ GB/s counts the bytes every call must read (weight planes + activation) and writ
     python benchmarks/bench_kernels.py                       # full table + JSON
     python benchmarks/bench_kernels.py --quick               # M=1 only, fewer shapes
     python benchmarks/bench_kernels.py --crossover           # matvec vs GEMM over M
+    python benchmarks/bench_kernels.py --small-m             # M = 1..64: W4A8 matvec / int8_mma, W4A16, bf16
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -34,6 +36,7 @@ from inductor_fuse import config  # noqa: E402
 from inductor_fuse.kernels import dispatch  # noqa: E402
 from inductor_fuse.kernels._common import act_quant, launch_matvec, tuned_configs  # noqa: E402
 from inductor_fuse.kernels.gemm import dequant_mm, qgemm  # noqa: E402
+from inductor_fuse.kernels.int8_mma import MmaConfig, int8_mma  # noqa: E402
 from inductor_fuse.kernels.registry import KERNELS  # noqa: E402
 from inductor_fuse.kernels.testing import random_planes  # noqa: E402
 
@@ -206,6 +209,70 @@ def crossover(dev, out):
     print("crossover (largest M where matvec wins, summed over shapes):", best)
 
 
+SMALL_M_SHAPES = [  # the Llama-3-8B Q4_K_M decode shapes: name, N, K, fmt
+    ("qkv", 6144, 4096, "q4_k"),
+    ("o", 4096, 4096, "q4_k"),
+    ("gate_up", 28672, 4096, "q4_k"),
+    ("down", 4096, 14336, "q4_k"),
+    ("down", 4096, 14336, "q6_k"),
+    ("lm_head", 128256, 4096, "q6_k"),
+]
+
+
+def small_m(dev, out, ms, mma_sweep=False):
+    """M = 1..64 on the decode shapes, each path timed as the op runs it (activation quantization
+    included): the W4A8 matvec (dp4a), int8_mma (W4A8 on the int8 tensor cores), W4A16 (qgemm:
+    dequantize in registers + bf16 tl.dot) and bf16 cuBLAS; with mma_sweep, every int8_mma config
+    of a small grid too."""
+    rows = []
+    for name, N, K, fmt in SMALL_M_SHAPES:
+        probe = random_planes(fmt, N, K, dev)
+        wbytes = plane_bytes(probe)
+        copies = [probe] + [random_planes(fmt, N, K, dev, seed=i + 1) for i in range(n_copies(wbytes) - 1)]
+        op = torch.ops.inductor_fuse.qlinear
+        wb = N * K * 2
+        ws = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) for _ in range(n_copies(wb))]
+        for M in ms:
+            x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+            row = {"shape": name, "N": N, "K": K, "fmt": fmt, "M": M, "weight_bytes": wbytes}
+            row["op_us"] = 1e6 * time_graph([lambda p=p: op(x, p, None, fmt) for p in copies])
+            if M <= 16:
+                row["matvec_us"] = 1e6 * time_graph([lambda p=p: dispatch.matvec(x, p, None, fmt) for p in copies])
+            if M >= 2:
+                row["int8_mma_us"] = 1e6 * time_graph([lambda p=p: int8_mma(x, p, None, fmt) for p in copies])
+            row["w4a16_us"] = 1e6 * time_graph([lambda p=p: qgemm(x, p, None, fmt) for p in copies])
+            row["bf16_us"] = 1e6 * time_graph([lambda w=w: F.linear(x, w) for w in ws])
+            if mma_sweep and M >= 2:
+                xa = act_quant(x)
+                best, tried = None, []
+                bm = min(max(16, triton.next_power_of_2(M)), 64)
+                for wf, bn, split, (warps, stages) in itertools.product(
+                    (True, False), (64, 128), (1, 2, 4, 8), ((4, 2), (4, 3), (4, 4), (8, 3))
+                ):
+                    cfg = MmaConfig(bn, bm, split, warps, stages, weights_first=wf)
+                    try:
+                        fns = [lambda p=p: int8_mma(x, p, None, fmt, xa=xa, config=cfg) for p in copies]
+                        t = time_graph(fns)
+                    except Exception as e:  # noqa: BLE001 -- a config that does not compile
+                        print(f"  {cfg}: failed {type(e).__name__}", flush=True)
+                        continue
+                    tried.append((str(cfg), t * 1e6))
+                    if best is None or t < best[0]:
+                        best = (t, cfg)
+                row["int8_mma_best_us"], row["int8_mma_best_config"] = best[0] * 1e6, str(best[1])
+                row["int8_mma_sweep"] = tried  # (config, us)
+                for wf in (True, False):
+                    mine = [t for c, t in tried if f"weights_first={wf}" in c]
+                    row[f"int8_mma_best_weights_first_{wf}_us"] = min(mine) if mine else None
+            rows.append(row)
+            cells = "  ".join(f"{k.removesuffix('_us')} {v:7.1f}" for k, v in row.items() if k.endswith("_us"))
+            extra = f"  best {row['int8_mma_best_config']}" if "int8_mma_best_config" in row else ""
+            print(f"small-m {name:8s} {fmt} M={M:3d}  {cells}{extra}", flush=True)
+        del copies, ws
+        torch.cuda.empty_cache()
+    out["small_m"] = rows
+
+
 def sweep(dev, out, args_dump=None, sweep_formats=("q4_k", "q6_k"), sweep_ms=(1, 4)):
     """Every matvec candidate config (kernel alone, M=1) on the decode shapes."""
     rows = []
@@ -277,6 +344,9 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="time every matvec config, then exit")
     ap.add_argument("--sweep-formats", default="q4_k,q6_k")
     ap.add_argument("--sweep-ms", default="1,4")
+    ap.add_argument("--small-m", action="store_true", help="M = 1..64 on the decode shapes, then exit")
+    ap.add_argument("--small-ms", default="1,2,4,8,16,32,64")
+    ap.add_argument("--mma-sweep", action="store_true", help="with --small-m: every int8_mma config")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--dump", default=None, help="folder for ttgir/sass of the default configs, M = 1 (--sweep)")
     ap.add_argument("--json", default=os.environ.get("BENCH_JSON", "benchmarks/results/kernels_h200.json"))
@@ -295,6 +365,9 @@ def main():
     print(f"{out['gpu']}  torch {out['torch']}  triton {out['triton']}  copy bandwidth {bw:.0f} GB/s", flush=True)
     if args.sweep:
         sweep(dev, out, args.dump, args.sweep_formats.split(","), [int(m) for m in args.sweep_ms.split(",")])
+        return _save(out, args.json)
+    if args.small_m:
+        small_m(dev, out, [int(m) for m in args.small_ms.split(",")], args.mma_sweep)
         return _save(out, args.json)
     if args.crossover:
         crossover(dev, out)

@@ -5,6 +5,8 @@ Per format, from its KernelSpec (kernels/registry.py):
     M <= spec.matvec_max_m:      act_quant(x) -> the format's matvec     (2 launches, +1 when split-K;
                                  1 when the activation comes quantized: qlinear_q8 / glu_qlinear_q8,
                                  whose xa the act_quant rule computed once for every consumer)
+    M <= spec.int8_mma_max_m:    act_quant(x) -> int8_mma, W4A8 on the int8 tensor cores (Q4_K:
+                                 M = 9..32; +1 launch for split-K, +1 for a GLU's act * mul)
     M <  spec.fused_gemm_max_m:  qgemm, the fused Triton GEMM (dequant in registers + tl.dot)
     otherwise:                   dequant_mm (chunked dequant -> cuBLAS); config.settings.gemm
                                  == "fused" (INDUCTOR_FUSE_GEMM=fused) forces qgemm
@@ -25,6 +27,7 @@ from .. import config as knobs  # (the `config` arguments here are kernel config
 from ..quant.op import empty_quantized_activation
 from ._common import MatvecConfig, QuantizedActivation, act_mul, act_quant, interpreting, launch_matvec, pick_config
 from .gemm import dequant_mm, qgemm
+from .int8_mma import int8_mma
 from .registry import kernel_spec
 
 GLU_QUANT_WARPS = 16  # warps of a GLU matvec program that quantizes its output (64 weight rows)
@@ -98,8 +101,8 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
     settings = knobs.settings
+    qa = None if xa is None else QuantizedActivation(*(t.reshape(M, -1).contiguous() for t in xa))
     if M <= spec.matvec_max_m and not settings.exact_matvec:
-        qa = None if xa is None else QuantizedActivation(*(t.reshape(M, -1).contiguous() for t in xa))
         if ya_interleave is not None:
             y = x.new_empty((*x.shape[:-1], n_out))
             ya = empty_quantized_activation(y)
@@ -109,7 +112,9 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None
         return matvec(x2, planes, bias, fmt, act=act, xa=qa).reshape(*x.shape[:-1], n_out)
     if ya_interleave is not None:
         raise ValueError(f"{fmt}: the GLU matvec that quantizes its output runs for M <= {spec.matvec_max_m}, got {M}")
-    if settings.exact_matvec or M < spec.fused_gemm_max_m or settings.gemm == "fused":
+    if M <= spec.int8_mma_max_m and not settings.exact_matvec:  # xa when quantize_act filled it
+        out = int8_mma(x2, planes, bias, fmt, xa=qa)
+    elif settings.exact_matvec or M < spec.fused_gemm_max_m or settings.gemm == "fused":
         out = qgemm(x2, planes, bias, fmt)
     else:
         out = dequant_mm(x2, planes, bias, fmt)

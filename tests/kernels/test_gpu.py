@@ -38,6 +38,26 @@ def test_qlinear_cuda(fmt, N, K, M):
         assert rel_err(out.float(), refq) < 5e-3
 
 
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k"])
+@pytest.mark.parametrize("N,K", [(4096, 14336), (6144, 4096), (1000, 2048)])
+@pytest.mark.parametrize("M", [2, 5, 16, 33, 64])
+def test_int8_mma_cuda(fmt, N, K, M):
+    """int8_mma (W4A8 on the int8 tensor cores) at full size against the dequantized-activation
+    reference: exact integer dots, so float32 rounding only."""
+    from inductor_fuse.kernels.int8_mma import int8_mma
+
+    dev = "cuda"
+    planes = random_planes(fmt, N, K, dev, seed=N + M)
+    wd = FORMATS[fmt].dequantize(planes)
+    x = torch.randn(M, K, device=dev, generator=torch.Generator(device=dev).manual_seed(M), dtype=torch.bfloat16)
+    bias = torch.randn(N, device=dev, dtype=torch.bfloat16)
+    out = int8_mma(x, planes, bias, fmt)
+    torch.cuda.synchronize()
+    refq = act_quant_reference(x.float()) @ wd.T + bias.float()
+    assert out.dtype == torch.bfloat16 and out.shape == (M, N) and torch.isfinite(out).all()
+    assert rel_err(out.float(), refq) < 5e-3, f"{fmt} M={M}: rel err {rel_err(out.float(), refq):.3e}"
+
+
 def test_cuda_graph_capture():
     dev = "cuda"
     fmt, N, K = "q4_k", 4096, 4096

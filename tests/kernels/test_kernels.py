@@ -194,6 +194,42 @@ def test_dispatch_follows_the_settings(monkeypatch):
     assert calls == ["dequant_mm", "qgemm"]
 
 
+def test_dispatch_routes_a_few_rows_to_int8_mma(monkeypatch):
+    """Q4_K with matvec_max_m < M <= int8_mma_max_m: int8_mma (W4A8: the int8-activation reference at
+    1e-5), the GLU as int8_mma + act*mul, x quantized by the caller when given; exact_matvec and
+    the edges of the range keep the other paths. Every format with an int8_mma_max_m has the kernel."""
+    from inductor_fuse.kernels import int8_mma as mma_file
+
+    for fmt, spec in KERNELS.items():
+        assert spec.int8_mma_max_m == 0 or fmt in mma_file.FORMATS, fmt
+    fmt, N, K = "q4_k", 40, 256
+    spec = KERNELS[fmt]
+    planes = _weight(fmt, N, K, seed=5)
+    w = FORMATS[fmt].dequantize(planes)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return mma_file.int8_mma(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "int8_mma", spy)
+    lo, hi = spec.matvec_max_m, spec.int8_mma_max_m
+    for M in (lo, lo + 1, hi, hi + 1):
+        x = _x(M, K, seed=M)
+        with config.patch(exact_matvec=False):
+            out = dispatch.qlinear_cuda(x, planes, None, fmt)
+        ref = act_quant_reference(x) @ w.T if M <= hi else x @ w.T
+        _assert_close(out, ref, 1e-5, f"M={M}")
+    assert calls == [lo + 1, hi]
+    x = _x(hi, K, seed=9)
+    y = dispatch.qlinear_cuda(x, planes, None, fmt, act="silu", xa=list(vars(act_quant(x)).values()))
+    gate_up = act_quant_reference(x) @ w.T
+    _assert_close(y, torch.nn.functional.silu(gate_up[:, 0::2]) * gate_up[:, 1::2], 1e-5, "GLU")
+    with config.patch(exact_matvec=True):
+        _assert_close(dispatch.qlinear_cuda(x, planes, None, fmt), x @ w.T, 1e-5, "exact_matvec")
+    assert calls == [lo + 1, hi, hi]
+
+
 def test_matvec_launch_hook():
     fmt, N, K = "q8_0", 8, 64
     planes = _weight(fmt, N, K, seed=4)
