@@ -44,7 +44,6 @@ class MmaConfig:
     num_warps: int = 4
     num_stages: int = 3
     weights_first: bool = True  # the weights are the dot's first operand (out^T = W x^T)
-    unroll: int = 1  # Q4_K: units per K step (1, 2 or 4), their weight loads issued together
 
 
 @triton.jit
@@ -104,37 +103,15 @@ def _mma_store(
 
 
 @triton.jit
-def _q4k_load(qs_ptr, sm_ptr, dm_ptr, rn64, K, u, l):
-    # unit u's weight-side bytes: qs [BN, 32], (sc_lo, m_lo, sc_hi, m_hi) [BN], d, dmin [BN]
-    b = tl.load(qs_ptr + tl.multiple_of(rn64 * (K // 2), 16)[:, None] + (u * 32 + l)[None, :])
+def _q4k_scales(sm_ptr, dm_ptr, rn64, xd_ptr, xs_ptr, rmc, K, u):
+    # unit u's scales: (sc_lo, m_lo, sc_hi, m_hi) [BN] int32, d and dmin [BN], and x's xd, xs32 of
+    # both sub-blocks [BM]. Triton pipelines only the loads that feed a dot (the qs bytes): these
+    # the loop loads one unit ahead itself, or each step would wait a global load's latency.
     smw = tl.load(sm_ptr + rn64 * (K // 64) + u)
     d = tl.load(dm_ptr + rn64 * (K // 128) + (u // 4) * 2)
     dmin = tl.load(dm_ptr + rn64 * (K // 128) + (u // 4) * 2 + 1)
-    return b, smw, d, dmin
-
-
-@triton.jit
-def _q4k_unit(acc, w, u, xq_ptr, xrow, xd_ptr, xs_ptr, rmc, K, l, WT: tl.constexpr):
-    b, smw, d, dmin = w
-    d = d.to(tl.float32)
-    dmin = dmin.to(tl.float32)
-    x_lo = tl.load(xq_ptr + xrow[:, None] + (u * 64 + l)[None, :])
-    x_hi = tl.load(xq_ptr + xrow[:, None] + (u * 64 + 32 + l)[None, :])
-    s_lo = _idot(x_lo, (b & 15).to(tl.int8), WT)
-    s_hi = _idot(x_hi, (b >> 4).to(tl.int8), WT)
     g = rmc * (K // 32) + 2 * u
-    xd_lo = tl.load(xd_ptr + g)
-    xd_hi = tl.load(xd_ptr + g + 1)
-    xs_lo = tl.load(xs_ptr + g)
-    xs_hi = tl.load(xs_ptr + g + 1)
-    dsc_lo = d * (smw & 0xFF).to(tl.float32)
-    dm_lo = dmin * ((smw >> 8) & 0xFF).to(tl.float32)
-    dsc_hi = d * ((smw >> 16) & 0xFF).to(tl.float32)
-    dm_hi = dmin * ((smw >> 24) & 0xFF).to(tl.float32)
-    acc += s_lo.to(tl.float32) * _outer(xd_lo, dsc_lo, WT)
-    acc += s_hi.to(tl.float32) * _outer(xd_hi, dsc_hi, WT)
-    acc -= _outer(xs_lo, dm_lo, WT) + _outer(xs_hi, dm_hi, WT)
-    return acc
+    return smw, d, dmin, tl.load(xd_ptr + g), tl.load(xd_ptr + g + 1), tl.load(xs_ptr + g), tl.load(xs_ptr + g + 1)
 
 
 @triton.jit
@@ -156,26 +133,30 @@ def _q4k_mma_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     WT: tl.constexpr,
-    UNROLL: tl.constexpr,  # units per step, their weight loads issued together
 ):
     rn, rm, rnc, rmc, u0, u1, pid_s = _mma_prologue(M, N, K // 64, UNITS_PER_SPLIT, BLOCK_M, BLOCK_N)
     rn64 = rnc.to(tl.int64)
     xrow = rmc.to(tl.int64) * K
     l = tl.arange(0, 32)
     acc = tl.zeros([BLOCK_N, BLOCK_M] if WT else [BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for u in range(loop_bound(u0), loop_bound(u1), UNROLL):
-        w0 = _q4k_load(qs_ptr, sm_ptr, dm_ptr, rn64, K, u, l)
-        if UNROLL >= 2:
-            w1 = _q4k_load(qs_ptr, sm_ptr, dm_ptr, rn64, K, u + 1, l)
-        if UNROLL >= 4:
-            w2 = _q4k_load(qs_ptr, sm_ptr, dm_ptr, rn64, K, u + 2, l)
-            w3 = _q4k_load(qs_ptr, sm_ptr, dm_ptr, rn64, K, u + 3, l)
-        acc = _q4k_unit(acc, w0, u, xq_ptr, xrow, xd_ptr, xs_ptr, rmc, K, l, WT)
-        if UNROLL >= 2:
-            acc = _q4k_unit(acc, w1, u + 1, xq_ptr, xrow, xd_ptr, xs_ptr, rmc, K, l, WT)
-        if UNROLL >= 4:
-            acc = _q4k_unit(acc, w2, u + 2, xq_ptr, xrow, xd_ptr, xs_ptr, rmc, K, l, WT)
-            acc = _q4k_unit(acc, w3, u + 3, xq_ptr, xrow, xd_ptr, xs_ptr, rmc, K, l, WT)
+    nxt = _q4k_scales(sm_ptr, dm_ptr, rn64, xd_ptr, xs_ptr, rmc, K, u0)
+    for u in range(loop_bound(u0), loop_bound(u1)):
+        smw, d, dmin, xd_lo, xd_hi, xs_lo, xs_hi = nxt
+        nxt = _q4k_scales(sm_ptr, dm_ptr, rn64, xd_ptr, xs_ptr, rmc, K, tl.minimum(u + 1, u1 - 1))
+        b = tl.load(qs_ptr + tl.multiple_of(rn64 * (K // 2), 16)[:, None] + (u * 32 + l)[None, :])
+        x_lo = tl.load(xq_ptr + xrow[:, None] + (u * 64 + l)[None, :])
+        x_hi = tl.load(xq_ptr + xrow[:, None] + (u * 64 + 32 + l)[None, :])
+        s_lo = _idot(x_lo, (b & 15).to(tl.int8), WT)
+        s_hi = _idot(x_hi, (b >> 4).to(tl.int8), WT)
+        d = d.to(tl.float32)
+        dmin = dmin.to(tl.float32)
+        dsc_lo = d * (smw & 0xFF).to(tl.float32)
+        dm_lo = dmin * ((smw >> 8) & 0xFF).to(tl.float32)
+        dsc_hi = d * ((smw >> 16) & 0xFF).to(tl.float32)
+        dm_hi = dmin * ((smw >> 24) & 0xFF).to(tl.float32)
+        acc += s_lo.to(tl.float32) * _outer(xd_lo, dsc_lo, WT)
+        acc += s_hi.to(tl.float32) * _outer(xd_hi, dsc_hi, WT)
+        acc -= _outer(xs_lo, dm_lo, WT) + _outer(xs_hi, dm_hi, WT)
     _mma_store(acc, rn, rm, M, N, pid_s, out_ptr, bias_ptr, HAS_BIAS, SPLIT, WT)
 
 
@@ -273,11 +254,8 @@ def int8_mma(
     if xa is None:
         xa = act_quant(x)
     cfg = config or default_config(fmt, M, N, K)
-    units = K // _UNIT[fmt]  # a multiple of 4 for Q4_K (K % 256 == 0)
-    unroll = cfg.unroll if fmt == "q4_k" else 1
-    if unroll not in (1, 2, 4):
-        raise ValueError(f"int8_mma: unroll must be 1, 2 or 4, got {unroll}")
-    per_split = triton.cdiv(triton.cdiv(units, cfg.split_k), unroll) * unroll
+    units = K // _UNIT[fmt]
+    per_split = triton.cdiv(units, cfg.split_k)
     split = triton.cdiv(units, per_split)
     grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, cfg.block_m), split)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
@@ -296,7 +274,7 @@ def int8_mma(
     if fmt == "q4_k":
         qs, sm, dm = planes
         sm32 = sm.view(torch.int32)
-        _q4k_mma_kernel[grid](xq, xa.xd, xa.xs32, qs, sm32, dm, b, dst, M, N, K, per_split, UNROLL=unroll, **common)
+        _q4k_mma_kernel[grid](xq, xa.xd, xa.xs32, qs, sm32, dm, b, dst, M, N, K, per_split, **common)
     else:
         ql, qh, sc, d = planes
         _q6k_mma_kernel[grid](xq, xa.xd, ql, qh, sc, d, b, dst, M, N, K, per_split, **common)

@@ -112,5 +112,5 @@ def _q4k_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
 (SPEC,) = register_kernels(
     KernelSpec("q4_k", UNIT.value, _q4k_load_units, _q4k_decode, _q4k_row_dot, _q4k_dequant_tile,
                plane_dtypes=(torch.int32, torch.int32, None), default_config=prefetch_when_batched(2, 16, num_warps=1),
-               int8_mma_max_m=32)
+               int8_mma_max_m=32)  # M = 9..32: benchmarks/results/2026-12-03-small-m.json
 )  # fmt: skip

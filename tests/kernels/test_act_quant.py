@@ -152,7 +152,7 @@ def test_glu_quantizes_its_output(fmt, dtype, glu_quant, act_quant_calls):
     """glu_qlinear_q8_quantize_act's CUDA body: y bit for bit glu_qlinear_q8's, the int8 buffers
     bit for bit quantize_act_reference of that y (both layouts); fused (the GLU matvec's epilogue
     quantizes: no act_quant launch) or GLU then act_quant; rows past 32-tile programs (I = 96: three
-    programs of one tile) and past the matvec range (the GEMM runs: nothing quantized, y the same)."""
+    programs of one tile) and past the matvec range (int8_mma or the GEMM runs: nothing quantized, y the same)."""
     spec = KERNELS[fmt]
     I, K = 96, 256
     planes = _planes(fmt, 2 * I, K, seed=5)
@@ -170,7 +170,7 @@ def test_glu_quantizes_its_output(fmt, dtype, glu_quant, act_quant_calls):
             # the quantizing programs may sum in another order: tests/kernels/test_gpu.py)
             assert torch.equal(y, want_y), (M, out_il)
             if M > 8:
-                assert act_quant_calls == []  # the down projection's GEMM reads y, not the buffers
+                assert act_quant_calls == []  # the down projection reads y (its own act_quant), not the buffers
                 continue
             assert act_quant_calls == ([] if glu_quant else [(M, I)]), (M, out_il)
             for name, a, b in zip(("yq", "yd", "ys32", "ys16"), ya, quantize_act_reference(y, out_il)):

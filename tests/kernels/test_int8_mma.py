@@ -39,13 +39,13 @@ def test_int8_mma_matches_reference(fmt, M, N, K):
 
 
 @pytest.mark.parametrize("fmt", MMA_FORMATS)
-@pytest.mark.parametrize("split_k,weights_first,unroll", [(2, True, 2), (3, False, 1), (3, True, 4)])
-def test_int8_mma_split_k(fmt, split_k, weights_first, unroll):
+@pytest.mark.parametrize("split_k,weights_first", [(2, True), (3, False), (3, True)])
+def test_int8_mma_split_k(fmt, split_k, weights_first):
     """Partials over K summed by splitk_reduce, the bias added once; a split count that does not
-    divide the units leaves a shorter last split; both operand orders; Q4_K's unrolled K steps."""
+    divide the units leaves a shorter last split; both operand orders."""
     x, planes, w = _case(fmt, 3, 21, 1024, seed=split_k)
     bias = torch.randn(21)
-    cfg = MmaConfig(16, 16, split_k, num_warps=1, num_stages=1, weights_first=weights_first, unroll=unroll)
+    cfg = MmaConfig(16, 16, split_k, num_warps=1, num_stages=1, weights_first=weights_first)
     _check(int8_mma(x, planes, bias, fmt, config=cfg), x, w, bias, f"{fmt} split_k={split_k}")
 
 

@@ -167,7 +167,7 @@ def test_dequant_mm_chunks(monkeypatch):
 def test_dispatch_follows_the_settings(monkeypatch):
     # exact_matvec sends a decode-sized call to the GEMM (float activation: the float reference
     # at 1e-5); gemm="fused" keeps qgemm past fused_gemm_max_m, where dequant_mm would run
-    fmt, N, K = "q6_k", 37, 256  # q6_k: fused_gemm_max_m = 0, dequant_mm right above the matvec
+    fmt, N, K = "q6_k", 37, 256  # q6_k: fused_gemm_max_m = 0, dequant_mm right above the W4A8 paths
     planes = _weight(fmt, N, K, seed=2)
     w = FORMATS[fmt].dequantize(planes)
     x = _x(1, K, seed=2)
@@ -186,7 +186,8 @@ def test_dispatch_follows_the_settings(monkeypatch):
 
     monkeypatch.setattr(dispatch, "qgemm", spy("qgemm", gemm.qgemm))
     monkeypatch.setattr(dispatch, "dequant_mm", spy("dequant_mm", gemm.dequant_mm))
-    x = _x(KERNELS[fmt].matvec_max_m + 1, K, seed=3)
+    spec = KERNELS[fmt]
+    x = _x(max(spec.matvec_max_m, spec.int8_mma_max_m) + 1, K, seed=3)  # the first M past both W4A8 paths
     with config.patch(exact_matvec=False, gemm="auto"):
         dispatch.qlinear_cuda(x, planes, None, fmt)
     with config.patch(exact_matvec=False, gemm="fused"):
