@@ -1,9 +1,12 @@
-"""W4A8 for a few rows of x (2 <= M <= 64) on the int8 tensor cores: `int8_mma`.
+"""W4A8 for a few rows of x on the int8 tensor cores: `int8_mma` (the dispatcher runs it for
+matvec_max_m < M <= KernelSpec.int8_mma_max_m: Q4_K 9..32, Q6_K 17..32).
 
 The matvec (kernels/<fmt>.py, `_common.matvec_kernel`) spends one `dp4a` per 4 weights per row of
-x, so its time grows with M: on an H200, Q4_K gate_up 18 us at M = 1, 45 us at M = 4, 149 us at
-M = 16. Here the rows of x are the M side of an int8 `tl.dot` (mma m16n8k32, x padded to 16 rows),
-so the weights are decoded once for all rows and the products cost the tensor cores, not the ALUs.
+x, so its time grows with M: on an H200, Q4_K gate_up 19.7 us at M = 1, 50.1 at M = 4, 169.0 at
+M = 16. Here the rows of x are one side of an int8 `tl.dot` (x padded to 16 rows; with the weights
+as the first operand, Q4_K's default, a wgmma whose A fragments are the nibbles decoded in
+registers), so the weights are decoded once for all rows and the products cost the tensor cores,
+not the ALUs: gate_up 77.8 us at M = 16 (docs/kernels.md, "A few rows").
 Each 32-weight sub-block is one dot of K = 32 whose int32 result gets the sub-block's scales:
 
     Q4_K (a unit = 64 weights: 32 qs bytes, low nibbles sub-block 2u, high nibbles 2u + 1):
