@@ -71,6 +71,12 @@ def n_copies(bytes_per_copy: int) -> int:
     return max(2, math.ceil(3 * L2_BYTES / max(bytes_per_copy, 1)) + 1)
 
 
+def weight_copies(fmt: str, N: int, K: int, dev, seed: int = 0) -> list:
+    """Enough random weights of one shape (seeds seed, seed + 1, ...) to exceed 3x the L2 together."""
+    probe = random_planes(fmt, N, K, dev, seed=seed)
+    return [probe] + [random_planes(fmt, N, K, dev, seed=seed + i + 1) for i in range(n_copies(plane_bytes(probe)) - 1)]
+
+
 def time_graph(fns, calls_per_copy: int = 0, replays: int = 7) -> float:
     """fns: one closure per weight copy. Captures rounds over all copies in one CUDA graph;
     returns the median seconds per call."""
@@ -123,9 +129,8 @@ def bench_case(name, N, K, fmt, M, dev, results, with_baselines=True, seed=0):
     spec = KERNELS[fmt]
     row = {"shape": name, "N": N, "K": K, "fmt": fmt, "M": M}
     x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
-    probe = random_planes(fmt, N, K, dev, seed=seed)
-    wbytes = plane_bytes(probe)
-    copies = [probe] + [random_planes(fmt, N, K, dev, seed=seed + i + 1) for i in range(n_copies(wbytes) - 1)]
+    copies = weight_copies(fmt, N, K, dev, seed)
+    probe, wbytes = copies[0], plane_bytes(copies[0])
     io = M * K * 2 + M * N * 2
     op = torch.ops.inductor_fuse.qlinear
     t = time_graph([lambda p=p: op(x, p, None, fmt) for p in copies])
@@ -172,8 +177,7 @@ def crossover(dev, out):
         ("down", 4096, 14336, "q4_k"),
         ("down", 4096, 14336, "q6_k"),
     ]:
-        probe = random_planes(fmt, N, K, dev)
-        copies = [probe] + [random_planes(fmt, N, K, dev, seed=i + 1) for i in range(n_copies(plane_bytes(probe)) - 1)]
+        copies = weight_copies(fmt, N, K, dev)
         for M in (2, 4, 8, 16):
             x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
             tm = time_graph([lambda p=p: dispatch.matvec(x, p, None, fmt) for p in copies])
@@ -226,9 +230,8 @@ def small_m(dev, out, ms, mma_sweep=False):
     of a small grid too."""
     rows = []
     for name, N, K, fmt in SMALL_M_SHAPES:
-        probe = random_planes(fmt, N, K, dev)
-        wbytes = plane_bytes(probe)
-        copies = [probe] + [random_planes(fmt, N, K, dev, seed=i + 1) for i in range(n_copies(wbytes) - 1)]
+        copies = weight_copies(fmt, N, K, dev)
+        wbytes = plane_bytes(copies[0])
         op = torch.ops.inductor_fuse.qlinear
         wb = N * K * 2
         ws = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) for _ in range(n_copies(wb))]
@@ -288,9 +291,8 @@ def sweep(dev, out, args_dump=None, sweep_formats=("q4_k", "q6_k"), sweep_ms=(1,
         if fmt not in sweep_formats:
             continue
         spec = KERNELS[fmt]
-        probe = random_planes(fmt, N, K, dev)
-        wbytes = plane_bytes(probe)
-        copies = [probe] + [random_planes(fmt, N, K, dev, seed=i + 1) for i in range(n_copies(wbytes) - 1)]
+        copies = weight_copies(fmt, N, K, dev)
+        wbytes = plane_bytes(copies[0])
         views = [spec.plane_views(p) for p in copies]
         for M in sweep_ms:
             x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)

@@ -35,7 +35,8 @@ import triton.language as tl
 
 from ._common import QuantizedActivation, act_quant, interpreting, loop_bound, splitk_reduce
 
-FORMATS = ("q4_k", "q6_k")  # the formats with an int8_mma kernel
+_UNIT = {"q4_k": 64, "q6_k": 128}  # weights per K step of each format's kernel
+FORMATS = tuple(_UNIT)  # the formats with an int8_mma kernel
 MAX_M = 64
 
 
@@ -50,17 +51,21 @@ class MmaConfig:
 
 
 @triton.jit
-def _mma_prologue(M, N, UNITS, UNITS_PER_SPLIT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _mma_prologue(M, N, K, UNITS, UNITS_PER_SPLIT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WT: tl.constexpr):
+    # this program's weight rows and rows of x (both clamped in range: the store masks), their
+    # row offsets, its units [u0, u1) of K, and the zeroed accumulator in its orientation
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rnc = tl.minimum(rn, N - 1)
+    rn64 = tl.minimum(rn, N - 1).to(tl.int64)
     rmc = tl.minimum(rm, M - 1)
+    xrow = rmc.to(tl.int64) * K
     u0 = pid_s * UNITS_PER_SPLIT
     u1 = tl.minimum(u0 + UNITS_PER_SPLIT, UNITS)
-    return rn, rm, rnc, rmc, u0, u1, pid_s
+    acc = tl.zeros([BLOCK_N, BLOCK_M] if WT else [BLOCK_M, BLOCK_N], dtype=tl.float32)
+    return rn, rm, rn64, rmc, xrow, u0, u1, pid_s, acc
 
 
 @triton.jit
@@ -71,6 +76,15 @@ def _idot(x, w, WT: tl.constexpr):
         return tl.dot(w, tl.trans(x), out_dtype=tl.int32)
     else:
         return tl.dot(x, tl.trans(w), out_dtype=tl.int32)
+
+
+@triton.jit
+def _w(b, WT: tl.constexpr):
+    # b [BN] (weight side), broadcastable against the accumulator
+    if WT:
+        return b[:, None]
+    else:
+        return b[None, :]
 
 
 @triton.jit
@@ -97,11 +111,7 @@ def _mma_store(
         tl.store(out_ptr + pid_s.to(tl.int64) * M * N + offs, acc, mask=mask)
     else:
         if HAS_BIAS:
-            b = tl.load(bias_ptr + tl.minimum(rn, N - 1)).to(tl.float32)
-            if not WT:
-                acc += b[None, :]
-            else:
-                acc += b[:, None]
+            acc += _w(tl.load(bias_ptr + tl.minimum(rn, N - 1)).to(tl.float32), WT)
         tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -137,11 +147,8 @@ def _q4k_mma_kernel(
     BLOCK_N: tl.constexpr,
     WT: tl.constexpr,
 ):
-    rn, rm, rnc, rmc, u0, u1, pid_s = _mma_prologue(M, N, K // 64, UNITS_PER_SPLIT, BLOCK_M, BLOCK_N)
-    rn64 = rnc.to(tl.int64)
-    xrow = rmc.to(tl.int64) * K
+    rn, rm, rn64, rmc, xrow, u0, u1, pid_s, acc = _mma_prologue(M, N, K, K // 64, UNITS_PER_SPLIT, BLOCK_M, BLOCK_N, WT)
     l = tl.arange(0, 32)
-    acc = tl.zeros([BLOCK_N, BLOCK_M] if WT else [BLOCK_M, BLOCK_N], dtype=tl.float32)
     nxt = _q4k_scales(sm_ptr, dm_ptr, rn64, xd_ptr, xs_ptr, rmc, K, u0)
     for u in range(loop_bound(u0), loop_bound(u1)):
         smw, d, dmin, xd_lo, xd_hi, xs_lo, xs_hi = nxt
@@ -173,8 +180,7 @@ def _q6k_sub_block(acc, q, xq_ptr, xrow, xd_ptr, rmc, sc_ptr, rn64, d, s, K, l, 
     sc_a = tl.load(sc_ptr + rn64 * (K // 16) + 2 * s).to(tl.float32)
     sc_b = tl.load(sc_ptr + rn64 * (K // 16) + 2 * s + 1).to(tl.float32)
     xd = tl.load(xd_ptr + rmc * (K // 32) + s)
-    ones = tl.full(xd.shape, 1.0, tl.float32)
-    part = s_a.to(tl.float32) * _outer(ones, sc_a, WT) + s_b.to(tl.float32) * _outer(ones, sc_b, WT)
+    part = s_a.to(tl.float32) * _w(sc_a, WT) + s_b.to(tl.float32) * _w(sc_b, WT)
     return acc + part * _outer(xd, d, WT)
 
 
@@ -198,11 +204,10 @@ def _q6k_mma_kernel(
     BLOCK_N: tl.constexpr,
     WT: tl.constexpr,
 ):
-    rn, rm, rnc, rmc, u0, u1, pid_s = _mma_prologue(M, N, K // 128, UNITS_PER_SPLIT, BLOCK_M, BLOCK_N)
-    rn64 = rnc.to(tl.int64)
-    xrow = rmc.to(tl.int64) * K
+    rn, rm, rn64, rmc, xrow, u0, u1, pid_s, acc = _mma_prologue(
+        M, N, K, K // 128, UNITS_PER_SPLIT, BLOCK_M, BLOCK_N, WT
+    )
     l = tl.arange(0, 32)
-    acc = tl.zeros([BLOCK_N, BLOCK_M] if WT else [BLOCK_M, BLOCK_N], dtype=tl.float32)
     for u in range(loop_bound(u0), loop_bound(u1)):  # u: half u % 2 of block u // 2
         ql = tl.multiple_of(rn64 * (K // 2), 16)[:, None] + (u * 64 + l)[None, :]
         ql0 = tl.load(ql_ptr + ql).to(tl.int32)
@@ -218,9 +223,6 @@ def _q6k_mma_kernel(
         acc = _q6k_sub_block(acc, q2.to(tl.int8), xq_ptr, xrow, xd_ptr, rmc, sc_ptr, rn64, d, 4 * u + 2, K, l, WT)
         acc = _q6k_sub_block(acc, q3.to(tl.int8), xq_ptr, xrow, xd_ptr, rmc, sc_ptr, rn64, d, 4 * u + 3, K, l, WT)
     _mma_store(acc, rn, rm, M, N, pid_s, out_ptr, bias_ptr, HAS_BIAS, SPLIT, WT)
-
-
-_UNIT = {"q4_k": 64, "q6_k": 128}
 
 
 def default_config(fmt: str, M: int, N: int, K: int) -> MmaConfig:
