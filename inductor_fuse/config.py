@@ -19,9 +19,6 @@
                                                                  projection in its epilogue (programs of 64 rows,
                                                                  one act_quant launch fewer per layer); off: the
                                                                  GLU matvec, then act_quant (the same numbers)
-    INDUCTOR_FUSE_CACHE_DIR=path    cache_dir          (below)   where the GGUF loader keeps what is slow to rebuild
-                                                                 (the tokenizer of a vocabulary); default
-                                                                 ~/.cache/inductor_fuse; empty: no cache
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 
@@ -57,7 +54,6 @@ class Settings:
     no_tune: bool = False
     tune: bool = False
     glu_quant: bool = False
-    cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "inductor_fuse")
     on_matvec_launch: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
@@ -73,7 +69,6 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         no_tune=environ.get("INDUCTOR_FUSE_NO_TUNE", "0") == "1",
         tune=environ.get("INDUCTOR_FUSE_TUNE", "0") == "1",
         glu_quant=environ.get("INDUCTOR_FUSE_GLU_QUANT", "0") == "1",
-        cache_dir=environ.get("INDUCTOR_FUSE_CACHE_DIR", Settings.cache_dir),
     )
 
 

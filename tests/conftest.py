@@ -1,15 +1,11 @@
 import os
 import sys
-import tempfile
 
 # Triton kernels run on the CPU under the interpreter unless INDUCTOR_FUSE_GPU_TESTS=1 asks for
 # the real GPU kernels. Set here, before anything imports a kernel module: `triton.jit` reads the
 # variable when it decorates, so a kernel imported earlier would not be interpreted.
 if os.environ.get("INDUCTOR_FUSE_GPU_TESTS", "0") != "1":
     os.environ["TRITON_INTERPRET"] = "1"
-
-# The GGUF loader's cache (tokenizers) goes to a directory of this session, not the user's.
-os.environ.setdefault("INDUCTOR_FUSE_CACHE_DIR", tempfile.mkdtemp(prefix="inductor_fuse_cache_"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -17,6 +17,9 @@ GPU variants (`-m gpu`, INDUCTOR_FUSE_GPU_TESTS=1): bfloat16, and Q4_K weights v
 
 import pytest
 import torch
+
+pytest.importorskip("transformers")  # a test dependency (".[test]"); a machine without it skips the sweep
+
 from hf_models import FAMILIES, Family, FamilyUnavailable, build, input_ids
 from numerics import rel_err
 

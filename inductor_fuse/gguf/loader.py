@@ -65,11 +65,9 @@ def load_gguf(
     device = torch.device(device)
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    # Two jobs run on threads while this one parses the file and converts the weights: the CUDA
-    # context (its creation, a few tenths of a second, would otherwise wait for the first weight
-    # copy) and the tokenizer (a vocabulary's JSON parsed in Rust without the GIL, ~0.5 s for
-    # Gemma's 262k tokens).
-    with ThreadPoolExecutor(2, thread_name_prefix="inductor_fuse-load") as pool:
+    # The CUDA context is created on a thread while this one parses the file and converts the
+    # weights (its creation, a few tenths of a second, would otherwise wait for the first weight copy).
+    with ThreadPoolExecutor(1, thread_name_prefix="inductor_fuse-load") as pool:
         device_job = pool.submit(_start_device, device) if device.type == "cuda" else None
         reader = _open(path)
         try:
@@ -77,10 +75,9 @@ def load_gguf(
             arch = field_value(reader, "general.architecture")
             tensors = {t.name: t for t in reader.tensors}
             plan = _plan(args, reader, tensors, path)  # every tensor checked before anything is built
-            tokenizer_job = pool.submit(GGUFTokenizer.from_reader, reader, path)
+            tokenizer = GGUFTokenizer.from_reader(reader, path)
             model = _build(args, arch, plan, tensors, path, device, dtype, progress)
             model.setup_caches(max_batch_size, max_seq_len, dtype)
-            tokenizer = tokenizer_job.result()
             if device_job is not None:
                 device_job.result()  # its error, if the build did not meet it first
         except GGUFLoadError:
@@ -98,7 +95,7 @@ def _start_device(device: torch.device) -> None:
 def _open(path: str) -> GGUFFile:
     if not os.path.isfile(path):
         raise GGUFLoadError(f"{path}: no such file")
-    return read_gguf(path)  # every declared length and tensor byte range checked
+    return read_gguf(path, populate=True)  # every declared length and tensor byte range checked
 
 
 def _scalar(reader: GGUFFile, key: str, path: str, default: Any = None) -> Any:

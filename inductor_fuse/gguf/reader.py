@@ -129,9 +129,11 @@ class GGUFFile:
     tensors: list[GGUFTensor]  # in file order
 
 
-def read_gguf(path: str) -> GGUFFile:
+def read_gguf(path: str, populate: bool = False) -> GGUFFile:
     """The file's metadata and tensors; GGUFLoadError naming `path` and the cause unless it is
-    structurally sound GGUF."""
+    structurally sound GGUF. populate: map the whole file in at once (Linux's MAP_POPULATE), for a
+    caller that reads every tensor: one pass instead of a page fault per 4 KiB page (Gemma-3-270M:
+    0.07 s instead of 0.3-0.7 s for its 253 MB, on a 2-core machine)."""
     try:
         with open(path, "rb") as f:
             head = f.read(HEADER_BYTES)
@@ -141,7 +143,14 @@ def read_gguf(path: str) -> GGUFFile:
                 raise _unreadable(path, f"{len(head)} bytes, shorter than the {HEADER_BYTES}-byte header")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 fields, infos, data_start = _walk(_Cursor(buf, path))
-        data = np.memmap(path, dtype=np.uint8, mode="r") if infos else np.zeros(0, np.uint8)
+        if not infos:
+            data = np.zeros(0, np.uint8)
+        elif populate and hasattr(mmap, "MAP_POPULATE"):
+            with open(path, "rb") as f:
+                flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+                data = np.frombuffer(mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ), dtype=np.uint8)
+        else:
+            data = np.memmap(path, dtype=np.uint8, mode="r")
     except OSError as e:
         raise GGUFLoadError(f"{path}: cannot read: {e}") from e
     tensors = []

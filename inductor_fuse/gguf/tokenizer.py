@@ -1,4 +1,4 @@
-"""The tokenizer a GGUF file describes, rebuilt on the `tokenizers` library.
+"""The tokenizer a GGUF file describes.
 
 A GGUF has no `tokenizer.json`; it stores the vocabulary under llama.cpp's keys:
 
@@ -10,10 +10,11 @@ A GGUF has no `tokenizer.json`; it stores the vocabulary under llama.cpp's keys:
     tokenizer.ggml.merges       "a b" strings (gpt2 only; SentencePiece files derive them from the vocabulary)
     tokenizer.ggml.{bos,eos,eot,eom,unknown}_token_id, add_bos_token, add_space_prefix
 
-We build a `tokenizers.Tokenizer` from these the way the original tokenizers are built (and as
-transformers' GGUF loader does): a BPE model with byte fallback for SentencePiece, a byte-level BPE
-with the pre-tokenizer regex for gpt2; control tokens become special added tokens, user-defined
-ones plain added tokens (matched whole).
+SentencePiece vocabularies run on `sentencepiece.SentencePieceBPE` (plain Python: nothing to build
+but a dictionary, so Gemma's 262k pieces are ready at once). Byte-level BPE vocabularies run on a
+`tokenizers` BPE with the pre-tokenizer regex, built as the original tokenizers are (and as
+transformers' GGUF loader does). In both, control tokens are special (matched whole, skipped when
+decoding on request) and user-defined ones are matched whole.
 
     tok = GGUFTokenizer.from_reader(reader, path)
     ids = tok.encode("The capital of France is")        # [bos, ...] when the file asks for BOS
@@ -24,26 +25,16 @@ ones plain added tokens (matched whole).
 from __future__ import annotations
 
 import functools
-import hashlib
-import itertools
-import logging
-import os
-import tempfile
 from dataclasses import dataclass
 
-import tokenizers
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-from .. import config
 from .metadata import GGUFLoadError, field_value
 from .reader import GGUFFile
-
-log = logging.getLogger("inductor_fuse")
+from .sentencepiece import SPM_SPACE, SentencePieceBPE
 
 # llama.cpp's token types (tokenizer.ggml.token_type).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
-
-SPM_SPACE = "\u2581"  # "▁", SentencePiece's visible space
 
 # Pre-tokenizer regexes of byte-level BPE vocabularies, by `tokenizer.ggml.pre`
 # (the same strings as the reference tokenizer.json files and llama.cpp's llama-vocab.cpp).
@@ -92,29 +83,6 @@ def byte_alphabet() -> dict[int, str]:
     return spelling
 
 
-def merges_from_vocab(tokens: list[str], rank: list[float]) -> list[tuple[str, str]]:
-    """BPE merges implied by a SentencePiece vocabulary: every split of a token into two tokens,
-    best (lowest `rank`) merged token first; ties: longer left piece, longer right piece, then
-    vocabulary order (the order transformers' `generate_merges` gives). A rank only one token has
-    (every rank of Gemma's, which ranks by position) needs no sort: its splits, longer left first."""
-    vocab = set(tokens)
-
-    def splits(token: str) -> list[tuple[str, str]]:  # longer left piece first
-        cuts = range(len(token) - 1, 0, -1)
-        return [(token[:c], token[c:]) for c in cuts if token[:c] in vocab and token[c:] in vocab]
-
-    merges = []
-    order = sorted(range(len(tokens)), key=rank.__getitem__)  # stable: equal ranks in vocabulary order
-    for _, same in itertools.groupby(order, key=rank.__getitem__):
-        same = list(same)
-        if len(same) == 1:
-            merges += splits(tokens[same[0]])
-        else:
-            keyed = [((-len(left), -len(right), i), left, right) for i in same for left, right in splits(tokens[i])]
-            merges += [(left, right) for _, left, right in sorted(keyed)]
-    return merges
-
-
 class GGUFTokenizer:
     """encode/decode for a GGUF vocabulary; see the module docstring."""
 
@@ -131,21 +99,25 @@ class GGUFTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
+        return self.backend.vocab_size
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
         """Token ids of `text`; BOS first when `bos` and the file asks for one (add_bos_token)."""
-        ids = self.backend.encode(text, add_special_tokens=False).ids
+        ids = self.backend.encode(text)
         if bos and self.add_bos and self.bos_id is not None:
             ids = [self.bos_id] + ids
         return ids
 
+    def tokenize(self, text: str) -> list[str]:
+        """The pieces of `text` (no BOS), as the vocabulary spells them."""
+        return self.backend.tokenize(text)
+
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def stream(self, skip_special_tokens: bool = True) -> TokenStream:
+    def stream(self, skip_special_tokens: bool = True):
         """An incremental decoder: `.step(id)` returns the new text ('' while a character is incomplete)."""
-        return TokenStream(self, skip_special_tokens)
+        return self.backend.stream(skip_special_tokens)
 
     @classmethod
     def from_reader(cls, reader: GGUFFile, path: str = "<gguf>") -> GGUFTokenizer:
@@ -156,7 +128,11 @@ class GGUFTokenizer:
         types = field_value(reader, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
         if kind not in ("llama", "gpt2"):
             raise GGUFLoadError(f"{path}: unsupported tokenizer.ggml.model {kind!r} (supported: 'llama', 'gpt2')")
-        backend = _cached_backend(reader, kind, tokens, types, path)
+        if kind == "llama":
+            gemma = field_value(reader, "general.architecture", "").startswith("gemma")
+            backend = _sentencepiece_bpe(reader, tokens, types, gemma)
+        else:
+            backend = _byte_level_bpe(reader, tokens, types, path)
         add_bos_default = kind == "llama"
 
         bos_id = field_value(reader, "tokenizer.ggml.bos_token_id")
@@ -172,50 +148,34 @@ class GGUFTokenizer:
         return cls(backend, bos_id=bos_id, eos_ids=tuple(eos_ids), add_bos=add_bos, kind=kind)
 
 
-def _build_backend(reader: GGUFFile, kind: str, tokens: list[str], types: list[int], path: str) -> Tokenizer:
-    if kind == "llama":
-        arch = field_value(reader, "general.architecture", "")
-        return _sentencepiece_bpe(reader, tokens, types, gemma=arch.startswith("gemma"))
-    return _byte_level_bpe(reader, tokens, types, path)
+class ByteLevelBPE:
+    """A `tokenizers.Tokenizer` (byte-level BPE) behind the interface SentencePieceBPE has."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.tokenizer.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def stream(self, skip_special_tokens: bool = True) -> ByteLevelStream:
+        return ByteLevelStream(self.tokenizer, skip_special_tokens)
 
 
-def _cached_backend(reader: GGUFFile, kind: str, tokens: list[str], types: list[int], path: str) -> Tokenizer:
-    """The `tokenizers.Tokenizer` of this vocabulary, from the cache (config.settings.cache_dir)
-    when it was built before. Building derives a SentencePiece vocabulary's merges in Python
-    (~2 s for Gemma's 262k tokens); the cached one loads from its JSON. The key hashes every
-    tokenizer field of the file, the architecture, this module's source and the `tokenizers`
-    version, so any change rebuilds. A cache that cannot be read or written is skipped (logged)."""
-    cache_dir = config.settings.cache_dir
-    if not cache_dir:
-        return _build_backend(reader, kind, tokens, types, path)
-    h = hashlib.sha256()
-    with open(__file__, "rb") as f:
-        h.update(f.read())
-    h.update(tokenizers.__version__.encode())
-    for key in sorted(k for k in reader.fields if k.startswith("tokenizer.")) + ["general.architecture"]:
-        h.update(key.encode() + b"\0" + repr(reader.fields.get(key)).encode() + b"\0")
-    file = os.path.join(cache_dir, "tokenizers", h.hexdigest() + ".json")
-    try:
-        if os.path.isfile(file):
-            return Tokenizer.from_file(file)
-    except Exception as e:  # noqa: BLE001 -- a damaged cache entry is rebuilt
-        log.warning("inductor_fuse: tokenizer cache %s unreadable (%s); rebuilding it", file, e)
-    backend = _build_backend(reader, kind, tokens, types, path)
-    try:
-        os.makedirs(os.path.dirname(file), exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(file), suffix=".tmp", delete=False) as tmp:
-            tmp.write(backend.to_str())
-        os.replace(tmp.name, file)  # atomic: a concurrent reader sees all of it or nothing
-    except OSError as e:
-        log.info("inductor_fuse: tokenizer not cached (%s)", e)
-    return backend
-
-
-class TokenStream:
+class ByteLevelStream:
     """Incremental detokenization (tokenizers' DecodeStream): text appears once its bytes are complete."""
 
-    def __init__(self, tokenizer: GGUFTokenizer, skip_special_tokens: bool = True):
-        self._tokenizer = tokenizer.backend
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
+        self._tokenizer = tokenizer
         self._stream = decoders.DecodeStream(skip_special_tokens=skip_special_tokens)
 
     def step(self, token_id: int) -> str:
@@ -238,40 +198,32 @@ def _add_file_tokens(backend: Tokenizer, tokens: list[str], types: list[int], ke
     backend.add_tokens(user)
 
 
-def _sentencepiece_bpe(reader: GGUFFile, tokens: list[str], types: list[int], gemma: bool) -> Tokenizer:
+def _sentencepiece_bpe(reader: GGUFFile, tokens: list[str], types: list[int], gemma: bool) -> SentencePieceBPE:
     """SentencePiece BPE: spaces are "▁", unknown bytes fall back to <0xNN> tokens.
 
     Gemma files store tokens made only of spaces with real spaces ("  "), while the text is matched
     with "▁" -- respell them. Their merge order is the order tokens appear in the file (Gemma's
-    scores do not follow it); elsewhere the SentencePiece score orders the merges.
+    scores do not follow it); elsewhere the SentencePiece score orders the merges. llama.cpp
+    honours add_space_prefix (default: true, false for Gemma).
     """
     if gemma:
         tokens = [SPM_SPACE * len(t) if t and not t.strip(" ") else t for t in tokens]
-        rank = list(range(len(tokens)))
+        rank = range(len(tokens))
     else:
         scores = field_value(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
         rank = [-s for s in scores]
-    vocab = {t: i for i, t in enumerate(tokens)}
     unk_id = field_value(reader, "tokenizer.ggml.unknown_token_id")
-    unk = tokens[unk_id] if unk_id is not None and unk_id < len(tokens) else None
-    backend = Tokenizer(
-        models.BPE(
-            vocab=vocab, merges=merges_from_vocab(tokens, rank), unk_token=unk, fuse_unk=True, byte_fallback=True
-        )
+    return SentencePieceBPE(
+        tokens,
+        rank,
+        special=[i for i, k in enumerate(types) if k == TOKEN_CONTROL],
+        added=[i for i, k in enumerate(types) if k == TOKEN_USER_DEFINED],
+        unk_id=unk_id if unk_id is not None and 0 <= unk_id < len(tokens) else None,
+        add_space_prefix=bool(field_value(reader, "tokenizer.ggml.add_space_prefix", not gemma)),
     )
-    add_space_prefix = bool(field_value(reader, "tokenizer.ggml.add_space_prefix", not gemma))
-    steps = [decoders.Replace(SPM_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
-    if add_space_prefix:
-        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPM_SPACE, prepend_scheme="first", split=False)
-        steps.append(decoders.Strip(content=" ", left=1, right=0))
-    else:
-        backend.normalizer = normalizers.Replace(" ", SPM_SPACE)
-    backend.decoder = decoders.Sequence(steps)
-    _add_file_tokens(backend, tokens, types)
-    return backend
 
 
-def _byte_level_bpe(reader: GGUFFile, tokens: list[str], types: list[int], path: str) -> Tokenizer:
+def _byte_level_bpe(reader: GGUFFile, tokens: list[str], types: list[int], path: str) -> ByteLevelBPE:
     """Byte-level BPE (GPT-2 style): the text is split by the vocabulary's regex, then spelled as bytes."""
     pre = field_value(reader, "tokenizer.ggml.pre", "gpt-2")
     if pre not in PRE_TOKENIZERS:
@@ -302,4 +254,4 @@ def _byte_level_bpe(reader: GGUFFile, tokens: list[str], types: list[int], path:
     # A control token outside the byte alphabet is a mislabelled vocabulary entry; adding it would
     # grow the vocabulary past the model's, so it is left out.
     _add_file_tokens(backend, tokens, types, keep=spelled)
-    return backend
+    return ByteLevelBPE(backend)

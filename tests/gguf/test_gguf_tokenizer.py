@@ -1,17 +1,18 @@
-"""GGUFTokenizer against transformers' GGUF tokenizer loading (a test-only dependency) and against
-the tokenizer a tiny file was written from: same ids for ASCII, accents, emoji, code, leading
+"""GGUFTokenizer against transformers' GGUF tokenizer loading (a test-only dependency), against
+the tokenizer a tiny file was written from, and (SentencePiece) against a `tokenizers` BPE built
+from the merge list the vocabulary implies: same ids for ASCII, accents, emoji, code, leading
 spaces, newlines and special tokens; decode and streaming decode give the text back."""
 
+import itertools
 import os
 import random
 
 import pytest
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from inductor_fuse import config
 from inductor_fuse.gguf import GGUFTokenizer
-from inductor_fuse.gguf import tokenizer as tokenizer_module
 from inductor_fuse.gguf.reader import read_gguf
-from inductor_fuse.gguf.tokenizer import merges_from_vocab
+from inductor_fuse.gguf.sentencepiece import SPM_SPACE, SentencePieceBPE
 
 PROMPTS = [
     "The capital of France is",
@@ -126,7 +127,7 @@ def test_sentencepiece_equals_transformers(spm_path):
 
 def test_sentencepiece_byte_fallback_and_space_prefix(spm_path):
     tok = GGUFTokenizer.from_reader(read_gguf(spm_path), spm_path)
-    pieces = tok.backend.encode("Hi 日", add_special_tokens=False).tokens
+    pieces = tok.tokenize("Hi 日")
     assert pieces[0].startswith("\u2581")  # the space prefix
     assert pieces[-3:] == ["<0xE6>", "<0x97>", "<0xA5>"]  # 日 is not in the vocabulary: its UTF-8 bytes
 
@@ -138,7 +139,7 @@ def test_sentencepiece_without_space_prefix(tmp_path):
     path = str(tmp_path / "nospace.gguf")
     write_spm_gguf(path, add_space_prefix=False)
     tok = GGUFTokenizer.from_reader(read_gguf(path), path)
-    assert not tok.backend.encode("The capital", add_special_tokens=False).tokens[0].startswith("\u2581")
+    assert not tok.tokenize("The capital")[0].startswith("\u2581")
     for text in PROMPTS:
         assert tok.decode(tok.encode(text)) == text
 
@@ -146,26 +147,86 @@ def test_sentencepiece_without_space_prefix(tmp_path):
 # ---- SentencePiece: the real Gemma 3 file ("llama" model) ----
 
 
-def test_merges_from_vocab_order():
-    tokens = ["a", "b", "c", "ab", "bc", "abc"]
-    # best merged token first (rank = position here); for one token, the longer left piece first
-    assert merges_from_vocab(tokens, list(range(6))) == [("a", "b"), ("b", "c"), ("ab", "c"), ("a", "bc")]
-
-
-def test_merges_from_vocab_ties():
-    # equal ranks: longer left piece, then longer right piece, then vocabulary order, across tokens
-    rng = random.Random(0)
-    tokens = sorted({"".join(rng.choice("abc") for _ in range(rng.randint(1, 5))) for _ in range(300)})
-    rng.shuffle(tokens)
-    rank = [float(rng.randint(0, 20)) for _ in tokens]
+def merges_from_vocab(tokens: list[str], rank: list[float]) -> list[tuple[str, str]]:
+    """The reference: the BPE merges a SentencePiece vocabulary implies (as transformers'
+    `generate_merges` derives them): every split of a piece into two pieces, best (lowest `rank`)
+    merged piece first; ties: longer left piece, longer right piece, then vocabulary order."""
     vocab = set(tokens)
-    splits = [
-        ((r, -cut, cut - len(t), i), t[:cut], t[cut:])
-        for i, (t, r) in enumerate(zip(tokens, rank))
-        for cut in range(1, len(t))
-        if t[:cut] in vocab and t[cut:] in vocab
-    ]
-    assert merges_from_vocab(tokens, rank) == [(left, right) for _, left, right in sorted(splits)]
+    keyed = []
+    for i, t in enumerate(tokens):
+        for cut in range(len(t) - 1, 0, -1):
+            if t[:cut] in vocab and t[cut:] in vocab:
+                keyed.append(((rank[i], -cut, cut - len(t), i), t[:cut], t[cut:]))
+    return [(left, right) for _, left, right in sorted(keyed)]
+
+
+def reference_bpe(tokens, rank, special=(), added=(), unk=None, add_space_prefix=False) -> Tokenizer:
+    """A `tokenizers` BPE over the derived merges, with the pre-/post-processing SentencePiece has."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    bpe = Tokenizer(
+        models.BPE(
+            vocab=vocab, merges=merges_from_vocab(tokens, rank), unk_token=unk, fuse_unk=True, byte_fallback=True
+        )
+    )
+    steps = [decoders.Replace(SPM_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_space_prefix:
+        bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPM_SPACE, prepend_scheme="first", split=False)
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    else:
+        bpe.normalizer = normalizers.Replace(" ", SPM_SPACE)
+    bpe.decoder = decoders.Sequence(steps)
+    bpe.add_special_tokens([AddedToken(tokens[i], normalized=False, special=True) for i in special])
+    bpe.add_tokens([AddedToken(tokens[i], normalized=False, special=False) for i in added])
+    return bpe
+
+
+@pytest.mark.parametrize("add_space_prefix", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+def test_sentencepiece_equals_bpe_over_derived_merges(ties, add_space_prefix):
+    """Random vocabularies over a small alphabet (so that merges compete: "aaa" from "a"+"aa" or
+    "aa"+"a", overlapping pairs), unique ranks or many ties, control and user-defined pieces, byte
+    pieces for what the alphabet lacks: the same ids and text as the reference on random texts."""
+    rng = random.Random(int(ties) * 2 + int(add_space_prefix))
+    alphabet = ["a", "b", "c", SPM_SPACE, "é"]
+    pieces = sorted({"".join(rng.choice(alphabet) for _ in range(rng.randint(2, 6))) for _ in range(400)})
+    rng.shuffle(pieces)
+    tokens = ["<unk>", "<s>", "</s>", "<ctl>"] + [f"<0x{b:02X}>" for b in range(256)] + alphabet + pieces + ["xy"]
+    special, added = [1, 2, 3], [len(tokens) - 1]  # "xy" is user-defined: matched whole
+    rank = [float(rng.randint(0, 30)) if ties else float(i) for i in range(len(tokens))]
+    spm = SentencePieceBPE(tokens, rank, special=special, added=added, unk_id=0, add_space_prefix=add_space_prefix)
+    ref = reference_bpe(tokens, rank, special, added, "<unk>", add_space_prefix)
+    texts = ["", " ", "aaaa", "a aa aaa", "<s>ab</s>xyz<ctl>", "zz 日 q", "xy xyx"]
+    texts += ["".join(rng.choice("abc é日xy") for _ in range(rng.randint(1, 30))) for _ in range(300)]
+    for text in texts:
+        ids = ref.encode(text, add_special_tokens=False).ids
+        assert spm.encode(text) == ids, text
+        for skip in (True, False):
+            assert spm.decode(ids, skip) == ref.decode(ids, skip_special_tokens=skip), text
+        stream = spm.stream()
+        assert "".join(stream.step(i) for i in ids) == spm.decode(ids), text
+
+
+def test_sentencepiece_unknown_characters_and_bad_ids():
+    tokens = ["<unk>", "a", "b", "ab"]
+    spm = SentencePieceBPE(tokens, range(4), unk_id=0)  # no byte pieces: unknown characters are <unk>
+    assert spm.encode("ab日本b") == [3, 0, 2]  # consecutive unknown characters fuse
+    with pytest.raises(ValueError, match="no piece, no byte pieces and no <unk>"):
+        SentencePieceBPE(tokens, range(4)).encode("日")
+    with pytest.raises(ValueError, match="token id 4 is outside the vocabulary"):
+        spm.decode([1, 4])
+    with pytest.raises(ValueError, match="token id -1 is outside the vocabulary"):
+        spm.stream().step(-1)
+
+
+def test_sentencepiece_stream_holds_incomplete_characters():
+    tokens = ["<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + ["a"]
+    spm = SentencePieceBPE(tokens, range(len(tokens)), unk_id=0)
+    ids = spm.encode("a日a")  # 日 = E6 97 A5: three byte pieces
+    assert [spm.pieces[i] for i in ids] == ["a", "<0xE6>", "<0x97>", "<0xA5>", "a"]
+    stream = spm.stream()
+    assert [stream.step(i) for i in ids] == ["a", "", "", "日", "a"]
+    assert spm.decode(ids[:3]) == "a\ufffd\ufffd"  # an incomplete character: one U+FFFD per byte
+    assert list(itertools.accumulate(stream.step(i) for i in spm.encode("é"))) == ["", "é"]
 
 
 @pytest.mark.slow
@@ -187,29 +248,3 @@ def test_gemma_specials_and_stream(gemma):
     for text in PROMPTS:
         check_stream(tok, text)
         assert tok.decode(tok.encode(text)) == text
-
-
-def test_the_tokenizer_is_cached_and_the_cache_follows_the_file(spm_path, tmp_path, monkeypatch):
-    """Built once per vocabulary, then loaded from config.settings.cache_dir; a file with another
-    vocabulary (or other tokenizer fields) gets its own entry; no cache dir: no files."""
-    from tiny_gguf import write_spm_gguf
-
-    built = []
-    real_build = tokenizer_module._build_backend
-    monkeypatch.setattr(tokenizer_module, "_build_backend", lambda *a: built.append(a[-1]) or real_build(*a))
-    other = str(tmp_path / "nospace.gguf")
-    write_spm_gguf(other, add_space_prefix=False)
-    with config.patch(cache_dir=str(tmp_path / "cache")):
-        first = GGUFTokenizer.from_reader(read_gguf(spm_path), spm_path)
-        again = GGUFTokenizer.from_reader(read_gguf(spm_path), spm_path)
-        assert built == [spm_path]  # the second one came from the cache
-        GGUFTokenizer.from_reader(read_gguf(other), other)
-        assert built == [spm_path, other]
-    assert len(os.listdir(tmp_path / "cache" / "tokenizers")) == 2
-    for text in PROMPTS:
-        assert again.encode(text) == first.encode(text) and again.decode(again.encode(text)) == first.decode(
-            first.encode(text)
-        )
-    with config.patch(cache_dir=""):
-        GGUFTokenizer.from_reader(read_gguf(spm_path), spm_path)
-    assert built == [spm_path, other, spm_path]
