@@ -215,8 +215,9 @@ def test_glu_matvec_quantizes_its_output(fmt, I, K, M):
     from inductor_fuse import config
     from inductor_fuse.kernels import ops
 
+    # random plane bytes on the GPU: quantizing a 28672 x 4096 weight on the host took minutes
+    planes = random_planes(fmt, 2 * I, K, "cuda", seed=I + M)
     g = torch.Generator().manual_seed(I + M)
-    planes = [p.cuda() for p in FORMATS[fmt].quantize(torch.randn(2 * I, K, generator=g))]
     x = torch.randn(M, K, generator=g).bfloat16().cuda()
     il = KERNELS[fmt].interleave
     xa = list(torch.ops.inductor_fuse.quantize_act(x, il, 8))
