@@ -137,7 +137,7 @@ def clear_reports() -> None:
 
 @contextlib.contextmanager
 def discarding() -> Iterator[FusionReport]:
-    """Collect into a report that is thrown away (a rule's trial run on a copy of the graph)."""
+    """Collect into a new report, thrown away unless the caller keeps it."""
     report = FusionReport()
     _current.append(report)
     try:

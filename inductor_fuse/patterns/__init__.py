@@ -33,25 +33,13 @@ def plugin_hash() -> str:
     return h.hexdigest()
 
 
-def _rule_runs(name: str, rule, graph: fx.Graph) -> bool:
-    """Run ``rule`` on a copy of ``graph`` first (report discarded): a rule that raises is
-    skipped for this graph -- recorded in the report, logged at WARNING -- and the real graph is
-    never left half rewritten. Rules are deterministic, so the real run then succeeds too (if it
-    does not, the backend compiles the graph with stock Inductor)."""
-    try:
-        with report.discarding():
-            rule(copy.deepcopy(graph))
-        return True
-    except Exception as e:  # noqa: BLE001 -- a failing rule must not fail the user's compile
-        failure = report.Failure.of(name, e)
-        report.current().failures.append(failure)
-        log.warning(
-            "inductor_fuse: rule family %r raised %s (at %s); skipped for this graph",
-            name,
-            failure.error,
-            failure.where,
-        )
-        return False
+def _restore(graph: fx.Graph, saved: fx.Graph) -> None:
+    """Make ``graph`` (in place: the owning module keeps it) a copy of ``saved`` again."""
+    for node in reversed(graph.nodes):  # users before what they read
+        graph.erase_node(node)
+    out = graph.graph_copy(saved, {})
+    output = next(reversed(saved.nodes))  # the output node is last
+    graph.output(out, output.type).meta = dict(output.meta)
 
 
 class RulePass(CustomGraphPass):
@@ -65,10 +53,38 @@ class RulePass(CustomGraphPass):
         self.enabled = tuple(enabled)
 
     def __call__(self, graph: fx.Graph) -> None:
-        for family in families():
-            if family.name in self.enabled and _rule_runs(family.name, family.run, graph):
-                family.run(graph)
-                graph.lint()  # every family leaves a well-formed graph
+        """Run the enabled families in order on ``graph``. A family that raises is skipped for this
+        graph -- recorded in the report, logged at WARNING -- and the graph is never left half
+        rewritten: it is restored from a copy taken first, and the families before the failed
+        one run again (rules are deterministic), their first entries in the report dropped. (A
+        copy per family, and a trial run of each on it, cost the Gemma-3-270M decode graph 1.9 s
+        of a 2.9 s pass on a 2-core CPU.)"""
+        skip: set[str] = set()
+        saved = copy.deepcopy(graph)
+        rep = report.current()
+        mark = (len(rep.rewrites), len(rep.skipped), len(rep.notes))
+        while True:
+            for family in families():
+                if family.name not in self.enabled or family.name in skip:
+                    continue
+                try:
+                    family.run(graph)
+                    graph.lint()  # every family leaves a well-formed graph
+                except Exception as e:  # noqa: BLE001 -- a failing rule must not fail the user's compile
+                    failure = report.Failure.of(family.name, e)
+                    log.warning(
+                        "inductor_fuse: rule family %r raised %s (at %s); skipped for this graph",
+                        family.name,
+                        failure.error,
+                        failure.where,
+                    )
+                    del rep.rewrites[mark[0] :], rep.skipped[mark[1] :], rep.notes[mark[2] :]
+                    rep.failures.append(failure)
+                    skip.add(family.name)
+                    _restore(graph, saved)
+                    break
+            else:
+                return
 
     def uuid(self) -> str:
         return f"{plugin_hash()}-{self.enabled}"
