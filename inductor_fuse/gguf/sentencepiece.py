@@ -184,7 +184,7 @@ class SentencePieceBPE:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         out: list[str] = []
         run = bytearray()
-        for i in ids:
+        for i in map(int, ids):  # (a tensor's elements hash by identity: not found in `special`)
             piece = self._piece(i)
             if skip_special_tokens and i in self.special:
                 continue
@@ -231,7 +231,8 @@ class SentencePieceStream:
 
     def step(self, token_id: int) -> str:
         spm = self._spm
-        piece = spm._piece(int(token_id))
+        token_id = int(token_id)
+        piece = spm._piece(token_id)
         if self._skip and token_id in spm.special:
             return ""
         b = _byte_of(piece)

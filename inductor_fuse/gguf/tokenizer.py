@@ -113,7 +113,7 @@ class GGUFTokenizer:
         return self.backend.tokenize(text)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def stream(self, skip_special_tokens: bool = True):
         """An incremental decoder: `.step(id)` returns the new text ('' while a character is incomplete)."""

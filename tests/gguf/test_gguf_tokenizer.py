@@ -8,6 +8,7 @@ import os
 import random
 
 import pytest
+import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from inductor_fuse.gguf import GGUFTokenizer
@@ -216,6 +217,10 @@ def test_sentencepiece_unknown_characters_and_bad_ids():
         spm.decode([1, 4])
     with pytest.raises(ValueError, match="token id -1 is outside the vocabulary"):
         spm.stream().step(-1)
+    # ids as a tensor's elements (generate's output, say): control tokens are still recognised
+    ctl = SentencePieceBPE(["<unk>", "<s>", "a"], range(3), special=[1], unk_id=0)
+    ids = torch.tensor([1, 2, 2])
+    assert ctl.decode(ids) == "aa" and "".join(ctl.stream().step(i) for i in ids) == "aa"
 
 
 def test_sentencepiece_stream_holds_incomplete_characters():
