@@ -91,10 +91,11 @@ def test_unsupported_pre_tokenizer(tmp_path, tiny_gguf):
     from tiny_gguf import write_tiny_gguf
 
     path = tmp_path / "pre.gguf"
+    trained = tiny_gguf("llama")[3]  # before the patch: the session's shared tiny file keeps its regex
     old = tg.PRE["llama"]
     tg.PRE["llama"] = "some-new-regex"
     try:
-        write_tiny_gguf(path, "llama", tokenizer=tiny_gguf("llama")[3])
+        write_tiny_gguf(path, "llama", tokenizer=trained)
     finally:
         tg.PRE["llama"] = old
     from inductor_fuse.gguf import GGUFLoadError
