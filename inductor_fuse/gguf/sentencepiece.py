@@ -221,7 +221,9 @@ def _bytes_text(run: bytes) -> str:
 
 class SentencePieceStream:
     """Incremental decoding: `step(id)` returns the new text, '' while a character's bytes are
-    incomplete. The steps of a token sequence add up to `decode` of it (valid UTF-8)."""
+    incomplete. The steps of a token sequence add up to `decode` of it, but for a run of byte
+    pieces that holds a whole character before invalid bytes (the stream has shown the character
+    already; `decode` turns the whole run into U+FFFD)."""
 
     def __init__(self, spm: SentencePieceBPE, skip_special_tokens: bool = True):
         self._spm = spm
@@ -246,7 +248,9 @@ class SentencePieceStream:
                 text = "\ufffd" * len(self._run)
             self._run = bytearray()
         else:
-            text = piece.replace(SPM_SPACE, " ")
+            # bytes still pending are an incomplete character: one U+FFFD each, as decode gives them
+            text = "\ufffd" * len(self._run) + piece.replace(SPM_SPACE, " ")
+            self._run = bytearray()
         return self._emit(text)
 
     def _emit(self, text: str) -> str:

@@ -221,7 +221,8 @@ def test_sentencepiece_unknown_characters_and_bad_ids():
     # ids as a tensor's elements (generate's output, say): control tokens are still recognised
     ctl = SentencePieceBPE(["<unk>", "<s>", "a"], range(3), special=[1], unk_id=0)
     ids = torch.tensor([1, 2, 2])
-    assert ctl.decode(ids) == "aa" and "".join(ctl.stream().step(i) for i in ids) == "aa"
+    stream = ctl.stream()
+    assert ctl.decode(ids) == "aa" and "".join(stream.step(i) for i in ids) == "aa"
 
 
 def test_sentencepiece_stream_holds_incomplete_characters():
@@ -232,6 +233,9 @@ def test_sentencepiece_stream_holds_incomplete_characters():
     stream = spm.stream()
     assert [stream.step(i) for i in ids] == ["a", "", "", "日", "a"]
     assert spm.decode(ids[:3]) == "a\ufffd\ufffd"  # an incomplete character: one U+FFFD per byte
+    cut = ids[:3] + ids[:1]  # the character cut off by a piece: the stream flushes the bytes, in place
+    stream = spm.stream()
+    assert "".join(stream.step(i) for i in cut) == spm.decode(cut) == "a\ufffd\ufffda"
     assert list(itertools.accumulate(stream.step(i) for i in spm.encode("é"))) == ["", "é"]
 
 
