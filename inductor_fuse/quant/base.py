@@ -11,6 +11,7 @@ table drives all shape / dtype validation here; the format files (q4_k.py, int4.
 WeightFormat and only hold the bit math. formats.py registers them.
 
     FORMATS["q4_k"].dequantize(planes)      # float32 [N, K], bit-exact with gguf.quants
+    FORMATS["q4_k"].codes(planes)           # Codes(q int8 [N, K], scale, offset): w = scale q - offset
     FORMATS["q4_k"].quantize(w)             # planes, llama.cpp's reference search
     FORMATS["q4_k"].from_gguf_bytes(raw)    # uint8 [N, row_bytes] -> planes (and back)
 
@@ -32,6 +33,32 @@ from gguf import GGMLQuantizationType
 from torch import Tensor
 
 _QUANTIZE_CHUNK_ELEMS = 1 << 22
+
+
+class Codes(NamedTuple):
+    """A weight as int8 codes and float32 factors per group of `group` weights along K:
+    w[n, k] = scale[n, k // group] * q[n, k] - offset[n, k // group], in float32, this op order
+    (no offset: the product alone). Every GGUF format but the affine int4 has this form; it is how
+    they dequantize (`codes_to_float`), so the two agree bit for bit."""
+
+    q: Tensor  # int8 [N, K]
+    scale: Tensor  # float32 [N, K / group]
+    offset: Tensor | None  # float32 [N, K / group], or None
+
+    @property
+    def group(self) -> int:
+        return self.q.shape[1] // self.scale.shape[1]
+
+
+def codes_to_float(c: Codes) -> Tensor:
+    """float32 [N, K] = scale * q (- offset), one float32 [N, K] allocated."""
+    n, k = c.q.shape
+    w = c.q.to(torch.float32)
+    groups = w.view(n, k // c.group, c.group)
+    groups.mul_(c.scale[..., None])
+    if c.offset is not None:
+        groups.sub_(c.offset[..., None])
+    return w
 
 
 class PlaneSpec(NamedTuple):
@@ -57,9 +84,17 @@ class WeightFormat(ABC):
 
     # plane_specs: tuple[PlaneSpec, ...], a class attribute (a property where it depends on the instance)
     plane_specs: ClassVar[tuple[PlaneSpec, ...]]
+    # the Codes form (a format with one implements _codes and inherits _dequantize): weights per
+    # scale, and whether there is an offset; None: no such form (it implements _dequantize)
+    code_group: ClassVar[int | None] = None
+    code_offset: ClassVar[bool] = False
+    codes_plane: ClassVar[int | None] = None  # the plane that holds the int8 codes as they are (Q8_0's qs)
 
-    @abstractmethod
-    def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor: ...
+    def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
+        raise ValueError(f"{self.name}: no int8 code form")
+
+    def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
+        return codes_to_float(self._codes(planes, n, k))
 
     @abstractmethod
     def _quantize(self, w: Tensor) -> tuple[Tensor, ...]: ...
@@ -78,6 +113,12 @@ class WeightFormat(ABC):
         """planes -> float32 [N, K] (on the planes' device)."""
         planes, n, k = self.check_planes(planes)
         return self._dequantize(planes, n, k)
+
+    def codes(self, planes: Sequence[Tensor]) -> Codes:
+        """planes -> Codes (int8 codes, float32 scales and offsets); ValueError for a format
+        without that form (code_group None)."""
+        planes, n, k = self.check_planes(planes)
+        return self._codes(planes, n, k)
 
     def quantize(self, w: Tensor) -> tuple[Tensor, ...]:
         """w: float [N, K] -> planes (computed in float32 on w's device)."""

@@ -27,7 +27,17 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import WeightFormat, f16_field, join_nibbles, pack_int4, plane_table, register, split_nibbles, unpack_int4
+from .base import (
+    Codes,
+    WeightFormat,
+    f16_field,
+    join_nibbles,
+    pack_int4,
+    plane_table,
+    register,
+    split_nibbles,
+    unpack_int4,
+)
 
 QK_K = 256
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
@@ -73,6 +83,7 @@ def _fit(x: Tensor, weight: Tensor, iscale: Tensor, kv: Tensor) -> tuple[Tensor,
 
 class IQ4XSFormat(WeightFormat):
     plane_specs = plane_table(qs=(torch.uint8, QK_K // 2), sc=(torch.int8, 8), d=(torch.float16, 1))
+    code_group = 32
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 136]
@@ -99,13 +110,13 @@ class IQ4XSFormat(WeightFormat):
         qs = join_nibbles(_kernel_codes(qs.view(n, nb, 8, 16))).reshape(n, nb, QK_K // 2)
         return torch.cat([d.view(n, nb, 1).view(torch.uint8), sh, sl, qs], dim=-1)
 
-    def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
+    def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, sc, d = planes
         nb = k // QK_K
-        kv = torch.tensor(KVALUES, dtype=torch.float32, device=qs.device)
+        kv = torch.tensor(KVALUES, dtype=torch.int8, device=qs.device)
         q = kv[_kernel_codes(qs.view(n, nb, 8, 16)).to(torch.int64)]  # [N, nb, 8, 32]
-        dl = d.view(n, nb, 1).to(torch.float32) * sc.view(n, nb, 8).to(torch.float32)
-        return (dl[..., None] * q).reshape(n, k)
+        dl = d.view(n, nb, 1).to(torch.float32) * sc.view(n, nb, 8).to(torch.float32)  # [N, nb, 8]
+        return Codes(q.reshape(n, k), dl.reshape(n, nb * 8), None)
 
     # quantize_iq4_xs without importance weights = quantize_row_iq4_nl_impl(QK_K, 32, ...,
     # kvalues_iq4nl, quant_weights=NULL, ntry=7) (ggml-quants.c), vectorised over sub-blocks:

@@ -183,6 +183,28 @@ def _dequantize_fake(planes: list[Tensor], fmt: str, dtype: torch.dtype) -> Tens
     return planes[0].new_empty((n, k), dtype=dtype)
 
 
+@torch.library.custom_op("inductor_fuse::weight_codes", mutates_args=())
+def weight_codes(planes: list[Tensor], fmt: str, part: int) -> Tensor:
+    """Part ``part`` of ``FORMATS[fmt].codes(planes)``: 0 the int8 codes [N, K], 1 the float32
+    scales [N, K / group], 2 the float32 offsets (a format with ``code_offset``).
+
+    What the ``dequant_cpu`` rule reads a one-row matvec's weight from on CPU: freezing folds it
+    into a constant, computed once at compile time."""
+    t = FORMATS[fmt].codes(planes)[part]
+    return t.clone() if any(t is p for p in planes) else t  # a custom op's output cannot alias an input
+
+
+@weight_codes.register_fake
+def _weight_codes_fake(planes: list[Tensor], fmt: str, part: int) -> Tensor:
+    f = FORMATS[fmt]
+    n, k = f.check_planes(planes)[1:]
+    if f.code_group is None or part not in ((0, 1, 2) if f.code_offset else (0, 1)):
+        raise ValueError(f"weight_codes: {fmt} has no code part {part}")
+    if part == 0:
+        return planes[0].new_empty((n, k), dtype=torch.int8)
+    return planes[0].new_empty((n, k // f.code_group), dtype=torch.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # The quantized activation (W4A8), once per activation: quantize_act and its consumers.
 #   d[m,g]   = max_l |x[m, 32g+l]| / 127                  (float32; 0 for an all-zero tile)

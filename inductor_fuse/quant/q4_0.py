@@ -19,13 +19,14 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import WeightFormat, absmax_quantize, f16_field, join_nibbles, plane_table, register, split_nibbles
+from .base import Codes, WeightFormat, absmax_quantize, f16_field, join_nibbles, plane_table, register, split_nibbles
 
 QK = 32
 
 
 class Q40Format(WeightFormat):
     plane_specs = plane_table(qs=(torch.uint8, QK // 2), d=(torch.float16, 1))
+    code_group = QK
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 18]
@@ -38,11 +39,10 @@ class Q40Format(WeightFormat):
         nb = k // QK
         return torch.cat([d.view(n, nb, 1).view(torch.uint8), qs.view(n, nb, 16)], dim=-1)
 
-    def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
+    def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, d = planes
-        nb = k // QK
-        q = (split_nibbles(qs.view(n, nb, 16)).to(torch.int8) - 8).to(torch.float32)  # [N, nb, 32]
-        return (d.view(n, nb, 1).to(torch.float32) * q).reshape(n, k)
+        q = split_nibbles(qs.view(n, k // QK, 16)).to(torch.int8) - 8  # [N, nb, 32]
+        return Codes(q.reshape(n, k), d.to(torch.float32), None)
 
     # quantize_row_q4_0_ref (ggml-quants.c), see base.absmax_quantize
     def _quantize(self, w: Tensor) -> tuple[Tensor, ...]:

@@ -20,7 +20,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import WeightFormat, f16_field, plane_table, register
+from .base import Codes, WeightFormat, f16_field, plane_table, register
 
 QK_K = 256
 
@@ -115,6 +115,8 @@ def _nearest_u8(v: Tensor) -> Tensor:
 
 class Q4KFormat(WeightFormat):
     plane_specs = plane_table(qs=(torch.uint8, QK_K // 2), sm=(torch.uint8, 16), dm=(torch.float16, 2))
+    code_group = 32
+    code_offset = True
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 144]
@@ -133,15 +135,15 @@ class Q4KFormat(WeightFormat):
         dm = dm.view(n, nb, 2).view(torch.uint8)  # [N, nb, 4]
         return torch.cat([dm, scales, qs.view(n, nb, QK_K // 2)], dim=-1)
 
-    def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
+    def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, sm, dm = planes
         nb = k // QK_K
-        q = _unpack_nibbles(qs.view(n, nb, QK_K // 2)).to(torch.float32)  # [N, nb, 8, 32]
+        q = _unpack_nibbles(qs.view(n, nb, QK_K // 2))  # [N, nb, 8, 32]
         sm = sm.view(n, nb, 8, 2).to(torch.float32)
         dm = dm.view(n, nb, 2).to(torch.float32)
         d_sc = dm[..., 0:1] * sm[..., 0]  # [N, nb, 8]
         dmin_m = dm[..., 1:2] * sm[..., 1]  # [N, nb, 8]
-        return (d_sc[..., None] * q - dmin_m[..., None]).reshape(n, k)
+        return Codes(q.to(torch.int8).reshape(n, k), d_sc.reshape(n, nb * 8), dmin_m.reshape(n, nb * 8))
 
     # quantize_row_q4_K_ref (ggml-quants.c), vectorised:
     #   per sub-block j: weights = sqrt(mean(x^2)) + |x|; (scale_j, min_j) = make_qkx2 search

@@ -15,7 +15,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import WeightFormat, absmax_quantize, f16_field, join_nibbles, plane_table, register, split_nibbles
+from .base import Codes, WeightFormat, absmax_quantize, f16_field, join_nibbles, plane_table, register, split_nibbles
 
 QK = 32
 
@@ -34,6 +34,7 @@ def _pack_bits(b: Tensor) -> Tensor:
 
 class Q50Format(WeightFormat):
     plane_specs = plane_table(qs=(torch.uint8, QK // 2), qh=(torch.uint8, 4), d=(torch.float16, 1))
+    code_group = QK
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 22]
@@ -46,12 +47,11 @@ class Q50Format(WeightFormat):
         nb = k // QK
         return torch.cat([d.view(n, nb, 1).view(torch.uint8), qh.view(n, nb, 4), qs.view(n, nb, 16)], dim=-1)
 
-    def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
+    def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, qh, d = planes
         nb = k // QK
         q = split_nibbles(qs.view(n, nb, 16)) | (_bits(qh.view(n, nb, 4)) << 4)  # [N, nb, 32]
-        q = (q.to(torch.int8) - 16).to(torch.float32)
-        return (d.view(n, nb, 1).to(torch.float32) * q).reshape(n, k)
+        return Codes((q.to(torch.int8) - 16).reshape(n, k), d.to(torch.float32), None)
 
     # quantize_row_q5_0_ref (ggml-quants.c), see base.absmax_quantize
     def _quantize(self, w: Tensor) -> tuple[Tensor, ...]:

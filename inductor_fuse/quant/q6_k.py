@@ -21,7 +21,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import WeightFormat, f16_field, plane_table, register
+from .base import Codes, WeightFormat, f16_field, plane_table, register
 
 QK_K = 256
 GROUP_MAX_EPS = 1e-15
@@ -94,6 +94,7 @@ class Q6KFormat(WeightFormat):
     plane_specs = plane_table(
         ql=(torch.uint8, QK_K // 2), qh=(torch.uint8, QK_K // 4), sc=(torch.int8, QK_K // 16), d=(torch.float16, 1)
     )
+    code_group = 16
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 210]
@@ -117,13 +118,12 @@ class Q6KFormat(WeightFormat):
             dim=-1,
         )
 
-    def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
+    def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         ql, qh, sc, d = planes
         nb = k // QK_K
         q = _unpack_q(ql.view(n, nb, 128), qh.view(n, nb, 64))  # [N, nb, 256]
-        q = (q.to(torch.int8) - 32).to(torch.float32).view(n, nb, 16, 16)
         d_sc = d.view(n, nb, 1).to(torch.float32) * sc.view(n, nb, 16).to(torch.float32)  # [N, nb, 16]
-        return (d_sc[..., None] * q).reshape(n, k)
+        return Codes((q.to(torch.int8) - 32).reshape(n, k), d_sc.reshape(n, nb * 16), None)
 
     # quantize_row_q6_K_ref (ggml-quants.c), vectorised:
     #   per group g of 16: scale_g = make_qx_quants search (signed: scale_g < 0 when the group's

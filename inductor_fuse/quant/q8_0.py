@@ -13,7 +13,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import WeightFormat, f16_field, plane_table, register
+from .base import Codes, WeightFormat, f16_field, plane_table, register
 
 QK = 32
 
@@ -27,6 +27,8 @@ def _round_half_away(v: Tensor) -> Tensor:
 
 class Q80Format(WeightFormat):
     plane_specs = plane_table(qs=(torch.int8, QK), d=(torch.float16, 1))
+    code_group = QK
+    codes_plane = 0
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 34]
@@ -40,12 +42,9 @@ class Q80Format(WeightFormat):
         nb = k // QK
         return torch.cat([d.view(n, nb, 1).view(torch.uint8), qs.view(n, nb, QK).view(torch.uint8)], dim=-1)
 
-    def _dequantize(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
+    def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, d = planes
-        nb = k // QK
-        w = qs.to(torch.float32)  # scaled in place: one float32 [N, K] allocated, not two
-        w.view(n, nb, QK).mul_(d.view(n, nb, 1).to(torch.float32))
-        return w
+        return Codes(qs, d.to(torch.float32), None)
 
     # quantize_row_q8_0_ref (ggml-quants.c):
     #   d = absmax / 127, id = 1/d (0 if d == 0), q = roundf(x id)

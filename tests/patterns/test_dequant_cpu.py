@@ -1,5 +1,6 @@
 """Rule family `dequant_cpu`: on CPU a quantized linear over frozen weights runs as a float GEMM on
-the weight dequantized once at compile time (freezing folds the dequantization)."""
+the weight dequantized once at compile time (freezing folds the dequantization); times one row of x,
+as one reduction over the weight's int8 codes (folded once), dequantized inside the sum."""
 
 import re
 
@@ -101,9 +102,9 @@ def test_planes_given_at_run_time_are_left_alone():
     assert any(s.family == FAMILY and "not a frozen constant" in s.reason for s in rep.skipped), str(rep)
 
 
-@pytest.mark.parametrize("M", [1, dequant_cpu.MAX_M, dequant_cpu.MAX_M + 1])
+@pytest.mark.parametrize("M", [2, dequant_cpu.MAX_M, dequant_cpu.MAX_M + 1])
 def test_large_weights_times_a_few_rows_run_sliced(monkeypatch, M):
-    # Every weight counts as large here: up to MAX_M rows, the linears without a bias (o_proj,
+    # Every weight counts as large here: from 2 up to MAX_M rows, the linears without a bias (o_proj,
     # gate|up, down_proj) run sliced_linear, equal to the mm they replace up to float32 rounding
     # (MKL's summation order); above, one mm.
     model = _model(n_layers=1)
@@ -130,3 +131,64 @@ def test_slices_are_multiples_of_row_align(N, slices):
     assert dequant_cpu._slices(torch.empty(1, 1, 640), N, nbytes - 1) == 1
     assert dequant_cpu._slices(torch.empty(dequant_cpu.MAX_M + 1, 640), N, nbytes) == 1
     assert dequant_cpu._slices(torch.empty(1, 640, dtype=torch.bfloat16), N, nbytes) == 1
+
+
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q5_0", "q4_0", "q8_0", "iq4_xs"])
+def test_one_row_reads_the_int8_codes(fmt, dequantize_calls):
+    """Times one row of x, a weight is never a float constant: the compiled code reads int8 codes
+    (Q8_0: its own plane) and float32 scales folded once, and one C++ reduction per linear
+    dequantizes inside its sum. Against eager (the reference op: dequantize, F.linear) within
+    float32 summation order; the weights themselves are bit-identical (codes_to_float)."""
+    model = _model(fmt, n_layers=1)
+    x = torch.randn(1, 1, 256)
+    with torch.no_grad():
+        ref = model(x)
+        compiled = torch.compile(model, backend="inductor_fuse")
+        got, (code,) = run_and_get_code(compiled, x)
+        dequantize_calls.clear()
+        again = compiled(x + 1)
+    assert not dequantize_calls
+    assert rel_err(got, ref) < 1e-5
+    assert rel_err(again, model(x + 1)) < 1e-5
+    call = code[code.index("def call(") :]
+    assert "extern_kernels.mm" not in call and "sliced_linear" not in call, call
+    assert "torch.ops.inductor_fuse" not in call, call  # realize lowers to nothing, weight_codes is folded
+    # the constants the code declares: int8 codes [N, K] for each linear, no float32 [N, K]
+    consts = re.findall(r"_frozen_param\d+ = None  # device\(type='cpu'\) torch\.(\w+) \(([\d, ]+)\)", code)
+    shapes = {(dtype, tuple(int(d) for d in shape.split(",") if d.strip())) for dtype, shape in consts}
+    weights = [(512, 256), (256, 256), (2 * 512, 256), (256, 512)]  # q|k|v, o, gate|up (interleaved), down
+    for n, k in weights:
+        assert ("int8", (n, k)) in shapes, (n, k, shapes)
+        assert ("float32", (n, k)) not in shapes, (n, k, shapes)
+    rep = inductor_fuse.last_report()
+    details = [r.detail for r in rep.rewrites if r.family == FAMILY]
+    assert len(details) == 4 and all("one reduction over its int8 codes" in d for d in details), details
+
+
+def test_realize_is_not_folded_and_lowers_to_a_buffer():
+    """`realize` keeps a frozen int8 weight as stored (freezing folds what precedes it, not it) and
+    makes its input a buffer: x's RMSNorm is computed once, not inside the reduction."""
+    torch.manual_seed(0)
+    codes = torch.nn.Parameter(torch.randint(-8, 8, (64, 32), dtype=torch.int8), requires_grad=False)
+    w = torch.nn.Parameter(torch.rand(32), requires_grad=False)
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.codes, self.w = codes, w
+
+        def forward(self, x):
+            h = torch.ops.inductor_fuse.realize(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * self.w)
+            q = torch.ops.inductor_fuse.realize(self.codes + 1)  # folded up to realize: int8 codes + 1
+            return (q.float() * h).sum(-1)
+
+    m = M().eval()
+    x = torch.randn(1, 32)
+    with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+        got, (code,) = run_and_get_code(torch.compile(m), x)
+    assert torch.allclose(got, m(x), rtol=1e-5, atol=1e-5)
+    call = code[code.index("def call(") :]
+    assert "inductor_fuse" not in call, call
+    assert re.search(r"_frozen_param\d+ = None  # device\(type='cpu'\) torch\.int8 \(64, 32\)", code), code
+    # h has a buffer of its own, which the reduction loads (inlined, it would have none)
+    assert re.search(r"empty_strided_cpu\(\(1, 32\), \(32, 1\), torch\.float32\)", call), call

@@ -22,6 +22,31 @@ def test_dequantize_random_blocks(name, n, k):
 
 
 @pytest.mark.parametrize("name", GGUF_FORMATS)
+def test_codes_are_the_weights_of_gguf(name):
+    """The int8 code form (what dequant_cpu's one-row matvec reads): scale * q - offset per group,
+    in float32 in that order, gives gguf's dequantized weights bit for bit."""
+    f = FORMATS[name]
+    n, k = 7, 512
+    raw = random_gguf_bytes(f, n, k, seed=5)
+    c = f.codes(f.from_gguf_bytes(raw))
+    g = f.code_group
+    assert (c.q.dtype, tuple(c.q.shape), c.group) == (torch.int8, (n, k), g)
+    assert (c.scale.dtype, tuple(c.scale.shape)) == (torch.float32, (n, k // g))
+    assert (c.offset is not None) == f.code_offset
+    w = c.scale[..., None] * c.q.view(n, k // g, g).float()
+    if c.offset is not None:
+        w = w - c.offset[..., None]
+    assert_bits_equal(w.reshape(n, k), gguf.quants.dequantize(raw.numpy(), f.ggml_type))
+
+
+def test_a_format_without_codes_says_so():
+    f = FORMATS["int4_g32"]
+    assert f.code_group is None
+    with pytest.raises(ValueError, match="no int8 code form"):
+        f.codes(f.quantize(torch.randn(4, 64)))
+
+
+@pytest.mark.parametrize("name", GGUF_FORMATS)
 def test_gguf_bytes_round_trip(name):
     f = FORMATS[name]
     raw = torch.randint(0, 256, (37, f.row_bytes(512)), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
