@@ -133,7 +133,9 @@ def test_slices_are_multiples_of_row_align(N, slices):
     assert dequant_cpu._slices(torch.empty(1, 640, dtype=torch.bfloat16), N, nbytes) == 1
 
 
-@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q5_0", "q4_0", "q8_0", "iq4_xs"])
+# Q4_K (an offset), Q6_K (16-weight groups), Q8_0 (its plane is the codes); every format's codes
+# against gguf: tests/quant/test_dequantize.py::test_codes_are_the_weights_of_gguf
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q8_0"])
 def test_one_row_reads_the_int8_codes(fmt, dequantize_calls):
     """Times one row of x, a weight is never a float constant: the compiled code reads int8 codes
     (Q8_0: its own plane) and float32 scales folded once, and one C++ reduction per linear
