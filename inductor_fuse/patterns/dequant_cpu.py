@@ -10,19 +10,12 @@ linear over the weight dequantized once, at compile time.
                                                          (float32, no bias, static M <= MAX_M, a weight
                                                          of SPLIT_BYTES or more: one bmm over C slices
                                                          of its rows, on every thread; equal up to float32 rounding)
-    y = sum((d * q) * x)  over Q8_0's int8 codes q       (float32 x of one row (static), Q8_0: one
-                                                         Inductor C++ reduction reading the int8 codes
-                                                         as stored, 1 byte a weight, not 4)
+    y = sum((scale * q - offset) * x)                   (float32 x of one row (static), a format with
+                                                         int8 codes (WeightFormat.codes): one Inductor
+                                                         C++ reduction over the codes, 1 byte a weight)
 
 The CPU body of ``qlinear`` is the pure-torch reference: it dequantizes the whole weight on every
-call, which made a CPU decode step of Gemma-3-270M take ~0.6 s.
-A Q8_0 weight times one row of x is not dequantized: its codes are already int8, and a matvec is
-bound by the bytes it reads, so the graph keeps the codes (``realize``: an identity that freezing
-does not fold, lowered to a buffer) and computes ``sum((d * q) * x)`` over them, which
-Inductor fuses into one C++ reduction: Gemma-3-270M's tied output head ([262144, 640]) takes about
-9 ms a token there on 2 cores, against about 60 ms as a GEMV over its 671 MB float32 weight (2-core
-AMD EPYC). The weights ``d * q`` are the dequantized ones, bit for bit; the sum's order is the
-reduction's. Freezing folds
+call, which made a CPU decode step of Gemma-3-270M take ~0.6 s. Freezing folds
 ``inductor_fuse.dequantize`` of frozen planes into a constant, so the compiled graph holds the
 float weight and Inductor's CPU GEMM runs. The cost is memory: the float weights (4 bytes a weight
 in float32, against ~0.56 for Q4_K). The rule dequantizes only while the float weights of the
@@ -35,6 +28,16 @@ whose int8 outputs nothing reads becomes the RMSNorm's aten ops again, a
 ``decode_attention_quantize_act`` the ``decode_attention`` it was. So on CPU the graph
 computes what it computed without ``act_quant``. A ``rope_cache_write`` on CPU (the ``rope_cache``
 rule's) becomes the aten ops it computes, for Inductor's C++ kernels.
+
+Times one row of x (decode), a weight does not become a float constant: a matvec is bound by the bytes it
+reads, so freezing folds the weight's int8 codes and float32 scales (``weight_codes``; Q8_0's
+codes are its plane) and the graph computes ``sum((scale * q - offset) * x)`` over them, which
+Inductor fuses into one C++ reduction (``realize``, an identity that freezing does not fold and
+that is lowered to a buffer, keeps the codes int8 and x computed once). Gemma-3-270M's tied
+output head ([262144, 640], Q8_0) takes 8-10 ms a token that way on 2 cores, against about 60 ms
+as a GEMV over its 671 MB float32 weight (2-core AMD EPYC); a whole decode step 28 ms against 72.
+The weights ``scale * q - offset`` are the dequantized ones, bit for bit; the sum's order is the
+reduction's.
 
 A graph walk: one op, one node at a time, plus the memory budget over the whole graph.
 """
@@ -240,21 +243,15 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
                 y = _codes_matvec(graph, x2, planes, fmt, N, K)
                 if bias is not None:
                     y = call(graph, aten.add.Tensor, y, bias)
-            elif slices > 1:
-                y = call(
-                    graph,
-                    torch.ops.inductor_fuse.sliced_linear.default,
-                    x2,
-                    _dequantized(graph, planes, fmt, dtype),
-                    slices,
-                )
-            elif bias is None:
-                w = _dequantized(graph, planes, fmt, dtype)
-                y = call(graph, aten.mm.default, x2, call(graph, aten.permute.default, w, [1, 0]))
-            else:
-                w = _dequantized(graph, planes, fmt, dtype)
-                b = bias if val(bias).dtype == dtype else call(graph, aten._to_copy.default, bias, dtype=dtype)
-                y = call(graph, aten.addmm.default, b, x2, call(graph, aten.permute.default, w, [1, 0]))
+            else:  # the weight dequantized: folded into a constant by freezing
+                w = call(graph, torch.ops.inductor_fuse.dequantize.default, planes, fmt, dtype)
+                if slices > 1:
+                    y = call(graph, torch.ops.inductor_fuse.sliced_linear.default, x2, w, slices)
+                elif bias is None:
+                    y = call(graph, aten.mm.default, x2, call(graph, aten.permute.default, w, [1, 0]))
+                else:
+                    b = bias if val(bias).dtype == dtype else call(graph, aten._to_copy.default, bias, dtype=dtype)
+                    y = call(graph, aten.addmm.default, b, x2, call(graph, aten.permute.default, w, [1, 0]))
             if val(x).dim() != 2:  # back to x's leading dims (symbolic ones read from x)
                 lead = [
                     d if isinstance(d, int) else call(graph, aten.sym_size.int, x, i)
@@ -279,11 +276,6 @@ def dequantize_on_cpu(graph: fx.Graph) -> int:
     _unfuse_unread_attention_quantize_act(graph)
     _unfuse_rope_cache(graph)
     return rewrites
-
-
-def _dequantized(graph: fx.Graph, planes, fmt: str, dtype: torch.dtype) -> fx.Node:
-    """The weight dequantized to dtype: a node freezing folds into a constant."""
-    return call(graph, torch.ops.inductor_fuse.dequantize.default, planes, fmt, dtype)
 
 
 def _split_glu_quantize_act(graph: fx.Graph) -> None:
