@@ -28,10 +28,11 @@ What it does, per Dynamo graph:
    never serves stale weights. ``RulePass.uuid()`` (a hash of every plugin file) is in the key.
 3. Everything else is stock ``compile_fx``; options are scoped with ``config_patches``, never
    by assigning Inductor's global config.
-4. A graph with float CPU tensors starts Inductor's check of the C++ compiler's SIMD ISAs on a
-   thread (`_probe_vec_isa`): a dry compile and load of a test program per ISA, ~5 s on a 2-core
-   machine with a cold cache, which Inductor otherwise runs at its first C++ kernel, in the middle
-   of codegen. Started before lowering, it runs while the graph is lowered.
+4. A graph with float CPU tensors starts Inductor's C++ toolchain set-up on a thread
+   (`_probe_vec_isa`): its check of the compiler's SIMD ISAs (a dry compile and load of a test
+   program per ISA, ~5 s on a 2-core machine with a cold cache) and the precompiled header of its
+   kernels' prefix (~6 s), both of which Inductor otherwise builds at its first C++ kernel, in the
+   middle of codegen. Started before lowering, they run while the graph is lowered.
 Failures never fail the user's compile when stock Inductor can compile the graph: a rule that
 raises is skipped for that graph (``patterns.RulePass``); any other error of a compile with our
 rules makes the backend compile the graph again with stock Inductor (freezing, no rules). Both
@@ -52,6 +53,7 @@ import torch.fx as fx
 from torch._dynamo.exc import RestartAnalysis
 from torch._dynamo.guards import GuardBuilder, install_guard
 from torch._inductor import list_mode_options
+from torch._inductor.codecache import CppPythonBindingsCodeCache
 from torch._inductor.compile_fx import compile_fx
 from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
@@ -128,17 +130,30 @@ def _warn_once(message: str) -> None:
     log.warning("inductor_fuse: %s", message)
 
 
+# A kernel of the form Inductor's C++ kernels take: building it builds the precompiled header
+# that every C++ kernel of the graph then includes.
+_PREFIX_PROBE = """#include <torch/csrc/inductor/cpp_prefix.h>
+extern "C" void kernel(float* in_out_ptr0)
+{
+    in_out_ptr0[0] = in_out_ptr0[0] + 1.0f;
+}
+"""
+
+
 @functools.cache
 def _probe_vec_isa() -> None:
-    """Run Inductor's check of the SIMD ISAs the C++ compiler builds (``valid_vec_isa_list``, cached
-    for the process) on a daemon thread, once per process. Codegen asks for the same list later and
-    finds it, or waits for the file lock of the ISA being built; an error here is left for codegen
-    to meet and report."""
+    """Prepare Inductor's C++ toolchain on a daemon thread, once per process: its check of the SIMD
+    ISAs the compiler builds (``valid_vec_isa_list``, cached for the process), then the
+    precompiled header of its kernel prefix (``cpp_prefix.h``, cached on disk), built by compiling a
+    one-line kernel through the code cache the graph's kernels go through, so with the same flags.
+    Codegen asks for the same list and header later and finds them, or waits for the file lock of
+    the one being built. An error here is left for codegen to meet and report."""
 
     def probe() -> None:
         try:
             valid_vec_isa_list()
-        except Exception:  # noqa: BLE001 -- codegen calls it again and raises there
+            CppPythonBindingsCodeCache.load_pybinding(["float*"], _PREFIX_PROBE)
+        except Exception:  # noqa: BLE001 -- codegen builds them again and raises there
             pass
 
     threading.Thread(target=probe, name="inductor_fuse-vec-isa", daemon=True).start()

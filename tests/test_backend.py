@@ -132,23 +132,40 @@ def test_report_history_and_totals():
     assert "rewrite siblings (q_proj,k_proj,v_proj)" in text and "skipped siblings" in text
 
 
-def test_a_cpu_graph_checks_the_simd_isas_on_a_thread(monkeypatch):
-    # Inductor's check of the C++ compiler's SIMD ISAs (dry compiles, ~5 s cold) starts on a thread
-    # when the backend meets a CPU graph, before lowering; codegen then finds it done.
+def test_a_cpu_graph_prepares_the_cpp_toolchain_on_a_thread(monkeypatch):
+    # Inductor's check of the C++ compiler's SIMD ISAs (dry compiles, ~5 s cold) and the build of
+    # its kernels' precompiled header (~6 s cold) start on a thread when the backend meets a CPU
+    # graph, before lowering; codegen then finds both done.
     from inductor_fuse import backend
 
     callers = []
-    real = backend.valid_vec_isa_list
+    real_isas = backend.valid_vec_isa_list
+    real_load = backend.CppPythonBindingsCodeCache.load_pybinding
+    kernels = []
 
-    def spy():
-        callers.append(threading.current_thread().name)
-        return real()
+    def spy_isas():
+        if threading.current_thread().name == "inductor_fuse-vec-isa":
+            callers.append("inductor_fuse-vec-isa")
+        return real_isas()
 
-    monkeypatch.setattr(backend, "valid_vec_isa_list", spy)
+    def spy_load(*args, **kwargs):  # Inductor's own compiles may come this way too
+        kernel = real_load(*args, **kwargs)
+        if threading.current_thread().name == "inductor_fuse-vec-isa":
+            callers.append("inductor_fuse-vec-isa")
+            kernels.append(kernel)
+        return kernel
+
+    monkeypatch.setattr(backend, "valid_vec_isa_list", spy_isas)
+    monkeypatch.setattr(backend.CppPythonBindingsCodeCache, "load_pybinding", spy_load)
     backend._probe_vec_isa.cache_clear()
     with torch.no_grad():
         torch.compile(nn.Linear(8, 8).eval(), backend="inductor_fuse")(torch.randn(2, 8))
     for t in threading.enumerate():
         if t.name == "inductor_fuse-vec-isa":
             t.join()
-    assert "inductor_fuse-vec-isa" in callers, callers
+    assert callers == ["inductor_fuse-vec-isa"] * 2, callers  # the ISA list, then the header
+    # The probe kernel is a real one of the prefix the graph's kernels include: it built and runs.
+    assert "#include <torch/csrc/inductor/cpp_prefix.h>" in backend._PREFIX_PROBE
+    x = torch.zeros(1)
+    kernels[0](x)
+    assert x.item() == 1.0
