@@ -219,7 +219,12 @@ def activation_key(x: fx.Node):
 
     Linears of a 3-D input read x through reshape(x, [-1, K]), those of a cast model through
     convert_element_type(x, dtype); CSE usually merges such twins, but two identical reshapes or
-    casts of one tensor are one activation too (a cast of a reshape, too: recursive)."""
+    casts of one tensor are one activation too (a cast of a reshape, too: recursive). So are two
+    equal zero-paddings of one tensor: on CUDA, Inductor's ``pad_mm`` pass (it runs before our
+    rules) gives every matmul whose sizes it aligns its own ``constant_pad_nd`` of x."""
+    if x.op == "call_function" and x.target is aten.constant_pad_nd.default:
+        value = x.args[2] if len(x.args) > 2 else x.kwargs.get("value", 0)
+        return ("pad", activation_key(x.args[0]), tuple(x.args[1]), value)
     if x.op == "call_function" and x.target in (aten.reshape.default, aten.view.default):
         return ("reshape", activation_key(x.args[0]), tuple(x.args[1]))
     if x.op == "call_function" and x.target is prims.convert_element_type.default:

@@ -162,6 +162,40 @@ def test_linears_reading_different_tensors():
     assert len(rep.skipped) == 2 and all("no other linear reads" in s.reason for s in rep.skipped)
 
 
+@pytest.mark.parametrize("pads", [([0, 0, 0, 2], [0, 0, 0, 2]), ([0, 0, 0, 2], [0, 0, 0, 6])], ids=["equal", "unequal"])
+def test_linears_reading_one_padded_activation(pads):
+    # On CUDA, Inductor's pad_mm pass (it runs before our rules) gives each addmm it aligns its own
+    # constant_pad_nd of x: equal pads of one tensor are one activation, unequal ones are not.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    from inductor_fuse import report
+    from inductor_fuse.patterns.siblings import fuse_sibling_linears
+
+    aten = torch.ops.aten
+    wq, wk, bq, bk = torch.randn(64, 16), torch.randn(64, 8), torch.randn(16), torch.randn(8)
+
+    def f(x):
+        return (
+            aten.addmm(bq, aten.constant_pad_nd(x, pads[0]), wq),
+            aten.addmm(bk, aten.constant_pad_nd(x, pads[1]), wk),
+        )
+
+    x = torch.randn(10, 64)
+    gm = make_fx(f)(x)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    FakeTensorProp(gm, mode).propagate(mode.from_tensor(x))  # every node's val in one fake mode
+    assert len(gm.graph.find_nodes(op="call_function", target=aten.constant_pad_nd.default)) == 2
+    with report.collecting():
+        fused = fuse_sibling_linears(gm.graph)
+    assert fused == (1 if pads[0] == pads[1] else 0)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    for got, want in zip(gm(x), f(x)):
+        assert got.shape == want.shape and rel_err(got, want) < 1e-6
+
+
 def test_weight_that_is_a_graph_input():
     def f(x, w1, w2):
         return F.linear(x, w1) + F.linear(x, w2)
