@@ -235,6 +235,32 @@ def test_garbage_beyond_the_live_length_is_ignored(path, garbage):
     assert_close(out, ref, q.dtype, f"{path} with {garbage} past the live length")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf")])
+def test_cpu_op_reads_only_what_rows_attend(monkeypatch, garbage, dtype):
+    # The op's CPU body runs stock SDPA over the cache up to the last position a row attends to,
+    # K and V zeroed where no row of their group looks: garbage before a sliding window and past
+    # the live length must not reach the result, and the reference must not run.
+    import inductor_fuse.attention as attention
+
+    def no_reference(*args):
+        raise AssertionError("the CPU body ran the reference")
+
+    B, Hq, Hkv, S, D, T, live, window = 2, 8, 2, 4, 64, 512, 300, 50
+    q, k, v = make_qkv(B, Hq, Hkv, S, D, T, dtype, seed=3)
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # the model's layout: [B, S, Hq, D] transposed
+    mask = make_mask("window", B, Hq, S, T, live, window=window)
+    ref = attention_fp64(q, k, v, mask, 0.125, 0.0)
+    first = live - S - window + 1  # the earliest position a row sees
+    for t in (k, v):
+        t[:, :, :first] = garbage
+        t[:, :, live:] = -garbage
+    monkeypatch.setattr(attention, "decode_attention_reference", no_reference)
+    out = decode_attention(q, k, v, mask, 0.125, 0.0)
+    assert out.dtype == dtype and out.is_contiguous() and torch.isfinite(out).all()  # the fake's layout
+    assert_close(out, ref, dtype, f"CPU op with {garbage} outside the window")
+
+
 @kernel_runs
 def test_kernel_takes_the_model_layout():
     # q as the model passes it: [B, S, Hq, D] transposed to [B, Hq, S, D] (not contiguous); the mask
