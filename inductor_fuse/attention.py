@@ -134,9 +134,9 @@ def decode_attention_cpu(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: f
     """The op on CPU (arguments already checked): stock SDPA (its fused CPU kernel, float32) over the
     cache up to the last position any row attends to, with K and V zeroed where no row of their
     group looks (only when there is such a position before that end: a sliding window). One SDPA
-    call instead of the reference's dozen ops over the whole buffer: 0.6 -> 0.2 ms a call for
-    Gemma-3-270M's decode step on a 2-core CPU. A softcap, or a row that attends to nothing (SDPA
-    gives NaN there, the op 0), runs the reference."""
+    call instead of the reference's dozen ops over the whole buffer: at Gemma-3-270M's shape on a
+    2-core CPU, 170 -> 90-120 us a call, its compiled decode step 18.3 -> 16.3 ms. A softcap, or a
+    row that attends to nothing (SDPA gives NaN there, the op 0), runs the reference."""
     if softcap > 0 or not bool(mask.any(dim=-1).all()):
         return decode_attention_reference(q, k, v, mask, scale, softcap)
     B, Hq, S, D = q.shape
