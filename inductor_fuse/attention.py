@@ -98,6 +98,13 @@ def check_decode_attention_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, s
         raise ValueError(f"decode_attention: softcap must be >= 0 (0: none), got {softcap}")
 
 
+def _rows_of_kv_heads(mask: Tensor, B: int, Hq: int, Hkv: int) -> Tensor:
+    """The mask [1|B, 1|Hq, S, T] as the rows each KV head serves: [B, Hkv, G * S, T], its G query
+    heads x S rows, head-major (h = hkv * G + g)."""
+    S, T = mask.shape[-2:]
+    return mask.expand(B, Hq, S, T).reshape(B, Hkv, Hq // Hkv * S, T)
+
+
 def decode_attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float) -> Tensor:
     """The op's pure-torch body and the kernel's oracle (arguments already checked): float32 math,
     result in q.dtype. All-masked rows give zeros; K/V where no row of the group looks are not read
@@ -105,8 +112,7 @@ def decode_attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, sc
     B, Hq, S, D = q.shape
     _, Hkv, T, _ = k.shape
     G = Hq // Hkv
-    # rows of one KV head: its G query heads x S rows, head-major (h = hkv * G + g)
-    live = mask.expand(B, Hq, S, T).reshape(B, Hkv, G * S, T)
+    live = _rows_of_kv_heads(mask, B, Hq, Hkv)
     seen = live.any(dim=2)[..., None]  # [B, Hkv, T, 1]: positions some row of the group attends to
     kf = torch.where(seen, k.float(), 0.0)  # [B, Hkv, T, D]
     vf = torch.where(seen, v.float(), 0.0)
@@ -143,7 +149,7 @@ def decode_attention_cpu(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: f
     _, Hkv, T, _ = k.shape
     end = int(mask.reshape(-1, T).any(dim=0).nonzero()[-1]) + 1  # past it no row looks
     k, v, mask = k[:, :, :end], v[:, :, :end], mask[..., :end]
-    seen = mask.expand(B, Hq, S, end).reshape(B, Hkv, -1, end).any(dim=2)[..., None]  # as the reference's
+    seen = _rows_of_kv_heads(mask, B, Hq, Hkv).any(dim=2)[..., None]  # as the reference's
     if not bool(seen.all()):
         k, v = torch.where(seen, k, 0.0), torch.where(seen, v, 0.0)
     out = torch.nn.functional.scaled_dot_product_attention(

@@ -29,7 +29,7 @@ What it does, per Dynamo graph:
 3. Everything else is stock ``compile_fx``; options are scoped with ``config_patches``, never
    by assigning Inductor's global config.
 4. A graph with float CPU tensors starts Inductor's C++ toolchain set-up on a thread
-   (`_probe_vec_isa`): its check of the compiler's SIMD ISAs (a dry compile and load of a test
+   (`_prepare_cpp_toolchain`): its check of the compiler's SIMD ISAs (a dry compile and load of a test
    program per ISA, ~5 s on a 2-core machine with a cold cache) and the precompiled header of its
    kernels' prefix (~6 s), both of which Inductor otherwise builds at its first C++ kernel, in the
    middle of codegen. Started before lowering, they run while the graph is lowered.
@@ -141,7 +141,7 @@ extern "C" void kernel(float* in_out_ptr0)
 
 
 @functools.cache
-def _probe_vec_isa() -> None:
+def _prepare_cpp_toolchain() -> None:
     """Prepare Inductor's C++ toolchain on a daemon thread, once per process: its check of the SIMD
     ISAs the compiler builds (``valid_vec_isa_list``, cached for the process), then the
     precompiled header of its kernel prefix (``cpp_prefix.h``, cached on disk), built by compiling a
@@ -156,7 +156,7 @@ def _probe_vec_isa() -> None:
         except Exception:  # noqa: BLE001 -- codegen builds them again and raises there
             pass
 
-    threading.Thread(target=probe, name="inductor_fuse-vec-isa", daemon=True).start()
+    threading.Thread(target=probe, name="inductor_fuse-cpp-toolchain", daemon=True).start()
 
 
 def inductor_fuse_backend(
@@ -172,7 +172,7 @@ def inductor_fuse_backend(
     patches: dict[str, Any] = dict(list_mode_options(mode))
 
     if any(isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type == "cpu" for t in example_inputs):
-        _probe_vec_isa()
+        _prepare_cpp_toolchain()
     with report.collecting() as rep:
         needs_grad = torch.is_grad_enabled() and any(
             isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs

@@ -138,32 +138,33 @@ def test_a_cpu_graph_prepares_the_cpp_toolchain_on_a_thread(monkeypatch):
     # graph, before lowering; codegen then finds both done.
     from inductor_fuse import backend
 
+    THREAD = "inductor_fuse-cpp-toolchain"
     callers = []
     real_isas = backend.valid_vec_isa_list
     real_load = backend.CppPythonBindingsCodeCache.load_pybinding
     kernels = []
 
     def spy_isas():
-        if threading.current_thread().name == "inductor_fuse-vec-isa":
-            callers.append("inductor_fuse-vec-isa")
+        callers.append(("isas", threading.current_thread().name))
         return real_isas()
 
     def spy_load(*args, **kwargs):  # Inductor's own compiles may come this way too
         kernel = real_load(*args, **kwargs)
-        if threading.current_thread().name == "inductor_fuse-vec-isa":
-            callers.append("inductor_fuse-vec-isa")
+        callers.append(("header", threading.current_thread().name))
+        if threading.current_thread().name == THREAD:
             kernels.append(kernel)
         return kernel
 
     monkeypatch.setattr(backend, "valid_vec_isa_list", spy_isas)
     monkeypatch.setattr(backend.CppPythonBindingsCodeCache, "load_pybinding", spy_load)
-    backend._probe_vec_isa.cache_clear()
+    backend._prepare_cpp_toolchain.cache_clear()
     with torch.no_grad():
         torch.compile(nn.Linear(8, 8).eval(), backend="inductor_fuse")(torch.randn(2, 8))
     for t in threading.enumerate():
-        if t.name == "inductor_fuse-vec-isa":
+        if t.name == THREAD:
             t.join()
-    assert callers == ["inductor_fuse-vec-isa"] * 2, callers  # the ISA list, then the header
+    on_thread = [what for what, thread in callers if thread == THREAD]
+    assert on_thread == ["isas", "header"], callers  # the ISA list, then the header
     # The probe kernel is a real one of the prefix the graph's kernels include: it built and runs.
     assert "#include <torch/csrc/inductor/cpp_prefix.h>" in backend._PREFIX_PROBE
     x = torch.zeros(1)
