@@ -15,8 +15,12 @@ GPU variants (`-m gpu`, INDUCTOR_FUSE_GPU_TESTS=1): bfloat16, and Q4_K weights v
 `quantize_` (hidden 256: Q4_K needs K % 256 == 0; linears that do not fit stay float).
 """
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 pytest.importorskip("transformers")  # a test dependency (".[test]"); a machine without it skips the sweep
 
@@ -29,25 +33,47 @@ FP32_TOL = 1e-4
 BF16_TOL = 3e-2
 
 
-def compile_and_run(family: Family, model: torch.nn.Module, ids: torch.Tensor):
-    """Eager logits, compiled logits, and the reports of this compile (a graph break gives
-    several Dynamo graphs, hence several reports)."""
+class Run(NamedTuple):
+    want: torch.Tensor  # eager logits
+    got: torch.Tensor  # compiled logits
+    reports: list  # the reports of this compile (a graph break gives several Dynamo graphs)
+    again: Callable[[], str]  # on a mismatch: which side moves when both run again
+
+
+def compile_and_run(family: Family, model: torch.nn.Module, ids: torch.Tensor) -> Run:
     n_before = len(inductor_fuse.all_reports())
+    compiled = torch.compile(model, backend="inductor_fuse")
     with torch.no_grad():
         want = model(ids, use_cache=False).logits
-        got = torch.compile(model, backend="inductor_fuse")(ids, use_cache=False).logits
+        got = compiled(ids, use_cache=False).logits
     reports = inductor_fuse.all_reports()[n_before:]
     print(family.name, inductor_fuse.total_counts(reports), f"({len(reports)} graph(s))")
-    return want, got, reports
+
+    def again() -> str:
+        with torch.no_grad():
+            want2 = model(ids, use_cache=False).logits
+            got2 = compiled(ids, use_cache=False).logits
+            with sdpa_kernel(SDPBackend.MATH):
+                math = model(ids, use_cache=False).logits
+        errs = {
+            "eager run again vs eager": rel_err(want2.float(), want.float()),
+            "compiled run again vs compiled": rel_err(got2.float(), got.float()),
+            "eager with math SDPA vs eager": rel_err(math.float(), want.float()),
+            "compiled vs eager with math SDPA": rel_err(got.float(), math.float()),
+        }
+        return "; ".join(f"{k} {v:.3e}" for k, v in errs.items())
+
+    return Run(want, got, reports, again)
 
 
-def check(family: Family, want: torch.Tensor, got: torch.Tensor, reports: list, tol: float) -> None:
+def check(family: Family, run: Run, tol: float) -> None:
+    want, got, reports = run.want, run.got, run.reports
     counts = inductor_fuse.total_counts(reports)
     text = "\n".join(str(rep) for rep in reports) or "(no inductor_fuse compilation)"
     assert got.shape == want.shape
     assert not any(rep.failures for rep in reports), f"{family.name}: a rule or the compile with rules failed\n{text}"
     err = rel_err(got.float(), want.float())
-    assert err < tol, f"{family.name}: logits rel err {err:.3e} >= {tol:g}\n{text}"
+    assert err < tol, f"{family.name}: logits rel err {err:.3e} >= {tol:g} ({run.again()})\n{text}"
     # on quantized weights the glu rule takes gate|up before siblings would: either fuses the pair
     fused = counts["siblings"] + counts.get("glu", 0)
     assert fused >= family.min_siblings, (
@@ -65,10 +91,10 @@ def build_or_skip(family: Family, **kw) -> torch.nn.Module:
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
 def test_family_fp32_cpu(family):
     model = build_or_skip(family)
-    want, got, reports = compile_and_run(family, model, input_ids())
-    check(family, want, got, reports, FP32_TOL)
+    run = compile_and_run(family, model, input_ids())
+    check(family, run, FP32_TOL)
     if family.name in GLU_FAMILIES:  # float weights: glu (glu_linear) fires in every gated MLP too
-        counts = inductor_fuse.total_counts(reports)
+        counts = inductor_fuse.total_counts(run.reports)
         assert counts["glu"] == GLU_FAMILIES[family.name], counts
 
 
@@ -76,8 +102,7 @@ def test_family_fp32_cpu(family):
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
 def test_family_bf16_gpu(family):
     model = build_or_skip(family, dtype=torch.bfloat16, device="cuda")
-    want, got, reports = compile_and_run(family, model, input_ids(device="cuda"))
-    check(family, want, got, reports, BF16_TOL)
+    check(family, compile_and_run(family, model, input_ids(device="cuda")), BF16_TOL)
 
 
 @pytest.mark.gpu
@@ -87,8 +112,7 @@ def test_family_q4k_gpu(family):
     model = build_or_skip(family, hidden=256, dtype=torch.bfloat16, device="cuda")
     inductor_fuse.quantize_(model, inductor_fuse.QuantConfig(fmt="q4_k"))
     assert any(isinstance(m, inductor_fuse.QuantizedLinear) for m in model.modules())
-    want, got, reports = compile_and_run(family, model, input_ids(device="cuda"))
-    check(family, want, got, reports, BF16_TOL)
+    check(family, compile_and_run(family, model, input_ids(device="cuda")), BF16_TOL)
 
 
 # The families where the issue asks the new rules to fire (2 layers each): on quantized weights
@@ -103,8 +127,8 @@ def test_family_int4_cpu(family):
     quantized model."""
     model = build_or_skip(family)
     inductor_fuse.quantize_(model, inductor_fuse.QuantConfig(fmt="int4_g32"))
-    want, got, reports = compile_and_run(family, model, input_ids())
-    check(family, want, got, reports, FP32_TOL)
-    counts = inductor_fuse.total_counts(reports)
+    run = compile_and_run(family, model, input_ids())
+    check(family, run, FP32_TOL)
+    counts = inductor_fuse.total_counts(run.reports)
     assert counts["glu"] == GLU_FAMILIES[family.name], counts
     assert counts["conv1d"] == (1 if family.name == "qwen3_5" else 0), counts
