@@ -35,10 +35,11 @@ def plugin_hash() -> str:
 
 def _restore(graph: fx.Graph, saved: fx.Graph) -> None:
     """Make ``graph`` (in place: the owning module keeps it) a copy of ``saved`` again."""
-    for node in reversed(graph.nodes):  # users before what they read
+    for node in list(graph.nodes)[::-1]:  # users before what they read
         graph.erase_node(node)
     out = graph.graph_copy(saved, {})
-    output = next(reversed(saved.nodes))  # the output node is last
+    # (torch 2.11's reversed(graph.nodes) is an iterable, not an iterator: no next() on it)
+    (output,) = saved.find_nodes(op="output")
     graph.output(out, output.type).meta = dict(output.meta)
 
 
