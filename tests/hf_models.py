@@ -208,9 +208,15 @@ def tiny_config(family: Family, hidden: int | None = None):
 
 
 def build(
-    family: Family, hidden: int | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    family: Family,
+    hidden: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    experts: str | None = None,
 ) -> nn.Module:
-    """The family's tiny model with random weights (seeded), in eval mode; SDPA where supported."""
+    """The family's tiny model with random weights (seeded), in eval mode; SDPA where supported.
+    experts: the MoE experts implementation (transformers' `experts_implementation`; None: its default,
+    grouped_mm where it can dispatch)."""
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoModelForCausalLM
 
     config = tiny_config(family, hidden)
@@ -222,6 +228,8 @@ def build(
     except ImportError as e:  # an optional dependency of the modeling file
         raise FamilyUnavailable(f"{family.model_type}: {type(e).__name__}: {e}") from e
     _decisive_routers(model)
+    if experts is not None and model.config._experts_implementation != experts:
+        model.set_experts_implementation(experts)  # read by each experts module at call time
     return model.to(device).eval()
 
 
