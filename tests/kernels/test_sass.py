@@ -42,3 +42,18 @@ def test_scales_load_in_the_weights_layout_and_whole_steps_drop_the_masks(fmt, M
     assert even["mix"].get("CS2R", 0) == 0 < masked["mix"].get("CS2R", 0)
     assert even["loop"] < masked["loop"]
     assert even["stack"] == 0, f"{fmt}: spills to the stack"
+
+
+@pytest.mark.parametrize("args, mma", [([], "IGMMA"), (["--block-n", "32", "--num-warps", "1"], "IMMA")])
+def test_int8_mma_loop_issues_its_dots_on_the_tensor_cores(args, mma):
+    # benchmarks/sass_int8_mma.py finds the Q4_K kernel's K loop, and each unit's two int8 dots are
+    # tensor-core instructions in it (wgmma for a 4-warp program, mma.sync for a 1-warp one)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = SCRIPT.parent / "sass_int8_mma.py"
+    p = subprocess.run(
+        [sys.executable, str(script), *args, "--json"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["loop"] > 0, "no K loop found in the SASS"
+    assert r["mix"].get(mma, 0) >= 2, r["mix"]
