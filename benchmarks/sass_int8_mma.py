@@ -14,12 +14,8 @@ issued per SM and clock.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import triton
@@ -28,7 +24,7 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sass_matvec import loop_body, nvidia_tool, opcode  # noqa: E402
+from sass_matvec import inspect_kernel  # noqa: E402
 
 from inductor_fuse.kernels import int8_mma  # noqa: E402
 
@@ -39,6 +35,7 @@ POINTERS = {
 
 
 def inspect_q4k(block_n: int, block_m: int, num_warps: int, num_stages: int, weights_first: bool, dump=None) -> dict:
+    """`sass_matvec.inspect_kernel` of the Q4_K int8_mma kernel compiled for sm_90."""
     fn = int8_mma._q4k_mma_kernel
     constants = dict(HAS_BIAS=False, SPLIT=True, BLOCK_M=block_m, BLOCK_N=block_n, WT=weights_first)
     signature = {a: "constexpr" if a in constants else POINTERS.get(a, "i32") for a in fn.arg_names}
@@ -49,23 +46,7 @@ def inspect_q4k(block_n: int, block_m: int, num_warps: int, num_stages: int, wei
         target=GPUTarget("cuda", 90, 32),
         options=dict(num_warps=num_warps, num_stages=num_stages),
     )
-    folder = Path(dump or tempfile.mkdtemp(prefix="sass_int8_mma_"))
-    folder.mkdir(parents=True, exist_ok=True)
-    cubin = folder / "q4k_mma.cubin"
-    cubin.write_bytes(k.asm["cubin"])
-    run = [nvidia_tool("nvdisasm"), "-c", str(cubin)], [nvidia_tool("cuobjdump"), "--dump-resource-usage", str(cubin)]
-    sass, usage = (subprocess.run(c, capture_output=True, text=True, check=True).stdout for c in run)
-    if dump:
-        for kind in ("ttgir", "ptx"):
-            (folder / f"q4k_mma.{kind}").write_text(k.asm[kind])
-        (folder / "q4k_mma.sass").write_text(sass)
-    body = loop_body(sass)
-    regs = re.search(r"REG:(\d+)", usage)
-    return {
-        "registers": int(regs.group(1)) if regs else None,
-        "loop": len(body),
-        "mix": collections.Counter(map(opcode, body)),
-    }
+    return inspect_kernel(k, "q4k_mma", dump)
 
 
 def main() -> None:
@@ -81,9 +62,10 @@ def main() -> None:
     args = ap.parse_args()
     r = inspect_q4k(args.block_n, args.block_m, args.num_warps, args.num_stages, not args.x_first, args.dump)
     if args.json:
-        print(json.dumps({**r, "mix": dict(r["mix"])}))
+        print(json.dumps({**r, "loop": len(r["loop"]), "mix": dict(r["mix"])}))
         return
-    print(f"triton {triton.__version__}, sm_90: {r['registers']} registers; K loop: {r['loop']} instructions per unit")
+    print(f"triton {triton.__version__}, sm_90: {r['registers']} registers, stack {r['stack']} bytes")
+    print(f"K loop: {len(r['loop'])} instructions per thread and unit")
     print("  " + ", ".join(f"{op} {n}" for op, n in r["mix"].most_common()))
 
 

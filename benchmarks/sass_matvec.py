@@ -86,13 +86,12 @@ def opcode(line: str) -> str:
     return m.group(1) if m else "?"
 
 
-def inspect_matvec(fmt: str, M: int, cfg: _common.MatvecConfig, even: bool = True, arch: int = 90, dump=None) -> dict:
-    """-> {"registers", "stack", "loop": the K loop's SASS lines, "mix": Counter of their opcodes,
-    "conversions": SHFL + BAR in the loop}; dump: a folder for the cubin, ttgir, ptx and sass."""
-    k = compile_matvec(fmt, M, cfg, even, arch)
-    folder = Path(dump) if dump else Path(tempfile.mkdtemp(prefix="sass_matvec_"))
+def inspect_kernel(k, stem: str, dump=None) -> dict:
+    """A compiled Triton kernel `k` -> {"registers", "stack", "loop": its K loop's SASS lines, "mix":
+    Counter of their opcodes}; dump: a folder for the cubin, ttgir, ptx and sass (named `stem`.*)."""
+    folder = Path(dump) if dump else Path(tempfile.mkdtemp(prefix="sass_"))
     folder.mkdir(parents=True, exist_ok=True)
-    cubin = folder / f"matvec_{fmt}.cubin"
+    cubin = folder / f"{stem}.cubin"
     cubin.write_bytes(k.asm["cubin"])
     sass = subprocess.run(
         [nvidia_tool("nvdisasm"), "-c", str(cubin)], capture_output=True, text=True, check=True
@@ -102,21 +101,25 @@ def inspect_matvec(fmt: str, M: int, cfg: _common.MatvecConfig, even: bool = Tru
     ).stdout
     if dump:
         for kind in ("ttgir", "ptx"):
-            (folder / f"matvec_{fmt}.{kind}").write_text(k.asm[kind])
-        (folder / f"matvec_{fmt}.sass").write_text(sass)
+            (folder / f"{stem}.{kind}").write_text(k.asm[kind])
+        (folder / f"{stem}.sass").write_text(sass)
     else:
         shutil.rmtree(folder)
     regs = re.search(r"REG:(\d+)", usage)
     stack = re.search(r"STACK:(\d+)", usage)
     body = loop_body(sass)
-    mix = collections.Counter(opcode(x) for x in body)
     return {
         "registers": int(regs.group(1)) if regs else None,
         "stack": int(stack.group(1)) if stack else None,
         "loop": body,
-        "mix": mix,
-        "conversions": mix["SHFL"] + mix["BAR"],
+        "mix": collections.Counter(opcode(x) for x in body),
     }
+
+
+def inspect_matvec(fmt: str, M: int, cfg: _common.MatvecConfig, even: bool = True, arch: int = 90, dump=None) -> dict:
+    """`inspect_kernel` of the format's matvec, plus "conversions": SHFL + BAR in the loop."""
+    r = inspect_kernel(compile_matvec(fmt, M, cfg, even, arch), f"matvec_{fmt}", dump)
+    return {**r, "conversions": r["mix"]["SHFL"] + r["mix"]["BAR"]}
 
 
 def main() -> None:

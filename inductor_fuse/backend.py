@@ -130,21 +130,14 @@ GROUPED_MM_CUDA = (
     "experts_implementation='eager' was exact in 12 of 12 compiles; this plugin does not change that path. "
     "Build the model with experts_implementation='eager' (docs/robustness.md)"
 )
-_GROUPED_MM = tuple(
-    f
-    for f in (
-        getattr(torch, "_grouped_mm", None),
-        getattr(torch.nn.functional, "grouped_mm", None),
-        getattr(torch.ops.aten, "_grouped_mm", None),
-    )
-    if f is not None
-)
+_GROUPED_MM = {torch.ops.aten._grouped_mm, torch.ops.aten._grouped_mm.default} | {
+    f for f in (getattr(torch, "_grouped_mm", None), getattr(torch.nn.functional, "grouped_mm", None)) if f is not None
+}  # what a Dynamo graph calls grouped_mm through
 
 
 def calls_grouped_mm(gm: fx.GraphModule) -> bool:
     """Whether the Dynamo graph calls grouped_mm (torch._grouped_mm, F.grouped_mm or the aten op)."""
-    targets = set(_GROUPED_MM) | {getattr(f, "default", None) for f in _GROUPED_MM} - {None}
-    return any(n.op == "call_function" and n.target in targets for n in gm.graph.nodes)
+    return any(n.op == "call_function" and n.target in _GROUPED_MM for n in gm.graph.nodes)
 
 
 @functools.cache

@@ -23,15 +23,19 @@ pytestmark = pytest.mark.skipif(
 CASES = [("iq4_xs", 1, 4096), ("q4_k", 1, 4096), ("q6_k", 1, 4096), ("q6_k", 16, 14336)]
 
 
-@pytest.mark.parametrize("fmt, M, K", CASES)
-def test_scales_load_in_the_weights_layout_and_whole_steps_drop_the_masks(fmt, M, K):
+def run_json(script: Path, *args: str) -> dict:
+    """The script's --json line, from a process without TRITON_INTERPRET (it compiles for sm_90)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     p = subprocess.run(
-        [sys.executable, str(SCRIPT), fmt, "--m", str(M), "--K", str(K), "--json"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        [sys.executable, str(script), *args, "--json"], capture_output=True, text=True, env=env, timeout=600
+    )
     assert p.returncode == 0, p.stderr[-3000:]
-    r = json.loads(p.stdout.strip().splitlines()[-1])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("fmt, M, K", CASES)
+def test_scales_load_in_the_weights_layout_and_whole_steps_drop_the_masks(fmt, M, K):
+    r = run_json(SCRIPT, fmt, "--m", str(M), "--K", str(K))
     even, masked = r["even"], r["masked"]
     assert even["loop"] and masked["loop"], "no K loop found in the SASS"
     # no layout conversion inside the loop: the scale loads are declared non-contiguous so that
@@ -48,12 +52,6 @@ def test_scales_load_in_the_weights_layout_and_whole_steps_drop_the_masks(fmt, M
 def test_int8_mma_loop_issues_its_dots_on_the_tensor_cores(args, mma):
     # benchmarks/sass_int8_mma.py finds the Q4_K kernel's K loop, and each unit's two int8 dots are
     # tensor-core instructions in it (wgmma for a 4-warp program, mma.sync for a 1-warp one)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = SCRIPT.parent / "sass_int8_mma.py"
-    p = subprocess.run(
-        [sys.executable, str(script), *args, "--json"], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r = run_json(SCRIPT.parent / "sass_int8_mma.py", *args)
     assert r["loop"] > 0, "no K loop found in the SASS"
     assert r["mix"].get(mma, 0) >= 2, r["mix"]
