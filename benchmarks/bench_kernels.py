@@ -39,6 +39,8 @@ from inductor_fuse.kernels.gemm import dequant_mm, qgemm  # noqa: E402
 from inductor_fuse.kernels.int8_mma import MmaConfig, int8_mma  # noqa: E402
 from inductor_fuse.kernels.registry import KERNELS  # noqa: E402
 from inductor_fuse.kernels.testing import random_planes  # noqa: E402
+from inductor_fuse.kernels.w4a16_mma import FORMATS as W4A16_FORMATS  # noqa: E402
+from inductor_fuse.kernels.w4a16_mma import w4a16_mma  # noqa: E402
 
 SHAPES = [  # name, N, K, formats
     ("qkv", 6144, 4096, ["q4_k"]),
@@ -225,9 +227,10 @@ SMALL_M_SHAPES = [  # the Llama-3-8B Q4_K_M decode shapes: name, N, K, fmt
 
 def small_m(dev, out, ms, mma_sweep=False):
     """M = 1..64 on the decode shapes, each path timed as the op runs it (activation quantization
-    included): the W4A8 matvec (dp4a), int8_mma (W4A8 on the int8 tensor cores), W4A16 (qgemm:
-    dequantize in registers + bf16 tl.dot) and bf16 cuBLAS; with mma_sweep, every int8_mma config
-    of a small grid too."""
+    included): `op` (what the dispatcher runs), the W4A8 matvec (dp4a), int8_mma (W4A8 on the int8
+    tensor cores), w4a16_mma (W4A16 on the bf16 tensor cores, packed decode; its formats), W4A16
+    qgemm (`w4a16_us`: dequantize in registers + bf16 tl.dot) and bf16 cuBLAS; with mma_sweep,
+    every int8_mma config of a small grid too."""
     rows = []
     for name, N, K, fmt in SMALL_M_SHAPES:
         copies = weight_copies(fmt, N, K, dev)
@@ -243,6 +246,8 @@ def small_m(dev, out, ms, mma_sweep=False):
                 row["matvec_us"] = 1e6 * time_graph([lambda p=p: dispatch.matvec(x, p, None, fmt) for p in copies])
             if M >= 2:
                 row["int8_mma_us"] = 1e6 * time_graph([lambda p=p: int8_mma(x, p, None, fmt) for p in copies])
+            if M >= 2 and fmt in W4A16_FORMATS:
+                row["w4a16_mma_us"] = 1e6 * time_graph([lambda p=p: w4a16_mma(x, p, None, fmt) for p in copies])
             row["w4a16_us"] = 1e6 * time_graph([lambda p=p: qgemm(x, p, None, fmt) for p in copies])
             row["bf16_us"] = 1e6 * time_graph([lambda w=w: F.linear(x, w) for w in ws])
             if mma_sweep and M >= 2:

@@ -5,13 +5,17 @@ Per format, from its KernelSpec (kernels/registry.py):
     M <= spec.matvec_max_m:      act_quant(x) -> the format's matvec     (2 launches, +1 when split-K;
                                  1 when the activation comes quantized: qlinear_q8 / glu_qlinear_q8,
                                  whose xa the act_quant rule computed once for every consumer)
+    M <= spec.w4a16_mma_max_m:   w4a16_mma, W4A16 on the bf16 / fp16 tensor cores, nibbles decoded on
+                                 packed bytes (bf16 / fp16 x; Q4_K: M = 5..64; +1 launch for split-K,
+                                 +1 for a GLU's act * mul)
     M <= spec.int8_mma_max_m:    act_quant(x) -> int8_mma, W4A8 on the int8 tensor cores (Q4_K:
-                                 M = 9..32, Q6_K: 17..32; +1 launch for split-K, +1 for a GLU's act * mul)
+                                 5..32 with float32 x, Q6_K: 17..32; +1 launch for split-K, +1 for a GLU's act * mul)
     M <  spec.fused_gemm_max_m:  qgemm, the fused Triton GEMM (dequant in registers + tl.dot)
     otherwise:                   dequant_mm (chunked dequant -> cuBLAS); config.settings.gemm
                                  == "fused" (INDUCTOR_FUSE_GEMM=fused) forces qgemm
 
-matvec_max_m is the measured crossover on an H200 (benchmarks/bench_kernels.py --crossover).
+matvec_max_m is the measured crossover on an H200 (benchmarks/bench_kernels.py --crossover; Q4_K's
+against w4a16_mma: --small-m).
 config.settings.exact_matvec (INDUCTOR_FUSE_EXACT_MATVEC=1) sends every M to the GEMM (activations
 stay float: no int8 rounding of x, slower at small M). A format without kernels raises
 NotImplementedError (ops.py then runs the reference).
@@ -29,6 +33,7 @@ from ._common import MatvecConfig, QuantizedActivation, act_mul, act_quant, inte
 from .gemm import dequant_mm, qgemm
 from .int8_mma import int8_mma
 from .registry import kernel_spec
+from .w4a16_mma import w4a16_mma
 
 GLU_QUANT_WARPS = 16  # warps of a GLU matvec program that quantizes its output (64 weight rows)
 
@@ -112,7 +117,10 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None
         return matvec(x2, planes, bias, fmt, act=act, xa=qa).reshape(*x.shape[:-1], n_out)
     if ya_interleave is not None:
         raise ValueError(f"{fmt}: the GLU matvec that quantizes its output runs for M <= {spec.matvec_max_m}, got {M}")
-    if M <= spec.int8_mma_max_m and not settings.exact_matvec:  # xa when quantize_act filled it
+    half = x2.dtype in (torch.bfloat16, torch.float16)
+    if M <= spec.w4a16_mma_max_m and half and not settings.exact_matvec:
+        out = w4a16_mma(x2, planes, bias, fmt)
+    elif M <= spec.int8_mma_max_m and not settings.exact_matvec:  # xa when quantize_act filled it
         out = int8_mma(x2, planes, bias, fmt, xa=qa)
     elif settings.exact_matvec or M < spec.fused_gemm_max_m or settings.gemm == "fused":
         out = qgemm(x2, planes, bias, fmt)

@@ -6,7 +6,7 @@ in _common.py, next to MatvecConfig, so that the format files import it from the
 here) and registers it: ``(SPEC,) = register_kernels(KernelSpec(...))``. Adding a format's kernels:
 its file, and its name in the import line below.
 
-    KERNELS["q4_k"].matvec_max_m            # 8: act_quant + matvec up to M = 8
+    KERNELS["q4_k"].matvec_max_m            # 4: act_quant + matvec up to M = 4
     kernel_spec(fmt)                        # the same, or an error naming the formats with kernels
 """
 

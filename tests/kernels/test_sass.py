@@ -50,8 +50,23 @@ def test_scales_load_in_the_weights_layout_and_whole_steps_drop_the_masks(fmt, M
 
 @pytest.mark.parametrize("args, mma", [([], "IGMMA"), (["--block-n", "32", "--num-warps", "1"], "IMMA")])
 def test_int8_mma_loop_issues_its_dots_on_the_tensor_cores(args, mma):
-    # benchmarks/sass_int8_mma.py finds the Q4_K kernel's K loop, and each unit's two int8 dots are
+    # benchmarks/sass_mma.py finds the Q4_K kernel's K loop, and each unit's two int8 dots are
     # tensor-core instructions in it (wgmma for a 4-warp program, mma.sync for a 1-warp one)
-    r = run_json(SCRIPT.parent / "sass_int8_mma.py", *args)
+    r = run_json(SCRIPT.parent / "sass_mma.py", *args)
     assert r["loop"] > 0, "no K loop found in the SASS"
     assert r["mix"].get(mma, 0) >= 2, r["mix"]
+
+
+def test_w4a16_mma_loop_decodes_packed_bytes_into_the_mma_operands():
+    # w4a16_mma's default K step (2 units): bf16 wgmma with the decoded weights as register
+    # operands; the K order of the tile gives each thread 8 contiguous bytes (a few wide shared
+    # loads, not one per byte) and decoded pairs that are operand registers as they come (no
+    # repacking). With the natural K order, 4 warps and one unit a step, the loop had 47 LDS and
+    # 73 PRMT; here 11 / 24 (triton 3.6), 19 / 25 (3.9), 16 of the PRMT the decode's own. Fewer
+    # instructions per weight than int8_mma's loop
+    r = run_json(SCRIPT.parent / "sass_mma.py", "--kernel", "w4a16_mma")
+    mix = r["mix"]
+    assert mix.get("HGMMA", 0) >= 8 and mix.get("IGMMA", 0) == 0, mix
+    assert mix.get("LDS", 0) <= 24 and mix.get("PRMT", 0) <= 32, mix
+    assert r["stack"] == 0
+    assert r["issue_us"] < run_json(SCRIPT.parent / "sass_mma.py")["issue_us"]

@@ -30,6 +30,8 @@ from inductor_fuse.patterns.act_quant import share_act_quant
 from inductor_fuse.quant import QuantConfig, quantize_
 from inductor_fuse.quant.formats import FORMATS
 
+Q4K_MAX_M = KERNELS["q4_k"].matvec_max_m  # the largest M q4_k's matvec (the int8 activation's reader) runs
+
 FAMILY = "act_quant"
 lib = torch.ops.inductor_fuse
 
@@ -68,7 +70,7 @@ def test_fires_once_per_shared_activation_and_matches_the_unfused_compile(dequan
     # the first norm reads the model's input; every later one a residual add, fused too
     norm, add = "RMSNorm fused", "RMSNorm fused, with the residual add before it,"
     rest = " (eps 1e-06, weight in float32): x[1, S, 256] -> int8 per 32-tile (natural order), "
-    qkv, mlp = rest + "M <= 16; read by 2: q4_k, q6_k", rest + "M <= 8; read by 1: q4_k"
+    qkv, mlp = rest + "M <= 16; read by 2: q4_k, q6_k", rest + f"M <= {Q4K_MAX_M}; read by 1: q4_k"
     # S: 3, or a symbol when earlier compiles of TinyLlama in this process saw other lengths
     # (Dynamo's automatic dynamic shapes)
     details = [
@@ -77,7 +79,8 @@ def test_fires_once_per_shared_activation_and_matches_the_unfused_compile(dequan
         if r.family == FAMILY
     ]
     down = (
-        "the GLU's output quantized with it: x[1, S, 512] -> int8 per 32-tile (natural order), M <= 8; read by 1: q4_k"
+        "the GLU's output quantized with it: x[1, S, 512] -> int8 per 32-tile (natural order), "
+        f"M <= {Q4K_MAX_M}; read by 1: q4_k"
     )
     assert details == [
         ("(q_proj,v_proj)", norm + qkv),
@@ -326,7 +329,7 @@ def test_the_transformers_norms_are_fused(dtype):
     assert rep.counts[FAMILY] == len(fused) + len(attention) + len(glus) == 9, str(rep)  # + o_proj, down_proj
     assert [r.label for r in attention] == ["(o_proj)"] * 2, str(rep)
     assert sorted(r.label for r in fused) == ["(gate_proj)"] * 2 + ["(output)"] + ["(q_proj)"] * 2, str(rep)
-    want = " (eps 1e-05, weight in float32): x[1, 2, 256] -> int8 per 32-tile (natural order), M <= 8"
+    want = f" (eps 1e-05, weight in float32): x[1, 2, 256] -> int8 per 32-tile (natural order), M <= {Q4K_MAX_M}"
     assert all(want in r.detail for r in fused), [r.detail for r in fused]
     added = [r.label for r in fused if r.detail.startswith("RMSNorm fused, with the residual add before it")]
     assert len(added) == 4, [r.detail for r in fused]  # every norm but the first (the embedding's output)
@@ -478,7 +481,7 @@ def rewritten_norm(request):
     plain = _trace(f, h, norm_w, w["qkv"], w["gu"])
     assert share_act_quant(gm.graph) == 1
     (fused,) = _calls(gm, lib.rmsnorm_quantize_act.default)
-    assert fused.args[2:] == (1e-6, 1.0, False, False, 8)
+    assert fused.args[2:] == (1e-6, 1.0, False, False, Q4K_MAX_M)
     assert not _calls(gm, aten_rsqrt) and not _calls(gm, lib.quantize_act.default)
     _on_cuda_bodies(gm, plain)
     return gm, plain, dtype, norm_w, w
@@ -488,7 +491,7 @@ aten_rsqrt = torch.ops.aten.rsqrt.default
 
 
 @pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("M", [1, 3, 12])  # 12: past q4_k's matvec (8): the GEMMs read y, nothing quantized
+@pytest.mark.parametrize("M", [1, 3, 12])  # 12: past q4_k's matvec (4): the GEMMs read y, nothing quantized
 def test_the_fused_norm_on_the_cuda_bodies(M, rewritten_norm, act_quant_calls, monkeypatch):
     from inductor_fuse.kernels import norm_quant
 
@@ -503,9 +506,9 @@ def test_the_fused_norm_on_the_cuda_bodies(M, rewritten_norm, act_quant_calls, m
 
     monkeypatch.setattr(norm_quant, "rmsnorm_quantize", norm_spy)
     got = gm(h, norm_w, w["qkv"], w["gu"])
-    assert fused == [M <= 8] and launches == []  # one launch: the norm quantizes; the matvecs read it
+    assert fused == [M <= Q4K_MAX_M] and launches == []  # one launch: the norm quantizes; the matvecs read it
     want = plain(h, norm_w, w["qkv"], w["gu"])
-    assert launches == ([(M, 256)] * 2 if M <= 8 else [])  # unfused: one act_quant per matvec
+    assert launches == ([(M, 256)] * 2 if M <= Q4K_MAX_M else [])  # unfused: one act_quant per matvec
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     for a, b in zip(got, want):
         assert a.shape == b.shape and rel_err(a.float(), b.float()) < tol

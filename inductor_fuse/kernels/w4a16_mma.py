@@ -1,0 +1,227 @@
+"""W4A16 for a few rows of x on the bf16 / fp16 tensor cores: `w4a16_mma` (the dispatcher runs it
+for matvec_max_m < M <= KernelSpec.w4a16_mma_max_m with bf16 or fp16 x; Q4_K: 5..64).
+
+Each program decodes BLOCK_N weight rows x BLOCK_U 64-weight units of K into x's dtype in
+registers and multiplies them with x^T on the tensor cores (the weights are the wgmma's A operand,
+from registers; x's rows, padded to 16, its N side):
+
+    out^T[n, m] += sum_k w[n, k] * x[m, k],   w = d*sc * q - dmin*m   (Q4_K, per 32-weight sub-block)
+
+The sub-block's scale and min are applied to the weights, not to the accumulator: one bf16 dot
+covers 64 * BLOCK_U weights, where int8_mma (W4A8) scales an int32 result per 32 weights. The
+decode works on packed bytes (`tl.inline_asm_elementwise`, four bytes per instance): a nibble ORed
+into the mantissa of a magic number (128.0 in bf16, 1024.0 in fp16) is the number plus the nibble,
+exactly; one packed fma removes the magic, one more applies the scale and the min
+(`fma.rn.bf16x2`). So 8 weights cost 2 PRMT + 2 SHF + 4 LOP3 + 8 HFMA2 per thread.
+
+The bytes and the rows of x are read in a K order of the kernel's choosing (a dot's sum does not
+care): within a unit, tile column i = 16t + 8h + 2c + p holds the weight k = 32h + 8c + 2t + p
+(h: high nibble or low, c: the quad of the MMA fragment, t: the k16 slice, p: the pair). Then the
+8 bytes a thread's fragments need are contiguous (one 8-byte shared load, not byte loads) and
+each packed pair of decoded values is one fragment register (no repacking).
+
+Rounding: the scale and the min are rounded to x's dtype before the fma, the result once after
+it; against float64 on the dequantized weights the bf16 result's error was 1.2-1.5x that of
+`F.linear` on the weights dequantized to bf16, fp16's 1.1-1.3x (H200). On the CPU interpreter
+(no inline asm) the same kernel decodes in float32 instead (USE_ASM=False).
+
+Programs: BLOCK_N weight rows x BLOCK_M rows of x x SPLIT_K ranges of K (float32 partials summed
+by `splitk_reduce` with the bias), the split chosen so that about four programs run per SM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import interpreting, loop_bound, num_sms, splitk_reduce
+from .int8_mma import _mma_prologue, _mma_store
+
+FORMATS = ("q4_k",)  # the formats with a w4a16_mma kernel
+MAX_M = 64
+
+
+def _decode_asm(magic: str, neg: str, one: str, ty: str, hi_shift: int, hi_mask: str) -> str:
+    """Four qs bytes ($4) -> the low nibbles' weights ($0, $1: two packed pairs) and the high
+    nibbles' ($2, $3); $5,$6 / $9,$10: the scales, $7,$8 / $11,$12: minus the mins. The high
+    nibble is shifted to bits 3-6 for bf16 (7 mantissa bits: bit 7 is the exponent's) and decodes
+    as 8q, left at bits 4-7 for fp16 (16q): its scale comes divided by 8 or 16."""
+    lines = [
+        "{",
+        ".reg .b32 t0, t1, h0, h1, q, mg, ng, on;",
+        f"mov.b32 mg, {magic}; mov.b32 ng, {neg}; mov.b32 on, {one};",
+        "prmt.b32 t0, $4, 0, 0x4140;",  # bytes 0, 1 -> the low bytes of two halves
+        "prmt.b32 t1, $4, 0, 0x4342;",  # bytes 2, 3
+        f"shr.u32 h0, t0, {hi_shift};",
+        f"shr.u32 h1, t1, {hi_shift};",
+    ]
+    for out, src, mask, s, m in (
+        ("$0", "t0", "0x000F000F", "$5", "$7"),
+        ("$1", "t1", "0x000F000F", "$6", "$8"),
+        ("$2", "h0", hi_mask, "$9", "$11"),
+        ("$3", "h1", hi_mask, "$10", "$12"),
+    ):
+        lines += [
+            f"lop3.b32 q, {src}, {mask}, mg, 0xEA;",  # (src & mask) | magic = magic + nibble
+            f"fma.rn.{ty} q, q, on, ng;",  # - magic: the nibble (times 8 or 16 for the high one), exact
+            f"fma.rn.{ty} {out}, q, {s}, {m};",  # * scale - min
+        ]
+    return "\n".join(lines + ["}"])
+
+
+_ASM_BF16 = tl.constexpr(_decode_asm("0x43004300", "0xC300C300", "0x3F803F80", "bf16x2", 1, "0x00780078"))
+_ASM_F16 = tl.constexpr(_decode_asm("0x64006400", "0xE400E400", "0x3C003C00", "f16x2", 0, "0x00F000F0"))
+_CONSTRAINTS = tl.constexpr("=r,=r,=r,=r,r,r,r,r,r,r,r,r,r")
+
+
+@triton.jit
+def _q4k_decode(b, s_lo, nm_lo, s_hi, nm_hi, DT: tl.constexpr, USE_ASM: tl.constexpr):
+    # b uint8 [BN, BU, 32]; s_*, nm_* float32 broadcast to b's shape (s_hi: the scale / 16)
+    # -> the low and the high nibbles' weights, DT [BN, BU, 32]
+    if USE_ASM:
+        if DT == tl.float16:
+            lo, hi = tl.inline_asm_elementwise(
+                _ASM_F16,
+                _CONSTRAINTS,
+                [b, s_lo.to(tl.float16), nm_lo.to(tl.float16), s_hi.to(tl.float16), nm_hi.to(tl.float16)],
+                dtype=(tl.float16, tl.float16),
+                is_pure=True,
+                pack=4,
+            )
+        else:  # bf16: the high nibble decodes as 8q (bits 3-6), so its scale is (scale / 16) * 2
+            lo, hi = tl.inline_asm_elementwise(
+                _ASM_BF16,
+                _CONSTRAINTS,
+                [b, s_lo.to(tl.bfloat16), nm_lo.to(tl.bfloat16), (s_hi * 2).to(tl.bfloat16), nm_hi.to(tl.bfloat16)],
+                dtype=(tl.bfloat16, tl.bfloat16),
+                is_pure=True,
+                pack=4,
+            )
+    else:
+        lo = ((b & 15).to(tl.float32) * s_lo + nm_lo).to(DT)
+        hi = ((b & 0xF0).to(tl.float32) * s_hi + nm_hi).to(DT)
+    return lo, hi
+
+
+@triton.jit
+def _q4k_w4a16_kernel(
+    x_ptr,  # [M, K] bf16 / fp16 (float32 only with USE_ASM=False)
+    qs_ptr,  # uint8 [N, K/2]
+    sm_ptr,  # int32 [N, K/64]: per unit (sc_lo, m_lo, sc_hi, m_hi)
+    dm_ptr,  # int32 [N, K/256]: per block the f16 pair (d, dmin)
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    UNITS_PER_SPLIT,  # a multiple of BLOCK_U
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    USE_ASM: tl.constexpr,
+):
+    units = K // 64
+    rn, rm, rn64, rmc, xrow, u0, u1, pid_s, acc = _mma_prologue(M, N, K, units, UNITS_PER_SPLIT, BLOCK_M, BLOCK_N, True)
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    l = tl.arange(0, 32)
+    j = tl.arange(0, BLOCK_U)
+    i = tl.arange(0, BLOCK_U * 64)
+    # tile column i = 64 uu + 16t + 8h + 2c + p  <->  weight k = 64 uu + 32h + 8c + 2t + p (module doc)
+    kx = (i // 64) * 64 + ((i // 8) % 2) * 32 + ((i // 2) % 4) * 8 + ((i // 16) % 4) * 2 + i % 2
+    qrow = tl.multiple_of(rn64 * (K // 2), 16)
+    for u in range(loop_bound(u0), loop_bound(u1), BLOCK_U):
+        uu = u + j
+        b = tl.load(qs_ptr + qrow[:, None, None] + (uu * 32)[None, :, None] + l[None, None, :])
+        smw = tl.load(sm_ptr + (rn64 * (K // 64))[:, None] + uu[None, :])
+        dmw = tl.load(dm_ptr + (rn64 * (K // 256))[:, None] + (uu // 4)[None, :])
+        d = (dmw & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        dmin = (dmw >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        shape: tl.constexpr = (BLOCK_N, BLOCK_U, 32)
+        s_lo = tl.broadcast_to((d * (smw & 0xFF).to(tl.float32))[:, :, None], shape)
+        nm_lo = tl.broadcast_to((-dmin * ((smw >> 8) & 0xFF).to(tl.float32))[:, :, None], shape)
+        s_hi = tl.broadcast_to((d * 0.0625 * ((smw >> 16) & 0xFF).to(tl.float32))[:, :, None], shape)
+        nm_hi = tl.broadcast_to((-dmin * ((smw >> 24) & 0xFF).to(tl.float32))[:, :, None], shape)
+        lo, hi = _q4k_decode(b, s_lo, nm_lo, s_hi, nm_hi, DT, USE_ASM)
+        # bytes l = 8c + 2t + p, both nibbles h -> columns [t, h, c, p]
+        lo = tl.reshape(lo, (BLOCK_N, BLOCK_U, 4, 4, 2))
+        hi = tl.reshape(hi, (BLOCK_N, BLOCK_U, 4, 4, 2))
+        w = tl.reshape(tl.permute(tl.join(lo, hi), (0, 1, 3, 5, 2, 4)), (BLOCK_N, BLOCK_U * 64))
+        xt = tl.load(x_ptr + xrow[None, :] + (u * 64 + kx)[:, None])  # [BLOCK_U * 64, BLOCK_M]
+        if USE_ASM:
+            acc = tl.dot(w, xt, acc)
+        else:  # the interpreter's bf16 dot is wrong (triton 3.6 / 3.9); float32 x: full fp32 products
+            acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
+    _mma_store(acc, rn, rm, M, N, pid_s, out_ptr, bias_ptr, HAS_BIAS, SPLIT, True)
+
+
+@dataclass(frozen=True)
+class W4A16Config:
+    block_n: int = 128
+    block_u: int = 2  # 64-weight units of K per step
+    num_warps: int = 8
+    num_stages: int = 3
+    split_k: int = 0  # 0: about four programs per SM (default_config)
+
+
+def default_config(M: int) -> W4A16Config:
+    """Measured on an H200 (kernel alone, CUDA graph over rotated weight copies, Llama-3-8B Q4_K
+    shapes, M = 4..64; benchmarks/results/2026-12-04-w4a16-mma-configs.json): 128 rows, 8 warps,
+    3 stages, two units per step up to M = 32, one at M = 64 (the accumulator doubles)."""
+    if interpreting():
+        return W4A16Config(block_n=16, block_u=1, num_warps=1, num_stages=1, split_k=0)
+    return W4A16Config(block_u=2 if M <= 32 else 1)
+
+
+def w4a16_mma(x: torch.Tensor, planes, bias: torch.Tensor | None, fmt: str, config: W4A16Config | None = None):
+    """x [M, K] (contiguous; bf16 / fp16 on CUDA, any float under the interpreter) -> [M, N] in
+    x.dtype."""
+    if fmt not in FORMATS:
+        raise NotImplementedError(f"w4a16_mma: no kernel for {fmt!r} (formats: {FORMATS})")
+    M, K = x.shape
+    qs, sm, dm = planes
+    N = qs.shape[0]
+    if K % 256:
+        raise ValueError(f"w4a16_mma: {fmt} needs K % 256 == 0, got K = {K}")
+    use_asm = not interpreting()
+    if use_asm and x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"w4a16_mma: x must be bf16 or fp16 on the GPU, got {x.dtype}")
+    cfg = config or default_config(M)
+    block_m = min(max(16, triton.next_power_of_2(M)), MAX_M)
+    units = K // 64
+    split = cfg.split_k
+    if not split:
+        programs = triton.cdiv(N, cfg.block_n) * triton.cdiv(M, block_m)
+        split = max(1, min(8, round(4 * num_sms(x.device) / programs), units // (4 * cfg.block_u)))
+    per_split = triton.cdiv(units // cfg.block_u, split) * cfg.block_u  # K % 256 == 0: block_u <= 4 divides units
+    split = triton.cdiv(units, per_split)
+    grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, block_m), split)
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    dst = out if split == 1 else torch.empty((split, M, N), dtype=torch.float32, device=x.device)
+    _q4k_w4a16_kernel[grid](
+        x,
+        qs,
+        sm.view(torch.int32),
+        dm.view(torch.int32),
+        bias if bias is not None else out,
+        dst,
+        M,
+        N,
+        K,
+        per_split,
+        HAS_BIAS=bias is not None,
+        SPLIT=split > 1,
+        BLOCK_M=block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_U=cfg.block_u,
+        USE_ASM=use_asm,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    if split > 1:
+        splitk_reduce(dst, bias, out)
+    return out
