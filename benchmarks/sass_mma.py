@@ -75,7 +75,7 @@ def main() -> None:
         units = 1
         extra = dict(WT=not args.x_first)
     else:
-        cfg = w4a16_mma.default_config(16)
+        cfg = w4a16_mma.default_config("q4_k", 16)
         units = args.block_u or cfg.block_u
         extra = dict(BLOCK_U=units, USE_ASM=True)
     block_n, warps = args.block_n or cfg.block_n, args.num_warps or cfg.num_warps

@@ -6,10 +6,10 @@ Per format, from its KernelSpec (kernels/registry.py):
                                  1 when the activation comes quantized: qlinear_q8 / glu_qlinear_q8,
                                  whose xa the act_quant rule computed once for every consumer)
     M <= spec.w4a16_mma_max_m:   w4a16_mma, W4A16 on the bf16 / fp16 tensor cores, nibbles decoded on
-                                 packed bytes (bf16 / fp16 x; Q4_K: M = 5..64; +1 launch for split-K,
+                                 packed bytes (bf16 / fp16 x; Q4_K: M = 5..64, Q6_K: 7..64; +1 launch for split-K,
                                  +1 for a GLU's act * mul)
-    M <= spec.int8_mma_max_m:    act_quant(x) -> int8_mma, W4A8 on the int8 tensor cores (Q4_K:
-                                 5..32 with float32 x, Q6_K: 17..32; +1 launch for split-K, +1 for a GLU's act * mul)
+    M <= spec.int8_mma_max_m:    act_quant(x) -> int8_mma, W4A8 on the int8 tensor cores (float32 x:
+                                 Q4_K 5..32, Q6_K 7..32; +1 launch for split-K, +1 for a GLU's act * mul)
     M <  spec.fused_gemm_max_m:  qgemm, the fused Triton GEMM (dequant in registers + tl.dot)
     otherwise:                   dequant_mm (chunked dequant -> cuBLAS); config.settings.gemm
                                  == "fused" (INDUCTOR_FUSE_GEMM=fused) forces qgemm

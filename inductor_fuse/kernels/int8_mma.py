@@ -1,6 +1,6 @@
 """W4A8 for a few rows of x on the int8 tensor cores: `int8_mma` (the dispatcher runs it for
-matvec_max_m < M <= KernelSpec.int8_mma_max_m where w4a16_mma does not: Q6_K 17..32, Q4_K 5..32 with
-float32 x).
+matvec_max_m < M <= KernelSpec.int8_mma_max_m where w4a16_mma does not: float32 x, Q4_K 5..32 and
+Q6_K 7..32).
 
 The matvec (kernels/<fmt>.py, `_common.matvec_kernel`) spends one `dp4a` per 4 weights per row of
 x, so its time grows with M: on an H200, Q4_K gate_up 19.7 us at M = 1, 50.1 at M = 4, 169.0 at

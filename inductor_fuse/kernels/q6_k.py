@@ -118,8 +118,13 @@ def _default_config(M: int, N: int, K: int) -> MatvecConfig:
         "q6_k", UNIT.value, _q6k_load_units, _q6k_decode, _q6k_row_dot, _q6k_dequant_tile,
         plane_dtypes=(torch.int32, torch.int32, None, None),
         default_config=_default_config,
-        matvec_max_m=16,
-        int8_mma_max_m=32,  # M = 17..32 (at M = 32: down 96.4 us, lm_head 735.2; dequant + cuBLAS 101.5, 837.7)
+        # the matvec up to M = 6, then w4a16_mma (bf16 / fp16 x) up to 64: at M = 8 33.3-33.9 us against
+        # the matvec's 41.6 (down), 233 against 271 (lm_head); at M = 4 the matvec's 27.3 / 173.9 against
+        # 33.3 / 233 (w4a16_mma does the same work for every M <= 16; the matvec grows linearly, M = 5..7
+        # not measured). int8_mma for float32 x (2026-12-04, docs/kernels.md "A few rows").
+        matvec_max_m=6,
+        w4a16_mma_max_m=64,
+        int8_mma_max_m=32,
         fused_gemm_max_m=0,
     )
 )  # fmt: skip

@@ -1,5 +1,6 @@
-"""W4A16 for a few rows of x on the bf16 / fp16 tensor cores: `w4a16_mma` (the dispatcher runs it
-for matvec_max_m < M <= KernelSpec.w4a16_mma_max_m with bf16 or fp16 x; Q4_K: 5..64).
+"""Weight-only quantized linears (W4A16; Q6_K's W6A16 the same way) for a few rows of x on the bf16 /
+fp16 tensor cores: `w4a16_mma` (the dispatcher runs it for matvec_max_m < M <=
+KernelSpec.w4a16_mma_max_m with bf16 or fp16 x; Q4_K: 5..64, Q6_K: 7..64).
 
 Each program decodes BLOCK_N weight rows x BLOCK_U 64-weight units of K into x's dtype in
 registers and multiplies them with x^T on the tensor cores (the weights are the wgmma's A operand,
@@ -25,6 +26,15 @@ it; against float64 on the dequantized weights the bf16 result's error was 1.2-1
 `F.linear` on the weights dequantized to bf16, fp16's 1.1-1.3x (H200). On the CPU interpreter
 (no inline asm) the same kernel decodes in float32 instead (USE_ASM=False).
 
+Q6_K (a unit = a 128-weight half of a block: ql 2 x 32 bytes, qh 32 bytes, four 32-weight
+sub-blocks r, an int8 scale per 16 weights): four bytes of each plane per asm instance give the
+four sub-blocks' codes, (ql nibble | qh bits << 4) ORed into the magic's mantissa (6 bits fit
+bf16's 7), one packed fma makes q - 32 exactly, one more multiplies by the int8 scale; d (per
+256 weights and row) multiplies each unit's float32 product before it is added, so the
+decode has no f16 load in it (a 2-byte load is not pipelined, and kept the decoded tile out of
+the MMA operand layout: a conversion through shared memory every step). Tile column i = 16T + 8e +
+2c + p with T = 2t + r // 2, e = r % 2 holds weight k = 32r + 8c + 2t + p.
+
 Programs: BLOCK_N weight rows x BLOCK_M rows of x x SPLIT_K ranges of K (float32 partials summed
 by `splitk_reduce` with the bias), the split chosen so that about four programs run per SM.
 """
@@ -40,7 +50,8 @@ import triton.language as tl
 from ._common import interpreting, loop_bound, num_sms, splitk_reduce
 from .int8_mma import _mma_prologue, _mma_store
 
-FORMATS = ("q4_k",)  # the formats with a w4a16_mma kernel
+_UNIT = {"q4_k": 64, "q6_k": 128}  # weights of K per unit
+FORMATS = tuple(_UNIT)  # the formats with a w4a16_mma kernel
 MAX_M = 64
 
 
@@ -159,21 +170,156 @@ def _q4k_w4a16_kernel(
     _mma_store(acc, rn, rm, M, N, pid_s, out_ptr, bias_ptr, HAS_BIAS, SPLIT, True)
 
 
+def _q6k_decode_asm(magic: str, off: str, one: str, ty: str) -> str:
+    """Four bytes each of ql's first 32 ($8: low nibbles r = 0, high r = 2) and last 32 ($9: r = 1,
+    3) and of qh ($10: bits 2r, 2r + 1) -> the four sub-blocks' weights r ($2r, $2r+1: two packed
+    pairs each); $11 + 2r, $12 + 2r: sub-block r's scales. q = nibble | (2 bits << 4) ORed into
+    the magic's mantissa, minus (magic + 32): q - 32 exactly; times the scale."""
+    lines = [
+        "{",
+        ".reg .b32 a, b, c, ah, bh, c4, c2, cr, t, mg, of, on, nz;",
+        f"mov.b32 mg, {magic}; mov.b32 of, {off}; mov.b32 on, {one}; mov.b32 nz, 0x80008000;",
+    ]
+    for half, sel in ((0, "0x4140"), (1, "0x4342")):  # bytes 0, 1, then 2, 3 -> the low bytes of two halves
+        lines += [
+            f"prmt.b32 a, $8, 0, {sel};",
+            f"prmt.b32 b, $9, 0, {sel};",
+            f"prmt.b32 c, $10, 0, {sel};",
+            "shr.u32 ah, a, 4;",
+            "shr.u32 bh, b, 4;",
+            "shl.b32 c4, c, 4;",
+            "shl.b32 c2, c, 2;",
+            "shr.u32 cr, c, 2;",
+        ]
+        for r, (low, high) in enumerate((("a", "c4"), ("b", "c2"), ("ah", "c"), ("bh", "cr"))):
+            lines += [
+                f"lop3.b32 t, {low}, 0x000F000F, mg, 0xEA;",  # (nibble) | magic
+                f"lop3.b32 t, {high}, 0x00300030, t, 0xEA;",  # | (qh bits << 4)
+                f"fma.rn.{ty} t, t, on, of;",  # - (magic + 32)
+                f"fma.rn.{ty} ${2 * r + half}, t, ${11 + 2 * r + half}, nz;",  # * scale (+ -0)
+            ]
+    return "\n".join(lines + ["}"])
+
+
+_Q6K_ASM_BF16 = tl.constexpr(_q6k_decode_asm("0x43004300", "0xC320C320", "0x3F803F80", "bf16x2"))
+_Q6K_ASM_F16 = tl.constexpr(_q6k_decode_asm("0x64006400", "0xE420E420", "0x3C003C00", "f16x2"))
+_Q6K_CONSTRAINTS = tl.constexpr(",".join(["=r"] * 8 + ["r"] * 11))
+
+
+@triton.jit
+def _q6k_decode(a, b, c, s0, s1, s2, s3, DT: tl.constexpr, USE_ASM: tl.constexpr):
+    # a, b: ql bytes 0..31 and 32..63 of the unit, c: its qh bytes, uint8 [BN, 1, 32]; s_r float32
+    # (the int8 scale of each element's 16-group) -> the weights of sub-blocks r = 0..3 without d, DT
+    if USE_ASM:
+        if DT == tl.float16:
+            w0, w1, w2, w3 = tl.inline_asm_elementwise(
+                _Q6K_ASM_F16,
+                _Q6K_CONSTRAINTS,
+                [a, b, c, s0.to(tl.float16), s1.to(tl.float16), s2.to(tl.float16), s3.to(tl.float16)],
+                dtype=(tl.float16, tl.float16, tl.float16, tl.float16),
+                is_pure=True,
+                pack=4,
+            )
+        else:
+            w0, w1, w2, w3 = tl.inline_asm_elementwise(
+                _Q6K_ASM_BF16,
+                _Q6K_CONSTRAINTS,
+                [a, b, c, s0.to(tl.bfloat16), s1.to(tl.bfloat16), s2.to(tl.bfloat16), s3.to(tl.bfloat16)],
+                dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16),
+                is_pure=True,
+                pack=4,
+            )
+    else:
+        a = a.to(tl.int32)
+        b = b.to(tl.int32)
+        c = c.to(tl.int32)
+        w0 = ((((a & 15) | ((c & 3) << 4)) - 32).to(tl.float32) * s0).to(DT)
+        w1 = ((((b & 15) | (((c >> 2) & 3) << 4)) - 32).to(tl.float32) * s1).to(DT)
+        w2 = ((((a >> 4) | (((c >> 4) & 3) << 4)) - 32).to(tl.float32) * s2).to(DT)
+        w3 = ((((b >> 4) | (((c >> 6) & 3) << 4)) - 32).to(tl.float32) * s3).to(DT)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _q6k_scales(w, k0: tl.constexpr, BLOCK_N: tl.constexpr):
+    # the signed bytes k0 (elements 0..15) and k0 + 1 (16..31) of the int32 words w [BN, 1] -> each
+    # element's scale, float32 [BN, 1, 32]
+    lo = ((w << (24 - 8 * k0)) >> 24).to(tl.float32)
+    hi = ((w << (16 - 8 * k0)) >> 24).to(tl.float32)
+    return tl.reshape(tl.broadcast_to(tl.join(lo, hi)[:, :, :, None], (BLOCK_N, 1, 2, 16)), (BLOCK_N, 1, 32))
+
+
+@triton.jit
+def _q6k_w4a16_kernel(
+    x_ptr,  # [M, K] bf16 / fp16 (float32 only with USE_ASM=False)
+    ql_ptr,  # uint8 [N, K/2]
+    qh_ptr,  # uint8 [N, K/4]
+    sc_ptr,  # int32 [N, K/64]: the int8 scales, four per word
+    d_ptr,  # f16 [N, K/256]
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    UNITS_PER_SPLIT,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    USE_ASM: tl.constexpr,
+):
+    units = K // 128  # one unit (half a block) per step
+    rn, rm, rn64, rmc, xrow, u0, u1, pid_s, acc = _mma_prologue(M, N, K, units, UNITS_PER_SPLIT, BLOCK_M, BLOCK_N, True)
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    l = tl.arange(0, 32)
+    i = tl.arange(0, 128)
+    # column i = 16T + 8e + 2c + p, T = 2t + r // 2, e = r % 2  <->  weight k = 32r + 8c + 2t + p
+    T = i // 16
+    kx = (2 * (T % 2) + (i // 8) % 2) * 32 + ((i // 2) % 4) * 8 + (T // 2) * 2 + i % 2
+    for u in range(loop_bound(u0), loop_bound(u1)):
+        qlo = tl.multiple_of(rn64 * (K // 2), 16)[:, None, None] + (u * 64 + l)[None, None, :]
+        a = tl.load(ql_ptr + qlo)
+        b = tl.load(ql_ptr + qlo + 32)
+        c = tl.load(qh_ptr + tl.multiple_of(rn64 * (K // 4), 16)[:, None, None] + (u * 32 + l)[None, None, :])
+        sc01 = tl.load(sc_ptr + (rn64 * (K // 64) + 2 * u)[:, None])  # (r0: 0..15, 16..31; r1: ...)
+        sc23 = tl.load(sc_ptr + (rn64 * (K // 64) + 2 * u + 1)[:, None])
+        d = tl.load(d_ptr + rn64 * (K // 256) + u // 2).to(tl.float32)
+        s0 = _q6k_scales(sc01, 0, BLOCK_N)
+        s1 = _q6k_scales(sc01, 2, BLOCK_N)
+        s2 = _q6k_scales(sc23, 0, BLOCK_N)
+        s3 = _q6k_scales(sc23, 2, BLOCK_N)
+        w0, w1, w2, w3 = _q6k_decode(a, b, c, s0, s1, s2, s3, DT, USE_ASM)
+        shape: tl.constexpr = (BLOCK_N, 1, 4, 4, 2)  # bytes l = 8c + 2t + p: [.., c, t, p]
+        w01 = tl.join(tl.reshape(w0, shape), tl.reshape(w1, shape))  # [.., c, t, p, e]
+        w23 = tl.join(tl.reshape(w2, shape), tl.reshape(w3, shape))
+        w = tl.reshape(tl.permute(tl.join(w01, w23), (0, 1, 3, 6, 5, 2, 4)), (BLOCK_N, 128))  # [.., t, r//2, e, c, p]
+        xt = tl.load(x_ptr + xrow[None, :] + (u * 128 + kx)[:, None])  # [128, BLOCK_M]
+        if USE_ASM:
+            part = tl.dot(w, xt)
+        else:  # the interpreter's bf16 dot is wrong (triton 3.6 / 3.9); float32 x: full fp32 products
+            part = tl.dot(w.to(tl.float32), xt.to(tl.float32), input_precision="ieee")
+        acc += part * d[:, None]
+    _mma_store(acc, rn, rm, M, N, pid_s, out_ptr, bias_ptr, HAS_BIAS, SPLIT, True)
+
+
 @dataclass(frozen=True)
 class W4A16Config:
     block_n: int = 128
-    block_u: int = 2  # 64-weight units of K per step
+    block_u: int = 2  # units of K per step (Q4_K; Q6_K: 1)
     num_warps: int = 8
     num_stages: int = 3
     split_k: int = 0  # 0: about four programs per SM (default_config)
 
 
-def default_config(M: int) -> W4A16Config:
-    """Measured on an H200 (kernel alone, CUDA graph over rotated weight copies, Llama-3-8B Q4_K
-    shapes, M = 4..64; benchmarks/results/2026-12-04-w4a16-mma-configs.json): 128 rows, 8 warps,
-    3 stages, two units per step up to M = 32, one at M = 64 (the accumulator doubles)."""
+def default_config(fmt: str, M: int) -> W4A16Config:
+    """Measured on an H200 (kernel alone, CUDA graph over rotated weight copies, Llama-3-8B shapes;
+    benchmarks/results/2026-12-04-w4a16-mma-configs.json). Q4_K (M = 4..64): 128 rows, 8 warps,
+    3 stages, two units per step up to M = 32, one at M = 64 (the accumulator doubles). Q6_K (down,
+    output head, M = 4..64): 128 rows, 4 warps (5-25% faster than 8), one unit (128 weights) a step."""
     if interpreting():
         return W4A16Config(block_n=16, block_u=1, num_warps=1, num_stages=1, split_k=0)
+    if fmt == "q6_k":
+        return W4A16Config(block_u=1, num_warps=4)
     return W4A16Config(block_u=2 if M <= 32 else 1)
 
 
@@ -183,45 +329,43 @@ def w4a16_mma(x: torch.Tensor, planes, bias: torch.Tensor | None, fmt: str, conf
     if fmt not in FORMATS:
         raise NotImplementedError(f"w4a16_mma: no kernel for {fmt!r} (formats: {FORMATS})")
     M, K = x.shape
-    qs, sm, dm = planes
-    N = qs.shape[0]
+    N = planes[0].shape[0]
     if K % 256:
         raise ValueError(f"w4a16_mma: {fmt} needs K % 256 == 0, got K = {K}")
     use_asm = not interpreting()
     if use_asm and x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"w4a16_mma: x must be bf16 or fp16 on the GPU, got {x.dtype}")
-    cfg = config or default_config(M)
+    cfg = config or default_config(fmt, M)
+    block_u = cfg.block_u if fmt == "q4_k" else 1
     block_m = min(max(16, triton.next_power_of_2(M)), MAX_M)
-    units = K // 64
+    units = K // _UNIT[fmt]
     split = cfg.split_k
     if not split:
         programs = triton.cdiv(N, cfg.block_n) * triton.cdiv(M, block_m)
-        split = max(1, min(8, round(4 * num_sms(x.device) / programs), units // (4 * cfg.block_u)))
-    per_split = triton.cdiv(units // cfg.block_u, split) * cfg.block_u  # K % 256 == 0: block_u <= 4 divides units
+        split = max(1, min(8, round(4 * num_sms(x.device) / programs), units // (4 * block_u)))
+    per_split = triton.cdiv(units // block_u, split) * block_u  # K % 256 == 0: block_u <= 4 divides units
     split = triton.cdiv(units, per_split)
     grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, block_m), split)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     dst = out if split == 1 else torch.empty((split, M, N), dtype=torch.float32, device=x.device)
-    _q4k_w4a16_kernel[grid](
-        x,
-        qs,
-        sm.view(torch.int32),
-        dm.view(torch.int32),
-        bias if bias is not None else out,
-        dst,
-        M,
-        N,
-        K,
-        per_split,
+    common = dict(
         HAS_BIAS=bias is not None,
         SPLIT=split > 1,
         BLOCK_M=block_m,
         BLOCK_N=cfg.block_n,
-        BLOCK_U=cfg.block_u,
         USE_ASM=use_asm,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
+    b = bias if bias is not None else out
+    if fmt == "q4_k":
+        qs, sm, dm = planes
+        _q4k_w4a16_kernel[grid](
+            x, qs, sm.view(torch.int32), dm.view(torch.int32), b, dst, M, N, K, per_split, BLOCK_U=block_u, **common
+        )
+    else:
+        ql, qh, sc, d = planes
+        _q6k_w4a16_kernel[grid](x, ql, qh, sc.view(torch.int32), d, b, dst, M, N, K, per_split, **common)
     if split > 1:
         splitk_reduce(dst, bias, out)
     return out

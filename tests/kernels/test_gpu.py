@@ -58,26 +58,27 @@ def test_int8_mma_cuda(fmt, N, K, M):
     assert rel_err(out.float(), refq) < 5e-3, f"{fmt} M={M}: rel err {rel_err(out.float(), refq):.3e}"
 
 
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k"])
 @pytest.mark.parametrize("N,K", [(4096, 14336), (6144, 4096), (1000, 2048)])
-@pytest.mark.parametrize("M", [5, 16, 33, 64])
+@pytest.mark.parametrize("M", [7, 16, 33, 64])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_w4a16_mma_cuda(N, K, M, dtype):
-    """w4a16_mma's packed decode (inline asm) at full size against a float64 oracle on the
+def test_w4a16_mma_cuda(fmt, N, K, M, dtype):
+    """w4a16_mma's packed decode (inline asm), Q4_K and Q6_K, at full size against a float64 oracle on the
     dequantized weights: within 2x the error of F.linear on the weights dequantized to x's dtype
     (the scale and min are rounded to it before the fma); qlinear runs it at these M (bit-identical)."""
     from inductor_fuse.kernels.w4a16_mma import w4a16_mma
 
     dev = "cuda"
-    planes = random_planes("q4_k", N, K, dev, seed=N + M)
-    wd = FORMATS["q4_k"].dequantize(planes).double()
+    planes = random_planes(fmt, N, K, dev, seed=N + M)
+    wd = FORMATS[fmt].dequantize(planes).double()
     x = torch.randn(M, K, device=dev, generator=torch.Generator(device=dev).manual_seed(M), dtype=dtype)
     bias = torch.randn(N, device=dev, dtype=dtype)
-    out = w4a16_mma(x, planes, bias, "q4_k")
+    out = w4a16_mma(x, planes, bias, fmt)
     ref = x.double() @ wd.T + bias.double()
     floor = rel_err(torch.nn.functional.linear(x, wd.to(dtype), bias), ref)
     assert out.dtype == dtype and out.shape == (M, N) and torch.isfinite(out).all()
-    assert rel_err(out, ref) < 2 * floor, f"M={M} {dtype}: {rel_err(out, ref):.3e} against {floor:.3e}"
-    torch.testing.assert_close(torch.ops.inductor_fuse.qlinear(x, planes, bias, "q4_k"), out, rtol=0, atol=0)
+    assert rel_err(out, ref) < 2 * floor, f"{fmt} M={M} {dtype}: {rel_err(out, ref):.3e} against {floor:.3e}"
+    torch.testing.assert_close(torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt), out, rtol=0, atol=0)
 
 
 def test_cuda_graph_capture():

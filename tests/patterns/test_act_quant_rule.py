@@ -31,6 +31,7 @@ from inductor_fuse.quant import QuantConfig, quantize_
 from inductor_fuse.quant.formats import FORMATS
 
 Q4K_MAX_M = KERNELS["q4_k"].matvec_max_m  # the largest M q4_k's matvec (the int8 activation's reader) runs
+Q6K_MAX_M = KERNELS["q6_k"].matvec_max_m
 
 FAMILY = "act_quant"
 lib = torch.ops.inductor_fuse
@@ -70,7 +71,10 @@ def test_fires_once_per_shared_activation_and_matches_the_unfused_compile(dequan
     # the first norm reads the model's input; every later one a residual add, fused too
     norm, add = "RMSNorm fused", "RMSNorm fused, with the residual add before it,"
     rest = " (eps 1e-06, weight in float32): x[1, S, 256] -> int8 per 32-tile (natural order), "
-    qkv, mlp = rest + "M <= 16; read by 2: q4_k, q6_k", rest + f"M <= {Q4K_MAX_M}; read by 1: q4_k"
+    qkv, mlp = (
+        rest + f"M <= {max(Q4K_MAX_M, Q6K_MAX_M)}; read by 2: q4_k, q6_k",
+        rest + f"M <= {Q4K_MAX_M}; read by 1: q4_k",
+    )
     # S: 3, or a symbol when earlier compiles of TinyLlama in this process saw other lengths
     # (Dynamo's automatic dynamic shapes)
     details = [
@@ -203,7 +207,7 @@ def test_option_turns_it_off():
 def test_more_rows_than_any_matvec_takes_is_left_alone():
     """A static M above the formats' matvec range: every consumer runs its GEMM on float x."""
     model = _llama(n_layers=1)
-    got, ref, rep = _run(model, torch.randn(1, 17, 256), dynamic=False)  # 17 > q6_k's 16 > q4_k's 8
+    got, ref, rep = _run(model, torch.randn(1, 17, 256), dynamic=False)  # 17 > q6_k's 6 > q4_k's 4
     assert rep.counts[FAMILY] == 0, str(rep)
     assert any("M = 17 rows: q6_k's GEMM runs" in s.reason for s in rep.skipped if s.family == FAMILY), str(rep)
     assert rel_err(got, ref) < 1e-5
@@ -252,7 +256,8 @@ def rewritten():
     assert targets.count(lib.quantize_act.default) == 1 and targets.count(lib.qlinear_q8.default) == 3
     assert targets.count(lib.glu_qlinear_q8.default) == 1
     (qa,) = gm.graph.find_nodes(op="call_function", target=lib.quantize_act.default)
-    assert qa.args[1:] == (False, 16)  # natural order, up to q6_k's matvec range
+    # natural order, up to the widest matvec range of its readers
+    assert qa.args[1:] == (False, max(KERNELS[f].matvec_max_m for f in ("q4_k", "q6_k", "iq4_xs")))
     for node in gm.graph.nodes:  # run each op's CUDA body instead (on the CPU tensors)
         if node.op == "call_function" and node.target in CUDA_BODIES:
             node.target = CUDA_BODIES[node.target]
@@ -261,7 +266,7 @@ def rewritten():
 
 
 @pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("M", [1, 3, 12, 20])  # 12: q6_k's matvec, q4_k's GEMM; 20: GEMMs only
+@pytest.mark.parametrize("M", [1, 3, 5, 12, 20])  # 5: q6_k's and iq4_xs's matvecs, q4_k's int8_mma; 12, 20: GEMMs only
 def test_the_rewritten_graph_on_the_cuda_bodies(M, rewritten, act_quant_calls):
     gm, fmts, w = rewritten
     x = torch.randn(M, 256, generator=torch.Generator().manual_seed(M))
@@ -277,7 +282,8 @@ def test_the_rewritten_graph_on_the_cuda_bodies(M, rewritten, act_quant_calls):
         assert torch.equal(a, b)
     matvecs = sum(M <= KERNELS[fmt].matvec_max_m for fmt in ("q4_k", "q6_k", "q4_k", "iq4_xs"))
     assert len(launches) == matvecs  # unshared: one act_quant per matvec
-    assert len(shared) == (1 if M <= 16 else 0)  # shared: one for all, none when no matvec reads it
+    widest = max(KERNELS[f].matvec_max_m for f in ("q4_k", "q6_k", "iq4_xs"))
+    assert len(shared) == (1 if M <= widest else 0)  # shared: one for all, none when no matvec reads it
 
 
 # -- the producer fused: RMSNorm + quantization as one rmsnorm_quantize_act ------------------------
