@@ -1,17 +1,18 @@
 """Compile a few-rows tensor-core kernel for a GPU without having one, and count what its K loop
 executes, as benchmarks/sass_matvec.py does for the matvecs: the Q4_K `int8_mma` (W4A8, per thread
-and unit of 64 weights) or the Q4_K `w4a16_mma` (W4A16, per thread and K step of BLOCK_U units).
+and unit of 64 weights) or `w4a16_mma` (Q4_K or Q6_K, per thread and K step).
 
     python benchmarks/sass_mma.py                                   # int8_mma, its default config at M = 16
     python benchmarks/sass_mma.py --block-n 32 --num-warps 1        # a 1-warp int8_mma program (mma.sync)
     python benchmarks/sass_mma.py --kernel w4a16_mma                # w4a16_mma, its default config at M = 16
+    python benchmarks/sass_mma.py --kernel w4a16_mma --fmt q6_k     # its Q6_K kernel
     python benchmarks/sass_mma.py --kernel w4a16_mma --dump /tmp/w  # cubin, ttgir, ptx, sass files
     python benchmarks/sass_mma.py --json                            # one JSON line
 
 A reading aid, not a measurement (speed: bench_kernels.py --small-m on the GPU). Issue bound of a
 call: the weights / the weights one warp covers per loop pass x the loop's instructions = warp
-instructions, over 4 issued per SM and clock ("issue_us" below: gate_up, 28672 x 4096, on 132 SMs at
-1.98 GHz).
+instructions, over 4 issued per SM and clock ("issue_us" below: a 28672 x 4096 weight, gate_up's, on
+132 SMs at 1.98 GHz).
 """
 
 from __future__ import annotations
@@ -39,15 +40,24 @@ POINTERS = {
     "w4a16_mma": {
         "x_ptr": "*bf16", "qs_ptr": "*u8", "sm_ptr": "*i32", "dm_ptr": "*i32", "bias_ptr": "*bf16", "out_ptr": "*fp32",
     },
+    "w4a16_mma q6_k": {
+        "x_ptr": "*bf16", "ql_ptr": "*u8", "qh_ptr": "*u8", "sc_ptr": "*i32", "d_ptr": "*fp16", "bias_ptr": "*bf16",
+        "out_ptr": "*fp32",
+    },
 }  # fmt: skip
 GATE_UP = 28672 * 4096
 
 
-def inspect_q4k(kernel: str, block_n: int, num_warps: int, num_stages: int, dump=None, **constants) -> dict:
-    """`sass_matvec.inspect_kernel` of the kernel's Q4_K variant compiled for sm_90 (split-K)."""
-    fn = int8_mma._q4k_mma_kernel if kernel == "int8_mma" else w4a16_mma._q4k_w4a16_kernel
+def inspect_mma(kernel: str, fmt: str, block_n: int, num_warps: int, num_stages: int, dump=None, **constants) -> dict:
+    """`sass_matvec.inspect_kernel` of the kernel's `fmt` variant compiled for sm_90 (split-K)."""
+    fns = {
+        ("int8_mma", "q4_k"): int8_mma._q4k_mma_kernel,
+        ("w4a16_mma", "q4_k"): w4a16_mma._q4k_w4a16_kernel,
+        ("w4a16_mma", "q6_k"): w4a16_mma._q6k_w4a16_kernel,
+    }
+    fn = fns[kernel, fmt]
     constants = dict(HAS_BIAS=False, SPLIT=True, BLOCK_M=16, BLOCK_N=block_n, **constants)
-    pointers = POINTERS[kernel]
+    pointers = POINTERS[kernel if fmt == "q4_k" else f"{kernel} {fmt}"]
     signature = {a: "constexpr" if a in constants else pointers.get(a, "i32") for a in fn.arg_names}
     divisible = set(pointers) | {"N", "K", "UNITS_PER_SPLIT"}
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if a in divisible}
@@ -56,12 +66,13 @@ def inspect_q4k(kernel: str, block_n: int, num_warps: int, num_stages: int, dump
         target=GPUTarget("cuda", 90, 32),
         options=dict(num_warps=num_warps, num_stages=num_stages),
     )
-    return inspect_kernel(k, f"q4k_{kernel}", dump)
+    return inspect_kernel(k, f"{fmt}_{kernel}", dump)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernel", choices=("int8_mma", "w4a16_mma"), default="int8_mma")
+    ap.add_argument("--fmt", choices=("q4_k", "q6_k"), default="q4_k", help="q6_k: w4a16_mma only")
     ap.add_argument("--block-n", type=int)
     ap.add_argument("--block-u", type=int, help="w4a16_mma: units per K step")
     ap.add_argument("--num-warps", type=int)
@@ -74,22 +85,28 @@ def main() -> None:
         cfg = int8_mma.default_config("q4_k", 16, 28672, 4096)
         units = 1
         extra = dict(WT=not args.x_first)
-    else:
+    elif args.fmt == "q4_k":
         cfg = w4a16_mma.default_config("q4_k", 16)
         units = args.block_u or cfg.block_u
         extra = dict(BLOCK_U=units, USE_ASM=True)
+    else:  # Q6_K: one 128-weight unit a step, counted as two 64-weight ones
+        cfg = w4a16_mma.default_config("q6_k", 16)
+        units = 2
+        extra = dict(USE_ASM=True)
+    if args.kernel == "int8_mma" and args.fmt != "q4_k":
+        ap.error("int8_mma: --fmt q4_k only")
     block_n, warps = args.block_n or cfg.block_n, args.num_warps or cfg.num_warps
-    r = inspect_q4k(args.kernel, block_n, warps, args.num_stages or cfg.num_stages, args.dump, **extra)
+    r = inspect_mma(args.kernel, args.fmt, block_n, warps, args.num_stages or cfg.num_stages, args.dump, **extra)
     n = len(r["loop"])
-    weights_per_warp = block_n * 64 * units / warps  # one loop pass
+    weights_per_warp = block_n * 64 * units / warps  # one loop pass (units of 64 weights)
     issue_us = GATE_UP / weights_per_warp * n / (4 * 132 * 1.98e3)
     if args.json:
         print(json.dumps({**r, "loop": n, "units": units, "mix": dict(r["mix"]), "issue_us": issue_us}))
         return
-    print(f"triton {triton.__version__}, sm_90, {args.kernel}: block_n {block_n}, {warps} warps, {units} unit(s)/step")
+    print(f"triton {triton.__version__}, sm_90, {args.kernel} {args.fmt}: block_n {block_n}, {warps} warps")
     print(f"{r['registers']} registers, stack {r['stack']} bytes")
     print(f"K loop: {n} instructions per thread and step, {weights_per_warp / n:.1f} weights per warp instruction")
-    print(f"gate_up (28672 x 4096) issue bound: {issue_us:.1f} us")
+    print(f"28672 x 4096 weight issue bound: {issue_us:.1f} us")
     print("  " + ", ".join(f"{op} {c}" for op, c in r["mix"].most_common()))
 
 
