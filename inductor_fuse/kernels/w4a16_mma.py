@@ -13,7 +13,9 @@ covers 64 * BLOCK_U weights, where int8_mma (W4A8) scales an int32 result per 32
 decode works on packed bytes (`tl.inline_asm_elementwise`, four bytes per instance): a nibble ORed
 into the mantissa of a magic number (128.0 in bf16, 1024.0 in fp16) is the number plus the nibble,
 exactly; one packed fma removes the magic, one more applies the scale and the min
-(`fma.rn.bf16x2`). So 8 weights cost 2 PRMT + 2 SHF + 4 LOP3 + 8 HFMA2 per thread.
+(`fma.rn.bf16x2`). So 8 weights cost 2 PRMT + 2 SHF + 4 LOP3 + 8 HFMA2 per thread. The asm is
+elementwise (output element j reads element j of each input only), so its result does not depend on
+how Triton groups a thread's elements into instances, whatever layout it gives the tile.
 
 The bytes and the rows of x are read in a K order of the kernel's choosing (a dot's sum does not
 care): within a unit, tile column i = 16t + 8h + 2c + p holds the weight k = 32h + 8c + 2t + p
