@@ -226,6 +226,18 @@ def _q6k_mma_kernel(
     _mma_store(acc, rn, rm, M, N, pid_s, out_ptr, bias_ptr, HAS_BIAS, SPLIT, WT)
 
 
+def split_k_outputs(x: torch.Tensor, N: int, units: int, split_k: int, step: int = 1):
+    """K's `units` dealt to at most `split_k` programs, `step` units at a time -> (units per split,
+    splits: none empty), out [M, N] in x.dtype, and what the kernels write: out itself, or float32
+    partials [splits, M, N] that `splitk_reduce` sums into out (int8_mma, w4a16_mma)."""
+    M = x.shape[0]
+    per_split = triton.cdiv(units // step, split_k) * step
+    split = triton.cdiv(units, per_split)
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    dst = out if split == 1 else torch.empty((split, M, N), dtype=torch.float32, device=x.device)
+    return per_split, split, out, dst
+
+
 def default_config(fmt: str, M: int, N: int, K: int) -> MmaConfig:
     """Measured on an H200 (kernel alone, CUDA graph over rotated weight copies, M = 16, every
     config of benchmarks/bench_kernels.py --small-m --mma-sweep on the Llama-3-8B shapes):
@@ -260,12 +272,8 @@ def int8_mma(
     if xa is None:
         xa = act_quant(x)
     cfg = config or default_config(fmt, M, N, K)
-    units = K // _UNIT[fmt]
-    per_split = triton.cdiv(units, cfg.split_k)
-    split = triton.cdiv(units, per_split)
+    per_split, split, out, dst = split_k_outputs(x, N, K // _UNIT[fmt], cfg.split_k)
     grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, cfg.block_m), split)
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    dst = out if split == 1 else torch.empty((split, M, N), dtype=torch.float32, device=x.device)
     xq = xa.xq.view(torch.int8)
     common = dict(
         HAS_BIAS=bias is not None,

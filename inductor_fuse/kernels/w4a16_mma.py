@@ -50,7 +50,7 @@ import triton
 import triton.language as tl
 
 from ._common import interpreting, loop_bound, num_sms, splitk_reduce
-from .int8_mma import _mma_prologue, _mma_store
+from .int8_mma import _mma_prologue, _mma_store, split_k_outputs
 
 _UNIT = {"q4_k": 64, "q6_k": 128}  # weights of K per unit
 FORMATS = tuple(_UNIT)  # the formats with a w4a16_mma kernel
@@ -345,11 +345,9 @@ def w4a16_mma(x: torch.Tensor, planes, bias: torch.Tensor | None, fmt: str, conf
     if not split:
         programs = triton.cdiv(N, cfg.block_n) * triton.cdiv(M, block_m)
         split = max(1, min(8, round(4 * num_sms(x.device) / programs), units // (4 * block_u)))
-    per_split = triton.cdiv(units // block_u, split) * block_u  # K % 256 == 0: block_u <= 4 divides units
-    split = triton.cdiv(units, per_split)
+    # K % 256 == 0: block_u <= 4 divides units
+    per_split, split, out, dst = split_k_outputs(x, N, units, split, step=block_u)
     grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, block_m), split)
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    dst = out if split == 1 else torch.empty((split, M, N), dtype=torch.float32, device=x.device)
     common = dict(
         HAS_BIAS=bias is not None,
         SPLIT=split > 1,

@@ -32,6 +32,8 @@ from inductor_fuse.quant.formats import FORMATS
 
 Q4K_MAX_M = KERNELS["q4_k"].matvec_max_m  # the largest M q4_k's matvec (the int8 activation's reader) runs
 Q6K_MAX_M = KERNELS["q6_k"].matvec_max_m
+# the widest matvec range of the readers in `rewritten` (q4_k, q6_k, iq4_xs): its quantize_act's max_m
+READERS_MAX_M = max(KERNELS[f].matvec_max_m for f in ("q4_k", "q6_k", "iq4_xs"))
 
 FAMILY = "act_quant"
 lib = torch.ops.inductor_fuse
@@ -256,8 +258,7 @@ def rewritten():
     assert targets.count(lib.quantize_act.default) == 1 and targets.count(lib.qlinear_q8.default) == 3
     assert targets.count(lib.glu_qlinear_q8.default) == 1
     (qa,) = gm.graph.find_nodes(op="call_function", target=lib.quantize_act.default)
-    # natural order, up to the widest matvec range of its readers
-    assert qa.args[1:] == (False, max(KERNELS[f].matvec_max_m for f in ("q4_k", "q6_k", "iq4_xs")))
+    assert qa.args[1:] == (False, READERS_MAX_M)  # natural order, up to the widest matvec range of its readers
     for node in gm.graph.nodes:  # run each op's CUDA body instead (on the CPU tensors)
         if node.op == "call_function" and node.target in CUDA_BODIES:
             node.target = CUDA_BODIES[node.target]
@@ -282,8 +283,7 @@ def test_the_rewritten_graph_on_the_cuda_bodies(M, rewritten, act_quant_calls):
         assert torch.equal(a, b)
     matvecs = sum(M <= KERNELS[fmt].matvec_max_m for fmt in ("q4_k", "q6_k", "q4_k", "iq4_xs"))
     assert len(launches) == matvecs  # unshared: one act_quant per matvec
-    widest = max(KERNELS[f].matvec_max_m for f in ("q4_k", "q6_k", "iq4_xs"))
-    assert len(shared) == (1 if M <= widest else 0)  # shared: one for all, none when no matvec reads it
+    assert len(shared) == (1 if M <= READERS_MAX_M else 0)  # shared: one for all, none when no matvec reads it
 
 
 # -- the producer fused: RMSNorm + quantization as one rmsnorm_quantize_act ------------------------
