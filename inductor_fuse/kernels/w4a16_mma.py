@@ -38,7 +38,7 @@ the MMA operand layout: a conversion through shared memory every step). Tile col
 2c + p with T = 2t + r // 2, e = r % 2 holds weight k = 32r + 8c + 2t + p.
 
 Programs: BLOCK_N weight rows x BLOCK_M rows of x x SPLIT_K ranges of K (float32 partials summed
-by `splitk_reduce` with the bias), the split chosen so that about four programs run per SM.
+by `splitk_reduce` with the bias), the split chosen for a number of programs per SM (default_config).
 """
 
 from __future__ import annotations
@@ -151,7 +151,9 @@ def _q4k_w4a16_kernel(
         uu = u + j
         b = tl.load(qs_ptr + qrow[:, None, None] + (uu * 32)[None, :, None] + l[None, None, :])
         smw = tl.load(sm_ptr + (rn64 * (K // 64))[:, None] + uu[None, :])
-        dmw = tl.load(dm_ptr + (rn64 * (K // 256))[:, None] + (uu // 4)[None, :])
+        # one (d, dmin) word per row and step: BLOCK_U divides 4 and u is a multiple of it, so the
+        # step's units lie in one 256-weight block (a [BN, BLOCK_U] load of it was 5% slower)
+        dmw = tl.load(dm_ptr + rn64 * (K // 256) + u // 4)[:, None]
         d = (dmw & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         dmin = (dmw >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         shape: tl.constexpr = (BLOCK_N, BLOCK_U, 32)
@@ -310,19 +312,24 @@ class W4A16Config:
     block_u: int = 2  # units of K per step (Q4_K; Q6_K: 1)
     num_warps: int = 8
     num_stages: int = 3
-    split_k: int = 0  # 0: about four programs per SM (default_config)
+    split_k: int = 0  # 0: K split for about `programs_per_sm` programs per SM, at most 8 ways
+    programs_per_sm: int = 4
 
 
 def default_config(fmt: str, M: int) -> W4A16Config:
     """Measured on an H200 (kernel alone, CUDA graph over rotated weight copies, Llama-3-8B shapes;
     benchmarks/results/2026-12-04-w4a16-mma-configs.json). Q4_K (M = 4..64): 128 rows, 8 warps,
-    3 stages, two units per step up to M = 32, one at M = 64 (the accumulator doubles). Q6_K (down,
+    3 stages, two units per step up to M = 32, one at M = 64 (the accumulator doubles); K split for
+    about 7 programs per SM up to M = 32 (gate_up: 4 ways, 44.6 us at M = 16 against 49.5 with the 2
+    ways that 4 programs per SM gave, 2026-12-04-w4a16-mma-split.json), 4 at M = 64. Q6_K (down,
     output head, M = 4..64): 128 rows, 4 warps (5-25% faster than 8), one unit (128 weights) a step."""
     if interpreting():
         return W4A16Config(block_n=16, block_u=1, num_warps=1, num_stages=1, split_k=0)
     if fmt == "q6_k":
         return W4A16Config(block_u=1, num_warps=4)
-    return W4A16Config(block_u=2 if M <= 32 else 1)
+    if M <= 32:
+        return W4A16Config(block_u=2, programs_per_sm=7)
+    return W4A16Config(block_u=1)
 
 
 def w4a16_mma(x: torch.Tensor, planes, bias: torch.Tensor | None, fmt: str, config: W4A16Config | None = None):
@@ -339,13 +346,15 @@ def w4a16_mma(x: torch.Tensor, planes, bias: torch.Tensor | None, fmt: str, conf
         raise ValueError(f"w4a16_mma: x must be bf16 or fp16 on the GPU, got {x.dtype}")
     cfg = config or default_config(fmt, M)
     block_u = cfg.block_u if fmt == "q4_k" else 1
+    if block_u not in (1, 2, 4):
+        raise ValueError(f"w4a16_mma: block_u must be 1, 2 or 4, got {block_u}")
     block_m = min(max(16, triton.next_power_of_2(M)), MAX_M)
     units = K // _UNIT[fmt]
     split = cfg.split_k
     if not split:
         programs = triton.cdiv(N, cfg.block_n) * triton.cdiv(M, block_m)
-        split = max(1, min(8, round(4 * num_sms(x.device) / programs), units // (4 * block_u)))
-    # K % 256 == 0: block_u <= 4 divides units
+        split = max(1, min(8, round(cfg.programs_per_sm * num_sms(x.device) / programs), units // (4 * block_u)))
+    # K % 256 == 0 and block_u in (1, 2, 4): block_u divides units, and a step's units lie in one block
     per_split, split, out, dst = split_k_outputs(x, N, units, split, step=block_u)
     grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, block_m), split)
     common = dict(
