@@ -69,3 +69,5 @@ def test_w4a16_mma_errors():
     x2, planes2, _ = _case("q4_k", 2, 8, 256)
     with pytest.raises(ValueError, match="K % 256"):
         w4a16_mma(x2[:, :128].contiguous(), [p[:, : p.shape[1] // 2].contiguous() for p in planes2], None, "q4_k")
+    with pytest.raises(ValueError, match="block_u must be 1, 2 or 4"):  # a step's units must lie in one block
+        w4a16_mma(x, planes, None, "q4_k", config=W4A16Config(block_n=16, block_u=3, num_warps=1, num_stages=1))
