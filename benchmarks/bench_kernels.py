@@ -10,7 +10,9 @@ GB/s counts the bytes every call must read (weight planes + activation) and writ
     python benchmarks/bench_kernels.py                       # full table + JSON
     python benchmarks/bench_kernels.py --quick               # M=1 only, fewer shapes
     python benchmarks/bench_kernels.py --crossover           # matvec vs GEMM over M
-    python benchmarks/bench_kernels.py --small-m             # M = 1..64: W4A8 matvec / int8_mma, W4A16, bf16
+    python benchmarks/bench_kernels.py --small-m             # M = 1..64: W4A8 matvec / int8_mma, W4A16, bf16;
+                                                             # then a line per shape against the few-rows
+                                                             # targets (small_m_summary, also in the JSON)
 """
 
 from __future__ import annotations
@@ -279,6 +281,30 @@ def small_m(dev, out, ms, mma_sweep=False):
         del copies, ws
         torch.cuda.empty_cache()
     out["small_m"] = rows
+    out["small_m_summary"] = small_m_summary(rows)
+    print("\n".join(out["small_m_summary"]), flush=True)
+
+
+def small_m_summary(rows: list[dict], within: float = 1.15, max_m: int = 16) -> list[str]:
+    """One line per shape against the few-rows targets: what the dispatcher runs (op_us) at
+    2 <= M <= max_m against its M = 1 time (target: within `within`), and the M where it is slower
+    than bf16 cuBLAS (target: none)."""
+    lines = []
+    for key in dict.fromkeys((r["shape"], r["fmt"]) for r in rows):
+        mine = sorted((r for r in rows if (r["shape"], r["fmt"]) == key), key=lambda r: r["M"])
+        one = next((r["op_us"] for r in mine if r["M"] == 1), None)
+        few = [r for r in mine if 2 <= r["M"] <= max_m]
+        if one is not None and few:
+            worst = max(few, key=lambda r: r["op_us"])
+            ratio = worst["op_us"] / one
+            verdict = "met" if ratio <= within else "not met"
+            near = f"M <= {max_m} at most {ratio:.2f}x the M = 1 time (M = {worst['M']}; target {within}x: {verdict})"
+        else:
+            near = f"no M = 1 and M = 2..{max_m} pair measured"
+        slower = [r["M"] for r in mine if r["op_us"] > r["bf16_us"]]
+        vs_bf16 = f"slower than bf16 at M = {', '.join(map(str, slower))}" if slower else "never slower than bf16"
+        lines.append(f"{key[0]} {key[1]}: {near}; {vs_bf16}")
+    return lines
 
 
 def sweep(dev, out, args_dump=None, sweep_formats=("q4_k", "q6_k"), sweep_ms=(1, 4)):
