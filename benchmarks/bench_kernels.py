@@ -42,7 +42,7 @@ from inductor_fuse.kernels.int8_mma import MmaConfig, int8_mma  # noqa: E402
 from inductor_fuse.kernels.registry import KERNELS  # noqa: E402
 from inductor_fuse.kernels.testing import random_planes  # noqa: E402
 from inductor_fuse.kernels.w4a16_mma import FORMATS as W4A16_FORMATS  # noqa: E402
-from inductor_fuse.kernels.w4a16_mma import w4a16_mma  # noqa: E402
+from inductor_fuse.kernels.w4a16_mma import W4A16Config, w4a16_mma  # noqa: E402
 
 SHAPES = [  # name, N, K, formats
     ("qkv", 6144, 4096, ["q4_k"]),
@@ -227,12 +227,13 @@ SMALL_M_SHAPES = [  # the Llama-3-8B Q4_K_M decode shapes: name, N, K, fmt
 ]
 
 
-def small_m(dev, out, ms, mma_sweep=False):
+def small_m(dev, out, ms, mma_sweep=False, w4a16_sweep=False):
     """M = 1..64 on the decode shapes, each path timed as the op runs it (activation quantization
     included): `op` (what the dispatcher runs), the W4A8 matvec (dp4a), int8_mma (W4A8 on the int8
     tensor cores), w4a16_mma (W4A16 on the bf16 tensor cores, packed decode; its formats), W4A16
     qgemm (`w4a16_us`: dequantize in registers + bf16 tl.dot) and bf16 cuBLAS; with mma_sweep,
-    every int8_mma config of a small grid too."""
+    every int8_mma config of a small grid too; with w4a16_sweep, every w4a16_mma config of
+    W4A16_GRID (`w4a16_mma_sweep`: (config, us); `w4a16_mma_best_*`)."""
     rows = []
     for name, N, K, fmt in SMALL_M_SHAPES:
         copies = weight_copies(fmt, N, K, dev)
@@ -274,15 +275,39 @@ def small_m(dev, out, ms, mma_sweep=False):
                 for wf in (True, False):
                     mine = [t for c, t in tried if f"weights_first={wf}" in c]
                     row[f"int8_mma_best_weights_first_{wf}_us"] = min(mine) if mine else None
+            if w4a16_sweep and M >= 2 and fmt in W4A16_FORMATS:
+                tried = []
+                for cfg in w4a16_grid(fmt, M):
+                    try:
+                        t = time_graph([lambda p=p: w4a16_mma(x, p, None, fmt, config=cfg) for p in copies])
+                    except Exception as e:  # noqa: BLE001 -- a config that does not compile or fit
+                        print(f"  {cfg}: failed {type(e).__name__}", flush=True)
+                        continue
+                    tried.append((str(cfg), t * 1e6))
+                if tried:
+                    row["w4a16_mma_sweep"] = tried
+                    best = min(tried, key=lambda c: c[1])
+                    row["w4a16_mma_best_us"], row["w4a16_mma_best_config"] = best[1], best[0]
             rows.append(row)
             cells = "  ".join(f"{k.removesuffix('_us')} {v:7.1f}" for k, v in row.items() if k.endswith("_us"))
             extra = f"  best {row['int8_mma_best_config']}" if "int8_mma_best_config" in row else ""
+            extra += f"  best w4a16 {row['w4a16_mma_best_config']}" if "w4a16_mma_best_config" in row else ""
             print(f"small-m {name:8s} {fmt} M={M:3d}  {cells}{extra}", flush=True)
         del copies, ws
         torch.cuda.empty_cache()
     out["small_m"] = rows
     out["small_m_summary"] = small_m_summary(rows)
     print("\n".join(out["small_m_summary"]), flush=True)
+
+
+def w4a16_grid(fmt: str, M: int) -> list:
+    """The w4a16_mma configs --w4a16-sweep times: the default's 128 rows, with units per step (Q4_K),
+    warps, stages, programs per SM and loop unroll varied."""
+    units = (1, 2) if fmt == "q4_k" else (1,)
+    return [
+        W4A16Config(block_n=128, block_u=u, num_warps=w, num_stages=st, programs_per_sm=pps, unroll=un)
+        for u, w, st, pps, un in itertools.product(units, (4, 8), (3, 4), (4, 7), (1, 2))
+    ]
 
 
 def small_m_summary(rows: list[dict], within: float = 1.15, max_m: int = 16) -> list[str]:
@@ -380,6 +405,7 @@ def main():
     ap.add_argument("--small-m", action="store_true", help="M = 1..64 on the decode shapes, then exit")
     ap.add_argument("--small-ms", default="1,2,4,8,16,32,64")
     ap.add_argument("--mma-sweep", action="store_true", help="with --small-m: every int8_mma config")
+    ap.add_argument("--w4a16-sweep", action="store_true", help="with --small-m: every w4a16_mma config of w4a16_grid")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--dump", default=None, help="folder for ttgir/sass of the default configs, M = 1 (--sweep)")
     ap.add_argument("--json", default=os.environ.get("BENCH_JSON", "benchmarks/results/kernels_h200.json"))
@@ -400,7 +426,7 @@ def main():
         sweep(dev, out, args.dump, args.sweep_formats.split(","), [int(m) for m in args.sweep_ms.split(",")])
         return _save(out, args.json)
     if args.small_m:
-        small_m(dev, out, [int(m) for m in args.small_ms.split(",")], args.mma_sweep)
+        small_m(dev, out, [int(m) for m in args.small_ms.split(",")], args.mma_sweep, args.w4a16_sweep)
         return _save(out, args.json)
     if args.crossover:
         crossover(dev, out)

@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--block-u", type=int, help="w4a16_mma: units per K step")
     ap.add_argument("--num-warps", type=int)
     ap.add_argument("--num-stages", type=int)
+    ap.add_argument("--unroll", type=int, help="w4a16_mma: K steps per loop pass (the loop read as one step)")
     ap.add_argument("--x-first", action="store_true", help="int8_mma: x as the dot's first operand")
     ap.add_argument("--dump", help="a folder for the cubin, ttgir, ptx and sass")
     ap.add_argument("--json", action="store_true", help="one JSON line: registers, loop length, opcode mix")
@@ -88,24 +89,26 @@ def main() -> None:
     elif args.fmt == "q4_k":
         cfg = w4a16_mma.default_config("q4_k", 16)
         units = args.block_u or cfg.block_u
-        extra = dict(BLOCK_U=units, USE_ASM=True)
+        extra = dict(BLOCK_U=units, USE_ASM=True, UNROLL=args.unroll or cfg.unroll)
     else:  # Q6_K: one 128-weight unit a step, counted as two 64-weight ones
         cfg = w4a16_mma.default_config("q6_k", 16)
         units = 2
-        extra = dict(USE_ASM=True)
+        extra = dict(USE_ASM=True, UNROLL=args.unroll or cfg.unroll)
     if args.kernel == "int8_mma" and args.fmt != "q4_k":
         ap.error("int8_mma: --fmt q4_k only")
     block_n, warps = args.block_n or cfg.block_n, args.num_warps or cfg.num_warps
     r = inspect_mma(args.kernel, args.fmt, block_n, warps, args.num_stages or cfg.num_stages, args.dump, **extra)
     n = len(r["loop"])
-    weights_per_warp = block_n * 64 * units / warps  # one loop pass (units of 64 weights)
+    steps = extra.get("UNROLL", 1)  # K steps per loop pass
+    weights_per_warp = block_n * 64 * units * steps / warps  # one loop pass (units of 64 weights)
     issue_us = GATE_UP / weights_per_warp * n / (4 * 132 * 1.98e3)
     if args.json:
-        print(json.dumps({**r, "loop": n, "units": units, "mix": dict(r["mix"]), "issue_us": issue_us}))
+        print(json.dumps({**r, "loop": n, "units": units, "steps": steps, "mix": dict(r["mix"]), "issue_us": issue_us}))
         return
     print(f"triton {triton.__version__}, sm_90, {args.kernel} {args.fmt}: block_n {block_n}, {warps} warps")
     print(f"{r['registers']} registers, stack {r['stack']} bytes")
-    print(f"K loop: {n} instructions per thread and step, {weights_per_warp / n:.1f} weights per warp instruction")
+    per = "step" if steps == 1 else f"loop pass ({steps} steps: {n / steps:.0f} a step)"
+    print(f"K loop: {n} instructions per thread and {per}, {weights_per_warp / n:.1f} weights per warp instruction")
     print(f"28672 x 4096 weight issue bound: {issue_us:.1f} us")
     print("  " + ", ".join(f"{op} {c}" for op, c in r["mix"].most_common()))
 

@@ -137,6 +137,7 @@ def _q4k_w4a16_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_U: tl.constexpr,
     USE_ASM: tl.constexpr,
+    UNROLL: tl.constexpr = 1,
 ):
     units = K // 64
     rn, rm, rn64, rmc, xrow, u0, u1, pid_s, acc = _mma_prologue(M, N, K, units, UNITS_PER_SPLIT, BLOCK_M, BLOCK_N, True)
@@ -147,7 +148,7 @@ def _q4k_w4a16_kernel(
     # tile column i = 64 uu + 16t + 8h + 2c + p  <->  weight k = 64 uu + 32h + 8c + 2t + p (module doc)
     kx = (i // 64) * 64 + ((i // 8) % 2) * 32 + ((i // 2) % 4) * 8 + ((i // 16) % 4) * 2 + i % 2
     qrow = tl.multiple_of(rn64 * (K // 2), 16)
-    for u in range(loop_bound(u0), loop_bound(u1), BLOCK_U):
+    for u in tl.range(loop_bound(u0), loop_bound(u1), BLOCK_U, loop_unroll_factor=UNROLL):
         uu = u + j
         b = tl.load(qs_ptr + qrow[:, None, None] + (uu * 32)[None, :, None] + l[None, None, :])
         smw = tl.load(sm_ptr + (rn64 * (K // 64))[:, None] + uu[None, :])
@@ -271,6 +272,7 @@ def _q6k_w4a16_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     USE_ASM: tl.constexpr,
+    UNROLL: tl.constexpr = 1,
 ):
     units = K // 128  # one unit (half a block) per step
     rn, rm, rn64, rmc, xrow, u0, u1, pid_s, acc = _mma_prologue(M, N, K, units, UNITS_PER_SPLIT, BLOCK_M, BLOCK_N, True)
@@ -280,7 +282,7 @@ def _q6k_w4a16_kernel(
     # column i = 16T + 8e + 2c + p, T = 2t + r // 2, e = r % 2  <->  weight k = 32r + 8c + 2t + p
     T = i // 16
     kx = (2 * (T % 2) + (i // 8) % 2) * 32 + ((i // 2) % 4) * 8 + (T // 2) * 2 + i % 2
-    for u in range(loop_bound(u0), loop_bound(u1)):
+    for u in tl.range(loop_bound(u0), loop_bound(u1), loop_unroll_factor=UNROLL):
         qlo = tl.multiple_of(rn64 * (K // 2), 16)[:, None, None] + (u * 64 + l)[None, None, :]
         a = tl.load(ql_ptr + qlo)
         b = tl.load(ql_ptr + qlo + 32)
@@ -314,6 +316,7 @@ class W4A16Config:
     num_stages: int = 3
     split_k: int = 0  # 0: K split for about `programs_per_sm` programs per SM, at most 8 ways
     programs_per_sm: int = 4
+    unroll: int = 1  # K steps per loop pass (tl.range's loop_unroll_factor); 2 not yet measured
 
 
 def default_config(fmt: str, M: int) -> W4A16Config:
@@ -363,6 +366,7 @@ def w4a16_mma(x: torch.Tensor, planes, bias: torch.Tensor | None, fmt: str, conf
         BLOCK_M=block_m,
         BLOCK_N=cfg.block_n,
         USE_ASM=use_asm,
+        UNROLL=cfg.unroll,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

@@ -1,5 +1,6 @@
 """GPU tests at full size (run with INDUCTOR_FUSE_GPU_TESTS=1 on a CUDA machine)."""
 
+import dataclasses
 import os
 
 import pytest
@@ -79,6 +80,22 @@ def test_w4a16_mma_cuda(fmt, N, K, M, dtype):
     assert out.dtype == dtype and out.shape == (M, N) and torch.isfinite(out).all()
     assert rel_err(out, ref) < 2 * floor, f"{fmt} M={M} {dtype}: {rel_err(out, ref):.3e} against {floor:.3e}"
     torch.testing.assert_close(torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fmt,M,split_k", [("q4_k", 16, 5), ("q4_k", 64, 3), ("q6_k", 16, 5)])
+def test_w4a16_mma_unrolled_cuda(fmt, M, split_k):
+    """W4A16Config.unroll = 2 (tl.range's loop_unroll_factor), splits with odd and even step counts
+    (K = 4096: 64 Q4_K units, 32 Q6_K): the same result as the loop not unrolled, to rounding of the
+    float32 sums."""
+    from inductor_fuse.kernels.w4a16_mma import W4A16Config, default_config, w4a16_mma
+
+    planes = random_planes(fmt, 4096, 4096, "cuda", seed=M)
+    x = torch.randn(M, 4096, device="cuda", dtype=torch.bfloat16)
+    base = dataclasses.replace(default_config(fmt, M), split_k=split_k)
+    want = w4a16_mma(x, planes, None, fmt, config=base)
+    got = w4a16_mma(x, planes, None, fmt, config=dataclasses.replace(base, unroll=2))
+    assert isinstance(base, W4A16Config)
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
 
 
 def test_cuda_graph_capture():

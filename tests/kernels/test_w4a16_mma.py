@@ -37,15 +37,17 @@ def test_w4a16_mma_matches_oracle(fmt, M, N, K):
     assert rel_err(out, _oracle(x, w, bias)) < 1e-5
 
 
-@pytest.mark.parametrize("fmt,block_u,split_k", [("q4_k", 1, 3), ("q4_k", 2, 2), ("q4_k", 4, 1), ("q4_k", 2, 3),
-                                                 ("q6_k", 1, 3), ("q6_k", 1, 5)])  # fmt: skip
-def test_w4a16_mma_units_per_step_and_split_k(fmt, block_u, split_k):
+@pytest.mark.parametrize("fmt,block_u,split_k,unroll", [("q4_k", 1, 3, 1), ("q4_k", 2, 2, 1), ("q4_k", 4, 1, 1),
+                                                        ("q4_k", 2, 3, 1), ("q4_k", 1, 5, 2), ("q6_k", 1, 3, 1),
+                                                        ("q6_k", 1, 5, 1), ("q6_k", 1, 5, 2)])  # fmt: skip
+def test_w4a16_mma_units_per_step_and_split_k(fmt, block_u, split_k, unroll):
     """Q4_K: 1, 2 or 4 units per K step (the K order of the decoded tile spans each step); partials
     over K summed by splitk_reduce with the bias added once, split counts that leave a shorter last
-    split (Q6_K: 12 units)."""
+    split (Q6_K: 12 units); unroll 2 over splits of 5 and 4 steps (Q4_K) and 3 (Q6_K). Under the
+    interpreter tl.range is a plain loop: the unrolled compiled loop is test_gpu.py's."""
     x, planes, w = _case(fmt, 3, 21, 1536, seed=block_u + split_k)
     bias = torch.randn(21)
-    cfg = W4A16Config(block_n=16, block_u=block_u, num_warps=1, num_stages=1, split_k=split_k)
+    cfg = W4A16Config(block_n=16, block_u=block_u, num_warps=1, num_stages=1, split_k=split_k, unroll=unroll)
     assert rel_err(w4a16_mma(x, planes, bias, fmt, config=cfg), _oracle(x, w, bias)) < 1e-5
 
 
