@@ -233,7 +233,7 @@ def small_m(dev, out, ms, mma_sweep=False, w4a16_sweep=False):
     tensor cores), w4a16_mma (W4A16 on the bf16 tensor cores, packed decode; its formats), W4A16
     qgemm (`w4a16_us`: dequantize in registers + bf16 tl.dot) and bf16 cuBLAS; with mma_sweep,
     every int8_mma config of a small grid too; with w4a16_sweep, every w4a16_mma config of
-    W4A16_GRID (`w4a16_mma_sweep`: (config, us); `w4a16_mma_best_*`)."""
+    w4a16_grid (`w4a16_mma_sweep`: (config, us); `w4a16_mma_best_*`)."""
     rows = []
     for name, N, K, fmt in SMALL_M_SHAPES:
         copies = weight_copies(fmt, N, K, dev)
@@ -277,9 +277,9 @@ def small_m(dev, out, ms, mma_sweep=False, w4a16_sweep=False):
                     row[f"int8_mma_best_weights_first_{wf}_us"] = min(mine) if mine else None
             if w4a16_sweep and M >= 2 and fmt in W4A16_FORMATS:
                 tried = []
-                for cfg in w4a16_grid(fmt, M):
+                for cfg in w4a16_grid(fmt):
                     try:
-                        t = time_graph([lambda p=p: w4a16_mma(x, p, None, fmt, config=cfg) for p in copies])
+                        t = time_graph([lambda p=p, c=cfg: w4a16_mma(x, p, None, fmt, config=c) for p in copies])
                     except Exception as e:  # noqa: BLE001 -- a config that does not compile or fit
                         print(f"  {cfg}: failed {type(e).__name__}", flush=True)
                         continue
@@ -300,7 +300,7 @@ def small_m(dev, out, ms, mma_sweep=False, w4a16_sweep=False):
     print("\n".join(out["small_m_summary"]), flush=True)
 
 
-def w4a16_grid(fmt: str, M: int) -> list:
+def w4a16_grid(fmt: str) -> list:
     """The w4a16_mma configs --w4a16-sweep times: the default's 128 rows, with units per step (Q4_K),
     warps, stages, programs per SM and loop unroll varied."""
     units = (1, 2) if fmt == "q4_k" else (1,)

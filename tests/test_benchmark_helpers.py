@@ -36,7 +36,7 @@ def test_small_m_summary_without_m1():
 
 
 def test_w4a16_grid_varies_what_it_says_around_the_default_rows():
-    q4, q6 = bench_kernels.w4a16_grid("q4_k", 16), bench_kernels.w4a16_grid("q6_k", 16)
+    q4, q6 = bench_kernels.w4a16_grid("q4_k"), bench_kernels.w4a16_grid("q6_k")
     assert len(q4) == 32 and len(q6) == 16 and len(set(q4)) == 32
     assert {c.block_n for c in q4 + q6} == {128} and {c.block_u for c in q6} == {1}
     assert {(c.unroll, c.programs_per_sm) for c in q4} == {(1, 4), (1, 7), (2, 4), (2, 7)}
