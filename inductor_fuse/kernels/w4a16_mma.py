@@ -95,24 +95,17 @@ def _q4k_decode(b, s_lo, nm_lo, s_hi, nm_hi, DT: tl.constexpr, USE_ASM: tl.const
     # b uint8 [BN, BU, 32]; s_*, nm_* float32 broadcast to b's shape (s_hi: the scale / 16)
     # -> the low and the high nibbles' weights, DT [BN, BU, 32]
     if USE_ASM:
-        if DT == tl.float16:
-            lo, hi = tl.inline_asm_elementwise(
-                _ASM_F16,
-                _CONSTRAINTS,
-                [b, s_lo.to(tl.float16), nm_lo.to(tl.float16), s_hi.to(tl.float16), nm_hi.to(tl.float16)],
-                dtype=(tl.float16, tl.float16),
-                is_pure=True,
-                pack=4,
-            )
-        else:  # bf16: the high nibble decodes as 8q (bits 3-6), so its scale is (scale / 16) * 2
-            lo, hi = tl.inline_asm_elementwise(
-                _ASM_BF16,
-                _CONSTRAINTS,
-                [b, s_lo.to(tl.bfloat16), nm_lo.to(tl.bfloat16), (s_hi * 2).to(tl.bfloat16), nm_hi.to(tl.bfloat16)],
-                dtype=(tl.bfloat16, tl.bfloat16),
-                is_pure=True,
-                pack=4,
-            )
+        # bf16: the high nibble decodes as 8q (bits 3-6), so its scale is (scale / 16) * 2
+        if DT == tl.bfloat16:
+            s_hi = s_hi * 2
+        lo, hi = tl.inline_asm_elementwise(
+            _ASM_F16 if DT == tl.float16 else _ASM_BF16,
+            _CONSTRAINTS,
+            [b, s_lo.to(DT), nm_lo.to(DT), s_hi.to(DT), nm_hi.to(DT)],
+            dtype=(DT.value, DT.value),
+            is_pure=True,
+            pack=4,
+        )
     else:
         lo = ((b & 15).to(tl.float32) * s_lo + nm_lo).to(DT)
         hi = ((b & 0xF0).to(tl.float32) * s_hi + nm_hi).to(DT)
@@ -216,24 +209,14 @@ def _q6k_decode(a, b, c, s0, s1, s2, s3, DT: tl.constexpr, USE_ASM: tl.constexpr
     # a, b: ql bytes 0..31 and 32..63 of the unit, c: its qh bytes, uint8 [BN, 1, 32]; s_r float32
     # (the int8 scale of each element's 16-group) -> the weights of sub-blocks r = 0..3 without d, DT
     if USE_ASM:
-        if DT == tl.float16:
-            w0, w1, w2, w3 = tl.inline_asm_elementwise(
-                _Q6K_ASM_F16,
-                _Q6K_CONSTRAINTS,
-                [a, b, c, s0.to(tl.float16), s1.to(tl.float16), s2.to(tl.float16), s3.to(tl.float16)],
-                dtype=(tl.float16, tl.float16, tl.float16, tl.float16),
-                is_pure=True,
-                pack=4,
-            )
-        else:
-            w0, w1, w2, w3 = tl.inline_asm_elementwise(
-                _Q6K_ASM_BF16,
-                _Q6K_CONSTRAINTS,
-                [a, b, c, s0.to(tl.bfloat16), s1.to(tl.bfloat16), s2.to(tl.bfloat16), s3.to(tl.bfloat16)],
-                dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16),
-                is_pure=True,
-                pack=4,
-            )
+        w0, w1, w2, w3 = tl.inline_asm_elementwise(
+            _Q6K_ASM_F16 if DT == tl.float16 else _Q6K_ASM_BF16,
+            _Q6K_CONSTRAINTS,
+            [a, b, c, s0.to(DT), s1.to(DT), s2.to(DT), s3.to(DT)],
+            dtype=(DT.value, DT.value, DT.value, DT.value),
+            is_pure=True,
+            pack=4,
+        )
     else:
         a = a.to(tl.int32)
         b = b.to(tl.int32)
