@@ -4,11 +4,12 @@
     python examples/decode.py --gguf model.gguf --prompt "Once upon a time" --max-new-tokens 64
     python examples/decode.py --backend eager --device cpu --json
 
-Loads the file (weights stay in their GGUF formats), runs the prompt (prefill: compiled with
-dynamic shapes and replayed as CUDA graphs on a GPU, eagerly on the CPU, where compiling it would
-cost more than it saves; --prefill picks), and generates with the S=1 decode step compiled --
-with CUDA graphs (mode="reduce-overhead") on a GPU. A warm-up generation compiles both before
-anything is timed.
+Loads the file (weights stay in their GGUF formats), runs the prompt (prefill: on a GPU token by
+token through the compiled decode step up to 256 tokens, above that compiled with dynamic shapes
+and replayed as CUDA graphs; eagerly on the CPU, where compiling it would cost more than it saves;
+--prefill picks), and generates with the S=1 decode step compiled -- with CUDA graphs
+(mode="reduce-overhead") on a GPU. A warm-up generation compiles what runs before anything is
+timed.
 Prints the text as it is generated, prefill and decode tokens/s, and the fusion report; with
 --json the last line of stdout is one JSON object. See docs/decode.md.
 """
@@ -24,7 +25,7 @@ import torch
 
 import inductor_fuse
 from inductor_fuse.gguf import GGUFLoadError, load_gguf
-from inductor_fuse.models.generate import compile_prefill, decode_one_token, generate, prefill
+from inductor_fuse.models.generate import compile_prefill, decode_one_token, generate, prefill, prefill_steps
 
 BACKENDS = ("inductor_fuse", "inductor", "eager")
 DEFAULT_PROMPT = "The capital of France is"
@@ -60,10 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--prefill",
-        choices=("graphs", "compiled", "eager"),
-        default=None,
-        help="how the prompt runs (default: graphs on cuda, eager on cpu); compiled uses --backend, graphs "
-        "also replays CUDA graphs (the prompt padded to a power-of-two length, a graph recorded per length)",
+        choices=("auto", "steps", "graphs", "compiled", "eager"),
+        default="auto",
+        help="how the prompt runs: steps feeds it token by token through the compiled decode step (no compile "
+        "of its own); graphs compiles a prefill and replays CUDA graphs (the prompt padded to a power-of-two "
+        "length, a graph recorded per length); compiled the same without CUDA graphs; eager runs the model "
+        f"uncompiled. auto (default): on cuda steps up to {STEPS_MAX_PROMPT} prompt tokens, graphs above; eager on cpu",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="end stdout with one JSON line of results")
@@ -73,6 +76,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.max_new_tokens < 1:
         p.error("--max-new-tokens must be at least 1")
     return args
+
+
+# auto prefill on cuda: prompts up to this many tokens run through the decode step, token by token.
+# A compiled prefill's first use costs its compile (89-128 s of warm-up for Gemma-3-270M on an
+# H200 with both graphs; the decode step's alone is about a third of it), a step costs well under
+# 3 ms a token even on Llama-3-8B shapes: 256 steps stay under a second.
+STEPS_MAX_PROMPT = 256
+
+
+def resolve_prefill(how: str, device: str, prompt_tokens: int) -> str:
+    """--prefill's value, `auto` resolved for the device and the prompt's length."""
+    if how != "auto":
+        return how
+    if device != "cuda":
+        return "eager"  # on CPU the eager prefill is already cheaper than its compile
+    return "steps" if prompt_tokens <= STEPS_MAX_PROMPT else "graphs"
 
 
 def default_gguf() -> str:
@@ -97,11 +116,14 @@ def compile_step(backend: str, device: str):
     return torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
 
 
-def prefill_fn(backend: str, device: str, how: str):
-    """The prompt's function: `prefill` (eager), or `compile_prefill` for `backend` (`graphs`: with
-    CUDA graphs, the prompt padded to a power-of-two length, a graph per length)."""
+def prefill_fn(backend: str, device: str, how: str, step):
+    """The prompt's function: `prefill` (eager), `prefill_steps(step)` (`steps`: token by token
+    through the decode step), or `compile_prefill` for `backend` (`graphs`: with CUDA graphs, the
+    prompt padded to a power-of-two length, a graph per length)."""
     if how == "eager" or backend == "eager":
         return prefill
+    if how == "steps":
+        return prefill_steps(step)
     mode = "reduce-overhead" if how == "graphs" and device == "cuda" else None
     if backend == "inductor_fuse" and backend not in torch._dynamo.list_backends():
         return compile_prefill(inductor_fuse.make_backend(mode=mode))  # a source tree without the entry point
@@ -147,15 +169,16 @@ def main(argv=None) -> dict:
 
     inductor_fuse.clear_reports()
     step = compile_step(args.backend, args.device)
-    args.prefill = args.prefill or ("graphs" if args.device == "cuda" else "eager")
-    run_prompt = prefill_fn(args.backend, args.device, args.prefill)
+    args.prefill = "eager" if args.backend == "eager" else resolve_prefill(args.prefill, args.device, len(prompt))
+    run_prompt = prefill_fn(args.backend, args.device, args.prefill, step)
     sampling = dict(temperature=args.temperature, top_k=args.top_k)
 
     # Warm-up: compiles the decode step (and records its CUDA graph), and a compiled prefill,
-    # before anything is timed. An eager prefill is skipped (on CPU it dequantizes every weight).
+    # before anything is timed. An eager prefill is skipped (on CPU it dequantizes every weight), and
+    # a stepped one (it is the decode step).
     t0 = time.perf_counter()
     warmup_tokens = args.warmup_tokens if args.warmup_tokens is not None else 8 if args.device == "cuda" else 1
-    warm_prompt = no_prefill if run_prompt is prefill else run_prompt
+    warm_prompt = no_prefill if args.prefill in ("eager", "steps") else run_prompt
     if args.prefill == "graphs" and args.device == "cuda":  # CUDA graphs: the first call of a
         prompt_t = torch.tensor([prompt], device=args.device)  # shape warms up, the second records
         run_prompt(model, prompt_t, torch.arange(len(prompt), device=args.device), **sampling)
@@ -211,7 +234,7 @@ def main(argv=None) -> dict:
         "prompt_tokens": len(prompt),
         "new_tokens": len(tokens),
         "prefill_tok_s": prefill_tok_s,
-        "prefill": "eager" if run_prompt is prefill else args.prefill,
+        "prefill": args.prefill,
         "decode_tok_s": decode_tok_s,
         "report": counts,
         "backend": args.backend,

@@ -1,5 +1,6 @@
 """examples/decode.py as a user meets it: a bad --gguf path is one line on stderr, no traceback."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -40,10 +41,10 @@ def test_the_timed_run_reuses_the_step_the_warm_up_compiled(tmp_path):
     assert len(json.loads(proc.stdout.strip().splitlines()[-1])["tokens"]) == 4
 
 
-def test_compiled_prefill_gives_the_eager_prefills_tokens(tmp_path):
-    # --prefill compiled (the default on cuda) on the CPU: the prompt's graph and the decode
-    # step's, both compiled in the warm-up (2 graphs, none in the timed run), and the tokens of
-    # the eager prefill.
+def test_compiled_and_stepped_prefills_give_the_eager_prefills_tokens(tmp_path):
+    # --prefill compiled on the CPU: the prompt's graph and the decode step's, both compiled in the
+    # warm-up (2 graphs, none in the timed run), and the tokens of the eager prefill; --prefill
+    # steps (the default on cuda for short prompts): the decode step's graph only, the same tokens.
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "gguf"))
     from tiny_gguf import write_tiny_gguf
 
@@ -51,11 +52,24 @@ def test_compiled_prefill_gives_the_eager_prefills_tokens(tmp_path):
     write_tiny_gguf(path, "llama")
     base = [sys.executable, DECODE, "--gguf", str(path), "--device", "cpu", "--max-new-tokens", "4", "--json"]
     out = {}
-    for how in ("compiled", "eager"):
+    for how in ("compiled", "steps", "eager"):
         proc = subprocess.run([*base, "--prefill", how], capture_output=True, text=True, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr[-4000:]
         out[how] = json.loads(proc.stdout.strip().splitlines()[-1])
         graphs = 2 if how == "compiled" else 1
         assert f"fusion report ({graphs} graph(s) compiled)" in proc.stderr, proc.stderr[-4000:]
         assert out[how]["prefill"] == how
-    assert out["compiled"]["tokens"] == out["eager"]["tokens"]
+    assert out["compiled"]["tokens"] == out["eager"]["tokens"] == out["steps"]["tokens"]
+
+
+def test_auto_prefill_steps_short_prompts_on_cuda_only():
+    spec = importlib.util.spec_from_file_location("decode_example", DECODE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    top = example.STEPS_MAX_PROMPT
+    assert example.resolve_prefill("auto", "cuda", 6) == "steps"
+    assert example.resolve_prefill("auto", "cuda", top) == "steps"
+    assert example.resolve_prefill("auto", "cuda", top + 1) == "graphs"
+    assert example.resolve_prefill("auto", "cpu", 6) == "eager"
+    assert example.resolve_prefill("compiled", "cuda", 6) == "compiled"
+    assert example.parse_args(["--device", "cpu"]).prefill == "auto"

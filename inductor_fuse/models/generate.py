@@ -4,6 +4,8 @@
     prefill_c = compile_prefill("inductor_fuse")                               # or compiled: one
     next_tok = prefill_c(model, prompt[None], torch.arange(len(prompt)))    #   graph for every S
     step = torch.compile(decode_one_token, backend="inductor_fuse", mode="reduce-overhead", fullgraph=True)
+    next_tok = prefill_steps(step)(model, prompt[None], torch.arange(len(prompt)))  # or token by
+                                                                               #   token through the step
     tokens = generate(model, prompt, 32, eos_ids=tok.eos_ids, decode_fn=step)
 
 `decode_one_token` is the only function meant for compilation: fixed shapes (S = 1), no host
@@ -108,6 +110,31 @@ def compile_prefill(backend: str | Callable = "inductor_fuse", mode: str | None 
         return sample(compiled(model, tokens, input_pos, end, last), temperature, top_k)
 
     return compiled_prefill
+
+
+def prefill_steps(decode_fn: Callable) -> Callable:
+    """A prefill that feeds the prompt through `decode_fn` (the S = 1 decode step, e.g. the compiled
+    one) one token at a time, with `prefill`'s signature. It compiles nothing of its own: a
+    compiled prefill costs a compile of its own on first use (about a minute and a half on an H200
+    for Gemma-3-270M with CUDA graphs, docs/decode.md), stepping costs one decode step per prompt
+    token. The steps are launched back to back; nothing is read on the host."""
+
+    def stepped_prefill(
+        model: Transformer, tokens: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None
+    ) -> Tensor:
+        if tokens.shape[0] != 1:
+            raise ValueError(f"prefill_steps: one sequence at a time (the decode step's batch), got {tokens.shape[0]}")
+        token = None
+        for i in range(tokens.shape[1]):
+            # a [1, 1] token of strides (1, 1) and a [1] position, as generate() passes them: the
+            # compiled step guards strides (a slice's clone keeps the prompt's)
+            tok = tokens[:, i : i + 1].clone(memory_format=torch.contiguous_format)
+            token = decode_fn(model, tok, input_pos[i : i + 1].clone(), temperature, top_k)
+        if token is None:
+            raise ValueError("prefill_steps: an empty prompt")
+        return token
+
+    return stepped_prefill
 
 
 def decode_one_token(

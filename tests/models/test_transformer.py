@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inductor_fuse.models import ModelArgs, Transformer
-from inductor_fuse.models.generate import argmax_last, decode_one_token, generate, sample
+from inductor_fuse.models.generate import argmax_last, decode_one_token, generate, prefill, prefill_steps, sample
 
 LLAMA = ModelArgs(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96)
 GEMMA = dataclasses.replace(
@@ -175,3 +175,36 @@ def test_compiled_step_equals_eager_without_recompiles(family):
     generate(model, prompt, 2, decode_fn=step)  # compiles for this model (another may have compiled before)
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert generate(model, prompt, 8, decode_fn=step) == eager
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_stepped_prefill_equals_the_prefill(family):
+    """prefill_steps(step) runs the prompt one token at a time through the decode step: the same
+    next token and the same KV cache as the whole-prompt prefill, one step per prompt token."""
+    whole, stepped = build(FAMILIES[family]), build(FAMILIES[family])
+    tokens = torch.randint(0, 97, (1, 9))
+    pos = torch.arange(9)
+    calls = []
+
+    def step(model, token, input_pos, temperature, top_k):
+        calls.append((token.shape, token.stride(), input_pos.tolist()))
+        return decode_one_token(model, token, input_pos, temperature, top_k)
+
+    assert torch.equal(prefill_steps(step)(stepped, tokens, pos), prefill(whole, tokens, pos))
+    assert calls == [(torch.Size([1, 1]), (1, 1), [i]) for i in range(9)]  # strides as generate()'s
+    for a, b in zip(whole.layers, stepped.layers, strict=True):
+        torch.testing.assert_close(b.attention.kv_cache.k_cache, a.attention.kv_cache.k_cache, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.attention.kv_cache.v_cache, a.attention.kv_cache.v_cache, atol=1e-5, rtol=1e-5)
+    assert generate(stepped, tokens[0].tolist(), 6, prefill_fn=prefill_steps(decode_one_token)) == generate(
+        whole, tokens[0].tolist(), 6
+    )
+
+
+def test_stepped_prefill_refuses_a_batch_or_an_empty_prompt():
+    model = build(LLAMA)
+    run = prefill_steps(decode_one_token)
+    with pytest.raises(ValueError, match="one sequence"):
+        run(model, torch.zeros(2, 3, dtype=torch.long), torch.arange(3))
+    with pytest.raises(ValueError, match="empty prompt"):
+        run(model, torch.zeros(1, 0, dtype=torch.long), torch.arange(0))
