@@ -299,7 +299,7 @@ class W4A16Config:
     num_stages: int = 3
     split_k: int = 0  # 0: K split for about `programs_per_sm` programs per SM, at most 8 ways
     programs_per_sm: int = 4
-    unroll: int = 1  # K steps per loop pass (tl.range's loop_unroll_factor); 2 not yet measured
+    unroll: int = 1  # K steps per loop pass (tl.range's loop_unroll_factor); 2 measured slower (docs/kernels.md)
 
 
 def default_config(fmt: str, M: int) -> W4A16Config:
