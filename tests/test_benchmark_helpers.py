@@ -40,3 +40,52 @@ def test_w4a16_grid_varies_what_it_says_around_the_default_rows():
     assert len(q4) == 32 and len(q6) == 16 and len(set(q4)) == 32
     assert {c.block_n for c in q4 + q6} == {128} and {c.block_u for c in q6} == {1}
     assert {(c.unroll, c.programs_per_sm) for c in q4} == {(1, 4), (1, 7), (2, 4), (2, 7)}
+
+
+# bench_fragment_order: the fragment-order layouts of the prototype, and its pure-torch reading of
+# them, against the Q4_K dequantizer (the kernel itself needs a GPU: the benchmark checks it there)
+import bench_fragment_order as fragment  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from inductor_fuse.kernels._common import QuantizedActivation  # noqa: E402
+from inductor_fuse.kernels.testing import random_planes  # noqa: E402
+from inductor_fuse.quant.formats import FORMATS  # noqa: E402
+
+
+def test_fragment_order_weights_hold_each_threads_bytes_together():
+    N, K = 32, 512
+    qs, sm, dm = random_planes("q4_k", N, K, seed=3)
+    wr, smr, dmr = fragment.repack_weights([qs, sm, dm])
+    assert wr.shape == (N // 16, K // 64, 32, 16)
+    gen = torch.Generator().manual_seed(0)
+    sizes = (N // 16, K // 64, 8, 4, 2, 2, 4)  # n16, chunk, g, t, h, q, i
+    for _ in range(200):
+        n16, c, g, t, h, q, i = (int(torch.randint(0, hi, (), generator=gen)) for hi in sizes)
+        assert wr[n16, c, 4 * g + t, 8 * h + 4 * q + i] == qs[16 * n16 + 8 * h + g, 32 * c + 16 * q + 4 * t + i]
+    rows = torch.arange(N)
+    assert torch.equal(smr[rows // 16, :, rows % 16], sm.view(torch.int32))
+    assert torch.equal(dmr[rows // 16, :, rows % 16], dm.view(torch.int32))
+
+
+@pytest.mark.parametrize("M", [1, 5, 8, 11, 16])
+def test_fragment_order_reference_equals_the_dequantized_product(M):
+    N, K = 48, 768
+    planes = random_planes("q4_k", N, K, seed=M)
+    gen = torch.Generator().manual_seed(M)
+    xq = torch.randint(-127, 128, (M, K), generator=gen, dtype=torch.int8)
+    xd = torch.rand(M, K // 32, generator=gen) * 0.05 + 1e-3
+    xs32 = xd * xq.view(M, K // 32, 32).sum(-1).float()
+    xa = QuantizedActivation(xq.view(torch.int32), xd, xs32, torch.zeros(M, K // 16))
+    got = fragment.reference(*fragment.repack_x(xa, M, K, fragment.block_m_for(M)), fragment.repack_weights(planes), M)
+    w = FORMATS["q4_k"].dequantize(planes).double()
+    x = (xq.view(M, K // 32, 32).double() * xd.double()[..., None]).view(M, K)
+    want = x @ w.T  # (the dequantizer and xs32 round in float32: about 1e-7 of |want|)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
+
+
+def test_fragment_order_refuses_what_it_cannot_take():
+    with pytest.raises(ValueError, match="1 <= M <= 16"):
+        fragment.block_m_for(17)
+    with pytest.raises(ValueError, match="N % 16"):
+        fragment.repack_weights(random_planes("q4_k", 24, 256))
