@@ -23,8 +23,8 @@ The same MMA with the operands read from the GGUF layout (each fragment load spa
 apart) was 2x slower (`2026-12-04-mma-sync-gluon.json`). Timed as bench_kernels.time_graph does: a
 CUDA graph over rotated weight copies; the prototype's time excludes x's quantization (which the
 act_quant rule fuses into the producer up to the matvec's M) and includes the split-K sum. The
-error is against the dispatched qlinear (W4A8 matvec up to M = 4: same x rounding; W4A16 above:
-x's int8 rounding shows).
+errors: against the dispatched qlinear (W4A8 matvec up to M = 4: same x rounding; W4A16 above:
+x's int8 rounding shows), and against `reference` in float64 (the bf16 rounding of the output shows).
 """
 
 from __future__ import annotations
@@ -110,8 +110,9 @@ def reference(xr: torch.Tensor, xs4: torch.Tensor, packed, M: int) -> torch.Tens
     # x: [sb, nt, g, t, q, i] -> [rows (nt, g), sb, 16q + 4t + i]
     xq = xr.view(K // 32, nt, 8, 4, 2, 4).permute(1, 2, 0, 4, 3, 5).reshape(8 * nt, K // 32, 32)[:M].to(torch.int64)
     xd_lo, xs_lo, xd_hi, xs_hi = (xs4[:, :M, j].t().double() for j in range(4))
-    p_lo = torch.einsum("nck,mck->nmc", lo, xq[:, 0::2]).double()
-    p_hi = torch.einsum("nck,mck->nmc", hi, xq[:, 1::2]).double()
+    # (float64 holds these integer dots exactly; CUDA has no int64 matmul)
+    p_lo = torch.einsum("nck,mck->nmc", lo.double(), xq[:, 0::2].double())
+    p_hi = torch.einsum("nck,mck->nmc", hi.double(), xq[:, 1::2].double())
     out = (
         (d * byte[0])[:, None] * p_lo * xd_lo[None]
         + (d * byte[2])[:, None] * p_hi * xd_hi[None]
