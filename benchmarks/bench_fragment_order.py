@@ -18,6 +18,10 @@ at M = 1..16 (docs/kernels.md "A few rows"). The kernel is written in Gluon
 - Each loop step loads 4 chunks of 64 weights before it multiplies (`maxnreg` 128 keeps ptxas from
   sinking the loads to their use); K split across programs, float32 partials summed by
   `splitk_reduce`.
+- A second prototype reads the same tensors with dp4a (M <= 8, plain Triton: it also runs under the
+  interpreter, tests/test_benchmark_helpers.py): each lane dots its two rows' 8 weights per
+  sub-block with x, scales its own partial sums, and the four lanes of a row are summed after the K
+  loop. The question it answers: can one layout serve M = 1 as fast as the GGUF-order matvec.
 
 The same MMA with the operands read from the GGUF layout (each fragment load spanning 8 rows 2 KB
 apart) was 2x slower (`2026-12-04-mma-sync-gluon.json`). Timed as bench_kernels.time_graph does: a
@@ -39,13 +43,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from bench_kernels import SMALL_M_SHAPES, time_graph, weight_copies  # noqa: E402
 from common import print_table, write_json  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2  # noqa: E402
 
-from inductor_fuse.kernels._common import QuantizedActivation, act_quant, splitk_reduce  # noqa: E402
+from inductor_fuse.kernels._common import (  # noqa: E402
+    QuantizedActivation,
+    _dp4a,
+    act_quant,
+    add_to_row,
+    interpreting,
+    splitk_reduce,
+)
 
 SHAPES = [(name, N, K) for name, N, K, fmt in SMALL_M_SHAPES if fmt == "q4_k"]  # Llama-3-8B's Q4_K linears
 CHUNKS_PER_STEP = 4  # 64-weight chunks loaded per loop step
@@ -233,6 +246,115 @@ def _fragment_order_kernel(x_ptr, xs_ptr, w_ptr, sm_ptr, dm_ptr, out_ptr, M, N, 
         gl.store(out_ptr + (m * N)[None, :] + rows[:, None], acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
+# ---------------------------------------------------------------------------------------------
+# The same layouts read by a dp4a matvec (M <= 8; plain Triton, so it also runs under the
+# interpreter): lane 4g + t holds rows g and g + 8 of its group, 8 weights of each of the chunk's
+# two sub-blocks per row, as four int32 words (row g: words 0-1, row g + 8: words 2-3; the word's
+# low nibbles are sub-block 2c, high 2c + 1). Each lane dots them with the matching 8 bytes of x
+# (repack_x's lane 4m + t of row m), scales its partial sums by the row's (d * sc, xd) (scaling is
+# linear: each lane may scale its own part) and subtracts a quarter of the min term, which all four
+# lanes of a row compute; the four lanes are summed once, after the K loop.
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dp4a_chunk(wa, wb, smw_a, smw_b, dmw_a, dmw_b, x32_ptr, xs_ptr, c, lane, j2, accs,
+                BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):  # fmt: skip
+    # accs: 2 * BLOCK_M float32 [G, 32]: row g of x-row m at 2m, row g + 8 at 2m + 1
+    a_lo, a_hi = wa & 0x0F0F0F0F, (wa >> 4) & 0x0F0F0F0F
+    b_lo, b_hi = wb & 0x0F0F0F0F, (wb >> 4) & 0x0F0F0F0F
+    da = (dmw_a & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    db = (dmw_b & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    qa = 0.25 * (dmw_a >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)  # a quarter: 4 lanes add it
+    qb = 0.25 * (dmw_b >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    sa_lo, ma_lo = da * (smw_a & 0xFF).to(tl.float32), qa * ((smw_a >> 8) & 0xFF).to(tl.float32)
+    sa_hi, ma_hi = da * ((smw_a >> 16) & 0xFF).to(tl.float32), qa * ((smw_a >> 24) & 0xFF).to(tl.float32)
+    sb_lo, mb_lo = db * (smw_b & 0xFF).to(tl.float32), qb * ((smw_b >> 8) & 0xFF).to(tl.float32)
+    sb_hi, mb_hi = db * ((smw_b >> 16) & 0xFF).to(tl.float32), qb * ((smw_b >> 24) & 0xFF).to(tl.float32)
+    for mi in tl.static_range(BLOCK_M):
+        # x-row mi's 8 bytes of each sub-block for this lane's t: words [2 lanes' worth] at lane 4 mi + t
+        xo = (4 * mi + lane % 4) * 2
+        x_lo = tl.load(x32_ptr + (2 * c) * 64 + xo + j2)  # [1, 32, 2]
+        x_hi = tl.load(x32_ptr + (2 * c + 1) * 64 + xo + j2)
+        xd_lo = tl.load(xs_ptr + c * 32 + mi * 4)
+        xs_lo = tl.load(xs_ptr + c * 32 + mi * 4 + 1)
+        xd_hi = tl.load(xs_ptr + c * 32 + mi * 4 + 2)
+        xs_hi = tl.load(xs_ptr + c * 32 + mi * 4 + 3)
+        pa_lo = tl.sum(_dp4a(a_lo, x_lo, False, USE_ASM), axis=2).to(tl.float32)
+        pa_hi = tl.sum(_dp4a(a_hi, x_hi, False, USE_ASM), axis=2).to(tl.float32)
+        pb_lo = tl.sum(_dp4a(b_lo, x_lo, False, USE_ASM), axis=2).to(tl.float32)
+        pb_hi = tl.sum(_dp4a(b_hi, x_hi, False, USE_ASM), axis=2).to(tl.float32)
+        ya = sa_lo * (pa_lo * xd_lo) + sa_hi * (pa_hi * xd_hi) - (ma_lo * xs_lo + ma_hi * xs_hi)
+        yb = sb_lo * (pb_lo * xd_lo) + sb_hi * (pb_hi * xd_hi) - (mb_lo * xs_lo + mb_hi * xs_hi)
+        accs = add_to_row(accs, ya, 2 * mi)
+        accs = add_to_row(accs, yb, 2 * mi + 1)
+    return accs
+
+
+@triton.jit
+def _fragment_dp4a_kernel(
+    x32_ptr, xs_ptr, w32_ptr, sm_ptr, dm_ptr, out_ptr, M, N, K, CHUNKS_PER_SPLIT,
+    BLOCK_M: tl.constexpr, G: tl.constexpr, SPLIT: tl.constexpr, USE_ASM: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    C = K // 64
+    gi = pid_n * G + tl.arange(0, G)[:, None]  # [G, 1]: the program's 16-row groups
+    lane = tl.arange(0, 32)[None, :]  # [1, 32]
+    j2 = tl.arange(0, 2)[None, None, :]
+    w_row = (gi * C)[:, :, None] * 128 + (lane * 4)[:, :, None] + j2  # int32 words of wr: [G, 32, 2]
+    s_row = gi * (C * 16) + lane // 4  # smr words of row g (row g + 8: + 8)
+    d_row = gi * ((K // 256) * 16) + lane // 4
+    lane3 = lane[:, :, None]
+    zero = tl.zeros([G, 32], dtype=tl.float32)
+    accs = (zero,) * 16
+    c0 = pid_k * CHUNKS_PER_SPLIT
+    wa = tl.load(w32_ptr + w_row + c0 * 128)
+    wb = tl.load(w32_ptr + w_row + c0 * 128 + 2)
+    for c in range(c0, c0 + CHUNKS_PER_SPLIT):
+        cn = tl.minimum(c + 1, c0 + CHUNKS_PER_SPLIT - 1)  # the next chunk's weights fly while this one computes
+        wa_n = tl.load(w32_ptr + w_row + cn * 128)
+        wb_n = tl.load(w32_ptr + w_row + cn * 128 + 2)
+        smw_a = tl.load(sm_ptr + s_row + c * 16)
+        smw_b = tl.load(sm_ptr + s_row + c * 16 + 8)
+        dmw_a = tl.load(dm_ptr + d_row + (c // 4) * 16)
+        dmw_b = tl.load(dm_ptr + d_row + (c // 4) * 16 + 8)
+        accs = _dp4a_chunk(wa, wb, smw_a, smw_b, dmw_a, dmw_b, x32_ptr, xs_ptr, c, lane3, j2, accs, BLOCK_M, USE_ASM)
+        wa, wb = wa_n, wb_n
+    rows = (pid_n * G + tl.arange(0, G))[:, None] * 16 + tl.arange(0, 8)[None, :]  # [G, 8]: rows g; + 8: rows g + 8
+    for mi in tl.static_range(BLOCK_M):
+        if mi < M:
+            ya = tl.sum(tl.reshape(accs[2 * mi], [G, 8, 4]), axis=2)
+            yb = tl.sum(tl.reshape(accs[2 * mi + 1], [G, 8, 4]), axis=2)
+            if SPLIT:
+                base = out_ptr + (pid_k * M + mi) * N
+                tl.store(base + rows, ya)
+                tl.store(base + rows + 8, yb)
+            else:
+                tl.store(out_ptr + mi * N + rows, ya.to(out_ptr.dtype.element_ty))
+                tl.store(out_ptr + mi * N + rows + 8, yb.to(out_ptr.dtype.element_ty))
+
+
+def fragment_dp4a_linear(x_packed, packed, M: int, out_dtype, split: int, groups: int = 4) -> torch.Tensor:
+    """The dp4a reading of the same tensors (M <= 8; repack_x with block_m 8): out [M, N]."""
+    xr, xs4 = x_packed
+    wr, smr, dmr = packed
+    N, C = wr.shape[0] * 16, wr.shape[1]
+    if not 1 <= M <= 8 or xr.shape[1] != 1:
+        raise ValueError(f"the dp4a prototype takes 1 <= M <= 8 rows of x packed for 8, got M = {M}")
+    if C % split or N % (16 * groups):
+        raise ValueError(f"split {split} must divide K / 64 = {C}; N % {16 * groups}")
+    out = torch.empty((M, N), dtype=out_dtype, device=wr.device)
+    dst = torch.empty((split, M, N), dtype=torch.float32, device=wr.device) if split > 1 else out
+    _fragment_dp4a_kernel[(N // (16 * groups), split)](
+        xr.view(torch.int32), xs4, wr.view(torch.int32), smr, dmr, dst, M, N, 64 * C, C // split,
+        BLOCK_M=triton.next_power_of_2(M), G=groups, SPLIT=split > 1, USE_ASM=not interpreting(), num_warps=groups,
+    )  # fmt: skip
+    if split > 1:
+        splitk_reduce(dst, None, out)
+    return out
+
+
 def block_m_for(M: int) -> int:
     if not 1 <= M <= 16:
         raise ValueError(f"the prototype takes 1 <= M <= 16 rows of x, got {M}")
@@ -285,33 +407,29 @@ def main() -> None:
             )
             if bf16:
                 row["bf16_us"] = 1e6 * time_graph([lambda w=w: torch.nn.functional.linear(x, w) for w in bf16])
-            for split in splits:
-                out = fragment_linear(xp, packs[0], M, x.dtype, split).double()
-                row[f"err_vs_reference_split{split}"] = ((out - ref).norm() / ref.norm()).item()
-                row[f"err_vs_qlinear_split{split}"] = ((out - op).norm() / op.norm()).item()
-                row[f"split{split}_us"] = 1e6 * time_graph(
-                    [lambda p=p, s=split: fragment_linear(xp, p, M, x.dtype, s) for p in packs]
-                )
-            best = min(splits, key=lambda s: row[f"split{s}_us"])
-            row["best_split"], row["best_us"] = best, row[f"split{best}_us"]
+            kernels = {"mma": fragment_linear}
+            if M <= 8:  # the dp4a prototype reads x packed for 8 rows
+                kernels["dp4a"] = fragment_dp4a_linear
+            cells = []
+            for kname, fn in kernels.items():
+                for split in splits:
+                    out = fn(xp, packs[0], M, x.dtype, split).double()
+                    row[f"{kname}_err_vs_reference_split{split}"] = ((out - ref).norm() / ref.norm()).item()
+                    row[f"{kname}_err_vs_qlinear_split{split}"] = ((out - op).norm() / op.norm()).item()
+                    fns = [lambda p=p, s=split, f=fn: f(xp, p, M, x.dtype, s) for p in packs]
+                    row[f"{kname}_split{split}_us"] = 1e6 * time_graph(fns)
+                best = min(splits, key=lambda s: row[f"{kname}_split{s}_us"])
+                row[f"{kname}_best_split"], row[f"{kname}_best_us"] = best, row[f"{kname}_split{best}_us"]
+                cells += [row[f"{kname}_best_us"], best, f"{row[f'{kname}_err_vs_reference_split{best}']:.1e}"]
             rows.append(row)
-            table.append(
-                [
-                    name,
-                    M,
-                    row["op_us"],
-                    row.get("bf16_us", "-"),
-                    row["best_us"],
-                    best,
-                    row[f"err_vs_reference_split{best}"],
-                ]
-            )
-            print(f"{name} M={M}: op {row['op_us']:.2f} us, prototype {row['best_us']:.2f} (split {best})", flush=True)
+            table.append([name, M, row["op_us"], row.get("bf16_us", "-"), *cells, *(["-"] * (6 - len(cells)))])
+            best = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.endswith("best_us"))
+            print(f"{name} M={M}: qlinear {row['op_us']:.2f} us, {best}", flush=True)
         del copies, packs, bf16
         torch.cuda.empty_cache()
     print_table(
-        "Q4_K, Llama-3-8B shapes: the dispatched qlinear against the fragment-order prototype (us)",
-        ["shape", "M", "qlinear", "bf16", "prototype", "split", "err vs reference"],
+        "Q4_K, Llama-3-8B shapes: the dispatched qlinear against the fragment-order prototypes (us; err: vs reference)",
+        ["shape", "M", "qlinear", "bf16", "mma", "split", "err", "dp4a", "split", "err"],
         table,
     )
     write_json(f"{datetime.date.today().isoformat()}-fragment-order.json", {"rows": rows}, path=args.json)

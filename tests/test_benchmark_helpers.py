@@ -53,6 +53,15 @@ from inductor_fuse.kernels.testing import random_planes  # noqa: E402
 from inductor_fuse.quant.formats import FORMATS  # noqa: E402
 
 
+def _quantized_x(M: int, K: int, seed: int) -> QuantizedActivation:
+    # an int8 activation with a scale per 32 (act_quant's layout), made without act_quant
+    gen = torch.Generator().manual_seed(seed)
+    xq = torch.randint(-127, 128, (M, K), generator=gen, dtype=torch.int8)
+    xd = torch.rand(M, K // 32, generator=gen) * 0.05 + 1e-3
+    xs32 = xd * xq.view(M, K // 32, 32).sum(-1).float()
+    return QuantizedActivation(xq.view(torch.int32), xd, xs32, xd.new_zeros(M, K // 16))
+
+
 def test_fragment_order_weights_hold_each_threads_bytes_together():
     N, K = 32, 512
     qs, sm, dm = random_planes("q4_k", N, K, seed=3)
@@ -72,14 +81,10 @@ def test_fragment_order_weights_hold_each_threads_bytes_together():
 def test_fragment_order_reference_equals_the_dequantized_product(M):
     N, K = 48, 768
     planes = random_planes("q4_k", N, K, seed=M)
-    gen = torch.Generator().manual_seed(M)
-    xq = torch.randint(-127, 128, (M, K), generator=gen, dtype=torch.int8)
-    xd = torch.rand(M, K // 32, generator=gen) * 0.05 + 1e-3
-    xs32 = xd * xq.view(M, K // 32, 32).sum(-1).float()
-    xa = QuantizedActivation(xq.view(torch.int32), xd, xs32, torch.zeros(M, K // 16))
+    xa = _quantized_x(M, K, seed=M)
     got = fragment.reference(*fragment.repack_x(xa, M, K, fragment.block_m_for(M)), fragment.repack_weights(planes), M)
     w = FORMATS["q4_k"].dequantize(planes).double()
-    x = (xq.view(M, K // 32, 32).double() * xd.double()[..., None]).view(M, K)
+    x = (xa.xq.view(torch.int8).view(M, K // 32, 32).double() * xa.xd.double()[..., None]).view(M, K)
     want = x @ w.T  # (the dequantizer and xs32 round in float32: about 1e-7 of |want|)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
 
@@ -89,3 +94,19 @@ def test_fragment_order_refuses_what_it_cannot_take():
         fragment.block_m_for(17)
     with pytest.raises(ValueError, match="N % 16"):
         fragment.repack_weights(random_planes("q4_k", 24, 256))
+
+
+@pytest.mark.parametrize(
+    ("M", "split", "N", "K"), [(1, 2, 64, 512), (3, 1, 96, 768), (5, 4, 64, 1024), (8, 2, 32, 512)]
+)
+def test_fragment_order_dp4a_prototype_matches_the_reference(M, split, N, K):
+    # the dp4a reading of the fragment-order tensors is plain Triton: it runs here under the
+    # interpreter (the MMA one is Gluon, GPU only), against the float64 reading of the same tensors
+    planes = random_planes("q4_k", N, K, seed=M)
+    xa = _quantized_x(M, K, seed=M)
+    xp, packed = fragment.repack_x(xa, M, K, 8), fragment.repack_weights(planes)
+    got = fragment.fragment_dp4a_linear(xp, packed, M, torch.float32, split=split, groups=2).double()
+    want = fragment.reference(*xp, packed, M)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    with pytest.raises(ValueError, match="1 <= M <= 8"):
+        fragment.fragment_dp4a_linear(fragment.repack_x(xa, M, K, 16), packed, M, torch.float32, split=1)
