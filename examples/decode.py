@@ -79,9 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # auto prefill on cuda: prompts up to this many tokens run through the decode step, token by token.
-# A compiled prefill's first use costs its compile (89-128 s of warm-up for Gemma-3-270M on an
-# H200 with both graphs; the decode step's alone is about a third of it), a step costs well under
-# 3 ms a token even on Llama-3-8B shapes: 256 steps stay under a second.
+# A compiled prefill's first use costs its compile (Gemma-3-270M on an H200: 101.5 s of warm-up
+# with it, 12.5-21.3 s stepped, docs/decode.md "GPU"); a step costs well under 3 ms a token even on
+# Llama-3-8B shapes (2.3 ms): 256 steps stay under a second.
 STEPS_MAX_PROMPT = 256
 
 
