@@ -57,6 +57,7 @@ from inductor_fuse.kernels._common import (  # noqa: E402
     act_quant,
     add_to_row,
     interpreting,
+    loop_bound,
     splitk_reduce,
 )
 
@@ -311,7 +312,7 @@ def _fragment_dp4a_kernel(
     c0 = pid_k * CHUNKS_PER_SPLIT
     wa = tl.load(w32_ptr + w_row + c0 * 128)
     wb = tl.load(w32_ptr + w_row + c0 * 128 + 2)
-    for c in range(c0, c0 + CHUNKS_PER_SPLIT):
+    for c in range(loop_bound(c0), loop_bound(c0 + CHUNKS_PER_SPLIT)):  # (loop_bound: triton 3.6's interpreter)
         cn = tl.minimum(c + 1, c0 + CHUNKS_PER_SPLIT - 1)  # the next chunk's weights fly while this one computes
         wa_n = tl.load(w32_ptr + w_row + cn * 128)
         wb_n = tl.load(w32_ptr + w_row + cn * 128 + 2)
