@@ -56,6 +56,7 @@ from inductor_fuse.kernels._common import (  # noqa: E402
     _dp4a,
     act_quant,
     add_to_row,
+    f16_pair,
     interpreting,
     loop_bound,
     splitk_reduce,
@@ -159,6 +160,14 @@ def _hi4(w):
 
 
 @gluon.jit
+def _b_fragment(ptrs, NT: gl.constexpr, lb: gl.constexpr):
+    # x's bytes of one sub-block [NT, 32 lanes, 8] (one 8-byte load a thread) -> the MMA's B tile
+    # [32, 8 NT], a conversion that moves nothing
+    t = gl.permute(gl.reshape(gl.load(ptrs), [NT, 8, 4, 2, 4]), [3, 2, 4, 0, 1])
+    return gl.convert_layout(gl.reshape(t, [32, 8 * NT]), lb, assert_trivial=True)
+
+
+@gluon.jit
 def _load_chunk(bases, offs, c, BLOCK_M: gl.constexpr, G: gl.constexpr, la: gl.constexpr, lb: gl.constexpr):
     # bases: (w, x, sm, dm, xs) pointers; offs: this thread's offsets into each (the kernel's w_off ...)
     w_ptr, x_ptr, sm_ptr, dm_ptr, xs_ptr = bases
@@ -167,12 +176,8 @@ def _load_chunk(bases, offs, c, BLOCK_M: gl.constexpr, G: gl.constexpr, la: gl.c
     t = gl.load(w_ptr + w_off + c * 512)  # [G, 32, 16]: one 16-byte load a thread
     t = gl.permute(gl.reshape(t, [G, 8, 4, 2, 2, 4]), [0, 3, 1, 4, 2, 5])
     w = gl.convert_layout(gl.reshape(t, [16 * G, 32]), la, assert_trivial=True)
-    xl = gl.load(x_ptr + x_off + (2 * c) * (NT * 256))  # [NT, 32, 8]
-    xl = gl.permute(gl.reshape(xl, [NT, 8, 4, 2, 4]), [3, 2, 4, 0, 1])
-    xl = gl.convert_layout(gl.reshape(xl, [32, 8 * NT]), lb, assert_trivial=True)
-    xh = gl.load(x_ptr + x_off + (2 * c + 1) * (NT * 256))
-    xh = gl.permute(gl.reshape(xh, [NT, 8, 4, 2, 4]), [3, 2, 4, 0, 1])
-    xh = gl.convert_layout(gl.reshape(xh, [32, 8 * NT]), lb, assert_trivial=True)
+    xl = _b_fragment(x_ptr + x_off + (2 * c) * (NT * 256), NT, lb)
+    xh = _b_fragment(x_ptr + x_off + (2 * c + 1) * (NT * 256), NT, lb)
     smw = gl.load(sm_ptr + s_off + c * 16)
     dmw = gl.load(dm_ptr + d_off + (c // 4) * 16)
     xd_lo = gl.load(xs_ptr + xs_off + c * (BLOCK_M * 4))
@@ -259,19 +264,24 @@ def _fragment_order_kernel(x_ptr, xs_ptr, w_ptr, sm_ptr, dm_ptr, out_ptr, M, N, 
 
 
 @triton.jit
+def _dp4a_row_scales(smw, dmw):
+    # one row's chunk: d * sc and a quarter of dmin * m (all 4 lanes of the row add it) of both
+    # sub-blocks, float32 [G, 32]
+    d, dmin = f16_pair(dmw)
+    q = 0.25 * dmin
+    s_lo, m_lo = d * (smw & 0xFF).to(tl.float32), q * ((smw >> 8) & 0xFF).to(tl.float32)
+    s_hi, m_hi = d * ((smw >> 16) & 0xFF).to(tl.float32), q * ((smw >> 24) & 0xFF).to(tl.float32)
+    return s_lo, m_lo, s_hi, m_hi
+
+
+@triton.jit
 def _dp4a_chunk(wa, wb, smw_a, smw_b, dmw_a, dmw_b, x32_ptr, xs_ptr, c, lane, j2, accs,
                 BLOCK_M: tl.constexpr, USE_ASM: tl.constexpr):  # fmt: skip
     # accs: 2 * BLOCK_M float32 [G, 32]: row g of x-row m at 2m, row g + 8 at 2m + 1
     a_lo, a_hi = wa & 0x0F0F0F0F, (wa >> 4) & 0x0F0F0F0F
     b_lo, b_hi = wb & 0x0F0F0F0F, (wb >> 4) & 0x0F0F0F0F
-    da = (dmw_a & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    db = (dmw_b & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    qa = 0.25 * (dmw_a >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)  # a quarter: 4 lanes add it
-    qb = 0.25 * (dmw_b >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    sa_lo, ma_lo = da * (smw_a & 0xFF).to(tl.float32), qa * ((smw_a >> 8) & 0xFF).to(tl.float32)
-    sa_hi, ma_hi = da * ((smw_a >> 16) & 0xFF).to(tl.float32), qa * ((smw_a >> 24) & 0xFF).to(tl.float32)
-    sb_lo, mb_lo = db * (smw_b & 0xFF).to(tl.float32), qb * ((smw_b >> 8) & 0xFF).to(tl.float32)
-    sb_hi, mb_hi = db * ((smw_b >> 16) & 0xFF).to(tl.float32), qb * ((smw_b >> 24) & 0xFF).to(tl.float32)
+    sa_lo, ma_lo, sa_hi, ma_hi = _dp4a_row_scales(smw_a, dmw_a)
+    sb_lo, mb_lo, sb_hi, mb_hi = _dp4a_row_scales(smw_b, dmw_b)
     for mi in tl.static_range(BLOCK_M):
         # x-row mi's 8 bytes of each sub-block for this lane's t: words [2 lanes' worth] at lane 4 mi + t
         xo = (4 * mi + lane % 4) * 2

@@ -57,6 +57,15 @@ def num_sms(device: torch.device) -> int:
 
 
 @triton.jit
+def f16_pair(w):
+    """An int32 word holding two float16 (Q4_K's (d, dmin) of a block: d in the low half) -> both
+    as float32."""
+    lo = (w & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    hi = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
 def loop_bound(x):
     """x (a runtime scalar) as a `range` bound: x itself when compiled. Under TRITON_INTERPRET=1
     a scalar is a 1-element numpy array, which Triton 3.6's interpreter turns into a Python int

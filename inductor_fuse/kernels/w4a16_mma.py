@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting, loop_bound, num_sms, splitk_reduce
+from ._common import f16_pair, interpreting, loop_bound, num_sms, splitk_reduce
 from .int8_mma import _mma_prologue, _mma_store, split_k_outputs
 
 _UNIT = {"q4_k": 64, "q6_k": 128}  # weights of K per unit
@@ -148,8 +148,7 @@ def _q4k_w4a16_kernel(
         # one (d, dmin) word per row and step: BLOCK_U divides 4 and u is a multiple of it, so the
         # step's units lie in one 256-weight block (a [BN, BLOCK_U] load of it was 5% slower)
         dmw = tl.load(dm_ptr + rn64 * (K // 256) + u // 4)[:, None]
-        d = (dmw & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        dmin = (dmw >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        d, dmin = f16_pair(dmw)
         shape: tl.constexpr = (BLOCK_N, BLOCK_U, 32)
         s_lo = tl.broadcast_to((d * (smw & 0xFF).to(tl.float32))[:, :, None], shape)
         nm_lo = tl.broadcast_to((-dmin * ((smw >> 8) & 0xFF).to(tl.float32))[:, :, None], shape)
