@@ -1,11 +1,22 @@
-"""Helpers of the GPU benchmarks that run without a GPU: bench_kernels.small_m_summary, the verdict
-line per shape against the few-rows targets (docs/kernels.md "A few rows")."""
+"""Helpers of the GPU benchmarks that run without a GPU: bench_kernels.small_m_summary (the verdict
+line per shape against the few-rows targets, docs/kernels.md "A few rows") and w4a16_grid; the
+fragment-order layouts of bench_fragment_order, their pure-torch reading against the Q4_K
+dequantizer, and its dp4a prototype under the interpreter (the MMA prototype is Gluon, GPU only:
+the benchmark checks it there)."""
 
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from inductor_fuse.kernels._common import QuantizedActivation
+from inductor_fuse.kernels.testing import random_planes
+from inductor_fuse.quant.formats import FORMATS
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import bench_kernels  # noqa: E402 -- importing it launches nothing
+import bench_fragment_order as fragment  # noqa: E402 -- importing these launches nothing
+import bench_kernels  # noqa: E402
 
 
 def _row(shape, M, op, bf16, fmt="q4_k"):
@@ -40,17 +51,6 @@ def test_w4a16_grid_varies_what_it_says_around_the_default_rows():
     assert len(q4) == 32 and len(q6) == 16 and len(set(q4)) == 32
     assert {c.block_n for c in q4 + q6} == {128} and {c.block_u for c in q6} == {1}
     assert {(c.unroll, c.programs_per_sm) for c in q4} == {(1, 4), (1, 7), (2, 4), (2, 7)}
-
-
-# bench_fragment_order: the fragment-order layouts of the prototype, and its pure-torch reading of
-# them, against the Q4_K dequantizer (the kernel itself needs a GPU: the benchmark checks it there)
-import bench_fragment_order as fragment  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from inductor_fuse.kernels._common import QuantizedActivation  # noqa: E402
-from inductor_fuse.kernels.testing import random_planes  # noqa: E402
-from inductor_fuse.quant.formats import FORMATS  # noqa: E402
 
 
 def _quantized_x(M: int, K: int, seed: int) -> QuantizedActivation:
@@ -100,8 +100,7 @@ def test_fragment_order_refuses_what_it_cannot_take():
     ("M", "split", "N", "K"), [(1, 2, 64, 512), (3, 1, 96, 768), (5, 4, 64, 1024), (8, 2, 32, 512)]
 )
 def test_fragment_order_dp4a_prototype_matches_the_reference(M, split, N, K):
-    # the dp4a reading of the fragment-order tensors is plain Triton: it runs here under the
-    # interpreter (the MMA one is Gluon, GPU only), against the float64 reading of the same tensors
+    # against the float64 reading of the same tensors
     planes = random_planes("q4_k", N, K, seed=M)
     xa = _quantized_x(M, K, seed=M)
     xp, packed = fragment.repack_x(xa, M, K, 8), fragment.repack_weights(planes)
