@@ -119,8 +119,9 @@ def compile_step(backend: str, device: str):
 def prefill_fn(backend: str, device: str, how: str, step):
     """The prompt's function: `prefill` (eager), `prefill_steps(step)` (`steps`: token by token
     through the decode step), or `compile_prefill` for `backend` (`graphs`: with CUDA graphs, the
-    prompt padded to a power-of-two length, a graph per length)."""
-    if how == "eager" or backend == "eager":
+    prompt padded to a power-of-two length, a graph per length). main() resolves `how` to eager
+    for the eager backend."""
+    if how == "eager":
         return prefill
     if how == "steps":
         return prefill_steps(step)
