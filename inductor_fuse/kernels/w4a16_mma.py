@@ -57,11 +57,22 @@ FORMATS = tuple(_UNIT)  # the formats with a w4a16_mma kernel
 MAX_M = 64
 
 
-def _decode_asm(magic: str, neg: str, one: str, ty: str, hi_shift: int, hi_mask: str) -> str:
+def _decode_asm(
+    magic: str,
+    neg: str,
+    one: str,
+    ty: str,
+    hi_shift: int,
+    hi_mask: str,
+    scales: tuple = ("$5", "$6", "$9", "$10"),
+    mins: tuple = ("$7", "$8", "$11", "$12"),
+) -> str:
     """Four qs bytes ($4) -> the low nibbles' weights ($0, $1: two packed pairs) and the high
-    nibbles' ($2, $3); $5,$6 / $9,$10: the scales, $7,$8 / $11,$12: minus the mins. The high
-    nibble is shifted to bits 3-6 for bf16 (7 mantissa bits: bit 7 is the exponent's) and decodes
-    as 8q, left at bits 4-7 for fp16 (16q): its scale comes divided by 8 or 16."""
+    nibbles' ($2, $3); `scales` / `mins`: the operands holding the packed scales and minus the mins
+    of those four pairs ($5,$6 / $9,$10 and $7,$8 / $11,$12: one per pair of bytes, as
+    `inline_asm_elementwise(pack=4)` passes them). The high nibble is shifted to bits 3-6 for bf16
+    (7 mantissa bits: bit 7 is the exponent's) and decodes as 8q, left at bits 4-7 for fp16 (16q):
+    its scale comes divided by 8 or 16."""
     lines = [
         "{",
         ".reg .b32 t0, t1, h0, h1, q, mg, ng, on;",
@@ -71,11 +82,8 @@ def _decode_asm(magic: str, neg: str, one: str, ty: str, hi_shift: int, hi_mask:
         f"shr.u32 h0, t0, {hi_shift};",
         f"shr.u32 h1, t1, {hi_shift};",
     ]
-    for out, src, mask, s, m in (
-        ("$0", "t0", "0x000F000F", "$5", "$7"),
-        ("$1", "t1", "0x000F000F", "$6", "$8"),
-        ("$2", "h0", hi_mask, "$9", "$11"),
-        ("$3", "h1", hi_mask, "$10", "$12"),
+    for out, src, mask, s, m in zip(
+        ("$0", "$1", "$2", "$3"), ("t0", "t1", "h0", "h1"), ("0x000F000F",) * 2 + (hi_mask,) * 2, scales, mins
     ):
         lines += [
             f"lop3.b32 q, {src}, {mask}, mg, 0xEA;",  # (src & mask) | magic = magic + nibble
