@@ -117,18 +117,19 @@ def test_fragment_order_dp4a_prototype_matches_the_reference(M, split, N, K):
 SYNC_CASES = [(1, 64, 256, 4, 1), (5, 128, 512, 4, 2), (11, 64, 768, 2, 2), (16, 256, 1024, 8, 1)]
 
 
+@pytest.mark.parametrize("fmt", sync.FMTS)
 @pytest.mark.parametrize(("M", "N", "K", "warps", "reps"), SYNC_CASES)
-def test_w4a16_sync_mirror_is_the_dequantized_product(M, N, K, warps, reps):
+def test_w4a16_sync_mirror_is_the_dequantized_product(M, N, K, warps, reps, fmt):
     # the kernel's reshapes and permutes (the k order) with an exact decode give x @ W^T itself;
     # with the kernel's bf16 / fp16 roundings, about the error of rounding the weights to that type
-    planes = random_planes("q4_k", N, K, seed=M)
-    w = FORMATS["q4_k"].dequantize(planes).double()
+    planes = random_planes(fmt, N, K, seed=M)
+    w = FORMATS[fmt].dequantize(planes).double()
     for dt in (torch.bfloat16, torch.float16):
         x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(dt)
         want = x.double() @ w.T
-        exact = sync.mirror(x, planes, warps, reps, decode_dtype=torch.float64)
+        exact = sync.mirror(x, planes, fmt, warps, reps, decode_dtype=torch.float64)
         torch.testing.assert_close(exact, want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
-        err = ((sync.mirror(x, planes, warps, reps) - want).norm() / want.norm()).item()
+        err = ((sync.mirror(x, planes, fmt, warps, reps) - want).norm() / want.norm()).item()
         ref = ((x.double() @ w.to(dt).double().T - want).norm() / want.norm()).item()
         assert err < 2.5 * ref, (dt, err, ref)
 
@@ -141,19 +142,22 @@ def test_w4a16_sync_refuses_what_it_cannot_take():
         sync.mirror(torch.randn(2, 512).bfloat16(), planes)
     with pytest.raises(ValueError, match="split 3"):
         sync.check_shapes(2, 64, 512, 4, 1, 3)
+    with pytest.raises(ValueError, match="not q4_0"):
+        sync.check_shapes(2, 64, 512, 4, 1, 1, "q4_0")
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("fmt", sync.FMTS)
 @pytest.mark.parametrize(("M", "N", "K", "warps", "reps"), SYNC_CASES + [(8, 512, 4096, 4, 1), (3, 256, 2048, 2, 2)])
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
-def test_w4a16_sync_kernel_matches_its_mirror_cuda(M, N, K, warps, reps, dt):
+def test_w4a16_sync_kernel_matches_its_mirror_cuda(M, N, K, warps, reps, dt, fmt):
     # the output rounding to x's dtype is the error left (about 1e-3 bf16, 1.4e-4 fp16, in norm)
-    planes = [p.cuda() for p in random_planes("q4_k", N, K, seed=M)]
+    planes = [p.cuda() for p in random_planes(fmt, N, K, seed=M)]
     x = torch.randn(M, K, device="cuda").to(dt)
-    want = sync.mirror(x, planes, warps, reps)
+    want = sync.mirror(x, planes, fmt, warps, reps)
     for split in (1, 2):
         if (K // 256) % split:
             continue
-        got = sync.w4a16_sync_linear(x, planes, split, warps, reps).double()
+        got = sync.w4a16_sync_linear(x, planes, fmt, split, warps, reps).double()
         err = ((got - want).norm() / want.norm()).item()
         assert err < (2e-3 if dt == torch.bfloat16 else 3e-4), (split, err)

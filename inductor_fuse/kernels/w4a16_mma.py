@@ -175,11 +175,14 @@ def _q4k_w4a16_kernel(
     _mma_store(acc, rn, rm, M, N, pid_s, out_ptr, bias_ptr, HAS_BIAS, SPLIT, True)
 
 
-def _q6k_decode_asm(magic: str, off: str, one: str, ty: str) -> str:
+def _q6k_decode_asm(magic: str, off: str, one: str, ty: str, scales: tuple | None = None) -> str:
     """Four bytes each of ql's first 32 ($8: low nibbles r = 0, high r = 2) and last 32 ($9: r = 1,
     3) and of qh ($10: bits 2r, 2r + 1) -> the four sub-blocks' weights r ($2r, $2r+1: two packed
-    pairs each); $11 + 2r, $12 + 2r: sub-block r's scales. q = nibble | (2 bits << 4) ORed into
-    the magic's mantissa, minus (magic + 32): q - 32 exactly; times the scale."""
+    pairs each); `scales[2r + p]`: the operand with the packed scales of pair p of sub-block r
+    (default $11 + 2r + p, one per pair of bytes, as `inline_asm_elementwise(pack=4)` passes them).
+    q = nibble | (2 bits << 4) ORed into the magic's mantissa, minus (magic + 32): q - 32 exactly;
+    times the scale."""
+    scales = scales or tuple(f"${11 + i}" for i in range(8))
     lines = [
         "{",
         ".reg .b32 a, b, c, ah, bh, c4, c2, cr, t, mg, of, on, nz;",
@@ -201,7 +204,7 @@ def _q6k_decode_asm(magic: str, off: str, one: str, ty: str) -> str:
                 f"lop3.b32 t, {low}, 0x000F000F, mg, 0xEA;",  # (nibble) | magic
                 f"lop3.b32 t, {high}, 0x00300030, t, 0xEA;",  # | (qh bits << 4)
                 f"fma.rn.{ty} t, t, on, of;",  # - (magic + 32)
-                f"fma.rn.{ty} ${2 * r + half}, t, ${11 + 2 * r + half}, nz;",  # * scale (+ -0)
+                f"fma.rn.{ty} ${2 * r + half}, t, {scales[2 * r + half]}, nz;",  # * scale (+ -0)
             ]
     return "\n".join(lines + ["}"])
 
