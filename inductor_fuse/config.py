@@ -19,6 +19,10 @@
                                                                  projection in its epilogue (programs of 64 rows,
                                                                  one act_quant launch fewer per layer); off: the
                                                                  GLU matvec, then act_quant (the same numbers)
+    INDUCTOR_FUSE_SMALL_M=sync      small_m            "auto"    "auto": the dispatch of kernels/dispatch.py;
+                                                                 "sync": Q4_K / Q6_K calls of 1-16 rows of bf16 /
+                                                                 fp16 x run kernels/w4a16_sync.py (W4A16 on
+                                                                 mma.sync, not yet measured: off by default)
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 
@@ -43,6 +47,7 @@ from contextlib import contextmanager
 from typing import Any
 
 GEMM_MODES = ("auto", "fused")
+SMALL_M_MODES = ("auto", "sync")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +59,16 @@ class Settings:
     no_tune: bool = False
     tune: bool = False
     glu_quant: bool = False
+    small_m: str = "auto"
     on_matvec_launch: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
         if self.gemm not in GEMM_MODES:
             raise ValueError(f"inductor_fuse: gemm (INDUCTOR_FUSE_GEMM) must be one of {GEMM_MODES}, got {self.gemm!r}")
+        if self.small_m not in SMALL_M_MODES:
+            raise ValueError(
+                f"inductor_fuse: small_m (INDUCTOR_FUSE_SMALL_M) must be one of {SMALL_M_MODES}, got {self.small_m!r}"
+            )
 
 
 def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -69,6 +79,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         no_tune=environ.get("INDUCTOR_FUSE_NO_TUNE", "0") == "1",
         tune=environ.get("INDUCTOR_FUSE_TUNE", "0") == "1",
         glu_quant=environ.get("INDUCTOR_FUSE_GLU_QUANT", "0") == "1",
+        small_m=environ.get("INDUCTOR_FUSE_SMALL_M", "") or "auto",
     )
 
 

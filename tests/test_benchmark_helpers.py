@@ -2,8 +2,7 @@
 line per shape against the few-rows targets, docs/kernels.md "A few rows") and w4a16_grid; the
 fragment-order layouts of bench_fragment_order, their pure-torch reading against the Q4_K
 dequantizer, and its dp4a prototype under the interpreter (the MMA prototype is Gluon, GPU only:
-the benchmark checks it there); bench_w4a16_sync's pure-torch mirror of its kernel against the
-Q4_K dequantizer, and on a GPU the kernel against the mirror."""
+the benchmark checks it there)."""
 
 import sys
 from pathlib import Path
@@ -18,7 +17,6 @@ from inductor_fuse.quant.formats import FORMATS
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import bench_fragment_order as fragment  # noqa: E402 -- importing these launches nothing
 import bench_kernels  # noqa: E402
-import bench_w4a16_sync as sync  # noqa: E402
 
 
 def _row(shape, M, op, bf16, fmt="q4_k"):
@@ -111,53 +109,3 @@ def test_fragment_order_dp4a_prototype_matches_the_reference(M, split, N, K):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
     with pytest.raises(ValueError, match="1 <= M <= 8"):
         fragment.fragment_dp4a_linear(fragment.repack_x(xa, M, K, 16), packed, M, torch.float32, split=1)
-
-
-# (M, N, K, warps, row tiles per warp): 8 or 16 rows of x, one or several programs and blocks
-SYNC_CASES = [(1, 64, 256, 4, 1), (5, 128, 512, 4, 2), (11, 64, 768, 2, 2), (16, 256, 1024, 8, 1)]
-
-
-@pytest.mark.parametrize("fmt", sync.FMTS)
-@pytest.mark.parametrize(("M", "N", "K", "warps", "reps"), SYNC_CASES)
-def test_w4a16_sync_mirror_is_the_dequantized_product(M, N, K, warps, reps, fmt):
-    # the kernel's reshapes and permutes (the k order) with an exact decode give x @ W^T itself;
-    # with the kernel's bf16 / fp16 roundings, about the error of rounding the weights to that type
-    planes = random_planes(fmt, N, K, seed=M)
-    w = FORMATS[fmt].dequantize(planes).double()
-    for dt in (torch.bfloat16, torch.float16):
-        x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(dt)
-        want = x.double() @ w.T
-        exact = sync.mirror(x, planes, fmt, warps, reps, decode_dtype=torch.float64)
-        torch.testing.assert_close(exact, want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
-        err = ((sync.mirror(x, planes, fmt, warps, reps) - want).norm() / want.norm()).item()
-        ref = ((x.double() @ w.to(dt).double().T - want).norm() / want.norm()).item()
-        assert err < 2.5 * ref, (dt, err, ref)
-
-
-def test_w4a16_sync_refuses_what_it_cannot_take():
-    planes = random_planes("q4_k", 48, 512)
-    with pytest.raises(ValueError, match="1 <= M <= 16"):
-        sync.mirror(torch.randn(17, 512).bfloat16(), planes)
-    with pytest.raises(ValueError, match="N % 64"):
-        sync.mirror(torch.randn(2, 512).bfloat16(), planes)
-    with pytest.raises(ValueError, match="split 3"):
-        sync.check_shapes(2, 64, 512, 4, 1, 3)
-    with pytest.raises(ValueError, match="not q4_0"):
-        sync.check_shapes(2, 64, 512, 4, 1, 1, "q4_0")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("fmt", sync.FMTS)
-@pytest.mark.parametrize(("M", "N", "K", "warps", "reps"), SYNC_CASES + [(8, 512, 4096, 4, 1), (3, 256, 2048, 2, 2)])
-@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
-def test_w4a16_sync_kernel_matches_its_mirror_cuda(M, N, K, warps, reps, dt, fmt):
-    # the output rounding to x's dtype is the error left (about 1e-3 bf16, 1.4e-4 fp16, in norm)
-    planes = [p.cuda() for p in random_planes(fmt, N, K, seed=M)]
-    x = torch.randn(M, K, device="cuda").to(dt)
-    want = sync.mirror(x, planes, fmt, warps, reps)
-    for split in (1, 2):
-        if (K // 256) % split:
-            continue
-        got = sync.w4a16_sync_linear(x, planes, fmt, split, warps, reps).double()
-        err = ((got - want).norm() / want.norm()).item()
-        assert err < (2e-3 if dt == torch.bfloat16 else 3e-4), (split, err)

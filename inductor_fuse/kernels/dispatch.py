@@ -2,6 +2,10 @@
 
 Per format, from its KernelSpec (kernels/registry.py):
 
+    small_m == "sync" (INDUCTOR_FUSE_SMALL_M=sync), a format of w4a16_sync.FMTS, bf16 / fp16 x,
+    M <= 16 rows the kernel takes:  w4a16_sync, W4A16 on mma.sync reading the planes as they are
+                                 (+1 launch for split-K, +1 for a GLU's act * mul; not measured yet, so
+                                 off by default; the quantized activation of qlinear_q8 goes unread)
     M <= spec.matvec_max_m:      act_quant(x) -> the format's matvec     (2 launches, +1 when split-K;
                                  1 when the activation comes quantized: qlinear_q8 / glu_qlinear_q8,
                                  whose xa the act_quant rule computed once for every consumer)
@@ -106,6 +110,15 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
     settings = knobs.settings
+    half = x2.dtype in (torch.bfloat16, torch.float16)
+    if settings.small_m == "sync" and half and ya_interleave is None and not settings.exact_matvec:
+        from . import w4a16_sync  # (Gluon: imported only when asked for)
+
+        if fmt in w4a16_sync.FMTS and w4a16_sync.supports(M, N, K, fmt):
+            out = w4a16_sync.w4a16_sync(x2, planes, bias, fmt)
+            if act:
+                out = act_mul(out, act)
+            return out.reshape(*x.shape[:-1], n_out)
     qa = None if xa is None else QuantizedActivation(*(t.reshape(M, -1).contiguous() for t in xa))
     if M <= spec.matvec_max_m and not settings.exact_matvec:
         if ya_interleave is not None:
@@ -117,7 +130,6 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None
         return matvec(x2, planes, bias, fmt, act=act, xa=qa).reshape(*x.shape[:-1], n_out)
     if ya_interleave is not None:
         raise ValueError(f"{fmt}: the GLU matvec that quantizes its output runs for M <= {spec.matvec_max_m}, got {M}")
-    half = x2.dtype in (torch.bfloat16, torch.float16)
     if M <= spec.w4a16_mma_max_m and half and not settings.exact_matvec:
         out = w4a16_mma(x2, planes, bias, fmt)
     elif M <= spec.int8_mma_max_m and not settings.exact_matvec:  # xa when quantize_act filled it

@@ -50,10 +50,13 @@ def test_settings_from_env():
         "INDUCTOR_FUSE_GEMM": "fused",
         "INDUCTOR_FUSE_NO_TUNE": "1",
         "INDUCTOR_FUSE_TUNE": "0",
+        "INDUCTOR_FUSE_SMALL_M": "sync",
     }
-    assert config.from_env(env) == config.Settings(exact_matvec=True, gemm="fused", no_tune=True)
+    assert config.from_env(env) == config.Settings(exact_matvec=True, gemm="fused", no_tune=True, small_m="sync")
     with pytest.raises(ValueError, match="INDUCTOR_FUSE_GEMM"):
         config.from_env({"INDUCTOR_FUSE_GEMM": "cublas"})
+    with pytest.raises(ValueError, match="INDUCTOR_FUSE_SMALL_M"):
+        config.from_env({"INDUCTOR_FUSE_SMALL_M": "mma"})
 
 
 def test_patch_restores_the_settings():

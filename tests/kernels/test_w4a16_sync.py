@@ -1,0 +1,144 @@
+"""w4a16_sync (W4A16 on mma.sync for 1-16 rows of x, reading the Q4_K / Q6_K planes as they are).
+
+On the CPU: its pure-torch `reference`, which replays the kernel's tensor program (words, joins,
+reshapes, permutes), against each format's dequantizer: exactly with an exact decode (this checks
+the k order), within the error of bf16 / fp16 weights with the kernel's roundings; the configs and
+the shapes it refuses; the INDUCTOR_FUSE_SMALL_M knob. Gluon kernels do not run under Triton's
+interpreter: the kernel itself, its bias and its dispatch are tested on a GPU (marked gpu)."""
+
+import os
+
+import pytest
+import torch
+from numerics import rel_err
+
+import inductor_fuse.kernels.ops  # noqa: F401
+from inductor_fuse import config
+from inductor_fuse.kernels import w4a16_sync as sync
+from inductor_fuse.kernels.testing import random_planes
+from inductor_fuse.quant.formats import FORMATS
+
+GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+needs_gpu = pytest.mark.skipif(not GPU, reason="needs CUDA (and TRITON_INTERPRET unset)")
+
+# (M, N, K, warps, row tiles per warp): 8 or 16 rows of x, one or several programs and blocks
+CASES = [(1, 64, 256, 4, 1), (5, 128, 512, 4, 2), (11, 64, 768, 2, 2), (16, 256, 1024, 8, 1)]
+
+
+@pytest.mark.parametrize("fmt", sync.FMTS)
+@pytest.mark.parametrize(("M", "N", "K", "warps", "reps"), CASES)
+def test_reference_is_the_dequantized_product(M, N, K, warps, reps, fmt):
+    planes = random_planes(fmt, N, K, seed=M)
+    w = FORMATS[fmt].dequantize(planes).double()
+    for dt in (torch.bfloat16, torch.float16):
+        x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(dt)
+        want = x.double() @ w.T
+        exact = sync.reference(x, planes, fmt, warps, reps, decode_dtype=torch.float64)
+        torch.testing.assert_close(exact, want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
+        err = rel_err(sync.reference(x, planes, fmt, warps, reps), want)
+        floor = rel_err(x.double() @ w.to(dt).double().T, want)  # the weights rounded to x's dtype
+        assert err < 2.5 * floor, (dt, err, floor)
+
+
+@pytest.mark.parametrize("fmt", sync.FMTS)
+def test_reference_follows_the_column_order(fmt, monkeypatch):
+    # two axes of the A tile's permutation swapped: the product is far off (the exact test above
+    # would catch a wrong order)
+    planes = random_planes(fmt, 64, 512, seed=1)
+    x = torch.randn(3, 512).bfloat16()
+    want = x.double() @ FORMATS[fmt].dequantize(planes).double().T
+    perm = list(sync.A_PERM[fmt])
+    perm[-1], perm[-2] = perm[-2], perm[-1]
+    monkeypatch.setitem(sync.A_PERM, fmt, tuple(perm))
+    assert rel_err(sync.reference(x, planes, fmt, decode_dtype=torch.float64), want) > 0.3
+
+
+def test_refuses_what_it_cannot_take():
+    planes = random_planes("q4_k", 48, 512)
+    with pytest.raises(ValueError, match="1 <= M <= 16"):
+        sync.reference(torch.randn(17, 512).bfloat16(), planes)
+    with pytest.raises(ValueError, match="N % 64"):
+        sync.reference(torch.randn(2, 512).bfloat16(), planes)
+    with pytest.raises(ValueError, match="split 3"):
+        sync.check_shapes(2, 64, 512, 4, 1, 3)
+    with pytest.raises(ValueError, match="not q4_0"):
+        sync.check_shapes(2, 64, 512, 4, 1, 1, "q4_0")
+    assert sync.supports(16, 64, 512, "q6_k") and not sync.supports(17, 64, 512, "q6_k")
+    assert not sync.supports(4, 48, 512, "q4_k") and not sync.supports(4, 64, 320, "q4_k")
+    with pytest.raises(ValueError, match="bf16 / fp16"):
+        sync.w4a16_sync(torch.randn(2, 512), random_planes("q4_k", 64, 512), None, "q4_k")
+
+
+def test_default_config_splits_k_for_few_rows():
+    sms = 132
+    assert sync.default_config(1, 28672, 4096, "q4_k", sms).split == 2  # 448 programs -> 896
+    assert sync.default_config(1, 4096, 14336, "q4_k", sms).split == 8  # 64 programs, 56 blocks
+    assert sync.default_config(1, 4096, 4096, "q4_k", sms).split == 8
+    assert sync.default_config(1, 4096, 768, "q4_k", sms).split == 1  # 3 blocks: no divisor
+    assert sync.default_config(1, 128256, 4096, "q6_k", sms).split == 1
+    for N, K in ((6144, 4096), (4096, 14336), (640, 2048)):
+        c = sync.default_config(8, N, K, "q4_k", sms)
+        assert (K // 256) % c.split == 0
+
+
+def test_small_m_knob_selects_the_kernel():
+    assert config.from_env({"INDUCTOR_FUSE_SMALL_M": "sync"}).small_m == "sync"
+    assert config.Settings().small_m == "auto"
+    with pytest.raises(ValueError, match="INDUCTOR_FUSE_SMALL_M"):
+        config.Settings(small_m="fast")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("fmt", sync.FMTS)
+@pytest.mark.parametrize(("M", "N", "K", "warps", "reps"), CASES + [(8, 512, 4096, 4, 1), (3, 256, 2048, 2, 2)])
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
+def test_kernel_matches_its_reference_cuda(M, N, K, warps, reps, dt, fmt):
+    # the output's rounding to x's dtype is the error left (about 1e-3 bf16, 1.4e-4 fp16, in norm)
+    planes = random_planes(fmt, N, K, "cuda", seed=M)
+    x = torch.randn(M, K, device="cuda").to(dt)
+    want = sync.reference(x, planes, fmt, warps, reps)
+    for split in (1, 2, 4):
+        if (K // 256) % split:
+            continue
+        got = sync.w4a16_sync(x, planes, None, fmt, sync.SyncConfig(warps, reps, split))
+        assert got.dtype == dt and got.shape == (M, N)
+        err = rel_err(got, want)
+        assert err < (2e-3 if dt == torch.bfloat16 else 3e-4), (split, err)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("fmt", sync.FMTS)
+def test_bias_and_dispatch_cuda(fmt, monkeypatch):
+    """The bias (added by the store, or by splitk_reduce); qlinear and glu_qlinear run the kernel
+    with INDUCTOR_FUSE_SMALL_M=sync for M <= 16 only, and the same dispatch as before without it."""
+    N, K = 1024, 4096
+    planes = random_planes(fmt, N, K, "cuda", seed=7)
+    bias = torch.randn(N, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(6, K, device="cuda", dtype=torch.bfloat16)
+    want = sync.reference(x, planes, fmt) + bias.double()
+    for split in (1, 4):
+        got = sync.w4a16_sync(x, planes, bias, fmt, sync.SyncConfig(split=split))
+        assert rel_err(got, want) < 2e-3, split
+    calls = []
+    real = sync.w4a16_sync
+    monkeypatch.setattr(sync, "w4a16_sync", lambda *a, **k: calls.append(a[0].shape[0]) or real(*a, **k))
+    before = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
+    assert calls == []
+    with config.patch(small_m="sync"):
+        got = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
+        assert calls == [6] and rel_err(got, want) < 2e-3
+        x17 = torch.randn(17, K, device="cuda", dtype=torch.bfloat16)
+        torch.ops.inductor_fuse.qlinear(x17, planes, bias, fmt)
+        assert calls == [6]  # 17 rows: the usual dispatch
+        glu = torch.ops.inductor_fuse.glu_qlinear(x, planes, None, fmt, "silu")
+        assert calls == [6, 6]
+    y = sync.reference(x, planes, fmt).view(6, N // 2, 2)
+    assert rel_err(glu, torch.nn.functional.silu(y[..., 0]) * y[..., 1]) < 5e-3
+    assert rel_err(before, want) < 1.5e-2  # (the W4A8 matvec: x rounded to int8)
