@@ -418,6 +418,7 @@ def main():
         "triton": triton.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "method": "CUDA graph of many calls over rotated weight copies (>3x 50 MB L2), median of replays",
+        "small_m": config.settings.small_m,  # INDUCTOR_FUSE_SMALL_M: "sync" makes op w4a16_sync up to M = 16
     }
     bw = copy_bandwidth(dev)
     out["copy_gbs"] = bw
