@@ -1,7 +1,8 @@
 """The W4A8 matvec compiled for sm_90 on this machine (benchmarks/sass_matvec.py: Triton's own
 ptxas and nvdisasm, no GPU, in a process of its own since these tests run Triton's interpreter):
-what its K loop executes, for the formats whose loop was made lean on purpose. Structure, not
-speed: speed is measured by bench_kernels.py on the GPU."""
+what its K loop executes, for the formats whose loop was made lean on purpose; and w4a16_sync
+(benchmarks/sass_mma.py, through its own launcher), whose operands must reach its MMAs without a
+layout conversion. Structure, not speed: speed is measured by the benchmarks on the GPU."""
 
 import json
 import os
@@ -70,3 +71,25 @@ def test_w4a16_mma_loop_decodes_packed_bytes_into_the_mma_operands():
     assert mix.get("LDS", 0) <= 24 and mix.get("PRMT", 0) <= 32, mix
     assert r["stack"] == 0
     assert r["issue_us"] < run_json(SCRIPT.parent / "sass_mma.py")["issue_us"]
+
+
+MMA_SCRIPT = Path(__file__).parents[2] / "benchmarks" / "sass_mma.py"
+
+
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k"])
+@pytest.mark.parametrize("M", [8, 16])
+def test_w4a16_sync_operands_reach_the_mma_without_moving(fmt, M):
+    # compiled through its launcher (sass_mma.py --kernel w4a16_sync). The decoded words and x's
+    # loads become MMA operands where they are: no shuffle, no shared memory, no barrier, nothing
+    # spilled; one 16-row tile of 256 weights a warp and block: 16 MMAs per 8 rows of x
+    r = run_json(MMA_SCRIPT, "--kernel", "w4a16_sync", "--fmt", fmt, "--m", str(M), "--split", "2")
+    mix = r["mix"]
+    assert r["loop"] and r["stack"] == 0
+    assert all(mix.get(op, 0) == 0 for op in ("SHFL", "BAR", "LDS", "STS", "LDL", "STL")), mix
+    assert mix["HMMA"] == 16 * (M // 8), mix
+    # whole words and 16-byte runs of x: per lane and block two rows' weight words (Q4_K: 2 x 2
+    # 16-byte loads + 2 scale words + 2 (d, dmin); Q6_K: 2 x 3 + 2 x 2 scale words + 2 d), 8 x loads
+    # per 8 rows of x
+    assert mix["LDG"] == {"q4_k": 8, "q6_k": 12}[fmt] + 8 * (M // 8), mix
+    if fmt == "q4_k":  # 2 per word, in the asm: no bytes repacked
+        assert mix["PRMT"] == 32, mix
