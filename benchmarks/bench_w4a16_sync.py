@@ -1,7 +1,7 @@
 """Benchmark of `kernels/w4a16_sync.py` (W4A16 on mma.sync for 1-16 rows of x, reading the Q4_K / Q6_K
 planes as they are) against the dispatched qlinear and bf16 cuBLAS, on the Llama-3-8B Q4_K_M shapes.
 
-    python benchmarks/bench_w4a16_sync.py [--ms 1,2,4,8,16] [--configs 2x1,4x1,4x2] [--splits 1,2,4,8]
+    python benchmarks/bench_w4a16_sync.py [--ms 1,2,4,8,16] [--configs 2x1,4x1,4x2,8x1] [--splits 1,2,4,8]
                                           [--fmts q4_k,q6_k] [--maxnreg N]
 
 Per shape and M: every config (warps x 16-row tiles per warp, K split) the shape takes, timed as
@@ -40,7 +40,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ms", default="1,2,4,8,16")
-    ap.add_argument("--configs", default="2x1,4x1,4x2", help="warps x row tiles per warp (16 rows each)")
+    ap.add_argument("--configs", default="2x1,4x1,4x2,8x1", help="warps x row tiles per warp (16 rows each)")
     ap.add_argument("--splits", default="1,2,4,8", help="K splits tried (each must divide K / 256)")
     ap.add_argument("--maxnreg", type=int, default=0, help="register cap per thread (0: none)")
     ap.add_argument("--fmts", default="", help="only these formats (default: q4_k,q6_k)")
