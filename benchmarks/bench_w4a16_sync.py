@@ -2,9 +2,9 @@
 planes as they are) against the dispatched qlinear and bf16 cuBLAS, on the Llama-3-8B Q4_K_M shapes.
 
     python benchmarks/bench_w4a16_sync.py [--ms 1,2,4,8,16] [--configs 2x1,4x1,4x2,8x1] [--splits 1,2,4,8]
-                                          [--fmts q4_k,q6_k] [--maxnreg N]
+                                          [--prefetch 1,2] [--fmts q4_k,q6_k] [--maxnreg N]
 
-Per shape and M: every config (warps x 16-row tiles per warp, K split) the shape takes, timed as
+Per shape and M: every config (warps x 16-row tiles per warp, K split, prefetch) the shape takes, timed as
 bench_kernels.time_graph does (a CUDA graph over rotated weight copies), its error against the
 kernel's pure-torch `reference` (the output's rounding is what is left) and against the exact
 product (`reference` with an exact decode), next to the error of bf16-rounded weights; a config that
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import SMALL_M_SHAPES, time_graph, weight_copies  # noqa: E402
 from common import print_table, write_json  # noqa: E402
 
-from inductor_fuse.kernels.w4a16_sync import FMTS, SyncConfig, check_shapes, reference, w4a16_sync  # noqa: E402
+from inductor_fuse.kernels.w4a16_sync import FMTS, SyncConfig, reference, supports, w4a16_sync  # noqa: E402
 from inductor_fuse.quant.formats import FORMATS  # noqa: E402
 
 
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--ms", default="1,2,4,8,16")
     ap.add_argument("--configs", default="2x1,4x1,4x2,8x1", help="warps x row tiles per warp (16 rows each)")
     ap.add_argument("--splits", default="1,2,4,8", help="K splits tried (each must divide K / 256)")
+    ap.add_argument("--prefetch", default="1,2", help="blocks on that a loop step loads, tried")
     ap.add_argument("--maxnreg", type=int, default=0, help="register cap per thread (0: none)")
     ap.add_argument("--fmts", default="", help="only these formats (default: q4_k,q6_k)")
     ap.add_argument("--json", help="write the results here (default: benchmarks/results/<date>-w4a16-sync.json)")
@@ -51,6 +53,7 @@ def main() -> None:
     ms = [int(m) for m in args.ms.split(",")]
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     splits = [int(s) for s in args.splits.split(",")]
+    prefetches = [int(p) for p in args.prefetch.split(",")]
     rows, table = [], []
     for name, N, K, fmt in SMALL_M_SHAPES:
         if fmt not in FMTS or (args.fmts and fmt not in args.fmts.split(",")):
@@ -70,26 +73,23 @@ def main() -> None:
             row["op_err_vs_exact"] = _rel(op, exact)
             row["bf16_weights_err_vs_exact"] = _rel(torch.nn.functional.linear(x, w16), exact)
             best = None
-            for nw, reps in configs:
-                for split in splits:
-                    try:
-                        check_shapes(M, N, K, nw, reps, split, fmt)
-                    except ValueError:
-                        continue
-                    key = f"{nw}x{reps}_split{split}"
-                    cfg = SyncConfig(nw, reps, split, args.maxnreg or None)
-                    fn = lambda p, cfg=cfg: w4a16_sync(x, p, None, fmt, cfg)  # noqa: E731
-                    try:
-                        out = fn(copies[0])
-                    except Exception as e:  # a first run of an untried kernel: record and go on
-                        row[f"{key}_error"] = repr(e)[:500]
-                        print(f"{name} {fmt} M={M} {key}: {row[f'{key}_error']}", flush=True)
-                        continue
-                    row[f"{key}_err_vs_reference"] = _rel(out, want)
-                    row[f"{key}_err_vs_exact"] = _rel(out, exact)
-                    row[f"{key}_us"] = 1e6 * time_graph([lambda p=p, fn=fn: fn(p) for p in copies])
-                    if best is None or row[f"{key}_us"] < row[f"{best}_us"]:
-                        best = key
+            for (nw, reps), split, pf in itertools.product(configs, splits, prefetches):
+                if not supports(M, N, K, fmt, SyncConfig(nw, reps, split)):
+                    continue
+                key = f"{nw}x{reps}_split{split}_p{pf}"
+                cfg = SyncConfig(nw, reps, split, args.maxnreg or None, pf)
+                fn = lambda p, cfg=cfg: w4a16_sync(x, p, None, fmt, cfg)  # noqa: E731
+                try:
+                    out = fn(copies[0])
+                except Exception as e:  # a first run of an untried kernel: record and go on
+                    row[f"{key}_error"] = repr(e)[:500]
+                    print(f"{name} {fmt} M={M} {key}: {row[f'{key}_error']}", flush=True)
+                    continue
+                row[f"{key}_err_vs_reference"] = _rel(out, want)
+                row[f"{key}_err_vs_exact"] = _rel(out, exact)
+                row[f"{key}_us"] = 1e6 * time_graph([lambda p=p, fn=fn: fn(p) for p in copies])
+                if best is None or row[f"{key}_us"] < row[f"{best}_us"]:
+                    best = key
             rows.append(row)
             if best is None:
                 continue
@@ -100,13 +100,14 @@ def main() -> None:
             print(f"{name} {fmt} M={M}: qlinear {row['op_us']:.2f} us, bf16 {row['bf16_us']:.2f}, "
                   f"sync {row['best_us']:.2f} ({best})", flush=True)  # fmt: skip
         del copies, bf16, w16
+        # after each shape, so that a run cut short keeps what it measured
+        write_json(f"{datetime.date.today().isoformat()}-w4a16-sync.json", {"rows": rows}, path=args.json)
         torch.cuda.empty_cache()
     print_table(
         "Llama-3-8B Q4_K_M shapes, bf16 x: the dispatched qlinear, bf16 cuBLAS and the W4A16 mma.sync prototype (us)",
         ["shape", "M", "qlinear", "bf16", "sync", "config", "err vs reference", "err vs exact", "bf16 w err"],
         table,
     )
-    write_json(f"{datetime.date.today().isoformat()}-w4a16-sync.json", {"rows": rows}, path=args.json)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1, help="w4a16_sync: 16-row tiles per warp")
     ap.add_argument("--split", type=int, default=1, help="w4a16_sync: K split")
     ap.add_argument("--fp16", action="store_true", help="w4a16_sync: fp16 x (default bf16)")
+    ap.add_argument("--prefetch", type=int, default=1, help="w4a16_sync: blocks on that a step loads (1, 2)")
     ap.add_argument("--dump", help="a folder for the cubin, ttgir, ptx and sass")
     ap.add_argument("--json", action="store_true", help="one JSON line: registers, loop length, opcode mix")
     args = ap.parse_args()
@@ -170,7 +171,7 @@ def main_sync(args) -> None:
 
     from inductor_fuse.kernels.w4a16_sync import SyncConfig
 
-    cfg = SyncConfig(args.num_warps or 4, args.reps, args.split)
+    cfg = SyncConfig(args.num_warps or 4, args.reps, args.split, prefetch=args.prefetch)
     k = compile_sync(args.fmt, args.m, cfg, torch.float16 if args.fp16 else torch.bfloat16)
     r = inspect_kernel(k, f"{args.fmt}_w4a16_sync", args.dump)
     n = len(r["loop"])

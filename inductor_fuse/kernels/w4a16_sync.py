@@ -331,9 +331,16 @@ def _q4k_decode(wq, smw, dmw, DT: gl.constexpr):
 
 
 @gluon.jit
+def _q4k_block(qs_ptr, sm_ptr, dm_ptr, w_off, s_off, d_off, blk):
+    # block blk's words of each lane: qs, the scale word, (d, dmin)
+    return gl.load(qs_ptr + w_off + blk * 32), gl.load(sm_ptr + s_off + blk * 4), gl.load(dm_ptr + d_off + blk)
+
+
+@gluon.jit
 def _w4a16_sync_q4k_kernel(
     x_ptr, qs_ptr, sm_ptr, dm_ptr, bias_ptr, out_ptr, M, N, K, stride_w, BLOCKS_PER_SPLIT,
     BLOCK_M: gl.constexpr, W: gl.constexpr, R: gl.constexpr, SPLIT: gl.constexpr, HAS_BIAS: gl.constexpr,
+    PREFETCH: gl.constexpr,
 ):  # fmt: skip
     # qs int32 [N, K/8] (stride_w = K / 8), sm int32 [N, K/64], dm int32 [N, K/256]
     FMT: gl.constexpr = "q4_k"
@@ -349,19 +356,19 @@ def _w4a16_sync_q4k_kernel(
     acc = gl.zeros([ROWS, BLOCK_M], gl.float32, mma)
     b0 = pid_k * BLOCKS_PER_SPLIT
     last = b0 + BLOCKS_PER_SPLIT - 1
-    wq = gl.load(qs_ptr + w_off + b0 * 32)
-    smw = gl.load(sm_ptr + s_off + b0 * 4)
-    dmw = gl.load(dm_ptr + d_off + b0)
+    cur = _q4k_block(qs_ptr, sm_ptr, dm_ptr, w_off, s_off, d_off, b0)
+    nxt = _q4k_block(qs_ptr, sm_ptr, dm_ptr, w_off, s_off, d_off, gl.minimum(b0 + 1, last))  # (PREFETCH 2)
     for blk in range(b0, b0 + BLOCKS_PER_SPLIT):
-        nb = gl.minimum(blk + 1, last)  # the next block's words fly while this one is decoded
-        wq_n = gl.load(qs_ptr + w_off + nb * 32)
-        smw_n = gl.load(sm_ptr + s_off + nb * 4)
-        dmw_n = gl.load(dm_ptr + d_off + nb)
+        # the block PREFETCH on flies while this one is decoded
+        ahead = _q4k_block(qs_ptr, sm_ptr, dm_ptr, w_off, s_off, d_off, gl.minimum(blk + PREFETCH, last))
         xv = gl.load(x_ptr + x_off + blk * 256)
-        dec = _q4k_decode(wq, smw, dmw, x_ptr.dtype.element_ty)
+        dec = _q4k_decode(cur[0], cur[1], cur[2], x_ptr.dtype.element_ty)
         a, b = _tiles(dec, xv, FMT, W, R, BLOCK_M)
         acc = mma_v2(a, b, acc)
-        wq, smw, dmw = wq_n, smw_n, dmw_n
+        if PREFETCH == 2:
+            cur, nxt = nxt, ahead
+        else:
+            cur = ahead
     _store(acc, out_ptr, bias_ptr, pid_n, pid_k, M, N, ROWS, BLOCK_M, SPLIT, HAS_BIAS, mma)
 
 
@@ -395,9 +402,21 @@ def _q6k_decode(qa, qb, qc, sa, sb, d, sh, DT: gl.constexpr):
 
 
 @gluon.jit
+def _q6k_block(ql_ptr, qh_ptr, sc_ptr, d_ptr, a_off, c_off, s_off, d_off, blk):
+    # block blk's words of each lane: ql's two halves, qh, the two scale words, d
+    qa = gl.load(ql_ptr + a_off + blk * 32)
+    qb = gl.load(ql_ptr + a_off + blk * 32 + 8)
+    qc = gl.load(qh_ptr + c_off + blk * 16)
+    sa = gl.load(sc_ptr + s_off + blk * 4)
+    sb = gl.load(sc_ptr + s_off + blk * 4 + 1)
+    return qa, qb, qc, sa, sb, gl.load(d_ptr + d_off + blk)
+
+
+@gluon.jit
 def _w4a16_sync_q6k_kernel(
     x_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, bias_ptr, out_ptr, M, N, K, stride_l, stride_h, BLOCKS_PER_SPLIT,
     BLOCK_M: gl.constexpr, W: gl.constexpr, R: gl.constexpr, SPLIT: gl.constexpr, HAS_BIAS: gl.constexpr,
+    PREFETCH: gl.constexpr,
 ):  # fmt: skip
     # ql int32 [N, K/8] (stride_l = K / 8), qh int32 [N, K/16] (stride_h), sc int32 [N, K/64], d fp16 [N, K/256]
     FMT: gl.constexpr = "q6_k"
@@ -415,25 +434,18 @@ def _w4a16_sync_q6k_kernel(
     acc = gl.zeros([ROWS, BLOCK_M], gl.float32, mma)
     b0 = pid_k * BLOCKS_PER_SPLIT
     last = b0 + BLOCKS_PER_SPLIT - 1
-    qa = gl.load(ql_ptr + a_off + b0 * 32)
-    qb = gl.load(ql_ptr + a_off + b0 * 32 + 8)
-    qc = gl.load(qh_ptr + c_off + b0 * 16)
-    sa = gl.load(sc_ptr + s_off + b0 * 4)
-    sb = gl.load(sc_ptr + s_off + b0 * 4 + 1)
-    d = gl.load(d_ptr + d_off + b0)
+    cur = _q6k_block(ql_ptr, qh_ptr, sc_ptr, d_ptr, a_off, c_off, s_off, d_off, b0)
+    nxt = _q6k_block(ql_ptr, qh_ptr, sc_ptr, d_ptr, a_off, c_off, s_off, d_off, gl.minimum(b0 + 1, last))
     for blk in range(b0, b0 + BLOCKS_PER_SPLIT):
-        nb = gl.minimum(blk + 1, last)  # the next block's words fly while this one is decoded
-        qa_n = gl.load(ql_ptr + a_off + nb * 32)
-        qb_n = gl.load(ql_ptr + a_off + nb * 32 + 8)
-        qc_n = gl.load(qh_ptr + c_off + nb * 16)
-        sa_n = gl.load(sc_ptr + s_off + nb * 4)
-        sb_n = gl.load(sc_ptr + s_off + nb * 4 + 1)
-        d_n = gl.load(d_ptr + d_off + nb)
+        ahead = _q6k_block(ql_ptr, qh_ptr, sc_ptr, d_ptr, a_off, c_off, s_off, d_off, gl.minimum(blk + PREFETCH, last))
         xv = gl.load(x_ptr + x_off + blk * 256)
-        dec = _q6k_decode(qa, qb, qc, sa, sb, d, sh, x_ptr.dtype.element_ty)
+        dec = _q6k_decode(cur[0], cur[1], cur[2], cur[3], cur[4], cur[5], sh, x_ptr.dtype.element_ty)
         a, b = _tiles(dec, xv, FMT, W, R, BLOCK_M)
         acc = mma_v2(a, b, acc)
-        qa, qb, qc, sa, sb, d = qa_n, qb_n, qc_n, sa_n, sb_n, d_n
+        if PREFETCH == 2:
+            cur, nxt = nxt, ahead
+        else:
+            cur = ahead
     _store(acc, out_ptr, bias_ptr, pid_n, pid_k, M, N, ROWS, BLOCK_M, SPLIT, HAS_BIAS, mma)
 
 
@@ -450,12 +462,15 @@ def check_shapes(M: int, N: int, K: int, num_warps: int, reps: int, split: int, 
 @dataclass(frozen=True)
 class SyncConfig:
     """A program: num_warps warps of reps 16-row tiles each; K split `split` ways (partials summed by
-    splitk_reduce); maxnreg: a register cap per thread (None: ptxas's choice)."""
+    splitk_reduce); prefetch: the block whose words are loaded while one is decoded is 1 or 2 on
+    (2: more bytes in flight a warp, more registers); maxnreg: a register cap per thread (None:
+    ptxas's choice)."""
 
     num_warps: int = 4
     reps: int = 1
     split: int = 1
     maxnreg: int | None = None
+    prefetch: int = 1
 
 
 def default_config(M: int, N: int, K: int, fmt: str, sms: int) -> SyncConfig:
@@ -490,11 +505,15 @@ def w4a16_sync(x: torch.Tensor, planes, bias: torch.Tensor | None, fmt: str, con
         raise ValueError(f"w4a16_sync takes bf16 / fp16 x, got {x.dtype}")
     c = config or default_config(M, N, K, fmt, num_sms(x.device))
     check_shapes(M, N, K, c.num_warps, c.reps, c.split, fmt)
+    if c.prefetch not in (1, 2):
+        raise ValueError(f"w4a16_sync: prefetch is 1 or 2 blocks on, got {c.prefetch}")
     block_m = 8 if M <= 8 else 16
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     dst = torch.empty((c.split, M, N), dtype=torch.float32, device=x.device) if c.split > 1 else out
     opts = dict(BLOCK_M=block_m, W=c.num_warps, R=c.reps, SPLIT=c.split > 1, HAS_BIAS=bias is not None,
-                num_warps=c.num_warps, **({"maxnreg": c.maxnreg} if c.maxnreg else {}))  # fmt: skip
+                PREFETCH=c.prefetch, num_warps=c.num_warps)  # fmt: skip
+    if c.maxnreg:
+        opts["maxnreg"] = c.maxnreg
     grid = (N // (16 * c.num_warps * c.reps), c.split)
     words = [p.view(torch.int32) for p in planes[:3]]
     b = bias if bias is not None else out

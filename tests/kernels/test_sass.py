@@ -76,13 +76,17 @@ def test_w4a16_mma_loop_decodes_packed_bytes_into_the_mma_operands():
 MMA_SCRIPT = Path(__file__).parents[2] / "benchmarks" / "sass_mma.py"
 
 
-@pytest.mark.parametrize("fmt", ["q4_k", "q6_k"])
-@pytest.mark.parametrize("M", [8, 16])
-def test_w4a16_sync_operands_reach_the_mma_without_moving(fmt, M):
+SYNC_CASES = [("q4_k", 8, 1), ("q4_k", 16, 1), ("q6_k", 8, 1), ("q6_k", 16, 1), ("q4_k", 16, 2), ("q6_k", 8, 2)]
+
+
+@pytest.mark.parametrize("fmt, M, prefetch", SYNC_CASES)
+def test_w4a16_sync_operands_reach_the_mma_without_moving(fmt, M, prefetch):
     # compiled through its launcher (sass_mma.py --kernel w4a16_sync). The decoded words and x's
     # loads become MMA operands where they are: no shuffle, no shared memory, no barrier, nothing
     # spilled; one 16-row tile of 256 weights a warp and block: 16 MMAs per 8 rows of x
-    r = run_json(MMA_SCRIPT, "--kernel", "w4a16_sync", "--fmt", fmt, "--m", str(M), "--split", "2")
+    r = run_json(
+        MMA_SCRIPT, "--kernel", "w4a16_sync", "--fmt", fmt, "--m", str(M), "--split", "2", "--prefetch", str(prefetch)
+    )
     mix = r["mix"]
     assert r["loop"] and r["stack"] == 0
     assert all(mix.get(op, 0) == 0 for op in ("SHFL", "BAR", "LDS", "STS", "LDL", "STL")), mix

@@ -67,6 +67,9 @@ def test_refuses_what_it_cannot_take():
     assert not sync.supports(4, 48, 512, "q4_k") and not sync.supports(4, 64, 320, "q4_k")
     with pytest.raises(ValueError, match="bf16 / fp16"):
         sync.w4a16_sync(torch.randn(2, 512), random_planes("q4_k", 64, 512), None, "q4_k")
+    with pytest.raises(ValueError, match="prefetch is 1 or 2"):
+        cfg = sync.SyncConfig(prefetch=3)
+        sync.w4a16_sync(torch.randn(2, 512).bfloat16(), random_planes("q4_k", 64, 512), None, "q4_k", cfg)
 
 
 def test_default_config_splits_k_for_few_rows():
@@ -103,13 +106,13 @@ def test_kernel_matches_its_reference_cuda(M, N, K, warps, reps, dt, fmt):
     planes = random_planes(fmt, N, K, "cuda", seed=M)
     x = torch.randn(M, K, device="cuda").to(dt)
     want = sync.reference(x, planes, fmt, warps, reps)
-    for split in (1, 2, 4):
+    for split, prefetch in ((1, 1), (2, 1), (4, 1), (1, 2), (2, 2)):
         if (K // 256) % split:
             continue
-        got = sync.w4a16_sync(x, planes, None, fmt, sync.SyncConfig(warps, reps, split))
+        got = sync.w4a16_sync(x, planes, None, fmt, sync.SyncConfig(warps, reps, split, prefetch=prefetch))
         assert got.dtype == dt and got.shape == (M, N)
         err = rel_err(got, want)
-        assert err < (2e-3 if dt == torch.bfloat16 else 3e-4), (split, err)
+        assert err < (2e-3 if dt == torch.bfloat16 else 3e-4), (split, prefetch, err)
 
 
 @pytest.mark.gpu
