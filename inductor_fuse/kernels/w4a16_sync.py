@@ -104,14 +104,14 @@ def _reference_q4k(planes, lead, dt):
 def _reference_q6k(planes, lead, dt):
     # -> the decoded weights [*lead, t, w, j0, h, n, j1]
     ql, qh, sc, d = planes
-    t = torch.arange(4)
+    t, four = torch.arange(4, device=ql.device), torch.arange(4, device=ql.device)
     lw = ql.contiguous().view(torch.int32).view(*lead, 32)
     hw = qh.contiguous().view(torch.int32).view(*lead, 16)
-    base = ((t // 2) * 16 + (t % 2) * 4)[:, None] + torch.arange(4)  # [t, w]: ql words of lane t
+    base = ((t // 2) * 16 + (t % 2) * 4)[:, None] + four  # [t, w]: ql words of lane t
     a, b = lw[..., base].to(torch.int64), lw[..., base + 8].to(torch.int64)
-    c = hw[..., ((t // 2) * 8 + (t % 2) * 4)[:, None] + torch.arange(4)].to(torch.int64)
+    c = hw[..., ((t // 2) * 8 + (t % 2) * 4)[:, None] + four].to(torch.int64)
     scb = sc.contiguous().view(*lead, 16).double()  # the int8 scales of the block's 16-groups
-    groups = (t // 2 * 8 + t % 2)[:, None] + 2 * torch.arange(4)  # [t, r]: sub-block r's group of lane t
+    groups = (t // 2 * 8 + t % 2)[:, None] + 2 * four  # [t, r]: sub-block r's group of lane t
     s = _round(d.contiguous().view(*lead, 1, 1).double() * scb[..., groups], dt)  # [.., t, r]
     out = []
     for r, (src, lo_shift, hi_shift) in enumerate(((a, 0, 0), (b, 0, 2), (a, 4, 4), (b, 4, 6))):
@@ -126,7 +126,7 @@ def _reference_q6k(planes, lead, dt):
 def _reference_x(x: torch.Tensor, fmt: str, NT: int, nb: int) -> torch.Tensor:
     # x's rows (past M: row M - 1) -> [nb, NT, *B_SHAPE] as the kernel loads them
     M = x.shape[0]
-    xr = x[torch.clamp(torch.arange(8 * NT), max=M - 1)]
+    xr = x[torch.clamp(torch.arange(8 * NT, device=x.device), max=M - 1)]
     if fmt == "q4_k":
         return xr.view(NT, 8, nb, 4, 2, 32).movedim(2, 0).reshape(nb, NT, *B_SHAPE[fmt])
     # k = 128(t // 2) + 32r + 16(t % 2) + i
