@@ -4,7 +4,7 @@ On the CPU: its pure-torch `reference`, which replays the kernel's tensor progra
 reshapes, permutes), against each format's dequantizer: exactly with an exact decode (this checks
 the k order), within the error of bf16 / fp16 weights with the kernel's roundings; the configs and
 the shapes it refuses; the INDUCTOR_FUSE_SMALL_M knob. Gluon kernels do not run under Triton's
-interpreter: the kernel itself, its bias and its dispatch are tested on a GPU (marked gpu)."""
+interpreter: the kernel itself, its bias, its dispatch and a CUDA-graph replay are tested on a GPU (marked gpu)."""
 
 import os
 
@@ -145,3 +145,23 @@ def test_bias_and_dispatch_cuda(fmt, monkeypatch):
     y = sync.reference(x, planes, fmt).view(6, N // 2, 2)
     assert rel_err(glu, torch.nn.functional.silu(y[..., 0]) * y[..., 1]) < 5e-3
     assert rel_err(before, want) < 1.5e-2  # (the W4A8 matvec: x rounded to int8)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("fmt", sync.FMTS)
+def test_cuda_graph_capture_cuda(fmt):
+    # warmed up (compiled) first, as every decode step is before capture; the split's partials
+    # buffer comes from the graph's pool
+    planes = random_planes(fmt, 4096, 4096, "cuda", seed=5)
+    for M, split in ((1, 4), (16, 1)):
+        x = torch.randn(M, 4096, device="cuda", dtype=torch.bfloat16)
+        cfg = sync.SyncConfig(split=split)
+        sync.w4a16_sync(x, planes, None, fmt, cfg)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = sync.w4a16_sync(x, planes, None, fmt, cfg)
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(out, sync.w4a16_sync(x, planes, None, fmt, cfg), rtol=0, atol=0)
