@@ -104,7 +104,7 @@ def main() -> None:
         write_json(f"{datetime.date.today().isoformat()}-w4a16-sync.json", {"rows": rows}, path=args.json)
         torch.cuda.empty_cache()
     print_table(
-        "Llama-3-8B Q4_K_M shapes, bf16 x: the dispatched qlinear, bf16 cuBLAS and the W4A16 mma.sync prototype (us)",
+        "Llama-3-8B Q4_K_M shapes, bf16 x: the dispatched qlinear, bf16 cuBLAS and w4a16_sync (us)",
         ["shape", "M", "qlinear", "bf16", "sync", "config", "err vs reference", "err vs exact", "bf16 w err"],
         table,
     )

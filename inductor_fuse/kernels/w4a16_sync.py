@@ -452,11 +452,11 @@ def _w4a16_sync_q6k_kernel(
 def check_shapes(M: int, N: int, K: int, num_warps: int, reps: int, split: int, fmt: str = "q4_k") -> None:
     rows = 16 * num_warps * reps
     if fmt not in FMTS:
-        raise ValueError(f"the prototype reads {FMTS}, not {fmt}")
+        raise ValueError(f"w4a16_sync reads {FMTS}, not {fmt}")
     if not 1 <= M <= 16:
-        raise ValueError(f"the prototype takes 1 <= M <= 16 rows of x, got {M}")
+        raise ValueError(f"w4a16_sync takes 1 <= M <= 16 rows of x, got {M}")
     if N % rows or K % 256 or (K // 256) % split:
-        raise ValueError(f"needs N % {rows} == 0 and split {split} dividing K / 256 (N={N}, K={K})")
+        raise ValueError(f"w4a16_sync needs N % {rows} == 0 and split {split} dividing K / 256 (N={N}, K={K})")
 
 
 @dataclass(frozen=True)
