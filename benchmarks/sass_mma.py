@@ -112,7 +112,7 @@ def compile_sync(fmt: str, M: int, config, dtype, N: int = 4096, K: int = 4096) 
     finally:
         JITFunction.run = run
         driver._active = active
-    return compiled[f"_w4a16_sync_{fmt.replace('_', '')}_kernel"]
+    return compiled["_w4a16_sync_kernel"]
 
 
 def main() -> None:

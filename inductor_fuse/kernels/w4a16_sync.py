@@ -331,48 +331,6 @@ def _q4k_decode(wq, smw, dmw, DT: gl.constexpr):
 
 
 @gluon.jit
-def _q4k_block(qs_ptr, sm_ptr, dm_ptr, w_off, s_off, d_off, blk):
-    # block blk's words of each lane: qs, the scale word, (d, dmin)
-    return gl.load(qs_ptr + w_off + blk * 32), gl.load(sm_ptr + s_off + blk * 4), gl.load(dm_ptr + d_off + blk)
-
-
-@gluon.jit
-def _w4a16_sync_q4k_kernel(
-    x_ptr, qs_ptr, sm_ptr, dm_ptr, bias_ptr, out_ptr, M, N, K, stride_w, BLOCKS_PER_SPLIT,
-    BLOCK_M: gl.constexpr, W: gl.constexpr, R: gl.constexpr, SPLIT: gl.constexpr, HAS_BIAS: gl.constexpr,
-    PREFETCH: gl.constexpr,
-):  # fmt: skip
-    # qs int32 [N, K/8] (stride_w = K / 8), sm int32 [N, K/64], dm int32 [N, K/256]
-    FMT: gl.constexpr = "q4_k"
-    ROWS: gl.constexpr = 16 * W * R
-    mma: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "mma")
-    pid_n = gl.program_id(0)
-    pid_k = gl.program_id(1)
-    row, t, wi, x_row, xt, xn, xi = _offsets(pid_n, M, K, FMT, W, R, BLOCK_M, 8, 2, 32)
-    w_off = row * stride_w + t * 8 + wi  # lane t: bytes 32t.. of the block
-    s_off = row * (K // 64) + t
-    d_off = row * (K // 256)
-    x_off = x_row + xt * 64 + xn * 32 + xi  # k 64t + 32n + i of the block
-    acc = gl.zeros([ROWS, BLOCK_M], gl.float32, mma)
-    b0 = pid_k * BLOCKS_PER_SPLIT
-    last = b0 + BLOCKS_PER_SPLIT - 1
-    cur = _q4k_block(qs_ptr, sm_ptr, dm_ptr, w_off, s_off, d_off, b0)
-    nxt = _q4k_block(qs_ptr, sm_ptr, dm_ptr, w_off, s_off, d_off, gl.minimum(b0 + 1, last))  # (PREFETCH 2)
-    for blk in range(b0, b0 + BLOCKS_PER_SPLIT):
-        # the block PREFETCH on flies while this one is decoded
-        ahead = _q4k_block(qs_ptr, sm_ptr, dm_ptr, w_off, s_off, d_off, gl.minimum(blk + PREFETCH, last))
-        xv = gl.load(x_ptr + x_off + blk * 256)
-        dec = _q4k_decode(cur[0], cur[1], cur[2], x_ptr.dtype.element_ty)
-        a, b = _tiles(dec, xv, FMT, W, R, BLOCK_M)
-        acc = mma_v2(a, b, acc)
-        if PREFETCH == 2:
-            cur, nxt = nxt, ahead
-        else:
-            cur = ahead
-    _store(acc, out_ptr, bias_ptr, pid_n, pid_k, M, N, ROWS, BLOCK_M, SPLIT, HAS_BIAS, mma)
-
-
-@gluon.jit
 def _q6k_scale(w, shift):
     # the signed byte of each word w at bit shift -> float32
     return ((w << (24 - shift)) >> 24).to(gl.float32)
@@ -402,45 +360,69 @@ def _q6k_decode(qa, qb, qc, sa, sb, d, sh, DT: gl.constexpr):
 
 
 @gluon.jit
-def _q6k_block(ql_ptr, qh_ptr, sc_ptr, d_ptr, a_off, c_off, s_off, d_off, blk):
-    # block blk's words of each lane: ql's two halves, qh, the two scale words, d
-    qa = gl.load(ql_ptr + a_off + blk * 32)
-    qb = gl.load(ql_ptr + a_off + blk * 32 + 8)
-    qc = gl.load(qh_ptr + c_off + blk * 16)
-    sa = gl.load(sc_ptr + s_off + blk * 4)
-    sb = gl.load(sc_ptr + s_off + blk * 4 + 1)
-    return qa, qb, qc, sa, sb, gl.load(d_ptr + d_off + blk)
+def _block(p0, p1, p2, p3, offs, blk, FMT: gl.constexpr):
+    # block blk's words of each lane. Q4_K: qs, the scale word, (d, dmin); Q6_K: ql's two halves,
+    # qh, the two scale words, d
+    if FMT == "q4_k":
+        return gl.load(p0 + offs[0] + blk * 32), gl.load(p1 + offs[1] + blk * 4), gl.load(p2 + offs[2] + blk)
+    else:
+        qa = gl.load(p0 + offs[0] + blk * 32)
+        qb = gl.load(p0 + offs[0] + blk * 32 + 8)
+        qc = gl.load(p1 + offs[1] + blk * 16)
+        sa = gl.load(p2 + offs[2] + blk * 4)
+        sb = gl.load(p2 + offs[2] + blk * 4 + 1)
+        return qa, qb, qc, sa, sb, gl.load(p3 + offs[3] + blk)
 
 
 @gluon.jit
-def _w4a16_sync_q6k_kernel(
-    x_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, bias_ptr, out_ptr, M, N, K, stride_l, stride_h, BLOCKS_PER_SPLIT,
-    BLOCK_M: gl.constexpr, W: gl.constexpr, R: gl.constexpr, SPLIT: gl.constexpr, HAS_BIAS: gl.constexpr,
-    PREFETCH: gl.constexpr,
+def _decode(w, offs, DT: gl.constexpr, FMT: gl.constexpr):
+    # a block's words (_block) -> its decoded weights, the A tile's elements before _tiles
+    if FMT == "q4_k":
+        return _q4k_decode(w[0], w[1], w[2], DT)
+    else:
+        return _q6k_decode(w[0], w[1], w[2], w[3], w[4], w[5], offs[4], DT)
+
+
+@gluon.jit
+def _w4a16_sync_kernel(
+    x_ptr, p0, p1, p2, p3, bias_ptr, out_ptr, M, N, K, stride_8, stride_16, BLOCKS_PER_SPLIT,
+    FMT: gl.constexpr, BLOCK_M: gl.constexpr, W: gl.constexpr, R: gl.constexpr, SPLIT: gl.constexpr,
+    HAS_BIAS: gl.constexpr, PREFETCH: gl.constexpr,
 ):  # fmt: skip
-    # ql int32 [N, K/8] (stride_l = K / 8), qh int32 [N, K/16] (stride_h), sc int32 [N, K/64], d fp16 [N, K/256]
-    FMT: gl.constexpr = "q6_k"
+    # Q4_K: p0, p1, p2 = qs int32 [N, K/8], sm int32 [N, K/64], dm int32 [N, K/256] (p3 unread);
+    # Q6_K: ql int32 [N, K/8], qh int32 [N, K/16], sc int32 [N, K/64], d fp16 [N, K/256].
+    # stride_8 = K / 8, stride_16 = K / 16 (arguments, so that their divisibility is known)
     ROWS: gl.constexpr = 16 * W * R
     mma: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "mma")
     pid_n = gl.program_id(0)
     pid_k = gl.program_id(1)
-    row, t, wi, x_row, xt, xr, xi = _offsets(pid_n, M, K, FMT, W, R, BLOCK_M, 4, 4, 16)
-    a_off = row * stride_l + (t // 2) * 16 + (t % 2) * 4 + wi  # ql words of the block; the other half: + 8
-    c_off = row * stride_h + (t // 2) * 8 + (t % 2) * 4 + wi
-    s_off = row * (K // 64) + (t // 2) * 2
-    sh = (t % 2) * 8
-    d_off = row * (K // 256)
-    x_off = x_row + (xt // 2) * 128 + (xt % 2) * 16 + xr * 32 + xi  # k 128(t // 2) + 32r + 16(t % 2) + i
+    if FMT == "q4_k":
+        row, t, wi, x_row, xt, xr, xi = _offsets(pid_n, M, K, FMT, W, R, BLOCK_M, 8, 2, 32)
+        # lane t: qs bytes 32t.. of the block, its scale word, (d, dmin); x: k 64t + 32n + i
+        offs = (row * stride_8 + t * 8 + wi, row * (K // 64) + t, row * (K // 256))
+        x_off = x_row + xt * 64 + xr * 32 + xi
+    else:
+        row, t, wi, x_row, xt, xr, xi = _offsets(pid_n, M, K, FMT, W, R, BLOCK_M, 4, 4, 16)
+        # lane t: ql words of the block (the other half: + 8), qh words, scale words 2(t // 2) and
+        # + 1, d, and the bit of its scale bytes 8(t % 2); x: k 128(t // 2) + 32r + 16(t % 2) + i
+        offs = (
+            row * stride_8 + (t // 2) * 16 + (t % 2) * 4 + wi,
+            row * stride_16 + (t // 2) * 8 + (t % 2) * 4 + wi,
+            row * (K // 64) + (t // 2) * 2,
+            row * (K // 256),
+            (t % 2) * 8,
+        )
+        x_off = x_row + (xt // 2) * 128 + (xt % 2) * 16 + xr * 32 + xi
     acc = gl.zeros([ROWS, BLOCK_M], gl.float32, mma)
     b0 = pid_k * BLOCKS_PER_SPLIT
     last = b0 + BLOCKS_PER_SPLIT - 1
-    cur = _q6k_block(ql_ptr, qh_ptr, sc_ptr, d_ptr, a_off, c_off, s_off, d_off, b0)
-    nxt = _q6k_block(ql_ptr, qh_ptr, sc_ptr, d_ptr, a_off, c_off, s_off, d_off, gl.minimum(b0 + 1, last))
+    cur = _block(p0, p1, p2, p3, offs, b0, FMT)
+    nxt = _block(p0, p1, p2, p3, offs, gl.minimum(b0 + 1, last), FMT)  # (PREFETCH 2)
     for blk in range(b0, b0 + BLOCKS_PER_SPLIT):
-        ahead = _q6k_block(ql_ptr, qh_ptr, sc_ptr, d_ptr, a_off, c_off, s_off, d_off, gl.minimum(blk + PREFETCH, last))
+        # the block PREFETCH on flies while this one is decoded
+        ahead = _block(p0, p1, p2, p3, offs, gl.minimum(blk + PREFETCH, last), FMT)
         xv = gl.load(x_ptr + x_off + blk * 256)
-        dec = _q6k_decode(cur[0], cur[1], cur[2], cur[3], cur[4], cur[5], sh, x_ptr.dtype.element_ty)
-        a, b = _tiles(dec, xv, FMT, W, R, BLOCK_M)
+        a, b = _tiles(_decode(cur, offs, x_ptr.dtype.element_ty, FMT), xv, FMT, W, R, BLOCK_M)
         acc = mma_v2(a, b, acc)
         if PREFETCH == 2:
             cur, nxt = nxt, ahead
@@ -516,13 +498,9 @@ def w4a16_sync(x: torch.Tensor, planes, bias: torch.Tensor | None, fmt: str, con
         opts["maxnreg"] = c.maxnreg
     grid = (N // (16 * c.num_warps * c.reps), c.split)
     words = [p.view(torch.int32) for p in planes[:3]]
+    d = planes[3] if fmt == "q6_k" else words[2]  # (Q4_K has three planes: p3 is not read)
     b = bias if bias is not None else out
-    if fmt == "q4_k":
-        _w4a16_sync_q4k_kernel[grid](x, *words, b, dst, M, N, K, K // 8, K // 256 // c.split, **opts)
-    else:
-        _w4a16_sync_q6k_kernel[grid](
-            x, *words, planes[3], b, dst, M, N, K, K // 8, K // 16, K // 256 // c.split, **opts
-        )
+    _w4a16_sync_kernel[grid](x, *words, d, b, dst, M, N, K, K // 8, K // 16, K // 256 // c.split, FMT=fmt, **opts)
     if c.split > 1:
         splitk_reduce(dst, bias, out)
     return out
