@@ -47,7 +47,7 @@ from inductor_fuse.kernels.w4a16_mma import W4A16Config, w4a16_mma  # noqa: E402
 SHAPES = [  # name, N, K, formats
     ("qkv", 6144, 4096, ["q4_k"]),
     ("gate_up", 28672, 4096, ["q4_k", "q4_0", "iq4_xs"]),
-    ("down", 4096, 14336, ["q4_k", "q6_k"]),
+    ("down", 4096, 14336, ["q4_k", "q5_k", "q6_k"]),  # q5_k: Q4_K_S's ffn_down in the first eighth
     ("lm_head", 128256, 4096, ["q6_k"]),
 ]
 L2_BYTES = 50 * 2**20
@@ -397,6 +397,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="M=1 only")
     ap.add_argument("--ms", default="1,4,16,512")
+    ap.add_argument("--formats", default=None, help="comma-separated: only these formats of SHAPES (default: all)")
     ap.add_argument("--crossover", action="store_true")
     ap.add_argument("--crossover-only", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="time every matvec config, then exit")
@@ -435,8 +436,11 @@ def main():
             return _save(out, args.json)
     ms = [1] if args.quick else [int(m) for m in args.ms.split(",")]
     results = []
+    only = None if args.formats is None else set(args.formats.split(","))
     for name, N, K, fmts in SHAPES:
         for fmt in fmts:
+            if only is not None and fmt not in only:
+                continue
             for M in ms:
                 r = bench_case(name, N, K, fmt, M, dev, results, with_baselines=not args.no_baselines)
                 print(_fmt_row(r, bw), flush=True)

@@ -1,12 +1,15 @@
-"""GGUF files of real Llama shapes with random weights, in llama.cpp's Q4_K_M type mix.
+"""GGUF files of real Llama shapes with random weights, in llama.cpp's Q4_K_M (or Q4_K_S) type mix.
 
-    python benchmarks/synthetic_gguf.py llama3-8b /tmp/llama3-8b-q4_k_m.gguf [--device cuda]
+    python benchmarks/synthetic_gguf.py llama3-8b /tmp/llama3-8b-q4_k_m.gguf [--device cuda] [--mix q4_k_s]
 
-The mix is llama.cpp's for Q4_K_M (`llama_tensor_get_type`): Q4_K everywhere, Q6_K for `output`
-(for the tied token embedding when there is no `output`), and for `attn_v` and `ffn_down` in the
-layers `use_more_bits` picks (the first and last eighth, and every third in between); norms F32.
-`planned_bytes` gives the tensor bytes of a shape without writing anything: Llama-3-8B 4.58 GiB
-and Llama-3.2-1B 762.8 MiB, llama.cpp's figures for its Q4_K_M files.
+The mixes are llama.cpp's (`llama_tensor_get_type`), norms F32 in both:
+- Q4_K_M: Q4_K everywhere, Q6_K for `output` (for the tied token embedding when there is no
+  `output`), and for `attn_v` and `ffn_down` in the layers `use_more_bits` picks (the first and
+  last eighth, and every third in between). `planned_bytes` gives the tensor bytes of a shape
+  without writing anything: Llama-3-8B 4.58 GiB and Llama-3.2-1B 762.8 MiB, llama.cpp's figures for
+  its Q4_K_M files.
+- Q4_K_S: Q4_K everywhere, Q6_K for `output` (the tied embedding), Q5_K for `attn_v` in the first
+  4 layers and `ffn_down` in the first eighth.
 
 Weights: a pool of 4096 random rows per (format, K), quantized with the project's quantizers
 (`inductor_fuse.quant`), then each tensor's rows drawn from its pool at random. Quantizing 8B
@@ -27,7 +30,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, TokenType
 from inductor_fuse.gguf.tokenizer import byte_alphabet
 from inductor_fuse.quant.formats import FORMATS
 
-Q4_K, Q6_K, F32 = GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K, GGMLQuantizationType.F32
+Q4_K, Q5_K, Q6_K = GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q5_K, GGMLQuantizationType.Q6_K
+F32 = GGMLQuantizationType.F32
 POOL_ROWS = 4096
 
 
@@ -56,22 +60,35 @@ def use_more_bits(i_layer: int, n_layers: int) -> bool:
     return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
 
 
-def tensor_plan(s: Shape) -> list[tuple[str, tuple[int, int], GGMLQuantizationType]]:
+MIXES = {"q4_k_m": 15, "q4_k_s": 14}  # mix -> general.file_type (LLAMA_FTYPE_MOSTLY_*)
+
+
+def _more_bits_types(mix: str, i: int, n_layers: int) -> tuple[GGMLQuantizationType, GGMLQuantizationType]:
+    """(attn_v, ffn_down) types of layer i."""
+    if mix == "q4_k_s":
+        return (Q5_K if i < 4 else Q4_K), (Q5_K if i < n_layers // 8 else Q4_K)
+    more = Q6_K if use_more_bits(i, n_layers) else Q4_K
+    return more, more
+
+
+def tensor_plan(s: Shape, mix: str = "q4_k_m") -> list[tuple[str, tuple[int, int], GGMLQuantizationType]]:
     """(GGUF name, torch shape [N, K] (norms: [N]), type) of every tensor, in file order."""
+    if mix not in MIXES:
+        raise ValueError(f"unknown mix {mix!r}; mixes: {sorted(MIXES)}")
     plan = [("token_embd.weight", (s.vocab, s.dim), Q6_K if s.tied else Q4_K)]
     for i in range(s.n_layers):
-        more = use_more_bits(i, s.n_layers)
+        v_type, down_type = _more_bits_types(mix, i, s.n_layers)
         p = f"blk.{i}."
         plan += [
             (p + "attn_norm.weight", (s.dim,), F32),
             (p + "attn_q.weight", (s.n_heads * s.head_dim, s.dim), Q4_K),
             (p + "attn_k.weight", (s.n_kv_heads * s.head_dim, s.dim), Q4_K),
-            (p + "attn_v.weight", (s.n_kv_heads * s.head_dim, s.dim), Q6_K if more else Q4_K),
+            (p + "attn_v.weight", (s.n_kv_heads * s.head_dim, s.dim), v_type),
             (p + "attn_output.weight", (s.dim, s.n_heads * s.head_dim), Q4_K),
             (p + "ffn_norm.weight", (s.dim,), F32),
             (p + "ffn_gate.weight", (s.ffn, s.dim), Q4_K),
             (p + "ffn_up.weight", (s.ffn, s.dim), Q4_K),
-            (p + "ffn_down.weight", (s.dim, s.ffn), Q6_K if more else Q4_K),
+            (p + "ffn_down.weight", (s.dim, s.ffn), down_type),
         ]
     plan.append(("output_norm.weight", (s.dim,), F32))
     if not s.tied:
@@ -79,16 +96,16 @@ def tensor_plan(s: Shape) -> list[tuple[str, tuple[int, int], GGMLQuantizationTy
     return plan
 
 
-def planned_bytes(s: Shape) -> int:
+def planned_bytes(s: Shape, mix: str = "q4_k_m") -> int:
     """Bytes of the tensor data of the file `write` makes for `s` (without the metadata)."""
     total = 0
-    for _, shape, t in tensor_plan(s):
+    for _, shape, t in tensor_plan(s, mix):
         block, size = GGML_QUANT_SIZES[t]
         total += int(np.prod(shape)) // block * size
     return total
 
 
-def write(path: str, s: Shape, device: str = "cpu", seed: int = 0) -> None:
+def write(path: str, s: Shape, device: str = "cpu", seed: int = 0, mix: str = "q4_k_m") -> None:
     g = torch.Generator(device=device).manual_seed(seed)
     pools: dict[tuple[str, int], torch.Tensor] = {}  # (fmt, K) -> GGUF bytes uint8 [POOL_ROWS, row bytes]
     w = GGUFWriter(path, "llama")
@@ -104,7 +121,7 @@ def write(path: str, s: Shape, device: str = "cpu", seed: int = 0) -> None:
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(s.rope_base)
     w.add_rope_dimension_count(s.head_dim)
-    w.add_file_type(15)  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    w.add_file_type(MIXES[mix])
     # byte-level BPE: the 256 byte spellings, one merge, fillers, BOS and EOS last
     tokens = [*byte_alphabet().values(), "ab"]
     tokens += [f"<{i}>" for i in range(len(tokens), s.vocab - 2)] + ["<s>", "</s>"]
@@ -115,7 +132,7 @@ def write(path: str, s: Shape, device: str = "cpu", seed: int = 0) -> None:
     w.add_token_merges(["a b"])
     w.add_bos_token_id(s.vocab - 2)
     w.add_eos_token_id(s.vocab - 1)
-    for name, shape, t in tensor_plan(s):
+    for name, shape, t in tensor_plan(s, mix):
         if t == F32:
             w.add_tensor(name, (1.0 + 0.1 * torch.randn(shape, generator=g, device=device)).cpu().numpy())
             continue
@@ -140,9 +157,10 @@ def main() -> None:
     p.add_argument("path")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mix", choices=sorted(MIXES), default="q4_k_m", help="llama.cpp's type mix (default q4_k_m)")
     args = p.parse_args()
-    write(args.path, SHAPES[args.shape], args.device, args.seed)
-    print(f"wrote {args.path}: {planned_bytes(SHAPES[args.shape]) / 2**20:.1f} MiB of tensors")
+    write(args.path, SHAPES[args.shape], args.device, args.seed, args.mix)
+    print(f"wrote {args.path}: {planned_bytes(SHAPES[args.shape], args.mix) / 2**20:.1f} MiB of tensors")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def _q4k_load_units(wctx, u, umask):
 
 
 @triton.jit
-def _q4k_decode(w, u, USE_ASM: tl.constexpr):
+def q4k_decode(w, u, USE_ASM: tl.constexpr):
     # -> the four nibble planes; d * sc and dmin * m of both sub-blocks, float32 [BN, BU]
     wa, wb, smw, d, dmin = w
     d = d.to(tl.float32)
@@ -64,7 +64,7 @@ def _q4k_decode(w, u, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _q4k_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
+def q4k_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
     wa_lo, wa_hi, wb_lo, wb_hi, dsc_lo, dm_lo, dsc_hi, dm_hi = wd
     xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
     s_lo, s_hi = dot_pair(wa_lo, wb_lo, wa_hi, wb_hi, xq_ptr, m, K, u * 16, umask, False, USE_ASM)
@@ -87,21 +87,33 @@ def _q4k_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _q4k_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
-    # p: qs uint8 [N, K/2]; sm uint8 [N, K/16]; dm f16 [N, K/128]; rows [BN] (valid) -> f32 [BN, BK]
-    qs_ptr, sm_ptr, dm_ptr = p[0], p[1], p[2]
+def q4k_nibbles(qs_ptr, rows64, s, K):
+    # qs uint8 [N, K/2] -> the 4-bit codes of the 32-blocks s [S] of rows64 [BN], int32 [BN, S, 32]
     l = tl.arange(0, 32)
     b = s // 8
     sb = s % 8
     byte = (b * 128 + (sb // 2) * 32)[:, None] + l[None, :]  # [S, 32]
     qb = tl.load(qs_ptr + tl.multiple_of(rows64 * (K // 2), 16)[:, None, None] + byte[None, :, :]).to(tl.int32)
-    q = (qb >> ((sb % 2) * 4)[None, :, None]) & 0xF
+    return (qb >> ((sb % 2) * 4)[None, :, None]) & 0xF
+
+
+@triton.jit
+def kquant_weights(q, sm_ptr, dm_ptr, rows, s, K):
+    # codes q int32 [BN, S, 32] of the 32-blocks s -> float32 d*sc * q - dmin*m (Q4_K's and Q5_K's
+    # sm uint8 [N, K/16] and dm f16 [N, K/128])
+    b = s // 8
+    sb = s % 8
     sc = tl.load(sm_ptr + rows[:, None] * (K // 16) + (b * 16 + sb * 2)[None, :]).to(tl.float32)
     mn = tl.load(sm_ptr + rows[:, None] * (K // 16) + (b * 16 + sb * 2 + 1)[None, :]).to(tl.float32)
     d = tl.load(dm_ptr + rows[:, None] * (K // 128) + (b * 2)[None, :]).to(tl.float32)
     dmin = tl.load(dm_ptr + rows[:, None] * (K // 128) + (b * 2 + 1)[None, :]).to(tl.float32)
-    w = (d * sc)[:, :, None] * q.to(tl.float32) - (dmin * mn)[:, :, None]
-    return w  # [BN, BK // 32, 32]
+    return (d * sc)[:, :, None] * q.to(tl.float32) - (dmin * mn)[:, :, None]
+
+
+@triton.jit
+def _q4k_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
+    # p: qs uint8 [N, K/2]; sm uint8 [N, K/16]; dm f16 [N, K/128]; rows [BN] (valid) -> f32 [BN, S, 32]
+    return kquant_weights(q4k_nibbles(p[0], rows64, s, K), p[1], p[2], rows, s, K)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +124,7 @@ def _q4k_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
 # matvec; M = 5..64 with bf16 / fp16 x w4a16_mma (at M = 8 1.4-2.6x faster than the matvec, at
 # M = 16..32 than int8_mma: benchmarks/results/2026-12-04-small-m-w4a16.json); int8_mma for float32 x.
 (SPEC,) = register_kernels(
-    KernelSpec("q4_k", UNIT.value, _q4k_load_units, _q4k_decode, _q4k_row_dot, _q4k_dequant_tile,
+    KernelSpec("q4_k", UNIT.value, _q4k_load_units, q4k_decode, q4k_row_dot, _q4k_dequant_tile,
                plane_dtypes=(torch.int32, torch.int32, None), default_config=prefetch_when_batched(2, 16, num_warps=1),
                matvec_max_m=4, int8_mma_max_m=32, w4a16_mma_max_m=64)
 )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Weight formats (Q4_K, Q6_K, Q5_0, Q8_0, group int4), their quantizers, QuantizedLinear, and
+"""Weight formats (Q4_K, Q5_K, Q6_K, Q5_0, Q8_0, Q4_0, IQ4_XS, group int4), their quantizers, QuantizedLinear, and
 the op it calls, torch.ops.inductor_fuse.qlinear (its pure-torch body; the CUDA kernels register
 on it from inductor_fuse.kernels, which this package never imports).
 

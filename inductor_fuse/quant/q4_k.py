@@ -25,7 +25,7 @@ from .base import Codes, WeightFormat, f16_field, plane_table, register
 QK_K = 256
 
 
-def _unpack_scale_min(s: Tensor) -> tuple[Tensor, Tensor]:
+def unpack_scale_min(s: Tensor) -> tuple[Tensor, Tensor]:
     # s: uint8 [..., 12] -> sc, m: uint8 [..., 8]
     # bytes 0-3: sc0-3 (low 6 bits), high 2 bits = sc4-7 >> 4
     # bytes 4-7: m0-3  (low 6 bits), high 2 bits = m4-7 >> 4
@@ -36,8 +36,8 @@ def _unpack_scale_min(s: Tensor) -> tuple[Tensor, Tensor]:
     return sc, m
 
 
-def _pack_scale_min(sc: Tensor, m: Tensor) -> Tensor:
-    # sc, m: uint8 [..., 8] (values < 64) -> uint8 [..., 12], inverse of _unpack_scale_min
+def pack_scale_min(sc: Tensor, m: Tensor) -> Tensor:
+    # sc, m: uint8 [..., 8] (values < 64) -> uint8 [..., 12], inverse of unpack_scale_min
     lo_sc, hi_sc = sc[..., :4], sc[..., 4:]
     lo_m, hi_m = m[..., :4], m[..., 4:]
     s0 = lo_sc | ((hi_sc >> 4) << 6)
@@ -46,27 +46,27 @@ def _pack_scale_min(sc: Tensor, m: Tensor) -> Tensor:
     return torch.cat([s0, s1, s2], dim=-1)
 
 
-def _unpack_nibbles(qs: Tensor) -> Tensor:
+def unpack_nibbles(qs: Tensor) -> Tensor:
     # qs: uint8 [..., 128] -> uint8 [..., 8, 32]; sub-block 2g = low nibbles of bytes 32g..32g+31,
     # sub-block 2g+1 = their high nibbles
     qs = qs.unflatten(-1, (4, 32))
     return torch.stack([qs & 0xF, qs >> 4], dim=-2).flatten(-3, -2)
 
 
-def _pack_nibbles(q: Tensor) -> Tensor:
+def pack_nibbles(q: Tensor) -> Tensor:
     # q: uint8 [..., 8, 32] (values < 16) -> uint8 [..., 128]
     q = q.unflatten(-2, (4, 2))
     return (q[..., 0, :] | (q[..., 1, :] << 4)).flatten(-2)
 
 
-# make_qkx2_quants (ggml-quants.c), vectorised over sub-blocks, with Q4_K's parameters
-# (nmax = 15, rmin = -1, rdelta = 0.1, 20 steps, squared error):
+# make_qkx2_quants (ggml-quants.c), vectorised over sub-blocks (rdelta = 0.1, squared error; Q4_K:
+# nmax = 15, rmin = -1, nstep = 20; Q5_K: nmax = 31, rmin = -0.5, nstep = 15):
 #   min = min(min(x), 0), max = max(x); start from L = round(nmax (x - min) / (max - min)) and
-#   for iscale_s = (nmax + rmin + rdelta s) / (max - min), s = 0..20 (min: the best so far):
+#   for iscale_s = (nmax + rmin + rdelta s) / (max - min), s = 0..nstep (min: the best so far):
 #     L_s = clamp(round(iscale_s (x - min)), 0, nmax)
 #     (scale, min) = weighted least squares fit of x ~ scale * L_s + min   (min forced <= 0)
 #     keep the candidate with the smallest sum w (scale L_s + min - x)^2.
-def _search_scale_min(x: Tensor, w: Tensor, nmax: int = 15) -> tuple[Tensor, Tensor, Tensor]:
+def _search_scale_min(x: Tensor, w: Tensor, nmax: int, rmin: float, nstep: int) -> tuple[Tensor, Tensor, Tensor]:
     # x, w: [S, 32] -> scale [S], the_min [S] (= -min >= 0), L uint8 [S, 32]
     mn = x.amin(-1).clamp(max=0.0)
     mx = x.amax(-1)
@@ -80,10 +80,10 @@ def _search_scale_min(x: Tensor, w: Tensor, nmax: int = 15) -> tuple[Tensor, Ten
     best = (w * (scale[:, None] * L + mn[:, None] - x).square()).sum(-1)
     best_min = mn
 
-    for step in range(21):
+    for step in range(nstep + 1):
         # float32 arithmetic of rmin + rdelta * step + nmax, as in C. As in C, each step measures
         # from the best min found so far (not the initial one).
-        num = float(np.float32(-1.0) + np.float32(0.1) * np.float32(step) + np.float32(nmax))
+        num = float(np.float32(rmin) + np.float32(0.1) * np.float32(step) + np.float32(nmax))
         rng = torch.where(flat, torch.ones_like(mx), mx - best_min)
         Laux = torch.round((num / rng)[:, None] * (x - best_min[:, None])).clamp(0, nmax)
         wl = w * Laux
@@ -113,6 +113,40 @@ def _nearest_u8(v: Tensor) -> Tensor:
     return (torch.round(v).to(torch.int64) & 0xFF).to(torch.uint8)
 
 
+def quantize_scale_min(w: Tensor, nmax: int, rmin: float, nstep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """quantize_row_q4_K_ref / quantize_row_q5_K_ref (ggml-quants.c), vectorised, up to packing the
+    codes: w float32 [N, K] -> L uint8 [N*K/256, 8, 32] (codes <= nmax), sm uint8 [N*K/256, 8, 2]
+    (sc_j, m_j), dm float16 [N*K/256, 2] (d, dmin).
+
+    Per sub-block j: weights = sqrt(mean(x^2)) + |x|; (scale_j, min_j) = the make_qkx2 search;
+    d = fp16(max_j scale_j / 63), dmin = fp16(max_j min_j / 63); sc_j = min(63, round(63 scale_j /
+    max scale)), m_j likewise with the mins; L = clamp(round((x + dmin m_j) / (d sc_j)), 0, nmax)
+    (sub-blocks with d sc_j == 0 keep the search's L)."""
+    n, k = w.shape
+    nb = k // QK_K
+    x = w.reshape(n * nb * 8, 32)  # sub-blocks
+    av_x = torch.sqrt(x.square().sum(-1) / 32)
+    weights = av_x[:, None] + x.abs()
+    scales, mins, L = _search_scale_min(x, weights, nmax, rmin, nstep)
+
+    scales = scales.view(n * nb, 8)
+    mins = mins.view(n * nb, 8)
+    max_scale = scales.amax(-1).clamp(min=0.0)
+    max_min = mins.amax(-1).clamp(min=0.0)
+    inv_scale = torch.where(max_scale > 0, 63.0 / max_scale, torch.zeros_like(max_scale))
+    inv_min = torch.where(max_min > 0, 63.0 / max_min, torch.zeros_like(max_min))
+    ls = _nearest_u8(inv_scale[:, None] * scales).clamp(max=63)  # [R, 8]
+    lm = _nearest_u8(inv_min[:, None] * mins).clamp(max=63)
+    d = (max_scale / 63.0).to(torch.float16)  # [R]
+    dmin = (max_min / 63.0).to(torch.float16)
+
+    d_sc = (d.to(torch.float32)[:, None] * ls.to(torch.float32)).reshape(-1, 1)  # [R*8, 1]
+    dmin_m = (dmin.to(torch.float32)[:, None] * lm.to(torch.float32)).reshape(-1, 1)
+    Lq = torch.round((x + dmin_m) / d_sc).clamp(0, nmax).to(torch.uint8)
+    L = torch.where(d_sc == 0, L, Lq)
+    return L.view(n * nb, 8, 32), torch.stack([ls, lm], dim=-1), torch.stack([d, dmin], dim=-1)
+
+
 class Q4KFormat(WeightFormat):
     plane_specs = plane_table(qs=(torch.uint8, QK_K // 2), sm=(torch.uint8, 16), dm=(torch.float16, 2))
     code_group = 32
@@ -122,7 +156,7 @@ class Q4KFormat(WeightFormat):
         # blocks: uint8 [N, nb, 144]
         n, nb, _ = blocks.shape
         dm = f16_field(blocks, 0, 2)  # [N, nb, 2]: d, dmin
-        sc, m = _unpack_scale_min(blocks[..., 4:16])  # [N, nb, 8] each
+        sc, m = unpack_scale_min(blocks[..., 4:16])  # [N, nb, 8] each
         sm = torch.stack([sc, m], dim=-1)  # [N, nb, 8, 2]
         qs = blocks[..., 16:]  # [N, nb, 128]
         return qs.reshape(n, -1), sm.reshape(n, -1), dm.reshape(n, -1)
@@ -131,53 +165,24 @@ class Q4KFormat(WeightFormat):
         qs, sm, dm = planes
         nb = k // QK_K
         sm = sm.view(n, nb, 8, 2)
-        scales = _pack_scale_min(sm[..., 0], sm[..., 1])  # [N, nb, 12]
+        scales = pack_scale_min(sm[..., 0], sm[..., 1])  # [N, nb, 12]
         dm = dm.view(n, nb, 2).view(torch.uint8)  # [N, nb, 4]
         return torch.cat([dm, scales, qs.view(n, nb, QK_K // 2)], dim=-1)
 
     def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, sm, dm = planes
         nb = k // QK_K
-        q = _unpack_nibbles(qs.view(n, nb, QK_K // 2))  # [N, nb, 8, 32]
+        q = unpack_nibbles(qs.view(n, nb, QK_K // 2))  # [N, nb, 8, 32]
         sm = sm.view(n, nb, 8, 2).to(torch.float32)
         dm = dm.view(n, nb, 2).to(torch.float32)
         d_sc = dm[..., 0:1] * sm[..., 0]  # [N, nb, 8]
         dmin_m = dm[..., 1:2] * sm[..., 1]  # [N, nb, 8]
         return Codes(q.to(torch.int8).reshape(n, k), d_sc.reshape(n, nb * 8), dmin_m.reshape(n, nb * 8))
 
-    # quantize_row_q4_K_ref (ggml-quants.c), vectorised:
-    #   per sub-block j: weights = sqrt(mean(x^2)) + |x|; (scale_j, min_j) = make_qkx2 search
-    #   d = fp16(max_j scale_j / 63), dmin = fp16(max_j min_j / 63)
-    #   sc_j = min(63, round(63 scale_j / max scale)), m_j likewise with the mins
-    #   L = clamp(round((x + dmin m_j) / (d sc_j)), 0, 15)  (sub-blocks with d sc_j == 0 keep the
-    #   search's L)
     def _quantize(self, w: Tensor) -> tuple[Tensor, ...]:
         n, k = w.shape
-        nb = k // QK_K
-        x = w.reshape(n * nb * 8, 32)  # sub-blocks
-        av_x = torch.sqrt(x.square().sum(-1) / 32)
-        weights = av_x[:, None] + x.abs()
-        scales, mins, L = _search_scale_min(x, weights)
-
-        scales = scales.view(n * nb, 8)
-        mins = mins.view(n * nb, 8)
-        max_scale = scales.amax(-1).clamp(min=0.0)
-        max_min = mins.amax(-1).clamp(min=0.0)
-        inv_scale = torch.where(max_scale > 0, 63.0 / max_scale, torch.zeros_like(max_scale))
-        inv_min = torch.where(max_min > 0, 63.0 / max_min, torch.zeros_like(max_min))
-        ls = _nearest_u8(inv_scale[:, None] * scales).clamp(max=63)  # [R, 8]
-        lm = _nearest_u8(inv_min[:, None] * mins).clamp(max=63)
-        d = (max_scale / 63.0).to(torch.float16)  # [R]
-        dmin = (max_min / 63.0).to(torch.float16)
-
-        d_sc = (d.to(torch.float32)[:, None] * ls.to(torch.float32)).reshape(-1, 1)  # [R*8, 1]
-        dmin_m = (dmin.to(torch.float32)[:, None] * lm.to(torch.float32)).reshape(-1, 1)
-        Lq = torch.round((x + dmin_m) / d_sc).clamp(0, 15).to(torch.uint8)
-        L = torch.where(d_sc == 0, L, Lq)
-
-        qs = _pack_nibbles(L.view(n * nb, 8, 32))  # [R, 128]
-        sm = torch.stack([ls, lm], dim=-1)  # [R, 8, 2]
-        dm = torch.stack([d, dmin], dim=-1)  # [R, 2]
+        L, sm, dm = quantize_scale_min(w, nmax=15, rmin=-1.0, nstep=20)
+        qs = pack_nibbles(L)  # [R, 128]
         return qs.reshape(n, -1), sm.reshape(n, -1), dm.reshape(n, -1)
 
 

@@ -1,6 +1,6 @@
 """QuantizedWeight: one weight [N, K] stored in a registered format as a tuple of planes.
 
-qw = QuantizedWeight.from_gguf(reader.tensors[i])   # GGUF Q4_K / Q6_K / Q5_0 / Q8_0 tensor
+qw = QuantizedWeight.from_gguf(reader.tensors[i])   # GGUF tensor of a format in quant.formats
 qw = quantize(linear.weight, "q4_k")                # or quantize a float weight
 qw.dequantize()                                     # float32 [N, K]
 """

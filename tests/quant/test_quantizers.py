@@ -20,10 +20,12 @@ def randn_rows():
     return torch.randn(64, 4096, generator=torch.Generator().manual_seed(0))
 
 
-# llama.cpp's reference quantizers reach 22.90 dB (Q4_K) and 35.02 dB (Q6_K) on these rows;
+# llama.cpp's reference quantizers reach 22.90 dB (Q4_K), 28.84 dB (Q5_K) and 35.02 dB (Q6_K) on
+# these rows;
 # Q5_0 / Q8_0 are llama.cpp's exact algorithms; int4 thresholds are the measured values - 0.1 dB.
 MIN_SQNR = {
     "q4_k": 22.8,
+    "q5_k": 28.7,
     "q6_k": 34.9,
     "q5_0": 27.2,
     "q8_0": 45.2,
@@ -105,7 +107,7 @@ def test_degenerate_blocks(name):
     assert torch.equal(wq[0], torch.zeros(k))
     # iq4_xs: a one-signed block uses half its non-linear grid, whose steps near the ends are 18%
     # of the range: 8.9% here, as llama.cpp
-    tol = {"q4_k": 0.08, "q6_k": 0.02, "q5_0": 0.05, "q8_0": 0.01, "iq4_xs": 0.09}.get(name, 0.07)
+    tol = {"q4_k": 0.08, "q5_k": 0.04, "q6_k": 0.02, "q5_0": 0.05, "q8_0": 0.01, "iq4_xs": 0.09}.get(name, 0.07)
     err = (wq - w).abs().amax(-1) / w.abs().amax(-1).clamp(min=1e-30)
     assert (err[1:4] <= tol).all() and err[5] <= tol, err
 
