@@ -591,6 +591,14 @@ def dot_pair(a, b, c, d, xq_ptr, m, K, first, umask, SIGNED: tl.constexpr, USE_A
 
 
 @triton.jit
+def _block32_sums(lo, hi, u, umask, xa, m, K, USE_ASM: tl.constexpr):
+    # (sum(q * xq) int32 [BLOCK_N, BLOCK_U], xd [BLOCK_U], xs32 [BLOCK_U]) of the 32-blocks u with row m of x
+    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
+    s = group_dot(lo, hi, x_group(xq_ptr, m, K, u * 8, umask, lo), False, USE_ASM)
+    return s, x_scales(xd_ptr, m, K // 32, u, umask), x_scales(xs32_ptr, m, K // 32, u, umask)
+
+
+@triton.jit
 def block32_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
     """ROW_DOT of the formats whose unit is one block of 32 weights w = d * (q - z), q unsigned
     bytes: wd = (lo, hi, d, z), lo meeting words 0-3 of the block's x group, hi words 4-7, d float32
@@ -598,11 +606,18 @@ def block32_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
         part = d * (xd * sum(q * xq) - z * xs32)
     Q4_0 (z = 8), Q5_0 (z = 16), int4_g* (d = scale, z = zero)."""
     lo, hi, d, z = wd
-    xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
-    s = group_dot(lo, hi, x_group(xq_ptr, m, K, u * 8, umask, lo), False, USE_ASM)
-    xd = x_scales(xd_ptr, m, K // 32, u, umask)
-    xs = x_scales(xs32_ptr, m, K // 32, u, umask)
+    s, xd, xs = _block32_sums(lo, hi, u, umask, xa, m, K, USE_ASM)
     return d * (xd[None, :] * s.to(tl.float32) - z * xs[None, :])
+
+
+@triton.jit
+def block32_min_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
+    """ROW_DOT of the 32-blocks w = d * q + mn (Q4_1, Q5_1): wd = (lo, hi, d, mn) as block32_row_dot's,
+    mn float32 [BLOCK_N, BLOCK_U]:
+        part = d * (xd * sum(q * xq)) + mn * xs32"""
+    lo, hi, d, mn = wd
+    s, xd, xs = _block32_sums(lo, hi, u, umask, xa, m, K, USE_ASM)
+    return d * (xd[None, :] * s.to(tl.float32)) + mn * xs[None, :]
 
 
 @triton.jit

@@ -39,14 +39,19 @@ def _q4_0_decode(w, u, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _q4_0_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
-    qs_ptr, d_ptr = p[0], p[1]
+def q4_0_nibbles(qs_ptr, rows64, s, K):
+    # qs uint8 [N, K/2] (Q4_0's and Q4_1's) -> the 4-bit codes of the 32-blocks s [S] of rows64 [BN], int32 [BN, S, 32]
     i = tl.arange(0, 32)
     qsb = (s * 16)[:, None] + (i % 16)[None, :]  # [S, 32]
     qs_u8 = qs_ptr.to(tl.pointer_type(tl.uint8))
     b = tl.load(qs_u8 + tl.multiple_of(rows64 * (K // 2), 16)[:, None, None] + qsb[None, :, :]).to(tl.int32)
-    q = (b >> ((i // 16) * 4)[None, None, :]) & 0xF
-    d = tl.load(d_ptr + rows[:, None] * (K // 32) + s[None, :]).to(tl.float32)
+    return (b >> ((i // 16) * 4)[None, None, :]) & 0xF
+
+
+@triton.jit
+def _q4_0_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
+    q = q4_0_nibbles(p[0], rows64, s, K)
+    d = tl.load(p[1] + rows[:, None] * (K // 32) + s[None, :]).to(tl.float32)
     return d[:, :, None] * (q - 8).to(tl.float32)  # [BN, BK // 32, 32]
 
 

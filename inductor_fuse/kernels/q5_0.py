@@ -27,17 +27,22 @@ UNIT = tl.constexpr(32)  # weights per matvec unit
 
 
 @triton.jit
+def q5_0_codes(qs, qh):
+    # a block's qs words [BN, BU, 4] and qh word [BN, BU] (Q5_0's and Q5_1's) -> q_lo, q_hi int32
+    # [BN, BU, 4]: the 5-bit codes (bytes) of its elements 4e..4e+3 and 16+4e..
+    qh = qh[:, :, None]
+    sh = (4 * tl.arange(0, 4))[None, None, :]
+    h_lo = ((((qh >> sh) & 0xF) * 0x00204081) & 0x01010101) << 4
+    h_hi = ((((qh >> (sh + 16)) & 0xF) * 0x00204081) & 0x01010101) << 4
+    return (qs & 0x0F0F0F0F) | h_lo, ((qs >> 4) & 0x0F0F0F0F) | h_hi
+
+
+@triton.jit
 def _q5_0_load_units(wctx, u, umask):
     # -> q_lo, q_hi int32 [BN, BU, 4]: the 5-bit weights (bytes) of each block's elements 4e..4e+3
     #    and 16+4e..; d f32 [BN, BU] (decoded here, as measured: the prefetch holds these)
     qs_ptr, qh_ptr, d_ptr, _, qs_row, qh_row, d_row, _, _, _ = wctx
-    qs = unit_words(qs_ptr, qs_row, u * 4, 4, umask)  # [BN, BU, 4]
-    qh = unit_scalars(qh_ptr, qh_row, u, umask)[:, :, None]  # [BN, BU, 1]
-    sh = (4 * tl.arange(0, 4))[None, None, :]
-    h_lo = ((((qh >> sh) & 0xF) * 0x00204081) & 0x01010101) << 4
-    h_hi = ((((qh >> (sh + 16)) & 0xF) * 0x00204081) & 0x01010101) << 4
-    q_lo = (qs & 0x0F0F0F0F) | h_lo
-    q_hi = ((qs >> 4) & 0x0F0F0F0F) | h_hi
+    q_lo, q_hi = q5_0_codes(unit_words(qs_ptr, qs_row, u * 4, 4, umask), unit_scalars(qh_ptr, qh_row, u, umask))
     return q_lo, q_hi, unit_scalars(d_ptr, d_row, u, umask).to(tl.float32)
 
 
@@ -48,17 +53,21 @@ def _q5_0_decode(w, u, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _q5_0_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
-    qs_ptr, qh_ptr, d_ptr = p[0], p[1], p[2]
+def q5_0_tile_codes(qs_ptr, qh_ptr, rows64, s, K):
+    # qs uint8 [N, K/2], qh uint8 [N, K/8] (Q5_0's and Q5_1's) -> the 5-bit codes of the 32-blocks s, int32 [BN, S, 32]
     i = tl.arange(0, 32)
     qsb = (s * 16)[:, None] + (i % 16)[None, :]
     qhb = (s * 4)[:, None] + (i // 8)[None, :]
     lo = tl.load(qs_ptr + tl.multiple_of(rows64 * (K // 2), 16)[:, None, None] + qsb[None, :, :]).to(tl.int32)
     hb = tl.load(qh_ptr + rows64[:, None, None] * (K // 8) + qhb[None, :, :]).to(tl.int32)
-    d = tl.load(d_ptr + rows[:, None] * (K // 32) + s[None, :]).to(tl.float32)
-    q = ((lo >> ((i // 16) * 4)[None, None, :]) & 0xF) | (((hb >> (i % 8)[None, None, :]) & 1) << 4)
-    w = d[:, :, None] * (q - 16).to(tl.float32)
-    return w  # [BN, BK // 32, 32]
+    return ((lo >> ((i // 16) * 4)[None, None, :]) & 0xF) | (((hb >> (i % 8)[None, None, :]) & 1) << 4)
+
+
+@triton.jit
+def _q5_0_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
+    q = q5_0_tile_codes(p[0], p[1], rows64, s, K)
+    d = tl.load(p[2] + rows[:, None] * (K // 32) + s[None, :]).to(tl.float32)
+    return d[:, :, None] * (q - 16).to(tl.float32)  # [BN, BK // 32, 32]
 
 
 (SPEC,) = register_kernels(

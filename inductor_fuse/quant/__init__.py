@@ -1,6 +1,6 @@
-"""Weight formats (Q4_K, Q5_K, Q6_K, Q5_0, Q8_0, Q4_0, IQ4_XS, group int4), their quantizers, QuantizedLinear, and
-the op it calls, torch.ops.inductor_fuse.qlinear (its pure-torch body; the CUDA kernels register
-on it from inductor_fuse.kernels, which this package never imports).
+"""Weight formats (Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_XS, group int4), their
+quantizers, QuantizedLinear, and the op it calls, torch.ops.inductor_fuse.qlinear (its pure-torch
+body; the CUDA kernels register on it from inductor_fuse.kernels, which this package never imports).
 
 from inductor_fuse.quant import quantize_, QuantConfig
 quantize_(model, QuantConfig(fmt="q4_k"))

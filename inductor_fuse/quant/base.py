@@ -233,6 +233,20 @@ def absmax_quantize(x: Tensor, half: int) -> tuple[Tensor, Tensor]:
     return q, d
 
 
+def minmax_quantize(x: Tensor, nmax: int) -> tuple[Tensor, Tensor, Tensor]:
+    """llama.cpp's reference rounding of Q4_1 (nmax = 15) and Q5_1 (nmax = 31) on blocks x [..., QK].
+
+    quantize_row_q{4,5}_1_ref (ggml-quants.c): min, max of the block, d = (max - min) / nmax,
+    id = 1/d (0 if d == 0), q = min(nmax, trunc((x - min) id + 0.5)). Returns (q uint8 [..., QK],
+    d float32 [..., 1], min float32 [..., 1]); w = d q + min.
+    """
+    mn = x.amin(-1, keepdim=True)
+    d = (x.amax(-1, keepdim=True) - mn) / nmax
+    inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+    q = torch.trunc((x - mn) * inv + 0.5).clamp(0, nmax).to(torch.uint8)
+    return q, d, mn
+
+
 def split_nibbles(qs: Tensor) -> Tensor:
     """uint8 [..., 16] -> [..., 32]: a 32-block's codes, low nibbles first (elements 0-15), then high."""
     return torch.cat([qs & 0xF, qs >> 4], dim=-1)

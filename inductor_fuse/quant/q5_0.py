@@ -20,14 +20,14 @@ from .base import Codes, WeightFormat, absmax_quantize, f16_field, join_nibbles,
 QK = 32
 
 
-def _bits(qh: Tensor) -> Tensor:
+def bits(qh: Tensor) -> Tensor:
     # qh: uint8 [..., 4] -> uint8 [..., 32], element i = bit i of the little-endian uint32
     shifts = torch.arange(8, dtype=torch.uint8, device=qh.device)
     return ((qh[..., None] >> shifts) & 1).flatten(-2)
 
 
-def _pack_bits(b: Tensor) -> Tensor:
-    # b: uint8 [..., 32] in {0, 1} -> uint8 [..., 4]; inverse of _bits
+def pack_bits(b: Tensor) -> Tensor:
+    # b: uint8 [..., 32] in {0, 1} -> uint8 [..., 4]; inverse of bits
     shifts = torch.arange(8, dtype=torch.uint8, device=b.device)
     return (b.unflatten(-1, (4, 8)) << shifts).sum(-1, dtype=torch.uint8)
 
@@ -50,7 +50,7 @@ class Q50Format(WeightFormat):
     def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, qh, d = planes
         nb = k // QK
-        q = split_nibbles(qs.view(n, nb, 16)) | (_bits(qh.view(n, nb, 4)) << 4)  # [N, nb, 32]
+        q = split_nibbles(qs.view(n, nb, 16)) | (bits(qh.view(n, nb, 4)) << 4)  # [N, nb, 32]
         return Codes((q.to(torch.int8) - 16).reshape(n, k), d.to(torch.float32), None)
 
     # quantize_row_q5_0_ref (ggml-quants.c), see base.absmax_quantize
@@ -58,7 +58,7 @@ class Q50Format(WeightFormat):
         n, k = w.shape
         q, d = absmax_quantize(w.reshape(n, k // QK, QK), 16)  # [N, nb, 32], [N, nb, 1]
         qs = join_nibbles(q & 0xF)
-        qh = _pack_bits(q >> 4)
+        qh = pack_bits(q >> 4)
         return qs.reshape(n, -1), qh.reshape(n, -1), d.to(torch.float16).reshape(n, -1)
 
 

@@ -60,7 +60,7 @@ def test_unknown_architecture(tmp_path, tiny_gguf):
         load(path)
 
 
-@pytest.mark.parametrize("ggml_type", ["q2_k", "iq2_xxs", "q4_1"])
+@pytest.mark.parametrize("ggml_type", ["q2_k", "iq2_xxs", "q3_k"])
 def test_unsupported_tensor_type(tmp_path, tiny_gguf, ggml_type):
     path = tmp_path / f"{ggml_type}.gguf"
     write_tiny_gguf(path, "llama", formats={"down": ggml_type}, tokenizer=tiny_gguf("llama")[3])

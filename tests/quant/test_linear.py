@@ -94,8 +94,8 @@ def test_quantize_int4():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match=r"QuantConfig: unknown fmt 'q4_1'; valid formats: \['int4_g128', 'int4_g32'"):
-        QuantConfig(fmt="q4_1")
+    with pytest.raises(ValueError, match=r"QuantConfig: unknown fmt 'q3_k'; valid formats: \['int4_g128', 'int4_g32'"):
+        QuantConfig(fmt="q3_k")
     with pytest.raises(ValueError, match="QuantConfig: skip must be a tuple of module names"):
         QuantConfig(skip="lm_head")
     assert QuantConfig(skip=["lm_head"]).skip == ("lm_head",)

@@ -22,12 +22,14 @@ def randn_rows():
 
 # llama.cpp's reference quantizers reach 22.90 dB (Q4_K), 28.84 dB (Q5_K) and 35.02 dB (Q6_K) on
 # these rows;
-# Q5_0 / Q8_0 are llama.cpp's exact algorithms; int4 thresholds are the measured values - 0.1 dB.
+# Q5_0 / Q8_0 / Q4_1 / Q5_1 are llama.cpp's exact algorithms; int4 thresholds are the measured values - 0.1 dB.
 MIN_SQNR = {
     "q4_k": 22.8,
     "q5_k": 28.7,
     "q6_k": 34.9,
     "q5_0": 27.2,
+    "q4_1": 22.0,
+    "q5_1": 28.3,
     "q8_0": 45.2,
     "int4_g32": 22.0,
     "int4_g64": 20.8,
@@ -48,6 +50,14 @@ def test_q8_0_matches_gguf_quantize(randn_rows):
     ours = f.to_gguf_bytes(f.quantize(randn_rows))
     ref = gguf.quants.quantize(randn_rows.numpy(), f.ggml_type)
     assert np.array_equal(ours.numpy(), ref)
+
+
+@pytest.mark.parametrize("name", ["q4_1", "q5_1"])
+def test_min_formats_match_gguf_quantize(randn_rows, name):
+    # llama.cpp's min/max rounding: the same bytes as gguf's port of it
+    f = FORMATS[name]
+    ours = f.to_gguf_bytes(f.quantize(randn_rows))
+    assert np.array_equal(ours.numpy(), gguf.quants.quantize(randn_rows.numpy(), f.ggml_type))
 
 
 def test_q5_0_matches_gguf_quantize(randn_rows):

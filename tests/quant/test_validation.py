@@ -63,8 +63,8 @@ def test_int4_has_no_gguf_encoding():
 
 
 def test_unknown_format():
-    with pytest.raises(ValueError, match=r"unknown weight format 'q4_1'; valid formats: \['int4_g128'"):
-        quantize(torch.randn(2, 256), "q4_1")
+    with pytest.raises(ValueError, match=r"unknown weight format 'q3_k'; valid formats: \['int4_g128'"):
+        quantize(torch.randn(2, 256), "q3_k")
 
 
 def test_weight_shape_mismatch():

@@ -36,8 +36,8 @@ def test_from_gguf_rejects_dense_and_unknown_types(gemma_tensors):
     f32 = next(t for t in gemma_tensors if t.tensor_type == gguf.GGMLQuantizationType.F32)
     with pytest.raises(ValueError, match=r"is F32, a dense type"):
         QuantizedWeight.from_gguf(f32)
-    fake = SimpleNamespace(name="w", tensor_type=gguf.GGMLQuantizationType.Q4_1, shape=[32, 2], data=None)
-    with pytest.raises(ValueError, match=r"unsupported ggml type Q4_1 \(supported: \["):
+    fake = SimpleNamespace(name="w", tensor_type=gguf.GGMLQuantizationType.Q3_K, shape=[256, 2], data=None)
+    with pytest.raises(ValueError, match=r"unsupported ggml type Q3_K \(supported: \["):
         QuantizedWeight.from_gguf(fake)
 
 
