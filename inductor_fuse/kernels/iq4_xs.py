@@ -94,7 +94,15 @@ def _prmt(a, b, s):
 
 
 @triton.jit
-def _iq4nl_lookup(w, ta0, ta1, tb0, tb1, USE_ASM: tl.constexpr):
+def grid_tables(z, like):
+    # the half tables' words TA0, TA1, TB0, TB1 in the shape of `like`, from z: int32 zeros [BN, 1, 1]
+    # that ptxas cannot prove zero ((rows_c >> 31)[:, None, None]: see above)
+    z = tl.broadcast_to(z, like.shape)
+    return z ^ _KV_W0, z ^ _KV_W1, z ^ _TB_W0, z ^ _TB_W1
+
+
+@triton.jit
+def iq4nl_lookup(w, ta0, ta1, tb0, tb1, USE_ASM: tl.constexpr):
     # w: int32 (8 codes, nibble k = code k); ta0..tb1: the half tables' words, in w's shape
     # -> a_lo, b_lo, a_hi, b_hi int32: A and B (see above) of codes 0-3 (lo) and 4-7 (hi)
     if USE_ASM:
@@ -116,7 +124,7 @@ def _iq4nl_lookup(w, ta0, ta1, tb0, tb1, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _grid_dot(g, xg, USE_ASM: tl.constexpr):
+def grid_dot(g, xg, USE_ASM: tl.constexpr):
     # int32 [BLOCK_N, BLOCK_U]: one sub-block's 32 grid values (g: A, B words of its codes 0-3 and
     # 4-7, [BLOCK_N, BLOCK_U, 4] each) dotted with its x group xg (x_group: words 0-3, 4-7)
     a_lo, b_lo, a_hi, b_hi = g
@@ -150,7 +158,7 @@ def _iq4xs_load_units(wctx, u, umask):
     wa, wb = unit_halves(qs_ptr, qs_row, u, umask)
     scw = unit_scalars(sc_ptr, sc_row, u, umask)
     d = unit_scalars(d_ptr, d_row, u // 4, umask)
-    z = (rows_c >> 31)[:, None, None]  # zeros (rows_c >= 0), per thread and opaque: see _iq4nl_lookup
+    z = (rows_c >> 31)[:, None, None]  # zeros (rows_c >= 0), per thread and opaque: see iq4nl_lookup
     return wa, wb, scw, d, z
 
 
@@ -158,10 +166,9 @@ def _iq4xs_load_units(wctx, u, umask):
 def _iq4xs_decode(w, u, USE_ASM: tl.constexpr):
     # -> the A, B words (see the lookup) of both sub-blocks; d * sc of each
     wa, wb, scw, d, z = w
-    z = tl.broadcast_to(z, wa.shape)
-    ta0, ta1, tb0, tb1 = z ^ _KV_W0, z ^ _KV_W1, z ^ _TB_W0, z ^ _TB_W1
-    ga = _iq4nl_lookup(wa, ta0, ta1, tb0, tb1, USE_ASM)
-    gb = _iq4nl_lookup(wb, ta0, ta1, tb0, tb1, USE_ASM)
+    ta0, ta1, tb0, tb1 = grid_tables(z, wa)
+    ga = iq4nl_lookup(wa, ta0, ta1, tb0, tb1, USE_ASM)
+    gb = iq4nl_lookup(wb, ta0, ta1, tb0, tb1, USE_ASM)
     scw = scw.to(tl.int32)  # sign-extends sc_b
     d = d.to(tl.float32)
     return ga, gb, d * ((scw << 24) >> 24).to(tl.float32), d * (scw >> 8).to(tl.float32)
@@ -173,8 +180,8 @@ def _iq4xs_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
     xq_ptr, xd_ptr, xs32_ptr, xs16_ptr = xa
     x_a = x_group(xq_ptr, m, K, u * 16, umask, ga[0])  # both groups loaded before the first dp4a
     x_b = x_group(xq_ptr, m, K, u * 16, umask, ga[0], 8)
-    s_a = _grid_dot(ga, x_a, USE_ASM)
-    s_b = _grid_dot(gb, x_b, USE_ASM)
+    s_a = grid_dot(ga, x_a, USE_ASM)
+    s_b = grid_dot(gb, x_b, USE_ASM)
     xd_a = x_scales(xd_ptr, m, K // 32, 2 * u, umask)
     xd_b = x_scales(xd_ptr, m, K // 32, 2 * u, umask, 1)
     return dsc_a * (xd_a[None, :] * s_a.to(tl.float32)) + dsc_b * (xd_b[None, :] * s_b.to(tl.float32))
@@ -189,8 +196,9 @@ def _iq4xs_row_dot(wd, u, umask, xa, m, K, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _iq4xs_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
-    qs_ptr, sc_ptr, d_ptr = p[0], p[1], p[2]
+def iq4nl_tile_values(qs_ptr, rows64, s, K):
+    # qs uint8 [N, K/2] in kernel order (IQ4_XS's and IQ4_NL's) -> the grid values of the
+    # 32-blocks s [S] of rows64 [BN], int32 [BN, S, 32]
     i = tl.arange(0, 32)
     j = i % 4
     byte = (s * 16)[:, None] + (4 * ((i % 16) // 4) + 2 * (i // 16) + j // 2)[None, :]  # [S, 32]
@@ -200,7 +208,13 @@ def _iq4xs_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
     word = tl.where(
         code < 8, tl.where(code < 4, _KV_W0, _KV_W1), tl.where(code < 12, _KV_W2, _KV_W3)
     )  # int32 [BN, S, 32]
-    v = (word << (24 - 8 * (code & 3))) >> 24
+    return (word << (24 - 8 * (code & 3))) >> 24
+
+
+@triton.jit
+def _iq4xs_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
+    qs_ptr, sc_ptr, d_ptr = p[0], p[1], p[2]
+    v = iq4nl_tile_values(qs_ptr, rows64, s, K)
     sc_i8 = sc_ptr.to(tl.pointer_type(tl.int8))
     sc = tl.load(sc_i8 + rows64[:, None] * (K // 32) + s[None, :]).to(tl.float32)
     d = tl.load(d_ptr + rows[:, None] * (K // 256) + (s // 8)[None, :]).to(tl.float32)

@@ -12,7 +12,7 @@ its file, and its name in the import line below.
 
 from __future__ import annotations
 
-from . import int4, iq4_xs, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0  # noqa: F401 -- importing a kernel file registers it
+from . import int4, iq4_nl, iq4_xs, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0  # noqa: F401 -- importing a kernel file registers it
 from ._common import KERNELS, KernelSpec
 
 __all__ = ["KERNELS", "KernelSpec", "kernel_spec"]

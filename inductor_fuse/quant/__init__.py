@@ -1,4 +1,4 @@
-"""Weight formats (Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_XS, group int4), their
+"""Weight formats (Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_XS, IQ4_NL, group int4), their
 quantizers, QuantizedLinear, and the op it calls, torch.ops.inductor_fuse.qlinear (its pure-torch
 body; the CUDA kernels register on it from inductor_fuse.kernels, which this package never imports).
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from gguf import GGMLQuantizationType
 
-from . import int4, iq4_xs, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0  # noqa: F401 -- importing a format's file registers it
+from . import int4, iq4_nl, iq4_xs, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0  # noqa: F401 -- importing a format's file registers it
 from .base import FORMATS, PlaneSpec, WeightFormat
 
 __all__ = ["FORMATS", "GGUF_FORMATS", "PlaneSpec", "WeightFormat"]

@@ -45,18 +45,18 @@ GROUP_MAX_EPS = 1e-15  # ggml-quants.c: a sub-block with absmax below this gets 
 NTRY = 7  # quantize_iq4_xs passes ntry = 7 to quantize_row_iq4_nl_impl
 
 
-def _kernel_pack(q: Tensor) -> Tensor:
+def kernel_pack(q: Tensor) -> Tensor:
     # codes uint8 [..., 32] (element e = 16h + 4t + j) -> kernel-order bytes uint8 [..., 16]:
     # nibble position p = 8t + 4h + j, byte p // 2, low nibble for even p
     return pack_int4(q.unflatten(-1, (2, 4, 4)).transpose(-3, -2).flatten(-3))  # by position
 
 
-def _kernel_codes(qs: Tensor) -> Tensor:
+def kernel_codes(qs: Tensor) -> Tensor:
     # kernel-order bytes uint8 [..., 16] -> codes uint8 [..., 32] in element order
     return unpack_int4(qs).unflatten(-1, (4, 2, 4)).transpose(-3, -2).flatten(-3)
 
 
-def _best_index(v: Tensor, kv: Tensor) -> Tensor:
+def best_index(v: Tensor, kv: Tensor) -> Tensor:
     # best_index_int8 (ggml-quants.c): the nearest grid value's index, ties to the upper one, in
     # float32 arithmetic as in C. v float32 [...], kv float32 [16] ascending -> int64 [...]
     mu = torch.searchsorted(kv, v.contiguous(), right=True).clamp(1, 15)  # first kv > v
@@ -76,9 +76,35 @@ def _seq_sum(t: Tensor) -> Tensor:
 
 def _fit(x: Tensor, weight: Tensor, iscale: Tensor, kv: Tensor) -> tuple[Tensor, Tensor]:
     # codes of x at iscale [..., 1] -> (sum w q x, sum w q^2) over the last dim, float32
-    q = kv[_best_index(iscale * x, kv)]
+    q = kv[best_index(iscale * x, kv)]
     wq = weight * q
     return _seq_sum(wq * x), _seq_sum(wq * q)
+
+
+def block_scales(x: Tensor, kv: Tensor) -> Tensor:
+    """The scale search of quantize_row_iq4_nl_impl (ggml-quants.c, no importance weights, ntry = 7)
+    on 32-blocks x float32 [..., 32] -> float32 [...] (IQ4_XS's sub-blocks, IQ4_NL's blocks):
+    weights w = x^2; max = signed absmax (the first); absmax < 1e-15: scale 0;
+      d = max / -127, codes = best_index(x / d), d = sum(w q x) / sum(w q^2), best = d sum(w q x)
+      for itry in -7..7: codes = best_index(x (itry - 127) / max); keep d = sum(wqx) / sum(wq^2)
+        when sum(wqx)^2 > best sum(wq^2)."""
+    weight = x * x
+    ax = x.abs()
+    mx = x.gather(-1, ax.argmax(-1, keepdim=True))  # [..., 1]
+    skip = ax.amax(-1, keepdim=True) < GROUP_MAX_EPS
+    mx = torch.where(skip, torch.ones_like(mx), mx)
+
+    d = -mx / float(KVALUES[0])
+    sumqx, sumq2 = _fit(x, weight, 1 / d, kv)
+    d = sumqx / sumq2
+    best = d * sumqx
+    for itry in range(-NTRY, NTRY + 1):
+        # (itry + values[0]) / max: a true division (python scalar / tensor is reciprocal * scalar)
+        sumqx, sumq2 = _fit(x, weight, torch.full_like(mx, itry + KVALUES[0]) / mx, kv)
+        better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+        d = torch.where(better, sumqx / sumq2, d)
+        best = torch.where(better, d * sumqx, best)
+    return torch.where(skip[..., 0], torch.zeros_like(d), d)
 
 
 class IQ4XSFormat(WeightFormat):
@@ -96,7 +122,7 @@ class IQ4XSFormat(WeightFormat):
         ls = lo | (((sh[..., None] >> shifts) & 3) << 4)
         sc = (ls - 32).to(torch.int8)
         codes = split_nibbles(blocks[..., 8:].unflatten(-1, (8, 16)))  # [N, nb, 8, 32]
-        return _kernel_pack(codes).reshape(n, -1), sc.reshape(n, -1), d.reshape(n, -1)
+        return kernel_pack(codes).reshape(n, -1), sc.reshape(n, -1), d.reshape(n, -1)
 
     def _to_blocks(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
         qs, sc, d = planes
@@ -107,14 +133,14 @@ class IQ4XSFormat(WeightFormat):
         shifts = 2 * torch.arange(8, dtype=torch.int32, device=qs.device)
         sh = ((ls >> 4) << shifts).sum(-1)  # [N, nb], 16 bits
         sh = torch.stack([sh & 0xFF, sh >> 8], dim=-1).to(torch.uint8)
-        qs = join_nibbles(_kernel_codes(qs.view(n, nb, 8, 16))).reshape(n, nb, QK_K // 2)
+        qs = join_nibbles(kernel_codes(qs.view(n, nb, 8, 16))).reshape(n, nb, QK_K // 2)
         return torch.cat([d.view(n, nb, 1).view(torch.uint8), sh, sl, qs], dim=-1)
 
     def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, sc, d = planes
         nb = k // QK_K
         kv = torch.tensor(KVALUES, dtype=torch.int8, device=qs.device)
-        q = kv[_kernel_codes(qs.view(n, nb, 8, 16)).to(torch.int64)]  # [N, nb, 8, 32]
+        q = kv[kernel_codes(qs.view(n, nb, 8, 16)).to(torch.int64)]  # [N, nb, 8, 32]
         dl = d.view(n, nb, 1).to(torch.float32) * sc.view(n, nb, 8).to(torch.float32)  # [N, nb, 8]
         return Codes(q.reshape(n, k), dl.reshape(n, nb * 8), None)
 
@@ -135,23 +161,7 @@ class IQ4XSFormat(WeightFormat):
         nb = k // QK_K
         kv = torch.tensor(KVALUES, dtype=torch.float32, device=w.device)
         x = w.reshape(n * nb, 8, 32)
-        weight = x * x
-        ax = x.abs()
-        mx = x.gather(-1, ax.argmax(-1, keepdim=True))  # [R, 8, 1]
-        skip = ax.amax(-1, keepdim=True) < GROUP_MAX_EPS
-        mx = torch.where(skip, torch.ones_like(mx), mx)
-
-        d = -mx / float(KVALUES[0])
-        sumqx, sumq2 = _fit(x, weight, 1 / d, kv)
-        d = sumqx / sumq2
-        best = d * sumqx
-        for itry in range(-NTRY, NTRY + 1):
-            # (itry + values[0]) / max: a true division (python scalar / tensor is reciprocal * scalar)
-            sumqx, sumq2 = _fit(x, weight, torch.full_like(mx, itry + KVALUES[0]) / mx, kv)
-            better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
-            d = torch.where(better, sumqx / sumq2, d)
-            best = torch.where(better, d * sumqx, best)
-        scales = torch.where(skip[..., 0], torch.zeros_like(d), d)  # [R, 8]
+        scales = block_scales(x, kv)  # [R, 8]
 
         max_scale = scales.gather(-1, scales.abs().argmax(-1, keepdim=True))  # [R, 1]
         dsb = -max_scale / 32
@@ -159,9 +169,9 @@ class IQ4XSFormat(WeightFormat):
         l = torch.round(inv * scales).clamp(-32, 31)  # nearest_int: round half to even
         dl = dsb * l
         idl = torch.where(dl != 0, 1 / dl, torch.zeros_like(dl))
-        codes = _best_index(idl[..., None] * x, kv).to(torch.uint8)  # [R, 8, 32]
+        codes = best_index(idl[..., None] * x, kv).to(torch.uint8)  # [R, 8, 32]
 
-        qs = _kernel_pack(codes)  # [R, 8, 16]
+        qs = kernel_pack(codes)  # [R, 8, 16]
         return qs.reshape(n, -1), l.to(torch.int8).reshape(n, -1), dsb.to(torch.float16).reshape(n, -1)
 
 

@@ -58,7 +58,7 @@ FORMATS = {
         q="q5_0", k="q5_0", v="q8_0", o="q4_1", gate="q4_k", up="q5_0", down="q6_k", embd="q4_k", output="f16"
     ),
     "qwen3": dict(
-        q="q4_k", k="q5_k", v="q8_0", o="q5_0", gate="q4_k", up="q4_k", down="q6_k", embd="q8_0", output=None
+        q="q4_k", k="q5_k", v="iq4_nl", o="q5_0", gate="q4_k", up="q4_k", down="q6_k", embd="q8_0", output=None
     ),
     "gemma3": dict(
         q="q5_0", k="q5_0", v="q8_0", o="q4_k", gate="q5_0", up="q5_0", down="q5_1", embd="q8_0", output=None

@@ -256,7 +256,7 @@ def _lookup_kernel(w_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     w = tl.load(w_ptr + offs)
     z = w * 0
-    out = iq4_xs._iq4nl_lookup(w, z ^ iq4_xs._KV_W0, z ^ iq4_xs._KV_W1, z ^ iq4_xs._TB_W0, z ^ iq4_xs._TB_W1, False)
+    out = iq4_xs.iq4nl_lookup(w, z ^ iq4_xs._KV_W0, z ^ iq4_xs._KV_W1, z ^ iq4_xs._TB_W0, z ^ iq4_xs._TB_W1, False)
     for j in tl.static_range(4):
         tl.store(out_ptr + j * n + offs, out[j])
 

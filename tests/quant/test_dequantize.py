@@ -63,6 +63,7 @@ def test_plane_layout(name):
         "q4_k": [(torch.uint8, k // 2), (torch.uint8, k // 16), (torch.float16, 2 * k // 256)],
         "q6_k": [(torch.uint8, k // 2), (torch.uint8, k // 4), (torch.int8, k // 16), (torch.float16, k // 256)],
         "q5_0": [(torch.uint8, k // 2), (torch.uint8, k // 8), (torch.float16, k // 32)],
+        "iq4_nl": [(torch.uint8, k // 2), (torch.float16, k // 32)],
         "q4_1": [(torch.uint8, k // 2), (torch.float16, 2 * k // 32)],
         "q5_1": [(torch.uint8, k // 2), (torch.uint8, k // 8), (torch.float16, 2 * k // 32)],
         "q5_k": [(torch.uint8, k // 2), (torch.uint8, k // 16), (torch.float16, 2 * k // 256), (torch.uint8, k // 8)],
