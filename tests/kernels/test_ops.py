@@ -19,7 +19,24 @@ def _planes(fmt, N, K, seed=0):
     return list(FORMATS[fmt].quantize(torch.randn(N, K, generator=g)))
 
 
-@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q5_0", "q8_0", "int4_g32", "int4_g64", "int4_g128"])
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        "q4_k",
+        "q5_k",
+        "q6_k",
+        "q4_0",
+        "q4_1",
+        "q5_0",
+        "q5_1",
+        "q8_0",
+        "iq4_xs",
+        "iq4_nl",
+        "int4_g32",
+        "int4_g64",
+        "int4_g128",
+    ],
+)
 def test_cpu_body_is_the_reference(fmt):
     N, K = 37, 256
     planes = _planes(fmt, N, K)

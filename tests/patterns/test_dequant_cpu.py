@@ -34,7 +34,7 @@ def _model(fmt="q4_k", n_layers=2):
     return model
 
 
-@pytest.mark.parametrize("fmt", ["q4_k", "q8_0", "int4_g32"])
+@pytest.mark.parametrize("fmt", ["q4_k", "q8_0", "int4_g32", "q5_k", "q4_1"])
 def test_weights_are_dequantized_once_at_compile_time(fmt, dequantize_calls):
     model = _model(fmt)
     x = torch.randn(1, 3, 256)
@@ -133,9 +133,10 @@ def test_slices_are_multiples_of_row_align(N, slices):
     assert dequant_cpu._slices(torch.empty(1, 640, dtype=torch.bfloat16), N, nbytes) == 1
 
 
-# Q4_K (an offset), Q6_K (16-weight groups), Q8_0 (its plane is the codes); every format's codes
-# against gguf: tests/quant/test_dequantize.py::test_codes_are_the_weights_of_gguf
-@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q8_0"])
+# Q4_K (an offset), Q6_K (16-weight groups), Q8_0 (its plane is the codes), Q4_1 (a 32-block
+# offset), IQ4_NL (a grid); every format's codes against gguf:
+# tests/quant/test_dequantize.py::test_codes_are_the_weights_of_gguf
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q8_0", "q4_1", "iq4_nl"])
 def test_one_row_reads_the_int8_codes(fmt, dequantize_calls):
     """Times one row of x, a weight is never a float constant: the compiled code reads int8 codes
     (Q8_0: its own plane) and float32 scales folded once, and one C++ reduction per linear
