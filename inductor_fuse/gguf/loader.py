@@ -19,6 +19,11 @@ llama.cpp conventions this loader undoes or relies on:
   unpermuted (NeoX rope).
 - Gemma's RMSNorm multiplies by (1 + w); the converter stores w + 1, so the file's weight is used
   as a plain x * w.
+- `phi3` stores q|k|v as one tensor (`attn_qkv`, rows q then k then v) and gate|up as one
+  (`ffn_up`, rows gate then up). The loader gives each projection its rows (a row slice of the
+  quantized planes, exact), so the model is the one of every other family and the rule families
+  fuse them again at compile time. Like llama.cpp, it ignores a `phi3.attention.sliding_window`
+  (a WARNING says so); LongRoPE files (`rope_factors_long.weight`: the 128k variants) are refused.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from .tokenizer import GGUFTokenizer
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 
 
@@ -74,7 +79,7 @@ def load_gguf(
             args = model_args(reader, path)
             arch = field_value(reader, "general.architecture")
             tensors = {t.name: t for t in reader.tensors}
-            plan = _plan(args, reader, tensors, path)  # every tensor checked before anything is built
+            plan = _plan(args, reader, tensors, path, arch)  # every tensor checked before anything is built
             tokenizer = GGUFTokenizer.from_reader(reader, path)
             model = _build(args, arch, plan, tensors, path, device, dtype, progress)
             model.setup_caches(max_batch_size, max_seq_len, dtype)
@@ -170,6 +175,15 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
     )
     if arch == "llama":
         return ModelArgs(**common)
+    if arch == "phi3":
+        if "rope_factors_long.weight" in tensors or "rope_factors_short.weight" in tensors:
+            raise GGUFLoadError(f"{path}: phi3 LongRoPE (rope_factors_long / rope_factors_short) is not supported")
+        window = field_value(reader, "phi3.attention.sliding_window")
+        if window:
+            log.warning(
+                "%s: phi3.attention.sliding_window = %s ignored, as llama.cpp does: full attention", path, window
+            )
+        return ModelArgs(**common)
     if arch == "qwen2":
         return ModelArgs(**common, qkv_bias=True)
     if arch == "qwen3":
@@ -212,22 +226,43 @@ _LAYER = {
 }
 
 
-def _plan(args: ModelArgs, reader: GGUFFile, tensors: dict, path: str) -> dict[str, str]:
-    """module path -> GGUF tensor name for every weight the model needs; checks presence, shape, type."""
+# phi3: module path -> (fused GGUF tensor, the projections stacked in its rows, this one's index)
+_FUSED = {
+    "attention.q_proj": ("attn_qkv", ("q_proj", "k_proj", "v_proj"), 0),
+    "attention.k_proj": ("attn_qkv", ("q_proj", "k_proj", "v_proj"), 1),
+    "attention.v_proj": ("attn_qkv", ("q_proj", "k_proj", "v_proj"), 2),
+    "feed_forward.gate_proj": ("ffn_up", ("gate_proj", "up_proj"), 0),
+    "feed_forward.up_proj": ("ffn_up", ("gate_proj", "up_proj"), 1),
+}
+
+
+def _plan(
+    args: ModelArgs, reader: GGUFFile, tensors: dict, path: str, arch: str
+) -> dict[str, tuple[str, slice | None]]:
+    """module path -> (GGUF tensor name, its rows for this module: None for all) for every weight
+    the model needs; checks presence, shape, type."""
     with torch.device("meta"):
         skeleton = Transformer(args)
     plan = {}
     for name, module in skeleton.named_modules():
         if isinstance(module, (nn.Linear, nn.Embedding, RMSNorm)):
+            rows = None
             if name.startswith("layers."):
                 _, i, rest = name.split(".", 2)
-                gguf_name = f"blk.{i}.{_LAYER[rest]}"
+                if arch == "phi3" and rest in _FUSED:
+                    fused, parts, k = _FUSED[rest]
+                    parent = skeleton.get_submodule(name.rpartition(".")[0])
+                    sizes = [getattr(parent, p).out_features for p in parts]
+                    rows = slice(sum(sizes[:k]), sum(sizes[: k + 1]))
+                    gguf_name = f"blk.{i}.{fused}"
+                else:
+                    gguf_name = f"blk.{i}.{_LAYER[rest]}"
             else:
                 gguf_name = _GLOBAL[name]
             if name == "output" and args.tie_embeddings:
                 continue
-            plan[name] = gguf_name
-    for name, gguf_name in plan.items():
+            plan[name] = (gguf_name, rows)
+    for name, (gguf_name, rows) in plan.items():
         module = skeleton.get_submodule(name)
         for part, param in module.named_parameters():
             key = f"{gguf_name}.{part}"
@@ -235,8 +270,13 @@ def _plan(args: ModelArgs, reader: GGUFFile, tensors: dict, path: str) -> dict[s
                 raise GGUFLoadError(f"{path}: missing tensor {key!r} (for {name}.{part})")
             t = tensors[key]
             shape = tuple(int(d) for d in reversed(t.shape))  # ggml order -> torch order
-            if shape != tuple(param.shape):
-                raise GGUFLoadError(f"{path}: tensor {key!r} has shape {shape}, the model expects {tuple(param.shape)}")
+            expected = tuple(param.shape)
+            if rows is not None:  # the fused tensor holds this module's rows among its siblings'
+                parent = skeleton.get_submodule(name.rpartition(".")[0])
+                parts = _FUSED[name.split(".", 2)[2]][1]
+                expected = (sum(getattr(parent, p).out_features for p in parts), *expected[1:])
+            if shape != expected:
+                raise GGUFLoadError(f"{path}: tensor {key!r} has shape {shape}, the model expects {expected}")
             ggml_type = GGMLQuantizationType(t.tensor_type)
             quantized_ok = isinstance(module, nn.Linear) and part == "weight" and ggml_type in GGUF_FORMATS
             if name == "tok_embeddings":
@@ -247,7 +287,7 @@ def _plan(args: ModelArgs, reader: GGUFFile, tensors: dict, path: str) -> dict[s
                     f"{path}: tensor {key!r} has unsupported type {ggml_type.name} for {name}.{part} "
                     f"(supported: {supported})"
                 )
-    used = {f"{g}.{part}" for n, g in plan.items() for part, _ in skeleton.get_submodule(n).named_parameters()}
+    used = {f"{g}.{part}" for n, (g, _) in plan.items() for part, _ in skeleton.get_submodule(n).named_parameters()}
     unused = sorted(set(tensors) - used - {"rope_freqs.weight"})
     if unused:
         log.warning("%s: %d tensor(s) not used by the model, e.g. %s", path, len(unused), unused[:5])
@@ -291,7 +331,7 @@ def _linear(t, bias, rows: torch.Tensor | None, dtype, device, qw: QuantizedWeig
         return linear
     qw = qw if qw is not None else QuantizedWeight.from_gguf(t)
     if rows is not None:
-        qw = QuantizedWeight(qw.fmt, tuple(p[rows].contiguous() for p in qw.planes), qw.shape)
+        qw = QuantizedWeight(qw.fmt, tuple(p[rows].contiguous() for p in qw.planes), (len(rows), qw.shape[1]))
     qw = qw.to(device)
     return QuantizedLinear.from_weight(qw, bias)
 
@@ -300,7 +340,7 @@ def _build(args, arch, plan, tensors, path, device, dtype, progress) -> Transfor
     with torch.device("meta"):
         model = Transformer(args)
     embed_planes = None  # the token embedding's QuantizedWeight, when it is quantized
-    for name, gguf_name in tqdm(
+    for name, (gguf_name, slice_rows) in tqdm(
         plan.items(), desc=f"loading {os.path.basename(path)}", unit="tensor", disable=not progress
     ):
         t = tensors[f"{gguf_name}.weight"]
@@ -316,6 +356,8 @@ def _build(args, arch, plan, tensors, path, device, dtype, progress) -> Transfor
             if arch == "llama" and attr in ("q_proj", "k_proj"):
                 n = args.n_heads if attr == "q_proj" else args.n_kv_heads
                 rows = _unpermute_rows(n, args.head_dim)
+            if slice_rows is not None:  # phi3: this projection's rows of a fused tensor
+                rows = torch.arange(slice_rows.start, slice_rows.stop)
             setattr(parent, attr, _linear(t, bias, rows, dtype, device))
         else:  # RMSNorm: float32 weights, whatever the activation dtype
             module.weight = nn.Parameter(_float(t, torch.float32, device).reshape(-1), requires_grad=False)

@@ -14,7 +14,7 @@ from inductor_fuse.gguf import GGUFLoadError, load_gguf, loader
 from inductor_fuse.models.generate import decode_one_token, generate
 from inductor_fuse.quant import QuantizedLinear
 
-ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
 PROMPT = "Once upon a time, the capital of France is Paris. def f(x):\n    return x"
 RTOL = 1e-3  # relative error (Frobenius) in float32
 
@@ -83,6 +83,54 @@ def test_weights_stay_in_gguf_formats(loaded):
     assert isinstance(model.output, QuantizedLinear) and model.output.fmt == "q6_k"
     assert isinstance(model.tok_embeddings, nn.Embedding) and model.tok_embeddings.weight.dtype == torch.float32
     assert model.norm.weight.dtype == torch.float32
+
+
+def test_phi3_fused_tensors_are_split_then_fused_again_by_the_rules(tiny_gguf):
+    """phi3 stores q|k|v and gate|up fused: the loader gives each projection its rows of the
+    quantized planes (the logits tests above check them against transformers' Phi3), and the
+    compiled decode step fuses them again (siblings: q|k|v, glu: gate|up) with unchanged tokens."""
+    import inductor_fuse
+
+    path = tiny_gguf("phi3")[0]
+    model, tok = load_gguf(path, max_seq_len=64, progress=False)
+    args = model.args
+    attn, mlp = model.layers[0].attention, model.layers[0].feed_forward
+    q, kv, ffn = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim, args.intermediate_size
+    assert [(m.fmt, m.out_features) for m in (attn.q_proj, attn.k_proj, attn.v_proj)] == [
+        ("q4_k", q),
+        ("q4_k", kv),
+        ("q4_k", kv),
+    ]
+    assert [(m.fmt, m.out_features) for m in (mlp.gate_proj, mlp.up_proj)] == [("q4_k", ffn)] * 2
+    ids = tok.encode("The capital of France is")
+    eager = generate(model, ids, 6)
+    step = torch.compile(decode_one_token, backend="inductor_fuse", fullgraph=True)
+    assert generate(model, ids, 6, decode_fn=step) == eager
+    counts = inductor_fuse.last_report().counts
+    assert counts["siblings"] == args.n_layers and counts["glu"] == args.n_layers, counts
+
+
+def test_phi3_sliding_window_is_ignored_with_a_warning(tmp_path, tiny_gguf, caplog):
+    from tiny_gguf import write_tiny_gguf
+
+    path = tmp_path / "phi3-swa.gguf"
+    write_tiny_gguf(path, "phi3", tokenizer=tiny_gguf("phi3")[3], extra_kv={"phi3.attention.sliding_window": 2047})
+    with caplog.at_level("WARNING", logger="inductor_fuse.gguf.loader"):
+        model, _ = load_gguf(str(path), max_seq_len=64, progress=False)
+    assert "phi3.attention.sliding_window = 2047 ignored" in caplog.text
+    assert not model.args.sliding_window_pattern
+
+
+def test_phi3_long_rope_is_refused(tmp_path, tiny_gguf):
+    from tiny_gguf import write_tiny_gguf
+
+    path = tmp_path / "phi3-128k.gguf"
+    long = {"rope_factors_long.weight": torch.ones(32).numpy()}
+    write_tiny_gguf(path, "phi3", tokenizer=tiny_gguf("phi3")[3], extra=long)
+    with pytest.raises(
+        GGUFLoadError, match=r"phi3 LongRoPE \(rope_factors_long / rope_factors_short\) is not supported"
+    ):
+        load_gguf(str(path), progress=False)
 
 
 def test_tied_output_reuses_embedding_planes(loaded):

@@ -46,8 +46,9 @@ SPECIALS = {
     "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
     "qwen3": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
     "gemma3": ["<|begin_of_text|>", "<|end_of_text|>", "<end_of_turn>"],
+    "phi3": ["<s>", "</s>", "<|end|>"],
 }
-PRE = {"llama": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2", "gemma3": "llama-bpe"}
+PRE = {"llama": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2", "gemma3": "llama-bpe", "phi3": "llama-bpe"}
 
 # Default weight formats per family: a mix of every GGUF format, and dense ones.
 FORMATS = {
@@ -63,6 +64,8 @@ FORMATS = {
     "gemma3": dict(
         q="q5_0", k="q5_0", v="q8_0", o="q4_k", gate="q5_0", up="q5_0", down="q5_1", embd="q8_0", output=None
     ),
+    # phi3 stores q|k|v and gate|up fused: "q" is attn_qkv's format, "up" ffn_up's (k, v, gate unused)
+    "phi3": dict(q="q4_k", k=None, v=None, o="q4_k", gate=None, up="q4_k", down="q6_k", embd="q8_0", output="q6_k"),
 }
 
 
@@ -130,11 +133,14 @@ def write_tiny_gguf(
     tokenizer=None,
     arch_name: str | None = None,
     skip: tuple[str, ...] = (),
+    extra: dict | None = None,
+    extra_kv: dict | None = None,
 ):
     """Write a tiny `arch` model; returns (hf_state_dict, hf_config_kwargs, tokenizer).
 
     formats: overrides of FORMATS[arch] (a ggml type name the project lacks, e.g. "q2_k", writes
-    random bytes); arch_name: the general.architecture written; skip: tensor names left out."""
+    random bytes); arch_name: the general.architecture written; skip: tensor names left out; extra:
+    more float32 tensors to write, name -> array; extra_kv: more uint32 metadata, key -> value."""
     g = torch.Generator().manual_seed(seed)
     fmts = dict(FORMATS[arch], **(formats or {}))
     tok = tokenizer or train_bpe(arch)
@@ -160,6 +166,8 @@ def write_tiny_gguf(
         w.add_rope_dimension_count(head_dim)
     if gemma:
         w.add_sliding_window(sliding_window)
+    for key, value in (extra_kv or {}).items():
+        w.add_uint32(key, value)
     _write_tokenizer(w, tok, arch)
 
     sd = {}
@@ -190,6 +198,13 @@ def write_tiny_gguf(
     for i in range(n_layers):
         b, hf = f"blk.{i}", f"model.layers.{i}"
         norm(f"{b}.attn_norm", f"{hf}.input_layernorm", dim)
+        if arch == "phi3":  # fused q|k|v and gate|up, as its checkpoints and llama.cpp store them
+            linear(f"{b}.attn_qkv", f"{hf}.self_attn.qkv_proj", (n_heads + 2 * n_kv_heads) * head_dim, dim, fmts["q"])
+            linear(f"{b}.attn_output", f"{hf}.self_attn.o_proj", dim, n_heads * head_dim, fmts["o"])
+            norm(f"{b}.ffn_norm", f"{hf}.post_attention_layernorm", dim)
+            linear(f"{b}.ffn_up", f"{hf}.mlp.gate_up_proj", 2 * ffn, dim, fmts["up"])
+            linear(f"{b}.ffn_down", f"{hf}.mlp.down_proj", dim, ffn, fmts["down"])
+            continue
         linear(
             f"{b}.attn_q",
             f"{hf}.self_attn.q_proj",
@@ -223,6 +238,8 @@ def write_tiny_gguf(
         linear(f"{b}.ffn_up", f"{hf}.mlp.up_proj", ffn, dim, fmts["up"])
         linear(f"{b}.ffn_down", f"{hf}.mlp.down_proj", dim, ffn, fmts["down"])
     norm("output_norm", "model.norm", dim)
+    for name, arr in (extra or {}).items():
+        w.add_tensor(name, arr)
     if fmts["output"] is not None:
         linear("output", "lm_head", vocab, dim, fmts["output"])
     else:
@@ -257,6 +274,8 @@ def write_tiny_gguf(
         )
     else:
         config.update(rope_parameters={"rope_type": "default", "rope_theta": rope_base})
+    if arch == "phi3":  # Phi3Config's defaults: pad id 32000 (beyond this vocabulary), a 2047 sliding window
+        config.update(pad_token_id=None, bos_token_id=None, eos_token_id=None, sliding_window=None)
     return sd, config, tok
 
 
@@ -293,6 +312,7 @@ def hf_reference(arch: str, state_dict: dict, config: dict):
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
         "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
     }[arch]
     cfg = cls[0](**config)
     cfg._attn_implementation = "eager"
