@@ -25,7 +25,7 @@ from .base import Codes, WeightFormat, f16_field, plane_table, register
 QK_K = 256
 
 
-def unpack_scale_min(s: Tensor) -> tuple[Tensor, Tensor]:
+def _unpack_scale_min(s: Tensor) -> tuple[Tensor, Tensor]:
     # s: uint8 [..., 12] -> sc, m: uint8 [..., 8]
     # bytes 0-3: sc0-3 (low 6 bits), high 2 bits = sc4-7 >> 4
     # bytes 4-7: m0-3  (low 6 bits), high 2 bits = m4-7 >> 4
@@ -36,8 +36,8 @@ def unpack_scale_min(s: Tensor) -> tuple[Tensor, Tensor]:
     return sc, m
 
 
-def pack_scale_min(sc: Tensor, m: Tensor) -> Tensor:
-    # sc, m: uint8 [..., 8] (values < 64) -> uint8 [..., 12], inverse of unpack_scale_min
+def _pack_scale_min(sc: Tensor, m: Tensor) -> Tensor:
+    # sc, m: uint8 [..., 8] (values < 64) -> uint8 [..., 12], inverse of _unpack_scale_min
     lo_sc, hi_sc = sc[..., :4], sc[..., 4:]
     lo_m, hi_m = m[..., :4], m[..., 4:]
     s0 = lo_sc | ((hi_sc >> 4) << 6)
@@ -147,6 +147,31 @@ def quantize_scale_min(w: Tensor, nmax: int, rmin: float, nstep: int) -> tuple[T
     return L.view(n * nb, 8, 32), torch.stack([ls, lm], dim=-1), torch.stack([d, dmin], dim=-1)
 
 
+def kquant_head(blocks: Tensor) -> tuple[Tensor, Tensor]:
+    """The fields that open a Q4_K / Q5_K block: blocks uint8 [N, nb, B] -> the planes sm uint8
+    [N, 16 nb] (sc_j, m_j interleaved, unpacked) and dm float16 [N, 2 nb] (d, dmin)."""
+    n = blocks.shape[0]
+    sc, m = _unpack_scale_min(blocks[..., 4:16])  # [N, nb, 8] each
+    return torch.stack([sc, m], dim=-1).reshape(n, -1), f16_field(blocks, 0, 2).reshape(n, -1)
+
+
+def kquant_head_bytes(sm: Tensor, dm: Tensor, n: int, nb: int) -> Tensor:
+    """The inverse of kquant_head: -> uint8 [N, nb, 16] (d, dmin, the 12 packed scale bytes)."""
+    sm = sm.view(n, nb, 8, 2)
+    return torch.cat([dm.view(n, nb, 2).view(torch.uint8), _pack_scale_min(sm[..., 0], sm[..., 1])], dim=-1)
+
+
+def kquant_codes(q: Tensor, sm: Tensor, dm: Tensor, n: int, k: int) -> Codes:
+    """Codes of a Q4_K / Q5_K weight: its codes q [N, nb, 8, 32] (< 32), planes sm, dm ->
+    w = (d sc_j) q - (dmin m_j) per sub-block j."""
+    nb = k // QK_K
+    sm = sm.view(n, nb, 8, 2).to(torch.float32)
+    dm = dm.view(n, nb, 2).to(torch.float32)
+    d_sc = dm[..., 0:1] * sm[..., 0]  # [N, nb, 8]
+    dmin_m = dm[..., 1:2] * sm[..., 1]  # [N, nb, 8]
+    return Codes(q.to(torch.int8).reshape(n, k), d_sc.reshape(n, nb * 8), dmin_m.reshape(n, nb * 8))
+
+
 class Q4KFormat(WeightFormat):
     plane_specs = plane_table(qs=(torch.uint8, QK_K // 2), sm=(torch.uint8, 16), dm=(torch.float16, 2))
     code_group = 32
@@ -154,30 +179,17 @@ class Q4KFormat(WeightFormat):
 
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 144]
-        n, nb, _ = blocks.shape
-        dm = f16_field(blocks, 0, 2)  # [N, nb, 2]: d, dmin
-        sc, m = unpack_scale_min(blocks[..., 4:16])  # [N, nb, 8] each
-        sm = torch.stack([sc, m], dim=-1)  # [N, nb, 8, 2]
-        qs = blocks[..., 16:]  # [N, nb, 128]
-        return qs.reshape(n, -1), sm.reshape(n, -1), dm.reshape(n, -1)
+        sm, dm = kquant_head(blocks)
+        return blocks[..., 16:].reshape(blocks.shape[0], -1), sm, dm
 
     def _to_blocks(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
         qs, sm, dm = planes
         nb = k // QK_K
-        sm = sm.view(n, nb, 8, 2)
-        scales = pack_scale_min(sm[..., 0], sm[..., 1])  # [N, nb, 12]
-        dm = dm.view(n, nb, 2).view(torch.uint8)  # [N, nb, 4]
-        return torch.cat([dm, scales, qs.view(n, nb, QK_K // 2)], dim=-1)
+        return torch.cat([kquant_head_bytes(sm, dm, n, nb), qs.view(n, nb, QK_K // 2)], dim=-1)
 
     def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, sm, dm = planes
-        nb = k // QK_K
-        q = unpack_nibbles(qs.view(n, nb, QK_K // 2))  # [N, nb, 8, 32]
-        sm = sm.view(n, nb, 8, 2).to(torch.float32)
-        dm = dm.view(n, nb, 2).to(torch.float32)
-        d_sc = dm[..., 0:1] * sm[..., 0]  # [N, nb, 8]
-        dmin_m = dm[..., 1:2] * sm[..., 1]  # [N, nb, 8]
-        return Codes(q.to(torch.int8).reshape(n, k), d_sc.reshape(n, nb * 8), dmin_m.reshape(n, nb * 8))
+        return kquant_codes(unpack_nibbles(qs.view(n, k // QK_K, QK_K // 2)), sm, dm, n, k)
 
     def _quantize(self, w: Tensor) -> tuple[Tensor, ...]:
         n, k = w.shape

@@ -25,8 +25,8 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
-from .base import Codes, WeightFormat, f16_field, plane_table, register
-from .q4_k import QK_K, pack_nibbles, pack_scale_min, quantize_scale_min, unpack_nibbles, unpack_scale_min
+from .base import Codes, WeightFormat, plane_table, register
+from .q4_k import QK_K, kquant_codes, kquant_head, kquant_head_bytes, pack_nibbles, quantize_scale_min, unpack_nibbles
 
 
 def _high_bits(qh: Tensor) -> Tensor:
@@ -51,28 +51,19 @@ class Q5KFormat(WeightFormat):
     def _from_blocks(self, blocks: Tensor) -> tuple[Tensor, ...]:
         # blocks: uint8 [N, nb, 176]
         n = blocks.shape[0]
-        dm = f16_field(blocks, 0, 2)  # [N, nb, 2]: d, dmin
-        sc, m = unpack_scale_min(blocks[..., 4:16])  # [N, nb, 8] each
-        sm = torch.stack([sc, m], dim=-1)  # [N, nb, 8, 2]
-        return blocks[..., 48:].reshape(n, -1), sm.reshape(n, -1), dm.reshape(n, -1), blocks[..., 16:48].reshape(n, -1)
+        sm, dm = kquant_head(blocks)
+        return blocks[..., 48:].reshape(n, -1), sm, dm, blocks[..., 16:48].reshape(n, -1)
 
     def _to_blocks(self, planes: tuple[Tensor, ...], n: int, k: int) -> Tensor:
         qs, sm, dm, qh = planes
         nb = k // QK_K
-        sm = sm.view(n, nb, 8, 2)
-        scales = pack_scale_min(sm[..., 0], sm[..., 1])  # [N, nb, 12]
-        dm = dm.view(n, nb, 2).view(torch.uint8)  # [N, nb, 4]
-        return torch.cat([dm, scales, qh.view(n, nb, 32), qs.view(n, nb, QK_K // 2)], dim=-1)
+        return torch.cat([kquant_head_bytes(sm, dm, n, nb), qh.view(n, nb, 32), qs.view(n, nb, QK_K // 2)], dim=-1)
 
     def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, sm, dm, qh = planes
         nb = k // QK_K
         q = unpack_nibbles(qs.view(n, nb, QK_K // 2)) | (_high_bits(qh.view(n, nb, 32)) << 4)  # [N, nb, 8, 32]
-        sm = sm.view(n, nb, 8, 2).to(torch.float32)
-        dm = dm.view(n, nb, 2).to(torch.float32)
-        d_sc = dm[..., 0:1] * sm[..., 0]  # [N, nb, 8]
-        dmin_m = dm[..., 1:2] * sm[..., 1]
-        return Codes(q.to(torch.int8).reshape(n, k), d_sc.reshape(n, nb * 8), dmin_m.reshape(n, nb * 8))
+        return kquant_codes(q, sm, dm, n, k)
 
     # quantize_row_q5_K_ref (ggml-quants.c): Q4_K's search with nmax = 31, rmin = -0.5, 15 steps
     def _quantize(self, w: Tensor) -> tuple[Tensor, ...]:
