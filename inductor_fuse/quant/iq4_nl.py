@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType
 from torch import Tensor
 
 from .base import Codes, WeightFormat, f16_field, join_nibbles, plane_table, register, split_nibbles
-from .iq4_xs import KVALUES, best_index, block_scales, kernel_codes, kernel_pack
+from .iq4_xs import KVALUES, best_index, block_scales, grid_values, kernel_codes, kernel_pack
 
 QK = 32
 
@@ -44,9 +44,7 @@ class IQ4NLFormat(WeightFormat):
 
     def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, d = planes
-        kv = torch.tensor(KVALUES, dtype=torch.int8, device=qs.device)
-        q = kv[kernel_codes(qs.view(n, k // QK, 16)).to(torch.int64)]  # [N, nb, 32]
-        return Codes(q.reshape(n, k), d.to(torch.float32), None)
+        return Codes(grid_values(qs.view(n, k // QK, 16)).reshape(n, k), d.to(torch.float32), None)
 
     # quantize_iq4_nl without importance weights: quantize_row_iq4_nl_impl with one 32-block per
     # super-block (ggml-quants.c): the scale search of iq4_xs.block_scales, d = fp16(scale), codes

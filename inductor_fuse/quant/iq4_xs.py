@@ -56,6 +56,13 @@ def kernel_codes(qs: Tensor) -> Tensor:
     return unpack_int4(qs).unflatten(-1, (4, 2, 4)).transpose(-3, -2).flatten(-3)
 
 
+def grid_values(qs: Tensor) -> Tensor:
+    """Kernel-order bytes uint8 [..., 16] of 32-blocks -> their grid values int8 [..., 32] in
+    element order (IQ4_XS's sub-blocks, IQ4_NL's blocks)."""
+    kv = torch.tensor(KVALUES, dtype=torch.int8, device=qs.device)
+    return kv[kernel_codes(qs).to(torch.int64)]
+
+
 def best_index(v: Tensor, kv: Tensor) -> Tensor:
     # best_index_int8 (ggml-quants.c): the nearest grid value's index, ties to the upper one, in
     # float32 arithmetic as in C. v float32 [...], kv float32 [16] ascending -> int64 [...]
@@ -139,8 +146,7 @@ class IQ4XSFormat(WeightFormat):
     def _codes(self, planes: tuple[Tensor, ...], n: int, k: int) -> Codes:
         qs, sc, d = planes
         nb = k // QK_K
-        kv = torch.tensor(KVALUES, dtype=torch.int8, device=qs.device)
-        q = kv[kernel_codes(qs.view(n, nb, 8, 16)).to(torch.int64)]  # [N, nb, 8, 32]
+        q = grid_values(qs.view(n, nb, 8, 16))  # [N, nb, 8, 32]
         dl = d.view(n, nb, 1).to(torch.float32) * sc.view(n, nb, 8).to(torch.float32)  # [N, nb, 8]
         return Codes(q.reshape(n, k), dl.reshape(n, nb * 8), None)
 
