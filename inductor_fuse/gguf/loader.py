@@ -244,6 +244,7 @@ def _plan(
     with torch.device("meta"):
         skeleton = Transformer(args)
     plan = {}
+    fused_rows = {}  # module path -> the rows of the fused tensor it is sliced from (phi3)
     for name, module in skeleton.named_modules():
         if isinstance(module, (nn.Linear, nn.Embedding, RMSNorm)):
             rows = None
@@ -254,6 +255,7 @@ def _plan(
                     parent = skeleton.get_submodule(name.rpartition(".")[0])
                     sizes = [getattr(parent, p).out_features for p in parts]
                     rows = slice(sum(sizes[:k]), sum(sizes[: k + 1]))
+                    fused_rows[name] = sum(sizes)
                     gguf_name = f"blk.{i}.{fused}"
                 else:
                     gguf_name = f"blk.{i}.{_LAYER[rest]}"
@@ -262,7 +264,7 @@ def _plan(
             if name == "output" and args.tie_embeddings:
                 continue
             plan[name] = (gguf_name, rows)
-    for name, (gguf_name, rows) in plan.items():
+    for name, (gguf_name, _) in plan.items():
         module = skeleton.get_submodule(name)
         for part, param in module.named_parameters():
             key = f"{gguf_name}.{part}"
@@ -271,10 +273,8 @@ def _plan(
             t = tensors[key]
             shape = tuple(int(d) for d in reversed(t.shape))  # ggml order -> torch order
             expected = tuple(param.shape)
-            if rows is not None:  # the fused tensor holds this module's rows among its siblings'
-                parent = skeleton.get_submodule(name.rpartition(".")[0])
-                parts = _FUSED[name.split(".", 2)[2]][1]
-                expected = (sum(getattr(parent, p).out_features for p in parts), *expected[1:])
+            if name in fused_rows:  # the fused tensor holds this module's rows among its siblings'
+                expected = (fused_rows[name], *expected[1:])
             if shape != expected:
                 raise GGUFLoadError(f"{path}: tensor {key!r} has shape {shape}, the model expects {expected}")
             ggml_type = GGMLQuantizationType(t.tensor_type)
@@ -340,6 +340,7 @@ def _build(args, arch, plan, tensors, path, device, dtype, progress) -> Transfor
     with torch.device("meta"):
         model = Transformer(args)
     embed_planes = None  # the token embedding's QuantizedWeight, when it is quantized
+    fused = {}  # phi3: the fused tensor being sliced, its QuantizedWeight read once for all its slices
     for name, (gguf_name, slice_rows) in tqdm(
         plan.items(), desc=f"loading {os.path.basename(path)}", unit="tensor", disable=not progress
     ):
@@ -356,9 +357,13 @@ def _build(args, arch, plan, tensors, path, device, dtype, progress) -> Transfor
             if arch == "llama" and attr in ("q_proj", "k_proj"):
                 n = args.n_heads if attr == "q_proj" else args.n_kv_heads
                 rows = _unpermute_rows(n, args.head_dim)
+            qw = None
             if slice_rows is not None:  # phi3: this projection's rows of a fused tensor
                 rows = torch.arange(slice_rows.start, slice_rows.stop)
-            setattr(parent, attr, _linear(t, bias, rows, dtype, device))
+                if gguf_name not in fused:
+                    fused = {gguf_name: _planes(t)}  # (None for a float tensor)
+                qw = fused[gguf_name]
+            setattr(parent, attr, _linear(t, bias, rows, dtype, device, qw))
         else:  # RMSNorm: float32 weights, whatever the activation dtype
             module.weight = nn.Parameter(_float(t, torch.float32, device).reshape(-1), requires_grad=False)
     if args.tie_embeddings:
