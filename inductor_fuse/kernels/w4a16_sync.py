@@ -454,6 +454,10 @@ class SyncConfig:
     maxnreg: int | None = None
     prefetch: int = 1
 
+    def __post_init__(self):
+        if self.prefetch not in (1, 2):
+            raise ValueError(f"w4a16_sync: prefetch is 1 or 2 blocks on, got {self.prefetch}")
+
 
 def default_config(M: int, N: int, K: int, fmt: str, sms: int) -> SyncConfig:
     """4 warps of one tile (64 rows a program), K split (2, 4 or 8 ways, a divisor of K / 256) until
@@ -487,8 +491,6 @@ def w4a16_sync(x: torch.Tensor, planes, bias: torch.Tensor | None, fmt: str, con
         raise ValueError(f"w4a16_sync takes bf16 / fp16 x, got {x.dtype}")
     c = config or default_config(M, N, K, fmt, num_sms(x.device))
     check_shapes(M, N, K, c.num_warps, c.reps, c.split, fmt)
-    if c.prefetch not in (1, 2):
-        raise ValueError(f"w4a16_sync: prefetch is 1 or 2 blocks on, got {c.prefetch}")
     block_m = 8 if M <= 8 else 16
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     dst = torch.empty((c.split, M, N), dtype=torch.float32, device=x.device) if c.split > 1 else out
