@@ -2,9 +2,9 @@
 planes as they are) against the dispatched qlinear and bf16 cuBLAS, on the Llama-3-8B Q4_K_M shapes.
 
     python benchmarks/bench_w4a16_sync.py [--ms 1,2,4,8,16] [--configs 2x1,4x1,4x2,8x1] [--splits 1,2,4,8]
-                                          [--prefetch 1,2] [--fmts q4_k,q6_k] [--maxnreg N]
+                                          [--prefetch 1,2] [--xstages 0,3] [--fmts q4_k,q6_k] [--maxnreg N]
 
-Per shape and M: every config (warps x 16-row tiles per warp, K split, prefetch) the shape takes, timed as
+Per shape and M: every config (warps x 16-row tiles per warp, K split, prefetch, x's ring) the shape takes, timed as
 bench_kernels.time_graph does (a CUDA graph over rotated weight copies), its error against the
 kernel's pure-torch `reference` (the output's rounding is what is left) and against the exact
 product (`reference` with an exact decode), next to the error of bf16-rounded weights; a config that
@@ -44,6 +44,9 @@ def main() -> None:
     ap.add_argument("--configs", default="2x1,4x1,4x2,8x1", help="warps x row tiles per warp (16 rows each)")
     ap.add_argument("--splits", default="1,2,4,8", help="K splits tried (each must divide K / 256)")
     ap.add_argument("--prefetch", default="1,2", help="blocks on that a loop step loads, tried")
+    ap.add_argument(
+        "--xstages", default="0", help="x's shared-memory ring (tiles; 0: none, x from global memory), tried"
+    )
     ap.add_argument("--maxnreg", type=int, default=0, help="register cap per thread (0: none)")
     ap.add_argument("--fmts", default="", help="only these formats (default: q4_k,q6_k)")
     ap.add_argument("--json", help="write the results here (default: benchmarks/results/<date>-w4a16-sync.json)")
@@ -54,6 +57,7 @@ def main() -> None:
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     splits = [int(s) for s in args.splits.split(",")]
     prefetches = [int(p) for p in args.prefetch.split(",")]
+    xstages = [int(s) for s in args.xstages.split(",")]
     rows, table = [], []
     for name, N, K, fmt in SMALL_M_SHAPES:
         if fmt not in FMTS or (args.fmts and fmt not in args.fmts.split(",")):
@@ -73,11 +77,11 @@ def main() -> None:
             row["op_err_vs_exact"] = _rel(op, exact)
             row["bf16_weights_err_vs_exact"] = _rel(torch.nn.functional.linear(x, w16), exact)
             best = None
-            for (nw, reps), split, pf in itertools.product(configs, splits, prefetches):
+            for (nw, reps), split, pf, xs in itertools.product(configs, splits, prefetches, xstages):
                 if not supports(M, N, K, fmt, SyncConfig(nw, reps, split)):
                     continue
-                key = f"{nw}x{reps}_split{split}_p{pf}"
-                cfg = SyncConfig(nw, reps, split, args.maxnreg or None, pf)
+                key = f"{nw}x{reps}_split{split}_p{pf}" + (f"_xs{xs}" if xs else "")
+                cfg = SyncConfig(nw, reps, split, args.maxnreg or None, pf, xs)
                 fn = lambda p, cfg=cfg: w4a16_sync(x, p, None, fmt, cfg)  # noqa: E731
                 try:
                     out = fn(copies[0])

@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--split", type=int, default=1, help="w4a16_sync: K split")
     ap.add_argument("--fp16", action="store_true", help="w4a16_sync: fp16 x (default bf16)")
     ap.add_argument("--prefetch", type=int, default=1, help="w4a16_sync: blocks on that a step loads (1, 2)")
+    ap.add_argument("--xstages", type=int, default=0, help="w4a16_sync: x's shared-memory ring (0: none)")
     ap.add_argument("--dump", help="a folder for the cubin, ttgir, ptx and sass")
     ap.add_argument("--json", action="store_true", help="one JSON line: registers, loop length, opcode mix")
     args = ap.parse_args()
@@ -171,14 +172,15 @@ def main_sync(args) -> None:
 
     from inductor_fuse.kernels.w4a16_sync import SyncConfig
 
-    cfg = SyncConfig(args.num_warps or 4, args.reps, args.split, prefetch=args.prefetch)
+    cfg = SyncConfig(args.num_warps or 4, args.reps, args.split, prefetch=args.prefetch, xstages=args.xstages)
     k = compile_sync(args.fmt, args.m, cfg, torch.float16 if args.fp16 else torch.bfloat16)
     r = inspect_kernel(k, f"{args.fmt}_w4a16_sync", args.dump)
     n = len(r["loop"])
     weights_per_warp = 16 * cfg.reps * 256  # one block of the warp's rows a loop pass
     issue_us = GATE_UP / weights_per_warp * n / (4 * 132 * 1.98e3)
     if args.json:
-        print(json.dumps({**r, "loop": n, "mix": dict(r["mix"]), "issue_us": issue_us}))
+        lds128 = sum(1 for line in r["loop"] if "LDS.128" in line)  # (predicated-off LDS RZ are not loads)
+        print(json.dumps({**r, "loop": n, "mix": dict(r["mix"]), "issue_us": issue_us, "lds128": lds128}))
         return
     print(f"triton {triton.__version__}, sm_90, w4a16_sync {args.fmt}: M = {args.m}, {cfg}")
     print(f"{r['registers']} registers, stack {r['stack']} bytes")

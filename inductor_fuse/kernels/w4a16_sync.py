@@ -6,7 +6,8 @@ benchmarks/bench_w4a16_sync.py).
 Written in Gluon (`triton.experimental.gluon`), where the kernel picks its register layouts:
 
 - The weights are the A operand of m16n8k16 bf16 / fp16 MMAs (`mma_v2`, k_width 8), x's rows (8 or
-  16) the B operand; both stay in registers (no shared memory).
+  16) the B operand. The weight words go from global memory to registers; x too, or through
+  shared memory (below).
 - The A layout gives lane 4g + t of a warp rows g and g + 8 of its 16, and 64 of the 256 columns of
   a block. The kernel orders k (a dot's sum does not care) so that those are lane t's bytes of the
   row: Q4_K qs bytes 32t..32t+31 (sub-blocks 2t and 2t + 1, one scale word); Q6_K 16 bytes of each
@@ -20,8 +21,17 @@ Written in Gluon (`triton.experimental.gluon`), where the kernel picks its regis
   likewise (`A_*` / `B_*` below say the column order).
 - Q6_K's d multiplies its int8 scales before the decode (one rounding of d * sc to x's dtype).
 - One 256-weight block a loop step; the next block's words are loaded before this one is decoded.
-  Rows of x past M read row M - 1 (no masks). K split across programs (float32 partials summed by
-  `splitk_reduce`, which adds the bias; else the store adds it).
+  K split across programs (float32 partials summed by `splitk_reduce`, which adds the bias; else
+  the store adds it).
+- x (every warp needs all of a block's tile; rows past M read row M - 1, no masks): by default
+  (`SyncConfig.xstages` 0) each lane loads its own 64 values of k from global memory, 16 bytes at a
+  time at 128-byte strides. Those loads were most of the L1 traffic: Nsight Compute on gate_up at
+  M = 16 (4 warps) had the L1 pipe 91% busy and DRAM 18%, and the loads asked for 20.4 M sectors
+  against 5.8 M at M = 1 for the same weights (docs/kernels.md). With xstages >= 2 the tile is
+  copied once a program by cp.async, in whole lines of x, into a ring of that many tiles in shared
+  memory, and each lane reads its own row back (XOR-swizzled in 16-byte units, so that a quarter
+  warp reads 8 bank groups). Written for that profile and compiled here (sm_90, Q4_K: 128 / 125
+  registers at M = 8 / 16, against 126 / 168), not yet run on a GPU: so not the default.
 
 `reference` is the same tensor program in pure torch (the words, the joins, reshapes and permutes,
 the decode with the kernel's roundings, a float64 product): tests/kernels/test_w4a16_sync.py checks
@@ -38,10 +48,13 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from ._common import num_sms, splitk_reduce
 from .w4a16_mma import _decode_asm, _q6k_decode_asm
+
+# cp.async global -> shared: `async_load` since triton 3.7, `async_copy_global_to_shared` before
+_cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 
 # The decodes of w4a16_mma, one word of each plane per instance. Q4_K: $5 / $7 the packed scale
 # pair of the low / high nibbles (a word's bytes are all in the same two sub-blocks), $6 / $8 minus
@@ -179,14 +192,24 @@ def layouts(num_warps: int, reps: int, block_m: int, fmt: str = "q4_k") -> dict:
     # weight words [R, W, 2 (h8), 8 (g), 4 (t), words]: row 16 W r + 16 w + 8 h8 + g
     words = 8 if fmt == "q4_k" else 4
     lw = gl.BlockedLayout([reps, 1, 2, 1, 1, words], [1, 1, 1, 8, 4, 1], [1, num_warps, 1, 1, 1, 1], [5, 4, 3, 2, 1, 0])
-    # x [NT, 8 (g), 4 (t), runs, run]: every warp holds all of it
-    runs, run = (2, 32) if fmt == "q4_k" else (4, 16)
-    lx = gl.BlockedLayout([nt, 1, 1, runs, run], [1, 8, 4, 1, 1], [num_warps, 1, 1, 1, 1], [4, 3, 2, 1, 0])
+    # x's tile of a block in shared memory [32 NT, 64]: row 32 nt + 4 g + t holds the 64 values of k
+    # that lane 4g + t multiplies for rows 8 nt + g of x. Copied 16 bytes a thread, whole lines of x;
+    # read back a row a lane (every warp all of it), XOR-swizzled in 16-byte units so that the 8 lanes
+    # of a quarter warp read 8 different bank groups
+    xs_copy = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    # x from global memory (xstages 0) [NT, 8 (g), 4 (t), runs, run]: every warp holds all of it
+    x_shape = (nt, 8, 4) + ((2, 32) if fmt == "q4_k" else (4, 16))
+    lx = gl.BlockedLayout([nt, 1, 1, *x_shape[3:]], [1, 8, 4, 1, 1], [num_warps, 1, 1, 1, 1], [4, 3, 2, 1, 0])
     return dict(
         mma=mma,
         la=gl.DotOperandLayout(operand_index=0, parent=mma, k_width=8),
         lb=gl.DotOperandLayout(operand_index=1, parent=mma, k_width=8),
         w_axes=tuple(_axis(lw, 6, d) for d in range(6)),
+        xs_copy=xs_copy,
+        xs_axes=(gl.SliceLayout(1, xs_copy), gl.SliceLayout(0, xs_copy)),
+        xs_shared=gl.SwizzledSharedLayout(8, 1, 8, [1, 0]),
+        xs_lane=gl.BlockedLayout([1, 64], [32, 1], [1, num_warps], [1, 0]),
+        x_shape=x_shape,
         x_axes=tuple(_axis(lx, 5, d) for d in range(5)),
         a_shape=(reps, num_warps) + A_SHAPE[fmt],
         a_perm=A_PERM[fmt],
@@ -207,13 +230,9 @@ def _idx(n: gl.constexpr, layout: gl.constexpr, axes: gl.constexpr):
 
 
 @gluon.jit
-def _offsets(pid_n, M, K, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, BLOCK_M: gl.constexpr,
-             WORDS: gl.constexpr, RUNS: gl.constexpr, RUN: gl.constexpr):  # fmt: skip
-    # -> row [R, W, 2, 8, 1, 1], t [.., 4, 1], the word index [.., WORDS]; x's row * K [NT, 8, 1, 1, 1],
-    # t [.., 4, 1, 1], run [.., RUNS, 1], element [.., RUN] (rows of x past M read row M - 1)
-    NT: gl.constexpr = BLOCK_M // 8
+def _offsets(pid_n, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, BLOCK_M: gl.constexpr, WORDS: gl.constexpr):
+    # -> row [R, W, 2, 8, 1, 1], t [.., 4, 1], the word index [.., WORDS]
     w_axes: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "w_axes")
-    x_axes: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "x_axes")
     w0: gl.constexpr = w_axes[0]
     w1: gl.constexpr = w_axes[1]
     w2: gl.constexpr = w_axes[2]
@@ -227,21 +246,46 @@ def _offsets(pid_n, M, K, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, B
         + _idx(2, w2, (0, 1, 3, 4, 5)) * 8
         + _idx(8, w3, (0, 1, 2, 4, 5))
     )
-    x0: gl.constexpr = x_axes[0]
-    x1: gl.constexpr = x_axes[1]
-    x2: gl.constexpr = x_axes[2]
-    x3: gl.constexpr = x_axes[3]
-    x4: gl.constexpr = x_axes[4]
-    xm = gl.minimum(_idx(NT, x0, (1, 2, 3, 4)) * 8 + _idx(8, x1, (0, 2, 3, 4)), M - 1)
-    return (
-        row,
-        _idx(4, w4, (0, 1, 2, 3, 5)),
-        _idx(WORDS, w5, (0, 1, 2, 3, 4)),
-        xm * K,
-        _idx(4, x2, (0, 1, 3, 4)),
-        _idx(RUNS, x3, (0, 1, 2, 4)),
-        _idx(RUN, x4, (0, 1, 2, 3)),
-    )
+    return row, _idx(4, w4, (0, 1, 2, 3, 5)), _idx(WORDS, w5, (0, 1, 2, 3, 4))
+
+
+@gluon.jit
+def _x_offsets(M, K, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, BLOCK_M: gl.constexpr):
+    # x's offsets [NT, 8, 4, runs, run] of block 0 that each lane loads itself (xstages 0): row
+    # 8 nt + g (past M: M - 1), k as in _x_source
+    NT: gl.constexpr = BLOCK_M // 8
+    axes: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "x_axes")
+    shape: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "x_shape")
+    a0: gl.constexpr = axes[0]
+    a1: gl.constexpr = axes[1]
+    a2: gl.constexpr = axes[2]
+    a3: gl.constexpr = axes[3]
+    a4: gl.constexpr = axes[4]
+    m = gl.minimum(_idx(NT, a0, (1, 2, 3, 4)) * 8 + _idx(8, a1, (0, 2, 3, 4)), M - 1)
+    t = _idx(4, a2, (0, 1, 3, 4))
+    r = _idx(shape[3], a3, (0, 1, 2, 4))
+    i = _idx(shape[4], a4, (0, 1, 2, 3))
+    if FMT == "q4_k":
+        k = t * 64 + r * 32 + i
+    else:
+        k = (t // 2) * 128 + (t % 2) * 16 + r * 32 + i
+    return m * K + k
+
+
+@gluon.jit
+def _x_source(x_ptr, M, K, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, BLOCK_M: gl.constexpr):
+    # the addresses of block 0's x tile [32 NT, 64] (rows of x past M read row M - 1). Lane t's k:
+    # Q4_K 64t + c; Q6_K 128(t // 2) + 16(t % 2) + 32(c // 16) + c % 16
+    axes: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "xs_axes")
+    r = gl.expand_dims(gl.arange(0, BLOCK_M * 4, layout=axes[0]), 1)
+    c = gl.expand_dims(gl.arange(0, 64, layout=axes[1]), 0)
+    m = gl.minimum((r // 32) * 8 + (r % 32) // 4, M - 1)
+    t = r % 4
+    if FMT == "q4_k":
+        k = t * 64 + c
+    else:
+        k = (t // 2) * 128 + (t % 2) * 16 + (c // 16) * 32 + c % 16
+    return x_ptr + m * K + k
 
 
 @gluon.jit
@@ -387,7 +431,7 @@ def _decode(w, offs, DT: gl.constexpr, FMT: gl.constexpr):
 def _w4a16_sync_kernel(
     x_ptr, p0, p1, p2, p3, bias_ptr, out_ptr, M, N, K, stride_8, stride_16, BLOCKS_PER_SPLIT,
     FMT: gl.constexpr, BLOCK_M: gl.constexpr, W: gl.constexpr, R: gl.constexpr, SPLIT: gl.constexpr,
-    HAS_BIAS: gl.constexpr, PREFETCH: gl.constexpr,
+    HAS_BIAS: gl.constexpr, PREFETCH: gl.constexpr, XSTAGES: gl.constexpr,
 ):  # fmt: skip
     # Q4_K: p0, p1, p2 = qs int32 [N, K/8], sm int32 [N, K/64], dm int32 [N, K/256] (p3 unread);
     # Q6_K: ql int32 [N, K/8], qh int32 [N, K/16], sc int32 [N, K/64], d fp16 [N, K/256].
@@ -397,14 +441,13 @@ def _w4a16_sync_kernel(
     pid_n = gl.program_id(0)
     pid_k = gl.program_id(1)
     if FMT == "q4_k":
-        row, t, wi, x_row, xt, xr, xi = _offsets(pid_n, M, K, FMT, W, R, BLOCK_M, 8, 2, 32)
-        # lane t: qs bytes 32t.. of the block, its scale word, (d, dmin); x: k 64t + 32n + i
+        row, t, wi = _offsets(pid_n, FMT, W, R, BLOCK_M, 8)
+        # lane t: qs bytes 32t.. of the block, its scale word, (d, dmin)
         offs = (row * stride_8 + t * 8 + wi, row * (K // 64) + t, row * (K // 256))
-        x_off = x_row + xt * 64 + xr * 32 + xi
     else:
-        row, t, wi, x_row, xt, xr, xi = _offsets(pid_n, M, K, FMT, W, R, BLOCK_M, 4, 4, 16)
+        row, t, wi = _offsets(pid_n, FMT, W, R, BLOCK_M, 4)
         # lane t: ql words of the block (the other half: + 8), qh words, scale words 2(t // 2) and
-        # + 1, d, and the bit of its scale bytes 8(t % 2); x: k 128(t // 2) + 32r + 16(t % 2) + i
+        # + 1, d, and the bit of its scale bytes 8(t % 2)
         offs = (
             row * stride_8 + (t // 2) * 16 + (t % 2) * 4 + wi,
             row * stride_16 + (t // 2) * 8 + (t % 2) * 4 + wi,
@@ -412,16 +455,34 @@ def _w4a16_sync_kernel(
             row * (K // 256),
             (t % 2) * 8,
         )
-        x_off = x_row + (xt // 2) * 128 + (xt % 2) * 16 + xr * 32 + xi
+    x_shape: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "x_shape")
     acc = gl.zeros([ROWS, BLOCK_M], gl.float32, mma)
     b0 = pid_k * BLOCKS_PER_SPLIT
     last = b0 + BLOCKS_PER_SPLIT - 1
+    if XSTAGES == 0:
+        x_off = _x_offsets(M, K, FMT, W, R, BLOCK_M)
+    else:  # a ring of XSTAGES tiles of x in shared memory, filled by cp.async XSTAGES - 1 blocks ahead
+        xs = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [XSTAGES, BLOCK_M * 4, 64],
+                                       _layout(FMT, W, R, BLOCK_M, "xs_shared"))  # fmt: skip
+        x_src = _x_source(x_ptr, M, K, FMT, W, R, BLOCK_M)
+        for s in gl.static_range(XSTAGES - 1):
+            _cp_async(xs.index(s), x_src + gl.minimum(b0 + s, last) * 256)
+            async_copy.commit_group()
     cur = _block(p0, p1, p2, p3, offs, b0, FMT)
     nxt = _block(p0, p1, p2, p3, offs, gl.minimum(b0 + 1, last), FMT)  # (PREFETCH 2)
     for blk in range(b0, b0 + BLOCKS_PER_SPLIT):
+        i = blk - b0
+        if XSTAGES > 0:
+            _cp_async(xs.index((i + XSTAGES - 1) % XSTAGES), x_src + gl.minimum(blk + XSTAGES - 1, last) * 256)
+            async_copy.commit_group()
         # the block PREFETCH on flies while this one is decoded
         ahead = _block(p0, p1, p2, p3, offs, gl.minimum(blk + PREFETCH, last), FMT)
-        xv = gl.load(x_ptr + x_off + blk * 256)
+        if XSTAGES == 0:
+            xv = gl.load(x_ptr + x_off + blk * 256)
+        else:
+            async_copy.wait_group(XSTAGES - 1)  # this block's tile has landed (a barrier follows)
+            xv = xs.index(i % XSTAGES).load(_layout(FMT, W, R, BLOCK_M, "xs_lane"))
+            xv = gl.reshape(xv, [x_shape[0], x_shape[1], x_shape[2], x_shape[3], x_shape[4]])
         a, b = _tiles(_decode(cur, offs, x_ptr.dtype.element_ty, FMT), xv, FMT, W, R, BLOCK_M)
         acc = mma_v2(a, b, acc)
         if PREFETCH == 2:
@@ -446,17 +507,23 @@ class SyncConfig:
     """A program: num_warps warps of reps 16-row tiles each; K split `split` ways (partials summed by
     splitk_reduce); prefetch: the block whose words are loaded while one is decoded is 1 or 2 on
     (2: more bytes in flight a warp, more registers); maxnreg: a register cap per thread (None:
-    ptxas's choice)."""
+    ptxas's choice); xstages: 0, x loaded from global memory by each lane (measured), or 2..8, x's
+    tiles through a cp.async ring of that many in shared memory (not yet run on a GPU)."""
 
     num_warps: int = 4
     reps: int = 1
     split: int = 1
     maxnreg: int | None = None
     prefetch: int = 1
+    xstages: int = 0
 
     def __post_init__(self):
         if self.prefetch not in (1, 2):
             raise ValueError(f"w4a16_sync: prefetch is 1 or 2 blocks on, got {self.prefetch}")
+        if self.xstages != 0 and not 2 <= self.xstages <= 8:
+            raise ValueError(
+                f"w4a16_sync: xstages is 0 (x from global memory) or 2..8 tiles in shared memory, got {self.xstages}"
+            )
 
 
 def default_config(M: int, N: int, K: int, fmt: str, sms: int) -> SyncConfig:
@@ -495,7 +562,7 @@ def w4a16_sync(x: torch.Tensor, planes, bias: torch.Tensor | None, fmt: str, con
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     dst = torch.empty((c.split, M, N), dtype=torch.float32, device=x.device) if c.split > 1 else out
     opts = dict(BLOCK_M=block_m, W=c.num_warps, R=c.reps, SPLIT=c.split > 1, HAS_BIAS=bias is not None,
-                PREFETCH=c.prefetch, num_warps=c.num_warps)  # fmt: skip
+                PREFETCH=c.prefetch, XSTAGES=c.xstages, num_warps=c.num_warps)  # fmt: skip
     if c.maxnreg:
         opts["maxnreg"] = c.maxnreg
     grid = (N // (16 * c.num_warps * c.reps), c.split)

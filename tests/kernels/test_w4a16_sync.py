@@ -70,6 +70,10 @@ def test_refuses_what_it_cannot_take():
     with pytest.raises(ValueError, match="prefetch is 1 or 2"):
         cfg = sync.SyncConfig(prefetch=3)
         sync.w4a16_sync(torch.randn(2, 512).bfloat16(), random_planes("q4_k", 64, 512), None, "q4_k", cfg)
+    for xstages in (1, 9):  # a ring of one tile would overwrite the tile being read
+        with pytest.raises(ValueError, match="xstages is 0"):
+            sync.SyncConfig(xstages=xstages)
+    assert sync.SyncConfig().xstages == 0 and sync.SyncConfig(xstages=2).xstages == 2
 
 
 def test_default_config_splits_k_for_few_rows():
@@ -106,13 +110,15 @@ def test_kernel_matches_its_reference_cuda(M, N, K, warps, reps, dt, fmt):
     planes = random_planes(fmt, N, K, "cuda", seed=M)
     x = torch.randn(M, K, device="cuda").to(dt)
     want = sync.reference(x, planes, fmt, warps, reps)
-    for split, prefetch in ((1, 1), (2, 1), (4, 1), (1, 2), (2, 2)):
+    runs = [(1, 1, 0), (2, 1, 0), (4, 1, 0), (1, 2, 0), (2, 2, 0), (1, 1, 2), (2, 1, 3), (4, 2, 4)]  # x's ring last
+    for split, prefetch, xstages in runs:
         if (K // 256) % split:
             continue
-        got = sync.w4a16_sync(x, planes, None, fmt, sync.SyncConfig(warps, reps, split, prefetch=prefetch))
+        cfg = sync.SyncConfig(warps, reps, split, prefetch=prefetch, xstages=xstages)
+        got = sync.w4a16_sync(x, planes, None, fmt, cfg)
         assert got.dtype == dt and got.shape == (M, N)
         err = rel_err(got, want)
-        assert err < (2e-3 if dt == torch.bfloat16 else 3e-4), (split, prefetch, err)
+        assert err < (2e-3 if dt == torch.bfloat16 else 3e-4), (split, prefetch, xstages, err)
 
 
 @pytest.mark.gpu
