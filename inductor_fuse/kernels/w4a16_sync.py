@@ -250,9 +250,19 @@ def _offsets(pid_n, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, BLOCK_M
 
 
 @gluon.jit
+def _lane_k(t, c, FMT: gl.constexpr):
+    # the k (in a block) of value c (0..63) of lane t's x: Q4_K 64t + c (sub-blocks 2t, 2t + 1);
+    # Q6_K 128(t // 2) + 16(t % 2) + 32(c // 16) + c % 16 (one 16-group of each of four sub-blocks)
+    if FMT == "q4_k":
+        return t * 64 + c
+    else:
+        return (t // 2) * 128 + (t % 2) * 16 + (c // 16) * 32 + c % 16
+
+
+@gluon.jit
 def _x_offsets(M, K, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, BLOCK_M: gl.constexpr):
     # x's offsets [NT, 8, 4, runs, run] of block 0 that each lane loads itself (xstages 0): row
-    # 8 nt + g (past M: M - 1), k as in _x_source
+    # 8 nt + g (past M: M - 1), value run * RUN + i of lane t
     NT: gl.constexpr = BLOCK_M // 8
     axes: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "x_axes")
     shape: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "x_shape")
@@ -263,29 +273,19 @@ def _x_offsets(M, K, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, BLOCK_
     a4: gl.constexpr = axes[4]
     m = gl.minimum(_idx(NT, a0, (1, 2, 3, 4)) * 8 + _idx(8, a1, (0, 2, 3, 4)), M - 1)
     t = _idx(4, a2, (0, 1, 3, 4))
-    r = _idx(shape[3], a3, (0, 1, 2, 4))
-    i = _idx(shape[4], a4, (0, 1, 2, 3))
-    if FMT == "q4_k":
-        k = t * 64 + r * 32 + i
-    else:
-        k = (t // 2) * 128 + (t % 2) * 16 + r * 32 + i
-    return m * K + k
+    c = _idx(shape[3], a3, (0, 1, 2, 4)) * shape[4] + _idx(shape[4], a4, (0, 1, 2, 3))
+    return m * K + _lane_k(t, c, FMT)
 
 
 @gluon.jit
 def _x_source(x_ptr, M, K, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, BLOCK_M: gl.constexpr):
-    # the addresses of block 0's x tile [32 NT, 64] (rows of x past M read row M - 1). Lane t's k:
-    # Q4_K 64t + c; Q6_K 128(t // 2) + 16(t % 2) + 32(c // 16) + c % 16
+    # the addresses of block 0's x tile [32 NT, 64]: row 32 nt + 4g + t holds lane 4g + t's values
+    # of x's row 8 nt + g (past M: M - 1)
     axes: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "xs_axes")
     r = gl.expand_dims(gl.arange(0, BLOCK_M * 4, layout=axes[0]), 1)
     c = gl.expand_dims(gl.arange(0, 64, layout=axes[1]), 0)
     m = gl.minimum((r // 32) * 8 + (r % 32) // 4, M - 1)
-    t = r % 4
-    if FMT == "q4_k":
-        k = t * 64 + c
-    else:
-        k = (t // 2) * 128 + (t % 2) * 16 + (c // 16) * 32 + c % 16
-    return x_ptr + m * K + k
+    return x_ptr + m * K + _lane_k(r % 4, c, FMT)
 
 
 @gluon.jit

@@ -104,5 +104,5 @@ def test_w4a16_sync_operands_reach_the_mma_without_moving(fmt, M, prefetch, xsta
         assert mix["LDG"] == weights, mix
         assert mix["LDGSTS"] == 2 * (M // 8) and mix["BAR"] == 2 and mix["DEPBAR"] == 1, mix
         assert r["lds128"] == 8 * (M // 8), mix
-    if fmt == "q4_k":  # 2 per word, in the asm: no bytes repacked (triton 3.9, x's ring: one more)
-        assert 32 <= mix["PRMT"] <= 33, mix
+    if fmt == "q4_k":  # 2 per word, in the asm: no bytes repacked (with x's ring, triton 3.9: one more)
+        assert mix["PRMT"] == 32 or (xstages and mix["PRMT"] == 33), mix
