@@ -25,7 +25,8 @@ position c, the host reading each token as a streaming generator does (`models.g
 step behind the device). The cache then holds c positions of zeros before the new tokens: speed
 depends on how much is read, not on the values. The KV cache is sized for the largest context,
 so a stock system reads all of it at every context. compile_s is the first generation's time
-(compile + CUDA-graph recording). Every timing is the median of --repeats runs after a warm-up;
+(compile + CUDA-graph recording), rules_s inductor_fuse's rule passes within it (the reports'
+"rules/" seconds). Every timing is the median of --repeats runs after a warm-up;
 min and max are kept.
 
 Writes `<date>-decode.json` (a list of rows: model, system, device, context, prefill_tok_s,
@@ -57,6 +58,7 @@ from inductor_fuse.gguf import load_gguf  # noqa: E402
 from inductor_fuse.models.generate import compile_prefill, decode_one_token, generate, prefill  # noqa: E402
 from inductor_fuse.options import FuseOptions  # noqa: E402
 from inductor_fuse.quant import QuantizedLinear  # noqa: E402
+from inductor_fuse.report import all_reports  # noqa: E402
 
 MODELS = ("gemma3-270m-q4_k_m", "llama3-1b-q4_k_m", "llama3-8b-q4_k_m")  # the default run
 # also accepted: any synthetic <shape>-<mix> (synthetic_gguf.SHAPES x MIXES), e.g. llama3-8b-q4_k_s,
@@ -176,8 +178,11 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
         prompt_fns = {"graphs": compile_prefill("inductor", mode=mode), "compiled": compile_prefill("inductor")}
     prompt_fns["eager"] = prefill
     t0 = time.perf_counter()
+    n_reports = len(all_reports())
     timed_generate(model, step, args.contexts[0], 4)
     compile_s = time.perf_counter() - t0
+    # inductor_fuse's own share of compile_s: its rule passes, summed over the graphs just compiled
+    rules_s = sum(v for r in all_reports()[n_reports:] for k, v in r.seconds.items() if k.startswith("rules/"))
 
     tokens = torch.randint(2, min(1000, model.args.vocab_size), (1, args.prompt), device=args.device)
     by_mode, prefill_compile_s = {}, None
@@ -228,6 +233,7 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
                 "decode_tokens": args.tokens,
                 "repeats": args.repeats,
                 "compile_s": compile_s,
+                "rules_s": rules_s if system == "inductor_fuse" else None,
                 "load_s": load_s,
                 "kv_buffer": buffer,
                 "torch": env["torch"],

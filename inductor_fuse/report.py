@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 import traceback
 from collections.abc import Iterator
 
@@ -71,6 +72,13 @@ class FusionReport:
     skipped: list[Skip] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     failures: list[Failure] = dataclasses.field(default_factory=list)
+    # Seconds spent, summed over this graph's compile: "rules/<family>" per rule family that ran
+    # (a rerun after another family failed included), "compile" for the whole backend compile of
+    # the graph (Inductor's lowering and code generation included).
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def add_seconds(self, key: str, seconds: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
 
     @property
     def counts(self) -> dict[str, int]:
@@ -105,6 +113,14 @@ class FusionReport:
         lines += [f"  skipped {s.family} [{', '.join(s.nodes)}]: {s.reason}" for s in self.skipped]
         lines += [f"  FAILED {f.family} at {f.where}: {f.error}" for f in self.failures]
         lines += [f"  note: {n}" for n in self.notes]
+        if self.seconds:
+            rules = {k.removeprefix("rules/"): v for k, v in self.seconds.items() if k.startswith("rules/")}
+            line = f"  time: rules {sum(rules.values()):.2f} s"
+            if rules:
+                line += " (" + ", ".join(f"{k} {v:.2f}" for k, v in rules.items()) + ")"
+            if "compile" in self.seconds:
+                line += f" of a {self.seconds['compile']:.2f} s compile"
+            lines.append(line)
         return "\n".join(lines)
 
 
@@ -147,11 +163,14 @@ def discarding() -> Iterator[FusionReport]:
 
 
 @contextlib.contextmanager
-def collecting() -> Iterator[FusionReport]:
+def collecting(start: float | None = None) -> Iterator[FusionReport]:
     """Collect the rewrites of one compilation into a new report, then publish it (not when the
-    compilation raised: e.g. Dynamo's request to trace again, whose retry reports itself)."""
+    compilation raised: e.g. Dynamo's request to trace again, whose retry reports itself). With
+    ``start`` (a ``time.perf_counter()`` value), the time from it to the end goes in as "compile"."""
     with discarding() as report:
         yield report
+    if start is not None:
+        report.add_seconds("compile", time.perf_counter() - start)
     _history.append(report)
     log.info("%s", report.summary())
     log.debug("%s", report)

@@ -132,6 +132,33 @@ def test_report_history_and_totals():
     assert "rewrite siblings (q_proj,k_proj,v_proj)" in text and "skipped siblings" in text
 
 
+def test_report_times_each_family_and_the_compile(monkeypatch):
+    # a family that takes a known time shows it; a family switched off is not timed
+    import dataclasses
+    import time
+
+    from inductor_fuse.patterns import registry
+
+    siblings = registry._REGISTRY["siblings"]
+
+    def slow_siblings(graph):
+        time.sleep(0.3)
+        return siblings.run(graph)
+
+    monkeypatch.setitem(registry._REGISTRY, "siblings", dataclasses.replace(siblings, run=slow_siblings))
+    model = TinyLlama(n_layers=1).eval()
+    with torch.no_grad():
+        torch.compile(model, backend="inductor_fuse", options={"conv1d": False})(torch.randn(1, 3, 64))
+    rep = inductor_fuse.last_report()
+    want = {f"rules/{f}" for f in registry.family_names() if f != "conv1d"} | {"rules/graph copy", "compile"}
+    assert set(rep.seconds) == want, rep.seconds
+    assert 0.3 <= rep.seconds["rules/siblings"] < 0.3 + 5
+    rules = sum(v for k, v in rep.seconds.items() if k.startswith("rules/"))
+    assert rules < rep.seconds["compile"]
+    assert rep.counts["siblings"] == 1  # the wrapped rule still ran
+    assert f"time: rules {rules:.2f} s (" in str(rep) and "siblings 0.3" in str(rep)
+
+
 def test_a_cpu_graph_prepares_the_cpp_toolchain_on_a_thread(monkeypatch):
     # Inductor's check of the C++ compiler's SIMD ISAs (dry compiles, ~5 s cold) and the build of
     # its kernels' precompiled header (~6 s cold) start on a thread when the backend meets a CPU
