@@ -12,10 +12,12 @@ math op) with different signatures; the rule binds each to its schema. It matche
 - the query has at most MAX_QUERY_ROWS rows (decode, speculative drafts: prefill keeps the stock
   path) and the keys at least as many positions;
 - there is a mask and it is boolean, or the additive ``where(mask, 0, -inf)`` that SDPA makes of a
-  boolean one (-65504 in place of -inf on CUDA: MASKED_OUT): the mask says which positions are
-  live, so the kernel skips every cache tile whose mask is all False (the unwritten tail of the
-  cache, positions outside a sliding window). A float bias of unknown origin does not say that:
-  the report says so and the stock path runs;
+  boolean one (-65504 in place of -inf on CUDA, in float16 / bfloat16: MASKED_OUT, where rows that
+  attend nowhere are made to attend everywhere, as SDPA's finite fill does): the mask says which
+  positions are live, so the kernel skips every cache tile whose mask is all False (the unwritten
+  tail of the cache, positions outside a sliding window). A float bias of unknown origin does not
+  say that, nor does a finite fill below -65536 (finfo.min): the report says so and the stock path
+  runs;
 - no dropout, not ``is_causal`` (a causal flag over a cache aligns to the wrong corner), only the
   attention output is used (no log-sum-exp for a backward).
 K and V are taken from before a ``repeat_kv`` (unsqueeze, expand, clone, view: how a model without
@@ -75,8 +77,17 @@ def _strip_repeat_kv(node: fx.Node) -> fx.Node:
 
 # What SDPA fills a boolean mask's False positions with: -inf, or -65504 (the float16 minimum;
 # -65536 in bfloat16) where the CUDA backends convert it (cuDNN attention). Added to a score, either
-# leaves a weight of exp(-65504) = 0 in float32: the position is not read.
+# leaves a weight of exp(-65504) = 0 in float32: the position is not read -- in a row that attends
+# somewhere. In a row that attends nowhere the two differ: with -inf SDPA's answer is 0 (or NaN,
+# by backend), the op's 0; with a finite fill every score is shifted alike, so SDPA's answer is the
+# softmax over the whole buffer. For a finite fill the rule therefore hands the op the mask with
+# such rows made all True (`_attend_everywhere`): the same softmax, up to the rounding of the fill's
+# addition to a score (2^-8 at 65536), which only a half-precision graph, whose output rounds
+# coarser, can take. A finite fill below -65536 (finfo.min, -1e9) swallows the scores too, so SDPA
+# gives such a row the plain mean of V: no mask says that; the stock path runs.
 MASKED_OUT = -65504.0
+LOWEST_FINITE_FILL = -65536.0
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _full_value(node: object) -> float | None:
@@ -86,25 +97,46 @@ def _full_value(node: object) -> float | None:
     return None
 
 
-def _bool_mask(mask: fx.Node | None) -> tuple[fx.Node | None, str | None]:
-    """The boolean mask behind SDPA's mask argument, or (None, why not)."""
+def _bool_mask(mask: fx.Node | None, dtype: torch.dtype) -> tuple[fx.Node | None, bool, str | None]:
+    """The boolean mask behind SDPA's mask argument, whether SDPA fills its False positions with a
+    finite value (MASKED_OUT's comment), or (None, False, why not). ``dtype``: the query's."""
     if mask is None:
-        return None, "no mask: the live part of the cache cannot be told"
+        return None, False, "no mask: the live part of the cache cannot be told"
     # look through broadcasts: the op takes [1|B, 1|Hq, S, T]
     while mask.target is aten.expand.default:
         mask = mask.args[0]
     if val(mask).dtype == torch.bool:
-        return mask, None
+        return mask, False, None
     if mask.target is aten.where.self:
         cond, a, b = mask.args
-        fill = _full_value(b)  # <= MASKED_OUT: -inf included
+        fill = _full_value(b)
         if _full_value(a) == 0.0 and fill is not None and fill <= MASKED_OUT and val(cond).dtype == torch.bool:
             while cond.target is aten.expand.default:
                 cond = cond.args[0]
-            return cond, None
-    return None, (
+            if fill == -math.inf:
+                return cond, False, None
+            why = None
+            if fill < LOWEST_FINITE_FILL:
+                why = "a row that attends nowhere would average V over the whole buffer, which the kernel does not give"
+            elif dtype not in HALF_DTYPES:
+                why = (
+                    f"in {str(dtype).removeprefix('torch.')}, a row that attends nowhere would show the rounding of "
+                    "the fill's addition to its scores (only a half-precision graph can take it)"
+                )
+            if why is None:
+                return cond, True, None
+            return None, False, f"the mask {mask.name} fills with {fill:g}, not -inf: {why}"
+    why = (
         f"the mask {mask.name} is a float bias, not where(bool, 0, -inf or <= -65504): the live positions are not known"
     )
+    return None, False, why
+
+
+def _attend_everywhere(graph: fx.Graph, mask: fx.Node) -> fx.Node:
+    """``mask | ~mask.any(-1)``: rows that attend nowhere made to attend everywhere (inserted at the
+    graph's insertion point), what SDPA does with a finite fill."""
+    nowhere = call(graph, aten.logical_not.default, call(graph, aten.any.dim, mask, -1, True))
+    return call(graph, aten.logical_or.default, mask, nowhere)
 
 
 def _why_not(node: fx.Node, a: dict) -> str | None:
@@ -145,9 +177,9 @@ def fuse_decode_attention(graph: fx.Graph) -> int:
         bound = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
         a = dict(bound.kwargs)
         why = _why_not(node, a)
-        mask = None
+        mask, finite_fill = None, False
         if why is None:
-            mask, why = _bool_mask(a.get(_SDPA[node.target]))
+            mask, finite_fill, why = _bool_mask(a.get(_SDPA[node.target]), val(a["query"]).dtype)
         if why is None:
             q = a["query"]
             k, v = _strip_repeat_kv(a["key"]), _strip_repeat_kv(a["value"])
@@ -162,6 +194,8 @@ def fuse_decode_attention(graph: fx.Graph) -> int:
             continue
         scale = a.get("scale") or 1.0 / math.sqrt(val(q).shape[-1])
         with graph.inserting_before(node):
+            if finite_fill:
+                mask = _attend_everywhere(graph, mask)
             out = call(graph, torch.ops.inductor_fuse.decode_attention.default, q, k, v, mask, float(scale), 0.0)
         if node.target is aten.scaled_dot_product_attention.default:
             node.replace_all_uses_with(out)
@@ -172,6 +206,8 @@ def fuse_decode_attention(graph: fx.Graph) -> int:
         graph.erase_node(node)
         qs, ks = list(val(q).shape), list(val(k).shape)
         detail = f"q{qs} over k{ks} {str(val(q).dtype).removeprefix('torch.')}, mask {list(val(mask).shape)}"
+        if finite_fill:
+            detail += " (finite fill: a row that attends nowhere attends everywhere, as in SDPA)"
         record_rewrite(FAMILY, node, detail)
         rewrites += 1
     return rewrites

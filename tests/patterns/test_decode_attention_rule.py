@@ -71,22 +71,25 @@ def test_the_option_turns_it_off():
 class _Attend(nn.Module):
     """One SDPA call over a cache buffer, with the mask given as `kind`."""
 
-    def __init__(self, kind: str, T: int = 64, hq: int = 4, hkv: int = 2, d: int = 16):
+    def __init__(self, kind: str, T: int = 64, hq: int = 4, hkv: int = 2, d: int = 16, dtype=torch.float32):
         super().__init__()
         self.kind = kind
         g = torch.Generator().manual_seed(6)
-        self.register_buffer("k", torch.randn(1, hkv, T, d, generator=g))
-        self.register_buffer("v", torch.randn(1, hkv, T, d, generator=g))
+        self.register_buffer("k", torch.randn(1, hkv, T, d, generator=g).to(dtype))
+        self.register_buffer("v", torch.randn(1, hkv, T, d, generator=g).to(dtype))
         self.rep = hq // hkv
 
     def forward(self, q, live):
-        mask = (torch.arange(self.k.shape[2]) < live)[None, None, None]  # [1, 1, 1, T] bool
+        # [1, 1, 1, T] bool; live [S], one length per query row: [1, 1, S, T]
+        mask = (torch.arange(self.k.shape[2]) < (live[:, None] if live.dim() else live))[None, None]
+        mask = mask if live.dim() else mask[None]
         k, v = self.k, self.v
         if self.kind == "float bias":
             bias = torch.zeros(mask.shape).masked_fill(~mask, -1e4)  # finite: not where(mask, 0, -inf)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
-        if self.kind == "cuda bias":  # what SDPA's CUDA backends make of a boolean mask
-            bias = torch.where(mask, 0.0, -65504.0)
+        fill = {"cuda bias": -65504.0, "-inf": float("-inf"), "finfo.min": torch.finfo(q.dtype).min}
+        if self.kind in fill:  # "cuda bias": what SDPA's CUDA backends make of a boolean mask
+            bias = torch.where(mask, torch.zeros((), dtype=q.dtype), torch.full((), fill[self.kind], dtype=q.dtype))
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
         if self.kind == "repeat_kv":  # how models without native GQA hand SDPA their cache
             k = k[:, :, None].expand(-1, -1, self.rep, -1, -1).reshape(1, -1, *k.shape[2:])
@@ -98,29 +101,68 @@ class _Attend(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "kind, fires, reason",
+    "kind, dtype, fires, reason",
     [
-        ("bool", True, None),
-        ("repeat_kv", True, None),
-        ("cuda bias", True, None),
-        ("float bias", False, "float bias"),
-        ("no mask", False, "no mask"),
+        ("bool", torch.float32, True, None),
+        ("repeat_kv", torch.float32, True, None),
+        ("-inf", torch.float32, True, None),
+        ("cuda bias", torch.bfloat16, True, None),
+        ("cuda bias", torch.float32, False, "only a half-precision graph can take it"),
+        ("finfo.min", torch.bfloat16, False, "average V over the whole buffer"),
+        ("float bias", torch.float32, False, "float bias"),
+        ("no mask", torch.float32, False, "no mask"),
     ],
 )
-def test_which_masks_say_what_is_live(kind, fires, reason):
-    model = _Attend(kind).eval()
-    q = torch.randn(1, 4, 1, 16, generator=torch.Generator().manual_seed(7))
+def test_which_masks_say_what_is_live(kind, dtype, fires, reason):
+    model = _Attend(kind, dtype=dtype).eval()
+    q = torch.randn(1, 4, 1, 16, generator=torch.Generator().manual_seed(7)).to(dtype)
     live = torch.tensor(37)
     with torch.no_grad():
         ref = model(q, live)
         got = torch.compile(model, backend="inductor_fuse")(q, live)
-    assert rel_err(got, ref) < 1e-5
+    assert rel_err(got, ref) < (1e-5 if dtype == torch.float32 else 1e-2)
     rep = inductor_fuse.last_report()
     assert rep.counts[FAMILY] == int(fires), str(rep)
     if fires:
         assert "over k[1, 2, 64, 16]" in rep.rewrites[0].detail  # the KV heads before repeat_kv
     else:
         assert any(s.family == FAMILY and reason in s.reason for s in rep.skipped), str(rep)
+
+
+@pytest.mark.parametrize(
+    "kind, dtype, fires",
+    [
+        ("bool", torch.float32, True),
+        ("-inf", torch.float32, True),
+        ("cuda bias", torch.bfloat16, True),
+        ("finfo.min", torch.float32, False),
+        ("finfo.min", torch.bfloat16, False),
+    ],
+)
+def test_a_row_that_attends_nowhere_gets_what_sdpa_gives(kind, dtype, fires):
+    """Query rows 0 and 2 of 3 see no live position (a left-padded prompt's padding rows). SDPA gives
+    such a row 0 with a boolean mask or a -inf fill (this torch's CPU backend; the op's definition),
+    with a finite fill the softmax over the whole buffer (-65504, the CUDA backends' fill: the
+    rule makes the row attend everywhere) or, when the fill swallows the scores (finfo.min), the mean
+    of V (the rule does not fire). Either way the compiled model gives what eager gives."""
+    model = _Attend(kind, dtype=dtype).eval()
+    q = torch.randn(1, 4, 3, 16, generator=torch.Generator().manual_seed(7)).to(dtype)
+    live = torch.tensor([0, 37, 0])
+
+    def attend(q, live):  # a frame of its own: _Attend.forward's compiles stay under the recompile limit
+        return model(q, live)
+
+    with torch.no_grad():
+        ref = model(q, live)
+        got = torch.compile(attend, backend="inductor_fuse")(q, live)
+    assert torch.isfinite(ref).all() and torch.isfinite(got).all()
+    if kind in ("bool", "-inf"):
+        assert ref[:, :, 0].abs().max() == 0 and ref[:, :, 2].abs().max() == 0
+    else:
+        assert ref[:, :, 0].abs().max() > 0.01  # not zeros: the case this test is about
+    for row in range(3):
+        assert rel_err(got[:, :, row], ref[:, :, row]) < (1e-5 if dtype == torch.float32 else 1e-2), row
+    assert inductor_fuse.last_report().counts[FAMILY] == int(fires), str(inductor_fuse.last_report())
 
 
 def test_transformers_static_cache():
