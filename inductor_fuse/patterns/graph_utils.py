@@ -28,6 +28,9 @@ qlinear = torch.ops.inductor_fuse.qlinear.default
 
 # ops that only change how a weight is viewed: weight-ness flows through them
 LAYOUT_OPS = (aten.permute.default, aten.t.default, aten.reshape.default, aten.view.default)
+# casts of a weight (autocast casts every float32 weight to its dtype before the matmul): a cast of
+# a frozen constant is one too once freezing has folded it
+CAST_OPS = (prims.convert_element_type.default, aten._to_copy.default)
 
 
 class Linear(NamedTuple):
@@ -128,8 +131,9 @@ def views_to_reshapes(node: fx.Node) -> int:
 
 
 def weight_root(node: fx.Node) -> fx.Node:
-    """The node a weight expression is a view of (through permute / t / reshape / view)."""
-    while node.op == "call_function" and node.target in LAYOUT_OPS:
+    """The node a weight expression is a view or a cast of (through permute / t / reshape / view,
+    dtype conversions)."""
+    while node.op == "call_function" and node.target in LAYOUT_OPS + CAST_OPS:
         node = node.args[0]
     return node
 
