@@ -25,7 +25,14 @@ import torch
 
 import inductor_fuse
 from inductor_fuse.gguf import GGUFLoadError, load_gguf
-from inductor_fuse.models.generate import compile_prefill, decode_one_token, generate, prefill, prefill_steps
+from inductor_fuse.models.generate import (
+    check_sampling,
+    compile_prefill,
+    decode_one_token,
+    generate,
+    prefill,
+    prefill_steps,
+)
 
 BACKENDS = ("inductor_fuse", "inductor", "eager")
 DEFAULT_PROMPT = "The capital of France is"
@@ -45,7 +52,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="activation dtype (default: bfloat16 on cuda, float32 on cpu)",
     )
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="sample from the smallest set of most likely tokens whose probability reaches p (nucleus)",
+    )
     p.add_argument(
         "--max-seq-len",
         type=int,
@@ -75,6 +88,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--device cuda: no CUDA device here (use --device cpu)")
     if args.max_new_tokens < 1:
         p.error("--max-new-tokens must be at least 1")
+    if args.max_seq_len is not None and args.max_seq_len < 1:
+        p.error("--max-seq-len must be at least 1")
+    try:
+        check_sampling(args.temperature, args.top_k, args.top_p)
+    except ValueError as e:
+        p.error(str(e).replace("top_k", "--top-k").replace("top_p", "--top-p").replace("temperature", "--temperature"))
     return args
 
 
@@ -131,7 +150,7 @@ def prefill_fn(backend: str, device: str, how: str, step):
     return compile_prefill(backend, mode=mode)
 
 
-def no_prefill(model, tokens, input_pos, temperature=0.0, top_k=None):
+def no_prefill(model, tokens, input_pos, temperature=0.0, top_k=None, top_p=None):
     """The warm-up's prefill: the prompt's last token, the model not run. Compiling the decode step
     needs a token, not the prompt's KV cache (its tokens are thrown away), and on CPU the eager
     prefill dequantizes every weight (~0.4 s). Contiguous, as `prefill`'s: the compiled step guards
@@ -157,7 +176,14 @@ def main(argv=None) -> dict:
     except GGUFLoadError as e:  # the message names the file and the cause: one line, no traceback
         sys.exit(f"error: {e}")
     prompt = tokenizer.encode(args.prompt)
+    if not prompt:
+        sys.exit("error: the prompt is empty and this vocabulary adds no BOS token: give a --prompt")
     need = len(prompt) + args.max_new_tokens
+    if args.max_seq_len is not None and args.max_seq_len < need - 1:  # (the last new token needs no position)
+        sys.exit(
+            f"error: --max-seq-len {args.max_seq_len} cannot hold the prompt ({len(prompt)} tokens) and "
+            f"--max-new-tokens {args.max_new_tokens}: give --max-seq-len {need - 1} or more, or fewer tokens"
+        )
     max_seq_len = args.max_seq_len or -(-need // 256) * 256
     if max_seq_len != model.max_seq_len:
         model.setup_caches(1, max_seq_len)
@@ -173,6 +199,8 @@ def main(argv=None) -> dict:
     args.prefill = "eager" if args.backend == "eager" else resolve_prefill(args.prefill, args.device, len(prompt))
     run_prompt = prefill_fn(args.backend, args.device, args.prefill, step)
     sampling = dict(temperature=args.temperature, top_k=args.top_k)
+    if args.top_p is not None:
+        sampling["top_p"] = args.top_p
 
     # Warm-up: compiles the decode step (and records its CUDA graph), and a compiled prefill,
     # before anything is timed. An eager prefill is skipped (on CPU it dequantizes every weight), and
@@ -184,7 +212,12 @@ def main(argv=None) -> dict:
         prompt_t = torch.tensor([prompt], device=args.device)  # shape warms up, the second records
         run_prompt(model, prompt_t, torch.arange(len(prompt), device=args.device), **sampling)
     generate(
-        model, prompt, min(warmup_tokens, args.max_new_tokens) + 1, decode_fn=step, prefill_fn=warm_prompt, **sampling
+        model,
+        prompt,
+        min(min(warmup_tokens, args.max_new_tokens) + 1, max_seq_len - len(prompt) + 1),  # as far as the cache holds
+        decode_fn=step,
+        prefill_fn=warm_prompt,
+        **sampling,
     )
     sync(args.device)
     warmup_s = time.perf_counter() - t0

@@ -73,3 +73,43 @@ def test_auto_prefill_steps_short_prompts_on_cuda_only():
     assert example.resolve_prefill("auto", "cpu", 6) == "eager"
     assert example.resolve_prefill("compiled", "cuda", 6) == "compiled"
     assert example.parse_args(["--device", "cpu"]).prefill == "auto"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--temperature", "nan"], "--temperature must be >= 0"),
+        (["--temperature", "-1"], "--temperature must be >= 0"),
+        (["--top-k", "0"], "--top-k must be >= 1"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--max-seq-len", "0"], "--max-seq-len must be at least 1"),
+    ],
+)
+def test_meaningless_options_are_refused_before_anything_loads(argv, message, capsys):
+    spec = importlib.util.spec_from_file_location("decode_example", DECODE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    with pytest.raises(SystemExit):
+        example.parse_args(["--device", "cpu", *argv])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arch, argv, message",
+    [
+        ("llama", ["--max-seq-len", "4", "--max-new-tokens", "8"], "--max-seq-len 4 cannot hold the prompt"),
+        ("qwen2", ["--prompt", ""], "the prompt is empty"),  # (a vocabulary that adds no BOS: no token at all)
+    ],
+)
+def test_a_prompt_that_cannot_run_is_one_line_on_stderr(tmp_path, arch, argv, message):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "gguf"))
+    from tiny_gguf import write_tiny_gguf
+
+    path = tmp_path / f"tiny-{arch}.gguf"
+    write_tiny_gguf(path, arch)
+    cmd = [sys.executable, DECODE, "--gguf", str(path), "--device", "cpu", *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]

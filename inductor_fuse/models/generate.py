@@ -14,6 +14,7 @@ sync, sampling on device (the exponential-race trick instead of torch.multinomia
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
@@ -21,46 +22,80 @@ from torch import Tensor
 
 from .transformer import Transformer
 
+log = logging.getLogger("inductor_fuse")
+
 
 def _argmax_chunk(n: int) -> int | None:
     # the largest divisor of n in [256, 2048] that leaves >= 16 chunks, or None
     return next((c for c in range(2048, 255, -1) if n % c == 0 and n // c >= 16), None)
 
 
+NAN_TOKEN = -1  # what `sample` returns for a row of logits that holds a NaN
+
+
 def argmax_last(x: Tensor) -> Tensor:
-    """x.argmax(-1) (the first index of the maximum) in two stages, so that a long row such as a
-    vocabulary of logits is reduced by many programs: Inductor never splits an argmax, and one
-    program reading Gemma-3-270M's 262,144 logits took 38 us of a 710 us decode step on an H200.
-    Stage one: the maximum and its first index in each chunk of a divisor length; stage two: the
-    first chunk holding the largest of those."""
+    """x.argmax(-1) (the first index of the maximum), NAN_TOKEN for a row that holds a NaN, in two
+    stages, so that a long row such as a vocabulary of logits is reduced by many programs: Inductor
+    never splits an argmax, and one program reading Gemma-3-270M's 262,144 logits took 38 us of a
+    710 us decode step on an H200. Stage one: the maximum and its first index in each chunk of a
+    divisor length; stage two: the first chunk holding the largest of those. (max and argmax
+    propagate NaN: the maximum found is NaN exactly when the row holds one.)"""
     chunk = _argmax_chunk(x.shape[-1])
     if chunk is None:
-        return x.argmax(dim=-1)
-    best, where = x.unflatten(-1, (x.shape[-1] // chunk, chunk)).max(dim=-1)  # [..., C] each
-    c = best.argmax(dim=-1, keepdim=True)
-    return (c * chunk + where.gather(-1, c)).squeeze(-1)
+        index = x.argmax(dim=-1, keepdim=True)
+        best = x.gather(-1, index)
+    else:
+        maxima, where = x.unflatten(-1, (x.shape[-1] // chunk, chunk)).max(dim=-1)  # [..., C] each
+        c = maxima.argmax(dim=-1, keepdim=True)
+        index, best = c * chunk + where.gather(-1, c), maxima.gather(-1, c)
+    return torch.where(best.isnan(), NAN_TOKEN, index).squeeze(-1)
 
 
-def sample(logits: Tensor, temperature: float = 0.0, top_k: int | None = None) -> Tensor:
-    # logits: [B, V] -> token ids [B]; temperature 0 is greedy
+def check_sampling(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Raise ValueError for sampling settings that mean nothing (``sample``'s arguments)."""
+    if not temperature >= 0.0:
+        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (None: no limit), got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (None or 1: no limit), got {top_p}")
+
+
+def sample(logits: Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """logits [B, V] -> token ids [B]. temperature 0: greedy (top_k, top_p unused). Else a draw from
+    softmax(logits / temperature) restricted to the top_k most likely tokens and then to the
+    smallest set of the most likely whose probability reaches top_p (nucleus sampling; the most
+    likely token always stays), on the device, without a host sync. A row of logits holding a NaN
+    (broken weights or header values) gives NAN_TOKEN, never a token."""
     if temperature <= 0.0:
         return argmax_last(logits)
     logits = logits.float() / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = torch.where(logits < kth, float("-inf"), logits)
+    if top_p is not None and top_p < 1.0:
+        ranked, order = torch.sort(logits, dim=-1, descending=True)
+        p = torch.softmax(ranked, dim=-1)
+        # drop a token when the more likely ones before it already reach top_p
+        drop = (p.cumsum(dim=-1) - p) >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     # argmax(p / Exp(1)) draws from p without a device->host sync
     return argmax_last(probs / torch.empty_like(probs).exponential_(1))
 
 
 def prefill(
-    model: Transformer, tokens: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None
+    model: Transformer,
+    tokens: Tensor,
+    input_pos: Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> Tensor:
     # tokens: [B, S], input_pos: [S] -> next token [B]; attention over the live cache prefix only
     live = int(input_pos.max()) + 1  # (one host read: prefill runs eagerly)
     logits = model(tokens, input_pos, last_only=True, live=live)
-    return sample(logits[:, -1], temperature, top_k)
+    return sample(logits[:, -1], temperature, top_k, top_p)
 
 
 def prefill_logits(model: Transformer, tokens: Tensor, input_pos: Tensor, live: int, last: Tensor) -> Tensor:
@@ -94,7 +129,12 @@ def compile_prefill(backend: str | Callable = "inductor_fuse", mode: str | None 
     compiled = torch.compile(prefill_logits, backend=backend, dynamic=True, **options)
 
     def compiled_prefill(
-        model: Transformer, tokens: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None
+        model: Transformer,
+        tokens: Tensor,
+        input_pos: Tensor,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
     ) -> Tensor:
         n = tokens.shape[1]
         end = int(input_pos.max()) + 1  # (one host read)
@@ -107,7 +147,7 @@ def compile_prefill(backend: str | Callable = "inductor_fuse", mode: str | None 
                 end += pad
             rounded = _pow2(end)  # (past the cache: exact; the whole cache would be a graph of its own)
             end = rounded if rounded <= model.max_seq_len else end
-        return sample(compiled(model, tokens, input_pos, end, last), temperature, top_k)
+        return sample(compiled(model, tokens, input_pos, end, last), temperature, top_k, top_p)
 
     return compiled_prefill
 
@@ -120,7 +160,12 @@ def prefill_steps(decode_fn: Callable) -> Callable:
     token. The steps are launched back to back; nothing is read on the host."""
 
     def stepped_prefill(
-        model: Transformer, tokens: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None
+        model: Transformer,
+        tokens: Tensor,
+        input_pos: Tensor,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
     ) -> Tensor:
         if tokens.shape[0] != 1:
             raise ValueError(f"prefill_steps: one sequence at a time (the decode step's batch), got {tokens.shape[0]}")
@@ -129,7 +174,7 @@ def prefill_steps(decode_fn: Callable) -> Callable:
             # a [1, 1] token of strides (1, 1) and a [1] position, as generate() passes them: the
             # compiled step guards strides (a slice's clone keeps the prompt's)
             tok = tokens[:, i : i + 1].clone(memory_format=torch.contiguous_format)
-            token = decode_fn(model, tok, input_pos[i : i + 1].clone(), temperature, top_k)
+            token = decode_fn(model, tok, input_pos[i : i + 1].clone(), temperature, top_k, **_top_p(top_p))
         if token is None:
             raise ValueError("prefill_steps: an empty prompt")
         return token
@@ -138,11 +183,22 @@ def prefill_steps(decode_fn: Callable) -> Callable:
 
 
 def decode_one_token(
-    model: Transformer, token: Tensor, input_pos: Tensor, temperature: float = 0.0, top_k: int | None = None
+    model: Transformer,
+    token: Tensor,
+    input_pos: Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> Tensor:
     # token: [B, 1], input_pos: [1] -> next token [B]
     logits = model(token, input_pos)
-    return sample(logits[:, -1], temperature, top_k)
+    return sample(logits[:, -1], temperature, top_k, top_p)
+
+
+def _top_p(top_p: float | None) -> dict:
+    """top_p as the keyword a step or prefill function gets, only when set: a function written for
+    (model, token, input_pos, temperature, top_k) keeps working without it."""
+    return {} if top_p is None else {"top_p": top_p}
 
 
 class _HostTokens:
@@ -194,25 +250,48 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     on_token: Callable[[int], None] | None = None,
+    top_p: float | None = None,
 ) -> list[int]:
     """Greedy (or sampled) continuation of one prompt: the new tokens, the EOS included if hit.
 
     on_token(id) is called as each token is known (for streaming). Stops after max_new_tokens,
-    at an EOS, or when the KV cache is full.
+    at an EOS, or when the KV cache is full: the prompt and the new tokens but the last need a
+    position each (a WARNING says so when that cuts max_new_tokens). temperature, top_k, top_p:
+    `sample`'s (checked first: ValueError); top_p reaches decode_fn and prefill_fn as a keyword,
+    only when set. ValueError for an empty prompt, one longer than the cache, or a model whose
+    cache was set up for more than one sequence; RuntimeError when the model's logits turn NaN
+    (`sample` gives NAN_TOKEN: broken weights or header values), at the token where they did.
 
     The host reads token t after step t + 1 has been launched (`_HostTokens`): the device never
     waits for the host between steps. A step that turns out to follow the EOS has then run for
     nothing (its KV-cache write lies past the returned tokens); no step runs past
     max_new_tokens or the cache.
     """
+    check_sampling(temperature, top_k, top_p)
     device = model.norm.weight.device
-    prompt_t = torch.tensor([list(prompt)], dtype=torch.long, device=device)
-    n = prompt_t.shape[1]
-    if n + max_new_tokens > model.max_seq_len:
-        max_new_tokens = model.max_seq_len - n
+    prompt = list(prompt)
+    n, cache = len(prompt), model.max_seq_len
+    if not prompt:
+        raise ValueError("generate: an empty prompt (give at least one token, e.g. the BOS)")
+    if n > cache:
+        raise ValueError(f"generate: a prompt of {n} tokens does not fit the KV cache of {cache} positions")
+    batch = model.layers[0].attention.kv_cache.k_cache.shape[0] if model.layers else 1
+    if batch != 1:
+        raise ValueError(f"generate: one sequence at a time; the KV cache is set up for {batch}: setup_caches(1, ...)")
     if max_new_tokens <= 0:
         return []
-    token = prefill_fn(model, prompt_t, torch.arange(n, device=device), temperature, top_k)
+    if n + max_new_tokens - 1 > cache:  # the last new token needs no position
+        log.warning(
+            "generate: the KV cache of %d positions holds the prompt (%d tokens) and %d new tokens, not the %d asked "
+            "for (setup_caches with a longer max_seq_len)",
+            cache,
+            n,
+            cache - n + 1,
+            max_new_tokens,
+        )
+        max_new_tokens = cache - n + 1
+    prompt_t = torch.tensor([prompt], dtype=torch.long, device=device)
+    token = prefill_fn(model, prompt_t, torch.arange(n, device=device), temperature, top_k, **_top_p(top_p))
     out: list[int] = []
     input_pos = torch.tensor([n], dtype=torch.long, device=device)
     eos = set(eos_ids)
@@ -220,10 +299,16 @@ def generate(
     host.push(token)
     while True:
         if host.pushed < max_new_tokens:  # launch the next step before reading the last token
-            token = decode_fn(model, token.view(1, 1).clone(), input_pos, temperature, top_k)
+            # (a NAN_TOKEN read later stops the loop; the step it feeds reads token 0 instead)
+            token = decode_fn(model, token.view(1, 1).clamp(min=0), input_pos, temperature, top_k, **_top_p(top_p))
             input_pos += 1
             host.push(token)
         t = host.pop()
+        if t == NAN_TOKEN:
+            raise RuntimeError(
+                f"generate: the model's logits are NaN at new token {len(out)} (after {len(out)} token(s): {out}); "
+                "its weights or its header values (rope base, norm epsilon) are broken"
+            )
         out.append(t)
         if on_token is not None:
             on_token(t)

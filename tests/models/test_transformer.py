@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from inductor_fuse.models import ModelArgs, Transformer
-from inductor_fuse.models.generate import argmax_last, decode_one_token, generate, prefill, prefill_steps, sample
+from inductor_fuse.models.generate import (
+    NAN_TOKEN,
+    argmax_last,
+    decode_one_token,
+    generate,
+    prefill,
+    prefill_steps,
+    sample,
+)
 
 LLAMA = ModelArgs(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96)
 GEMMA = dataclasses.replace(
@@ -132,7 +140,39 @@ def test_generate_stops_at_eos_and_cache_end():
     out = generate(model, prompt, 10)
     assert len(out) == 10
     assert generate(model, prompt, 10, eos_ids=[out[2]]) == out[:3]
-    assert len(generate(model, prompt, 100)) == 16 - 3  # the KV cache holds 16 positions
+    # the KV cache holds 16 positions: the prompt's 3 and 13 steps' (the last new token needs none)
+    assert len(generate(model, prompt, 100)) == 16 - 3 + 1
+
+
+def test_generate_says_what_the_cache_cuts_and_refuses_what_cannot_run(caplog):
+    model = build(LLAMA, max_seq_len=16)
+    with caplog.at_level("WARNING", logger="inductor_fuse"):
+        assert len(generate(model, [1, 2, 3], 14)) == 14  # fits: no warning
+        assert not caplog.records
+        assert len(generate(model, [1, 2, 3], 20)) == 14
+    assert "holds the prompt (3 tokens) and 14 new tokens, not the 20" in caplog.text
+    assert len(generate(model, list(range(1, 17)), 5)) == 1  # a full cache: the prefill's token only
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate(model, [], 4)
+    with pytest.raises(ValueError, match="a prompt of 17 tokens does not fit the KV cache of 16"):
+        generate(model, list(range(1, 18)), 4)
+    model.setup_caches(2, 16)
+    with pytest.raises(ValueError, match="one sequence at a time"):
+        generate(model, [1, 2], 4)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_nan_logits_stop_generation_with_an_error(temperature):
+    """Broken weights (here a NaN in the output head) make NaN logits: `sample` returns NAN_TOKEN,
+    never a token (an argmax of NaN logits read as token 0 before), and generate raises."""
+    model = build(LLAMA, max_seq_len=16)
+    logits = torch.zeros(2, 97)
+    logits[1, 5] = float("nan")
+    assert sample(logits, temperature).tolist()[1] == NAN_TOKEN
+    with torch.no_grad():
+        model.output.weight[3, 0] = float("nan")  # NaN logits wherever the final hidden state's feature 0 is nonzero
+    with pytest.raises(RuntimeError, match="logits are NaN at new token 0"):
+        generate(model, [1, 2, 3], 5, temperature=temperature)
 
 
 def test_generate_reads_tokens_one_step_behind():
@@ -153,7 +193,8 @@ def test_generate_reads_tokens_one_step_behind():
     assert generate(model, prompt, 10, eos_ids=[out[2]], decode_fn=step) == out[:3]
     assert launched == [3, 4, 5]  # the step after the EOS ran before the EOS was read, and no other
     launched.clear()
-    assert len(generate(model, prompt, 100, decode_fn=step)) == 13 and max(launched) == 14  # cache of 16
+    # a cache of 16: the prompt's 3 positions and 13 steps' (3..15); the 14th token needs none
+    assert len(generate(model, prompt, 100, decode_fn=step)) == 14 and max(launched) == 15
 
 
 def test_sample():
@@ -164,6 +205,59 @@ def test_sample():
     assert (draws == torch.tensor([1, 0])).all()  # top_k=1 is greedy
     draws = torch.stack([sample(logits, temperature=100.0) for _ in range(200)])
     assert len(set(draws[:, 0].tolist())) == 3
+
+
+def test_sample_top_p_draws_from_the_nucleus_in_proportion():
+    """Probabilities 0.5, 0.3, 0.15, 0.05 (in a shuffled vocabulary order): top_p 0.75 keeps the
+    two most likely (0.5 < 0.75 <= 0.8), drawn 5 : 3; top_p 0.5 keeps the first alone (greedy);
+    top_p 1.0 and None keep all four; top_k applies first."""
+    p = torch.tensor([0.15, 0.5, 0.05, 0.3])
+    logits = p.log()[None].repeat(2, 1)
+    torch.manual_seed(1)
+    n = 4000
+    draws = torch.stack([sample(logits, temperature=1.0, top_p=0.75) for _ in range(n)])
+    assert set(draws.flatten().tolist()) == {1, 3}
+    share = (draws == 1).float().mean().item()
+    assert abs(share - 0.5 / 0.8) < 0.03, share  # 0.625; one sigma of 8,000 draws is 0.0054
+    assert (torch.stack([sample(logits, temperature=1.0, top_p=0.5) for _ in range(50)]) == 1).all()
+    for top_p in (1.0, None):
+        seen = torch.stack([sample(logits, temperature=1.0, top_p=top_p) for _ in range(400)])
+        assert set(seen.flatten().tolist()) == {0, 1, 2, 3}
+    both = torch.stack([sample(logits, temperature=1.0, top_k=3, top_p=0.95) for _ in range(400)])
+    assert set(both.flatten().tolist()) == {0, 1, 3}  # top_k 3 drops 0.05; 0.95 of what is left keeps all 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+    ],
+)
+def test_generate_refuses_meaningless_sampling(kwargs, message):
+    model = build(FAMILIES["llama"])
+    with pytest.raises(ValueError, match=message):
+        generate(model, [5, 7], 4, **kwargs)
+
+
+def test_generate_passes_top_p_to_the_step_only_when_set():
+    model = build(FAMILIES["llama"])
+    seen = []
+
+    def old_step(model, token, input_pos, temperature, top_k):  # written before top_p existed
+        return decode_one_token(model, token, input_pos, temperature, top_k)
+
+    def step(model, token, input_pos, temperature, top_k, top_p=None):
+        seen.append(top_p)
+        return decode_one_token(model, token, input_pos, temperature, top_k, top_p)
+
+    assert len(generate(model, [5, 7], 4, decode_fn=old_step)) == 4
+    torch.manual_seed(2)
+    assert len(generate(model, [5, 7], 4, decode_fn=step, temperature=0.8, top_p=0.9)) == 4
+    assert seen == [0.9] * 3  # three steps after the prefill's token
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
