@@ -67,9 +67,20 @@ def load_gguf(
     elsewhere). Returns the model in eval mode with caches for `max_batch_size` x `max_seq_len`.
     """
     path = os.fspath(path)
-    device = torch.device(device)
+    device = torch.device(device)  # (a bad string: RuntimeError naming it)
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    # the caller's mistakes, said as such before the file is read (not as an error of the file)
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"load_gguf: dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
+    if not (
+        isinstance(max_seq_len, int) and max_seq_len >= 1 and isinstance(max_batch_size, int) and max_batch_size >= 1
+    ):
+        raise ValueError(
+            f"load_gguf: max_seq_len and max_batch_size must be integers >= 1, got {max_seq_len!r}, {max_batch_size!r}"
+        )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"load_gguf: device {device} asked for, but this torch sees no CUDA device")
     # The CUDA context is created on a thread while this one parses the file and converts the
     # weights (its creation, a few tenths of a second, would otherwise wait for the first weight copy).
     with ThreadPoolExecutor(1, thread_name_prefix="inductor_fuse-load") as pool:
@@ -81,6 +92,11 @@ def load_gguf(
             tensors = {t.name: t for t in reader.tensors}
             plan = _plan(args, reader, tensors, path, arch)  # every tensor checked before anything is built
             tokenizer = GGUFTokenizer.from_reader(reader, path)
+            if tokenizer.vocab_size > args.vocab_size:  # (more rows than tokens: padding, common and harmless)
+                raise GGUFLoadError(
+                    f"{path}: the vocabulary has {tokenizer.vocab_size} tokens, token_embd.weight {args.vocab_size} "
+                    "rows: the ids past them would have no embedding"
+                )
             model = _build(args, arch, plan, tensors, path, device, dtype, progress)
             model.setup_caches(max_batch_size, max_seq_len, dtype)
             if device_job is not None:
@@ -110,6 +126,12 @@ def _scalar(reader: GGUFFile, key: str, path: str, default: Any = None) -> Any:
         if not value or any(v != value[0] for v in value):
             raise GGUFLoadError(f"{path}: {key} varies per layer ({value}); not supported")
         value = value[0]
+    return value
+
+
+def _positive(value: float, key: str, path: str) -> float:
+    if not value > 0:  # (NaN included)
+        raise GGUFLoadError(f"{path}: gemma3.{key} is {value}, not > 0")
     return value
 
 
@@ -159,6 +181,9 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
             ).reshape(-1)
         )
 
+    embd_shape = tuple(int(d) for d in reversed(tensors["token_embd.weight"].shape))
+    if len(embd_shape) != 2:
+        raise GGUFLoadError(f"{path}: tensor 'token_embd.weight' has shape {embd_shape}, not [vocab, dim]")
     common = dict(
         vocab_size=int(tensors["token_embd.weight"].shape[1]),
         dim=dim,
@@ -173,6 +198,16 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
         rope_freq_factors=factors,
         tie_embeddings="output.weight" not in tensors,
     )
+    # values that would turn every logit NaN (a rope base <= 0, a negative epsilon)
+    for key, value, ok, want in (
+        ("attention.layer_norm_rms_epsilon", common["norm_eps"], 0 <= common["norm_eps"] < 1, "in [0, 1)"),
+        ("rope.freq_base", common["rope_base"], common["rope_base"] > 0, "> 0"),
+        ("rope.scaling.factor", rope_scale, rope_scale > 0, "> 0"),
+    ):
+        if not ok:  # (NaN fails every comparison)
+            raise GGUFLoadError(f"{path}: {arch}.{key} is {value}, not {want}")
+    if factors is not None and not all(f > 0 for f in factors):
+        raise GGUFLoadError(f"{path}: rope_freqs.weight holds a value that is not > 0")
     if arch == "llama":
         return ModelArgs(**common)
     if arch == "phi3":
@@ -200,9 +235,13 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
         qk_norm=True,
         sandwich_norm=True,
         embed_scale=True,
-        sliding_window=int(_scalar(reader, "gemma3.attention.sliding_window", path)),
+        sliding_window=_positive(
+            int(_scalar(reader, "gemma3.attention.sliding_window", path)), "attention.sliding_window", path
+        ),
         sliding_window_pattern=pattern,
-        rope_local_base=float(_scalar(reader, "gemma3.rope.freq_base_swa", path, 10000.0)),
+        rope_local_base=_positive(
+            float(_scalar(reader, "gemma3.rope.freq_base_swa", path, 10000.0)), "rope.freq_base_swa", path
+        ),
         query_pre_attn_scalar=float(dim // n_heads if n_layers == 62 else head_dim),
     )
 
@@ -289,6 +328,12 @@ def _plan(
                 )
     used = {f"{g}.{part}" for n, (g, _) in plan.items() for part, _ in skeleton.get_submodule(n).named_parameters()}
     unused = sorted(set(tensors) - used - {"rope_freqs.weight"})
+    beyond = sorted({int(k.split(".")[1]) for k in unused if k.startswith("blk.") and k.split(".")[1].isdigit()})
+    beyond = [i for i in beyond if i >= args.n_layers]
+    if beyond:  # a header that says fewer layers than the file has would build a smaller, different model
+        raise GGUFLoadError(
+            f"{path}: {arch}.block_count is {args.n_layers}, but the file has tensors of layer(s) {beyond[:5]}"
+        )
     if unused:
         log.warning("%s: %d tensor(s) not used by the model, e.g. %s", path, len(unused), unused[:5])
     return plan

@@ -145,6 +145,11 @@ class GGUFTokenizer:
             if ttype == TOKEN_CONTROL and token in _END_OF_GENERATION and i not in eos_ids:
                 eos_ids.append(i)
         add_bos = bool(field_value(reader, "tokenizer.ggml.add_bos_token", add_bos_default))
+        for key, i in (("bos_token_id", bos_id), *(("eos/eot token id", i) for i in eos_ids)):
+            if i is not None and not 0 <= i < len(tokens):
+                raise GGUFLoadError(
+                    f"{path}: tokenizer.ggml.{key} {i} is outside the vocabulary of {len(tokens)} tokens"
+                )
         return cls(backend, bos_id=bos_id, eos_ids=tuple(eos_ids), add_bos=add_bos, kind=kind)
 
 
@@ -165,10 +170,18 @@ class ByteLevelBPE:
         return self.tokenizer.encode(text, add_special_tokens=False).tokens
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        # (tokenizers drops an id it has no token for: "" where SentencePieceBPE raises)
+        for i in ids:
+            _check_id(i, self.vocab_size)
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def stream(self, skip_special_tokens: bool = True) -> ByteLevelStream:
         return ByteLevelStream(self.tokenizer, skip_special_tokens)
+
+
+def _check_id(i: int, n: int) -> None:
+    if not 0 <= i < n:
+        raise ValueError(f"token id {i} is outside the vocabulary (0..{n - 1})")
 
 
 class ByteLevelStream:
@@ -179,6 +192,7 @@ class ByteLevelStream:
         self._stream = decoders.DecodeStream(skip_special_tokens=skip_special_tokens)
 
     def step(self, token_id: int) -> str:
+        _check_id(int(token_id), self._tokenizer.get_vocab_size(with_added_tokens=True))
         return self._stream.step(self._tokenizer, int(token_id)) or ""
 
 

@@ -11,6 +11,7 @@ Larger fuzz run (the seed varies the mutations):
 """
 
 import json
+import math
 import os
 import random
 import re
@@ -129,6 +130,12 @@ def put(data: bytearray, offset: int, fmt: str, old, new) -> bytearray:
     return data
 
 
+def rewrite_value(data: bytearray, r, key: str, fmt: str, new) -> bytearray:
+    """A scalar metadata value rewritten in place, whatever it was."""
+    offset = at(kv(r, key), 3)
+    return put(data, offset, fmt, struct.unpack_from(fmt, data, offset)[0], new)
+
+
 def cut(data: bytearray, offset: int, section: tuple[int, int]) -> bytearray:
     assert section[0] <= offset < section[1], "the cut missed its section"
     return data[:offset]
@@ -202,6 +209,22 @@ CASES = {
         r"block_count",
     ),  # a 16M-layer model
     "head_count_0": (lambda d, r: put(d, at(kv(r, "llama.attention.head_count"), 3), "<I", 4, 0), r"head_count"),
+    # values that load into a model of NaN logits, or a smaller model than the file holds
+    "rope_base_0": (lambda d, r: rewrite_value(d, r, "llama.rope.freq_base", "<f", 0.0), r"freq_base is 0.0, not > 0"),
+    "rope_base_negative": (lambda d, r: rewrite_value(d, r, "llama.rope.freq_base", "<f", -1e4), r"freq_base"),
+    "rope_base_nan": (lambda d, r: rewrite_value(d, r, "llama.rope.freq_base", "<f", math.nan), r"freq_base is nan"),
+    "norm_eps_negative": (
+        lambda d, r: rewrite_value(d, r, "llama.attention.layer_norm_rms_epsilon", "<f", -1.0),
+        r"layer_norm_rms_epsilon is -1.0, not in \[0, 1\)",
+    ),
+    "block_count_below_the_files_layers": (
+        lambda d, r: put(d, at(kv(r, "llama.block_count"), 3), "<I", 2, 1),
+        r"block_count is 1, but the file has tensors of layer\(s\) \[1\]",
+    ),
+    "bos_id_outside_the_vocabulary": (
+        lambda d, r: rewrite_value(d, r, "tokenizer.ggml.bos_token_id", "<I", 99999),
+        r"bos_token_id 99999 is outside the vocabulary of \d+ tokens",
+    ),
     # absurd declared lengths
     "string_length_2^62": (
         lambda d, r: put(d, at(kv(r, "general.architecture"), 3), "<Q", 5, 1 << 62),

@@ -210,6 +210,7 @@ def test_a_cuda_load_starts_the_device_on_a_thread(tiny_gguf, monkeypatch):
         raise RuntimeError("no CUDA device in this test")
 
     build = loader._build
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (load_gguf refuses cuda without a device)
     monkeypatch.setattr(loader, "_start_device", fake_start)
     monkeypatch.setattr(loader, "_open", record_open)
     monkeypatch.setattr(loader, "_build", build_fails)
@@ -238,9 +239,65 @@ def test_the_device_jobs_error_is_not_lost(tiny_gguf, monkeypatch):
     def build_on_cpu(args, arch, plan, tensors, path, device, *rest):
         return build(args, arch, plan, tensors, path, torch.device("cpu"), *rest)
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (load_gguf refuses cuda without a device)
     monkeypatch.setattr(loader, "_start_device", start_fails)
     monkeypatch.setattr(loader, "_build", build_on_cpu)
     path = tiny_gguf("llama")[0]
     with pytest.raises(GGUFLoadError, match="invalid device ordinal") as e:
         load_gguf(path, device="cuda:0", dtype=torch.float32, max_seq_len=8, progress=False)
     assert path in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(dtype=torch.int8), "dtype must be torch.float32"),
+        (dict(dtype="bfloat16"), "dtype must be torch.float32"),
+        (dict(max_seq_len=-4), "max_seq_len and max_batch_size must be integers >= 1"),
+        (dict(max_seq_len=0), "max_seq_len and max_batch_size must be integers >= 1"),
+        (dict(max_batch_size=0), "max_seq_len and max_batch_size must be integers >= 1"),
+    ],
+)
+def test_the_callers_mistakes_are_not_called_errors_of_the_file(tiny_gguf, kwargs, message):
+    path = tiny_gguf("llama")[0]
+    with pytest.raises(ValueError, match=message) as e:
+        load_gguf(path, progress=False, **kwargs)
+    assert not isinstance(e.value, GGUFLoadError) and path not in str(e.value)
+
+
+def test_cuda_without_a_device_is_said_before_the_file_is_read(tiny_gguf, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        load_gguf(tiny_gguf("llama")[0], device="cuda", progress=False)
+
+
+def test_a_vocabulary_larger_than_the_embedding_is_refused(tiny_gguf, tmp_path):
+    """Five tokens added to the vocabulary, none to token_embd: their ids would index past the
+    embedding (a raw IndexError at generation). More rows than tokens (padding) stays fine."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+
+    src = GGUFReader(tiny_gguf("llama")[0])
+    path = tmp_path / "more-tokens.gguf"
+    w = GGUFWriter(str(path), src.fields["general.architecture"].contents())
+    for name, field in src.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        value, kind = field.contents(), field.types[0]
+        sub = field.types[1] if kind == GGUFValueType.ARRAY else None
+        if name == "tokenizer.ggml.tokens":
+            value = value + [f"<extra_{i}>" for i in range(5)]
+        if name == "tokenizer.ggml.token_type":
+            value = value + [1] * 5
+        w.add_key_value(name, value, kind, sub_type=sub)
+    for t in src.tensors:
+        kind = GGMLQuantizationType(t.tensor_type)
+        raw = None if kind in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) else kind
+        w.add_tensor(t.name, np.array(t.data), raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    rows = int(src.tensors[[t.name for t in src.tensors].index("token_embd.weight")].shape[1])
+    with pytest.raises(GGUFLoadError, match=f"the vocabulary has {rows + 5} tokens, token_embd.weight {rows} rows"):
+        load_gguf(path, max_seq_len=8, progress=False)

@@ -258,3 +258,18 @@ def test_gemma_specials_and_stream(gemma):
     for text in PROMPTS:
         check_stream(tok, text)
         assert tok.decode(tok.encode(text)) == text
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # byte-level BPE (gpt2) vocabularies
+def test_byte_level_bad_ids_are_refused_as_sentencepiece_does(tiny_gguf, arch):
+    """tokenizers' decode drops an id it has no token for (a padded embedding's row, say): the text
+    would silently lose it. Refused, as the SentencePiece path does."""
+    from inductor_fuse.gguf import load_gguf
+
+    _, tok = load_gguf(tiny_gguf(arch)[0], max_seq_len=8, progress=False)
+    n = tok.vocab_size
+    assert tok.decode([5, 6]) != ""
+    with pytest.raises(ValueError, match=f"token id {n} is outside the vocabulary"):
+        tok.decode([5, n])
+    with pytest.raises(ValueError, match="token id -1 is outside the vocabulary"):
+        tok.stream().step(-1)
