@@ -171,6 +171,7 @@ def _why_not(node: fx.Node, a: dict) -> str | None:
 def fuse_decode_attention(graph: fx.Graph) -> int:
     rep = report.current()
     rewrites = 0
+    everywhere: dict[fx.Node, fx.Node] = {}  # a mask -> its _attend_everywhere, made once for all its layers
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in _SDPA:
             continue
@@ -194,8 +195,10 @@ def fuse_decode_attention(graph: fx.Graph) -> int:
             continue
         scale = a.get("scale") or 1.0 / math.sqrt(val(q).shape[-1])
         with graph.inserting_before(node):
-            if finite_fill:
-                mask = _attend_everywhere(graph, mask)
+            if finite_fill:  # (made before the first attention over this mask: the later ones follow it)
+                if mask not in everywhere:
+                    everywhere[mask] = _attend_everywhere(graph, mask)
+                mask = everywhere[mask]
             out = call(graph, torch.ops.inductor_fuse.decode_attention.default, q, k, v, mask, float(scale), 0.0)
         if node.target is aten.scaled_dot_product_attention.default:
             node.replace_all_uses_with(out)

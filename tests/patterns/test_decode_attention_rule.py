@@ -165,6 +165,31 @@ def test_a_row_that_attends_nowhere_gets_what_sdpa_gives(kind, dtype, fires):
     assert inductor_fuse.last_report().counts[FAMILY] == int(fires), str(inductor_fuse.last_report())
 
 
+def test_a_finite_fill_mask_is_widened_once_for_all_its_layers(monkeypatch):
+    """Two attentions (two layers) over one mask with the CUDA backends' fill: one
+    mask | ~mask.any(-1) in the graph, read by both, not one per layer."""
+    from inductor_fuse.patterns import decode_attention as rule
+
+    made = []
+    widen = rule._attend_everywhere
+    monkeypatch.setattr(rule, "_attend_everywhere", lambda graph, mask: made.append(mask) or widen(graph, mask))
+    k = torch.randn(1, 2, 64, 16, generator=torch.Generator().manual_seed(3)).bfloat16()
+
+    def two_layers(q, live):
+        mask = (torch.arange(64) < live)[None, None, None]
+        bias = torch.where(mask, torch.zeros((), dtype=q.dtype), torch.full((), -65504.0, dtype=q.dtype))
+        h = F.scaled_dot_product_attention(q, k, k, attn_mask=bias, enable_gqa=True)
+        return F.scaled_dot_product_attention(h, k, k, attn_mask=bias, enable_gqa=True)
+
+    q = torch.randn(1, 4, 1, 16, generator=torch.Generator().manual_seed(4)).bfloat16()
+    with torch.no_grad():
+        ref = two_layers(q, torch.tensor(37))
+        got = torch.compile(two_layers, backend="inductor_fuse")(q, torch.tensor(37))
+    assert rel_err(got, ref) < 1e-2
+    assert inductor_fuse.last_report().counts[FAMILY] == 2
+    assert len(made) == 1
+
+
 def test_transformers_static_cache():
     """An unmodified transformers Llama decoding into a StaticCache: the rule fires in each layer."""
     transformers = pytest.importorskip("transformers")
