@@ -45,7 +45,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -189,8 +188,7 @@ def inductor_fuse_backend(
 
     if any(isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type == "cpu" for t in example_inputs):
         _prepare_cpp_toolchain()
-    t0 = time.perf_counter()
-    with report.collecting(start=t0) as rep:
+    with report.collecting() as rep:
         if calls_grouped_mm(gm) and any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs):
             _warn_once(GROUPED_MM_CUDA)
             rep.notes.append(GROUPED_MM_CUDA)

@@ -81,6 +81,11 @@ class FusionReport:
         self.seconds[key] = self.seconds.get(key, 0.0) + seconds
 
     @property
+    def rule_seconds(self) -> dict[str, float]:
+        """Seconds per rule family (and the pass's graph copy): ``seconds``' "rules/" entries."""
+        return {k.removeprefix("rules/"): v for k, v in self.seconds.items() if k.startswith("rules/")}
+
+    @property
     def counts(self) -> dict[str, int]:
         """Rule family -> number of rewrites (every family present, zeros included)."""
         counts = dict.fromkeys(family_names(), 0)
@@ -114,7 +119,7 @@ class FusionReport:
         lines += [f"  FAILED {f.family} at {f.where}: {f.error}" for f in self.failures]
         lines += [f"  note: {n}" for n in self.notes]
         if self.seconds:
-            rules = {k.removeprefix("rules/"): v for k, v in self.seconds.items() if k.startswith("rules/")}
+            rules = self.rule_seconds
             line = f"  time: rules {sum(rules.values()):.2f} s"
             if rules:
                 line += " (" + ", ".join(f"{k} {v:.2f}" for k, v in rules.items()) + ")"
@@ -163,14 +168,14 @@ def discarding() -> Iterator[FusionReport]:
 
 
 @contextlib.contextmanager
-def collecting(start: float | None = None) -> Iterator[FusionReport]:
+def collecting() -> Iterator[FusionReport]:
     """Collect the rewrites of one compilation into a new report, then publish it (not when the
-    compilation raised: e.g. Dynamo's request to trace again, whose retry reports itself). With
-    ``start`` (a ``time.perf_counter()`` value), the time from it to the end goes in as "compile"."""
+    compilation raised: e.g. Dynamo's request to trace again, whose retry reports itself), with the
+    compilation's time as "compile"."""
+    start = time.perf_counter()
     with discarding() as report:
         yield report
-    if start is not None:
-        report.add_seconds("compile", time.perf_counter() - start)
+    report.add_seconds("compile", time.perf_counter() - start)
     _history.append(report)
     log.info("%s", report.summary())
     log.debug("%s", report)

@@ -130,8 +130,9 @@ def _scalar(reader: GGUFFile, key: str, path: str, default: Any = None) -> Any:
 
 
 def _positive(value: float, key: str, path: str) -> float:
+    """value, when > 0 (a rope base, a scale, a window): else a GGUFLoadError naming metadata key `key`."""
     if not value > 0:  # (NaN included)
-        raise GGUFLoadError(f"{path}: gemma3.{key} is {value}, not > 0")
+        raise GGUFLoadError(f"{path}: {key} is {value}, not > 0")
     return value
 
 
@@ -171,7 +172,8 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
     if scaling not in (None, "none", "linear"):
         raise GGUFLoadError(f"{path}: rope scaling {scaling!r} is not supported (only linear)")
     if scaling == "linear":
-        rope_scale = float(_scalar(reader, f"{arch}.rope.scaling.factor", path, 1.0))
+        key = f"{arch}.rope.scaling.factor"
+        rope_scale = _positive(float(_scalar(reader, key, path, 1.0)), key, path)
     factors = None
     if "rope_freqs.weight" in tensors:  # Llama 3.1 long-context frequency factors
         factors = tuple(
@@ -193,19 +195,16 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
         head_dim=head_dim,
         intermediate_size=int(_scalar(reader, f"{arch}.feed_forward_length", path)),
         norm_eps=float(_scalar(reader, f"{arch}.attention.layer_norm_rms_epsilon", path, 1e-5)),
-        rope_base=float(_scalar(reader, f"{arch}.rope.freq_base", path, 10000.0)),
+        rope_base=_positive(
+            float(_scalar(reader, f"{arch}.rope.freq_base", path, 10000.0)), f"{arch}.rope.freq_base", path
+        ),
         rope_scale=rope_scale,
         rope_freq_factors=factors,
         tie_embeddings="output.weight" not in tensors,
     )
-    # values that would turn every logit NaN (a rope base <= 0, a negative epsilon)
-    for key, value, ok, want in (
-        ("attention.layer_norm_rms_epsilon", common["norm_eps"], 0 <= common["norm_eps"] < 1, "in [0, 1)"),
-        ("rope.freq_base", common["rope_base"], common["rope_base"] > 0, "> 0"),
-        ("rope.scaling.factor", rope_scale, rope_scale > 0, "> 0"),
-    ):
-        if not ok:  # (NaN fails every comparison)
-            raise GGUFLoadError(f"{path}: {arch}.{key} is {value}, not {want}")
+    # values that would turn every logit NaN: a negative epsilon (rope bases and scales: _positive)
+    if not 0 <= common["norm_eps"] < 1:  # (NaN fails every comparison)
+        raise GGUFLoadError(f"{path}: {arch}.attention.layer_norm_rms_epsilon is {common['norm_eps']}, not in [0, 1)")
     if factors is not None and not all(f > 0 for f in factors):
         raise GGUFLoadError(f"{path}: rope_freqs.weight holds a value that is not > 0")
     if arch == "llama":
@@ -236,11 +235,11 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
         sandwich_norm=True,
         embed_scale=True,
         sliding_window=_positive(
-            int(_scalar(reader, "gemma3.attention.sliding_window", path)), "attention.sliding_window", path
+            int(_scalar(reader, "gemma3.attention.sliding_window", path)), "gemma3.attention.sliding_window", path
         ),
         sliding_window_pattern=pattern,
         rope_local_base=_positive(
-            float(_scalar(reader, "gemma3.rope.freq_base_swa", path, 10000.0)), "rope.freq_base_swa", path
+            float(_scalar(reader, "gemma3.rope.freq_base_swa", path, 10000.0)), "gemma3.rope.freq_base_swa", path
         ),
         query_pre_attn_scalar=float(dim // n_heads if n_layers == 62 else head_dim),
     )

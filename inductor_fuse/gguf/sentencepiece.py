@@ -204,12 +204,17 @@ class SentencePieceBPE:
         return text
 
     def _piece(self, i: int) -> str:
-        if not 0 <= i < len(self.pieces):
-            raise ValueError(f"token id {i} is outside the vocabulary (0..{len(self.pieces) - 1})")
+        check_token_id(i, len(self.pieces))
         return self.pieces[i]
 
     def stream(self, skip_special_tokens: bool = True) -> SentencePieceStream:
         return SentencePieceStream(self, skip_special_tokens)
+
+
+def check_token_id(i: int, n: int) -> None:
+    """ValueError unless 0 <= i < n (a vocabulary of n tokens): decoding never drops or invents a token."""
+    if not 0 <= i < n:
+        raise ValueError(f"token id {i} is outside the vocabulary (0..{n - 1})")
 
 
 def _bytes_text(run: bytes) -> str:

@@ -31,7 +31,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from .metadata import GGUFLoadError, field_value
 from .reader import GGUFFile
-from .sentencepiece import SPM_SPACE, SentencePieceBPE
+from .sentencepiece import SPM_SPACE, SentencePieceBPE, check_token_id
 
 # llama.cpp's token types (tokenizer.ggml.token_type).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
@@ -171,17 +171,13 @@ class ByteLevelBPE:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         # (tokenizers drops an id it has no token for: "" where SentencePieceBPE raises)
+        n = self.vocab_size
         for i in ids:
-            _check_id(i, self.vocab_size)
+            check_token_id(i, n)
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def stream(self, skip_special_tokens: bool = True) -> ByteLevelStream:
         return ByteLevelStream(self.tokenizer, skip_special_tokens)
-
-
-def _check_id(i: int, n: int) -> None:
-    if not 0 <= i < n:
-        raise ValueError(f"token id {i} is outside the vocabulary (0..{n - 1})")
 
 
 class ByteLevelStream:
@@ -190,9 +186,10 @@ class ByteLevelStream:
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
         self._tokenizer = tokenizer
         self._stream = decoders.DecodeStream(skip_special_tokens=skip_special_tokens)
+        self._n = tokenizer.get_vocab_size(with_added_tokens=True)
 
     def step(self, token_id: int) -> str:
-        _check_id(int(token_id), self._tokenizer.get_vocab_size(with_added_tokens=True))
+        check_token_id(int(token_id), self._n)
         return self._stream.step(self._tokenizer, int(token_id)) or ""
 
 
