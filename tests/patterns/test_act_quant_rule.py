@@ -388,8 +388,9 @@ def test_the_attention_output_is_quantized_where_it_is_merged(family, dequant_cp
     from test_transformer import FAMILIES, build
 
     args = dataclasses.replace(FAMILIES[family], dim=256, intermediate_size=512, n_heads=4, head_dim=64)
-    if family == "gemma3":
-        args = dataclasses.replace(args, head_dim=256)
+    if family == "gemma3":  # two layers: one sliding-window, one global
+        args = dataclasses.replace(args, head_dim=256, n_layers=2, sliding_window_pattern=2)
+        assert [args.is_sliding(i) for i in range(2)] == [True, False]
     models = []
     for _ in range(3):
         m = build(args, max_seq_len=48)
