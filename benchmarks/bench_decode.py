@@ -16,18 +16,17 @@ mix). Every system loads the file through `load_gguf`:
 The decode step is compiled with `mode="reduce-overhead"` (CUDA graphs) and `fullgraph=True`.
 
 Per (model, system): load time; prefill of a --prompt-token prompt in each --prefill mode
-(`compiled`: `compile_prefill`, dynamic shapes, the system's backend, as `examples/decode.py`
-runs it on a GPU; `graphs`: the same replayed as CUDA graphs (the prompt padded to a power of
-two); `eager`: the model run eagerly; all attend over the live prefix of the cache only), the
-first mode's figure as `prefill_tok_s`, every mode's in `prefill_by_mode`, the compiled mode's
-first call as `prefill_compile_s`; then for each context c, --tokens new tokens generated from
-position c, the host reading each token as a streaming generator does (`models.generate`: one
-step behind the device). The cache then holds c positions of zeros before the new tokens: speed
-depends on how much is read, not on the values. The KV cache is sized for the largest context,
-so a stock system reads all of it at every context. compile_s is the first generation's time
-(compile + CUDA-graph recording), rules_s inductor_fuse's rule passes within it (the reports'
-"rules/" seconds). Every timing is the median of --repeats runs after a warm-up;
-min and max are kept.
+(`compiled`: `compile_prefill`, dynamic shapes, the system's backend; `graphs`: the same replayed
+as CUDA graphs (the prompt padded to a power of two); `eager`: the model run eagerly; all attend
+over the live prefix of the cache only), the first mode's figure as `prefill_tok_s`, every mode's
+in `prefill_by_mode`, the compiled mode's first call as `prefill_compile_s`; then for each context
+c, --tokens new tokens generated from position c, the host reading each token as a streaming
+generator does (`models.generate`: one step behind the device). The cache then holds c positions
+of zeros before the new tokens: speed depends on how much is read, not on the values. The KV cache
+is sized for the largest context, so a stock system reads all of it at every context. compile_s is
+the first generation's time (compile + CUDA-graph recording), rules_s inductor_fuse's rule passes
+within it (the reports' "rules/" seconds). Every timing is the median of --repeats runs after a
+warm-up; min and max are kept.
 
 Writes `<date>-decode.json` (a list of rows: model, system, device, context, prefill_tok_s,
 decode_tok_s, compile_s, load_s, torch, triton, ...) into $OUT or benchmarks/results/, and

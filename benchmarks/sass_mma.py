@@ -118,7 +118,7 @@ def compile_sync(fmt: str, M: int, config, dtype, N: int = 4096, K: int = 4096) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernel", choices=("int8_mma", "w4a16_mma", "w4a16_sync"), default="int8_mma")
-    ap.add_argument("--fmt", choices=("q4_k", "q6_k"), default="q4_k", help="q6_k: w4a16_mma only")
+    ap.add_argument("--fmt", choices=("q4_k", "q6_k"), default="q4_k", help="q6_k: not for int8_mma")
     ap.add_argument("--block-n", type=int)
     ap.add_argument("--block-u", type=int, help="w4a16_mma: units per K step")
     ap.add_argument("--num-warps", type=int)

@@ -1,10 +1,11 @@
 """Every knob of inductor_fuse, with its default: read once from the environment at import.
 
     variable                        setting            default   what it does
-    INDUCTOR_FUSE_EXACT_MATVEC=1    exact_matvec       False     CUDA qlinear sends every M to the fused GEMM: the
-                                                                 activation stays float (no int8 rounding of x as
-                                                                 in the W4A8 matvec), slower at small M; the
-                                                                 act_quant rule's quantize_act then launches nothing
+    INDUCTOR_FUSE_EXACT_MATVEC=1    exact_matvec       False     CUDA qlinear sends every M to the fused GEMM (qgemm):
+                                                                 the activation stays float (no int8 rounding of x
+                                                                 as in the W4A8 matvec), slower at every M (about
+                                                                 2x dequantize + cuBLAS at M = 512); the act_quant
+                                                                 rule's quantize_act then launches nothing
     INDUCTOR_FUSE_GEMM=fused        gemm               "auto"    "auto": above a format's matvec range, the fused
                                                                  Triton GEMM up to its fused_gemm_max_m, then
                                                                  dequantize + cuBLAS; "fused": the fused GEMM for
@@ -22,7 +23,10 @@
     INDUCTOR_FUSE_SMALL_M=sync      small_m            "auto"    "auto": the dispatch of kernels/dispatch.py;
                                                                  "sync": Q4_K / Q6_K calls of 1-16 rows of bf16 /
                                                                  fp16 x run kernels/w4a16_sync.py (W4A16 on
-                                                                 mma.sync, not yet measured: off by default)
+                                                                 mma.sync). First H200 run 2026-12-05: faster at
+                                                                 M = 4, slower at M = 1 and, for Q4_K, than
+                                                                 w4a16_mma at M = 8-16 (docs/kernels.md, "A few
+                                                                 rows"): off by default
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 

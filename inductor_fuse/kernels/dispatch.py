@@ -4,8 +4,9 @@ Per format, from its KernelSpec (kernels/registry.py):
 
     small_m == "sync" (INDUCTOR_FUSE_SMALL_M=sync), a format of w4a16_sync.FMTS, bf16 / fp16 x,
     M <= 16 rows the kernel takes:  w4a16_sync, W4A16 on mma.sync reading the planes as they are
-                                 (+1 launch for split-K, +1 for a GLU's act * mul; not measured yet, so
-                                 off by default; the quantized activation of qlinear_q8 goes unread)
+                                 (+1 launch for split-K, +1 for a GLU's act * mul; off by default: slower
+                                 than the matvec at M = 1 and than w4a16_mma for Q4_K at M = 8..16 on an
+                                 H200; the quantized activation of qlinear_q8 goes unread)
     M <= spec.matvec_max_m:      act_quant(x) -> the format's matvec     (2 launches, +1 when split-K;
                                  1 when the activation comes quantized: qlinear_q8 / glu_qlinear_q8,
                                  whose xa the act_quant rule computed once for every consumer)

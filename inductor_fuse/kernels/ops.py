@@ -3,8 +3,9 @@ qlinear_q8 / glu_qlinear_q8 that take the quantized activation, and of quantize_
 it (the ops: quant/op.py).
 
 On CUDA tensors the op runs the Triton kernels of kernels/dispatch.py: W4A8 dp4a matvec for small
-M (activation quantized per 32-group to int8, as llama.cpp's MMVQ), dequant + tl.dot GEMM for
-large M. If that path raises (a kernel that cannot compile or take the call), the call runs the
+M (activation quantized per 32-group to int8, as llama.cpp's MMVQ), w4a16_mma / int8_mma (Q4_K,
+Q6_K) or the fused Triton GEMM qgemm for a few rows more, dequant + cuBLAS for large M. If that
+path raises (a kernel that cannot compile or take the call), the call runs the
 pure-torch reference instead and a WARNING says so once per format and error; a CUDA
 out-of-memory error is raised, not retried (_common.kernel_or_reference). glu_qlinear falls back
 in two steps: the plain kernels and the GLU as its own step, then the reference. The _q8 variants
