@@ -129,8 +129,9 @@ def _scalar(reader: GGUFFile, key: str, path: str, default: Any = None) -> Any:
     return value
 
 
-def _positive(value: float, key: str, path: str) -> float:
-    """value, when > 0 (a rope base, a scale, a window): else a GGUFLoadError naming metadata key `key`."""
+def _positive(reader: GGUFFile, key: str, path: str, default: Any = None, cast: type = float) -> float:
+    """_scalar(key) as `cast`, when > 0 (a rope base, a scale, a window): else a GGUFLoadError naming `key`."""
+    value = cast(_scalar(reader, key, path, default))
     if not value > 0:  # (NaN included)
         raise GGUFLoadError(f"{path}: {key} is {value}, not > 0")
     return value
@@ -172,8 +173,7 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
     if scaling not in (None, "none", "linear"):
         raise GGUFLoadError(f"{path}: rope scaling {scaling!r} is not supported (only linear)")
     if scaling == "linear":
-        key = f"{arch}.rope.scaling.factor"
-        rope_scale = _positive(float(_scalar(reader, key, path, 1.0)), key, path)
+        rope_scale = _positive(reader, f"{arch}.rope.scaling.factor", path, 1.0)
     factors = None
     if "rope_freqs.weight" in tensors:  # Llama 3.1 long-context frequency factors
         factors = tuple(
@@ -195,9 +195,7 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
         head_dim=head_dim,
         intermediate_size=int(_scalar(reader, f"{arch}.feed_forward_length", path)),
         norm_eps=float(_scalar(reader, f"{arch}.attention.layer_norm_rms_epsilon", path, 1e-5)),
-        rope_base=_positive(
-            float(_scalar(reader, f"{arch}.rope.freq_base", path, 10000.0)), f"{arch}.rope.freq_base", path
-        ),
+        rope_base=_positive(reader, f"{arch}.rope.freq_base", path, 10000.0),
         rope_scale=rope_scale,
         rope_freq_factors=factors,
         tie_embeddings="output.weight" not in tensors,
@@ -234,13 +232,9 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
         qk_norm=True,
         sandwich_norm=True,
         embed_scale=True,
-        sliding_window=_positive(
-            int(_scalar(reader, "gemma3.attention.sliding_window", path)), "gemma3.attention.sliding_window", path
-        ),
+        sliding_window=_positive(reader, "gemma3.attention.sliding_window", path, cast=int),
         sliding_window_pattern=pattern,
-        rope_local_base=_positive(
-            float(_scalar(reader, "gemma3.rope.freq_base_swa", path, 10000.0)), "gemma3.rope.freq_base_swa", path
-        ),
+        rope_local_base=_positive(reader, "gemma3.rope.freq_base_swa", path, 10000.0),
         query_pre_attn_scalar=float(dim // n_heads if n_layers == 62 else head_dim),
     )
 
