@@ -26,7 +26,8 @@ of zeros before the new tokens: speed depends on how much is read, not on the va
 is sized for the largest context, so a stock system reads all of it at every context. compile_s is
 the first generation's time (compile + CUDA-graph recording), rules_s inductor_fuse's rule passes
 within it (the reports' "rules/" seconds). Every timing is the median of --repeats runs after a
-warm-up; min and max are kept.
+warm-up; min and max are kept. The timed decode runs within `settled_gc()`, as examples/decode.py's
+(not with --no-gc-freeze; recorded as `gc_freeze`).
 
 Writes `<date>-decode.json` (a list of rows: model, system, device, context, prefill_tok_s,
 decode_tok_s, compile_s, load_s, torch, triton, ...) into $OUT or benchmarks/results/, and
@@ -37,6 +38,7 @@ decode_tok_s, compile_s, load_s, torch, triton, ...) into $OUT or benchmarks/res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -54,7 +56,13 @@ from common import RESULTS_DIR, environment, print_table  # noqa: E402
 
 from inductor_fuse.backend import make_backend  # noqa: E402
 from inductor_fuse.gguf import load_gguf  # noqa: E402
-from inductor_fuse.models.generate import compile_prefill, decode_one_token, generate, prefill  # noqa: E402
+from inductor_fuse.models.generate import (  # noqa: E402
+    compile_prefill,
+    decode_one_token,
+    generate,
+    prefill,
+    settled_gc,
+)
 from inductor_fuse.options import FuseOptions  # noqa: E402
 from inductor_fuse.quant import QuantizedLinear  # noqa: E402
 from inductor_fuse.report import all_reports  # noqa: E402
@@ -210,7 +218,8 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
         if buffer != model.max_seq_len:
             model.setup_caches(1, buffer)  # new cache shapes: the step recompiles in the warm-up
         timed_generate(model, step, ctx, 8)  # warm-up at this position
-        runs = [timed_generate(model, step, ctx, args.tokens) for _ in range(args.repeats)]
+        with contextlib.nullcontext() if args.no_gc_freeze else settled_gc():  # as examples/decode.py
+            runs = [timed_generate(model, step, ctx, args.tokens) for _ in range(args.repeats)]
         dec, dec_min, dec_max = median_spread(runs)
         rows.append(
             {
@@ -235,6 +244,7 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
                 "rules_s": rules_s if system == "inductor_fuse" else None,
                 "load_s": load_s,
                 "kv_buffer": buffer,
+                "gc_freeze": not args.no_gc_freeze,
                 "torch": env["torch"],
                 "triton": env["triton"],
                 "gpu": env["gpu"],
@@ -308,6 +318,11 @@ def main() -> None:
         help="prefill modes, comma-separated: graphs, compiled, eager (first: prefill_tok_s)",
     )
     p.add_argument("--off", default="", help="inductor_fuse rule families to switch off, e.g. act_quant (comparisons)")
+    p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="time decode with the garbage collector as it is (default: within settled_gc, as examples/decode.py)",
+    )
     args = p.parse_args()
     args.off = [f for f in args.off.split(",") if f]
     FuseOptions.from_dict({f: False for f in args.off})  # unknown family: an error now, not after the load

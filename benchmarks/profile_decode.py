@@ -39,7 +39,7 @@ from common import RESULTS_DIR, environment, print_table  # noqa: E402
 
 from inductor_fuse.backend import make_backend  # noqa: E402
 from inductor_fuse.gguf import load_gguf  # noqa: E402
-from inductor_fuse.models.generate import compile_prefill, decode_one_token  # noqa: E402
+from inductor_fuse.models.generate import compile_prefill, decode_one_token, settled_gc  # noqa: E402
 
 # kernel name -> kind (first match wins); names are Triton function names or Inductor's triton_*
 KINDS = (
@@ -92,10 +92,11 @@ def profile_config(model, off: list[str], ctx: int, tokens: int) -> dict:
     step = torch.compile(decode_one_token, backend=backend, fullgraph=True)
     timed_generate(model, step, ctx, 8)  # compile and warm up
     timed_generate(model, step, ctx, 8)
-    walls = sorted(timed_generate(model, step, ctx, tokens) for _ in range(3))
-    tok_s = walls[1]
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        timed_generate(model, step, ctx, tokens)
+    with settled_gc():  # as examples/decode.py and bench_decode.py time their decode
+        walls = sorted(timed_generate(model, step, ctx, tokens) for _ in range(3))
+        tok_s = walls[1]
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            timed_generate(model, step, ctx, tokens)
     per_name: dict[str, list[float]] = collections.defaultdict(list)
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:

@@ -17,7 +17,10 @@ Prints the text as it is generated, prefill and decode tokens/s, and the fusion 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import statistics
 import sys
 import time
 
@@ -32,6 +35,7 @@ from inductor_fuse.models.generate import (
     generate,
     prefill,
     prefill_steps,
+    settled_gc,
 )
 
 BACKENDS = ("inductor_fuse", "inductor", "eager")
@@ -80,6 +84,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "of its own); graphs compiles a prefill and replays CUDA graphs (the prompt padded to a power-of-two "
         "length, a graph recorded per length); compiled the same without CUDA graphs; eager runs the model "
         f"uncompiled. auto (default): on cuda steps up to {STEPS_MAX_PROMPT} prompt tokens, graphs above; eager on cpu",
+    )
+    p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave Python's garbage collector as it is during generation (default: collect once after the warm-up "
+        "and freeze what survives until the end, so that no full collection, hundreds of ms with a compiled model, "
+        "lands inside generation: settled_gc)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="end stdout with one JSON line of results")
@@ -158,6 +169,16 @@ def no_prefill(model, tokens, input_pos, temperature=0.0, top_k=None, top_p=None
     return tokens[:, -1].clone(memory_format=torch.contiguous_format)
 
 
+def step_times_ms(times: list[float]) -> dict[str, float] | None:
+    """The gaps between consecutive tokens reaching the host, in ms: median, 90th percentile
+    (nearest rank), max. A mean alone hides a pause (a garbage collection, a page fault) at
+    one token; None with fewer than two tokens."""
+    gaps = sorted((b - a) * 1e3 for a, b in zip(times, times[1:]))
+    if not gaps:
+        return None
+    return {"median": statistics.median(gaps), "p90": gaps[math.ceil(0.9 * len(gaps)) - 1], "max": gaps[-1]}
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -232,17 +253,18 @@ def main(argv=None) -> dict:
 
     print(args.prompt, end="", flush=True)
     torch.manual_seed(args.seed)  # sampled tokens: the same whatever the warm-up drew
-    t0 = time.perf_counter()
-    tokens = generate(
-        model,
-        prompt,
-        args.max_new_tokens,
-        tokenizer.eos_ids,
-        decode_fn=step,
-        prefill_fn=run_prompt,
-        on_token=on_token,
-        **sampling,
-    )
+    with contextlib.nullcontext() if args.no_gc_freeze else settled_gc():
+        t0 = time.perf_counter()
+        tokens = generate(
+            model,
+            prompt,
+            args.max_new_tokens,
+            tokenizer.eos_ids,
+            decode_fn=step,
+            prefill_fn=run_prompt,
+            on_token=on_token,
+            **sampling,
+        )
     print(flush=True)
     prefill_s = times[0] - t0
     decode_s = times[-1] - times[0]
@@ -254,6 +276,12 @@ def main(argv=None) -> dict:
         f"({args.backend}, {args.device})",
         file=log,
     )
+    steps_ms = step_times_ms(times)
+    if steps_ms:
+        print(
+            f"decode steps: median {steps_ms['median']:.3f} ms, p90 {steps_ms['p90']:.3f}, max {steps_ms['max']:.3f}",
+            file=log,
+        )
 
     counts: dict[str, int] = {}
     if args.backend == "inductor_fuse":
@@ -270,6 +298,8 @@ def main(argv=None) -> dict:
         "prefill_tok_s": prefill_tok_s,
         "prefill": args.prefill,
         "decode_tok_s": decode_tok_s,
+        "decode_step_ms": steps_ms,
+        "gc_freeze": not args.no_gc_freeze,
         "report": counts,
         "backend": args.backend,
         "device": args.device,

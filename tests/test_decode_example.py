@@ -38,7 +38,66 @@ def test_the_timed_run_reuses_the_step_the_warm_up_compiled(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "fusion report (1 graph(s) compiled)" in proc.stderr, proc.stderr[-4000:]
-    assert len(json.loads(proc.stdout.strip().splitlines()[-1])["tokens"]) == 4
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(result["tokens"]) == 4
+    steps = result["decode_step_ms"]  # three gaps between four tokens
+    assert 0 < steps["median"] <= steps["p90"] <= steps["max"], steps
+    assert result["gc_freeze"] is True and "decode steps: median" in proc.stderr
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("decode_example", DECODE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
+def test_step_times_are_the_gaps_between_tokens():
+    example = load_example()
+    gaps = [1.0, 3.0, 2.0, 50.0, 1.0, 2.0, 2.0, 1.0, 3.0, 2.0]  # ms; one pause of 50 ms
+    times = [0.0]
+    for g in gaps:
+        times.append(times[-1] + g / 1e3)
+    steps = example.step_times_ms(times)
+    ordered = sorted(gaps)
+    assert steps["median"] == pytest.approx(2.0)
+    assert steps["p90"] == pytest.approx(ordered[8])  # nearest rank: the 9th of 10
+    assert steps["max"] == pytest.approx(50.0)
+    assert example.step_times_ms([0.5]) is None and example.step_times_ms([]) is None
+    assert example.parse_args(["--device", "cpu"]).no_gc_freeze is False
+
+
+SETTLE_SCRIPT = """
+import gc, json
+from inductor_fuse.models.generate import settled_gc
+
+class Node:
+    pass
+
+def cycle():
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+
+kept = [{"i": i} for i in range(5000)]  # alive on entry: frozen within
+before = gc.get_freeze_count()
+with settled_gc():
+    frozen = gc.get_freeze_count()
+    cycle()  # garbage made within: still collected
+    collected = gc.collect()
+print(json.dumps({"before": before, "frozen": frozen, "collected": collected, "after": gc.get_freeze_count()}))
+"""
+
+
+def test_settled_gc_freezes_what_lives_and_still_collects_what_comes_after():
+    # In a subprocess: gc.freeze is process-wide and would keep this test process's garbage cycles.
+    proc = subprocess.run(
+        [sys.executable, "-c", SETTLE_SCRIPT], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["before"] == 0 and out["frozen"] >= 5000, out
+    assert out["collected"] >= 2, out  # the two Nodes of the cycle (and their __dict__s)
+    assert out["after"] == 0, out  # unfrozen on exit: shutdown's collection reaches them again
 
 
 def test_compiled_and_stepped_prefills_give_the_eager_prefills_tokens(tmp_path):
@@ -63,9 +122,7 @@ def test_compiled_and_stepped_prefills_give_the_eager_prefills_tokens(tmp_path):
 
 
 def test_auto_prefill_steps_short_prompts_on_cuda_only():
-    spec = importlib.util.spec_from_file_location("decode_example", DECODE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example()
     top = example.STEPS_MAX_PROMPT
     assert example.resolve_prefill("auto", "cuda", 6) == "steps"
     assert example.resolve_prefill("auto", "cuda", top) == "steps"
@@ -87,9 +144,7 @@ def test_auto_prefill_steps_short_prompts_on_cuda_only():
     ],
 )
 def test_meaningless_options_are_refused_before_anything_loads(argv, message, capsys):
-    spec = importlib.util.spec_from_file_location("decode_example", DECODE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example()
     with pytest.raises(SystemExit):
         example.parse_args(["--device", "cpu", *argv])
     assert message in capsys.readouterr().err
