@@ -20,13 +20,14 @@
                                                                  projection in its epilogue (programs of 64 rows,
                                                                  one act_quant launch fewer per layer); off: the
                                                                  GLU matvec, then act_quant (the same numbers)
-    INDUCTOR_FUSE_SMALL_M=sync      small_m            "auto"    "auto": the dispatch of kernels/dispatch.py;
-                                                                 "sync": Q4_K / Q6_K calls of 1-16 rows of bf16 /
-                                                                 fp16 x run kernels/w4a16_sync.py (W4A16 on
-                                                                 mma.sync). First H200 run 2026-12-05: faster at
-                                                                 M = 4, slower at M = 1 and, for Q4_K, than
-                                                                 w4a16_mma at M = 8-16 (docs/kernels.md, "A few
-                                                                 rows"): off by default
+    INDUCTOR_FUSE_SMALL_M=sync      small_m            "auto"    "auto": the dispatch of kernels/dispatch.py
+                                                                 (kernels/w4a16_sync.py, W4A16 on mma.sync, where
+                                                                 a format's spec measured it fastest: Q4_K
+                                                                 M = 5..16, bf16 / fp16 x); "sync": every Q4_K /
+                                                                 Q6_K call of 1-16 rows of bf16 / fp16 x runs
+                                                                 w4a16_sync (slower than the matvec at M = 1);
+                                                                 "off": never (w4a16_mma there instead)
+                                                                 (docs/kernels.md, "A few rows")
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 
@@ -51,7 +52,7 @@ from contextlib import contextmanager
 from typing import Any
 
 GEMM_MODES = ("auto", "fused")
-SMALL_M_MODES = ("auto", "sync")
+SMALL_M_MODES = ("auto", "sync", "off")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -392,6 +392,9 @@ class KernelSpec:
     matvec_max_m: int = 8  # M <= this: act_quant + matvec
     fused_gemm_max_m: int = 64  # M < this (and > matvec_max_m): fused Triton GEMM; else dequant + cuBLAS
     int8_mma_max_m: int = 0  # matvec_max_m < M <= this: kernels/int8_mma.py (0: the format has none there)
+    # matvec_max_m < M <= this, x bf16 / fp16: kernels/w4a16_sync.py, before w4a16_mma (0: none;
+    # config.settings.small_m "auto")
+    w4a16_sync_max_m: int = 0
     # matvec_max_m < M <= this, x bf16 / fp16: kernels/w4a16_mma.py, before int8_mma (0: none)
     w4a16_mma_max_m: int = 0
     interleave: bool = False  # act_quant layout the matvec reads

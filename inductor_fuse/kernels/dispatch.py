@@ -2,17 +2,15 @@
 
 Per format, from its KernelSpec (kernels/registry.py):
 
-    small_m == "sync" (INDUCTOR_FUSE_SMALL_M=sync), a format of w4a16_sync.FMTS, bf16 / fp16 x,
-    M <= 16 rows the kernel takes:  w4a16_sync, W4A16 on mma.sync reading the planes as they are
-                                 (+1 launch for split-K, +1 for a GLU's act * mul; off by default: slower
-                                 than the matvec at M = 1 and than w4a16_mma for Q4_K at M = 8..16 on an
-                                 H200; the quantized activation of qlinear_q8 goes unread)
     M <= spec.matvec_max_m:      act_quant(x) -> the format's matvec     (2 launches, +1 when split-K;
                                  1 when the activation comes quantized: qlinear_q8 / glu_qlinear_q8,
                                  whose xa the act_quant rule computed once for every consumer)
+    M <= spec.w4a16_sync_max_m:  w4a16_sync, W4A16 on mma.sync reading the planes as they are, x through a
+                                 shared-memory ring (bf16 / fp16 x; Q4_K: M = 5..16; +1 launch for
+                                 split-K, +1 for a GLU's act * mul)
     M <= spec.w4a16_mma_max_m:   w4a16_mma, W4A16 on the bf16 / fp16 tensor cores, nibbles decoded on
-                                 packed bytes (bf16 / fp16 x; Q4_K: M = 5..64, Q6_K: 7..64; +1 launch for split-K,
-                                 +1 for a GLU's act * mul)
+                                 packed bytes (bf16 / fp16 x; Q4_K: M = 17..64, 5..64 with small_m "off";
+                                 Q6_K: 7..64; +1 launch for split-K, +1 for a GLU's act * mul)
     M <= spec.int8_mma_max_m:    act_quant(x) -> int8_mma, W4A8 on the int8 tensor cores (float32 x:
                                  Q4_K 5..32, Q6_K 7..32; +1 launch for split-K, +1 for a GLU's act * mul)
     M <  spec.fused_gemm_max_m:  qgemm, the fused Triton GEMM (dequant in registers + tl.dot)
@@ -20,7 +18,10 @@ Per format, from its KernelSpec (kernels/registry.py):
                                  == "fused" (INDUCTOR_FUSE_GEMM=fused) forces qgemm
 
 matvec_max_m is the measured crossover on an H200 (benchmarks/bench_kernels.py --crossover; Q4_K's
-against w4a16_mma: --small-m).
+against w4a16_mma: --small-m; w4a16_sync's range: benchmarks/bench_w4a16_sync.py).
+config.settings.small_m (INDUCTOR_FUSE_SMALL_M): "auto" as above; "sync" sends every call of 1-16
+bf16 / fp16 rows of a w4a16_sync format (Q4_K, Q6_K) there first (at M = 1 slower than the matvec;
+a qlinear_q8's quantized activation then goes unread); "off" never (w4a16_mma takes Q4_K's 5..16).
 config.settings.exact_matvec (INDUCTOR_FUSE_EXACT_MATVEC=1) sends every M to the GEMM (activations
 stay float: no int8 rounding of x, slower at small M). A format without kernels raises
 NotImplementedError (ops.py then runs the reference).
@@ -29,6 +30,7 @@ NotImplementedError (ops.py then runs the reference).
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 
@@ -40,7 +42,38 @@ from .int8_mma import int8_mma
 from .registry import kernel_spec
 from .w4a16_mma import w4a16_mma
 
+log = logging.getLogger("inductor_fuse")
+
 GLU_QUANT_WARPS = 16  # warps of a GLU matvec program that quantizes its output (64 weight rows)
+SYNC_MAX_M = 16  # w4a16_sync takes 1..16 rows of x
+
+
+def wants_w4a16_sync(spec, M: int, dtype: torch.dtype, settings: knobs.Settings) -> bool:
+    """Whether a call of M rows of `dtype` x goes to w4a16_sync (before asking whether the kernel
+    takes the shape): bf16 / fp16 x, not under exact_matvec, and by settings.small_m: "auto" in the
+    spec's range (matvec_max_m < M <= w4a16_sync_max_m), "sync" every M <= 16, "off" never."""
+    if dtype not in (torch.bfloat16, torch.float16) or settings.exact_matvec or settings.small_m == "off":
+        return False
+    if settings.small_m == "sync":
+        return 1 <= M <= SYNC_MAX_M
+    return spec.matvec_max_m < M <= spec.w4a16_sync_max_m
+
+
+_SYNC_UNAVAILABLE: list[str] = []
+
+
+def _w4a16_sync_module():
+    """kernels/w4a16_sync.py, imported on first use (it is written in Gluon); None, with one
+    WARNING, where this Triton cannot import it (the caller then takes the next path)."""
+    if _SYNC_UNAVAILABLE:
+        return None
+    try:
+        from . import w4a16_sync
+    except ImportError as e:  # a Triton without Gluon or with another async-copy API
+        _SYNC_UNAVAILABLE.append(str(e))
+        log.warning("inductor_fuse: w4a16_sync unavailable with this Triton (%s); w4a16_mma runs instead", e)
+        return None
+    return w4a16_sync
 
 
 def matvec(
@@ -112,11 +145,10 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None
         bias = bias.to(x.dtype)
     settings = knobs.settings
     half = x2.dtype in (torch.bfloat16, torch.float16)
-    if settings.small_m == "sync" and half and ya_interleave is None and not settings.exact_matvec:
-        from . import w4a16_sync  # (Gluon: imported only when asked for)
-
-        if fmt in w4a16_sync.FMTS and w4a16_sync.supports(M, N, K, fmt):
-            out = w4a16_sync.w4a16_sync(x2, planes, bias, fmt)
+    if ya_interleave is None and wants_w4a16_sync(spec, M, x2.dtype, settings):
+        sync = _w4a16_sync_module()
+        if sync is not None and fmt in sync.FMTS and sync.supports(M, N, K, fmt):
+            out = sync.w4a16_sync(x2, planes, bias, fmt)
             if act:
                 out = act_mul(out, act)
             return out.reshape(*x.shape[:-1], n_out)

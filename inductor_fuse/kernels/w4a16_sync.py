@@ -1,7 +1,7 @@
 """`w4a16_sync`: W4A16 (Q6_K: W6A16) for 1-16 rows of x on mma.sync, reading the Q4_K / Q6_K
-planes as they are (GGUF order). Not dispatched by default: `INDUCTOR_FUSE_SMALL_M=sync` routes
-bf16 / fp16 calls of up to 16 rows here (docs/kernels.md "A few rows"; measured by
-benchmarks/bench_w4a16_sync.py).
+planes as they are (GGUF order). Dispatched for Q4_K at M = 5..16 with bf16 / fp16 x
+(`KernelSpec.w4a16_sync_max_m`); `INDUCTOR_FUSE_SMALL_M=sync` routes every bf16 / fp16 call of up to
+16 rows here, `=off` none (docs/kernels.md "A few rows"; measured by benchmarks/bench_w4a16_sync.py).
 
 Written in Gluon (`triton.experimental.gluon`), where the kernel picks its register layouts:
 
@@ -30,8 +30,9 @@ Written in Gluon (`triton.experimental.gluon`), where the kernel picks its regis
   against 5.8 M at M = 1 for the same weights (docs/kernels.md). With xstages >= 2 the tile is
   copied once a program by cp.async, in whole lines of x, into a ring of that many tiles in shared
   memory, and each lane reads its own row back (XOR-swizzled in 16-byte units, so that a quarter
-  warp reads 8 bank groups). Written for that profile and compiled here (sm_90, Q4_K: 128 / 125
-  registers at M = 8 / 16, against 126 / 168), not yet run on a GPU: so not the default.
+  warp reads 8 bank groups). Written for that profile (sm_90, Q4_K: 128 / 125 registers at M = 8 /
+  16, against 126 / 168); on an H200 it cut gate_up at M = 16 from 110.3 to 29.3 us (4 warps of one
+  tile, no split), and it is the default from M = 2 (`default_config`).
 
 `reference` is the same tensor program in pure torch (the words, the joins, reshapes and permutes,
 the decode with the kernel's roundings, a float64 product): tests/kernels/test_w4a16_sync.py checks
@@ -508,7 +509,7 @@ class SyncConfig:
     splitk_reduce); prefetch: the block whose words are loaded while one is decoded is 1 or 2 on
     (2: more bytes in flight a warp, more registers); maxnreg: a register cap per thread (None:
     ptxas's choice); xstages: 0, x loaded from global memory by each lane (measured), or 2..8, x's
-    tiles through a cp.async ring of that many in shared memory (not yet run on a GPU)."""
+    tiles through a cp.async ring of that many in shared memory (measured: `default_config`)."""
 
     num_warps: int = 4
     reps: int = 1
@@ -527,16 +528,20 @@ class SyncConfig:
 
 
 def default_config(M: int, N: int, K: int, fmt: str, sms: int) -> SyncConfig:
-    """4 warps of one tile (64 rows a program), K split (2, 4 or 8 ways, a divisor of K / 256) until
-    about 4 programs run per SM of `sms` (not measured yet: benchmarks/bench_w4a16_sync.py sweeps the
-    alternatives)."""
+    """4 warps of one tile (64 rows a program); K split 2 or 4 ways (a divisor of K / 256) while
+    fewer than 2 programs per SM of `sms` run; from M = 2, x through a ring of 3 tiles in shared
+    memory. Measured on an H200 (Q4_K, the four Llama-3-8B shapes, M = 1 / 4 / 8 / 16, warps x
+    tiles 4x1 / 4x2, split 1 / 4, xstages 0 / 3: 2026-12-05-w4a16-sync-xstages.json): at M = 4..16
+    within 12% of the best of those 8 configs on every shape, the best at M = 16 and on qkv; at
+    M = 1, x from global memory (the ring did not pay on o and gate_up). Split 2 and M = 2, 3 are
+    untimed."""
     programs, blocks = N // 64, K // 256
     split = 1
-    for s in (2, 4, 8):
-        if programs * split >= 4 * sms or blocks % s:
+    for s in (2, 4):
+        if programs * split >= 2 * sms or blocks % s:
             break
         split = s
-    return SyncConfig(split=split)
+    return SyncConfig(split=split, xstages=3 if M > 1 else 0)
 
 
 def supports(M: int, N: int, K: int, fmt: str, config: SyncConfig | None = None) -> bool:

@@ -76,23 +76,46 @@ def test_refuses_what_it_cannot_take():
     assert sync.SyncConfig().xstages == 0 and sync.SyncConfig(xstages=2).xstages == 2
 
 
-def test_default_config_splits_k_for_few_rows():
+def test_default_config_is_the_measured_one():
+    # the H200's 132 SMs: split until 2 programs an SM, at most 4 ways; the x ring from M = 2
     sms = 132
-    assert sync.default_config(1, 28672, 4096, "q4_k", sms).split == 2  # 448 programs -> 896
-    assert sync.default_config(1, 4096, 14336, "q4_k", sms).split == 8  # 64 programs, 56 blocks
-    assert sync.default_config(1, 4096, 4096, "q4_k", sms).split == 8
-    assert sync.default_config(1, 4096, 768, "q4_k", sms).split == 1  # 3 blocks: no divisor
-    assert sync.default_config(1, 128256, 4096, "q6_k", sms).split == 1
-    for N, K in ((6144, 4096), (4096, 14336), (640, 2048)):
+    measured = {(28672, 4096): 1, (4096, 14336): 4, (4096, 4096): 4, (6144, 4096): 4}  # gate_up, down, o, qkv
+    for (N, K), split in measured.items():
+        for M in (1, 4, 8, 16):
+            c = sync.default_config(M, N, K, "q4_k", sms)
+            assert (c.num_warps, c.reps, c.split, c.prefetch) == (4, 1, split, 1), (N, K, M, c)
+            assert c.xstages == (0 if M == 1 else 3), (N, K, M, c)
+    assert sync.default_config(8, 4096, 768, "q4_k", sms).split == 1  # 3 blocks: no divisor
+    assert sync.default_config(8, 2048, 512, "q4_k", sms).split == 2  # 2 blocks
+    assert sync.default_config(8, 128256, 4096, "q6_k", sms).split == 1
+    for N, K in ((6144, 4096), (4096, 14336), (640, 2048), (64, 1280)):
         c = sync.default_config(8, N, K, "q4_k", sms)
-        assert (K // 256) % c.split == 0
+        assert (K // 256) % c.split == 0 and sync.supports(8, N, K, "q4_k", c)
 
 
 def test_small_m_knob_selects_the_kernel():
     assert config.from_env({"INDUCTOR_FUSE_SMALL_M": "sync"}).small_m == "sync"
+    assert config.from_env({"INDUCTOR_FUSE_SMALL_M": "off"}).small_m == "off"
     assert config.Settings().small_m == "auto"
     with pytest.raises(ValueError, match="INDUCTOR_FUSE_SMALL_M"):
         config.Settings(small_m="fast")
+
+
+def test_dispatch_takes_the_kernel_where_it_was_measured_fastest():
+    from inductor_fuse.kernels.dispatch import wants_w4a16_sync
+    from inductor_fuse.kernels.registry import kernel_spec
+
+    def rows(fmt, dtype=torch.bfloat16, **knobs):
+        settings = config.Settings(**knobs)
+        return [M for M in range(1, 65) if wants_w4a16_sync(kernel_spec(fmt), M, dtype, settings)]
+
+    assert rows("q4_k") == list(range(5, 17))  # auto: past the matvec (M <= 4), w4a16_mma's old 5..16
+    assert rows("q4_k", torch.float16) == list(range(5, 17))
+    assert rows("q4_k", torch.float32) == []  # float32 x: int8_mma there
+    assert rows("q6_k") == rows("q8_0") == []  # not measured with the ring: as before
+    assert rows("q4_k", small_m="sync") == rows("q6_k", small_m="sync") == list(range(1, 17))
+    assert rows("q4_k", small_m="off") == []
+    assert rows("q4_k", exact_matvec=True) == rows("q4_k", small_m="sync", exact_matvec=True) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +149,8 @@ def test_kernel_matches_its_reference_cuda(M, N, K, warps, reps, dt, fmt):
 @pytest.mark.parametrize("fmt", sync.FMTS)
 def test_bias_and_dispatch_cuda(fmt, monkeypatch):
     """The bias (added by the store, or by splitk_reduce); qlinear and glu_qlinear run the kernel
-    with INDUCTOR_FUSE_SMALL_M=sync for M <= 16 only, and the same dispatch as before without it."""
+    with INDUCTOR_FUSE_SMALL_M=sync for M <= 16 only; by default (auto) Q4_K's M = 6 runs it too,
+    Q6_K's not; with off neither."""
     N, K = 1024, 4096
     planes = random_planes(fmt, N, K, "cuda", seed=7)
     bias = torch.randn(N, device="cuda", dtype=torch.bfloat16)
@@ -138,8 +162,12 @@ def test_bias_and_dispatch_cuda(fmt, monkeypatch):
     calls = []
     real = sync.w4a16_sync
     monkeypatch.setattr(sync, "w4a16_sync", lambda *a, **k: calls.append(a[0].shape[0]) or real(*a, **k))
-    before = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
+    with config.patch(small_m="off"):
+        before = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
     assert calls == []
+    auto = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
+    assert calls == ([6] if fmt == "q4_k" else []) and rel_err(auto, want) < 2e-3
+    calls.clear()
     with config.patch(small_m="sync"):
         got = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
         assert calls == [6] and rel_err(got, want) < 2e-3
@@ -150,7 +178,7 @@ def test_bias_and_dispatch_cuda(fmt, monkeypatch):
         assert calls == [6, 6]
     y = sync.reference(x, planes, fmt).view(6, N // 2, 2)
     assert rel_err(glu, torch.nn.functional.silu(y[..., 0]) * y[..., 1]) < 5e-3
-    assert rel_err(before, want) < 1.5e-2  # (the W4A8 matvec: x rounded to int8)
+    assert rel_err(before, want) < 1.5e-2  # (w4a16_mma, Q6_K's matvec: x rounded to int8)
 
 
 @pytest.mark.gpu
@@ -158,11 +186,10 @@ def test_bias_and_dispatch_cuda(fmt, monkeypatch):
 @pytest.mark.parametrize("fmt", sync.FMTS)
 def test_cuda_graph_capture_cuda(fmt):
     # warmed up (compiled) first, as every decode step is before capture; the split's partials
-    # buffer comes from the graph's pool
+    # buffer comes from the graph's pool; the last case: the default config (split 4, the x ring)
     planes = random_planes(fmt, 4096, 4096, "cuda", seed=5)
-    for M, split in ((1, 4), (16, 1)):
+    for M, cfg in ((1, sync.SyncConfig(split=4)), (16, sync.SyncConfig(split=1)), (8, None)):
         x = torch.randn(M, 4096, device="cuda", dtype=torch.bfloat16)
-        cfg = sync.SyncConfig(split=split)
         sync.w4a16_sync(x, planes, None, fmt, cfg)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
