@@ -166,7 +166,10 @@ def test_bias_and_dispatch_cuda(fmt, monkeypatch):
         before = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
     assert calls == []
     auto = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
-    assert calls == ([6] if fmt == "q4_k" else []) and rel_err(auto, want) < 2e-3
+    if fmt == "q4_k":
+        assert calls == [6] and rel_err(auto, want) < 2e-3
+    else:  # Q6_K's matvec (M <= 6): x rounded to int8
+        assert calls == [] and rel_err(auto, want) < 1.5e-2
     calls.clear()
     with config.patch(small_m="sync"):
         got = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
