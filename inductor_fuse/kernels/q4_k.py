@@ -121,7 +121,7 @@ def _q4k_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 
 # The matvec default: measured on an H200 (CUDA graph over rotated weight copies). Up to M = 4 the
-# matvec; with bf16 / fp16 x, M = 5..16 w4a16_sync (x through its shared-memory ring: 1.2-1.6x
+# matvec; with bf16 / fp16 x, M = 5..16 w4a16_sync (x through its shared-memory ring: 1.16-1.53x
 # faster than w4a16_mma at M = 8 and 16 on the Llama-3-8B shapes,
 # benchmarks/results/2026-12-05-w4a16-sync-xstages.json), M = 17..64 w4a16_mma (at M = 8 1.4-2.6x
 # faster than the matvec, at M = 16..32 than int8_mma: 2026-12-04-small-m-w4a16.json); int8_mma for

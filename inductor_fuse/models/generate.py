@@ -36,9 +36,9 @@ def settled_gc() -> Iterator[None]:
 
     A compiled model leaves hundreds of thousands of long-lived objects behind (graphs, guards,
     kernels, the tokenizer's vocabulary: 832k tracked objects with Gemma-3-270M loaded and its
-    decode step compiled). A full collection walks them all: 430-460 ms on the 2-core CPU machine,
-    triggered by the allocation count, so it lands inside generation at a random token, where a
-    decode step of Gemma-3-270M on a GPU takes about 0.6 ms. Within this block a collection walks
+    decode step compiled). A full collection walks them all: 430-460 ms on the 2-core CPU machine.
+    The interpreter starts one when its allocation counts say so, which can be between two tokens,
+    where a decode step of Gemma-3-270M on a GPU takes about 0.6 ms. Within this block a collection walks
     only what was allocated since entry. Enter it after the warm-up (compile, CUDA-graph capture),
     around the generation. Process-wide, so `generate` does not enter it itself: the application
     does (examples/decode.py, the benchmarks). Frozen objects are still freed when their reference
