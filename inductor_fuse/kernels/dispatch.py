@@ -30,6 +30,7 @@ NotImplementedError (ops.py then runs the reference).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
 import torch
@@ -59,18 +60,13 @@ def wants_w4a16_sync(spec, M: int, dtype: torch.dtype, settings: knobs.Settings)
     return spec.matvec_max_m < M <= spec.w4a16_sync_max_m
 
 
-_SYNC_UNAVAILABLE: list[str] = []
-
-
+@functools.cache
 def _w4a16_sync_module():
     """kernels/w4a16_sync.py, imported on first use (it is written in Gluon); None, with one
     WARNING, where this Triton cannot import it (the caller then takes the next path)."""
-    if _SYNC_UNAVAILABLE:
-        return None
     try:
         from . import w4a16_sync
     except ImportError as e:  # a Triton without Gluon or with another async-copy API
-        _SYNC_UNAVAILABLE.append(str(e))
         log.warning("inductor_fuse: w4a16_sync unavailable with this Triton (%s); w4a16_mma runs instead", e)
         return None
     return w4a16_sync

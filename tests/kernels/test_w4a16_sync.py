@@ -118,6 +118,34 @@ def test_dispatch_takes_the_kernel_where_it_was_measured_fastest():
     assert rows("q4_k", exact_matvec=True) == rows("q4_k", small_m="sync", exact_matvec=True) == []
 
 
+def test_a_triton_without_the_kernel_falls_back_with_one_warning(monkeypatch, caplog):
+    import builtins
+    import sys
+
+    from inductor_fuse.kernels import dispatch
+
+    real = builtins.__import__
+
+    def no_gluon(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 1 and fromlist and "w4a16_sync" in fromlist:
+            raise ImportError("no Gluon in this Triton")
+        return real(name, globals, locals, fromlist, level)
+
+    dispatch._w4a16_sync_module.cache_clear()
+    monkeypatch.delitem(sys.modules, "inductor_fuse.kernels.w4a16_sync")
+    monkeypatch.setattr(builtins, "__import__", no_gluon)
+    try:
+        with caplog.at_level("WARNING", logger="inductor_fuse"):
+            assert dispatch._w4a16_sync_module() is None and dispatch._w4a16_sync_module() is None
+        assert [r.getMessage() for r in caplog.records if "w4a16_sync unavailable" in r.getMessage()] == [
+            "inductor_fuse: w4a16_sync unavailable with this Triton (no Gluon in this Triton); w4a16_mma runs instead"
+        ]  # once, however many calls
+    finally:
+        dispatch._w4a16_sync_module.cache_clear()
+    monkeypatch.undo()
+    assert dispatch._w4a16_sync_module() is sync
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU
 # ---------------------------------------------------------------------------------------------
