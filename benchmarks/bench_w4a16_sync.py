@@ -8,8 +8,9 @@ Per shape and M: every config (warps x 16-row tiles per warp, K split, prefetch,
 bench_kernels.time_graph does (a CUDA graph over rotated weight copies), its error against the
 kernel's pure-torch `reference` (the output's rounding is what is left) and against the exact
 product (`reference` with an exact decode), next to the error of bf16-rounded weights; a config that
-fails is recorded in the JSON and skipped. The dispatched qlinear ("op": matvec / w4a16_mma as
-`dispatch.py` runs them today) and bf16 cuBLAS on random weights of the same shape, for scale.
+fails is recorded in the JSON and skipped. The dispatched qlinear ("op", and "op_off" with
+INDUCTOR_FUSE_SMALL_M=off: the kernels before w4a16_sync; each with the kernel that ran) and bf16
+cuBLAS on random weights of the same shape, for scale.
 Results: benchmarks/results/<date>-w4a16-sync.json.
 """
 
@@ -29,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import SMALL_M_SHAPES, time_graph, weight_copies  # noqa: E402
 from common import print_table, write_json  # noqa: E402
 
+from inductor_fuse import config  # noqa: E402
+from inductor_fuse.kernels.dispatch import kernel_for  # noqa: E402
 from inductor_fuse.kernels.w4a16_sync import FMTS, SyncConfig, reference, supports, w4a16_sync  # noqa: E402
 from inductor_fuse.quant.formats import FORMATS  # noqa: E402
 
@@ -73,6 +76,10 @@ def main() -> None:
             row = {"shape": name, "fmt": fmt, "N": N, "K": K, "M": M, "maxnreg": args.maxnreg}
             ops = [lambda p=p: torch.ops.inductor_fuse.qlinear(x, p, None, fmt) for p in copies]
             row["op_us"] = 1e6 * time_graph(ops)
+            row["op_kernel"] = kernel_for(fmt, M, N, K, x.dtype)
+            with config.patch(small_m="off"):  # the dispatch without w4a16_sync: the matvec, w4a16_mma
+                row["op_off_us"] = 1e6 * time_graph(ops)
+                row["op_off_kernel"] = kernel_for(fmt, M, N, K, x.dtype)
             row["bf16_us"] = 1e6 * time_graph([lambda w=w: torch.nn.functional.linear(x, w) for w in bf16])
             row["op_err_vs_exact"] = _rel(op, exact)
             row["bf16_weights_err_vs_exact"] = _rel(torch.nn.functional.linear(x, w16), exact)
@@ -98,10 +105,12 @@ def main() -> None:
             if best is None:
                 continue
             row["best"], row["best_us"] = best, row[f"{best}_us"]
-            table.append([f"{name} {fmt}", M, row["op_us"], row["bf16_us"], row["best_us"], best,
+            table.append([f"{name} {fmt}", M, f"{row['op_us']:.2f} {row['op_kernel']}",
+                          f"{row['op_off_us']:.2f} {row['op_off_kernel']}", row["bf16_us"], row["best_us"], best,
                           f"{row[f'{best}_err_vs_reference']:.1e}", f"{row[f'{best}_err_vs_exact']:.1e}",
                           f"{row['bf16_weights_err_vs_exact']:.1e}"])  # fmt: skip
-            print(f"{name} {fmt} M={M}: qlinear {row['op_us']:.2f} us, bf16 {row['bf16_us']:.2f}, "
+            print(f"{name} {fmt} M={M}: qlinear {row['op_us']:.2f} us ({row['op_kernel']}), small_m off "
+                  f"{row['op_off_us']:.2f} ({row['op_off_kernel']}), bf16 {row['bf16_us']:.2f}, "
                   f"sync {row['best_us']:.2f} ({best})", flush=True)  # fmt: skip
         del copies, bf16, w16
         # after each shape, so that a run cut short keeps what it measured
@@ -109,7 +118,7 @@ def main() -> None:
         torch.cuda.empty_cache()
     print_table(
         "Llama-3-8B Q4_K_M shapes, bf16 x: the dispatched qlinear, bf16 cuBLAS and w4a16_sync (us)",
-        ["shape", "M", "qlinear", "bf16", "sync", "config", "err vs reference", "err vs exact", "bf16 w err"],
+        ["shape", "M", "qlinear", "small_m off", "bf16", "sync", "config", "err vs ref", "err vs exact", "bf16 w err"],
         table,
     )
 

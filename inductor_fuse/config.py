@@ -23,10 +23,12 @@
     INDUCTOR_FUSE_SMALL_M=sync      small_m            "auto"    "auto": the dispatch of kernels/dispatch.py
                                                                  (kernels/w4a16_sync.py, W4A16 on mma.sync, where
                                                                  a format's spec measured it fastest: Q4_K
-                                                                 M = 5..16, bf16 / fp16 x); "sync": every Q4_K /
-                                                                 Q6_K call of 1-16 rows of bf16 / fp16 x runs
-                                                                 w4a16_sync (slower than the matvec at M = 1);
-                                                                 "off": never (w4a16_mma there instead)
+                                                                 M = 3..16, Q6_K 6..16, bf16 / fp16 x); "sync":
+                                                                 every Q4_K / Q6_K call of 1-16 rows of bf16 /
+                                                                 fp16 x runs w4a16_sync (slower than the matvec
+                                                                 at M = 1, 2); "off": never (the matvec and
+                                                                 w4a16_mma there instead); a rewrite reads it
+                                                                 (the act_quant rule: rewrite_key)
                                                                  (docs/kernels.md, "A few rows")
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
@@ -101,3 +103,10 @@ def patch(**overrides: Any) -> Iterator[Settings]:
         yield settings
     finally:
         settings = saved
+
+
+def rewrite_key() -> str:
+    """The settings a compile's rewrite depends on (the act_quant rule asks kernels/dispatch.kernel_for
+    which kernel reads an activation): part of the rule pass's uuid, so Inductor's FX graph cache
+    never serves a graph rewritten under other settings."""
+    return f"exact_matvec={settings.exact_matvec},small_m={settings.small_m}"

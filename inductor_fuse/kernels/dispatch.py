@@ -1,16 +1,17 @@
 """CUDA dispatch of qlinear: W4A8 matvec for small M, dequantize + cuBLAS for large M.
 
-Per format, from its KernelSpec (kernels/registry.py):
+Per format, from its KernelSpec (kernels/registry.py); `kernel_for` names the kernel a call gets:
 
+    spec.w4a16_sync_min_m <= M <= spec.w4a16_sync_max_m, bf16 / fp16 x, a shape it takes:
+                                 w4a16_sync, W4A16 on mma.sync reading the planes as they are, x through
+                                 a shared-memory ring (Q4_K: M = 3..16, Q6_K: 6..16; +1 launch for
+                                 split-K, +1 for a GLU's act * mul)
     M <= spec.matvec_max_m:      act_quant(x) -> the format's matvec     (2 launches, +1 when split-K;
                                  1 when the activation comes quantized: qlinear_q8 / glu_qlinear_q8,
                                  whose xa the act_quant rule computed once for every consumer)
-    M <= spec.w4a16_sync_max_m:  w4a16_sync, W4A16 on mma.sync reading the planes as they are, x through a
-                                 shared-memory ring (bf16 / fp16 x; Q4_K: M = 5..16; +1 launch for
-                                 split-K, +1 for a GLU's act * mul)
     M <= spec.w4a16_mma_max_m:   w4a16_mma, W4A16 on the bf16 / fp16 tensor cores, nibbles decoded on
-                                 packed bytes (bf16 / fp16 x; Q4_K: M = 17..64, 5..64 with small_m "off";
-                                 Q6_K: 7..64; +1 launch for split-K, +1 for a GLU's act * mul)
+                                 packed bytes (bf16 / fp16 x; Q4_K and Q6_K: M = 17..64; with small_m
+                                 "off" 5..64 and 7..64; +1 launch for split-K, +1 for a GLU's act * mul)
     M <= spec.int8_mma_max_m:    act_quant(x) -> int8_mma, W4A8 on the int8 tensor cores (float32 x:
                                  Q4_K 5..32, Q6_K 7..32; +1 launch for split-K, +1 for a GLU's act * mul)
     M <  spec.fused_gemm_max_m:  qgemm, the fused Triton GEMM (dequant in registers + tl.dot)
@@ -18,10 +19,11 @@ Per format, from its KernelSpec (kernels/registry.py):
                                  == "fused" (INDUCTOR_FUSE_GEMM=fused) forces qgemm
 
 matvec_max_m is the measured crossover on an H200 (benchmarks/bench_kernels.py --crossover; Q4_K's
-against w4a16_mma: --small-m; w4a16_sync's range: benchmarks/bench_w4a16_sync.py).
+against w4a16_mma: --small-m); w4a16_sync's range by benchmarks/bench_w4a16_sync.py (its op / op_off
+columns: the dispatch with and without it), on an H100 for its lower end (docs/kernels.md).
 config.settings.small_m (INDUCTOR_FUSE_SMALL_M): "auto" as above; "sync" sends every call of 1-16
 bf16 / fp16 rows of a w4a16_sync format (Q4_K, Q6_K) there first (at M = 1 slower than the matvec;
-a qlinear_q8's quantized activation then goes unread); "off" never (w4a16_mma takes Q4_K's 5..16).
+a qlinear_q8's quantized activation then goes unread); "off" never (the matvec and w4a16_mma again).
 config.settings.exact_matvec (INDUCTOR_FUSE_EXACT_MATVEC=1) sends every M to the GEMM (activations
 stay float: no int8 rounding of x, slower at small M). A format without kernels raises
 NotImplementedError (ops.py then runs the reference).
@@ -52,12 +54,23 @@ SYNC_MAX_M = 16  # w4a16_sync takes 1..16 rows of x
 def wants_w4a16_sync(spec, M: int, dtype: torch.dtype, settings: knobs.Settings) -> bool:
     """Whether a call of M rows of `dtype` x goes to w4a16_sync (before asking whether the kernel
     takes the shape): bf16 / fp16 x, not under exact_matvec, and by settings.small_m: "auto" in the
-    spec's range (matvec_max_m < M <= w4a16_sync_max_m), "sync" every M <= 16, "off" never."""
+    spec's range (w4a16_sync_min_m <= M <= w4a16_sync_max_m; min 0: above matvec_max_m), "sync"
+    every M <= 16, "off" never."""
     if dtype not in (torch.bfloat16, torch.float16) or settings.exact_matvec or settings.small_m == "off":
         return False
     if settings.small_m == "sync":
         return 1 <= M <= SYNC_MAX_M
-    return spec.matvec_max_m < M <= spec.w4a16_sync_max_m
+    return (spec.w4a16_sync_min_m or spec.matvec_max_m + 1) <= M <= spec.w4a16_sync_max_m
+
+
+def takes_w4a16_sync(fmt: str, M: int, N: int, K: int, dtype: torch.dtype, settings: knobs.Settings) -> bool:
+    """Whether qlinear_cuda runs w4a16_sync for this call (wants_w4a16_sync, and this Triton imports
+    the kernel, and the kernel takes the format and shape); the act_quant rule asks it too, since
+    w4a16_sync reads x in float."""
+    if not wants_w4a16_sync(kernel_spec(fmt), M, dtype, settings):
+        return False
+    sync = _w4a16_sync_module()
+    return sync is not None and fmt in sync.FMTS and sync.supports(M, N, K, fmt)
 
 
 @functools.cache
@@ -118,14 +131,34 @@ def matvec(
     return launch(config)
 
 
+def kernel_for(fmt: str, M: int, N: int, K: int, dtype: torch.dtype, settings: knobs.Settings | None = None) -> str:
+    """The kernel qlinear_cuda runs for M rows of `dtype` x against fmt's N x K weight, by the table
+    at the top of this file: "w4a16_sync", "matvec", "w4a16_mma", "int8_mma", "qgemm" or
+    "dequant_mm". Only "matvec" and "int8_mma" read a quantized activation (the act_quant rule asks)."""
+    spec = kernel_spec(fmt)
+    settings = settings or knobs.settings
+    if takes_w4a16_sync(fmt, M, N, K, dtype, settings):
+        return "w4a16_sync"
+    if settings.exact_matvec:
+        return "qgemm"
+    if M <= spec.matvec_max_m:
+        return "matvec"
+    if M <= spec.w4a16_mma_max_m and dtype in (torch.bfloat16, torch.float16):
+        return "w4a16_mma"
+    if M <= spec.int8_mma_max_m:
+        return "int8_mma"
+    return "qgemm" if M < spec.fused_gemm_max_m or settings.gemm == "fused" else "dequant_mm"
+
+
 def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None, xa=None, ya_interleave=None):
     """The CUDA body of torch.ops.inductor_fuse.qlinear, and with `act` of glu_qlinear (arguments
-    already validated): the matvec applies the GLU in its epilogue; the GEMM paths write gate|up,
-    then act(gate) * up runs as its own step. `xa`: quantize_act(x, spec.interleave, ...)'s four
-    tensors (qlinear_q8, glu_qlinear_q8), which the matvec reads instead of quantizing x itself;
-    the GEMM paths read x (quantize_act computes nothing for them: its max_m). ya_interleave (a
-    bool, with act; glu_qlinear_q8_quantize_act): the GLU matvec also quantizes its output, and
-    the call returns (y, yq, yd, ys32, ys16); a ValueError where the matvec does not run."""
+    already validated): the matvec applies the GLU in its epilogue; the other kernels write
+    gate|up, then act(gate) * up runs as its own step. `xa`: quantize_act(x, spec.interleave, ...)'s
+    four tensors (qlinear_q8, glu_qlinear_q8), which the matvec and int8_mma read instead of
+    quantizing x themselves; the others read x (quantize_act computes nothing for the GEMMs: its
+    max_m). ya_interleave (a bool, with act; glu_qlinear_q8_quantize_act): the GLU matvec also
+    quantizes its output, and the call returns (y, yq, yd, ys32, ys16); a ValueError where the
+    matvec does not run."""
     spec = kernel_spec(fmt)
     K = x.shape[-1]
     N = planes[0].shape[0]
@@ -140,30 +173,27 @@ def qlinear_cuda(x: torch.Tensor, planes, bias, fmt: str, act: str | None = None
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
     settings = knobs.settings
-    half = x2.dtype in (torch.bfloat16, torch.float16)
-    if ya_interleave is None and wants_w4a16_sync(spec, M, x2.dtype, settings):
-        sync = _w4a16_sync_module()
-        if sync is not None and fmt in sync.FMTS and sync.supports(M, N, K, fmt):
-            out = sync.w4a16_sync(x2, planes, bias, fmt)
-            if act:
-                out = act_mul(out, act)
-            return out.reshape(*x.shape[:-1], n_out)
     qa = None if xa is None else QuantizedActivation(*(t.reshape(M, -1).contiguous() for t in xa))
-    if M <= spec.matvec_max_m and not settings.exact_matvec:
-        if ya_interleave is not None:
-            y = x.new_empty((*x.shape[:-1], n_out))
-            ya = empty_quantized_activation(y)
-            flat = QuantizedActivation(*(t.view(M, -1) for t in ya))
-            matvec(x2, planes, bias, fmt, act=act, xa=qa, ya=(flat, ya_interleave), out=y.view(M, n_out))
-            return (y, *ya)
+    if ya_interleave is not None:  # the GLU matvec that quantizes its output, whatever kernel_for says
+        if M > spec.matvec_max_m or settings.exact_matvec:
+            raise ValueError(
+                f"{fmt}: the GLU matvec that quantizes its output runs for M <= {spec.matvec_max_m}, got {M}"
+            )
+        y = x.new_empty((*x.shape[:-1], n_out))
+        ya = empty_quantized_activation(y)
+        flat = QuantizedActivation(*(t.view(M, -1) for t in ya))
+        matvec(x2, planes, bias, fmt, act=act, xa=qa, ya=(flat, ya_interleave), out=y.view(M, n_out))
+        return (y, *ya)
+    kernel = kernel_for(fmt, M, N, K, x2.dtype, settings)
+    if kernel == "matvec":
         return matvec(x2, planes, bias, fmt, act=act, xa=qa).reshape(*x.shape[:-1], n_out)
-    if ya_interleave is not None:
-        raise ValueError(f"{fmt}: the GLU matvec that quantizes its output runs for M <= {spec.matvec_max_m}, got {M}")
-    if M <= spec.w4a16_mma_max_m and half and not settings.exact_matvec:
+    if kernel == "w4a16_sync":
+        out = _w4a16_sync_module().w4a16_sync(x2, planes, bias, fmt)
+    elif kernel == "w4a16_mma":
         out = w4a16_mma(x2, planes, bias, fmt)
-    elif M <= spec.int8_mma_max_m and not settings.exact_matvec:  # xa when quantize_act filled it
+    elif kernel == "int8_mma":  # xa when quantize_act filled it
         out = int8_mma(x2, planes, bias, fmt, xa=qa)
-    elif settings.exact_matvec or M < spec.fused_gemm_max_m or settings.gemm == "fused":
+    elif kernel == "qgemm":
         out = qgemm(x2, planes, bias, fmt)
     else:
         out = dequant_mm(x2, planes, bias, fmt)

@@ -98,7 +98,8 @@ def _glu_qlinear_q8_quantize_act_cuda(
     qa = _usable_activation(x, fmt, xa, interleave, max_m)
     M = x.numel() // x.shape[-1] if x.shape[-1] else 0
     args = (x, planes, bias, fmt, act, qa, out_interleave, out_max_m)
-    matvec = qa is not None and M <= kernel_spec(fmt).matvec_max_m  # the GLU runs as its matvec
+    # the GLU runs as its matvec (as glu_qlinear_q8 would: the same y whichever op the rule left)
+    matvec = qa is not None and dispatch.kernel_for(fmt, M, planes[0].shape[0], x.shape[-1], x.dtype) == "matvec"
     if knobs.settings.glu_quant and matvec and matvec_reads(M, out_max_m):
         instead = "the GLU, then act_quant (two launches)"
         return kernel_or_reference(

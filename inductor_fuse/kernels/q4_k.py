@@ -120,14 +120,14 @@ def _q4k_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
 # Spec
 # ---------------------------------------------------------------------------------------------
 
-# The matvec default: measured on an H200 (CUDA graph over rotated weight copies). Up to M = 4 the
-# matvec; with bf16 / fp16 x, M = 5..16 w4a16_sync (x through its shared-memory ring: 1.16-1.53x
-# faster than w4a16_mma at M = 8 and 16 on the Llama-3-8B shapes,
-# benchmarks/results/2026-12-05-w4a16-sync-xstages.json), M = 17..64 w4a16_mma (at M = 8 1.4-2.6x
-# faster than the matvec, at M = 16..32 than int8_mma: 2026-12-04-small-m-w4a16.json); int8_mma for
-# float32 x.
+# The matvec default: measured on an H200 (CUDA graph over rotated weight copies). With bf16 / fp16
+# x: the matvec at M = 1, 2; w4a16_sync at 3..16 (x through its shared-memory ring: 1.16-1.53x faster
+# than w4a16_mma at M = 8 and 16 on the Llama-3-8B shapes, 2026-12-05-w4a16-sync-xstages.json; on an
+# H100 at M = 3 / 4 1.04-1.45x faster than the matvec, at M = 2 1.32-1.38x slower,
+# 2026-12-05-w4a16-sync-small-m-h100.json); w4a16_mma at 17..64 (at M = 16..32 faster than int8_mma:
+# 2026-12-04-small-m-w4a16.json). float32 x: the matvec up to M = 4, then int8_mma up to 32.
 (SPEC,) = register_kernels(
     KernelSpec("q4_k", UNIT.value, _q4k_load_units, q4k_decode, q4k_row_dot, _q4k_dequant_tile,
                plane_dtypes=(torch.int32, torch.int32, None), default_config=prefetch_when_batched(2, 16, num_warps=1),
-               matvec_max_m=4, int8_mma_max_m=32, w4a16_sync_max_m=16, w4a16_mma_max_m=64)
+               matvec_max_m=4, int8_mma_max_m=32, w4a16_sync_min_m=3, w4a16_sync_max_m=16, w4a16_mma_max_m=64)
 )  # fmt: skip

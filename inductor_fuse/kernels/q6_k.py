@@ -118,11 +118,15 @@ def _default_config(M: int, N: int, K: int) -> MatvecConfig:
         "q6_k", UNIT.value, _q6k_load_units, _q6k_decode, _q6k_row_dot, _q6k_dequant_tile,
         plane_dtypes=(torch.int32, torch.int32, None, None),
         default_config=_default_config,
-        # the matvec up to M = 6, then w4a16_mma (bf16 / fp16 x) up to 64: at M = 8 33.3-33.9 us against
-        # the matvec's 41.6 (down), 233 against 271 (lm_head); at M = 4 the matvec's 27.3 / 173.9 against
-        # 33.3 / 233 (w4a16_mma does the same work for every M <= 16; the matvec grows linearly, M = 5..7
-        # not measured). int8_mma for float32 x (2026-12-04, docs/kernels.md "A few rows").
+        # bf16 / fp16 x: the matvec up to M = 5, w4a16_sync at 6..16, w4a16_mma up to 64. On an H100
+        # (2026-12-05-w4a16-sync-small-m-h100.json, down / lm_head): at M = 2..4 the matvec 24.1-27.6 /
+        # 166-186 us against w4a16_sync's 30.9-35.0 / 242-297; at M = 6 w4a16_sync 28.0 / 191 against
+        # the matvec's 40.7 / 271, at 8 and 16 26.8-31.4 / 176-199 against w4a16_mma's 35.2-35.8 / 245-249;
+        # at 12 it is 7-11% slower than w4a16_mma (37.8 / 274 against 35.3 / 248); M = 5 not measured.
+        # float32 x: the matvec up to 6, int8_mma up to 32 (2026-12-04, docs/kernels.md "A few rows").
         matvec_max_m=6,
+        w4a16_sync_min_m=6,
+        w4a16_sync_max_m=16,
         w4a16_mma_max_m=64,
         int8_mma_max_m=32,
         fused_gemm_max_m=0,

@@ -1,6 +1,6 @@
 """Weight-only quantized linears (W4A16; Q6_K's W6A16 the same way) for a few rows of x on the bf16 /
 fp16 tensor cores: `w4a16_mma` (the dispatcher runs it for matvec_max_m < M <=
-KernelSpec.w4a16_mma_max_m with bf16 or fp16 x, above w4a16_sync_max_m; Q4_K: 17..64, Q6_K: 7..64).
+KernelSpec.w4a16_mma_max_m with bf16 or fp16 x, above w4a16_sync_max_m; Q4_K and Q6_K: 17..64).
 
 Each program decodes BLOCK_N weight rows x BLOCK_U 64-weight units of K into x's dtype in
 registers and multiplies them with x^T on the tensor cores (the weights are the wgmma's A operand,

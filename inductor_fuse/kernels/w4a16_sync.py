@@ -1,7 +1,8 @@
 """`w4a16_sync`: W4A16 (Q6_K: W6A16) for 1-16 rows of x on mma.sync, reading the Q4_K / Q6_K
-planes as they are (GGUF order). Dispatched for Q4_K at M = 5..16 with bf16 / fp16 x
-(`KernelSpec.w4a16_sync_max_m`); `INDUCTOR_FUSE_SMALL_M=sync` routes every bf16 / fp16 call of up to
-16 rows here, `=off` none (docs/kernels.md "A few rows"; measured by benchmarks/bench_w4a16_sync.py).
+planes as they are (GGUF order). Dispatched for Q4_K at M = 3..16 and Q6_K at 6..16 with bf16 / fp16
+x (`KernelSpec.w4a16_sync_min_m` / `w4a16_sync_max_m`); `INDUCTOR_FUSE_SMALL_M=sync` routes every
+bf16 / fp16 call of up to 16 rows here, `=off` none (docs/kernels.md "A few rows"; measured by
+benchmarks/bench_w4a16_sync.py).
 
 Written in Gluon (`triton.experimental.gluon`), where the kernel picks its register layouts:
 

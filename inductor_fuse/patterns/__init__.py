@@ -15,6 +15,7 @@ from pathlib import Path
 import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
+from .. import config as knobs
 from .. import report
 from . import act_quant, conv1d, decode_attention, dequant_cpu, glu, rope_cache, siblings  # noqa: F401 -- registers the families; one name per family
 from .registry import families
@@ -47,8 +48,9 @@ def _restore(graph: fx.Graph, saved: fx.Graph) -> None:
 class RulePass(CustomGraphPass):
     """The enabled rule families as one Inductor custom pass.
 
-    ``uuid()`` hashes every file of the plugin plus the options, so Inductor's FX graph cache
-    never reuses code compiled by another version of a rule or kernel.
+    ``uuid()`` hashes every file of the plugin plus the options and the settings a rewrite reads
+    (``config.rewrite_key``), so Inductor's FX graph cache never reuses code compiled by another
+    version of a rule or kernel, or under other settings.
     """
 
     def __init__(self, enabled: Sequence[str]):
@@ -94,4 +96,4 @@ class RulePass(CustomGraphPass):
                 return
 
     def uuid(self) -> str:
-        return f"{plugin_hash()}-{self.enabled}"
+        return f"{plugin_hash()}-{self.enabled}-{knobs.rewrite_key()}"

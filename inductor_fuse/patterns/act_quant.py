@@ -57,8 +57,9 @@ Counter: one per ``quantize_act``, ``rmsnorm_quantize_act``, ``add_rmsnorm_quant
 ``decode_attention_quantize_act`` or ``glu_qlinear_q8_quantize_act`` inserted (one per group; the
 rewrite lists the consumers). Left alone, with the reason in the report: a linear whose format has
 no Triton matvec (it never reads an int8 activation), one with more rows than its matvec takes
-(static M), an activation only one quantized linear of that layout reads and no RMSNorm, decode
-attention or GLU makes (quantizing inside its own call is the same single launch).
+or with rows that w4a16_sync takes (static M; bf16 / fp16 x: kernels/dispatch.py), an activation
+only one quantized linear of that layout reads and no RMSNorm, decode attention or GLU makes
+(quantizing inside its own call is the same single launch).
 
 On CPU the consumers' bodies are the pure-torch reference (xa unused) and ``dequant_cpu`` (order
 90) turns them into float GEMMs, erases the unread ``quantize_act`` and turns an
@@ -84,6 +85,7 @@ from .. import (
     attention,  # noqa: F401 -- defines decode_attention (matched) and decode_attention_quantize_act (emitted)
     report,
 )
+from ..kernels.dispatch import kernel_for
 from ..kernels.registry import KERNELS
 from ..quant import op  # noqa: F401 -- defines the consumers (matched) and quantize_act, the q8 variants (emitted)
 from ..quant.formats import FORMATS
@@ -118,8 +120,12 @@ def _why_not(node: fx.Node) -> str | None:
     if K % op.ACT_TILE:
         return f"K = {K} is not a multiple of {op.ACT_TILE}"
     rows = val(x).shape[:-1]
-    if all(isinstance(d, int) for d in rows) and math.prod(rows) > spec.matvec_max_m:
-        M, top = math.prod(rows), spec.matvec_max_m
+    if not all(isinstance(d, int) for d in rows):
+        return None
+    M, top = math.prod(rows), spec.matvec_max_m
+    if kernel_for(fmt, M, val(planes[0]).shape[0], K, val(x).dtype) == "w4a16_sync":
+        return f"M = {M} rows of {val(x).dtype}: {fmt}'s w4a16_sync runs, reading x in float"
+    if M > top:
         return f"M = {M} rows: {fmt}'s GEMM runs (its matvec takes M <= {top}), reading x in float"
     return None
 

@@ -109,13 +109,33 @@ def test_dispatch_takes_the_kernel_where_it_was_measured_fastest():
         settings = config.Settings(**knobs)
         return [M for M in range(1, 65) if wants_w4a16_sync(kernel_spec(fmt), M, dtype, settings)]
 
-    assert rows("q4_k") == list(range(5, 17))  # auto: past the matvec (M <= 4), w4a16_mma's old 5..16
-    assert rows("q4_k", torch.float16) == list(range(5, 17))
-    assert rows("q4_k", torch.float32) == []  # float32 x: int8_mma there
-    assert rows("q6_k") == rows("q8_0") == []  # not measured with the ring: as before
+    assert rows("q4_k") == rows("q4_k", torch.float16) == list(range(3, 17))  # auto: the matvec at M = 1, 2
+    assert rows("q6_k") == rows("q6_k", torch.float16) == list(range(6, 17))  # the matvec at M = 1..5
+    assert rows("q4_k", torch.float32) == []  # float32 x: the matvec, then int8_mma
+    assert rows("q8_0") == []  # not measured
     assert rows("q4_k", small_m="sync") == rows("q6_k", small_m="sync") == list(range(1, 17))
     assert rows("q4_k", small_m="off") == []
     assert rows("q4_k", exact_matvec=True) == rows("q4_k", small_m="sync", exact_matvec=True) == []
+
+
+def test_kernel_for_names_the_kernel_of_each_path():
+    from inductor_fuse.kernels.dispatch import kernel_for
+
+    bf16, f32 = torch.bfloat16, torch.float32
+    auto = config.Settings()
+    assert kernel_for("q4_k", 1, 4096, 4096, bf16, auto) == "matvec"
+    assert [kernel_for(f, 2, 4096, 4096, bf16, auto) for f in ("q4_k", "q6_k")] == ["matvec"] * 2
+    assert [kernel_for(f, 3, 4096, 4096, bf16, auto) for f in ("q4_k", "q6_k")] == ["w4a16_sync", "matvec"]
+    assert kernel_for("q6_k", 6, 4096, 4096, bf16, auto) == "w4a16_sync"
+    assert kernel_for("q4_k", 3, 1000, 4096, bf16, auto) == "matvec"  # N % 64: not a shape it takes
+    assert kernel_for("q4_k", 3, 4096, 4096, f32, auto) == "matvec"  # float32 x
+    assert kernel_for("q4_k", 8, 4096, 4096, f32, auto) == "int8_mma"
+    assert kernel_for("q4_k", 17, 4096, 4096, bf16, auto) == "w4a16_mma"
+    assert kernel_for("q4_k", 3, 4096, 4096, bf16, config.Settings(small_m="off")) == "matvec"
+    assert kernel_for("q4_k", 8, 4096, 4096, bf16, config.Settings(small_m="off")) == "w4a16_mma"
+    assert kernel_for("q4_k", 1, 4096, 4096, bf16, config.Settings(exact_matvec=True)) == "qgemm"
+    assert kernel_for("q6_k", 512, 4096, 4096, bf16, auto) == "dequant_mm"
+    assert kernel_for("q6_k", 512, 4096, 4096, bf16, config.Settings(gemm="fused")) == "qgemm"
 
 
 def test_a_triton_without_the_kernel_falls_back_with_one_warning(monkeypatch, caplog):
@@ -177,8 +197,8 @@ def test_kernel_matches_its_reference_cuda(M, N, K, warps, reps, dt, fmt):
 @pytest.mark.parametrize("fmt", sync.FMTS)
 def test_bias_and_dispatch_cuda(fmt, monkeypatch):
     """The bias (added by the store, or by splitk_reduce); qlinear and glu_qlinear run the kernel
-    with INDUCTOR_FUSE_SMALL_M=sync for M <= 16 only; by default (auto) Q4_K's M = 6 runs it too,
-    Q6_K's not; with off neither."""
+    with INDUCTOR_FUSE_SMALL_M=sync for M <= 16 only; by default (auto) M = 6 runs it too, M = 1
+    the matvec; with off neither."""
     N, K = 1024, 4096
     planes = random_planes(fmt, N, K, "cuda", seed=7)
     bias = torch.randn(N, device="cuda", dtype=torch.bfloat16)
@@ -194,10 +214,9 @@ def test_bias_and_dispatch_cuda(fmt, monkeypatch):
         before = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
     assert calls == []
     auto = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)
-    if fmt == "q4_k":
-        assert calls == [6] and rel_err(auto, want) < 2e-3
-    else:  # Q6_K's matvec (M <= 6): x rounded to int8
-        assert calls == [] and rel_err(auto, want) < 1.5e-2
+    assert calls == [6] and rel_err(auto, want) < 2e-3
+    one = torch.ops.inductor_fuse.qlinear(x[:1], planes, bias, fmt)
+    assert calls == [6] and rel_err(one, want[:1]) < 1.5e-2  # M = 1: the matvec, x rounded to int8
     calls.clear()
     with config.patch(small_m="sync"):
         got = torch.ops.inductor_fuse.qlinear(x, planes, bias, fmt)

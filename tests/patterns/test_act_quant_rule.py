@@ -22,8 +22,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from toy_models import TinyLlama
 
 import inductor_fuse
-from inductor_fuse import report
-from inductor_fuse.kernels import ops
+from inductor_fuse import config, report
+from inductor_fuse.kernels import dispatch, ops
 from inductor_fuse.kernels._common import interpreting
 from inductor_fuse.kernels.registry import KERNELS
 from inductor_fuse.patterns.act_quant import share_act_quant
@@ -39,10 +39,10 @@ FAMILY = "act_quant"
 lib = torch.ops.inductor_fuse
 
 
-def _llama(n_layers=2, v_fmt="q6_k", fmt="q4_k"):
+def _llama(n_layers=2, v_fmt="q6_k", fmt="q4_k", dtype=torch.float32):
     """q|k (and o, the MLP) in `fmt`, v in `v_fmt` (as llama.cpp's Q4_K_M mixes Q4_K and Q6_K)."""
     torch.manual_seed(0)
-    model = TinyLlama(n_layers=n_layers, dim=256, hidden=512).eval()
+    model = TinyLlama(n_layers=n_layers, dim=256, hidden=512).eval().to(dtype)
     quantize_(model, QuantConfig(fmt=fmt, skip=("v_proj",)))
     quantize_(model, QuantConfig(fmt=v_fmt))
     return model
@@ -161,7 +161,8 @@ def _shared_input(fmt="q4_k", side_fmt="q8_0", dtype=torch.float32):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_glu_and_a_linear_share_it(dtype):
     model = _shared_input(dtype=dtype)
-    x = torch.randn(2, 256, dtype=dtype)
+    rows = 2 if dtype == torch.float32 else 1  # bf16: 1 row (more: test_bf16_rows_w4a16_sync_takes_are_left_alone)
+    x = torch.randn(rows, 256, dtype=dtype)
     got, ref, rep = _run(model, x)
     assert rep.counts[FAMILY] == 1 and rep.counts["glu"] == 1, str(rep)
     (r,) = [r for r in rep.rewrites if r.family == FAMILY]
@@ -204,6 +205,25 @@ def test_option_turns_it_off():
     got, ref, rep = _run(model, torch.randn(1, 3, 256), {FAMILY: False})
     assert rep.counts[FAMILY] == 0 and not [s for s in rep.skipped if s.family == FAMILY]
     assert rel_err(got, ref) < 1e-5
+
+
+def test_bf16_rows_w4a16_sync_takes_are_left_alone():
+    """bf16 x of a static M that w4a16_sync takes (Q4_K 3..16, Q6_K 6..16): it reads x in float
+    (kernels/dispatch.kernel_for), so nothing is quantized for it; with small_m "off" Q6_K's matvec
+    (M <= 6) is a reader again."""
+    model = _llama(n_layers=1, dtype=torch.bfloat16)
+    x = torch.randn(1, 6, 256, dtype=torch.bfloat16)
+    got, ref, rep = _run(model, x, dynamic=False)
+    assert rep.counts[FAMILY] == 0, str(rep)
+    reasons = [s.reason for s in rep.skipped if s.family == FAMILY]
+    for fmt in ("q4_k", "q6_k"):
+        assert f"M = 6 rows of torch.bfloat16: {fmt}'s w4a16_sync runs, reading x in float" in reasons, reasons
+    assert rel_err(got.float(), ref.float()) < 3e-2
+    with config.patch(small_m="off"):  # w4a16_mma for Q4_K, the matvec for Q6_K (alone on its input)
+        _, _, rep = _run(_llama(n_layers=1, dtype=torch.bfloat16), x, dynamic=False)
+    reasons = [s.reason for s in rep.skipped if s.family == FAMILY]
+    assert "M = 6 rows: q4_k's GEMM runs (its matvec takes M <= 4), reading x in float" in reasons, reasons
+    assert not any("w4a16_sync" in r for r in reasons) and any("the only quantized linear" in r for r in reasons)
 
 
 def test_more_rows_than_any_matvec_takes_is_left_alone():
@@ -319,7 +339,8 @@ def _transformer(dtype=torch.float32):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_transformers_norms_are_fused(dtype):
     model = _transformer(dtype)
-    tokens, pos = torch.tensor([[1, 2]]), torch.arange(2)
+    S = 2 if dtype == torch.float32 else 1  # bf16: 1 token (more: test_bf16_rows_w4a16_sync_takes_are_left_alone)
+    tokens, pos = torch.tensor([[1, 2][:S]]), torch.arange(S)
     with torch.no_grad():
         ref = model(tokens, pos)
         # static shapes: an earlier compile of Transformer.forward in this process at another
@@ -335,7 +356,7 @@ def test_the_transformers_norms_are_fused(dtype):
     assert rep.counts[FAMILY] == len(fused) + len(attention) + len(glus) == 9, str(rep)  # + o_proj, down_proj
     assert [r.label for r in attention] == ["(o_proj)"] * 2, str(rep)
     assert sorted(r.label for r in fused) == ["(gate_proj)"] * 2 + ["(output)"] + ["(q_proj)"] * 2, str(rep)
-    want = f" (eps 1e-05, weight in float32): x[1, 2, 256] -> int8 per 32-tile (natural order), M <= {Q4K_MAX_M}"
+    want = f" (eps 1e-05, weight in float32): x[1, {S}, 256] -> int8 per 32-tile (natural order), M <= {Q4K_MAX_M}"
     assert all(want in r.detail for r in fused), [r.detail for r in fused]
     added = [r.label for r in fused if r.detail.startswith("RMSNorm fused, with the residual add before it")]
     assert len(added) == 4, [r.detail for r in fused]  # every norm but the first (the embedding's output)
@@ -515,7 +536,8 @@ def test_the_fused_norm_on_the_cuda_bodies(M, rewritten_norm, act_quant_calls, m
     got = gm(h, norm_w, w["qkv"], w["gu"])
     assert fused == [M <= Q4K_MAX_M] and launches == []  # one launch: the norm quantizes; the matvecs read it
     want = plain(h, norm_w, w["qkv"], w["gu"])
-    assert launches == ([(M, 256)] * 2 if M <= Q4K_MAX_M else [])  # unfused: one act_quant per matvec
+    matvec = dispatch.kernel_for("q4_k", M, 64, 256, dtype) == "matvec"  # bf16 M = 3: w4a16_sync, x in float
+    assert launches == ([(M, 256)] * 2 if matvec else [])  # unfused: one act_quant per matvec
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     for a, b in zip(got, want):
         assert a.shape == b.shape and rel_err(a.float(), b.float()) < tol
@@ -535,7 +557,8 @@ def test_the_residual_add_goes_into_the_fused_norm(dtype):
         y = _rms(h, nw, cast_first=False, offset=1.0)
         return h * 2.0, lib.qlinear(y, p, None, "q4_k")
 
-    a, b = (torch.randn(1, 3, 256, generator=g).to(dtype) for _ in range(2))
+    S = 3 if dtype == torch.float32 else 1  # bf16: 1 row (more: test_bf16_rows_w4a16_sync_takes_are_left_alone)
+    a, b = (torch.randn(1, S, 256, generator=g).to(dtype) for _ in range(2))
     gm, plain = (_trace(f, a, b, norm_w, planes, mode="fake") for _ in range(2))
     with report.discarding() as rep:
         assert share_act_quant(gm.graph) == 1, str(rep)
@@ -563,7 +586,8 @@ def _sandwich(dtype, post_norm_read_elsewhere=False):
         out = (h * 2.0, lib.qlinear(y, p, None, "q4_k"))
         return (*out, n + 1.0) if post_norm_read_elsewhere else out
 
-    a, o = torch.randn(1, 3, 256, generator=g).to(dtype), (torch.randn(1, 3, 256, generator=g) * 30).to(dtype)
+    S = 3 if dtype == torch.float32 else 1  # bf16: 1 row (more: test_bf16_rows_w4a16_sync_takes_are_left_alone)
+    a, o = torch.randn(1, S, 256, generator=g).to(dtype), (torch.randn(1, S, 256, generator=g) * 30).to(dtype)
     args = (a, o, w_post, w_pre, planes)
     return (_trace(f, *args, mode="fake") for _ in range(2)), args
 

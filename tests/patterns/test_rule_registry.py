@@ -73,3 +73,18 @@ def test_unknown_option_names_the_registered_families():
         FuseOptions.from_dict({"silu": True})
     with pytest.raises(TypeError, match="must be a bool"):
         FuseOptions.from_dict({"siblings": 1})
+
+
+def test_the_cache_key_holds_the_settings_a_rewrite_reads():
+    """The act_quant rule asks which kernel reads an activation, which small_m and exact_matvec
+    decide: the FX graph cache must not serve a graph rewritten under other settings."""
+    from inductor_fuse import config
+
+    rule_pass = RulePass(FuseOptions().enabled())
+    base = rule_pass.uuid()
+    assert rule_pass.uuid() == base
+    for change in ({"small_m": "off"}, {"small_m": "sync"}, {"exact_matvec": True}):
+        with config.patch(**change):
+            assert rule_pass.uuid() != base, change
+    with config.patch(no_tune=True, tune=True):  # read at run time only
+        assert rule_pass.uuid() == base
