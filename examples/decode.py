@@ -29,6 +29,7 @@ import torch
 import inductor_fuse
 from inductor_fuse.gguf import GGUFLoadError, load_gguf
 from inductor_fuse.models.generate import (
+    DeviceStepTimer,
     check_sampling,
     compile_prefill,
     decode_one_token,
@@ -92,11 +93,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         "and freeze what survives until the end, so that no full collection, hundreds of ms with a compiled model, "
         "lands inside generation: settled_gc)",
     )
+    p.add_argument(
+        "--device-timing",
+        action="store_true",
+        help="also time each decode step on the device (CUDA events around each step: 'device steps' and "
+        "device_step_ms in the JSON), to tell a slow device from a slow host when runs differ",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="end stdout with one JSON line of results")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here (use --device cpu)")
+    if args.device_timing and args.device != "cuda":
+        p.error("--device-timing times CUDA events: it needs --device cuda")
     if args.max_new_tokens < 1:
         p.error("--max-new-tokens must be at least 1")
     if args.max_seq_len is not None and args.max_seq_len < 1:
@@ -173,10 +182,15 @@ def step_times_ms(times: list[float]) -> dict[str, float] | None:
     """The gaps between consecutive tokens reaching the host, in ms: median, 90th percentile
     (nearest rank), max. A mean alone hides a pause (a garbage collection, a page fault) at
     one token; None with fewer than two tokens."""
-    gaps = sorted((b - a) * 1e3 for a, b in zip(times, times[1:]))
-    if not gaps:
+    return spread([(b - a) * 1e3 for a, b in zip(times, times[1:])])
+
+
+def spread(values: list[float]) -> dict[str, float] | None:
+    """median, 90th percentile (nearest rank) and max of `values`; None when empty."""
+    values = sorted(values)
+    if not values:
         return None
-    return {"median": statistics.median(gaps), "p90": gaps[math.ceil(0.9 * len(gaps)) - 1], "max": gaps[-1]}
+    return {"median": statistics.median(values), "p90": values[math.ceil(0.9 * len(values)) - 1], "max": values[-1]}
 
 
 def sync(device: str) -> None:
@@ -253,6 +267,7 @@ def main(argv=None) -> dict:
 
     print(args.prompt, end="", flush=True)
     torch.manual_seed(args.seed)  # sampled tokens: the same whatever the warm-up drew
+    timer = DeviceStepTimer() if args.device_timing else None
     with contextlib.nullcontext() if args.no_gc_freeze else settled_gc():
         t0 = time.perf_counter()
         tokens = generate(
@@ -263,6 +278,7 @@ def main(argv=None) -> dict:
             decode_fn=step,
             prefill_fn=run_prompt,
             on_token=on_token,
+            step_timer=timer,
             **sampling,
         )
     print(flush=True)
@@ -277,11 +293,10 @@ def main(argv=None) -> dict:
         file=log,
     )
     steps_ms = step_times_ms(times)
-    if steps_ms:
-        print(
-            f"decode steps: median {steps_ms['median']:.3f} ms, p90 {steps_ms['p90']:.3f}, max {steps_ms['max']:.3f}",
-            file=log,
-        )
+    device_ms = spread(timer.times_ms()) if timer is not None else None
+    for what, ms in (("decode steps", steps_ms), ("device steps", device_ms)):
+        if ms:
+            print(f"{what}: median {ms['median']:.3f} ms, p90 {ms['p90']:.3f}, max {ms['max']:.3f}", file=log)
 
     counts: dict[str, int] = {}
     if args.backend == "inductor_fuse":
@@ -299,6 +314,7 @@ def main(argv=None) -> dict:
         "prefill": args.prefill,
         "decode_tok_s": decode_tok_s,
         "decode_step_ms": steps_ms,
+        "device_step_ms": device_ms,  # --device-timing: each step's time on the device (None without)
         "gc_freeze": not args.no_gc_freeze,
         "report": counts,
         "backend": args.backend,

@@ -43,6 +43,7 @@ def test_the_timed_run_reuses_the_step_the_warm_up_compiled(tmp_path):
     steps = result["decode_step_ms"]  # three gaps between four tokens
     assert 0 < steps["median"] <= steps["p90"] <= steps["max"], steps
     assert result["gc_freeze"] is True and "decode steps: median" in proc.stderr
+    assert result["device_step_ms"] is None and "device steps" not in proc.stderr  # --device-timing: CUDA only
 
 
 def load_example():
@@ -65,6 +66,14 @@ def test_step_times_are_the_gaps_between_tokens():
     assert steps["max"] == pytest.approx(50.0)
     assert example.step_times_ms([0.5]) is None and example.step_times_ms([]) is None
     assert example.parse_args(["--device", "cpu"]).no_gc_freeze is False
+    assert example.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "p90": 3.0, "max": 3.0} and example.spread([]) is None
+
+
+def test_device_timing_needs_cuda(capsys):
+    example = load_example()
+    with pytest.raises(SystemExit):
+        example.parse_args(["--device", "cpu", "--device-timing"])
+    assert "--device-timing times CUDA events: it needs --device cuda" in capsys.readouterr().err
 
 
 SETTLE_SCRIPT = """

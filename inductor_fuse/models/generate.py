@@ -267,6 +267,28 @@ class _HostTokens:
         return int(self.tensors[i][0])
 
 
+class DeviceStepTimer:
+    """The device's own time of each decode step (opt-in, CUDA): a timing event before the step's
+    launch and one after it, read once generation is over (`times_ms`: one synchronize). A step's
+    time is the device's from reaching the first event to the second, whether the host or the device
+    was the slower, so against the host's time per token it tells a slow device (its clocks, another
+    process) from a slow host (launch and Python costs) when runs differ."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def start(self) -> None:
+        self.events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+        self.events[-1][0].record()
+
+    def stop(self) -> None:
+        self.events[-1][1].record()
+
+    def times_ms(self) -> list[float]:
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) for a, b in self.events]
+
+
 @torch.no_grad()
 def generate(
     model: Transformer,
@@ -279,6 +301,7 @@ def generate(
     top_k: int | None = None,
     on_token: Callable[[int], None] | None = None,
     top_p: float | None = None,
+    step_timer: DeviceStepTimer | None = None,
 ) -> list[int]:
     """Greedy (or sampled) continuation of one prompt: the new tokens, the EOS included if hit.
 
@@ -293,7 +316,7 @@ def generate(
     The host reads token t after step t + 1 has been launched (`_HostTokens`): the device never
     waits for the host between steps. A step that turns out to follow the EOS has then run for
     nothing (its KV-cache write lies past the returned tokens); no step runs past
-    max_new_tokens or the cache.
+    max_new_tokens or the cache. step_timer (CUDA): its start() and stop() bracket each decode step.
     """
     check_sampling(temperature, top_k, top_p)
     device = model.norm.weight.device
@@ -328,7 +351,11 @@ def generate(
     while True:
         if host.pushed < max_new_tokens:  # launch the next step before reading the last token
             # (a NAN_TOKEN read later stops the loop; the step it feeds reads token 0 instead)
+            if step_timer is not None:
+                step_timer.start()
             token = decode_fn(model, token.view(1, 1).clamp(min=0), input_pos, temperature, top_k, **_top_p(top_p))
+            if step_timer is not None:
+                step_timer.stop()
             input_pos += 1
             host.push(token)
         t = host.pop()

@@ -197,6 +197,28 @@ def test_generate_reads_tokens_one_step_behind():
     assert len(generate(model, prompt, 100, decode_fn=step)) == 14 and max(launched) == 15
 
 
+def test_generate_brackets_each_decode_step_with_the_step_timer():
+    """step_timer's start() and stop() around each decode step and nothing else (DeviceStepTimer
+    records CUDA events there; this stand-in records the order of calls)."""
+    model = build(LLAMA, max_seq_len=16)
+    calls = []
+
+    class Timer:
+        def start(self):
+            calls.append("start")
+
+        def stop(self):
+            calls.append("stop")
+
+    def step(model, token, input_pos, temperature, top_k):
+        calls.append("step")
+        return decode_one_token(model, token, input_pos, temperature, top_k)
+
+    out = generate(model, [1, 2, 3], 6, decode_fn=step, step_timer=Timer())
+    assert calls == ["start", "step", "stop"] * 5  # token 0 from the prefill, 5 steps
+    assert out == generate(model, [1, 2, 3], 6)
+
+
 def test_sample():
     logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 0.0]])
     assert sample(logits).tolist() == [1, 0]
