@@ -122,7 +122,8 @@ def _default_config(M: int, N: int, K: int) -> MatvecConfig:
         # (2026-12-05-w4a16-sync-small-m-h100.json, down / lm_head): at M = 2..4 the matvec 24.1-27.6 /
         # 166-186 us against w4a16_sync's 30.9-35.0 / 242-297; at M = 6 w4a16_sync 28.0 / 191 against
         # the matvec's 40.7 / 271, at 8 and 16 26.8-31.4 / 176-199 against w4a16_mma's 35.2-35.8 / 245-249;
-        # at 12 it is 7-11% slower than w4a16_mma (37.8 / 274 against 35.3 / 248); M = 5 not measured.
+        # at 12 it is 7-11% slower than w4a16_mma (37.8 / 274 against 35.3 / 248; one run, and the same
+        # binary and work as M = 16: likely timing variance, docs/kernels.md); M = 5 not measured.
         # float32 x: the matvec up to 6, int8_mma up to 32 (2026-12-04, docs/kernels.md "A few rows").
         matvec_max_m=6,
         w4a16_sync_min_m=6,
