@@ -13,6 +13,7 @@ kernels imports quant and the op modules, never the reverse (tests/quant/test_la
 the package imports all three, so each op always has its CUDA kernel.
 """
 
+from . import backend as _backend
 from .backend import inductor_fuse_backend, make_backend
 from .gguf import load_gguf
 from .kernels import conv1d as _conv1d_kernel  # noqa: F401 -- registers depthwise_conv1d's CUDA implementation
@@ -26,6 +27,7 @@ from .quant import QuantConfig, QuantizedLinear, QuantizedWeight, quantize, quan
 from .report import FusionReport, all_reports, clear_reports, last_report, total_counts
 
 FAMILIES = family_names()  # the registered rule families, in the order their passes run
+_backend.register_without_entry_point()  # a source tree on PYTHONPATH: the name without the entry point
 
 __all__ = [
     "FAMILIES",

@@ -1,6 +1,7 @@
 """The ``inductor_fuse`` torch.compile backend.
 
-    torch.compile(model, backend="inductor_fuse")                     # registered by entry point
+    torch.compile(model, backend="inductor_fuse")                     # registered by entry point (or,
+                                                                      # not installed, at import)
     torch.compile(model, backend="inductor_fuse", mode="reduce-overhead")
     torch.compile(model, backend="inductor_fuse", options={"siblings": False})
     torch.compile(model, backend=inductor_fuse.make_backend(mode="reduce-overhead", siblings=True))
@@ -257,3 +258,21 @@ def make_backend(mode: str | None = None, **options: bool) -> Callable:
     validate_mode(mode)
     FuseOptions.from_dict(options)  # fail early on unknown keys
     return functools.partial(inductor_fuse_backend, mode=mode, options=options)
+
+
+def register_without_entry_point() -> bool:
+    """Give Dynamo the name "inductor_fuse" where the package runs without its entry point (a source
+    tree on PYTHONPATH, not pip-installed), so that `import inductor_fuse` makes
+    torch.compile(backend="inductor_fuse") work either way. Installed, the entry point names it and
+    this registers nothing: registering the name as well would trip Dynamo's duplicate-name
+    assertion at the entry point's first lookup. True when it registered the name."""
+    from importlib import metadata
+
+    if any(ep.name == "inductor_fuse" for ep in metadata.entry_points(group="torch_dynamo_backends")):
+        return False
+    try:
+        torch._dynamo.register_backend(inductor_fuse_backend, name="inductor_fuse")
+    except AssertionError:  # registered already (the package imported again)
+        return False
+    log.info("inductor_fuse: no entry point (the package is not installed): backend name registered on import")
+    return True

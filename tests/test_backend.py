@@ -57,6 +57,43 @@ def test_fresh_process_without_import(device):
     assert out["counts"]["siblings"] == 2 and out["counts"]["glu"] == 2, out["summary"]  # q|k|v, gate|up
 
 
+def test_the_name_works_without_the_entry_point():
+    """A source tree on PYTHONPATH, not pip-installed (no entry point): `import inductor_fuse` gives
+    Dynamo the name; installed, the import registers nothing (the entry point does)."""
+    out = run_script(
+        """
+        import importlib.metadata as metadata, json, torch
+        real = metadata.entry_points
+
+        def entry_points(**kw):  # as where the package is not installed
+            eps = real(**kw)
+            if kw.get("group") != "torch_dynamo_backends":
+                return eps
+            return metadata.EntryPoints(e for e in eps if e.name != "inductor_fuse")
+
+        metadata.entry_points = entry_points
+        from torch._dynamo.exc import InvalidBackend
+        f = lambda x: torch.nn.functional.silu(x) * 2.0
+        try:
+            torch.compile(f, backend="inductor_fuse")(torch.randn(4))
+            before = "compiled"
+        except InvalidBackend:
+            before = "invalid"
+        import inductor_fuse
+        from inductor_fuse.backend import register_without_entry_point
+        x = torch.randn(8)
+        got = torch.compile(f, backend="inductor_fuse")(x)
+        print(json.dumps({"before": before, "equal": bool(torch.allclose(got, f(x))),
+                          "report": inductor_fuse.last_report() is not None,
+                          "again": register_without_entry_point()}))
+        """
+    )
+    assert out == {"before": "invalid", "equal": True, "report": True, "again": False}, out
+    from inductor_fuse.backend import register_without_entry_point
+
+    assert register_without_entry_point() is False  # installed: the entry point names it
+
+
 CACHE_SCRIPT = """
     import json, torch
     from torch._dynamo.utils import counters
