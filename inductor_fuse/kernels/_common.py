@@ -393,8 +393,8 @@ class KernelSpec:
     fused_gemm_max_m: int = 64  # M < this (and > matvec_max_m): fused Triton GEMM; else dequant + cuBLAS
     int8_mma_max_m: int = 0  # matvec_max_m < M <= this: kernels/int8_mma.py (0: the format has none there)
     # w4a16_sync_min_m <= M <= w4a16_sync_max_m, x bf16 / fp16: kernels/w4a16_sync.py, ahead of the
-    # matvec and w4a16_mma (max 0: none; min 0: from matvec_max_m + 1; config.settings.small_m "auto")
-    w4a16_sync_min_m: int = 0
+    # matvec and w4a16_mma (max 0: none; config.settings.small_m "auto")
+    w4a16_sync_min_m: int = 1
     w4a16_sync_max_m: int = 0
     # matvec_max_m < M <= this, x bf16 / fp16: kernels/w4a16_mma.py, before int8_mma (0: none)
     w4a16_mma_max_m: int = 0

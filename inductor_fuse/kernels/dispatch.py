@@ -54,23 +54,12 @@ SYNC_MAX_M = 16  # w4a16_sync takes 1..16 rows of x
 def wants_w4a16_sync(spec, M: int, dtype: torch.dtype, settings: knobs.Settings) -> bool:
     """Whether a call of M rows of `dtype` x goes to w4a16_sync (before asking whether the kernel
     takes the shape): bf16 / fp16 x, not under exact_matvec, and by settings.small_m: "auto" in the
-    spec's range (w4a16_sync_min_m <= M <= w4a16_sync_max_m; min 0: above matvec_max_m), "sync"
-    every M <= 16, "off" never."""
+    spec's range (w4a16_sync_min_m <= M <= w4a16_sync_max_m), "sync" every M <= 16, "off" never."""
     if dtype not in (torch.bfloat16, torch.float16) or settings.exact_matvec or settings.small_m == "off":
         return False
     if settings.small_m == "sync":
         return 1 <= M <= SYNC_MAX_M
-    return (spec.w4a16_sync_min_m or spec.matvec_max_m + 1) <= M <= spec.w4a16_sync_max_m
-
-
-def takes_w4a16_sync(fmt: str, M: int, N: int, K: int, dtype: torch.dtype, settings: knobs.Settings) -> bool:
-    """Whether qlinear_cuda runs w4a16_sync for this call (wants_w4a16_sync, and this Triton imports
-    the kernel, and the kernel takes the format and shape); the act_quant rule asks it too, since
-    w4a16_sync reads x in float."""
-    if not wants_w4a16_sync(kernel_spec(fmt), M, dtype, settings):
-        return False
-    sync = _w4a16_sync_module()
-    return sync is not None and fmt in sync.FMTS and sync.supports(M, N, K, fmt)
+    return spec.w4a16_sync_min_m <= M <= spec.w4a16_sync_max_m
 
 
 @functools.cache
@@ -137,8 +126,10 @@ def kernel_for(fmt: str, M: int, N: int, K: int, dtype: torch.dtype, settings: k
     "dequant_mm". Only "matvec" and "int8_mma" read a quantized activation (the act_quant rule asks)."""
     spec = kernel_spec(fmt)
     settings = settings or knobs.settings
-    if takes_w4a16_sync(fmt, M, N, K, dtype, settings):
-        return "w4a16_sync"
+    if wants_w4a16_sync(spec, M, dtype, settings):  # and this Triton imports it, and it takes the shape
+        sync = _w4a16_sync_module()
+        if sync is not None and fmt in sync.FMTS and sync.supports(M, N, K, fmt):
+            return "w4a16_sync"
     if settings.exact_matvec:
         return "qgemm"
     if M <= spec.matvec_max_m:
