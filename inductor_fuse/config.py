@@ -23,7 +23,7 @@
     INDUCTOR_FUSE_SMALL_M=sync      small_m            "auto"    "auto": the dispatch of kernels/dispatch.py
                                                                  (kernels/w4a16_sync.py, W4A16 on mma.sync, where
                                                                  a format's spec measured it fastest: Q4_K
-                                                                 M = 3..16, Q6_K 6..16, bf16 / fp16 x); "sync":
+                                                                 and Q6_K at M = 3..16, bf16 / fp16 x); "sync":
                                                                  every Q4_K / Q6_K call of 1-16 rows of bf16 /
                                                                  fp16 x runs w4a16_sync (slower than the matvec
                                                                  at M = 1, 2); "off": never (the matvec and

@@ -4,7 +4,7 @@ Per format, from its KernelSpec (kernels/registry.py); `kernel_for` names the ke
 
     spec.w4a16_sync_min_m <= M <= spec.w4a16_sync_max_m, bf16 / fp16 x, a shape it takes:
                                  w4a16_sync, W4A16 on mma.sync reading the planes as they are, x through
-                                 a shared-memory ring (Q4_K: M = 3..16, Q6_K: 6..16; +1 launch for
+                                 a shared-memory ring (Q4_K and Q6_K: M = 3..16; +1 launch for
                                  split-K, +1 for a GLU's act * mul)
     M <= spec.matvec_max_m:      act_quant(x) -> the format's matvec     (2 launches, +1 when split-K;
                                  1 when the activation comes quantized: qlinear_q8 / glu_qlinear_q8,

@@ -123,8 +123,8 @@ def _q4k_dequant_tile(p, rows, rows64, s, K, GROUP: tl.constexpr):
 # The matvec default: measured on an H200 (CUDA graph over rotated weight copies). With bf16 / fp16
 # x: the matvec at M = 1, 2; w4a16_sync at 3..16 (x through its shared-memory ring: 1.16-1.53x faster
 # than w4a16_mma at M = 8 and 16 on the Llama-3-8B shapes, 2026-12-05-w4a16-sync-xstages.json; on an
-# H100 at M = 3 / 4 1.04-1.45x faster than the matvec, at M = 2 1.32-1.38x slower,
-# 2026-12-05-w4a16-sync-small-m-h100.json); w4a16_mma at 17..64 (at M = 16..32 faster than int8_mma:
+# H100 at M = 3 / 4 1.03-1.56x faster than the matvec, at M = 2 1.04-1.33x slower,
+# 2026-12-05-w4a16-sync-masked-x-h100.json); w4a16_mma at 17..64 (at M = 16..32 faster than int8_mma:
 # 2026-12-04-small-m-w4a16.json). float32 x: the matvec up to M = 4, then int8_mma up to 32.
 (SPEC,) = register_kernels(
     KernelSpec("q4_k", UNIT.value, _q4k_load_units, q4k_decode, q4k_row_dot, _q4k_dequant_tile,

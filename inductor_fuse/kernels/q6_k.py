@@ -118,15 +118,14 @@ def _default_config(M: int, N: int, K: int) -> MatvecConfig:
         "q6_k", UNIT.value, _q6k_load_units, _q6k_decode, _q6k_row_dot, _q6k_dequant_tile,
         plane_dtypes=(torch.int32, torch.int32, None, None),
         default_config=_default_config,
-        # bf16 / fp16 x: the matvec up to M = 5, w4a16_sync at 6..16, w4a16_mma up to 64. On an H100
-        # (2026-12-05-w4a16-sync-small-m-h100.json, down / lm_head): at M = 2..4 the matvec 24.1-27.6 /
-        # 166-186 us against w4a16_sync's 30.9-35.0 / 242-297; at M = 6 w4a16_sync 28.0 / 191 against
-        # the matvec's 40.7 / 271, at 8 and 16 26.8-31.4 / 176-199 against w4a16_mma's 35.2-35.8 / 245-249;
-        # at 12 it is 7-11% slower than w4a16_mma (37.8 / 274 against 35.3 / 248; one run, and the same
-        # binary and work as M = 16: likely timing variance, docs/kernels.md); M = 5 not measured.
+        # bf16 / fp16 x: the matvec at M = 1, 2, w4a16_sync at 3..16, w4a16_mma up to 64. On an H100
+        # (down / lm_head; 2026-12-05-w4a16-sync-small-m-h100.json, 2026-12-05-w4a16-sync-masked-x-h100.json):
+        # at M = 2 the matvec 24.0 / 166 us against w4a16_sync's 25.4 / 170; at M = 3..5 w4a16_sync
+        # 25.5-26.2 / 172-174 against the matvec's 26.0-38.9 / 185-272; at 6..16 26.1-31.1 / 175-217
+        # against the matvec's 40.0 / 276 (M = 6) and w4a16_mma's 34.9-35.5 / 245-251 (8..16).
         # float32 x: the matvec up to 6, int8_mma up to 32 (2026-12-04, docs/kernels.md "A few rows").
         matvec_max_m=6,
-        w4a16_sync_min_m=6,
+        w4a16_sync_min_m=3,
         w4a16_sync_max_m=16,
         w4a16_mma_max_m=64,
         int8_mma_max_m=32,

@@ -1,5 +1,5 @@
 """`w4a16_sync`: W4A16 (Q6_K: W6A16) for 1-16 rows of x on mma.sync, reading the Q4_K / Q6_K
-planes as they are (GGUF order). Dispatched for Q4_K at M = 3..16 and Q6_K at 6..16 with bf16 / fp16
+planes as they are (GGUF order). Dispatched for Q4_K and Q6_K at M = 3..16 with bf16 / fp16
 x (`KernelSpec.w4a16_sync_min_m` / `w4a16_sync_max_m`); `INDUCTOR_FUSE_SMALL_M=sync` routes every
 bf16 / fp16 call of up to 16 rows here, `=off` none (docs/kernels.md "A few rows"; measured by
 benchmarks/bench_w4a16_sync.py).
@@ -24,7 +24,7 @@ Written in Gluon (`triton.experimental.gluon`), where the kernel picks its regis
 - One 256-weight block a loop step; the next block's words are loaded before this one is decoded.
   K split across programs (float32 partials summed by `splitk_reduce`, which adds the bias; else
   the store adds it).
-- x (every warp needs all of a block's tile; rows past M read row M - 1, no masks): by default
+- x (every warp needs all of a block's tile; rows past M are masked: zeros): by default
   (`SyncConfig.xstages` 0) each lane loads its own 64 values of k from global memory, 16 bytes at a
   time at 128-byte strides. Those loads were most of the L1 traffic: Nsight Compute on gate_up at
   M = 16 (4 warps) had the L1 pipe 91% busy and DRAM 18%, and the loads asked for 20.4 M sectors
@@ -139,9 +139,9 @@ def _reference_q6k(planes, lead, dt):
 
 
 def _reference_x(x: torch.Tensor, fmt: str, NT: int, nb: int) -> torch.Tensor:
-    # x's rows (past M: row M - 1) -> [nb, NT, *B_SHAPE] as the kernel loads them
+    # x's rows (past M: zeros) -> [nb, NT, *B_SHAPE] as the kernel loads them
     M = x.shape[0]
-    xr = x[torch.clamp(torch.arange(8 * NT, device=x.device), max=M - 1)]
+    xr = torch.cat([x, x.new_zeros(8 * NT - M, x.shape[1])])
     if fmt == "q4_k":
         return xr.view(NT, 8, nb, 4, 2, 32).movedim(2, 0).reshape(nb, NT, *B_SHAPE[fmt])
     # k = 128(t // 2) + 32r + 16(t % 2) + i
@@ -264,7 +264,7 @@ def _lane_k(t, c, FMT: gl.constexpr):
 @gluon.jit
 def _x_offsets(M, K, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, BLOCK_M: gl.constexpr):
     # x's offsets [NT, 8, 4, runs, run] of block 0 that each lane loads itself (xstages 0): row
-    # 8 nt + g (past M: M - 1), value run * RUN + i of lane t
+    # 8 nt + g, value run * RUN + i of lane t; and the mask of the rows below M
     NT: gl.constexpr = BLOCK_M // 8
     axes: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "x_axes")
     shape: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "x_shape")
@@ -273,21 +273,21 @@ def _x_offsets(M, K, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, BLOCK_
     a2: gl.constexpr = axes[2]
     a3: gl.constexpr = axes[3]
     a4: gl.constexpr = axes[4]
-    m = gl.minimum(_idx(NT, a0, (1, 2, 3, 4)) * 8 + _idx(8, a1, (0, 2, 3, 4)), M - 1)
+    m = _idx(NT, a0, (1, 2, 3, 4)) * 8 + _idx(8, a1, (0, 2, 3, 4))
     t = _idx(4, a2, (0, 1, 3, 4))
     c = _idx(shape[3], a3, (0, 1, 2, 4)) * shape[4] + _idx(shape[4], a4, (0, 1, 2, 3))
-    return m * K + _lane_k(t, c, FMT)
+    return m * K + _lane_k(t, c, FMT), m < M
 
 
 @gluon.jit
 def _x_source(x_ptr, M, K, FMT: gl.constexpr, W: gl.constexpr, R: gl.constexpr, BLOCK_M: gl.constexpr):
     # the addresses of block 0's x tile [32 NT, 64]: row 32 nt + 4g + t holds lane 4g + t's values
-    # of x's row 8 nt + g (past M: M - 1)
+    # of x's row 8 nt + g; and the mask of the rows below M
     axes: gl.constexpr = _layout(FMT, W, R, BLOCK_M, "xs_axes")
     r = gl.expand_dims(gl.arange(0, BLOCK_M * 4, layout=axes[0]), 1)
     c = gl.expand_dims(gl.arange(0, 64, layout=axes[1]), 0)
-    m = gl.minimum((r // 32) * 8 + (r % 32) // 4, M - 1)
-    return x_ptr + m * K + _lane_k(r % 4, c, FMT)
+    m = (r // 32) * 8 + (r % 32) // 4
+    return x_ptr + m * K + _lane_k(r % 4, c, FMT), m < M
 
 
 @gluon.jit
@@ -462,25 +462,26 @@ def _w4a16_sync_kernel(
     b0 = pid_k * BLOCKS_PER_SPLIT
     last = b0 + BLOCKS_PER_SPLIT - 1
     if XSTAGES == 0:
-        x_off = _x_offsets(M, K, FMT, W, R, BLOCK_M)
+        x_off, x_mask = _x_offsets(M, K, FMT, W, R, BLOCK_M)
     else:  # a ring of XSTAGES tiles of x in shared memory, filled by cp.async XSTAGES - 1 blocks ahead
         xs = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [XSTAGES, BLOCK_M * 4, 64],
                                        _layout(FMT, W, R, BLOCK_M, "xs_shared"))  # fmt: skip
-        x_src = _x_source(x_ptr, M, K, FMT, W, R, BLOCK_M)
+        x_src, x_mask = _x_source(x_ptr, M, K, FMT, W, R, BLOCK_M)
         for s in gl.static_range(XSTAGES - 1):
-            _cp_async(xs.index(s), x_src + gl.minimum(b0 + s, last) * 256)
+            _cp_async(xs.index(s), x_src + gl.minimum(b0 + s, last) * 256, mask=x_mask)
             async_copy.commit_group()
     cur = _block(p0, p1, p2, p3, offs, b0, FMT)
     nxt = _block(p0, p1, p2, p3, offs, gl.minimum(b0 + 1, last), FMT)  # (PREFETCH 2)
     for blk in range(b0, b0 + BLOCKS_PER_SPLIT):
         i = blk - b0
         if XSTAGES > 0:
-            _cp_async(xs.index((i + XSTAGES - 1) % XSTAGES), x_src + gl.minimum(blk + XSTAGES - 1, last) * 256)
+            _cp_async(xs.index((i + XSTAGES - 1) % XSTAGES), x_src + gl.minimum(blk + XSTAGES - 1, last) * 256,
+                      mask=x_mask)  # fmt: skip
             async_copy.commit_group()
         # the block PREFETCH on flies while this one is decoded
         ahead = _block(p0, p1, p2, p3, offs, gl.minimum(blk + PREFETCH, last), FMT)
         if XSTAGES == 0:
-            xv = gl.load(x_ptr + x_off + blk * 256)
+            xv = gl.load(x_ptr + x_off + blk * 256, mask=x_mask, other=0.0)
         else:
             async_copy.wait_group(XSTAGES - 1)  # this block's tile has landed (a barrier follows)
             xv = xs.index(i % XSTAGES).load(_layout(FMT, W, R, BLOCK_M, "xs_lane"))

@@ -69,7 +69,7 @@ def test_w4a16_mma_cuda(fmt, N, K, M, dtype):
     """w4a16_mma's packed decode (inline asm), Q4_K and Q6_K, at full size against a float64 oracle on the
     dequantized weights: within 2x the error of F.linear on the weights dequantized to x's dtype
     (the scale and min are rounded to it before the fma); qlinear runs it at these M (bit-identical),
-    at M <= 16 with small_m "off" (by default w4a16_sync takes 2..16 rows: tests/kernels/test_w4a16_sync.py)."""
+    at M <= 16 with small_m "off" (by default w4a16_sync takes 3..16 rows: tests/kernels/test_w4a16_sync.py)."""
     from inductor_fuse.kernels.w4a16_mma import w4a16_mma
 
     dev = "cuda"

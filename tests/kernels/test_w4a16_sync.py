@@ -110,7 +110,7 @@ def test_dispatch_takes_the_kernel_where_it_was_measured_fastest():
         return [M for M in range(1, 65) if wants_w4a16_sync(kernel_spec(fmt), M, dtype, settings)]
 
     assert rows("q4_k") == rows("q4_k", torch.float16) == list(range(3, 17))  # auto: the matvec at M = 1, 2
-    assert rows("q6_k") == rows("q6_k", torch.float16) == list(range(6, 17))  # the matvec at M = 1..5
+    assert rows("q6_k") == rows("q6_k", torch.float16) == list(range(3, 17))  # the matvec at M = 1, 2
     assert rows("q4_k", torch.float32) == []  # float32 x: the matvec, then int8_mma
     assert rows("q8_0") == []  # not measured
     assert rows("q4_k", small_m="sync") == rows("q6_k", small_m="sync") == list(range(1, 17))
@@ -125,8 +125,8 @@ def test_kernel_for_names_the_kernel_of_each_path():
     auto = config.Settings()
     assert kernel_for("q4_k", 1, 4096, 4096, bf16, auto) == "matvec"
     assert [kernel_for(f, 2, 4096, 4096, bf16, auto) for f in ("q4_k", "q6_k")] == ["matvec"] * 2
-    assert [kernel_for(f, 3, 4096, 4096, bf16, auto) for f in ("q4_k", "q6_k")] == ["w4a16_sync", "matvec"]
-    assert kernel_for("q6_k", 6, 4096, 4096, bf16, auto) == "w4a16_sync"
+    assert [kernel_for(f, 3, 4096, 4096, bf16, auto) for f in ("q4_k", "q6_k")] == ["w4a16_sync"] * 2
+    assert kernel_for("q6_k", 3, 4096, 4096, bf16, config.Settings(small_m="off")) == "matvec"
     assert kernel_for("q4_k", 3, 1000, 4096, bf16, auto) == "matvec"  # N % 64: not a shape it takes
     assert kernel_for("q4_k", 3, 4096, 4096, f32, auto) == "matvec"  # float32 x
     assert kernel_for("q4_k", 8, 4096, 4096, f32, auto) == "int8_mma"
@@ -197,7 +197,7 @@ def test_kernel_matches_its_reference_cuda(M, N, K, warps, reps, dt, fmt):
 @pytest.mark.parametrize("fmt", sync.FMTS)
 def test_bias_and_dispatch_cuda(fmt, monkeypatch):
     """The bias (added by the store, or by splitk_reduce); qlinear and glu_qlinear run the kernel
-    with INDUCTOR_FUSE_SMALL_M=sync for M <= 16 only; by default (auto) M = 6 runs it too, M = 1
+    with INDUCTOR_FUSE_SMALL_M=sync for M <= 16 only; by default (auto) M = 6 runs it too (M = 3..16), M = 1
     the matvec; with off neither."""
     N, K = 1024, 4096
     planes = random_planes(fmt, N, K, "cuda", seed=7)

@@ -208,7 +208,7 @@ def test_option_turns_it_off():
 
 
 def test_bf16_rows_w4a16_sync_takes_are_left_alone():
-    """bf16 x of a static M that w4a16_sync takes (Q4_K 3..16, Q6_K 6..16): it reads x in float
+    """bf16 x of a static M that w4a16_sync takes (Q4_K and Q6_K: 3..16): it reads x in float
     (kernels/dispatch.kernel_for), so nothing is quantized for it; with small_m "off" Q6_K's matvec
     (M <= 6) is a reader again."""
     model = _llama(n_layers=1, dtype=torch.bfloat16)
