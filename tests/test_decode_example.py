@@ -44,6 +44,7 @@ def test_the_timed_run_reuses_the_step_the_warm_up_compiled(tmp_path):
     assert 0 < steps["median"] <= steps["p90"] <= steps["max"], steps
     assert result["gc_freeze"] is True and "decode steps: median" in proc.stderr
     assert result["device_step_ms"] is None and "device steps" not in proc.stderr  # --device-timing: CUDA only
+    assert result["host_wait_ms"] is None and "host waits" not in proc.stderr
 
 
 def load_example():
@@ -74,6 +75,21 @@ def test_device_timing_needs_cuda(capsys):
     with pytest.raises(SystemExit):
         example.parse_args(["--device", "cpu", "--device-timing"])
     assert "--device-timing times CUDA events: it needs --device cuda" in capsys.readouterr().err
+
+
+def test_cuda_graphs_choice():
+    """--cuda-graphs: trees by default; plain wraps the step in GraphedStep on cuda only (on cpu the
+    step is the same as without it)."""
+    example = load_example()
+    from inductor_fuse.models.generate import GraphedStep, decode_one_token
+
+    assert example.parse_args(["--device", "cpu"]).cuda_graphs == "trees"
+    assert example.parse_args(["--cuda-graphs", "plain"]).cuda_graphs == "plain"
+    assert example.compile_step("eager", "cpu", "plain") is decode_one_token
+    assert isinstance(example.compile_step("eager", "cuda", "plain"), GraphedStep)
+    assert example.compile_step("eager", "cuda", "trees") is decode_one_token
+    assert not isinstance(example.compile_step("inductor_fuse", "cpu", "plain"), GraphedStep)
+    assert isinstance(example.compile_step("inductor_fuse", "cuda", "plain"), GraphedStep)  # (compiles lazily)
 
 
 SETTLE_SCRIPT = """

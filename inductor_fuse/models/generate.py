@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -223,6 +224,78 @@ def decode_one_token(
     return sample(logits[:, -1], temperature, top_k, top_p)
 
 
+class GraphedStep:
+    """A decode step (`decode_one_token`'s signature) replayed as one plain `torch.cuda.CUDAGraph`
+    per model, token shape and sampling setting. CUDA only.
+
+        step = GraphedStep(torch.compile(decode_one_token, backend="inductor_fuse", fullgraph=True))
+
+    Give it a step compiled *without* CUDA graphs of its own (no `mode="reduce-overhead"`: a capture
+    cannot hold another). The first call of a setting runs the step `warmup` times on a side stream
+    (compiling it, where it is compiled), then records one call; every call copies the token and the
+    position into the graph's own tensors and replays it. The host's cost of a step is then those two
+    copies and one graph launch: no Dynamo guard evaluation and no CUDA-graph-tree bookkeeping, which
+    `reduce-overhead` pays on every call (about 110-235 us a step measured on an H200 with a toy
+    stack, against 18-30 for a plain replay: the end-to-end issue's figures).
+
+    The returned token is the graph's output tensor: the next call overwrites it (read or copy it
+    first, as `generate` does). The warm-up calls write the KV cache at the given position, as the
+    replay then does with the same token. A graph holds the tensors it was recorded with: the
+    model's weights (changed in place: seen; replaced by other tensors: not) and its KV cache (a new
+    one from `setup_caches` records a new graph: its address is part of the key)."""
+
+    def __init__(self, decode_fn: Callable, warmup: int = 2):
+        if warmup < 1:
+            raise ValueError(f"GraphedStep: warmup must be >= 1 (the calls before recording), got {warmup}")
+        self.decode_fn = decode_fn
+        self.warmup = warmup
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
+
+    def __call__(
+        self,
+        model: Transformer,
+        token: Tensor,
+        input_pos: Tensor,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> Tensor:
+        key = (id(model), _cache_address(model), tuple(token.shape), token.dtype, temperature, top_k, top_p)
+        rec = self.graphs.get(key)
+        if rec is None:
+            rec = self.graphs[key] = self._record(model, token, input_pos, temperature, top_k, top_p)
+        graph, tok, pos, out = rec
+        tok.copy_(token)
+        pos.copy_(input_pos)
+        graph.replay()
+        return out
+
+    def _record(self, model, token, input_pos, temperature, top_k, top_p):
+        if token.device.type != "cuda":
+            raise ValueError(f"GraphedStep: CUDA graphs need a CUDA model and token, got {token.device}")
+        tok, pos = token.clone(), input_pos.clone()
+        kw = _top_p(top_p)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.decode_fn(model, tok, pos, temperature, top_k, **kw)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.decode_fn(model, tok, pos, temperature, top_k, **kw)
+        return graph, tok, pos, out
+
+
+def _cache_address(model) -> int:
+    # the address of the first layer's KV cache (setup_caches makes new ones); 0 for a model without
+    layers = getattr(model, "layers", None)
+    try:
+        return layers[0].attention.kv_cache.k_cache.data_ptr()
+    except (AttributeError, IndexError, TypeError):
+        return 0
+
+
 def _top_p(top_p: float | None) -> dict:
     """top_p as the keyword a step or prefill function gets, only when set: a function written for
     (model, token, input_pos, temperature, top_k) keeps working without it."""
@@ -268,14 +341,19 @@ class _HostTokens:
 
 
 class DeviceStepTimer:
-    """The device's own time of each decode step (opt-in, CUDA): a timing event before the step's
-    launch and one after it, read once generation is over (`times_ms`: one synchronize). A step's
-    time is the device's from reaching the first event to the second, whether the host or the device
-    was the slower, so against the host's time per token it tells a slow device (its clocks, another
-    process) from a slow host (launch and Python costs) when runs differ."""
+    """The device's own time of each decode step and the host's wait for each token (opt-in, CUDA).
+
+    A timing event before the step's launch and one after it, read once generation is over
+    (`times_ms`: one synchronize): the device's time from reaching the first to the second. Where
+    the host is the slower, that includes the device's wait inside the step for the host's launch,
+    so it rises with the host's time; what tells the two apart is `wait_ms`, the host's time in
+    reading each token (`generate` brackets the read with `waiting()` / `read()`): near zero when
+    the host sets the pace, most of a step when the device does."""
 
     def __init__(self) -> None:
         self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.waits: list[float] = []
+        self._t = 0.0
 
     def start(self) -> None:
         self.events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
@@ -287,6 +365,15 @@ class DeviceStepTimer:
     def times_ms(self) -> list[float]:
         torch.cuda.synchronize()
         return [a.elapsed_time(b) for a, b in self.events]
+
+    def waiting(self) -> None:
+        self._t = time.perf_counter()
+
+    def read(self) -> None:
+        self.waits.append(time.perf_counter() - self._t)
+
+    def wait_ms(self) -> list[float]:
+        return [1e3 * w for w in self.waits]
 
 
 @torch.no_grad()
@@ -316,7 +403,8 @@ def generate(
     The host reads token t after step t + 1 has been launched (`_HostTokens`): the device never
     waits for the host between steps. A step that turns out to follow the EOS has then run for
     nothing (its KV-cache write lies past the returned tokens); no step runs past
-    max_new_tokens or the cache. step_timer (CUDA): its start() and stop() bracket each decode step.
+    max_new_tokens or the cache. step_timer (`DeviceStepTimer`, CUDA): its start() and stop() bracket
+    each decode step, its waiting() and read() each read of a token on the host.
     """
     check_sampling(temperature, top_k, top_p)
     device = model.norm.weight.device
@@ -358,7 +446,11 @@ def generate(
                 step_timer.stop()
             input_pos += 1
             host.push(token)
+        if step_timer is not None:
+            step_timer.waiting()
         t = host.pop()
+        if step_timer is not None:
+            step_timer.read()
         if t == NAN_TOKEN:
             raise RuntimeError(
                 f"generate: the model's logits are NaN at new token {len(out)} (after {len(out)} token(s): {out}); "

@@ -9,6 +9,7 @@ import torch
 from inductor_fuse.models import ModelArgs, Transformer
 from inductor_fuse.models.generate import (
     NAN_TOKEN,
+    GraphedStep,
     argmax_last,
     decode_one_token,
     generate,
@@ -198,8 +199,9 @@ def test_generate_reads_tokens_one_step_behind():
 
 
 def test_generate_brackets_each_decode_step_with_the_step_timer():
-    """step_timer's start() and stop() around each decode step and nothing else (DeviceStepTimer
-    records CUDA events there; this stand-in records the order of calls)."""
+    """step_timer's start() and stop() around each decode step, waiting() and read() around each
+    read of a token on the host (DeviceStepTimer records CUDA events and host times there; this
+    stand-in records the order of calls)."""
     model = build(LLAMA, max_seq_len=16)
     calls = []
 
@@ -210,13 +212,54 @@ def test_generate_brackets_each_decode_step_with_the_step_timer():
         def stop(self):
             calls.append("stop")
 
+        def waiting(self):
+            calls.append("waiting")
+
+        def read(self):
+            calls.append("read")
+
     def step(model, token, input_pos, temperature, top_k):
         calls.append("step")
         return decode_one_token(model, token, input_pos, temperature, top_k)
 
     out = generate(model, [1, 2, 3], 6, decode_fn=step, step_timer=Timer())
-    assert calls == ["start", "step", "stop"] * 5  # token 0 from the prefill, 5 steps
+    # token 0 from the prefill, then 5 steps: each launched before the token ahead of it is read
+    assert calls == ["start", "step", "stop", "waiting", "read"] * 5 + ["waiting", "read"]
     assert out == generate(model, [1, 2, 3], 6)
+
+
+def test_graphed_step_needs_cuda_and_a_warmup():
+    model = build(LLAMA, max_seq_len=16)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA model"):
+        GraphedStep(decode_one_token)(model, torch.tensor([[1]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="warmup must be >= 1"):
+        GraphedStep(decode_one_token, warmup=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "inductor_fuse"])
+def test_graphed_step_gives_the_steps_tokens_on_cuda(compiled):
+    """GraphedStep (one plain CUDA graph per setting) generates the greedy tokens of the step it
+    replays, through a stepped prefill, and again after setup_caches gives the model a new KV cache
+    (a new graph); a sampling setting gets its own graph, whose replays draw the same tokens from
+    the same seed."""
+    model = build(GEMMA, max_seq_len=32).cuda()
+    base = torch.compile(decode_one_token, backend="inductor_fuse", fullgraph=True) if compiled else decode_one_token
+    step = GraphedStep(base)
+    prompt = [5, 17, 3, 60]
+
+    def run(fn, **kw):
+        torch.manual_seed(1)
+        return generate(model, prompt, 12, decode_fn=fn, prefill_fn=prefill_steps(fn), **kw)
+
+    want = run(base)
+    assert run(step) == want and run(step) == want
+    assert len(step.graphs) == 1
+    sampled = run(step, temperature=0.8, top_k=20)  # records (its warm-up draws), then replays
+    assert len(step.graphs) == 2 and all(0 <= t < LLAMA.vocab_size for t in sampled)
+    assert run(step, temperature=0.8, top_k=20) == run(step, temperature=0.8, top_k=20)  # same seed, same draws
+    model.setup_caches(1, 48)
+    assert run(step) == run(base) == want and len(step.graphs) == 3
 
 
 def test_sample():
