@@ -13,7 +13,10 @@ mix). Every system loads the file through `load_gguf`:
   on CUDA), stock Inductor;
 - `inductor-tinygemm`: every linear re-quantized to int4 group 32 and run by
   `aten._weight_int4pack_mm` (tinygemm, what gpt-fast and torchao's int4 use), stock Inductor.
-The decode step is compiled with `mode="reduce-overhead"` (CUDA graphs) and `fullgraph=True`.
+The decode step is compiled with `fullgraph=True` and, on CUDA, replayed as CUDA graphs: `--cuda-graphs trees`
+(the default) compiles it with `mode="reduce-overhead"`; `plain` compiles it without and replays it as one
+`torch.cuda.CUDAGraph` (`models.generate.GraphedStep`); `trees,plain` times both, each row saying which
+(`cuda_graphs`).
 
 Per (model, system): load time; prefill of a --prompt-token prompt in each --prefill mode
 (`compiled`: `compile_prefill`, dynamic shapes, the system's backend; `graphs`: the same replayed
@@ -57,6 +60,7 @@ from common import RESULTS_DIR, environment, print_table  # noqa: E402
 from inductor_fuse.backend import make_backend  # noqa: E402
 from inductor_fuse.gguf import load_gguf  # noqa: E402
 from inductor_fuse.models.generate import (  # noqa: E402
+    GraphedStep,
     compile_prefill,
     decode_one_token,
     generate,
@@ -166,7 +170,7 @@ def median_spread(xs: list[float]) -> tuple[float, float, float]:
     return statistics.median(xs), min(xs), max(xs)
 
 
-def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
+def run(model_name: str, system: str, args, workdir: Path, graphs: str = "trees") -> list[dict]:
     path = model_path(model_name, workdir)
     max_ctx = max(args.contexts) + args.tokens + 8
     t0 = time.perf_counter()
@@ -175,14 +179,17 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
     sync()
     load_s = time.perf_counter() - t0
     mode = "reduce-overhead" if args.device == "cuda" else None
+    plain = args.device == "cuda" and graphs == "plain"  # the step: one plain CUDA graph, compiled without
     if system == "inductor_fuse":  # rule families switched off by --off, if any
         off = {f: False for f in args.off}
         backend = make_backend(mode, **off)
-        step = torch.compile(decode_one_token, backend=backend, fullgraph=True)
+        step = torch.compile(decode_one_token, backend=make_backend(None, **off) if plain else backend, fullgraph=True)
         prompt_fns = {"graphs": compile_prefill(backend), "compiled": compile_prefill(make_backend(None, **off))}
     else:
-        step = torch.compile(decode_one_token, backend="inductor", mode=mode, fullgraph=True)
+        step = torch.compile(decode_one_token, backend="inductor", mode=None if plain else mode, fullgraph=True)
         prompt_fns = {"graphs": compile_prefill("inductor", mode=mode), "compiled": compile_prefill("inductor")}
+    if plain:
+        step = GraphedStep(step)
     prompt_fns["eager"] = prefill
     t0 = time.perf_counter()
     n_reports = len(all_reports())
@@ -225,6 +232,7 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
             {
                 "model": model_name,
                 "system": system,
+                "cuda_graphs": graphs if args.device == "cuda" else None,
                 "families_off": args.off if system == "inductor_fuse" else [],
                 "device": args.device_kind,
                 "context": ctx,
@@ -251,8 +259,9 @@ def run(model_name: str, system: str, args, workdir: Path) -> list[dict]:
                 "date": env["date"],
             }
         )
+        label = system if graphs == "trees" else f"{system} ({graphs} graphs)"
         print(
-            f"{model_name} {system} ctx {ctx} (KV buffer {buffer}):"
+            f"{model_name} {label} ctx {ctx} (KV buffer {buffer}):"
             f" decode {dec:.1f} tok/s ({dec_min:.1f}-{dec_max:.1f})",
             flush=True,
         )
@@ -273,15 +282,15 @@ def plot(rows: list[dict], path: Path) -> None:
     models = sorted({r["model"] for r in rows}, key=lambda m: MODELS.index(m) if m in MODELS else -1)
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, m in zip(axes[0], models):
-        for s in SYSTEMS:
+        for s, g in [(s, g) for s in SYSTEMS for g in ("trees", "plain", None)]:
             big = max((r["kv_buffer"] for r in rows if r["model"] == m), default=0)  # one buffer per line
             pts = sorted(
                 (r["context"], r["decode_tok_s"])
                 for r in rows
-                if r["model"] == m and r["system"] == s and r["kv_buffer"] == big
+                if r["model"] == m and r["system"] == s and r.get("cuda_graphs", "trees") == g and r["kv_buffer"] == big
             )
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=s)
+                ax.plot(*zip(*pts), marker="o", label=s if g in ("trees", None) else f"{s} ({g} graphs)")
         ref = sorted(LLAMA_CPP.get(m, {}).items())
         if ref:
             ax.plot(*zip(*ref), "k--", marker="x", label="llama.cpp (anchors.md)")
@@ -317,6 +326,12 @@ def main() -> None:
         default="compiled",
         help="prefill modes, comma-separated: graphs, compiled, eager (first: prefill_tok_s)",
     )
+    p.add_argument(
+        "--cuda-graphs",
+        default="trees",
+        help="how the decode step replays on cuda, comma-separated to time both: trees (reduce-overhead), plain "
+        "(GraphedStep)",
+    )
     p.add_argument("--off", default="", help="inductor_fuse rule families to switch off, e.g. act_quant (comparisons)")
     p.add_argument(
         "--no-gc-freeze",
@@ -328,6 +343,9 @@ def main() -> None:
     FuseOptions.from_dict({f: False for f in args.off})  # unknown family: an error now, not after the load
     args.contexts = [int(c) for c in args.contexts.split(",")]
     args.prefill = args.prefill.split(",")
+    args.cuda_graphs = args.cuda_graphs.split(",")
+    if not args.cuda_graphs or not set(args.cuda_graphs) <= {"trees", "plain"}:
+        raise SystemExit(f"--cuda-graphs: trees and/or plain, not {args.cuda_graphs}")
     if not args.prefill or not set(args.prefill) <= {"graphs", "compiled", "eager"}:
         raise SystemExit(f"--prefill: graphs, compiled and/or eager, not {args.prefill}")
     workdir = Path(args.workdir)
@@ -342,12 +360,14 @@ def main() -> None:
             if s == "inductor-tinygemm" and args.device != "cuda":
                 print(f"{m} {s}: tinygemm's int4 layout is a CUDA one; skipped on {args.device}")
                 continue
-            rows += run(m, s, args, workdir)
+            for graphs in args.cuda_graphs if args.device == "cuda" else ["trees"]:
+                rows += run(m, s, args, workdir, graphs)
     print_table(
         "decode / prefill (median of repeats; host reads each token)",
-        ["model", "system", "context", "KV buffer", "decode tok/s", "min-max", "prefill tok/s", "compile s", "load s"],
+        ["model", "system", "graphs", "context", "KV buffer", "decode tok/s", "min-max", "prefill tok/s", "compile s",
+         "load s"],
         [
-            [r["model"], r["system"], r["context"], r["kv_buffer"], r["decode_tok_s"],
+            [r["model"], r["system"], r["cuda_graphs"] or "-", r["context"], r["kv_buffer"], r["decode_tok_s"],
              f"{r['decode_min']:.0f}-{r['decode_max']:.0f}", r["prefill_tok_s"], r["compile_s"], r["load_s"]]
             for r in rows
         ],
