@@ -162,11 +162,8 @@ def compile_step(backend: str, device: str, graphs: str = "trees"):
     if backend == "eager":
         return GraphedStep(decode_one_token) if plain else decode_one_token
     mode = "reduce-overhead" if device == "cuda" and not plain else None
-    if backend == "inductor_fuse" and backend not in torch._dynamo.list_backends():
-        # a source tree that is not pip-installed has no entry point: pass the backend itself
-        step = torch.compile(decode_one_token, backend=inductor_fuse.make_backend(mode=mode), fullgraph=True)
-    else:
-        step = torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
+    # (the backend's name: from its entry point, or from `import inductor_fuse` in a source tree)
+    step = torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
     return GraphedStep(step) if plain else step
 
 
@@ -180,8 +177,6 @@ def prefill_fn(backend: str, device: str, how: str, step):
     if how == "steps":
         return prefill_steps(step)
     mode = "reduce-overhead" if how == "graphs" and device == "cuda" else None
-    if backend == "inductor_fuse" and backend not in torch._dynamo.list_backends():
-        return compile_prefill(inductor_fuse.make_backend(mode=mode))  # a source tree without the entry point
     return compile_prefill(backend, mode=mode)
 
 

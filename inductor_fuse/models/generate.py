@@ -7,6 +7,8 @@
     next_tok = prefill_steps(step)(model, prompt[None], torch.arange(len(prompt)))  # or token by
                                                                                #   token through the step
     tokens = generate(model, prompt, 32, eos_ids=tok.eos_ids, decode_fn=step)
+    step = GraphedStep(torch.compile(decode_one_token, backend="inductor_fuse", fullgraph=True))  # or one
+                                                                               #   plain CUDA graph (CUDA)
 
 `decode_one_token` is the only function meant for compilation: fixed shapes (S = 1), no host
 sync, sampling on device (the exponential-race trick instead of torch.multinomial). Generate
