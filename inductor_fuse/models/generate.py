@@ -242,16 +242,25 @@ class GraphedStep:
 
     The returned token is the graph's output tensor: the next call overwrites it (read or copy it
     first, as `generate` does). The warm-up calls write the KV cache at the given position, as the
-    replay then does with the same token. A graph holds the tensors it was recorded with: the
-    model's weights (changed in place: seen; replaced by other tensors: not) and its KV cache (a new
-    one from `setup_caches` records a new graph: its address is part of the key)."""
+    replay then does with the same token.
+
+    A graph reads the tensors it was recorded with, at their addresses: a weight changed in place is
+    read as it now is by the graph, and by the step inside it as far as its compile lets it
+    (`inductor_fuse` freezes weights: not seen, docs/robustness.md). What moves weights is checked on
+    every call, cheaply: the
+    model's first parameter (the same tensor at the same address: `model.to(dtype)`,
+    `load_state_dict(..., assign=True)` and the like replace or move them all) and its first KV
+    cache's address (`setup_caches`); where either changed, the model's graphs are dropped and one is
+    recorded anew. A graph keeps the tensors it read alive (no replay reads freed memory), so a
+    single weight replaced by another tensor, which that check does not see, leaves the graph on the
+    old weight, never on garbage: record anew (`graphs.clear()`) after such surgery."""
 
     def __init__(self, decode_fn: Callable, warmup: int = 2):
         if warmup < 1:
             raise ValueError(f"GraphedStep: warmup must be >= 1 (the calls before recording), got {warmup}")
         self.decode_fn = decode_fn
         self.warmup = warmup
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
+        self.graphs: dict[tuple, tuple] = {}  # key -> (graph, token, position, output, the tensors it reads)
 
     def __call__(
         self,
@@ -262,11 +271,13 @@ class GraphedStep:
         top_k: int | None = None,
         top_p: float | None = None,
     ) -> Tensor:
-        key = (id(model), _cache_address(model), tuple(token.shape), token.dtype, temperature, top_k, top_p)
+        binding = _binding(model)
+        key = (id(model), binding, tuple(token.shape), token.dtype, temperature, top_k, top_p)
         rec = self.graphs.get(key)
-        if rec is None:
+        if rec is None:  # (the graphs of this model's earlier tensors are dropped: they read those)
+            self.graphs = {k: v for k, v in self.graphs.items() if k[0] != id(model) or k[1] == binding}
             rec = self.graphs[key] = self._record(model, token, input_pos, temperature, top_k, top_p)
-        graph, tok, pos, out = rec
+        graph, tok, pos, out, _ = rec
         tok.copy_(token)
         pos.copy_(input_pos)
         graph.replay()
@@ -286,16 +297,20 @@ class GraphedStep:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = self.decode_fn(model, tok, pos, temperature, top_k, **kw)
-        return graph, tok, pos, out
+        read = [t.detach() for t in (*model.parameters(), *model.buffers())]  # (their storage, kept alive)
+        return graph, tok, pos, out, read
 
 
-def _cache_address(model) -> int:
-    # the address of the first layer's KV cache (setup_caches makes new ones); 0 for a model without
-    layers = getattr(model, "layers", None)
+def _binding(model) -> tuple:
+    """What GraphedStep checks on each call for a model's tensors having moved: the first parameter's
+    identity and address, and the first layer's KV cache address (0 for a model without)."""
+    first = next(model.parameters(), None)
+    where = (id(first), first.data_ptr()) if first is not None else (0, 0)
     try:
-        return layers[0].attention.kv_cache.k_cache.data_ptr()
+        cache = model.layers[0].attention.kv_cache.k_cache.data_ptr()
     except (AttributeError, IndexError, TypeError):
-        return 0
+        cache = 0
+    return (*where, cache)
 
 
 def _top_p(top_p: float | None) -> dict:

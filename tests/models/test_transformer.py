@@ -236,13 +236,35 @@ def test_graphed_step_needs_cuda_and_a_warmup():
         GraphedStep(decode_one_token, warmup=0)
 
 
+def test_graphed_step_sees_moved_weights_and_a_new_cache():
+    """What GraphedStep checks on each call (generate._binding): unchanged by in-place writes to the
+    weights, changed by weights moved or replaced and by a new KV cache."""
+    from inductor_fuse.models.generate import _binding
+
+    model = build(LLAMA, max_seq_len=16)
+    before = _binding(model)
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.0)  # in place: the graph sees it
+        model.load_state_dict(model.state_dict())  # copies in place
+    assert _binding(model) == before
+    model.to(torch.float64)  # moved
+    assert _binding(model) != before
+    moved = _binding(model)
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)  # replaced
+    assert _binding(model) != moved
+    replaced = _binding(model)
+    model.setup_caches(1, 32)
+    assert _binding(model)[:2] == replaced[:2] and _binding(model)[2] != replaced[2]
+    assert _binding(torch.nn.Module()) == (0, 0, 0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "inductor_fuse"])
 def test_graphed_step_gives_the_steps_tokens_on_cuda(compiled):
     """GraphedStep (one plain CUDA graph per setting) generates the greedy tokens of the step it
-    replays, through a stepped prefill, and again after setup_caches gives the model a new KV cache
-    (a new graph); a sampling setting gets its own graph, whose replays draw the same tokens from
-    the same seed."""
+    replays, through a stepped prefill; a sampling setting gets its own graph, whose replays draw the
+    same tokens from the same seed; a new KV cache (setup_caches) or moved weights drop the model's
+    graphs and record one anew, with the same tokens."""
     model = build(GEMMA, max_seq_len=32).cuda()
     base = torch.compile(decode_one_token, backend="inductor_fuse", fullgraph=True) if compiled else decode_one_token
     step = GraphedStep(base)
@@ -258,8 +280,13 @@ def test_graphed_step_gives_the_steps_tokens_on_cuda(compiled):
     sampled = run(step, temperature=0.8, top_k=20)  # records (its warm-up draws), then replays
     assert len(step.graphs) == 2 and all(0 <= t < LLAMA.vocab_size for t in sampled)
     assert run(step, temperature=0.8, top_k=20) == run(step, temperature=0.8, top_k=20)  # same seed, same draws
-    model.setup_caches(1, 48)
-    assert run(step) == run(base) == want and len(step.graphs) == 3
+    model.setup_caches(1, 48)  # a new KV cache: the model's two graphs dropped, one recorded
+    assert run(step) == run(base) == want and len(step.graphs) == 1
+    recorded = next(iter(step.graphs.values()))[0]
+    with torch.no_grad():  # weights moved (a dtype round trip): recorded anew, the same tokens
+        model.to(torch.float64).to(torch.float32)
+    assert run(step) == run(base) == want and len(step.graphs) == 1
+    assert next(iter(step.graphs.values()))[0] is not recorded
 
 
 def test_sample():
