@@ -182,9 +182,9 @@ def run(model_name: str, system: str, args, workdir: Path, graphs: str = "trees"
     plain = args.device == "cuda" and graphs == "plain"  # the step: one plain CUDA graph, compiled without
     if system == "inductor_fuse":  # rule families switched off by --off, if any
         off = {f: False for f in args.off}
-        backend = make_backend(mode, **off)
-        step = torch.compile(decode_one_token, backend=make_backend(None, **off) if plain else backend, fullgraph=True)
-        prompt_fns = {"graphs": compile_prefill(backend), "compiled": compile_prefill(make_backend(None, **off))}
+        backend, no_graphs = make_backend(mode, **off), make_backend(None, **off)
+        step = torch.compile(decode_one_token, backend=no_graphs if plain else backend, fullgraph=True)
+        prompt_fns = {"graphs": compile_prefill(backend), "compiled": compile_prefill(no_graphs)}
     else:
         step = torch.compile(decode_one_token, backend="inductor", mode=None if plain else mode, fullgraph=True)
         prompt_fns = {"graphs": compile_prefill("inductor", mode=mode), "compiled": compile_prefill("inductor")}

@@ -247,11 +247,10 @@ class GraphedStep:
     A graph reads the tensors it was recorded with, at their addresses: a weight changed in place is
     read as it now is by the graph, and by the step inside it as far as its compile lets it
     (`inductor_fuse` freezes weights: not seen, docs/robustness.md). What moves weights is checked on
-    every call, cheaply: the
-    model's first parameter (the same tensor at the same address: `model.to(dtype)`,
-    `load_state_dict(..., assign=True)` and the like replace or move them all) and its first KV
-    cache's address (`setup_caches`); where either changed, the model's graphs are dropped and one is
-    recorded anew. A graph keeps the tensors it read alive (no replay reads freed memory), so a
+    every call, cheaply: the model's first parameter (the same tensor at the same address:
+    `model.to(dtype)`, `load_state_dict(..., assign=True)` and the like replace or move them all) and
+    its first KV cache's address (`setup_caches`); where either changed, the model's graphs are
+    dropped and one is recorded anew. A graph keeps the tensors it read alive (no replay reads freed memory), so a
     single weight replaced by another tensor, which that check does not see, leaves the graph on the
     old weight, never on garbage: record anew (`graphs.clear()`) after such surgery."""
 
