@@ -94,7 +94,7 @@ def time_graph(fns, calls_per_copy: int = 0, replays: int = 7) -> float:
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    with torch.cuda.graph(g, stream=s):  # captured on the warm-up's stream, as torch.compile's graph trees do
         for _ in range(rounds):
             for f in fns:
                 f()
