@@ -227,6 +227,16 @@ def _walk(c: _Cursor) -> tuple[dict[str, Any], list[tuple], int]:
                 f"tensor {name!r} ({n_bytes} bytes at offset {offset}) ends at byte {end}, "
                 f"past the end of the file ({len(c.buf)} bytes): truncated or corrupt"
             )
+    # each tensor's data starts where the one before it ends, padded to the alignment (llama.cpp's
+    # gguf.cpp refuses anything else): an offset that points into another tensor would load its bytes
+    expected = 0
+    for name, _, _, offset, n_bytes in tensors:
+        if offset != expected:
+            raise c.error(
+                f"tensor {name!r} has data offset {offset}, expected {expected} (the end of the tensor "
+                f"before it, padded to the alignment {alignment}): tensors overlap or leave a gap"
+            )
+        expected += -(-n_bytes // alignment) * alignment
     return fields, tensors, data_start
 
 

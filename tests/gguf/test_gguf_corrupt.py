@@ -281,6 +281,16 @@ CASES = {
         ),
         r"not a multiple of the alignment 32",
     ),
+    # one tensor's data offset pointing at another's bytes (llama.cpp refuses it too)
+    "offset_into_another_tensor": (
+        lambda d, r: put(d, at(r.tensors[-1].field, 5), "<Q", int(r.tensors[-1].field.parts[5][0]), 0),
+        r"has data offset 0, expected \d+ .*: tensors overlap or leave a gap",
+    ),
+    # a type whose blocks are larger: the tensor would read into the next one's bytes
+    "type_reads_into_the_next_tensor": (
+        lambda d, r: put(d, at(tensor(r, Q), 4), "<I", 12, 8),
+        r"has data offset \d+, expected \d+ .*: tensors overlap or leave a gap",
+    ),
     "duplicate_tensor_name": (
         lambda d, r: put(d, at(tensor(r, Q), 1), f"{len(Q)}s", Q.encode(), Q.replace("_q", "_k").encode()),
         r"duplicate tensor name 'blk.0.attn_k.weight'",
