@@ -29,6 +29,7 @@ llama.cpp conventions this loader undoes or relies on:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -129,11 +130,28 @@ def _scalar(reader: GGUFFile, key: str, path: str, default: Any = None) -> Any:
     return value
 
 
+def _integer(reader: GGUFFile, key: str, path: str, default: Any = None) -> int:
+    """_scalar(key) as an int (a count, a size): a value that is no whole number is a GGUFLoadError naming `key`."""
+    value = _scalar(reader, key, path, default)
+    try:
+        n = int(value)
+        whole = not isinstance(value, bool) and (isinstance(value, (int, str)) or float(value) == n)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
+        raise GGUFLoadError(f"{path}: {key} is {value!r}, not an integer")
+    return n
+
+
 def _positive(reader: GGUFFile, key: str, path: str, default: Any = None, cast: type = float) -> float:
-    """_scalar(key) as `cast`, when > 0 (a rope base, a scale, a window): else a GGUFLoadError naming `key`."""
-    value = cast(_scalar(reader, key, path, default))
-    if not value > 0:  # (NaN included)
-        raise GGUFLoadError(f"{path}: {key} is {value}, not > 0")
+    """_scalar(key) as `cast`, when finite and > 0 (a rope base, a scale, a window): else a GGUFLoadError."""
+    raw = _scalar(reader, key, path, default)
+    try:
+        value = _integer(reader, key, path, default) if cast is int else float(raw)
+    except (TypeError, ValueError):
+        value = None
+    if isinstance(raw, bool) or value is None or not (value > 0 and math.isfinite(value)):  # (NaN, inf included)
+        raise GGUFLoadError(f"{path}: {key} is {raw!r}, not a finite number > 0")
     return value
 
 
@@ -148,10 +166,10 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
     if "token_embd.weight" not in tensors:
         raise GGUFLoadError(f"{path}: missing tensor 'token_embd.weight'")
 
-    dim = int(_scalar(reader, f"{arch}.embedding_length", path))
-    n_heads = int(_scalar(reader, f"{arch}.attention.head_count", path))
-    n_kv_heads = int(_scalar(reader, f"{arch}.attention.head_count_kv", path, n_heads))
-    n_layers = int(_scalar(reader, f"{arch}.block_count", path))
+    dim = _integer(reader, f"{arch}.embedding_length", path)
+    n_heads = _integer(reader, f"{arch}.attention.head_count", path)
+    n_kv_heads = _integer(reader, f"{arch}.attention.head_count_kv", path, n_heads)
+    n_layers = _integer(reader, f"{arch}.block_count", path)
     # a lying header must not build a 16M-layer skeleton or divide by zero
     for key, n, most in (
         ("attention.head_count", n_heads, dim),
@@ -160,20 +178,26 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
     ):
         if not 0 < n <= most:
             raise GGUFLoadError(f"{path}: {arch}.{key} is {n}, not in 1..{most}")
-    head_dim = int(_scalar(reader, f"{arch}.attention.key_length", path, dim // n_heads))
-    value_dim = int(_scalar(reader, f"{arch}.attention.value_length", path, head_dim))
+    head_dim = _integer(reader, f"{arch}.attention.key_length", path, dim // n_heads)
+    value_dim = _integer(reader, f"{arch}.attention.value_length", path, head_dim)
     if value_dim != head_dim:
         raise GGUFLoadError(f"{path}: key_length {head_dim} != value_length {value_dim}; not supported")
-    rope_dims = int(_scalar(reader, f"{arch}.rope.dimension_count", path, head_dim))
+    rope_dims = _integer(reader, f"{arch}.rope.dimension_count", path, head_dim)
     if rope_dims != head_dim:
         raise GGUFLoadError(f"{path}: partial rope ({rope_dims} of {head_dim} dims) is not supported")
 
+    # as llama.cpp reads it: the type defaults to linear; the factor is rope.scaling.factor, else the
+    # older rope.scale_linear; absent or 0: no scaling
     rope_scale = 1.0
-    scaling = field_value(reader, f"{arch}.rope.scaling.type")
-    if scaling not in (None, "none", "linear"):
+    scaling = field_value(reader, f"{arch}.rope.scaling.type", "linear")
+    if scaling not in ("none", "linear"):
         raise GGUFLoadError(f"{path}: rope scaling {scaling!r} is not supported (only linear)")
-    if scaling == "linear":
-        rope_scale = _positive(reader, f"{arch}.rope.scaling.factor", path, 1.0)
+    factor_key = next(
+        (k for k in (f"{arch}.rope.scaling.factor", f"{arch}.rope.scale_linear") if field_value(reader, k) is not None),
+        None,
+    )
+    if scaling == "linear" and factor_key is not None and _scalar(reader, factor_key, path) != 0:
+        rope_scale = _positive(reader, factor_key, path)
     factors = None
     if "rope_freqs.weight" in tensors:  # Llama 3.1 long-context frequency factors
         factors = tuple(
@@ -193,7 +217,7 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         head_dim=head_dim,
-        intermediate_size=int(_scalar(reader, f"{arch}.feed_forward_length", path)),
+        intermediate_size=_integer(reader, f"{arch}.feed_forward_length", path),
         norm_eps=float(_scalar(reader, f"{arch}.attention.layer_norm_rms_epsilon", path, 1e-5)),
         rope_base=_positive(reader, f"{arch}.rope.freq_base", path, 10000.0),
         rope_scale=rope_scale,

@@ -210,7 +210,21 @@ CASES = {
     ),  # a 16M-layer model
     "head_count_0": (lambda d, r: put(d, at(kv(r, "llama.attention.head_count"), 3), "<I", 4, 0), r"head_count"),
     # values that load into a model of NaN logits, or a smaller model than the file holds
-    "rope_base_0": (lambda d, r: rewrite_value(d, r, "llama.rope.freq_base", "<f", 0.0), r"freq_base is 0.0, not > 0"),
+    "rope_base_0": (
+        lambda d, r: rewrite_value(d, r, "llama.rope.freq_base", "<f", 0.0),
+        r"freq_base is 0.0, not a finite number > 0",
+    ),
+    "rope_base_inf": (
+        lambda d, r: rewrite_value(d, r, "llama.rope.freq_base", "<f", math.inf),
+        r"freq_base is inf, not a finite number > 0",
+    ),
+    # a count stored as a float32 that is no whole number (4 bytes either way: type 4 -> 6)
+    "block_count_not_whole": (
+        lambda d, r: rewrite_value(
+            put(d, at(kv(r, "llama.block_count"), 2), "<I", 4, 6), r, "llama.block_count", "<f", 2.5
+        ),
+        r"llama.block_count is 2.5, not an integer",
+    ),
     "rope_base_negative": (lambda d, r: rewrite_value(d, r, "llama.rope.freq_base", "<f", -1e4), r"freq_base"),
     "rope_base_nan": (lambda d, r: rewrite_value(d, r, "llama.rope.freq_base", "<f", math.nan), r"freq_base is nan"),
     "norm_eps_negative": (

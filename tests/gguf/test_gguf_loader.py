@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 from numerics import rel_err
-from tiny_gguf import hf_reference
+from tiny_gguf import hf_reference, write_tiny_gguf
 
 from inductor_fuse.gguf import GGUFLoadError, load_gguf, loader
 from inductor_fuse.models.generate import decode_one_token, generate
@@ -301,3 +301,32 @@ def test_a_vocabulary_larger_than_the_embedding_is_refused(tiny_gguf, tmp_path):
     rows = int(src.tensors[[t.name for t in src.tensors].index("token_embd.weight")].shape[1])
     with pytest.raises(GGUFLoadError, match=f"the vocabulary has {rows + 5} tokens, token_embd.weight {rows} rows"):
         load_gguf(path, max_seq_len=8, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kv", "scale"),
+    [
+        ({}, 1.0),
+        ({"llama.rope.scaling.factor": 4.0}, 4.0),  # no type: linear, as llama.cpp reads it
+        ({"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 2.0}, 2.0),
+        ({"llama.rope.scale_linear": 8.0}, 8.0),  # the older key
+        ({"llama.rope.scaling.factor": 0.0}, 1.0),  # 0: none
+        ({"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0}, 1.0),
+    ],
+    ids=["none", "factor_only", "linear", "scale_linear", "factor_0", "type_none"],
+)
+def test_rope_scaling_is_read_as_llama_cpp_reads_it(tmp_path, kv, scale):
+    from inductor_fuse.gguf.reader import read_gguf
+
+    path = str(tmp_path / "m.gguf")
+    write_tiny_gguf(path, "llama", extra_kv=kv)
+    assert loader.model_args(read_gguf(path), path).rope_scale == scale
+
+
+def test_an_unsupported_rope_scaling_is_refused(tmp_path):
+    from inductor_fuse.gguf.reader import read_gguf
+
+    path = str(tmp_path / "m.gguf")
+    write_tiny_gguf(path, "llama", extra_kv={"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0})
+    with pytest.raises(GGUFLoadError, match="rope scaling 'yarn' is not supported"):
+        loader.model_args(read_gguf(path), path)

@@ -140,7 +140,8 @@ def write_tiny_gguf(
 
     formats: overrides of FORMATS[arch] (a ggml type name the project lacks, e.g. "q2_k", writes
     random bytes); arch_name: the general.architecture written; skip: tensor names left out; extra:
-    more float32 tensors to write, name -> array; extra_kv: more uint32 metadata, key -> value."""
+    more float32 tensors to write, name -> array; extra_kv: more metadata, key -> value (an int is
+    written as uint32, a float as float32, a str as a string)."""
     g = torch.Generator().manual_seed(seed)
     fmts = dict(FORMATS[arch], **(formats or {}))
     tok = tokenizer or train_bpe(arch)
@@ -167,7 +168,8 @@ def write_tiny_gguf(
     if gemma:
         w.add_sliding_window(sliding_window)
     for key, value in (extra_kv or {}).items():
-        w.add_uint32(key, value)
+        add = {float: w.add_float32, str: w.add_string}.get(type(value), w.add_uint32)
+        add(key, value)
     _write_tokenizer(w, tok, arch)
 
     sd = {}
