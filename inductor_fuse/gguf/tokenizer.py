@@ -125,12 +125,14 @@ class GGUFTokenizer:
         tokens = field_value(reader, "tokenizer.ggml.tokens")
         if kind is None or tokens is None:
             raise GGUFLoadError(f"{path}: no tokenizer in the metadata (tokenizer.ggml.model / tokens missing)")
-        types = field_value(reader, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise GGUFLoadError(f"{path}: tokenizer.ggml.tokens is not an array of strings")
+        types = _per_token(reader, "tokenizer.ggml.token_type", tokens, int, path) or [TOKEN_NORMAL] * len(tokens)
         if kind not in ("llama", "gpt2"):
             raise GGUFLoadError(f"{path}: unsupported tokenizer.ggml.model {kind!r} (supported: 'llama', 'gpt2')")
         if kind == "llama":
             gemma = field_value(reader, "general.architecture", "").startswith("gemma")
-            backend = _sentencepiece_bpe(reader, tokens, types, gemma)
+            backend = _sentencepiece_bpe(reader, tokens, types, gemma, path)
         else:
             backend = _byte_level_bpe(reader, tokens, types, path)
         add_bos_default = kind == "llama"
@@ -144,8 +146,12 @@ class GGUFTokenizer:
         for i, (token, ttype) in enumerate(zip(tokens, types)):
             if ttype == TOKEN_CONTROL and token in _END_OF_GENERATION and i not in eos_ids:
                 eos_ids.append(i)
-        add_bos = bool(field_value(reader, "tokenizer.ggml.add_bos_token", add_bos_default))
+        add_bos = field_value(reader, "tokenizer.ggml.add_bos_token", add_bos_default)
+        if not isinstance(add_bos, bool):
+            raise GGUFLoadError(f"{path}: tokenizer.ggml.add_bos_token is {add_bos!r}, not a bool")
         for key, i in (("bos_token_id", bos_id), *(("eos/eot token id", i) for i in eos_ids)):
+            if i is not None and (isinstance(i, bool) or not isinstance(i, int)):
+                raise GGUFLoadError(f"{path}: tokenizer.ggml.{key} is {i!r}, not an integer")
             if i is not None and not 0 <= i < len(tokens):
                 raise GGUFLoadError(
                     f"{path}: tokenizer.ggml.{key} {i} is outside the vocabulary of {len(tokens)} tokens"
@@ -209,7 +215,9 @@ def _add_file_tokens(backend: Tokenizer, tokens: list[str], types: list[int], ke
     backend.add_tokens(user)
 
 
-def _sentencepiece_bpe(reader: GGUFFile, tokens: list[str], types: list[int], gemma: bool) -> SentencePieceBPE:
+def _sentencepiece_bpe(
+    reader: GGUFFile, tokens: list[str], types: list[int], gemma: bool, path: str = "<gguf>"
+) -> SentencePieceBPE:
     """SentencePiece BPE: spaces are "▁", unknown bytes fall back to <0xNN> tokens.
 
     Gemma files store tokens made only of spaces with real spaces ("  "), while the text is matched
@@ -221,7 +229,7 @@ def _sentencepiece_bpe(reader: GGUFFile, tokens: list[str], types: list[int], ge
         tokens = [SPM_SPACE * len(t) if t and not t.strip(" ") else t for t in tokens]
         rank = range(len(tokens))
     else:
-        scores = field_value(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
+        scores = _per_token(reader, "tokenizer.ggml.scores", tokens, (int, float), path) or [0.0] * len(tokens)
         rank = [-s for s in scores]
     unk_id = field_value(reader, "tokenizer.ggml.unknown_token_id")
     return SentencePieceBPE(
@@ -232,6 +240,22 @@ def _sentencepiece_bpe(reader: GGUFFile, tokens: list[str], types: list[int], ge
         unk_id=unk_id if unk_id is not None and 0 <= unk_id < len(tokens) else None,
         add_space_prefix=bool(field_value(reader, "tokenizer.ggml.add_space_prefix", not gemma)),
     )
+
+
+def _per_token(reader: GGUFFile, key: str, tokens: list[str], kind, path: str) -> list | None:
+    """An optional per-token array (token types, scores): None if absent, else exactly one `kind`
+    value per token (a shorter array would silently drop the last tokens' types or scores)."""
+    values = field_value(reader, key)
+    if values is None:
+        return None
+    if (
+        not isinstance(values, list)
+        or len(values) != len(tokens)
+        or any(isinstance(v, bool) or not isinstance(v, kind) for v in values)
+    ):
+        what = f"{len(values)} values" if isinstance(values, list) else repr(values)[:40]
+        raise GGUFLoadError(f"{path}: {key} must hold one number per token ({len(tokens)} tokens), got {what}")
+    return values
 
 
 def _byte_level_bpe(reader: GGUFFile, tokens: list[str], types: list[int], path: str) -> ByteLevelBPE:
@@ -249,6 +273,10 @@ def _byte_level_bpe(reader: GGUFFile, tokens: list[str], types: list[int], path:
         return set(t) <= alphabet
 
     vocab = {(t if spelled(t) else "".join(spelling[b] for b in t.encode("utf-8"))): i for i, t in enumerate(tokens)}
+    if len(vocab) < len(tokens):  # a token twice: ids past the shrunken vocabulary would be refused
+        seen: set[str] = set()
+        dup = next(t for t in tokens if t in seen or seen.add(t))
+        raise GGUFLoadError(f"{path}: tokenizer.ggml.tokens has {dup!r} more than once")
     pairs = [tuple(m.split(" ", 1)) for m in merges]
     spec = PRE_TOKENIZERS[pre]
     try:

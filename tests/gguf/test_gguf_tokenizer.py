@@ -11,7 +11,7 @@ import pytest
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from inductor_fuse.gguf import GGUFTokenizer
+from inductor_fuse.gguf import GGUFLoadError, GGUFTokenizer
 from inductor_fuse.gguf.reader import read_gguf
 from inductor_fuse.gguf.sentencepiece import SPM_SPACE, SentencePieceBPE
 
@@ -273,3 +273,56 @@ def test_byte_level_bad_ids_are_refused_as_sentencepiece_does(tiny_gguf, arch):
         tok.decode([5, n])
     with pytest.raises(ValueError, match="token id -1 is outside the vocabulary"):
         tok.stream().step(-1)
+
+
+def _tokenizer_file(path, kind="gpt2", tokens=("a", "b", "ab"), **kv):
+    """A GGUF file with a tokenizer only (no tensors); kv: key suffix -> value (a list: an array)."""
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model(kind)
+    w.add_token_list(list(tokens))
+    if kind == "gpt2":
+        w.add_token_merges(["a b"])
+    for key, value in kv.items():
+        key = f"tokenizer.ggml.{key}"
+        if isinstance(value, list):
+            w.add_array(key, value)
+        else:
+            {bool: w.add_bool, str: w.add_string, float: w.add_float32}.get(type(value), w.add_uint32)(key, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "tokens", "kv", "error"),
+    [
+        ("gpt2", ("a", "b", "ab"), {"token_type": [1]}, r"token_type must hold one number per token \(3 tokens\)"),
+        ("gpt2", ("a", "b", "ab"), {"token_type": "normal"}, r"token_type must hold one number per token"),
+        ("gpt2", ("a", "b", "ab", "b"), {}, r"tokenizer.ggml.tokens has 'b' more than once"),
+        ("llama", ("<unk>", "a", "b", "ab"), {"scores": [0.0, -1.0]}, r"scores must hold one number per token"),
+        ("gpt2", ("a", "b", "ab"), {"add_bos_token": "false"}, r"add_bos_token is 'false', not a bool"),
+        ("gpt2", ("a", "b", "ab"), {"bos_token_id": 1.0}, r"bos_token_id is 1.0, not an integer"),
+    ],
+    ids=["types_short", "types_string", "duplicate_token", "scores_short", "add_bos_string", "bos_float"],
+)
+def test_malformed_tokenizer_metadata_is_refused(tmp_path, kind, tokens, kv, error):
+    # each of these loaded before and then encoded wrongly (control tokens lost, valid ids refused)
+    # or failed at the first encode with a bare IndexError
+    path = _tokenizer_file(tmp_path / "t.gguf", kind, tokens, **kv)
+    with pytest.raises(GGUFLoadError, match=error):
+        GGUFTokenizer.from_reader(read_gguf(path), path)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_well_formed_tokenizer_file_loads(tmp_path, kind):
+    tokens = ("a", "b", "ab") if kind == "gpt2" else ("<unk>", "a", "b", "ab")
+    kv = {"token_type": [1] * len(tokens), "bos_token_id": 0, "add_bos_token": False}
+    if kind == "llama":
+        kv["scores"] = [0.0] * len(tokens)
+    path = _tokenizer_file(tmp_path / "t.gguf", kind, tokens, **kv)
+    tok = GGUFTokenizer.from_reader(read_gguf(path), path)
+    assert tok.vocab_size >= len(tokens)
