@@ -351,6 +351,14 @@ def _plan(
         raise GGUFLoadError(
             f"{path}: {arch}.block_count is {args.n_layers}, but the file has tensors of layer(s) {beyond[:5]}"
         )
+    # a tensor of a module the model loads, that the model has no place for (a q/k/v bias in a
+    # llama file): dropping it would change the outputs silently
+    dropped = [k for k in unused if k.rsplit(".", 1)[0] + ".weight" in used]
+    if dropped:
+        raise GGUFLoadError(
+            f"{path}: tensor(s) {dropped[:5]} belong to modules the {arch} model loads but has no parameter "
+            f"for (a bias where the model has none?); loading would drop them"
+        )
     if unused:
         log.warning("%s: %d tensor(s) not used by the model, e.g. %s", path, len(unused), unused[:5])
     return plan

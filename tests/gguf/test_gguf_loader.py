@@ -330,3 +330,14 @@ def test_an_unsupported_rope_scaling_is_refused(tmp_path):
     write_tiny_gguf(path, "llama", extra_kv={"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0})
     with pytest.raises(GGUFLoadError, match="rope scaling 'yarn' is not supported"):
         loader.model_args(read_gguf(path), path)
+
+
+def test_a_bias_the_model_has_no_place_for_is_refused(tmp_path):
+    # q/k/v biases in a llama file: the model has none, and dropping them would change the outputs
+    import numpy as np
+
+    path = str(tmp_path / "m.gguf")
+    bias = {f"blk.0.attn_{p}.bias": np.ones(n, dtype=np.float32) for p, n in (("q", 256), ("k", 128), ("v", 128))}
+    write_tiny_gguf(path, "llama", extra=bias)
+    with pytest.raises(GGUFLoadError, match=r"'blk.0.attn_k.bias'.* belong to modules the llama model loads"):
+        load_gguf(path, device="cpu", progress=False)
