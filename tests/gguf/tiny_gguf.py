@@ -16,6 +16,7 @@ import json
 import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, TokenType
+from gguf.quants import dequantize as gguf_dequantize
 
 from inductor_fuse.quant import FORMATS as PROJECT_FORMATS
 from inductor_fuse.quant import quantize
@@ -114,7 +115,11 @@ def _encode(w: torch.Tensor, fmt: str | None, permute_heads: int | None = None):
     raw = qw.to_gguf_bytes().numpy()
     if permute_heads:
         raw = _permute(raw, permute_heads)  # rows are independent: permuting bytes = permuting weights
-    return raw, GGMLQuantizationType[fmt.upper()], qw.dequantize()
+    # the reference weights from gguf's own dequantizer of the bytes written (independent of the
+    # project's dequantize, which the loaded model runs)
+    ggml_type = GGMLQuantizationType[fmt.upper()]
+    ref = torch.from_numpy(gguf_dequantize(qw.to_gguf_bytes().numpy(), ggml_type).astype(np.float32))
+    return raw, ggml_type, ref.reshape(w.shape)
 
 
 def write_tiny_gguf(
