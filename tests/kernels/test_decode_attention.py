@@ -137,9 +137,9 @@ QUANT_CASES = ["mha-causal", "gqa4-window-spec", "gemma3_270m-causal", "gemma3_2
 def test_kernel_quantizes_its_output_for_the_o_projection(name, interleave):
     # out is the plain kernel's, bit for bit; the int8 activation is quantize_act's pure-torch
     # reference of out's rows as the o-projection reads them (out.transpose(1, 2).reshape(B, S,
-    # Hq * D)): the same scales, int8 values off by one at most where 16-bit values round at a tie
-    # (the kernel scales by 127 / amax, the reference divides), and the sums the matvec reads those
-    # of the kernel's own int8 values
+    # Hq * D)): the same scales; int8 values off by one at most, at a rounding tie (seen under the
+    # interpreter, 2 in 8192 values of bf16 rows: the same formula, computed elsewhere); and the
+    # sums the matvec reads those of the kernel's own int8 values
     from inductor_fuse.attention import attention_rows
     from inductor_fuse.quant.op import quantize_act_reference
 
