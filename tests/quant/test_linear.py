@@ -36,6 +36,8 @@ def test_bf16_input_and_module_to_dtype():
     x = torch.randn(2, 256, dtype=torch.bfloat16)
     y = q(x)
     assert y.dtype == torch.bfloat16 and y.shape == (2, 64)
+    want = F.linear(x.float(), q.quantized_weight.dequantize().float(), q.bias.float())
+    assert ((y.float() - want).norm() / want.norm()).item() < 1e-2  # bf16 rounding only
     assert list(dict(q.named_buffers())) == ["plane0", "plane1", "plane2", "bias"]
 
 
@@ -86,11 +88,17 @@ def test_quantize_swaps_linears(caplog):
 
 
 def test_quantize_int4():
+    import copy
+
+    torch.manual_seed(0)
     model = Model()
+    float_mlp = copy.deepcopy(model.layers[0].mlp)
     quantize_(model, QuantConfig(fmt="int4_g32"))
     assert isinstance(model.lm_head, QuantizedLinear) and model.lm_head.fmt == "int4_g32"
     x = torch.randn(2, 256)
-    assert model.layers[0].mlp(x).shape == (2, 256)
+    got, want = model.layers[0].mlp(x), float_mlp(x)
+    assert got.shape == (2, 256)
+    assert ((got - want).norm() / want.norm()).item() < 0.15  # int4 g32's error, not garbage
 
 
 def test_config_validation():
