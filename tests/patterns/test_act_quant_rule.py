@@ -368,13 +368,13 @@ def test_the_transformers_norms_are_fused(dtype):
 def test_transformers_models_int4(family):
     """transformers' LlamaRMSNorm (weight after the cast) and Gemma3RMSNorm (1 + w in float32) on
     int4 weights (the int4_g32 matvec reads x interleaved)."""
-    from hf_models import FAMILIES, input_ids
+    from hf_models import FAMILIES, FamilyUnavailable, input_ids
     from hf_models import build as build_hf
 
     fam = next(f for f in FAMILIES if f.name == family)
     try:
         model = build_hf(fam)
-    except Exception as e:  # noqa: BLE001 -- transformers without this family
+    except FamilyUnavailable as e:  # transformers without this family
         pytest.skip(f"{family}: {e}")
     quantize_(model, QuantConfig(fmt="int4_g32"))
     ids = input_ids(seq=3)
