@@ -206,6 +206,8 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
                 tensors["rope_freqs.weight"].data, tensors["rope_freqs.weight"].tensor_type
             ).reshape(-1)
         )
+        if not all(math.isfinite(f) and f > 0 for f in factors):
+            raise GGUFLoadError(f"{path}: rope_freqs.weight holds a factor that is not a finite number > 0")
 
     embd_shape = tuple(int(d) for d in reversed(tensors["token_embd.weight"].shape))
     if len(embd_shape) != 2:
@@ -248,8 +250,10 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
     # rope base 10000 and no rope scaling; queries scaled by 1/sqrt(head_dim), except the 62-layer
     # 27B whose query_pre_attn_scalar is dim / n_heads.
     pattern = field_value(reader, "gemma3.attention.sliding_window_pattern", 6)
-    if not isinstance(pattern, int):
+    if isinstance(pattern, list):
         raise GGUFLoadError(f"{path}: a per-layer gemma3.attention.sliding_window_pattern is not supported")
+    if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+        raise GGUFLoadError(f"{path}: gemma3.attention.sliding_window_pattern is {pattern!r}, not an integer >= 1")
     return ModelArgs(
         **common,
         act="gelu_tanh",

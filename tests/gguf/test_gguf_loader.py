@@ -341,3 +341,26 @@ def test_a_bias_the_model_has_no_place_for_is_refused(tmp_path):
     write_tiny_gguf(path, "llama", extra=bias)
     with pytest.raises(GGUFLoadError, match=r"'blk.0.attn_k.bias'.* belong to modules the llama model loads"):
         load_gguf(path, device="cpu", progress=False)
+
+
+def test_a_sliding_window_pattern_of_0_is_refused(tmp_path):
+    # 0 made every gemma3 layer global, silently
+    from inductor_fuse.gguf.reader import read_gguf
+
+    path = str(tmp_path / "m.gguf")
+    write_tiny_gguf(path, "gemma3", extra_kv={"gemma3.attention.sliding_window_pattern": 0})
+    with pytest.raises(GGUFLoadError, match=r"sliding_window_pattern is 0, not an integer >= 1"):
+        loader.model_args(read_gguf(path), path)
+
+
+def test_rope_freqs_must_be_finite(tmp_path):
+    import numpy as np
+
+    from inductor_fuse.gguf.reader import read_gguf
+
+    path = str(tmp_path / "m.gguf")
+    factors = np.ones(32, dtype=np.float32)
+    factors[3] = np.inf
+    write_tiny_gguf(path, "llama", extra={"rope_freqs.weight": factors})
+    with pytest.raises(GGUFLoadError, match=r"rope_freqs.weight holds a factor that is not a finite number > 0"):
+        loader.model_args(read_gguf(path), path)
