@@ -272,11 +272,14 @@ def _byte_level_bpe(reader: GGUFFile, tokens: list[str], types: list[int], path:
     def spelled(t: str) -> bool:
         return set(t) <= alphabet
 
-    vocab = {(t if spelled(t) else "".join(spelling[b] for b in t.encode("utf-8"))): i for i, t in enumerate(tokens)}
-    if len(vocab) < len(tokens):  # a token twice: ids past the shrunken vocabulary would be refused
-        seen: set[str] = set()
-        dup = next(t for t in tokens if t in seen or seen.add(t))
-        raise GGUFLoadError(f"{path}: tokenizer.ggml.tokens has {dup!r} more than once")
+    keys = [t if spelled(t) else "".join(spelling[b] for b in t.encode("utf-8")) for t in tokens]
+    vocab = {k: i for i, k in enumerate(keys)}
+    if len(vocab) < len(tokens):  # a token twice (as bytes): one id would be lost, ids past the rest refused
+        first: dict[str, int] = {}
+        i, j = next((first[k], j) for j, k in enumerate(keys) if first.setdefault(k, j) != j)
+        raise GGUFLoadError(
+            f"{path}: tokenizer.ggml.tokens {i} ({tokens[i]!r}) and {j} ({tokens[j]!r}) are the same token"
+        )
     pairs = [tuple(m.split(" ", 1)) for m in merges]
     spec = PRE_TOKENIZERS[pre]
     try:

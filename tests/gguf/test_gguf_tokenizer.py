@@ -302,12 +302,13 @@ def _tokenizer_file(path, kind="gpt2", tokens=("a", "b", "ab"), **kv):
     [
         ("gpt2", ("a", "b", "ab"), {"token_type": [1]}, r"token_type must hold one number per token \(3 tokens\)"),
         ("gpt2", ("a", "b", "ab"), {"token_type": "normal"}, r"token_type must hold one number per token"),
-        ("gpt2", ("a", "b", "ab", "b"), {}, r"tokenizer.ggml.tokens has 'b' more than once"),
+        ("gpt2", ("a", "b", "ab", "b"), {}, r"tokenizer.ggml.tokens 1 \('b'\) and 3 \('b'\) are the same token"),
+        ("gpt2", ("a", "b", "ab", "\u0120a", " a"), {}, r"tokens 3 \('Ġa'\) and 4 \(' a'\) are the same token"),
         ("llama", ("<unk>", "a", "b", "ab"), {"scores": [0.0, -1.0]}, r"scores must hold one number per token"),
         ("gpt2", ("a", "b", "ab"), {"add_bos_token": "false"}, r"add_bos_token is 'false', not a bool"),
         ("gpt2", ("a", "b", "ab"), {"bos_token_id": 1.0}, r"bos_token_id is 1.0, not an integer"),
     ],
-    ids=["types_short", "types_string", "duplicate_token", "scores_short", "add_bos_string", "bos_float"],
+    ids=["types_short", "types_string", "duplicate_token", "same_bytes", "scores_short", "add_bos_string", "bos_float"],
 )
 def test_malformed_tokenizer_metadata_is_refused(tmp_path, kind, tokens, kv, error):
     # each of these loaded before and then encoded wrongly (control tokens lost, valid ids refused)
