@@ -30,6 +30,12 @@
                                                                  w4a16_mma there instead); a rewrite reads it
                                                                  (the act_quant rule: rewrite_key)
                                                                  (docs/kernels.md, "A few rows")
+    INDUCTOR_FUSE_PDL=1             pdl                False     launch the W4A8 matvec as a programmatic dependent
+                                                                 launch (sm_90+, CUDA): its programs start while
+                                                                 the kernel before it (a norm, act_quant, the
+                                                                 attention's merge: they let it start at once)
+                                                                 still runs, load their first weights, then wait
+                                                                 for it (griddepcontrol.wait) before reading x
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 
@@ -67,6 +73,7 @@ class Settings:
     tune: bool = False
     glu_quant: bool = False
     small_m: str = "auto"
+    pdl: bool = False
     on_matvec_launch: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
@@ -87,6 +94,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         tune=environ.get("INDUCTOR_FUSE_TUNE", "0") == "1",
         glu_quant=environ.get("INDUCTOR_FUSE_GLU_QUANT", "0") == "1",
         small_m=environ.get("INDUCTOR_FUSE_SMALL_M", "") or "auto",
+        pdl=environ.get("INDUCTOR_FUSE_PDL", "0") == "1",
     )
 
 

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .. import config
 from ..quant.op import GLU_ACTS
@@ -46,6 +47,21 @@ INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 def interpreting() -> bool:
     return INTERPRETING.value
+
+
+def pdl(device: torch.device) -> bool:
+    """Whether the kernels launch as programmatic dependent launches on `device`
+    (config.settings.pdl; CUDA sm_90+, not under the interpreter): the matvec is launched with
+    `launch_pdl` and waits for the kernel before it (griddepcontrol.wait) only once its first weights
+    are loading; the small kernels that come before a matvec (act_quant, the norm, the attention's
+    merge) let their dependents start at once (griddepcontrol.launch_dependents: a hint; the wait
+    still waits for their whole grid and its stores)."""
+    return config.settings.pdl and device.type == "cuda" and not interpreting() and _capability(device) >= (9, 0)
+
+
+@functools.cache
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
 
 
 @functools.cache
@@ -207,7 +223,10 @@ def _act_quant_kernel(
     stride_xm,
     INTERLEAVE: tl.constexpr,
     BLOCK_G: tl.constexpr,
+    LAUNCH_DEPS: tl.constexpr = False,  # pdl(): the next kernel (a matvec) may start now
 ):
+    if LAUNCH_DEPS:
+        gdc_launch_dependents()
     m = tl.program_id(0)
     g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)  # [BG] 32-groups
     l = tl.arange(0, 32)
@@ -235,7 +254,10 @@ def act_quant(x: torch.Tensor, interleave: bool = False) -> QuantizedActivation:
     xs16 = torch.empty((M, K // 16), dtype=torch.float32, device=x.device)
     BLOCK_G = 8 if interpreting() else 32
     grid = (M, triton.cdiv(K // 32, BLOCK_G))
-    _act_quant_kernel[grid](x, xq, xd, xs32, xs16, K, x.stride(0), INTERLEAVE=interleave, BLOCK_G=BLOCK_G, num_warps=4)
+    _act_quant_kernel[grid](
+        x, xq, xd, xs32, xs16, K, x.stride(0), INTERLEAVE=interleave, BLOCK_G=BLOCK_G, LAUNCH_DEPS=pdl(x.device),
+        num_warps=4,
+    )  # fmt: skip
     return QuantizedActivation(xq.view(torch.int32), xd, xs32, xs16)
 
 
@@ -478,18 +500,19 @@ def launch_matvec(
         dst = ws
     else:
         dst = out
+    use_pdl = pdl(dev)
     compiled = matvec_kernel[grid](
         xa.xq, xa.xd, xa.xs32, xa.xs16, *ps, bias if bias is not None else dst, dst, M, N, K, ups,
         *(p.stride(0) for p in ps),
         LOAD=spec.load_units, DECODE=spec.decode, ROW_DOT=spec.row_dot,
         UNIT=spec.unit, GROUP=spec.group, HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=cfg.prefetch,
         BLOCK_M=block_m, M_BLOCKS=triton.cdiv(M, block_m), BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u,
-        USE_ASM=not interpreting(), GLU=glu if split == 1 else 0, EVEN=n_units % cfg.block_u == 0,
+        USE_ASM=not interpreting(), GLU=glu if split == 1 else 0, EVEN=n_units % cfg.block_u == 0, PDL=use_pdl,
         **({} if ya is None else dict(
             yq_ptr=ya[0].xq.view(torch.int8), yd_ptr=ya[0].xd, ys32_ptr=ya[0].xs32, ys16_ptr=ya[0].xs16, QUANT_OUT=True,
             INTERLEAVE_OUT=ya[1],
         )),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"launch_pdl": True} if use_pdl else {}),
     )  # fmt: skip
     if config.settings.on_matvec_launch is not None:
         config.settings.on_matvec_launch(compiled)
@@ -694,13 +717,16 @@ def matvec_units(
     BLOCK_U: tl.constexpr,
     USE_ASM: tl.constexpr,
     EVEN: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """The K loop over units [u_lo, u_hi), BLOCK_U at a time -> accs. With PREFETCH the weight
     loads are double-buffered in registers: the next units' loads fly while these compute. EVEN
     (the launcher's K // UNIT % BLOCK_U == 0, so every step is whole, in every split): the steps
     without PREFETCH load unmasked (a constant-true mask, which Triton folds away): no predicate
     and no zero-fill per load (IQ4_XS's loop at M = 1, sm_90: 169 -> 148 instructions per step,
-    benchmarks/sass_matvec.py)."""
+    benchmarks/sass_matvec.py). PDL (a programmatic dependent launch, `pdl()`): the first step's
+    weights are loaded, then griddepcontrol.wait waits for the kernel before this one (which makes
+    x), then x is read: the weights are constants, x is not."""
     ub = tl.arange(0, BLOCK_U)
     zero = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
     accs = (zero, zero, zero, zero, zero, zero, zero, zero)
@@ -708,6 +734,8 @@ def matvec_units(
         u = u_lo + ub
         umask = u < u_hi
         w = LOAD(wctx, u, umask)
+        if PDL:
+            gdc_wait()
         for u0 in range(loop_bound(u_lo), loop_bound(u_hi), BLOCK_U):
             un = u0 + BLOCK_U + ub
             unmask = un < u_hi
@@ -715,7 +743,15 @@ def matvec_units(
             accs = matvec_step(DECODE, ROW_DOT, w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM)
             w, u, umask = w_n, un, unmask
     else:
-        for u0 in range(loop_bound(u_lo), loop_bound(u_hi), BLOCK_U):
+        u_first = u_lo
+        if PDL:  # the first step peeled: its weights load before the wait
+            u = u_lo + ub
+            umask = u < u_hi
+            w = LOAD(wctx, u, umask)
+            gdc_wait()
+            accs = matvec_step(DECODE, ROW_DOT, w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM)
+            u_first = u_lo + BLOCK_U
+        for u0 in range(loop_bound(u_first), loop_bound(u_hi), BLOCK_U):
             u = u0 + ub
             if EVEN:
                 umask = tl.full([BLOCK_U], 1, tl.int1)
@@ -854,6 +890,7 @@ def matvec_kernel(
     BLOCK_U: tl.constexpr,
     USE_ASM: tl.constexpr, GLU: tl.constexpr = 0,  # GLU: act(gate) * up of interleaved rows (matvec_epilogue)
     EVEN: tl.constexpr = False,  # every K step whole: no masks (matvec_units)
+    PDL: tl.constexpr = False,  # launched with launch_pdl: wait for the kernel before it (matvec_units)
     yq_ptr=None, yd_ptr=None, ys32_ptr=None, ys16_ptr=None,  # QUANT_OUT: quantize_act of the GLU's output
     QUANT_OUT: tl.constexpr = False, INTERLEAVE_OUT: tl.constexpr = False,
 ):  # fmt: skip
@@ -863,8 +900,9 @@ def matvec_kernel(
     wctx = (p0, p1, p2, p3, rows_c.to(tl.int64) * rs0, rows_c * rs1, rows_c * rs2, rows_c * rs3, rows_c, GROUP)
     xa = (xq_ptr, xd_ptr, xs32_ptr, xs16_ptr)
     accs = matvec_units(
-        LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM, EVEN
-    )
+        LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM, EVEN,
+        PDL,
+    )  # fmt: skip
     matvec_epilogue(
         accs, bias_ptr, out_ptr, pid_m, pid_n, pid_k, rows, M, N, HAS_BIAS, SPLIT, GLU, BLOCK_M, BLOCK_N,
         (yq_ptr, yd_ptr, ys32_ptr, ys16_ptr), QUANT_OUT, INTERLEAVE_OUT,

@@ -55,7 +55,17 @@ from ..attention import (
     decode_attention_reference,
 )
 from ..quant.op import act_shapes, empty_quantized_activation
-from ._common import act_quant, interpreting, kernel_or_reference, loop_bound, num_sms, quantize_tiles, tanh
+from ._common import (
+    act_quant,
+    gdc_launch_dependents,
+    interpreting,
+    kernel_or_reference,
+    loop_bound,
+    num_sms,
+    pdl,
+    quantize_tiles,
+    tanh,
+)
 from .ops import matvec_reads
 
 HEAD_DIMS = (64, 128, 256)
@@ -197,7 +207,10 @@ def _merge_kernel(
     BLOCK_D: tl.constexpr,
     QUANT: tl.constexpr = False,  # also quantize out's stored values for the o-projection (BLOCK_D % 32 == 0)
     INTERLEAVE: tl.constexpr = False,
+    LAUNCH_DEPS: tl.constexpr = False,  # _common.pdl(): the next kernel (the o-projection's matvec) may start now
 ):
+    if LAUNCH_DEPS:
+        gdc_launch_dependents()
     # program (b * Hkv + j, r, dc): row r of KV head j (query head j * G + r // S, token r % S),
     # columns dc * BLOCK_D ..; every split's partial in one load each (no dependent loop)
     pid_bh = tl.program_id(0)
@@ -378,6 +391,7 @@ def decode_attention_cuda(
         BLOCK_D=block_d,
         QUANT=quant,
         INTERLEAVE=bool(quantize),
+        LAUNCH_DEPS=pdl(q.device),
         num_warps=4,
     )
     return (out, *xa) if quant else out

@@ -274,3 +274,51 @@ def test_glu_matvec_quantizes_its_output(fmt, I, K, M):
         ("yq", "yd", "ys32", "ys16"), fused[1:], torch.ops.inductor_fuse.quantize_act(fused[0], False, 8)
     ):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q8_0"])
+def test_programmatic_dependent_launch_same_bits(fmt):
+    """config.settings.pdl: a decode layer's chain (add + RMSNorm + act_quant in one kernel, a
+    matvec, act_quant, a matvec whose input the kernel before it has just written, the next
+    norm) captured in a CUDA graph, replayed with new inputs each time: the same bits as without
+    programmatic dependent launch. A matvec that read x before its producer finished would differ."""
+    dev, D, inter = "cuda", 4096, 14336
+    w_up = random_planes(fmt, inter, D, dev, seed=1)
+    w_down = random_planes(fmt, D, inter, dev, seed=2)
+    norm_w = torch.rand(D, device=dev, dtype=torch.bfloat16) + 0.5
+    ops = torch.ops.inductor_fuse
+    interleave = KERNELS[fmt].interleave
+
+    def layer(h, r):
+        s, y, *xa = ops.add_rmsnorm_quantize_act(h, r, norm_w, 1e-5, 0.0, True, interleave, 1)
+        u = ops.qlinear_q8(y, w_up, None, fmt, xa, interleave, 1)
+        ua = list(ops.quantize_act(u, interleave, 1))
+        d = ops.qlinear_q8(u, w_down, None, fmt, ua, interleave, 1)
+        s2, y2, *_ = ops.add_rmsnorm_quantize_act(s, d, norm_w, 1e-5, 0.0, True, interleave, 1)
+        return u, d, y2
+
+    g = torch.Generator(device=dev).manual_seed(0)
+    inputs = [(torch.randn(1, D, device=dev, dtype=torch.bfloat16, generator=g),
+               torch.randn(1, D, device=dev, dtype=torch.bfloat16, generator=g)) for _ in range(8)]  # fmt: skip
+    with config.patch(pdl=False):
+        want = [[t.clone() for t in layer(h, r)] for h, r in inputs]
+    with config.patch(pdl=True):
+        h0, r0 = (t.clone() for t in inputs[0])
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            layer(h0, r0)  # warm up (compiles the PDL variants)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = layer(h0, r0)
+        for rep in range(3):
+            for (h, r), w in zip(inputs, want, strict=True):
+                h0.copy_(h)
+                r0.copy_(r)
+                graph.replay()
+                for got, ref in zip(outs, w, strict=True):
+                    assert torch.equal(got, ref), (fmt, rep)
+        eager = layer(*inputs[1])
+        for got, ref in zip(eager, want[1], strict=True):
+            assert torch.equal(got, ref), fmt
