@@ -59,6 +59,13 @@ def pdl(device: torch.device) -> bool:
     return config.settings.pdl and device.type == "cuda" and not interpreting() and _capability(device) >= (9, 0)
 
 
+PDL_SMALL = True  # the small kernels too are launched with launch_pdl (griddepcontrol.wait first)
+
+
+def pdl_small(device: torch.device) -> bool:
+    return PDL_SMALL and pdl(device)
+
+
 @functools.cache
 def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
@@ -224,7 +231,10 @@ def _act_quant_kernel(
     INTERLEAVE: tl.constexpr,
     BLOCK_G: tl.constexpr,
     LAUNCH_DEPS: tl.constexpr = False,  # pdl(): the next kernel (a matvec) may start now
+    WAIT: tl.constexpr = False,  # launched with launch_pdl: wait for the kernel before it first
 ):
+    if WAIT:
+        gdc_wait()
     if LAUNCH_DEPS:
         gdc_launch_dependents()
     m = tl.program_id(0)
@@ -256,7 +266,7 @@ def act_quant(x: torch.Tensor, interleave: bool = False) -> QuantizedActivation:
     grid = (M, triton.cdiv(K // 32, BLOCK_G))
     _act_quant_kernel[grid](
         x, xq, xd, xs32, xs16, K, x.stride(0), INTERLEAVE=interleave, BLOCK_G=BLOCK_G, LAUNCH_DEPS=pdl(x.device),
-        num_warps=4,
+        WAIT=pdl_small(x.device), num_warps=4, **({"launch_pdl": True} if pdl_small(x.device) else {}),
     )  # fmt: skip
     return QuantizedActivation(xq.view(torch.int32), xd, xs32, xs16)
 
