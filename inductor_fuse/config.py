@@ -30,17 +30,19 @@
                                                                  w4a16_mma there instead); a rewrite reads it
                                                                  (the act_quant rule: rewrite_key)
                                                                  (docs/kernels.md, "A few rows")
-    INDUCTOR_FUSE_PDL=1             pdl                False     launch the W4A8 matvec as a programmatic dependent
-                                                                 launch (sm_90+, CUDA): its programs start while
-                                                                 the kernel before it (a norm, act_quant, the
-                                                                 attention's merge: they let it start at once)
+    INDUCTOR_FUSE_PDL=0             pdl                True      "1": the W4A8 matvec is a programmatic dependent
+                                                                 launch (sm_90+ CUDA only): its programs start
+                                                                 while the kernel before it (a norm, act_quant,
+                                                                 the attention's merge: they let it start at once)
                                                                  still runs, load their first weights, then wait
-                                                                 for it (griddepcontrol.wait) before reading x
+                                                                 for it (griddepcontrol.wait) before reading x;
+                                                                 "0": plain launches (docs/kernels.md, "PDL")
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 
-A boolean variable is on when it is "1". Code reads `config.settings.<name>` at call time (so a
-`from inductor_fuse.config import settings` would miss `patch`); tests and benchmarks change
+A boolean variable is on when it is "1" (INDUCTOR_FUSE_PDL, on by default: off when it is "0").
+Code reads `config.settings.<name>` at call time (so a `from inductor_fuse.config import settings`
+would miss `patch`); tests and benchmarks change
 settings for a block with
 
     with config.patch(exact_matvec=True):
@@ -73,7 +75,7 @@ class Settings:
     tune: bool = False
     glu_quant: bool = False
     small_m: str = "auto"
-    pdl: bool = False
+    pdl: bool = True
     on_matvec_launch: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
@@ -94,7 +96,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         tune=environ.get("INDUCTOR_FUSE_TUNE", "0") == "1",
         glu_quant=environ.get("INDUCTOR_FUSE_GLU_QUANT", "0") == "1",
         small_m=environ.get("INDUCTOR_FUSE_SMALL_M", "") or "auto",
-        pdl=environ.get("INDUCTOR_FUSE_PDL", "0") == "1",
+        pdl=environ.get("INDUCTOR_FUSE_PDL", "1") != "0",
     )
 
 

@@ -130,9 +130,8 @@ def _scalar(reader: GGUFFile, key: str, path: str, default: Any = None) -> Any:
     return value
 
 
-def _integer(reader: GGUFFile, key: str, path: str, default: Any = None) -> int:
-    """_scalar(key) as an int (a count, a size): a value that is no whole number is a GGUFLoadError naming `key`."""
-    value = _scalar(reader, key, path, default)
+def _whole(value: Any, key: str, path: str) -> int:
+    """value as an int (a count, a size): one that is no whole number is a GGUFLoadError naming `key`."""
     try:
         n = int(value)
         whole = not isinstance(value, bool) and (isinstance(value, (int, str)) or float(value) == n)
@@ -143,12 +142,30 @@ def _integer(reader: GGUFFile, key: str, path: str, default: Any = None) -> int:
     return n
 
 
+def _integer(reader: GGUFFile, key: str, path: str, default: Any = None) -> int:
+    """_scalar(key) as an int (_whole)."""
+    return _whole(_scalar(reader, key, path, default), key, path)
+
+
+def _number(reader: GGUFFile, key: str, path: str, default: Any = None) -> float:
+    """_scalar(key) as a float: a value that is no number (a bool, text that does not read as one)
+    is a GGUFLoadError naming `key` (the range is the caller's to check)."""
+    raw = _scalar(reader, key, path, default)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        value = None
+    if isinstance(raw, bool) or value is None:
+        raise GGUFLoadError(f"{path}: {key} is {raw!r}, not a number")
+    return value
+
+
 def _positive(reader: GGUFFile, key: str, path: str, default: Any = None, cast: type = float) -> float:
     """_scalar(key) as `cast`, when finite and > 0 (a rope base, a scale, a window): else a GGUFLoadError."""
     raw = _scalar(reader, key, path, default)
-    try:
-        value = _integer(reader, key, path, default) if cast is int else float(raw)
-    except (TypeError, ValueError):
+    try:  # (GGUFLoadError is a ValueError: the message below names the key as well)
+        value = _whole(raw, key, path) if cast is int else float(raw)
+    except (TypeError, ValueError, OverflowError):
         value = None
     if isinstance(raw, bool) or value is None or not (value > 0 and math.isfinite(value)):  # (NaN, inf included)
         raise GGUFLoadError(f"{path}: {key} is {raw!r}, not a finite number > 0")
@@ -220,7 +237,7 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
         n_kv_heads=n_kv_heads,
         head_dim=head_dim,
         intermediate_size=_integer(reader, f"{arch}.feed_forward_length", path),
-        norm_eps=float(_scalar(reader, f"{arch}.attention.layer_norm_rms_epsilon", path, 1e-5)),
+        norm_eps=_number(reader, f"{arch}.attention.layer_norm_rms_epsilon", path, 1e-5),
         rope_base=_positive(reader, f"{arch}.rope.freq_base", path, 10000.0),
         rope_scale=rope_scale,
         rope_freq_factors=factors,
@@ -229,8 +246,6 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
     # values that would turn every logit NaN: a negative epsilon (rope bases and scales: _positive)
     if not 0 <= common["norm_eps"] < 1:  # (NaN fails every comparison)
         raise GGUFLoadError(f"{path}: {arch}.attention.layer_norm_rms_epsilon is {common['norm_eps']}, not in [0, 1)")
-    if factors is not None and not all(f > 0 for f in factors):
-        raise GGUFLoadError(f"{path}: rope_freqs.weight holds a value that is not > 0")
     if arch == "llama":
         return ModelArgs(**common)
     if arch == "phi3":

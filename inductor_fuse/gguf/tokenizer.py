@@ -25,6 +25,7 @@ decoding on request) and user-defined ones are matched whole.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -32,6 +33,8 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from .metadata import GGUFLoadError, field_value
 from .reader import GGUFFile
 from .sentencepiece import SPM_SPACE, SentencePieceBPE, check_token_id
+
+log = logging.getLogger(__name__)
 
 # llama.cpp's token types (tokenizer.ggml.token_type).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
@@ -260,7 +263,10 @@ def _per_token(reader: GGUFFile, key: str, tokens: list[str], kind, path: str) -
 
 def _byte_level_bpe(reader: GGUFFile, tokens: list[str], types: list[int], path: str) -> ByteLevelBPE:
     """Byte-level BPE (GPT-2 style): the text is split by the vocabulary's regex, then spelled as bytes."""
-    pre = field_value(reader, "tokenizer.ggml.pre", "gpt-2")
+    pre = field_value(reader, "tokenizer.ggml.pre")
+    if pre is None:  # (llama.cpp warns too, and uses its "default" split)
+        log.warning("%s: no tokenizer.ggml.pre in the file: splitting text with GPT-2's regex", path)
+        pre = "gpt-2"
     if pre not in PRE_TOKENIZERS:
         raise GGUFLoadError(f"{path}: unsupported tokenizer.ggml.pre {pre!r} (supported: {sorted(PRE_TOKENIZERS)})")
     merges = field_value(reader, "tokenizer.ggml.merges")

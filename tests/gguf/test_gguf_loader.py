@@ -364,3 +364,19 @@ def test_rope_freqs_must_be_finite(tmp_path):
     write_tiny_gguf(path, "llama", extra={"rope_freqs.weight": factors})
     with pytest.raises(GGUFLoadError, match=r"rope_freqs.weight holds a factor that is not a finite number > 0"):
         loader.model_args(read_gguf(path), path)
+
+
+@pytest.mark.parametrize("eps", ["1e-5x", True])
+def test_a_norm_epsilon_that_is_no_number_names_its_key(tmp_path, monkeypatch, eps):
+    # text was a bare ValueError from float(), a bool an epsilon of 1.0
+    import tiny_gguf
+
+    from inductor_fuse.gguf.reader import read_gguf
+
+    key = "llama.attention.layer_norm_rms_epsilon"
+    add = "add_bool" if isinstance(eps, bool) else "add_string"
+    monkeypatch.setattr(tiny_gguf.GGUFWriter, "add_layer_norm_rms_eps", lambda self, _: getattr(self, add)(key, eps))
+    path = str(tmp_path / "m.gguf")
+    write_tiny_gguf(path, "llama")
+    with pytest.raises(GGUFLoadError, match=rf"layer_norm_rms_epsilon is {eps!r}, not a number"):
+        loader.model_args(read_gguf(path), path)

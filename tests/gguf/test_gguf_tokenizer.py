@@ -104,6 +104,25 @@ def test_unsupported_pre_tokenizer(tmp_path, tiny_gguf):
         GGUFTokenizer.from_reader(read_gguf(str(path)), str(path))
 
 
+def test_a_missing_pre_tokenizer_is_a_warning(tmp_path, tiny_gguf, caplog):
+    # llama.cpp warns too; the text is then split with GPT-2's regex
+    import tiny_gguf as tg
+    from tiny_gguf import write_tiny_gguf
+
+    path = tmp_path / "nopre.gguf"
+    trained = tiny_gguf("llama")[3]
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(tg.GGUFWriter, "add_tokenizer_pre", lambda self, _: None)
+    try:
+        write_tiny_gguf(path, "llama", tokenizer=trained)
+    finally:
+        monkey.undo()
+    with caplog.at_level("WARNING", logger="inductor_fuse.gguf.tokenizer"):
+        tok = GGUFTokenizer.from_reader(read_gguf(str(path)), str(path))
+    assert "nopre.gguf: no tokenizer.ggml.pre in the file: splitting text with GPT-2's regex" in caplog.text
+    assert tok.decode(tok.encode("Hello world, 123!")) == "Hello world, 123!"
+
+
 # ---- SentencePiece ("llama" model): a Llama-2-style vocabulary written by the tests ----
 
 

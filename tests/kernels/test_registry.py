@@ -59,6 +59,16 @@ def test_settings_from_env():
         config.from_env({"INDUCTOR_FUSE_SMALL_M": "mma"})
 
 
+def test_pdl_is_on_by_default_and_only_for_cuda():
+    from inductor_fuse.kernels._common import pdl
+
+    assert config.from_env({}).pdl and not config.from_env({"INDUCTOR_FUSE_PDL": "0"}).pdl
+    assert config.from_env({"INDUCTOR_FUSE_PDL": "1"}).pdl
+    assert not pdl(torch.device("cpu"))  # griddepcontrol is PTX for sm_90+: never on the CPU
+    with config.patch(pdl=False):
+        assert not pdl(torch.device("cuda"))  # (no device is touched when off)
+
+
 def test_patch_restores_the_settings():
     before = config.settings
     with pytest.raises(RuntimeError):
