@@ -111,14 +111,13 @@ def _encode(w: torch.Tensor, fmt: str | None, permute_heads: int | None = None):
         block, type_size = GGML_QUANT_SIZES[ggml_type]
         raw = np.random.default_rng(0).integers(0, 256, (w.shape[0], w.shape[1] // block * type_size), dtype=np.uint8)
         return raw, ggml_type, None
-    qw = quantize(w, fmt)
-    raw = qw.to_gguf_bytes().numpy()
-    if permute_heads:
-        raw = _permute(raw, permute_heads)  # rows are independent: permuting bytes = permuting weights
+    hf_bytes = quantize(w, fmt).to_gguf_bytes().numpy()
     # the reference weights from gguf's own dequantizer of the bytes written (independent of the
-    # project's dequantize, which the loaded model runs)
+    # project's dequantize, which the loaded model runs), in the HF row order
     ggml_type = GGMLQuantizationType[fmt.upper()]
-    ref = torch.from_numpy(gguf_dequantize(qw.to_gguf_bytes().numpy(), ggml_type).astype(np.float32))
+    ref = torch.from_numpy(gguf_dequantize(hf_bytes, ggml_type).astype(np.float32))
+    # rows are independent: permuting bytes = permuting weights (_permute returns a new array)
+    raw = _permute(hf_bytes, permute_heads) if permute_heads else hf_bytes
     return raw, ggml_type, ref.reshape(w.shape)
 
 
