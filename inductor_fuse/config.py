@@ -30,13 +30,13 @@
                                                                  w4a16_mma there instead); a rewrite reads it
                                                                  (the act_quant rule: rewrite_key)
                                                                  (docs/kernels.md, "A few rows")
-    INDUCTOR_FUSE_PDL=0             pdl                True      "1": the W4A8 matvec is a programmatic dependent
-                                                                 launch (sm_90+ CUDA only): its programs start
-                                                                 while the kernel before it (a norm, act_quant,
-                                                                 the attention's merge: they let it start at once)
-                                                                 still runs, load their first weights, then wait
-                                                                 for it (griddepcontrol.wait) before reading x;
-                                                                 "0": plain launches (docs/kernels.md, "PDL")
+    INDUCTOR_FUSE_PDL=0             pdl                True      "1": the project's CUDA kernels are programmatic
+                                                                 dependent launches (sm_90+ only): each starts
+                                                                 while the kernel before it still runs and waits
+                                                                 for it (griddepcontrol.wait) before reading its
+                                                                 input; the W4A8 matvec loads its first weights
+                                                                 before that wait; "0": plain launches
+                                                                 (docs/kernels.md, "PDL")
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 

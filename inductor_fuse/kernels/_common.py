@@ -51,12 +51,18 @@ def interpreting() -> bool:
 
 def pdl(device: torch.device) -> bool:
     """Whether the kernels launch as programmatic dependent launches on `device`
-    (config.settings.pdl; CUDA sm_90+, not under the interpreter): the matvec is launched with
-    `launch_pdl` and waits for the kernel before it (griddepcontrol.wait) only once its first weights
-    are loading; the small kernels that come before a matvec (act_quant, the norm, the attention's
-    merge) let their dependents start at once (griddepcontrol.launch_dependents: a hint; the wait
-    still waits for their whole grid and its stores)."""
+    (config.settings.pdl; CUDA sm_90+, not under the interpreter): launched with `launch_pdl`
+    (`pdl_launch`), each kernel waits for the kernel before it (griddepcontrol.wait) before it reads
+    anything that one writes; the matvec loads its first weights before that wait; the small kernels
+    that make a matvec's x (act_quant, the norm, the attention's merge) then let their dependents
+    start (griddepcontrol.launch_dependents: a hint; the wait still waits for their whole grid and its
+    stores). docs/kernels.md, "PDL"."""
     return config.settings.pdl and device.type == "cuda" and not interpreting() and _capability(device) >= (9, 0)
+
+
+def pdl_launch(device: torch.device) -> dict[str, bool]:
+    """The launch option of a kernel with a PDL constexpr: {"launch_pdl": True} where pdl(device)."""
+    return {"launch_pdl": True} if pdl(device) else {}
 
 
 @functools.cache
@@ -223,9 +229,10 @@ def _act_quant_kernel(
     stride_xm,
     INTERLEAVE: tl.constexpr,
     BLOCK_G: tl.constexpr,
-    LAUNCH_DEPS: tl.constexpr = False,  # pdl(): the next kernel (a matvec) may start now
+    PDL: tl.constexpr = False,  # pdl(): wait for the kernel before it, then let the next (a matvec) start
 ):
-    if LAUNCH_DEPS:
+    if PDL:
+        gdc_wait()
         gdc_launch_dependents()
     m = tl.program_id(0)
     g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)  # [BG] 32-groups
@@ -255,8 +262,8 @@ def act_quant(x: torch.Tensor, interleave: bool = False) -> QuantizedActivation:
     BLOCK_G = 8 if interpreting() else 32
     grid = (M, triton.cdiv(K // 32, BLOCK_G))
     _act_quant_kernel[grid](
-        x, xq, xd, xs32, xs16, K, x.stride(0), INTERLEAVE=interleave, BLOCK_G=BLOCK_G, LAUNCH_DEPS=pdl(x.device),
-        num_warps=4,
+        x, xq, xd, xs32, xs16, K, x.stride(0), INTERLEAVE=interleave, BLOCK_G=BLOCK_G, PDL=pdl(x.device), num_warps=4,
+        **pdl_launch(x.device),
     )  # fmt: skip
     return QuantizedActivation(xq.view(torch.int32), xd, xs32, xs16)
 
@@ -512,7 +519,7 @@ def launch_matvec(
             yq_ptr=ya[0].xq.view(torch.int8), yd_ptr=ya[0].xd, ys32_ptr=ya[0].xs32, ys16_ptr=ya[0].xs16, QUANT_OUT=True,
             INTERLEAVE_OUT=ya[1],
         )),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"launch_pdl": True} if use_pdl else {}),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(dev),
     )  # fmt: skip
     if config.settings.on_matvec_launch is not None:
         config.settings.on_matvec_launch(compiled)

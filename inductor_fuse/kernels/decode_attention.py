@@ -58,11 +58,13 @@ from ..quant.op import act_shapes, empty_quantized_activation
 from ._common import (
     act_quant,
     gdc_launch_dependents,
+    gdc_wait,
     interpreting,
     kernel_or_reference,
     loop_bound,
     num_sms,
     pdl,
+    pdl_launch,
     quantize_tiles,
     tanh,
 )
@@ -115,7 +117,10 @@ def _split_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_T: tl.constexpr,
     TILES: tl.constexpr,  # tiles per split at most (a power of two): split s holds tiles s, s + NUM_SPLITS, ..
+    PDL: tl.constexpr = False,  # _common.pdl(): wait for the kernel before it (no early start for the merge)
 ):
+    if PDL:
+        gdc_wait()
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
     b = (pid_bh // Hkv).to(tl.int64)
@@ -207,9 +212,10 @@ def _merge_kernel(
     BLOCK_D: tl.constexpr,
     QUANT: tl.constexpr = False,  # also quantize out's stored values for the o-projection (BLOCK_D % 32 == 0)
     INTERLEAVE: tl.constexpr = False,
-    LAUNCH_DEPS: tl.constexpr = False,  # _common.pdl(): the next kernel (the o-projection's matvec) may start now
+    PDL: tl.constexpr = False,  # _common.pdl(): wait for the split kernel, then let the o-projection's matvec start
 ):
-    if LAUNCH_DEPS:
+    if PDL:
+        gdc_wait()
         gdc_launch_dependents()
     # program (b * Hkv + j, r, dc): row r of KV head j (query head j * G + r // S, token r % S),
     # columns dc * BLOCK_D ..; every split's partial in one load each (no dependent loop)
@@ -363,6 +369,8 @@ def decode_attention_cuda(
         TILES=p.tiles,
         num_warps=p.num_warps,
         num_stages=p.num_stages,
+        PDL=pdl(q.device),
+        **pdl_launch(q.device),
     )
     quant = quantize is not None
     if p.num_splits == 1:  # the split kernel wrote out itself: any quantization is a launch of its own
@@ -391,8 +399,9 @@ def decode_attention_cuda(
         BLOCK_D=block_d,
         QUANT=quant,
         INTERLEAVE=bool(quantize),
-        LAUNCH_DEPS=pdl(q.device),
+        PDL=pdl(q.device),
         num_warps=4,
+        **pdl_launch(q.device),
     )
     return (out, *xa) if quant else out
 

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ..quant.op import rmsnorm_reference
-from ._common import gdc_launch_dependents, interpreting, loop_bound, pdl, quantize_tiles
+from ._common import gdc_launch_dependents, gdc_wait, interpreting, loop_bound, pdl, pdl_launch, quantize_tiles
 
 
 @triton.jit
@@ -61,9 +61,10 @@ def _rmsnorm_quantize_kernel(
     INTERLEAVE: tl.constexpr,
     BLOCK_G: tl.constexpr,
     ONE_PASS: tl.constexpr,
-    LAUNCH_DEPS: tl.constexpr = False,  # _common.pdl(): the next kernel (a matvec) may start now
+    PDL: tl.constexpr = False,  # _common.pdl(): wait for the kernel before it, then let the next (a matvec) start
 ):
-    if LAUNCH_DEPS:
+    if PDL:
+        gdc_wait()
         gdc_launch_dependents()
     m = tl.program_id(0)
     G = K // 32
@@ -195,8 +196,8 @@ def rmsnorm_quantize(
         h, residual, wr.contiguous(), s, w, y, xq, xd, xs32, xs16, K, h.stride(0), residual.stride(0), float(eps),
         float(eps_r), W_OFFSET=float(w_offset), CAST_FIRST=cast_before_weight, ADD=add,
         NORM_R=residual_norm is not None, WR_OFFSET=float(wr_offset), R_CAST_FIRST=r_cast_first, QUANT=quant,
-        INTERLEAVE=interleave, BLOCK_G=BLOCK_G, ONE_PASS=BLOCK_G >= G, LAUNCH_DEPS=pdl(dev),
-        num_warps=8 if BLOCK_G >= 128 else 4,
+        INTERLEAVE=interleave, BLOCK_G=BLOCK_G, ONE_PASS=BLOCK_G >= G, PDL=pdl(dev),
+        num_warps=8 if BLOCK_G >= 128 else 4, **pdl_launch(dev),
     )  # fmt: skip
     out = (y, xq.view(torch.int32), xd, xs32, xs16) if quant else (y, None, None, None, None)
     return (s, *out) if add else out

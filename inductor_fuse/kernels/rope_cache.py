@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..rope_cache import check_rope_cache_write_args, rope_cache_write, rope_cache_write_reference
-from ._common import interpreting, kernel_or_reference
+from ._common import gdc_wait, interpreting, kernel_or_reference, pdl, pdl_launch
 
 
 @triton.jit
@@ -83,7 +83,10 @@ def _rope_cache_kernel(
     HALF: tl.constexpr,  # D // 2 rounded up to a power of two
     HAS_NORM: tl.constexpr,
     CAST_FIRST: tl.constexpr,
+    PDL: tl.constexpr = False,  # _common.pdl(): wait for the kernel before it
 ):
+    if PDL:
+        gdc_wait()
     row = tl.program_id(0)
     h = tl.program_id(1)
     b = (row // S).to(tl.int64)
@@ -185,7 +188,9 @@ def rope_cache_write_cuda(q, k, v, cos, sin, q_w, k_w, eps, w_offset, cast_befor
         HALF=triton.next_power_of_2(D // 2),
         HAS_NORM=has_norm,
         CAST_FIRST=bool(cast_before_weight),
+        PDL=pdl(q.device),
         num_warps=1 if D <= 128 else 2,
+        **pdl_launch(q.device),
     )
     return out
 

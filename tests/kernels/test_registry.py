@@ -60,13 +60,15 @@ def test_settings_from_env():
 
 
 def test_pdl_is_on_by_default_and_only_for_cuda():
-    from inductor_fuse.kernels._common import pdl
+    from inductor_fuse.kernels._common import pdl, pdl_launch
 
     assert config.from_env({}).pdl and not config.from_env({"INDUCTOR_FUSE_PDL": "0"}).pdl
     assert config.from_env({"INDUCTOR_FUSE_PDL": "1"}).pdl
     assert not pdl(torch.device("cpu"))  # griddepcontrol is PTX for sm_90+: never on the CPU
+    assert pdl_launch(torch.device("cpu")) == {}  # so no kernel is given Triton's launch_pdl there
     with config.patch(pdl=False):
         assert not pdl(torch.device("cuda"))  # (no device is touched when off)
+        assert pdl_launch(torch.device("cuda")) == {}
 
 
 def test_patch_restores_the_settings():
