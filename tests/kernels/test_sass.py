@@ -106,3 +106,21 @@ def test_w4a16_sync_operands_reach_the_mma_without_moving(fmt, M, prefetch, xsta
         assert r["lds128"] == 8 * (M // 8), mix
     if fmt == "q4_k":  # 2 per word, in the asm: no bytes repacked (with x's ring, triton 3.9: one more)
         assert mix["PRMT"] == 32 or (xstages and mix["PRMT"] == 33), mix
+
+
+def test_pdl_kernels_read_nothing_before_their_wait():
+    # A programmatic dependent launch may start while the kernel before it still runs: before its
+    # griddepcontrol.wait (ACQBULK) a kernel must not read what another kernel writes. The small
+    # kernels load nothing there; the matvec only its first weights (constants); launch_dependents
+    # (PREEXIT) comes after the wait, in the three kernels that make a matvec's x (docs/kernels.md "PDL")
+    r = run_json(SCRIPT.parent / "sass_pdl.py")
+    assert len(r) == 7, sorted(r)  # norm, act_quant, rope, split, merge, the matvec with and without prefetch
+    for name, s in r.items():
+        assert s["waits"] == 1 and s["loads_after_wait"] > 0, (name, s)
+        if name.endswith("matvec_kernel"):
+            assert s["loads_before_wait"] > 0, (name, s)
+        else:
+            assert s["loads_before_wait"] == 0, (name, s)
+        assert s["trigger_after_wait"] is not False, (name, s)
+    triggering = sorted(name.split(": ")[1] for name, s in r.items() if s["triggers"])
+    assert triggering == ["_act_quant_kernel", "_merge_kernel", "_rmsnorm_quantize_kernel"], triggering

@@ -1,0 +1,176 @@
+"""Compile the decode step's kernels as programmatic dependent launches (PDL, docs/kernels.md
+"PDL") for sm_90 without a GPU, each through its own launcher, and print where their global loads
+sit against `griddepcontrol.wait` (SASS `ACQBULK`) and `griddepcontrol.launch_dependents`
+(`PREEXIT`). What correctness asks of the order: a kernel launched this way may start while the
+kernel before it still runs, so it must not read anything another kernel writes before its wait.
+The small kernels load nothing before it; the matvec loads only its first weights (constants)
+before it; launch_dependents comes after the wait.
+
+    python benchmarks/sass_pdl.py          # a table
+    python benchmarks/sass_pdl.py --json   # {kernel: {"loads_before_wait", "loads_after_wait", ...}}
+
+A reading aid and the check behind tests/kernels/test_sass.py, as sass_matvec.py: speed is
+measured on the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from triton.runtime.driver import driver
+from triton.runtime.jit import JITFunction
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sass_matvec import nvidia_tool, opcode  # noqa: E402
+from sass_mma import _CompileOnly  # noqa: E402
+
+from inductor_fuse.kernels import _common, decode_attention, norm_quant, rope_cache  # noqa: E402
+from inductor_fuse.kernels.registry import KERNELS  # noqa: E402
+from inductor_fuse.kernels.testing import random_planes  # noqa: E402
+from inductor_fuse.quant.op import empty_quantized_activation  # noqa: E402
+
+
+class _OnCuda(torch.Tensor):
+    """A CPU tensor whose launchers take it for a CUDA one (they check `is_cuda`); nothing runs."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+def _t(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    return torch.randn(*shape).to(dtype).as_subclass(_OnCuda)
+
+
+def _matvec(M: int, N: int = 1024, K: int = 4096) -> torch.Tensor:
+    spec = KERNELS["q4_k"]
+    planes = [p.as_subclass(_OnCuda) for p in spec.plane_views(random_planes("q4_k", N, K))]
+    xa = _common.QuantizedActivation(
+        *(t.as_subclass(_OnCuda) for t in empty_quantized_activation(torch.empty(M, K, dtype=torch.bfloat16)))
+    )
+    return _common.launch_matvec(spec, xa, planes, None, M, N, K, spec.matvec_config(M, N, K), torch.bfloat16)
+
+
+def _launches() -> dict[str, object]:
+    """kernel name -> a call of its launcher at Llama-3-8B decode shapes (M = 1)."""
+    K, Hq, Hkv, D, T = 4096, 32, 8, 128, 1024
+    return {
+        "rmsnorm_quantize": lambda: norm_quant.rmsnorm_quantize(
+            _t(1, K), _t(K), 1e-5, 0.0, False, False, True, residual=_t(1, K)
+        ),
+        "act_quant": lambda: _common.act_quant(_t(1, K)),
+        "rope_cache_write": lambda: rope_cache.rope_cache_write_cuda(
+            _t(1, 1, Hq, D),
+            _t(1, 1, Hkv, D),
+            _t(1, 1, Hkv, D),
+            _t(1, D, dtype=torch.float32),
+            _t(1, D, dtype=torch.float32),
+            None,
+            None,
+            1e-6,
+            0.0,
+            False,
+            _t(2, 1, Hkv, T, D),
+            torch.zeros(1, dtype=torch.int64).as_subclass(_OnCuda),
+        ),  # fmt: skip
+        "decode_attention": lambda: decode_attention.decode_attention_cuda(
+            _t(1, Hq, 1, D),
+            _t(1, Hkv, T, D),
+            _t(1, Hkv, T, D),
+            torch.ones(1, 1, 1, T, dtype=torch.bool).as_subclass(_OnCuda),
+            D**-0.5,
+            0.0,
+            num_splits=4,
+            quantize=False,
+        ),  # fmt: skip
+        "matvec M=1": lambda: _matvec(1),
+        "matvec M=2 (prefetch)": lambda: _matvec(2),
+    }
+
+
+@contextlib.contextmanager
+def _compile_only(compiled: dict[str, object]):
+    """Launches compile (for sm_90) and record the compiled kernel by name instead of running; the
+    launchers take PDL as on for any device."""
+    run = JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        compiled[self.__name__] = run(self, *args, grid=grid, warmup=True, **kwargs)
+        return compiled[self.__name__]  # (a launcher that uses its kernel's result would fail here: none does)
+
+    patched = [(m, "pdl", lambda device: True) for m in (_common, norm_quant, decode_attention, rope_cache)]
+    patched += [
+        (m, "pdl_launch", lambda device: {"launch_pdl": True})
+        for m in (_common, norm_quant, decode_attention, rope_cache)
+    ]
+    saved = [(m, name, getattr(m, name)) for m, name, _ in patched]
+    active = driver._active  # (reset_active would build the default driver, which needs a GPU)
+    driver.set_active(_CompileOnly())
+    JITFunction.run = compile_only
+    for m, name, f in patched:
+        setattr(m, name, f)
+    try:
+        yield
+    finally:
+        JITFunction.run = run
+        driver._active = active
+        for m, name, f in saved:
+            setattr(m, name, f)
+
+
+def order(k) -> list[str]:
+    """A compiled kernel's global loads (LDG), PDL wait (ACQBULK) and trigger (PREEXIT), in SASS order."""
+    with tempfile.TemporaryDirectory() as d:
+        cubin = Path(d) / "k.cubin"
+        cubin.write_bytes(k.asm["cubin"])
+        sass = subprocess.run([nvidia_tool("nvdisasm"), "-c", str(cubin)], capture_output=True, text=True, check=True)
+    lines = [x for x in sass.stdout.splitlines() if re.match(r"^\s+/\*[0-9a-f]{4}\*/", x)]
+    return [op for op in map(opcode, lines) if op in ("LDG", "ACQBULK", "PREEXIT")]
+
+
+def summarize(ops: list[str]) -> dict:
+    wait = ops.index("ACQBULK") if "ACQBULK" in ops else None
+    return {
+        "waits": ops.count("ACQBULK"),
+        "loads_before_wait": ops[:wait].count("LDG") if wait is not None else None,
+        "loads_after_wait": ops[wait:].count("LDG") if wait is not None else None,
+        "triggers": ops.count("PREEXIT"),
+        "trigger_after_wait": None if "PREEXIT" not in ops or wait is None else ops.index("PREEXIT") > wait,
+    }
+
+
+def inspect() -> dict[str, dict]:
+    """ "launch: kernel" -> summarize() of the kernel's SASS, for every kernel each launch above compiles."""
+    r = {}
+    for launch, call in _launches().items():
+        compiled: dict[str, object] = {}
+        with _compile_only(compiled):
+            call()
+        r.update({f"{launch}: {name}": summarize(order(k)) for name, k in compiled.items()})
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true")
+    r = inspect()
+    if ap.parse_args().json:
+        print(json.dumps(r))
+        return
+    print(f"{'launch: kernel':45} waits  loads before / after the wait  triggers (after the wait)")
+    for name, s in r.items():
+        print(f"{name:45} {s['waits']:5}  {s['loads_before_wait']!s:>12} / {s['loads_after_wait']!s:<14}  "
+              f"{s['triggers']} ({s['trigger_after_wait']})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
