@@ -304,7 +304,7 @@ def plot(rows: list[dict], path: Path) -> None:
     print(f"wrote {path}")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--systems", default=",".join(SYSTEMS))
@@ -338,7 +338,7 @@ def main() -> None:
         action="store_true",
         help="time decode with the garbage collector as it is (default: within settled_gc, as examples/decode.py)",
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.off = [f for f in args.off.split(",") if f]
     FuseOptions.from_dict({f: False for f in args.off})  # unknown family: an error now, not after the load
     args.contexts = [int(c) for c in args.contexts.split(",")]
@@ -348,6 +348,11 @@ def main() -> None:
         raise SystemExit(f"--cuda-graphs: trees and/or plain, not {args.cuda_graphs}")
     if not args.prefill or not set(args.prefill) <= {"graphs", "compiled", "eager"}:
         raise SystemExit(f"--prefill: graphs, compiled and/or eager, not {args.prefill}")
+    return args
+
+
+def collect(args: argparse.Namespace) -> list[dict]:
+    """Every (model, system, CUDA-graph mode) of args, run -> the rows."""
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -362,6 +367,11 @@ def main() -> None:
                 continue
             for graphs in args.cuda_graphs if args.device == "cuda" else ["trees"]:
                 rows += run(m, s, args, workdir, graphs)
+    return rows
+
+
+def main() -> None:
+    rows = collect(parse_args())
     print_table(
         "decode / prefill (median of repeats; host reads each token)",
         ["model", "system", "graphs", "context", "KV buffer", "decode tok/s", "min-max", "prefill tok/s", "compile s",

@@ -1,9 +1,11 @@
 """Helpers of the GPU benchmarks that run without a GPU: bench_kernels.small_m_summary (the verdict
-line per shape against the few-rows targets, docs/kernels.md "A few rows") and w4a16_grid; the
+line per shape against the few-rows targets, docs/kernels.md "A few rows") and w4a16_grid;
+ab_decode's setting parser and summary, and one A/B run of it on the tiny CPU model; the
 fragment-order layouts of bench_fragment_order, their pure-torch reading against the Q4_K
 dequantizer, and its dp4a prototype under the interpreter (the MMA prototype is Gluon, GPU only:
 the benchmark checks it there)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,7 +17,8 @@ from inductor_fuse.kernels.testing import random_planes
 from inductor_fuse.quant.formats import FORMATS
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import bench_fragment_order as fragment  # noqa: E402 -- importing these launches nothing
+import ab_decode  # noqa: E402 -- importing these launches nothing
+import bench_fragment_order as fragment  # noqa: E402
 import bench_kernels  # noqa: E402
 
 
@@ -109,3 +112,41 @@ def test_fragment_order_dp4a_prototype_matches_the_reference(M, split, N, K):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
     with pytest.raises(ValueError, match="1 <= M <= 8"):
         fragment.fragment_dp4a_linear(fragment.repack_x(xa, M, K, 16), packed, M, torch.float32, split=1)
+
+
+def test_ab_decode_parses_a_setting_as_its_type():
+    assert ab_decode.parse_setting("pdl=0,1") == ("pdl", [False, True])
+    assert ab_decode.parse_setting("small_m=auto,off,sync") == ("small_m", ["auto", "off", "sync"])
+    for bad in ("no_such=0,1", "pdl=1", "pdl=0,yes"):
+        with pytest.raises(SystemExit):
+            ab_decode.parse_setting(bad)
+
+
+def test_ab_decode_summary_medians_and_gain():
+    def row(ctx, v, tok_s):
+        return {"model": "m", "system": "s", "context": ctx, "ab_value": v, "decode_tok_s": tok_s}
+
+    rows = [row(512, False, 400.0), row(512, True, 430.0), row(512, False, 398.0), row(512, True, 428.0)]
+    rows += [row(512, False, 402.0), row(512, True, 429.0), row(4096, False, 300.0), row(4096, True, 330.0)]
+    got = {(s["context"], s["value"]): s for s in ab_decode.summarize(rows, [False, True])}
+    assert (got[512, False]["median"], got[512, False]["min"], got[512, False]["max"]) == (400.0, 398.0, 402.0)
+    assert got[512, True]["median"] == 429.0 and got[512, True]["runs"] == 3
+    assert got[512, False]["gain"] == 0.0 and got[512, True]["gain"] == pytest.approx(429 / 400 - 1)
+    assert got[4096, True]["gain"] == pytest.approx(0.1)
+
+
+def test_ab_decode_runs_both_values_in_turn(tmp_path, monkeypatch, capsys):
+    # the whole tool on the tiny CPU model: one round of two values, each a bench_decode collection
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", [
+        "ab_decode.py", "pdl=0,1", "--rounds", "1", "--", "--models", "tiny-q4_k_m", "--device", "cpu",
+        "--contexts", "16", "--prompt", "4", "--tokens", "2", "--repeats", "1", "--prefill", "eager",
+        "--device-kind", "cpu", "--workdir", str(tmp_path),
+    ])  # fmt: skip
+    ab_decode.main()
+    (path,) = tmp_path.glob("*-ab-decode.json")
+    doc = json.loads(path.read_text())
+    assert doc["setting"] == "pdl" and [r["ab_value"] for r in doc["rows"]] == [False, True]
+    assert all(r["decode_tok_s"] > 0 and r["system"] == "inductor_fuse" for r in doc["rows"])
+    assert [s["value"] for s in doc["summary"]] == [False, True]
+    assert "A/B of pdl" in capsys.readouterr().out
