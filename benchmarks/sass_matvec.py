@@ -86,6 +86,13 @@ def opcode(line: str) -> str:
     return m.group(1) if m else "?"
 
 
+def disassemble(cubin: Path) -> str:
+    """The cubin's SASS, as Triton's own nvdisasm prints it."""
+    return subprocess.run(
+        [nvidia_tool("nvdisasm"), "-c", str(cubin)], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def inspect_kernel(k, stem: str, dump=None) -> dict:
     """A compiled Triton kernel `k` -> {"registers", "stack", "loop": its K loop's SASS lines, "mix":
     Counter of their opcodes}; dump: a folder for the cubin, ttgir, ptx and sass (named `stem`.*)."""
@@ -93,9 +100,7 @@ def inspect_kernel(k, stem: str, dump=None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     cubin = folder / f"{stem}.cubin"
     cubin.write_bytes(k.asm["cubin"])
-    sass = subprocess.run(
-        [nvidia_tool("nvdisasm"), "-c", str(cubin)], capture_output=True, text=True, check=True
-    ).stdout
+    sass = disassemble(cubin)
     usage = subprocess.run(
         [nvidia_tool("cuobjdump"), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True
     ).stdout

@@ -22,6 +22,7 @@ instructions, over 4 issued per SM and clock ("issue_us" below: a 28672 x 4096 w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -87,16 +88,14 @@ class _CompileOnly:
         return GPUTarget("cuda", 90, 32)
 
 
-def compile_sync(fmt: str, M: int, config, dtype, N: int = 4096, K: int = 4096) -> dict:
-    """w4a16_sync's kernel for `fmt` as its launcher compiles it for (M, N, K, config, x's dtype)
-    on sm_90 -> the compiled kernel (every launch of the call, the split-K sum's too, only compiles)."""
-    import torch
+@contextlib.contextmanager
+def compiling_only(compiled: dict):
+    """Within: a kernel launch compiles for sm_90 (no device) and records the compiled kernel in
+    `compiled` under its function's name instead of running (launchers that read a launch's
+    result would fail: none of ours does)."""
     from triton.runtime.driver import driver
     from triton.runtime.jit import JITFunction
 
-    from inductor_fuse.kernels import w4a16_sync
-
-    compiled = {}
     run = JITFunction.run
 
     def compile_only(self, *args, grid, warmup, **kwargs):
@@ -107,11 +106,22 @@ def compile_sync(fmt: str, M: int, config, dtype, N: int = 4096, K: int = 4096) 
     driver.set_active(_CompileOnly())
     JITFunction.run = compile_only
     try:
-        x = torch.randn(M, K).to(dtype)
-        w4a16_sync.w4a16_sync(x, random_planes(fmt, N, K), None, fmt, config)
+        yield compiled
     finally:
         JITFunction.run = run
         driver._active = active
+
+
+def compile_sync(fmt: str, M: int, config, dtype, N: int = 4096, K: int = 4096) -> dict:
+    """w4a16_sync's kernel for `fmt` as its launcher compiles it for (M, N, K, config, x's dtype)
+    on sm_90 -> the compiled kernel (every launch of the call, the split-K sum's too, only compiles)."""
+    import torch
+
+    from inductor_fuse.kernels import w4a16_sync
+
+    with compiling_only({}) as compiled:
+        x = torch.randn(M, K).to(dtype)
+        w4a16_sync.w4a16_sync(x, random_planes(fmt, N, K), None, fmt, config)
     return compiled["_w4a16_sync_kernel"]
 
 

@@ -19,19 +19,16 @@ import argparse
 import contextlib
 import json
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from triton.runtime.driver import driver
-from triton.runtime.jit import JITFunction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sass_matvec import nvidia_tool, opcode  # noqa: E402
-from sass_mma import _CompileOnly  # noqa: E402
+from sass_matvec import disassemble, opcode  # noqa: E402
+from sass_mma import compiling_only  # noqa: E402
 
 from inductor_fuse.kernels import _common, decode_attention, norm_quant, rope_cache  # noqa: E402
 from inductor_fuse.kernels.registry import KERNELS  # noqa: E402
@@ -61,7 +58,7 @@ def _matvec(M: int, N: int = 1024, K: int = 4096) -> torch.Tensor:
 
 
 def _launches() -> dict[str, object]:
-    """kernel name -> a call of its launcher at Llama-3-8B decode shapes (M = 1)."""
+    """launch name -> a call of a launcher at Llama-3-8B decode shapes (M = 1 but where named)."""
     K, Hq, Hkv, D, T = 4096, 32, 8, 128, 1024
     return {
         "rmsnorm_quantize": lambda: norm_quant.rmsnorm_quantize(
@@ -99,32 +96,18 @@ def _launches() -> dict[str, object]:
 
 @contextlib.contextmanager
 def _compile_only(compiled: dict[str, object]):
-    """Launches compile (for sm_90) and record the compiled kernel by name instead of running; the
-    launchers take PDL as on for any device."""
-    run = JITFunction.run
-
-    def compile_only(self, *args, grid, warmup, **kwargs):
-        compiled[self.__name__] = run(self, *args, grid=grid, warmup=True, **kwargs)
-        return compiled[self.__name__]  # (a launcher that uses its kernel's result would fail here: none does)
-
-    patched = [(m, "pdl", lambda device: True) for m in (_common, norm_quant, decode_attention, rope_cache)]
-    patched += [
-        (m, "pdl_launch", lambda device: {"launch_pdl": True})
-        for m in (_common, norm_quant, decode_attention, rope_cache)
-    ]
-    saved = [(m, name, getattr(m, name)) for m, name, _ in patched]
-    active = driver._active  # (reset_active would build the default driver, which needs a GPU)
-    driver.set_active(_CompileOnly())
-    JITFunction.run = compile_only
-    for m, name, f in patched:
-        setattr(m, name, f)
+    """sass_mma.compiling_only, with the launchers taking PDL as on for any device (each module
+    holds its own name for `pdl` and `pdl_launch`)."""
+    modules = (_common, norm_quant, decode_attention, rope_cache)
+    saved = [(m, m.pdl, m.pdl_launch) for m in modules]
+    for m in modules:
+        m.pdl, m.pdl_launch = (lambda device: True), (lambda device: {"launch_pdl": True})
     try:
-        yield
+        with compiling_only(compiled):
+            yield
     finally:
-        JITFunction.run = run
-        driver._active = active
-        for m, name, f in saved:
-            setattr(m, name, f)
+        for m, f, g in saved:
+            m.pdl, m.pdl_launch = f, g
 
 
 def order(k) -> list[str]:
@@ -132,8 +115,8 @@ def order(k) -> list[str]:
     with tempfile.TemporaryDirectory() as d:
         cubin = Path(d) / "k.cubin"
         cubin.write_bytes(k.asm["cubin"])
-        sass = subprocess.run([nvidia_tool("nvdisasm"), "-c", str(cubin)], capture_output=True, text=True, check=True)
-    lines = [x for x in sass.stdout.splitlines() if re.match(r"^\s+/\*[0-9a-f]{4}\*/", x)]
+        sass = disassemble(cubin)
+    lines = [x for x in sass.splitlines() if re.match(r"^\s+/\*[0-9a-f]{4}\*/", x)]
     return [op for op in map(opcode, lines) if op in ("LDG", "ACQBULK", "PREEXIT")]
 
 
