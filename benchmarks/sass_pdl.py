@@ -4,9 +4,11 @@ sit against `griddepcontrol.wait` (SASS `ACQBULK`) and `griddepcontrol.launch_de
 (`PREEXIT`). What correctness asks of the order: a kernel launched this way may start while the
 kernel before it still runs, so it must not read anything another kernel writes before its wait.
 The small kernels load nothing before it; the matvec loads only its first weights (constants)
-before it; launch_dependents comes after the wait.
+before it; launch_dependents comes after the wait (in every kernel but the attention's split;
+with `--early 0`, config.settings.pdl_early off, in the norm, act_quant and merge kernels only).
 
     python benchmarks/sass_pdl.py          # a table
+    python benchmarks/sass_pdl.py --early 0   # the kernels as INDUCTOR_FUSE_PDL_EARLY=0 compiles them
     python benchmarks/sass_pdl.py --json   # {kernel: {"loads_before_wait", "loads_after_wait", ...}}
 
 A reading aid and the check behind tests/kernels/test_sass.py, as sass_matvec.py: speed is
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sass_matvec import disassemble, opcode  # noqa: E402
 from sass_mma import compiling_only  # noqa: E402
 
+from inductor_fuse import config  # noqa: E402
 from inductor_fuse.kernels import _common, decode_attention, norm_quant, rope_cache  # noqa: E402
 from inductor_fuse.kernels.registry import KERNELS  # noqa: E402
 from inductor_fuse.kernels.testing import random_planes  # noqa: E402
@@ -95,15 +98,15 @@ def _launches() -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def _compile_only(compiled: dict[str, object]):
+def _compile_only(compiled: dict[str, object], early: bool):
     """sass_mma.compiling_only, with the launchers taking PDL as on for any device (each module
-    holds its own name for `pdl` and `pdl_launch`)."""
+    holds its own name for `pdl` and `pdl_launch`) and config.settings.pdl_early as `early`."""
     modules = (_common, norm_quant, decode_attention, rope_cache)
     saved = [(m, m.pdl, m.pdl_launch) for m in modules]
     for m in modules:
         m.pdl, m.pdl_launch = (lambda device: True), (lambda device: {"launch_pdl": True})
     try:
-        with compiling_only(compiled):
+        with compiling_only(compiled), config.patch(pdl_early=early):
             yield
     finally:
         for m, f, g in saved:
@@ -131,12 +134,13 @@ def summarize(ops: list[str]) -> dict:
     }
 
 
-def inspect() -> dict[str, dict]:
-    """ "launch: kernel" -> summarize() of the kernel's SASS, for every kernel each launch above compiles."""
+def inspect(early: bool = True) -> dict[str, dict]:
+    """ "launch: kernel" -> summarize() of the kernel's SASS, for every kernel each launch above
+    compiles (with config.settings.pdl_early as `early`)."""
     r = {}
     for launch, call in _launches().items():
         compiled: dict[str, object] = {}
-        with _compile_only(compiled):
+        with _compile_only(compiled, early):
             call()
         r.update({f"{launch}: {name}": summarize(order(k)) for name, k in compiled.items()})
     return r
@@ -145,8 +149,10 @@ def inspect() -> dict[str, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
-    r = inspect()
-    if ap.parse_args().json:
+    ap.add_argument("--early", type=int, choices=(0, 1), default=1, help="config.settings.pdl_early (default 1)")
+    args = ap.parse_args()
+    r = inspect(bool(args.early))
+    if args.json:
         print(json.dumps(r))
         return
     print(f"{'launch: kernel':45} waits  loads before / after the wait  triggers (after the wait)")

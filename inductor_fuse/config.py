@@ -37,10 +37,16 @@
                                                                  input; the W4A8 matvec loads its first weights
                                                                  before that wait; "0": plain launches
                                                                  (docs/kernels.md, "PDL")
+    INDUCTOR_FUSE_PDL_EARLY=0       pdl_early          True      with pdl, "1": the matvec and the rope kernel also
+                                                                 let the kernel after them launch as soon as their
+                                                                 own programs have started (launch_dependents after
+                                                                 their wait; it still waits for their whole grid);
+                                                                 "0": that kernel launches as they end
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 
-A boolean variable is on when it is "1" (INDUCTOR_FUSE_PDL, on by default: off when it is "0").
+A boolean variable is on when it is "1" (INDUCTOR_FUSE_PDL and INDUCTOR_FUSE_PDL_EARLY, on by
+default: off when it is "0").
 Code reads `config.settings.<name>` at call time (so a `from inductor_fuse.config import settings`
 would miss `patch`); tests and benchmarks change
 settings for a block with
@@ -76,6 +82,7 @@ class Settings:
     glu_quant: bool = False
     small_m: str = "auto"
     pdl: bool = True
+    pdl_early: bool = True
     on_matvec_launch: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
@@ -97,6 +104,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         glu_quant=environ.get("INDUCTOR_FUSE_GLU_QUANT", "0") == "1",
         small_m=environ.get("INDUCTOR_FUSE_SMALL_M", "") or "auto",
         pdl=environ.get("INDUCTOR_FUSE_PDL", "1") != "0",
+        pdl_early=environ.get("INDUCTOR_FUSE_PDL_EARLY", "1") != "0",
     )
 
 

@@ -60,6 +60,13 @@ def pdl(device: torch.device) -> bool:
     return config.settings.pdl and device.type == "cuda" and not interpreting() and _capability(device) >= (9, 0)
 
 
+def pdl_early(device: torch.device) -> bool:
+    """Whether the matvec and the rope kernel, PDL-launched (`pdl`), also let the kernel after them
+    start as soon as their own programs have started (griddepcontrol.launch_dependents right after
+    their wait): config.settings.pdl_early. The next kernel still waits for their whole grid."""
+    return config.settings.pdl_early and pdl(device)
+
+
 def pdl_launch(device: torch.device) -> dict[str, bool]:
     """The launch option of a kernel with a PDL constexpr: {"launch_pdl": True} where pdl(device)."""
     return {"launch_pdl": True} if pdl(device) else {}
@@ -515,6 +522,7 @@ def launch_matvec(
         UNIT=spec.unit, GROUP=spec.group, HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=cfg.prefetch,
         BLOCK_M=block_m, M_BLOCKS=triton.cdiv(M, block_m), BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u,
         USE_ASM=not interpreting(), GLU=glu if split == 1 else 0, EVEN=n_units % cfg.block_u == 0, PDL=use_pdl,
+        PDL_EARLY=pdl_early(dev),
         **({} if ya is None else dict(
             yq_ptr=ya[0].xq.view(torch.int8), yd_ptr=ya[0].xd, ys32_ptr=ya[0].xs32, ys16_ptr=ya[0].xs16, QUANT_OUT=True,
             INTERLEAVE_OUT=ya[1],
@@ -725,6 +733,7 @@ def matvec_units(
     USE_ASM: tl.constexpr,
     EVEN: tl.constexpr,
     PDL: tl.constexpr = False,
+    PDL_EARLY: tl.constexpr = False,
 ):
     """The K loop over units [u_lo, u_hi), BLOCK_U at a time -> accs. With PREFETCH the weight
     loads are double-buffered in registers: the next units' loads fly while these compute. EVEN
@@ -743,6 +752,8 @@ def matvec_units(
         w = LOAD(wctx, u, umask)
         if PDL:
             gdc_wait()
+            if PDL_EARLY:
+                gdc_launch_dependents()
         for u0 in range(loop_bound(u_lo), loop_bound(u_hi), BLOCK_U):
             un = u0 + BLOCK_U + ub
             unmask = un < u_hi
@@ -756,6 +767,8 @@ def matvec_units(
             umask = u < u_hi
             w = LOAD(wctx, u, umask)
             gdc_wait()
+            if PDL_EARLY:
+                gdc_launch_dependents()
             accs = matvec_step(DECODE, ROW_DOT, w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM)
             u_first = u_lo + BLOCK_U
         for u0 in range(loop_bound(u_first), loop_bound(u_hi), BLOCK_U):
@@ -898,6 +911,7 @@ def matvec_kernel(
     USE_ASM: tl.constexpr, GLU: tl.constexpr = 0,  # GLU: act(gate) * up of interleaved rows (matvec_epilogue)
     EVEN: tl.constexpr = False,  # every K step whole: no masks (matvec_units)
     PDL: tl.constexpr = False,  # launched with launch_pdl: wait for the kernel before it (matvec_units)
+    PDL_EARLY: tl.constexpr = False,  # pdl_early(): then let the kernel after it start (matvec_units)
     yq_ptr=None, yd_ptr=None, ys32_ptr=None, ys16_ptr=None,  # QUANT_OUT: quantize_act of the GLU's output
     QUANT_OUT: tl.constexpr = False, INTERLEAVE_OUT: tl.constexpr = False,
 ):  # fmt: skip
@@ -908,7 +922,7 @@ def matvec_kernel(
     xa = (xq_ptr, xd_ptr, xs32_ptr, xs16_ptr)
     accs = matvec_units(
         LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM, EVEN,
-        PDL,
+        PDL, PDL_EARLY,
     )  # fmt: skip
     matvec_epilogue(
         accs, bias_ptr, out_ptr, pid_m, pid_n, pid_k, rows, M, N, HAS_BIAS, SPLIT, GLU, BLOCK_M, BLOCK_N,

@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..rope_cache import check_rope_cache_write_args, rope_cache_write, rope_cache_write_reference
-from ._common import gdc_wait, interpreting, kernel_or_reference, pdl, pdl_launch
+from ._common import gdc_launch_dependents, gdc_wait, interpreting, kernel_or_reference, pdl, pdl_early, pdl_launch
 
 
 @triton.jit
@@ -84,9 +84,12 @@ def _rope_cache_kernel(
     HAS_NORM: tl.constexpr,
     CAST_FIRST: tl.constexpr,
     PDL: tl.constexpr = False,  # _common.pdl(): wait for the kernel before it
+    PDL_EARLY: tl.constexpr = False,  # _common.pdl_early(): then let the attention's split kernel start
 ):
     if PDL:
         gdc_wait()
+        if PDL_EARLY:
+            gdc_launch_dependents()
     row = tl.program_id(0)
     h = tl.program_id(1)
     b = (row // S).to(tl.int64)
@@ -189,6 +192,7 @@ def rope_cache_write_cuda(q, k, v, cos, sin, q_w, k_w, eps, w_offset, cast_befor
         HAS_NORM=has_norm,
         CAST_FIRST=bool(cast_before_weight),
         PDL=pdl(q.device),
+        PDL_EARLY=pdl_early(q.device),
         num_warps=1 if D <= 128 else 2,
         **pdl_launch(q.device),
     )

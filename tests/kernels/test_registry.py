@@ -60,14 +60,17 @@ def test_settings_from_env():
 
 
 def test_pdl_is_on_by_default_and_only_for_cuda():
-    from inductor_fuse.kernels._common import pdl, pdl_launch
+    from inductor_fuse.kernels._common import pdl, pdl_early, pdl_launch
 
     assert config.from_env({}).pdl and not config.from_env({"INDUCTOR_FUSE_PDL": "0"}).pdl
     assert config.from_env({"INDUCTOR_FUSE_PDL": "1"}).pdl
+    assert config.from_env({}).pdl_early and not config.from_env({"INDUCTOR_FUSE_PDL_EARLY": "0"}).pdl_early
+    assert not pdl_early(torch.device("cpu"))
     assert not pdl(torch.device("cpu"))  # griddepcontrol is PTX for sm_90+: never on the CPU
     assert pdl_launch(torch.device("cpu")) == {}  # so no kernel is given Triton's launch_pdl there
     with config.patch(pdl=False):
         assert not pdl(torch.device("cuda"))  # (no device is touched when off)
+        assert not pdl_early(torch.device("cuda"))  # (early only with pdl)
         assert pdl_launch(torch.device("cuda")) == {}
 
 
