@@ -14,8 +14,8 @@ one, whichever value it ran (`results/2026-12-06-norm-weights-first-h100.json`).
 
 Per (model, system, context) and value: the median of the runs' decode medians, their min-max,
 and the gain against the first value. JSON: `<date>-ab-decode.json` in $OUT or
-benchmarks/results/: {"setting", "values", "summary", "rows"}, each bench_decode row with
-`ab_value` and `ab_round`.
+benchmarks/results/ (`common.write_json`): {"environment", "setting", "values", "discard_first",
+"summary", "rows"}, each bench_decode row with `ab_value` and `ab_round`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -32,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_decode  # noqa: E402
-from common import RESULTS_DIR, print_table  # noqa: E402
+from common import print_table, write_json  # noqa: E402
 
 from inductor_fuse import config  # noqa: E402
 
@@ -112,12 +110,8 @@ def main() -> None:
             for s in summary
         ],
     )  # fmt: skip
-    out = Path(os.environ.get("OUT") or RESULTS_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{datetime.date.today().isoformat()}-ab-decode.json"
     doc = {"setting": field, "values": values, "discard_first": a.discard_first, "summary": summary, "rows": rows}
-    path.write_text(json.dumps(doc, indent=1))
-    print(f"wrote {path}")
+    write_json(f"{datetime.date.today().isoformat()}-ab-decode.json", doc)
 
 
 if __name__ == "__main__":
