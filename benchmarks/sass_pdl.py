@@ -4,8 +4,9 @@ sit against `griddepcontrol.wait` (SASS `ACQBULK`) and `griddepcontrol.launch_de
 (`PREEXIT`). What correctness asks of the order: a kernel launched this way may start while the
 kernel before it still runs, so it must not read anything another kernel writes before its wait.
 The small kernels load nothing before it; the matvec loads only its first weights (constants)
-before it; launch_dependents comes after the wait (in every kernel but the attention's split;
-with `--early 0`, config.settings.pdl_early off, in the norm, act_quant and merge kernels only).
+before it; launch_dependents comes after the wait (right after it, but in the attention's split
+kernel after its loop: after all its loads; with `--early 0`, config.settings.pdl_early off, in
+the norm, act_quant and merge kernels only).
 
     python benchmarks/sass_pdl.py          # a table
     python benchmarks/sass_pdl.py --early 0   # the kernels as INDUCTOR_FUSE_PDL_EARLY=0 compiles them
@@ -114,13 +115,15 @@ def _compile_only(compiled: dict[str, object], early: bool):
 
 
 def order(k) -> list[str]:
-    """A compiled kernel's global loads (LDG), PDL wait (ACQBULK) and trigger (PREEXIT), in SASS order."""
+    """A compiled kernel's global loads (LDG, and LDGSTS: global -> shared), PDL wait (ACQBULK) and
+    trigger (PREEXIT), in SASS order; both load kinds as "LDG"."""
     with tempfile.TemporaryDirectory() as d:
         cubin = Path(d) / "k.cubin"
         cubin.write_bytes(k.asm["cubin"])
         sass = disassemble(cubin)
     lines = [x for x in sass.splitlines() if re.match(r"^\s+/\*[0-9a-f]{4}\*/", x)]
-    return [op for op in map(opcode, lines) if op in ("LDG", "ACQBULK", "PREEXIT")]
+    ops = [op for op in map(opcode, lines) if op in ("LDG", "LDGSTS", "ACQBULK", "PREEXIT")]
+    return ["LDG" if op == "LDGSTS" else op for op in ops]
 
 
 def summarize(ops: list[str]) -> dict:
@@ -131,6 +134,7 @@ def summarize(ops: list[str]) -> dict:
         "loads_after_wait": ops[wait:].count("LDG") if wait is not None else None,
         "triggers": ops.count("PREEXIT"),
         "trigger_after_wait": None if "PREEXIT" not in ops or wait is None else ops.index("PREEXIT") > wait,
+        "loads_after_trigger": ops[ops.index("PREEXIT") :].count("LDG") if "PREEXIT" in ops else None,
     }
 
 
@@ -155,10 +159,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(r))
         return
-    print(f"{'launch: kernel':45} waits  loads before / after the wait  triggers (after the wait)")
+    print(f"{'launch: kernel':45} waits  loads before / after the wait  triggers (after the wait)  loads after it")
     for name, s in r.items():
         print(f"{name:45} {s['waits']:5}  {s['loads_before_wait']!s:>12} / {s['loads_after_wait']!s:<14}  "
-              f"{s['triggers']} ({s['trigger_after_wait']})")  # fmt: skip
+              f"{s['triggers']} ({s['trigger_after_wait']!s:5})             {s['loads_after_trigger']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@
     INDUCTOR_FUSE_PDL_EARLY=0       pdl_early          True      with pdl, "1": the matvec and the rope kernel also
                                                                  let the kernel after them launch as soon as their
                                                                  own programs have started (launch_dependents after
-                                                                 their wait; it still waits for their whole grid);
-                                                                 "0": that kernel launches as they end
+                                                                 their wait; it still waits for their whole grid),
+                                                                 and the attention's split kernel lets the merge
+                                                                 launch once its programs are past their loop;
+                                                                 "0": those kernels' dependents launch as they end
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 

@@ -63,7 +63,8 @@ def pdl(device: torch.device) -> bool:
 def pdl_early(device: torch.device) -> bool:
     """Whether the matvec and the rope kernel, PDL-launched (`pdl`), also let the kernel after them
     start as soon as their own programs have started (griddepcontrol.launch_dependents right after
-    their wait): config.settings.pdl_early. The next kernel still waits for their whole grid."""
+    their wait), and the attention's split kernel lets the merge start once its programs are past
+    their loop: config.settings.pdl_early. The next kernel still waits for their whole grid."""
     return config.settings.pdl_early and pdl(device)
 
 

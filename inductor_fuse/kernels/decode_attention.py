@@ -64,6 +64,7 @@ from ._common import (
     loop_bound,
     num_sms,
     pdl,
+    pdl_early,
     pdl_launch,
     quantize_tiles,
     tanh,
@@ -117,7 +118,8 @@ def _split_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_T: tl.constexpr,
     TILES: tl.constexpr,  # tiles per split at most (a power of two): split s holds tiles s, s + NUM_SPLITS, ..
-    PDL: tl.constexpr = False,  # _common.pdl(): wait for the kernel before it (no early start for the merge)
+    PDL: tl.constexpr = False,  # _common.pdl(): wait for the kernel before it
+    PDL_EARLY: tl.constexpr = False,  # _common.pdl_early(): once its loop is done, let the merge launch
 ):
     if PDL:
         gdc_wait()
@@ -179,6 +181,8 @@ def _split_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
         m_i = m_new
 
+    if PDL_EARLY:  # after the loop: a trigger at the start made 4k-32k live slower (docs/kernels.md "PDL")
+        gdc_launch_dependents()
     if SPLIT:
         row = (pid_bh * NUM_SPLITS + pid_s) * GS + r
         tl.store(ws_m_ptr + row, m_i, mask=rvalid)
@@ -370,6 +374,7 @@ def decode_attention_cuda(
         num_warps=p.num_warps,
         num_stages=p.num_stages,
         PDL=pdl(q.device),
+        PDL_EARLY=pdl_early(q.device),
         **pdl_launch(q.device),
     )
     quant = quantize is not None
