@@ -59,7 +59,7 @@ def test_act_quant_matches_reference():
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
-@pytest.mark.parametrize("N,K,M", [(37, 256, 1), (129, 512, 3), (37, 256, 17)])
+@pytest.mark.parametrize("N,K,M", [(37, 256, 1), (129, 512, 3), (19, 256, 17)])
 def test_matvec(fmt, N, K, M):
     planes = _weight(fmt, N, K, seed=N + K)
     x = _x(M, K, seed=M)
@@ -76,7 +76,7 @@ def test_matvec(fmt, N, K, M):
 @pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_matvec_split_k(fmt, prefetch):
-    N, K, M = 37, 1024, 2
+    N, K, M = 11, 1024, 2  # 2 programs along N (the second masked): the interpreter's time is per program
     planes = _weight(fmt, N, K, seed=5)
     x = _x(M, K, seed=5)
     bias = torch.randn(N)
@@ -94,7 +94,7 @@ def test_matvec_whole_and_partial_steps(fmt, K):
     # each with and without split-K and the register prefetch
     n_units = K // KERNELS[fmt].unit
     block_u = n_units // 2 if K == 1024 else triton.next_power_of_2(n_units) // 2
-    N, M = 21, 2
+    N, M = 5, 2  # 3 programs of block_n = 2, the last one masked
     planes = _weight(fmt, N, K, seed=K)
     x = _x(M, K, seed=K)
     ref = act_quant_reference(x) @ FORMATS[fmt].dequantize(planes).T
@@ -249,7 +249,7 @@ def test_glu_matvec(fmt, act, M, split_k):
     and up), the split-K path (GLU after the reduction), the GEMM path (GLU as its own step)."""
     from inductor_fuse.quant.op import glu_act
 
-    N, K = 2 * 37, 512
+    N, K = 2 * 11, 512
     planes = _weight(fmt, N, K, seed=11)
     x = _x(M, K, seed=M)
     bias = torch.randn(N) if M == 3 else None
