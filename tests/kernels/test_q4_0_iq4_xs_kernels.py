@@ -67,7 +67,7 @@ def test_matvec(fmt, case):
 @pytest.mark.parametrize("fmt", NAMES)
 def test_matvec_configs(fmt):
     # the default config, split-K over 3 programs with a masked tail, the register prefetch
-    N, K, M = 11, 1024, 2  # 2 programs of block_n = 8 along N, the second masked
+    N, K, M = 11, 1024, 2  # the split-K configs: 2 programs of block_n = 8 along N, the second masked
     planes = _weight(fmt, N, K, seed=5)
     x = _x(M, K, seed=5)
     bias = torch.randn(N)
