@@ -58,7 +58,7 @@ from torch._inductor.codecache import CppPythonBindingsCodeCache
 from torch._inductor.compile_fx import compile_fx
 from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
-from . import report
+from . import config, report
 from .options import FuseOptions, validate_mode
 from .patterns import RulePass
 
@@ -112,6 +112,29 @@ def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[
         gm.graph.erase_node(node)
     gm.recompile()
     return keep
+
+
+def _linear_weight_bytes(gm: fx.GraphModule) -> int:
+    """The bytes of the weights the graph's linears read, each tensor once: the weight and bias of
+    every `linear`, and every graph attribute an inductor_fuse op takes (the quantized planes and
+    biases of `qlinear`), where those are graph attributes (as `_lift_parameters` leaves module
+    state). What a decode step reads besides its KV cache; sizes the early trigger
+    (config.pdl_early_for)."""
+    tensors: dict[int, torch.Tensor] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "_qualified_op_name", None) or getattr(node.target, "_name", None)
+        ours = isinstance(name, str) and name.startswith("inductor_fuse::")
+        if not ours and node.target not in (torch._C._nn.linear, torch.nn.functional.linear):
+            continue
+        found: list[fx.Node] = []
+        fx.node.map_arg((node.args[1:], node.kwargs), found.append)  # the first argument is the activation
+        for a in found:
+            value = functools.reduce(getattr, a.target.split("."), gm) if a.op == "get_attr" else None
+            if isinstance(value, torch.Tensor):
+                tensors[id(value)] = value
+    return sum(t.nbytes for t in tensors.values())
 
 
 NEEDS_GRAD = (
@@ -206,10 +229,18 @@ def inductor_fuse_backend(
             return compile_fx(gm, example_inputs, config_patches=patches)
 
         keep = _lift_parameters(gm, example_inputs)
+        try:
+            weight_bytes = _linear_weight_bytes(gm)
+        except Exception as e:  # noqa: BLE001 -- a sizing error must not cost the compile
+            weight_bytes = 0
+            rep.notes.append(f"linear weights not sized ({type(e).__name__}: {e}): counted as 0")
+        early = config.pdl_early_for(weight_bytes)
         rep.notes.append(
             f"{len(example_inputs) - len(keep)} parameter/buffer input(s) made graph state for freezing, each"
             " with an identity guard;"
-            f" rule families {opts.enabled()}"
+            f" rule families {opts.enabled()};"
+            f" linear weights {weight_bytes / 2**30:.2f} GiB: pdl_early auto {'on' if early else 'off'}"
+            f" (on from {config.PDL_EARLY_MIN_WEIGHT_BYTES / 2**30:g} GiB)"
         )
         patches.update(
             {
@@ -240,15 +271,19 @@ def inductor_fuse_backend(
                 compiled = compile_fx(gm, inputs, config_patches=patches)
 
     n_all, n_keep = len(example_inputs), len(keep)
-    if n_keep == n_all:
-        return compiled
+    graph_pdl_early = config.graph_pdl_early
 
     def run(*args):
         # Dynamo passes either every original input or, having seen the lifted placeholders
         # disappear from its graph, only the ones that are still inputs.
-        if len(args) == n_all:
+        if n_keep != n_all and len(args) == n_all:
             args = [args[i] for i in keep]
-        return compiled(*args)
+        # the kernels this graph launches (or a CUDA graph records) read it: config.pdl_early_wanted
+        token = graph_pdl_early.set(early)
+        try:
+            return compiled(*args)
+        finally:
+            graph_pdl_early.reset(token)
 
     return run
 

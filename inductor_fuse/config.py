@@ -37,18 +37,24 @@
                                                                  input; the W4A8 matvec loads its first weights
                                                                  before that wait; "0": plain launches
                                                                  (docs/kernels.md, "PDL")
-    INDUCTOR_FUSE_PDL_EARLY=0       pdl_early          True      with pdl, "1": the matvec and the rope kernel also
-                                                                 let the kernel after them launch as soon as their
-                                                                 own programs have started (launch_dependents after
-                                                                 their wait; it still waits for their whole grid),
-                                                                 and the attention's split kernel lets the merge
-                                                                 launch once its programs are past their loop;
-                                                                 "0": those kernels' dependents launch as they end
+    INDUCTOR_FUSE_PDL_EARLY=auto    pdl_early          "auto"    with pdl, True ("1"): the matvec and the rope kernel
+                                                                 also let the kernel after them launch as soon as
+                                                                 their own programs have started (launch_dependents
+                                                                 after their wait; it still waits for their whole
+                                                                 grid), and the attention's split kernel lets the
+                                                                 merge launch once its programs are past their
+                                                                 loop; False ("0"): those kernels' dependents launch
+                                                                 as they end; "auto": True in a graph the backend
+                                                                 compiled whose linear weights total at least
+                                                                 PDL_EARLY_MIN_WEIGHT_BYTES (2 GiB: Llama-3-8B on,
+                                                                 Gemma-3-270M and Llama-3.2-1B off), False in a
+                                                                 smaller one, True outside a compiled graph
+                                                                 (`pdl_early_wanted`; docs/kernels.md, "PDL")
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 
-A boolean variable is on when it is "1" (INDUCTOR_FUSE_PDL and INDUCTOR_FUSE_PDL_EARLY, on by
-default: off when it is "0").
+A boolean variable is on when it is "1" (INDUCTOR_FUSE_PDL, on by default: off when it is "0";
+INDUCTOR_FUSE_PDL_EARLY: "1", "0" or "auto", the default).
 Code reads `config.settings.<name>` at call time (so a `from inductor_fuse.config import settings`
 would miss `patch`); tests and benchmarks change
 settings for a block with
@@ -67,10 +73,15 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 GEMM_MODES = ("auto", "fused")
 SMALL_M_MODES = ("auto", "sync", "off")
+# pdl_early "auto": the early trigger in a compiled graph whose linear weights total at least this.
+# Measured (H100, decode at 512, docs/kernels.md "PDL"): Llama-3-8B Q4_K_M (4.3 GiB of them) +3.3% with
+# it; Llama-3.2-1B (0.74 GiB) -1.7%, inside the runs' spread; the real Gemma-3-270M (0.23 GiB) -8.9%.
+PDL_EARLY_MIN_WEIGHT_BYTES = 2 * 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +95,7 @@ class Settings:
     glu_quant: bool = False
     small_m: str = "auto"
     pdl: bool = True
-    pdl_early: bool = True
+    pdl_early: bool | str = "auto"  # True, False or "auto" ("1" / "0" taken for True / False)
     on_matvec_launch: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
@@ -94,6 +105,14 @@ class Settings:
             raise ValueError(
                 f"inductor_fuse: small_m (INDUCTOR_FUSE_SMALL_M) must be one of {SMALL_M_MODES}, got {self.small_m!r}"
             )
+        early = self.pdl_early
+        if isinstance(early, str):
+            early = {"1": True, "0": False}.get(early, early)
+        if early not in (True, False, "auto"):
+            raise ValueError(
+                f"inductor_fuse: pdl_early (INDUCTOR_FUSE_PDL_EARLY) must be 1, 0 or auto, got {self.pdl_early!r}"
+            )
+        object.__setattr__(self, "pdl_early", early)
 
 
 def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -106,7 +125,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         glu_quant=environ.get("INDUCTOR_FUSE_GLU_QUANT", "0") == "1",
         small_m=environ.get("INDUCTOR_FUSE_SMALL_M", "") or "auto",
         pdl=environ.get("INDUCTOR_FUSE_PDL", "1") != "0",
-        pdl_early=environ.get("INDUCTOR_FUSE_PDL_EARLY", "1") != "0",
+        pdl_early=environ.get("INDUCTOR_FUSE_PDL_EARLY", "") or "auto",
     )
 
 
@@ -123,6 +142,26 @@ def patch(**overrides: Any) -> Iterator[Settings]:
         yield settings
     finally:
         settings = saved
+
+
+# pdl_early "auto" in the compiled graph being run: set by the backend around each call of a graph it
+# compiled (backend.inductor_fuse_backend), None outside one.
+graph_pdl_early: ContextVar[bool | None] = ContextVar("inductor_fuse_graph_pdl_early", default=None)
+
+
+def pdl_early_for(weight_bytes: int) -> bool:
+    """pdl_early "auto" for a graph whose linear weights total `weight_bytes`."""
+    return weight_bytes >= PDL_EARLY_MIN_WEIGHT_BYTES
+
+
+def pdl_early_wanted() -> bool:
+    """settings.pdl_early resolved: True or False as set; "auto": the choice of the compiled graph being
+    run (`graph_pdl_early`), True outside one (a kernel called directly, a benchmark)."""
+    early = settings.pdl_early
+    if early == "auto":
+        chosen = graph_pdl_early.get()
+        return True if chosen is None else chosen
+    return early
 
 
 def rewrite_key() -> str:

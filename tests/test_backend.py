@@ -253,3 +253,62 @@ def test_grouped_mm_is_recognised_and_a_cpu_graph_is_not_warned_about():
     assert rel_err(got.float(), want.float()) < 1e-2
     notes = [n for rep in inductor_fuse.all_reports() for n in rep.notes]
     assert notes and GROUPED_MM_CUDA not in notes, notes
+
+
+@torch.library.custom_op("inductor_fuse_test::record_pdl_early", mutates_args=())
+def _record_pdl_early(x: torch.Tensor) -> torch.Tensor:
+    """An op whose body, run inside a compiled graph, notes what the kernels launched there would read."""
+    from inductor_fuse import config
+
+    _seen_pdl_early.append(config.pdl_early_wanted())
+    return x.clone()
+
+
+@_record_pdl_early.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+_seen_pdl_early: list[bool] = []
+
+
+class _QuantizedProbe(nn.Module):
+    def __init__(self, fmt: str = "q8_0"):
+        super().__init__()
+        from inductor_fuse.quant import QuantizedLinear
+
+        self.fc1 = QuantizedLinear.from_float(nn.Linear(64, 96), fmt)
+        self.fc2 = nn.Linear(96, 32)
+
+    def forward(self, x):
+        return self.fc2(torch.ops.inductor_fuse_test.record_pdl_early(torch.relu(self.fc1(x))))
+
+
+def test_pdl_early_auto_is_chosen_per_graph_by_its_linear_weights(monkeypatch):
+    """The backend sizes a graph's linear weights (qlinear planes and bias, the float linear's weight
+    and bias) and, under pdl_early "auto", sets the early trigger for the kernels its calls launch:
+    off in a graph under config.PDL_EARLY_MIN_WEIGHT_BYTES, on from it; the graph's calls only."""
+    from inductor_fuse import backend, config
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 64)
+    small = _QuantizedProbe().eval()
+    fc1_bytes = sum(p.nbytes for p in small.fc1.planes) + small.fc1.bias.nbytes
+    fc2_bytes = small.fc2.weight.nbytes + small.fc2.bias.nbytes
+    big = _QuantizedProbe().eval()
+    with torch.no_grad(), config.patch(pdl_early="auto"):
+        _seen_pdl_early.clear()
+        torch.compile(small, backend="inductor_fuse")(x)
+        note = inductor_fuse.last_report().notes[-1]
+        assert _seen_pdl_early and not any(_seen_pdl_early), _seen_pdl_early
+        assert f"linear weights {(fc1_bytes + fc2_bytes) / 2**30:.2f} GiB: pdl_early auto off" in note, note
+        # the threshold as if these 2 linears were a large model's: read when a graph compiles
+        monkeypatch.setattr(config, "PDL_EARLY_MIN_WEIGHT_BYTES", fc1_bytes + fc2_bytes)
+        _seen_pdl_early.clear()
+        got = torch.compile(big, backend="inductor_fuse")(x)
+        assert _seen_pdl_early and all(_seen_pdl_early), _seen_pdl_early
+        assert "pdl_early auto on" in inductor_fuse.last_report().notes[-1]
+        assert rel_err(got, big(x)) < 1e-5
+        assert config.pdl_early_wanted()  # outside the graph's calls: on again
+        # a graph of module attributes (dotted names), fc2 a call_module there: fc1's planes and bias
+        assert backend._linear_weight_bytes(torch.fx.symbolic_trace(big)) == fc1_bytes

@@ -64,8 +64,9 @@ def pdl_early(device: torch.device) -> bool:
     """Whether the matvec and the rope kernel, PDL-launched (`pdl`), also let the kernel after them
     start as soon as their own programs have started (griddepcontrol.launch_dependents right after
     their wait), and the attention's split kernel lets the merge start once its programs are past
-    their loop: config.settings.pdl_early. The next kernel still waits for their whole grid."""
-    return config.settings.pdl_early and pdl(device)
+    their loop: config.settings.pdl_early, resolved by config.pdl_early_wanted ("auto": by the size of
+    the compiled graph being run). The next kernel still waits for their whole grid."""
+    return config.pdl_early_wanted() and pdl(device)
 
 
 def pdl_launch(device: torch.device) -> dict[str, bool]:

@@ -64,7 +64,12 @@ def test_pdl_is_on_by_default_and_only_for_cuda():
 
     assert config.from_env({}).pdl and not config.from_env({"INDUCTOR_FUSE_PDL": "0"}).pdl
     assert config.from_env({"INDUCTOR_FUSE_PDL": "1"}).pdl
-    assert config.from_env({}).pdl_early and not config.from_env({"INDUCTOR_FUSE_PDL_EARLY": "0"}).pdl_early
+    assert config.from_env({}).pdl_early == "auto"
+    assert config.from_env({"INDUCTOR_FUSE_PDL_EARLY": "auto"}).pdl_early == "auto"
+    assert config.from_env({"INDUCTOR_FUSE_PDL_EARLY": "1"}).pdl_early is True
+    assert config.from_env({"INDUCTOR_FUSE_PDL_EARLY": "0"}).pdl_early is False
+    with pytest.raises(ValueError, match="INDUCTOR_FUSE_PDL_EARLY"):
+        config.from_env({"INDUCTOR_FUSE_PDL_EARLY": "yes"})
     assert not pdl_early(torch.device("cpu"))
     assert not pdl(torch.device("cpu"))  # griddepcontrol is PTX for sm_90+: never on the CPU
     assert pdl_launch(torch.device("cpu")) == {}  # so no kernel is given Triton's launch_pdl there
@@ -72,6 +77,26 @@ def test_pdl_is_on_by_default_and_only_for_cuda():
         assert not pdl(torch.device("cuda"))  # (no device is touched when off)
         assert not pdl_early(torch.device("cuda"))  # (early only with pdl)
         assert pdl_launch(torch.device("cuda")) == {}
+
+
+def test_pdl_early_auto_follows_the_graph_being_run():
+    """ "auto": what the backend chose for the compiled graph being run (by the bytes of its linear
+    weights), on outside one; "0" / "1" win over any graph's choice."""
+    assert not config.pdl_early_for(config.PDL_EARLY_MIN_WEIGHT_BYTES - 1)
+    assert config.pdl_early_for(config.PDL_EARLY_MIN_WEIGHT_BYTES)
+    with config.patch(pdl_early="auto"):
+        assert config.pdl_early_wanted()  # outside any compiled graph
+        for chosen in (False, True):
+            token = config.graph_pdl_early.set(chosen)
+            try:
+                assert config.pdl_early_wanted() is chosen
+                with config.patch(pdl_early="1"):
+                    assert config.pdl_early_wanted() is True
+                with config.patch(pdl_early=False):
+                    assert config.pdl_early_wanted() is False
+            finally:
+                config.graph_pdl_early.reset(token)
+        assert config.pdl_early_wanted()
 
 
 def test_patch_restores_the_settings():
