@@ -52,6 +52,7 @@ SHAPES = {  # ../shared/anchors.md
     "llama3-8b": Shape(128256, 4096, 32, 32, 8, 128, 14336, tied=False),
     "llama3-1b": Shape(128256, 2048, 16, 32, 8, 64, 8192, tied=True),
     "tiny": Shape(512, 256, 4, 4, 2, 64, 512, tied=False),  # tests: the same code at a size a CPU writes fast
+    "tiny32": Shape(512, 256, 32, 4, 2, 64, 512, tied=False),  # tiny's widths, the 8B's 32 layers: CPU compile time
 }
 
 
