@@ -114,19 +114,33 @@ def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[
     return keep
 
 
+# The inductor_fuse ops that take a linear's weight (after the activation), by qualified name.
+_LINEAR_OPS = frozenset(
+    f"inductor_fuse::{name}"
+    for name in (
+        "qlinear",
+        "glu_qlinear",
+        "qlinear_q8",
+        "glu_qlinear_q8",
+        "glu_qlinear_q8_quantize_act",
+        "glu_linear",
+        "sliced_linear",
+    )
+)
+
+
 def _linear_weight_bytes(gm: fx.GraphModule) -> int:
     """The bytes of the weights the graph's linears read, each tensor once: the weight and bias of
-    every `linear`, and every graph attribute an inductor_fuse op takes (the quantized planes and
-    biases of `qlinear`), where those are graph attributes (as `_lift_parameters` leaves module
-    state). What a decode step reads besides its KV cache; sizes the early trigger
-    (config.pdl_early_for)."""
+    every `linear` and every graph attribute an inductor_fuse linear op takes (`_LINEAR_OPS`: the
+    quantized planes and biases of `qlinear`), where those are graph attributes (as
+    `_lift_parameters` leaves module state); not a KV cache another op of ours reads. What a decode
+    step reads besides its KV cache; sizes the early trigger (config.pdl_early_for)."""
     tensors: dict[int, torch.Tensor] = {}
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
         name = getattr(node.target, "_qualified_op_name", None) or getattr(node.target, "_name", None)
-        ours = isinstance(name, str) and name.startswith("inductor_fuse::")
-        if not ours and node.target not in (torch._C._nn.linear, torch.nn.functional.linear):
+        if name not in _LINEAR_OPS and node.target not in (torch._C._nn.linear, torch.nn.functional.linear):
             continue
         found: list[fx.Node] = []
         fx.node.map_arg((node.args[1:], node.kwargs), found.append)  # the first argument is the activation

@@ -255,6 +255,9 @@ def test_grouped_mm_is_recognised_and_a_cpu_graph_is_not_warned_about():
     assert notes and GROUPED_MM_CUDA not in notes, notes
 
 
+_seen_pdl_early: list[bool] = []
+
+
 @torch.library.custom_op("inductor_fuse_test::record_pdl_early", mutates_args=())
 def _record_pdl_early(x: torch.Tensor) -> torch.Tensor:
     """An op whose body, run inside a compiled graph, notes what the kernels launched there would read."""
@@ -267,9 +270,6 @@ def _record_pdl_early(x: torch.Tensor) -> torch.Tensor:
 @_record_pdl_early.register_fake
 def _(x):
     return torch.empty_like(x)
-
-
-_seen_pdl_early: list[bool] = []
 
 
 class _QuantizedProbe(nn.Module):
@@ -312,3 +312,14 @@ def test_pdl_early_auto_is_chosen_per_graph_by_its_linear_weights(monkeypatch):
         assert config.pdl_early_wanted()  # outside the graph's calls: on again
         # a graph of module attributes (dotted names), fc2 a call_module there: fc1's planes and bias
         assert backend._linear_weight_bytes(torch.fx.symbolic_trace(big)) == fc1_bytes
+
+    class Attend(nn.Module):  # a KV cache that an op of ours reads is not a linear's weight
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("k", torch.zeros(1, 1, 8, 64))
+            self.register_buffer("v", torch.zeros(1, 1, 8, 64))
+
+        def forward(self, q, mask):
+            return torch.ops.inductor_fuse.decode_attention(q, self.k, self.v, mask, 0.125, 0.0)
+
+    assert backend._linear_weight_bytes(torch.fx.symbolic_trace(Attend())) == 0
