@@ -59,6 +59,7 @@ from torch._inductor.compile_fx import compile_fx
 from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
 from . import config, report
+from .freezing import incremental_freezing_props
 from .options import FuseOptions, validate_mode
 from .patterns import RulePass
 
@@ -266,9 +267,10 @@ def inductor_fuse_backend(
         inputs = [example_inputs[i] for i in keep]
         with torch.no_grad():
             try:
-                compiled = compile_fx(
-                    gm, inputs, config_patches={**patches, "joint_custom_post_pass": RulePass(opts.enabled())}
-                )
+                with incremental_freezing_props():
+                    compiled = compile_fx(
+                        gm, inputs, config_patches={**patches, "joint_custom_post_pass": RulePass(opts.enabled())}
+                    )
             except RestartAnalysis:
                 raise  # Dynamo asks to trace again (e.g. a float input specialized): not a failure
             except Exception as e:  # noqa: BLE001 -- any failure of ours must leave the user a working compile

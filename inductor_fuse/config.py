@@ -50,6 +50,10 @@
                                                                  Gemma-3-270M and Llama-3.2-1B off), False in a
                                                                  smaller one, True outside a compiled graph
                                                                  (`pdl_early_wanted`; docs/kernels.md, "PDL")
+    INDUCTOR_FUSE_FULL_FAKE_PROP=1  full_fake_prop     False     Inductor's freezing passes re-propagate fake tensors
+                                                                 through the whole graph (torch's own behaviour) in
+                                                                 our compiles; default: only through the nodes whose
+                                                                 values can have changed (inductor_fuse/freezing.py)
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 
@@ -96,6 +100,7 @@ class Settings:
     small_m: str = "auto"
     pdl: bool = True
     pdl_early: bool | str = "auto"  # True, False or "auto" ("1" / "0" taken for True / False)
+    full_fake_prop: bool = False
     on_matvec_launch: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
@@ -126,6 +131,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         small_m=environ.get("INDUCTOR_FUSE_SMALL_M", "") or "auto",
         pdl=environ.get("INDUCTOR_FUSE_PDL", "1") != "0",
         pdl_early=environ.get("INDUCTOR_FUSE_PDL_EARLY", "") or "auto",
+        full_fake_prop=environ.get("INDUCTOR_FUSE_FULL_FAKE_PROP", "0") == "1",
     )
 
 
