@@ -152,3 +152,25 @@ def test_our_compile_uses_it_and_torch_gets_its_own_back(monkeypatch, full):
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     assert len(calls) >= 2  # freezing_passes propagates before and after its constant folds
     assert freezing_patterns.fake_tensor_prop is original
+
+
+def test_the_frozen_graph_is_the_one_the_full_propagation_gives(monkeypatch, tmp_path):
+    # Inductor's FX graph cache keys the graph after freezing: a second model of the same shape compiled
+    # with the incremental propagation hits the entry the full propagation wrote, so the two graphs
+    # are the same code. An empty cache directory, so no earlier entry can answer.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+
+    def counts():  # looked up each time: Dynamo may replace the Counter
+        c = torch._dynamo.utils.counters["inductor"]
+        return c["fxgraph_cache_hit"], c["fxgraph_cache_miss"]
+
+    x = torch.randn(1, 3, 64)
+    results = []
+    for full in (True, False):
+        model = TinyLlama(n_layers=3, hidden=80).eval()
+        before = counts()
+        with torch.no_grad(), config.patch(full_fake_prop=full):
+            torch.testing.assert_close(torch.compile(model, backend="inductor_fuse")(x), model(x), rtol=1e-4, atol=1e-5)
+        after = counts()
+        results.append((after[0] - before[0], after[1] - before[1]))
+    assert results == [(0, 1), (1, 0)]
