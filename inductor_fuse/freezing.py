@@ -11,8 +11,8 @@ them on the nodes they create, and constant folding copies the old node's ``meta
 ``get_attr`` that replaces it. `incremental_fake_tensor_prop` therefore runs a node under fake tensors
 only where its value can have changed:
 
-- every ``get_attr`` (cheap: the real constant converted to a fake one, memoized by the fake mode),
-  compared with its old value;
+- every ``get_attr`` whose value does not describe its constant (shape, strides, storage offset,
+  dtype, device) any more;
 - every node without a value, or whose value is not a fake tensor of the graph's fake mode;
 - every node one of whose inputs got a value that differs from its old one (shape, strides, storage
   offset, dtype, device), transitively.
@@ -97,6 +97,14 @@ class _IncrementalProp(FakeTensorProp):
             return super().run_node(n)
         had = "val" in n.meta
         old = n.meta.get("val")
+        if n.op == "get_attr" and had and _usable(old, self._mode):
+            # a constant whose value already describes it (constant folding copies the folded node's
+            # meta): no fake conversion needed
+            real = self.fetch_attr(n.target)
+            if isinstance(real, torch.Tensor) and isinstance(old, torch.Tensor):
+                meta = _tensor_meta(real)
+                if meta is not None and meta == _tensor_meta(old):
+                    return old
         stale = (
             n.op == "get_attr"
             or not had

@@ -59,13 +59,25 @@ def _count_runs(monkeypatch):
     return runs
 
 
-def test_an_unchanged_graph_runs_only_its_constants(monkeypatch):
+def test_an_unchanged_graph_runs_nothing(monkeypatch):
     gm, inputs = _graph()
+    assert gm.graph.find_nodes(op="get_attr")
     expected = _full(gm, inputs)
     runs = _count_runs(monkeypatch)
     assert freezing.incremental_fake_tensor_prop(gm, inputs, True) is detect_fake_mode(inputs)
-    constants = [n.name for n in gm.graph.find_nodes(op="get_attr")]
-    assert constants and sorted(runs) == sorted(constants)
+    assert runs == []
+    assert _meta(gm) == expected
+
+
+def test_a_constant_with_other_strides_is_recomputed_with_its_users(monkeypatch):
+    gm, inputs = _graph()
+    (const,) = gm.graph.find_nodes(op="get_attr")
+    w = getattr(gm, const.target)
+    setattr(gm, const.target, w.t().contiguous().t())  # the same values and shape, column-major
+    expected = _full(gm, inputs)
+    runs = _count_runs(monkeypatch)
+    freezing.incremental_fake_tensor_prop(gm, inputs, True)
+    assert const.name in runs and const.meta["val"].stride() == (1, 24)
     assert _meta(gm) == expected
 
 
