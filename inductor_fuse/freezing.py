@@ -29,6 +29,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
+from unittest import mock
 
 import torch
 import torch.fx as fx
@@ -81,7 +82,7 @@ def _usable(val: Any, mode: Any) -> bool:
         if isinstance(leaf, torch.Tensor):
             if not (isinstance(leaf, FakeTensor) and leaf.fake_mode is mode):
                 return False
-        elif not isinstance(leaf, (int, float, bool, type(None))) or isinstance(leaf, torch.SymInt):
+        elif not isinstance(leaf, (int, float, bool, type(None))):  # a SymInt too: recomputed
             return False
     return True
 
@@ -131,7 +132,12 @@ def incremental_fake_tensor_prop(
     if mode is None or config.settings.full_fake_prop:
         return _full_fake_tensor_prop(gm, example_inputs, force_allow_non_fake_inputs)
     try:
-        allowing = _allowing_real_inputs(mode, force_allow_non_fake_inputs)
+        # as torch's fake_tensor_prop does: real constants are converted where they are read
+        allowing = (
+            mock.patch.object(mode, "allow_non_fake_inputs", True)
+            if force_allow_non_fake_inputs
+            else contextlib.nullcontext()
+        )
         with torch._dispatch.python.enable_python_dispatcher(), allowing:
             prop = _IncrementalProp(gm, mode)
             prop.propagate_dont_convert_inputs(*example_inputs)
@@ -140,19 +146,6 @@ def incremental_fake_tensor_prop(
         return _full_fake_tensor_prop(gm, example_inputs, force_allow_non_fake_inputs)
     log.debug("inductor_fuse: fake-tensor propagation ran %d of %d nodes", prop.ran, len(gm.graph.nodes))
     return mode
-
-
-@contextlib.contextmanager
-def _allowing_real_inputs(mode: Any, allow: bool) -> Iterator[None]:
-    if not allow:
-        yield
-        return
-    saved = mode.allow_non_fake_inputs
-    mode.allow_non_fake_inputs = True
-    try:
-        yield
-    finally:
-        mode.allow_non_fake_inputs = saved
 
 
 @contextlib.contextmanager
