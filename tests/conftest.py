@@ -7,6 +7,15 @@ import sys
 if os.environ.get("INDUCTOR_FUSE_GPU_TESTS", "0") != "1":
     os.environ["TRITON_INTERPRET"] = "1"
 
+# pytest-xdist runs one worker per core (pyproject.toml's addopts), and each worker's torch would
+# start one OpenMP thread per core too: N workers, N x N threads on N cores, whose spinning threads
+# wait on one another in every parallel region (eager ops and Inductor's C++ kernels alike). Each
+# worker takes its share of the cores instead, unless OMP_NUM_THREADS says otherwise. Set before
+# torch is imported (OpenMP reads it once), so that Inductor's compile workers inherit it too.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _XDIST_WORKERS))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
