@@ -28,9 +28,11 @@ generator does (`models.generate`: one step behind the device). The cache then h
 of zeros before the new tokens: speed depends on how much is read, not on the values. The KV cache
 is sized for the largest context, so a stock system reads all of it at every context. compile_s is
 the first generation's time (compile + CUDA-graph recording), rules_s inductor_fuse's rule passes
-within it (the reports' "rules/" seconds). Every timing is the median of --repeats runs after a
-warm-up; min and max are kept. The timed decode runs within `settled_gc()`, as examples/decode.py's
-(not with --no-gc-freeze; recorded as `gc_freeze`).
+within it (the reports' "rules/" seconds), frozen_cache each of its graphs' frozen-graph cache state
+("hit": a warm start from inductor_fuse/frozen_cache.py, "saved": compiled cold and saved). Every
+timing is the median of --repeats runs after a warm-up; min and max are kept. The timed decode
+runs within `settled_gc()`, as examples/decode.py's (not with --no-gc-freeze; recorded as
+`gc_freeze`).
 
 Writes `<date>-decode.json` (a list of rows: model, system, device, context, prefill_tok_s,
 decode_tok_s, compile_s, load_s, torch, triton, ...) into $OUT or benchmarks/results/, and
@@ -197,6 +199,12 @@ def run(model_name: str, system: str, args, workdir: Path, graphs: str = "trees"
     compile_s = time.perf_counter() - t0
     # inductor_fuse's own share of compile_s: its rule passes, summed over the graphs just compiled
     rules_s = sum(sum(r.rule_seconds.values()) for r in all_reports()[n_reports:])
+    # each graph's frozen-graph cache state: "hit" (a warm start), "saved" (compiled cold), "" (neither)
+    frozen_cache = [r.frozen_cache for r in all_reports()[n_reports:]]
+    # within compile_s: the cache's save (the recipes' check included) and load, seconds
+    frozen_cache_s = {
+        k: sum(r.seconds.get(f"frozen_cache/{k}", 0.0) for r in all_reports()[n_reports:]) for k in ("save", "load")
+    }
 
     tokens = torch.randint(2, min(1000, model.args.vocab_size), (1, args.prompt), device=args.device)
     by_mode, prefill_compile_s = {}, None
@@ -250,6 +258,8 @@ def run(model_name: str, system: str, args, workdir: Path, graphs: str = "trees"
                 "repeats": args.repeats,
                 "compile_s": compile_s,
                 "rules_s": rules_s if system == "inductor_fuse" else None,
+                "frozen_cache": frozen_cache if system == "inductor_fuse" else None,
+                "frozen_cache_s": frozen_cache_s if system == "inductor_fuse" else None,
                 "load_s": load_s,
                 "kv_buffer": buffer,
                 "gc_freeze": not args.no_gc_freeze,

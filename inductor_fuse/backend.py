@@ -34,6 +34,10 @@ What it does, per Dynamo graph:
    program per ISA, ~5 s on a 2-core machine with a cold cache) and the precompiled header of its
    kernels' prefix (~6 s), both of which Inductor otherwise builds at its first C++ kernel, in the
    middle of codegen. Started before lowering, they run while the graph is lowered.
+5. A graph compiled before (same code, shapes, configs, torch, GPU, plugin source), in this process
+   or an earlier one, starts warm from the frozen-graph cache (``frozen_cache.py``): the frozen
+   constants re-made from this model's own tensors by recipes the cold compile recorded and
+   checked, the code from Inductor's FX graph cache; no AOT, rules or freezing.
 Failures never fail the user's compile when stock Inductor can compile the graph: a rule that
 raises is skipped for that graph (``patterns.RulePass``); any other error of a compile with our
 rules makes the backend compile the graph again with stock Inductor (freezing, no rules). Both
@@ -44,9 +48,11 @@ Graphs that need gradients go to stock Inductor untouched, with a WARNING (once)
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import logging
 import threading
+import time
 import unittest.mock
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -58,10 +64,10 @@ from torch._dynamo.exc import RestartAnalysis
 from torch._dynamo.guards import GuardBuilder, install_guard
 from torch._inductor import list_mode_options
 from torch._inductor.codecache import CppPythonBindingsCodeCache
-from torch._inductor.compile_fx import compile_fx
+from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
-from . import config, report
+from . import config, frozen_cache, report
 from .freezing import incremental_freezing_props
 from .options import FuseOptions, validate_mode
 from .patterns import RulePass
@@ -283,12 +289,21 @@ def inductor_fuse_backend(
             }
         )
         inputs = [example_inputs[i] for i in keep]
+        rules = RulePass(opts.enabled())
+        key, compiled = _warm_start(gm, inputs, patches, rules, rep)
+        recorder = frozen_cache.Recorder() if key is not None and compiled is None else None
         with torch.no_grad():
             try:
-                with incremental_freezing_props():
-                    compiled = compile_fx(
-                        gm, inputs, config_patches={**patches, "joint_custom_post_pass": RulePass(opts.enabled())}
-                    )
+                if compiled is None:
+                    with incremental_freezing_props(), recorder.recording() if recorder else contextlib.nullcontext():
+                        compiled = compile_fx(
+                            gm,
+                            inputs,
+                            inner_compile=recorder.inner_compile(compile_fx_inner) if recorder else compile_fx_inner,
+                            config_patches={**patches, "joint_custom_post_pass": rules},
+                        )
+                    if recorder is not None:
+                        _save_entry(key, recorder, gm, len(inputs), rep)
             except RestartAnalysis:
                 raise  # Dynamo asks to trace again (e.g. a float input specialized): not a failure
             except Exception as e:  # noqa: BLE001 -- any failure of ours must leave the user a working compile
@@ -320,6 +335,69 @@ def inductor_fuse_backend(
             graph_pdl_early.reset(token)
 
     return run
+
+
+def _warm_start(gm, inputs, patches, rules, rep) -> tuple[str | None, Callable | None]:
+    """The frozen-graph cache's key for this graph (None where the cache is off or the graph is not
+    cacheable) and, on a hit, the compiled graph made from it (frozen_cache.py)."""
+    off = frozen_cache.enabled(patches)
+    if off is not None:
+        rep.notes.append(f"frozen-graph cache {off}")
+        return None, None
+    try:
+        key = frozen_cache.cache_key(gm, inputs, patches, rules.uuid())
+    except frozen_cache.NotCacheable as e:
+        rep.notes.append(f"frozen-graph cache: not cacheable ({e})")
+        return None, None
+    except Exception as e:  # noqa: BLE001 -- the cache must never cost the compile
+        rep.notes.append(f"frozen-graph cache: no key ({type(e).__name__}: {e})")
+        return None, None
+    t0 = time.perf_counter()
+    try:
+        entry = frozen_cache.read(key)
+        if entry is None:
+            return key, None
+        with torch.no_grad():
+            compiled = frozen_cache.compiled_from(entry, gm, inputs, patches)
+        rep.add_seconds("frozen_cache/load", time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 -- a broken entry means a cold compile, never a failure
+        log.warning(
+            "inductor_fuse: frozen-graph cache entry %s unusable (%s: %s); compiling cold",
+            key[:12],
+            type(e).__name__,
+            e,
+        )
+        rep.notes.append(f"frozen-graph cache: entry unusable ({type(e).__name__}: {e}); compiled cold")
+        return key, None
+    if compiled is None:
+        rep.notes.append("frozen-graph cache: entry found, its FX graph was not; compiled cold")
+        return key, None
+    rep.rewrites.extend(entry["rewrites"])
+    rep.skipped.extend(entry["skipped"])
+    rep.notes.append(f"frozen-graph cache hit: {frozen_cache.describe(entry)}")
+    rep.frozen_cache = "hit"
+    return key, compiled
+
+
+def _save_entry(key: str, recorder: frozen_cache.Recorder, gm: fx.GraphModule, n_inputs: int, rep) -> None:
+    if rep.failures:  # a warm start would not repeat the warning: compile cold each time
+        rep.notes.append("frozen-graph cache: not saved (a rule failed)")
+        return
+    t0 = time.perf_counter()
+    try:
+        entry = recorder.entry(gm, n_inputs)
+        entry["rewrites"], entry["skipped"] = list(rep.rewrites), list(rep.skipped)
+        frozen_cache.save(key, entry)
+    except frozen_cache.NotCacheable as e:
+        rep.notes.append(f"frozen-graph cache: not saved ({e})")
+        return
+    except Exception as e:  # noqa: BLE001 -- the cache must never cost the compile
+        log.info("inductor_fuse: frozen-graph cache entry not saved (%s: %s)", type(e).__name__, e)
+        rep.notes.append(f"frozen-graph cache: not saved ({type(e).__name__}: {e})")
+        return
+    rep.add_seconds("frozen_cache/save", time.perf_counter() - t0)  # the recipes' check included
+    rep.notes.append(f"frozen-graph cache: saved, {frozen_cache.describe(entry)}")
+    rep.frozen_cache = "saved"
 
 
 def make_backend(mode: str | None = None, **options: bool) -> Callable:

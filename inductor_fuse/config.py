@@ -54,10 +54,18 @@
                                                                  through the whole graph (torch's own behaviour) in
                                                                  our compiles; default: only through the nodes whose
                                                                  values can have changed (inductor_fuse/freezing.py)
+    INDUCTOR_FUSE_FROZEN_CACHE=0    frozen_cache       True      a warm start of a graph compiled before (same graph,
+                                                                 shapes, configs, torch, GPU) skips AOT, the rules and
+                                                                 freezing: the frozen constants are re-made from the
+                                                                 model's own tensors by the recipes recorded cold and
+                                                                 the code comes from Inductor's FX graph cache
+                                                                 (inductor_fuse/frozen_cache.py); "0": every compile
+                                                                 runs them
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 
-A boolean variable is on when it is "1" (INDUCTOR_FUSE_PDL, on by default: off when it is "0";
+A boolean variable is on when it is "1" (INDUCTOR_FUSE_PDL and INDUCTOR_FUSE_FROZEN_CACHE, on by
+default: off when it is "0";
 INDUCTOR_FUSE_PDL_EARLY: "1", "0" or "auto", the default).
 Code reads `config.settings.<name>` at call time (so a `from inductor_fuse.config import settings`
 would miss `patch`); tests and benchmarks change
@@ -101,6 +109,7 @@ class Settings:
     pdl: bool = True
     pdl_early: bool | str = "auto"  # True, False or "auto" ("1" / "0" taken for True / False)
     full_fake_prop: bool = False
+    frozen_cache: bool = True
     on_matvec_launch: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
@@ -132,6 +141,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         pdl=environ.get("INDUCTOR_FUSE_PDL", "1") != "0",
         pdl_early=environ.get("INDUCTOR_FUSE_PDL_EARLY", "") or "auto",
         full_fake_prop=environ.get("INDUCTOR_FUSE_FULL_FAKE_PROP", "0") == "1",
+        frozen_cache=environ.get("INDUCTOR_FUSE_FROZEN_CACHE", "1") != "0",
     )
 
 

@@ -76,6 +76,9 @@ class FusionReport:
     # (a rerun after another family failed included), "compile" for the whole backend compile of
     # the graph (Inductor's lowering and code generation included).
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The frozen-graph cache (frozen_cache.py): "hit" (rewrites and skips replayed from the entry
+    # its cold compile saved), "saved", or "" (off, not cacheable, not saved: see the notes).
+    frozen_cache: str = ""
 
     def add_seconds(self, key: str, seconds: float) -> None:
         self.seconds[key] = self.seconds.get(key, 0.0) + seconds
@@ -106,6 +109,8 @@ class FusionReport:
                 for family, labels in by_family.items()
             ]
         line = "inductor_fuse: " + "; ".join(parts)
+        if self.frozen_cache == "hit":
+            line += " (from the frozen-graph cache)"
         if self.skipped:
             line += f" ({len(self.skipped)} candidate(s) skipped)"
         if self.failures:

@@ -31,6 +31,16 @@ torch._dynamo.config.accumulated_recompile_limit = 4096
 
 
 @pytest.fixture(autouse=True)
+def _frozen_cache_per_test(request, monkeypatch):
+    """The frozen-graph cache (inductor_fuse/frozen_cache.py) works within a test as for a user (a
+    second model instance starts warm from the first one's entry), but no test meets an entry that
+    another test wrote: a test that spies on the compile must see it run, whatever ran before it."""
+    from inductor_fuse import frozen_cache
+
+    monkeypatch.setattr(frozen_cache, "KEY_SALT", request.node.nodeid)
+
+
+@pytest.fixture(autouse=True)
 def _same_random_state():
     """Every test starts from the same torch RNG state, whatever ran before it in its process:
     pytest-xdist deals the tests to its workers in an order that changes from run to run, and a

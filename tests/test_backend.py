@@ -299,7 +299,7 @@ def test_pdl_early_auto_is_chosen_per_graph_by_its_linear_weights(monkeypatch):
     with torch.no_grad(), config.patch(pdl_early="auto"):
         _seen_pdl_early.clear()
         torch.compile(small, backend="inductor_fuse")(x)
-        note = inductor_fuse.last_report().notes[-1]
+        (note,) = [n for n in inductor_fuse.last_report().notes if "pdl_early" in n]
         assert _seen_pdl_early and not any(_seen_pdl_early), _seen_pdl_early
         assert f"linear weights {(fc1_bytes + fc2_bytes) / 2**30:.2f} GiB: pdl_early auto off" in note, note
         # the threshold as if these 2 linears were a large model's: read when a graph compiles
@@ -307,7 +307,7 @@ def test_pdl_early_auto_is_chosen_per_graph_by_its_linear_weights(monkeypatch):
         _seen_pdl_early.clear()
         got = torch.compile(big, backend="inductor_fuse")(x)
         assert _seen_pdl_early and all(_seen_pdl_early), _seen_pdl_early
-        assert "pdl_early auto on" in inductor_fuse.last_report().notes[-1]
+        assert any("pdl_early auto on" in n for n in inductor_fuse.last_report().notes)
         assert rel_err(got, big(x)) < 1e-5
         assert config.pdl_early_wanted()  # outside the graph's calls: on again
         # a graph of module attributes (dotted names), fc2 a call_module there: fc1's planes and bias
