@@ -360,6 +360,9 @@ def _warm_start(gm, inputs, patches, rules, rep) -> tuple[str | None, Callable |
         with torch.no_grad():
             compiled = frozen_cache.compiled_from(entry, gm, inputs, patches)
         rep.add_seconds("frozen_cache/load", time.perf_counter() - t0)
+    except frozen_cache.NotCacheable as e:
+        rep.notes.append(f"frozen-graph cache: entry not used ({e}); compiled cold")
+        return key, None
     except Exception as e:  # noqa: BLE001 -- a broken entry means a cold compile, never a failure
         log.warning(
             "inductor_fuse: frozen-graph cache entry %s unusable (%s: %s); compiling cold",

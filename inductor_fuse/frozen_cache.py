@@ -112,6 +112,8 @@ def _graph_tensors(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
         value = _attr(gm, node.target)
         if isinstance(value, torch.Tensor):
             out.setdefault(node.target, value)
+        elif not isinstance(value, torch.nn.Module):  # a subgraph is keyed by its code
+            raise NotCacheable(f"the graph reads a {type(value).__name__} attribute ({node.target})")
     return out
 
 
@@ -300,6 +302,11 @@ class Recorder:
             want, got = _attr(frozen_gm, name), build(idx)
             if _layout(want) != _layout(got) or not _same_values(want, got):
                 raise NotCacheable(f"re-running the recipe of {name} did not reproduce it")
+        fold_bytes = sum(
+            _attr(frozen_gm, name).nbytes
+            for name, idx in constants.items()
+            if isinstance(recipes[idx], Fold) and _attr(frozen_gm, name).device.type == "cpu"
+        )
         mutated = [
             k
             for k, i in enumerate(preserved)
@@ -315,6 +322,7 @@ class Recorder:
             "cudagraphs": initial["cudagraphs"],
             "static_input_idxs": list(initial["static_input_idxs"] or ()),
             "num_outputs": meta.num_outputs,
+            "cpu_fold_bytes": fold_bytes,
         }
 
 
@@ -536,6 +544,13 @@ def compiled_from(entry: dict[str, Any], gm: fx.GraphModule, inputs: Sequence[An
     from torch._inductor.output_code import CompiledFxGraphConstantsWithGm
     from torch._inductor.utils import BoxedBool
 
+    from .patterns.dequant_cpu import MEMORY_FRACTION, available_memory
+
+    if entry["cpu_fold_bytes"] > available_memory() * MEMORY_FRACTION:
+        # the cold compile sized its CPU dequantization to the memory it had: size it again now
+        raise NotCacheable(
+            f"its CPU constants ({entry['cpu_fold_bytes'] / 2**30:.1f} GiB) need more memory than is available now"
+        )
     tensors = _graph_tensors(gm)
     holder = torch.nn.Module()  # what CompiledFxGraphConstantsWithGm reads the frozen constants from
     for name, value in build_constants(entry["recipes"], entry["constants"], tensors).items():

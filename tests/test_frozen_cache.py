@@ -222,3 +222,16 @@ def test_symbolic_shapes_compile_cold(tmp_path, monkeypatch):
         rep = inductor_fuse.last_report()
         assert rel_err(got, model(X)) < 1e-5
     assert rep.frozen_cache == "" and any("not cacheable" in n for n in rep.notes), rep.notes
+
+
+def test_too_little_memory_for_the_cpu_constants_compiles_cold(tmp_path, monkeypatch):
+    # The cold compile sized its CPU constants (dequant_cpu's budget) to the memory it had; a warm
+    # start that would not fit now compiles cold, where the rules size them again.
+    from inductor_fuse.patterns import dequant_cpu
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    compile_once(fresh_model(19), X)
+    monkeypatch.setattr(dequant_cpu, "available_memory", lambda: 1024)
+    got, want, rep = compile_once(fresh_model(20), X)
+    assert rep.frozen_cache != "hit" and any("entry not used" in n for n in rep.notes), rep.notes
+    assert rel_err(got, want) < 1e-5
