@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import hashlib
 import io
-import logging
 import os
 import pickle
 import sys
@@ -55,8 +54,6 @@ import torch
 import torch.fx as fx
 
 from . import config
-
-log = logging.getLogger("inductor_fuse")
 
 FORMAT = 1  # bump when an entry's layout changes
 # Part of every key. The test suite sets it to each test's id, so that no test meets an entry
