@@ -74,7 +74,9 @@ class FusionReport:
     failures: list[Failure] = dataclasses.field(default_factory=list)
     # Seconds spent, summed over this graph's compile: "rules/<family>" per rule family that ran
     # (a rerun after another family failed included), "compile" for the whole backend compile of
-    # the graph (Inductor's lowering and code generation included).
+    # the graph (Inductor's lowering and code generation included), "frozen_cache/save" (the entry
+    # and the check of its recipes) and "frozen_cache/load" (a warm start: constants re-made, code
+    # loaded).
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     # The frozen-graph cache (frozen_cache.py): "hit" (rewrites and skips replayed from the entry
     # its cold compile saved), "saved", or "" (off, not cacheable, not saved: see the notes).
