@@ -51,8 +51,9 @@ except (ImportError, AttributeError):  # pragma: no cover -- a torch without the
     _full_fake_tensor_prop = None
 
 
-def _tensor_meta(t: torch.Tensor) -> tuple[Any, ...] | None:
-    """What a value's users depend on; None when any part is symbolic (not compared: no guards)."""
+def tensor_meta(t: torch.Tensor) -> tuple[Any, ...] | None:
+    """What a value's users depend on: (shape, strides, storage offset, dtype, device); None when any
+    part is symbolic (not compared: no guards). Also the frozen-graph cache's layout of a tensor."""
     parts = (*t.shape, *t.stride(), t.storage_offset())
     if not all(type(p) is int for p in parts):
         return None
@@ -68,8 +69,8 @@ def _same(old: Any, new: Any) -> bool:
         if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
             if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
                 return False
-            meta = _tensor_meta(a)
-            if meta is None or meta != _tensor_meta(b):
+            meta = tensor_meta(a)
+            if meta is None or meta != tensor_meta(b):
                 return False
         elif type(a) is not type(b) or not isinstance(a, (int, float, bool, type(None))) or a != b:
             return False
@@ -103,8 +104,8 @@ class _IncrementalProp(FakeTensorProp):
             # meta): no fake conversion needed
             real = self.fetch_attr(n.target)
             if isinstance(real, torch.Tensor) and isinstance(old, torch.Tensor):
-                meta = _tensor_meta(real)
-                if meta is not None and meta == _tensor_meta(old):
+                meta = tensor_meta(real)
+                if meta is not None and meta == tensor_meta(old):
                     return old
         stale = (
             n.op == "get_attr"

@@ -41,11 +41,9 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import io
 import os
 import pickle
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from unittest import mock
@@ -54,6 +52,7 @@ import torch
 import torch.fx as fx
 
 from . import config
+from .freezing import tensor_meta
 
 FORMAT = 1  # bump when an entry's layout changes
 # Part of every key. The test suite sets it to each test's id, so that no test meets an entry
@@ -112,10 +111,6 @@ def _graph_tensors(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
         elif not isinstance(value, torch.nn.Module):  # a subgraph is keyed by its code
             raise NotCacheable(f"the graph reads a {type(value).__name__} attribute ({node.target})")
     return out
-
-
-def _layout(t: torch.Tensor) -> tuple[Any, ...]:
-    return (tuple(t.shape), tuple(t.stride()), t.storage_offset(), t.dtype, t.device)
 
 
 def _storage(t: torch.Tensor) -> tuple[Any, int]:
@@ -295,20 +290,15 @@ class Recorder:
 
         # every recipe the entry uses, re-run now, must give its constant back
         build = _Builder(recipes, tensors, keep=False)
+        fold_bytes = 0  # what a warm start allocates on the host
         for name, idx in constants.items():
             want, got = _attr(frozen_gm, name), build(idx)
-            if _layout(want) != _layout(got) or not _same_values(want, got):
+            if tensor_meta(want) != tensor_meta(got) or not _same_values(want, got):
                 raise NotCacheable(f"re-running the recipe of {name} did not reproduce it")
-        fold_bytes = sum(
-            _attr(frozen_gm, name).nbytes
-            for name, idx in constants.items()
-            if isinstance(recipes[idx], Fold) and _attr(frozen_gm, name).device.type == "cpu"
-        )
-        mutated = [
-            k
-            for k, i in enumerate(preserved)
-            if i in set(getattr(meta, "mutated_graph_handled_indices_seen_by_autograd", ()) or ())
-        ]
+            if isinstance(recipes[idx], Fold) and want.device.type == "cpu":
+                fold_bytes += want.nbytes
+        in_graph = set(getattr(meta, "mutated_graph_handled_indices_seen_by_autograd", ()) or ())
+        mutated = [k for k, i in enumerate(preserved) if i in in_graph]
         return {
             "format": FORMAT,
             "fx_key": fx_key,
@@ -408,12 +398,12 @@ def build_constants(
 
 def _tensor_key(t: Any) -> Any:
     if isinstance(t, torch.Tensor):
-        parts = (*t.shape, *t.stride(), t.storage_offset())
-        if not all(type(p) is int for p in parts):
+        meta = tensor_meta(t)
+        if meta is None:
             raise NotCacheable("symbolic shapes")
         return (
             type(t).__name__,
-            *_layout(t)[:3],
+            *meta[:3],
             str(t.dtype),
             str(t.device),
             t.requires_grad,
@@ -511,14 +501,9 @@ def _path(key: str) -> str:
 
 
 def save(key: str, entry: dict[str, Any]) -> None:
-    path = _path(key)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    buf = io.BytesIO()
-    pickle.dump(entry, buf)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    from torch._inductor.codecache import write_atomic
+
+    write_atomic(_path(key), pickle.dumps(entry), make_dirs=True)  # Inductor's own: a temp file, then a rename
 
 
 def read(key: str) -> dict[str, Any] | None:
