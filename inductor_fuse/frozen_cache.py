@@ -54,7 +54,7 @@ import torch.fx as fx
 from . import config
 from .freezing import tensor_meta
 
-FORMAT = 1  # bump when an entry's layout changes
+FORMAT = 2  # bump when an entry's layout changes
 # Part of every key. The test suite sets it to each test's id, so that no test meets an entry
 # another test wrote (tests that spy on the compile would see a warm start instead).
 KEY_SALT = ""
@@ -309,8 +309,19 @@ class Recorder:
             "cudagraphs": initial["cudagraphs"],
             "static_input_idxs": list(initial["static_input_idxs"] or ()),
             "num_outputs": meta.num_outputs,
+            # outputs with symbolic sizes, marked for the next graph as AOT's wrapper does
+            "dynamic_dims": [(i, sorted(o.dynamic_dims)) for i, o in enumerate(meta.output_info) if o.dynamic_dims],
+            # which compile of the graph this is: the FX graph cache may hold several under its key,
+            # one per set of shape guards (a graph with symbolic shapes)
+            "fx_compiled": _compiled_id(compiled),
             "cpu_fold_bytes": fold_bytes,
         }
+
+
+def _compiled_id(compiled: Any) -> tuple[str | None, str]:
+    """The shape guards an FX graph cache entry was saved with, and a hash of its code."""
+    code = getattr(compiled, "source_code", None) or ""
+    return (getattr(compiled, "guards_expr", None), hashlib.sha256(code.encode()).hexdigest())
 
 
 def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -335,7 +346,6 @@ def _check_runtime_meta(meta: Any) -> None:
         "intermediate bases": meta.num_intermediate_bases != 0,
         "effect tokens": len(getattr(meta, "tokens", ()) or ()) != 0,
         "RNG state": bool(getattr(meta, "is_rng_op_functionalized", False)),
-        "dynamic outputs": bool(getattr(meta, "dynamic_outputs", False)),
         "a grad-mode change": getattr(meta, "grad_enabled_mutation", None) is not None,
         "tensor subclasses": any(
             type(x).__name__ == "SubclassCreationMeta"
@@ -400,7 +410,7 @@ def _tensor_key(t: Any) -> Any:
     if isinstance(t, torch.Tensor):
         meta = tensor_meta(t)
         if meta is None:
-            raise NotCacheable("symbolic shapes")
+            raise NotCacheable("a tensor of the graph with symbolic sizes")
         return (
             type(t).__name__,
             *meta[:3],
@@ -412,6 +422,39 @@ def _tensor_key(t: Any) -> Any:
     if isinstance(t, (int, float, bool, str, type(None))):
         return (type(t).__name__, t)
     raise NotCacheable(f"an input of type {type(t).__name__}")
+
+
+def _symbolic(value: Any) -> Any:
+    """A SymInt, or a size, stride or offset of a tensor traced with symbolic shapes, as the key
+    sees it: its expression and the range each of its symbols may take (Dynamo's, a user's
+    ``mark_dynamic`` bounds). Not its value: that is the next call's, and the FX graph cache's guards
+    (kept with the compiled graph) say whether the compiled code holds for it."""
+    if not isinstance(value, torch.SymInt):
+        return value
+    expr = value.node.expr
+    ranges = value.node.shape_env.var_to_range
+    return (str(expr), sorted((str(s), str(ranges.get(s))) for s in expr.free_symbols))
+
+
+def _input_key(x: Any, placeholder: fx.Node) -> Any:
+    """An input of the graph: as ``_tensor_key`` has it, except where Dynamo traced it with symbolic
+    shapes (``dynamic=True``, ``mark_dynamic``, automatic dynamic): then by its placeholder's traced
+    sizes and strides, so that every length a dynamic graph takes hits the same entry."""
+    traced = placeholder.meta.get("example_value")
+    if isinstance(x, torch.SymInt) or isinstance(traced, torch.SymInt):
+        return ("SymInt", _symbolic(traced))
+    if isinstance(x, torch.Tensor) and isinstance(traced, torch.Tensor) and tensor_meta(traced) is None:
+        return (
+            type(x).__name__,
+            [_symbolic(d) for d in traced.shape],
+            [_symbolic(d) for d in traced.stride()],
+            _symbolic(traced.storage_offset()),
+            str(x.dtype),
+            str(x.device),
+            x.requires_grad,
+            getattr(x, "_dynamo_static_input_type", None),
+        )
+    return _tensor_key(x)
 
 
 def _device_names(tensors: Sequence[torch.Tensor]) -> list[str]:
@@ -454,7 +497,10 @@ def cache_key(
     first_of: dict[tuple[Any, int], str] = {}
     for name, t in tensors.items():
         add(name, isinstance(t, torch.nn.Parameter), _tensor_key(t), first_of.setdefault(_storage(t), name))
-    add("inputs", [_tensor_key(x) for x in inputs])
+    placeholders = gm.graph.find_nodes(op="placeholder")
+    if len(placeholders) != len(inputs):
+        raise NotCacheable("the graph's placeholders are not its inputs")
+    add("inputs", [_input_key(x, p) for x, p in zip(inputs, placeholders)])
     # which inputs share a storage with a tensor of the graph or with each other
     add(
         "aliasing",
@@ -539,7 +585,7 @@ def compiled_from(entry: dict[str, Any], gm: fx.GraphModule, inputs: Sequence[An
         setattr(holder, name, value)
     arg_map = entry["args"]
     fixed = {k: tensors[x] for k, (kind, x) in enumerate(arg_map) if kind == "attr"}
-    bump, n_out = entry["bump_versions"], entry["num_outputs"]
+    bump, n_out, dynamic_dims = entry["bump_versions"], entry["num_outputs"], entry["dynamic_dims"]
 
     def flat_args(args: Sequence[Any]) -> list[Any]:
         return [fixed[k] if kind == "attr" else args[x] for k, (kind, x) in enumerate(arg_map)]
@@ -553,6 +599,10 @@ def compiled_from(entry: dict[str, Any], gm: fx.GraphModule, inputs: Sequence[An
         )
         if compiled is None:
             return None
+        if _compiled_id(compiled) != entry["fx_compiled"]:
+            # the sizes of this call pass the guards of another compile of the graph, whose
+            # constants may differ from the ones recorded here
+            raise NotCacheable("the FX graph cache gave another compile of this graph (other shape guards)")
         graph_kwargs = {
             "cudagraphs": BoxedBool(entry["cudagraphs"]),
             "is_backward": False,
@@ -576,9 +626,19 @@ def compiled_from(entry: dict[str, Any], gm: fx.GraphModule, inputs: Sequence[An
                 torch._C._set_grad_enabled(True)
         if len(outs) != n_out:
             raise AssertionError(f"inductor_fuse frozen cache: expected {n_out} outputs, got {len(outs)}")
+        for i, dims in dynamic_dims:
+            _mark_dynamic(outs[i], set(dims))
         return outs
 
     return call
+
+
+def _mark_dynamic(t: torch.Tensor, dims: set[int]) -> None:
+    """What AOT's runtime wrapper does to an output with symbolic sizes (named by torch's version)."""
+    from torch._functorch._aot_autograd import runtime_wrappers as rw
+
+    mark = getattr(rw, "mark_dynamo_propagated_dynamic_indices", None) or rw.maybe_mark_dynamic_helper
+    mark(t, dims)
 
 
 def describe(entry: dict[str, Any]) -> str:

@@ -18,6 +18,8 @@ from toy_models import TinyLlama
 import inductor_fuse
 from inductor_fuse import config, frozen_cache
 
+_real_cache_key = frozen_cache.cache_key
+
 DECODE_SCRIPT = """
     import json, torch
     from numerics import rel_err
@@ -79,6 +81,62 @@ def test_decode_warm_start_with_other_weights(tmp_path, device, mode):
         assert warm[seed]["counts"] == cold["0"]["counts"], (warm[seed]["counts"], cold["0"]["counts"])
     assert cold["0"]["counts"]["siblings"] == 2 and cold["0"]["counts"]["glu"] == 2, cold["0"]["counts"]
     assert rel_err(torch.tensor(warm["0"]["logits"]), torch.tensor(cold["0"]["logits"])) < 1e-5
+    assert rel_err(torch.tensor(warm["1"]["logits"]), torch.tensor(warm["0"]["logits"])) > 0.1  # other weights
+
+
+PREFILL_SCRIPT = """
+    import json, torch
+    from numerics import rel_err
+    import inductor_fuse
+    from inductor_fuse import frozen_cache
+    from inductor_fuse.models import ModelArgs, Transformer
+    from inductor_fuse.models.generate import prefill_logits
+
+    keys, key = [], frozen_cache.cache_key
+    frozen_cache.cache_key = lambda *a: keys.append(key(*a)) or keys[-1]  # one per backend call
+    args = ModelArgs(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96)
+    out = {}
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        model = Transformer(args)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, p.shape[-1] ** -0.5 if p.ndim == 2 else 0.2).add_(1.0 if p.ndim == 1 else 0.0)
+        model.setup_caches(1, 32)
+        model.eval().to("DEVICE")
+        # as compile_prefill compiles it: dynamic shapes, one graph for every prompt length >= 2
+        run = torch.compile(prefill_logits, backend="inductor_fuse", dynamic=True)
+        errs, caches, compiles = [], [], []
+        with torch.no_grad():
+            for n in LENGTHS:
+                tokens = torch.randint(0, 97, (1, n), generator=torch.Generator().manual_seed(n)).to("DEVICE")
+                pos, last = torch.arange(n, device="DEVICE"), torch.tensor([n - 1], device="DEVICE")
+                got = run(model, tokens, pos, n, last)
+                want = prefill_logits(model, tokens, pos, n, last)  # eager
+                errs.append(rel_err(got, want))
+                caches.append(inductor_fuse.last_report().frozen_cache)
+                compiles.append(len(keys))
+        out[seed] = {"errs": errs, "caches": caches, "compiles": compiles, "logits": want[0, :8].tolist()}
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_compiled_prefill_warm_start_at_other_lengths(tmp_path, device):
+    # A compiled prefill (symbolic prompt length and live prefix): the second process starts warm at
+    # lengths the first never ran, each model with its own weights, and compiles nothing more.
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    script = PREFILL_SCRIPT.replace("DEVICE", device)
+    cold = run_script(script.replace("SEEDS", "[0]").replace("LENGTHS", "(5, 9)"), env)
+    warm = run_script(script.replace("SEEDS", "[1, 0]").replace("LENGTHS", "(13, 6, 21)"), env)
+    print("cold", cold, "\nwarm", warm)
+    assert cold["0"]["caches"] == ["saved"] * 2, cold
+    tol = 1e-4 if device == "cpu" else 2e-3
+    for seed in ("1", "0"):
+        assert warm[seed]["caches"] == ["hit"] * 3, warm[seed]
+        assert len(set(warm[seed]["compiles"])) == 1, warm[seed]  # compiled at the first length only
+        assert max(warm[seed]["errs"]) < tol, warm[seed]["errs"]
+    assert max(cold["0"]["errs"]) < tol, cold
     assert rel_err(torch.tensor(warm["1"]["logits"]), torch.tensor(warm["0"]["logits"])) > 0.1  # other weights
 
 
@@ -208,20 +266,40 @@ def test_tied_weights_keep_their_aliasing(tmp_path, monkeypatch):
         assert rel_err(got, want) < 1e-5, (tie, rep.notes)
 
 
-def test_symbolic_shapes_compile_cold(tmp_path, monkeypatch):
+def test_symbolic_shapes_start_warm_at_every_length(tmp_path, monkeypatch):
+    # dynamic=True: the entry is keyed by the traced sizes (symbols, not values), so a second model
+    # starts warm, and its one graph serves every length (the FX graph cache's shape guards hold).
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    keys = []
+    monkeypatch.setattr(frozen_cache, "cache_key", lambda *a: keys.append(_real_cache_key(*a)) or keys[-1])
 
     class Dynamic(CacheProbe):
         def forward(self, x):
             return super().forward(x)
 
-    torch.manual_seed(18)
-    model = Dynamic(n_layers=1, dim=32, n_heads=2, n_kv_heads=1, hidden=48).eval()
-    with torch.no_grad():
-        got = torch.compile(model, backend="inductor_fuse", dynamic=True)(X)
-        rep = inductor_fuse.last_report()
-        assert rel_err(got, model(X)) < 1e-5
-    assert rep.frozen_cache == "" and any("not cacheable" in n for n in rep.notes), rep.notes
+    states = []
+    for seed in (18, 19):
+        torch.manual_seed(seed)
+        model = Dynamic(n_layers=1, dim=32, n_heads=2, n_kv_heads=1, hidden=48).eval()
+        compiled = torch.compile(model, backend="inductor_fuse", dynamic=True)
+        with torch.no_grad():
+            for shape in ((2, 3, 32), (3, 5, 32), (2, 9, 32)):
+                x = torch.randn(shape)
+                assert rel_err(compiled(x), model(x)) < 1e-5
+        states.append(inductor_fuse.last_report().frozen_cache)
+    assert len(keys) == 2 and keys[0] == keys[1], keys  # one compile per model, one key
+    assert states == ["saved", "hit"], states
+
+
+def test_another_compile_under_the_fx_key_is_not_used(tmp_path, monkeypatch):
+    # The FX graph cache keeps one compile of a graph per set of shape guards; the entry names its
+    # own, and a warm start that gets another one compiles cold.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    compile_once(fresh_model(21), X)
+    monkeypatch.setattr(frozen_cache, "_compiled_id", lambda compiled: ("Eq(s0, 3)", "another"))
+    got, want, rep = compile_once(fresh_model(22), X)
+    assert rep.frozen_cache == "saved" and any("another compile of this graph" in n for n in rep.notes), rep.notes
+    assert rel_err(got, want) < 1e-5
 
 
 def test_too_little_memory_for_the_cpu_constants_compiles_cold(tmp_path, monkeypatch):
