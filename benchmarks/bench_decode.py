@@ -29,7 +29,8 @@ of zeros before the new tokens: speed depends on how much is read, not on the va
 is sized for the largest context, so a stock system reads all of it at every context. compile_s is
 the first generation's time (compile + CUDA-graph recording), rules_s inductor_fuse's rule passes
 within it (the reports' "rules/" seconds), frozen_cache each of its graphs' frozen-graph cache state
-("hit": a warm start from inductor_fuse/frozen_cache.py, "saved": compiled cold and saved). Every
+("hit": a warm start from inductor_fuse/frozen_cache.py, "saved": compiled cold and saved), and
+prefill_frozen_cache the same for the compiled prefills' graphs. Every
 timing is the median of --repeats runs after a warm-up; min and max are kept. The timed decode
 runs within `settled_gc()`, as examples/decode.py's (not with --no-gc-freeze; recorded as
 `gc_freeze`).
@@ -208,6 +209,7 @@ def run(model_name: str, system: str, args, workdir: Path, graphs: str = "trees"
 
     tokens = torch.randint(2, min(1000, model.args.vocab_size), (1, args.prompt), device=args.device)
     by_mode, prefill_compile_s = {}, None
+    n_reports = len(all_reports())
     for how in args.prefill:
         fn, skip = prompt_fns[how], 1 + (how == "graphs")
         pre = []
@@ -223,6 +225,7 @@ def run(model_name: str, system: str, args, workdir: Path, graphs: str = "trees"
         by_mode[how] = median_spread([args.prompt / t for t in pre[skip:]])
         print(f"{model_name} {system} prefill ({how}): {by_mode[how][0]:.0f} tok/s", flush=True)
     prefill_tok_s, pre_min, pre_max = by_mode[args.prefill[0]]
+    prefill_frozen_cache = [r.frozen_cache for r in all_reports()[n_reports:]]  # the compiled prefills' graphs
 
     rows = []
     env = environment()
@@ -251,6 +254,7 @@ def run(model_name: str, system: str, args, workdir: Path, graphs: str = "trees"
                 "prefill": args.prefill[0],
                 "prefill_by_mode": {k: {"tok_s": v[0], "min": v[1], "max": v[2]} for k, v in by_mode.items()},
                 "prefill_compile_s": prefill_compile_s,
+                "prefill_frozen_cache": prefill_frozen_cache if system == "inductor_fuse" else None,
                 "decode_tok_s": dec,
                 "decode_min": dec_min,
                 "decode_max": dec_max,

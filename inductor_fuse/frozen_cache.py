@@ -30,6 +30,11 @@ loads the compiled graph from Inductor's FX graph cache by its key with those co
 it as AOT's wrapper would. A second model of the same class with other weights thus gets its own
 weights, and a miss anywhere (an evicted FX entry, an unreadable file) compiles cold.
 
+A graph with symbolic shapes (``dynamic=True``: a compiled prefill) is keyed by its traced sizes,
+not by a call's: one entry serves every length. The FX graph cache's shape guards decide whether its
+compiled code holds for the call's sizes, as on a stock AOT-cache hit; since it may keep several
+compiles of one graph (one per set of guards), the entry names its own and another compiles cold.
+
 The entries live under Inductor's cache directory (``TORCHINDUCTOR_CACHE_DIR``), in
 ``inductor_fuse_frozen/``; ``INDUCTOR_FUSE_FROZEN_CACHE=0`` (``config.settings.frozen_cache``)
 turns the cache off, as do Inductor's ``force_disable_caches`` and a disabled FX graph cache.
