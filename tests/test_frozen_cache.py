@@ -20,24 +20,33 @@ from inductor_fuse import config, frozen_cache
 
 _real_cache_key = frozen_cache.cache_key
 
-DECODE_SCRIPT = """
+# The scripts' model: a small Transformer with its own random weights per seed, on DEVICE.
+MAKE_MODEL = """
     import json, torch
     from numerics import rel_err
     import inductor_fuse
     from inductor_fuse.models import ModelArgs, Transformer
-    from inductor_fuse.models.generate import prefill
 
-    args = ModelArgs(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96)
-    tokens = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(4)).to("DEVICE")
-    out = {}
-    for seed in SEEDS:  # no torch._dynamo.reset(): each instance recompiles through its identity guards
+    def make_model(seed, max_seq_len):
+        args = ModelArgs(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96)
         torch.manual_seed(seed)
         model = Transformer(args)
         with torch.no_grad():
             for p in model.parameters():
                 p.normal_(0, p.shape[-1] ** -0.5 if p.ndim == 2 else 0.2).add_(1.0 if p.ndim == 1 else 0.0)
-        model.setup_caches(1, 16)
-        model.eval().to("DEVICE")
+        model.setup_caches(1, max_seq_len)
+        return model.eval().to("DEVICE")
+"""
+
+DECODE_SCRIPT = (
+    MAKE_MODEL
+    + """
+    from inductor_fuse.models.generate import prefill
+
+    tokens = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(4)).to("DEVICE")
+    out = {}
+    for seed in SEEDS:  # no torch._dynamo.reset(): each instance recompiles through its identity guards
+        model = make_model(seed, 16)
         step = torch.compile(model, backend="inductor_fuse", fullgraph=True, mode=MODE)
         errs, logits = [], []
         with torch.no_grad():
@@ -57,6 +66,7 @@ DECODE_SCRIPT = """
                      "notes": rep.notes}
     print(json.dumps(out))
 """
+)
 
 
 @pytest.mark.parametrize(
@@ -84,26 +94,17 @@ def test_decode_warm_start_with_other_weights(tmp_path, device, mode):
     assert rel_err(torch.tensor(warm["1"]["logits"]), torch.tensor(warm["0"]["logits"])) > 0.1  # other weights
 
 
-PREFILL_SCRIPT = """
-    import json, torch
-    from numerics import rel_err
-    import inductor_fuse
+PREFILL_SCRIPT = (
+    MAKE_MODEL
+    + """
     from inductor_fuse import frozen_cache
-    from inductor_fuse.models import ModelArgs, Transformer
     from inductor_fuse.models.generate import prefill_logits
 
     keys, key = [], frozen_cache.cache_key
     frozen_cache.cache_key = lambda *a: keys.append(key(*a)) or keys[-1]  # one per backend call
-    args = ModelArgs(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96)
     out = {}
     for seed in SEEDS:
-        torch.manual_seed(seed)
-        model = Transformer(args)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0, p.shape[-1] ** -0.5 if p.ndim == 2 else 0.2).add_(1.0 if p.ndim == 1 else 0.0)
-        model.setup_caches(1, 32)
-        model.eval().to("DEVICE")
+        model = make_model(seed, 32)
         # as compile_prefill compiles it: dynamic shapes, one graph for every prompt length >= 2
         run = torch.compile(prefill_logits, backend="inductor_fuse", dynamic=True)
         errs, caches, compiles = [], [], []
@@ -119,6 +120,7 @@ PREFILL_SCRIPT = """
         out[seed] = {"errs": errs, "caches": caches, "compiles": compiles, "logits": want[0, :8].tolist()}
     print(json.dumps(out))
 """
+)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
