@@ -447,7 +447,7 @@ def _input_key(x: Any, placeholder: fx.Node) -> Any:
     sizes and strides, so that every length a dynamic graph takes hits the same entry."""
     traced = placeholder.meta.get("example_value")
     if isinstance(x, torch.SymInt) or isinstance(traced, torch.SymInt):
-        return ("SymInt", _symbolic(traced))
+        return ("SymInt", _symbolic(traced if isinstance(traced, torch.SymInt) else x))
     if isinstance(x, torch.Tensor) and isinstance(traced, torch.Tensor) and tensor_meta(traced) is None:
         return (
             type(x).__name__,

@@ -54,8 +54,14 @@ def test_one_compiled_function_called_on_two_models(device):
     # the rules fired for b too: q|k|v (siblings) and gate|up (glu) in each of 2 layers, per model
     # compiled. Summed over this test's compilations, not read from the last one: on the GPU suite
     # (other tests earlier in the process) the last report once held part of them, its graph one of several.
-    counts = inductor_fuse.total_counts(inductor_fuse.all_reports()[n_reports:])
-    assert counts["siblings"] >= 4 and counts["siblings"] % 2 == 0 and counts["glu"] == counts["siblings"], counts
+    reports = inductor_fuse.all_reports()[n_reports:]
+    counts = inductor_fuse.total_counts(reports)
+    assert counts["siblings"] >= 4 and counts["siblings"] % 2 == 0 and counts["glu"] == counts["siblings"], (
+        counts,
+        [(s.family, s.reason) for r in reports for s in r.skipped],
+        [f for r in reports for f in r.failures],
+        [n for r in reports for n in r.notes],
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
