@@ -8,7 +8,12 @@ often as the family's table entry says. What fired is printed (`pytest -s`):
     llama {'siblings': 4}
 
 No `torch._dynamo.reset()` between families: a process that compiles one model after another is
-what a user has.
+what a user has. Each compile passes ``dynamic=False``: other tests of the same worker run some of
+these forwards (Qwen3.5's in tests/test_qwen3_5.py) at other lengths, and Dynamo's automatic dynamic
+would then compile this one with a symbolic length: its time and its rule counts would depend on
+which tests ran before (Qwen3.5 with a symbolic length on the CPU, torch 2.11: 375 s of compile
+against 50 s static, stock Inductor's 356 s against 63; docs/robustness.md). Symbolic lengths are
+tested in tests/test_recompiles_and_caches.py.
 A family this transformers cannot build is skipped with the reason; the list stays explicit.
 
 GPU variants (`-m gpu`, INDUCTOR_FUSE_GPU_TESTS=1): bfloat16, and Q4_K weights via
@@ -43,7 +48,7 @@ class Run(NamedTuple):
 
 def compile_and_run(family: Family, model: torch.nn.Module, ids: torch.Tensor) -> Run:
     n_before = len(inductor_fuse.all_reports())
-    compiled = torch.compile(model, backend="inductor_fuse")
+    compiled = torch.compile(model, backend="inductor_fuse", dynamic=False)  # (module docstring)
     with torch.no_grad():
         want = model(ids, use_cache=False).logits
         got = compiled(ids, use_cache=False).logits
