@@ -410,15 +410,21 @@ def make_backend(mode: str | None = None, **options: bool) -> Callable:
     return functools.partial(inductor_fuse_backend, mode=mode, options=options)
 
 
+def entry_point_installed() -> bool:
+    """Whether the package's ``torch_dynamo_backends`` entry point is installed (pip-installed, not a
+    source tree on PYTHONPATH)."""
+    from importlib import metadata
+
+    return any(ep.name == "inductor_fuse" for ep in metadata.entry_points(group="torch_dynamo_backends"))
+
+
 def register_without_entry_point() -> bool:
     """Give Dynamo the name "inductor_fuse" where the package runs without its entry point (a source
     tree on PYTHONPATH, not pip-installed), so that `import inductor_fuse` makes
     torch.compile(backend="inductor_fuse") work either way. Installed, the entry point names it and
     this registers nothing: registering the name as well would trip Dynamo's duplicate-name
     assertion at the entry point's first lookup. True when it registered the name."""
-    from importlib import metadata
-
-    if any(ep.name == "inductor_fuse" for ep in metadata.entry_points(group="torch_dynamo_backends")):
+    if entry_point_installed():
         return False
     try:
         torch._dynamo.register_backend(inductor_fuse_backend, name="inductor_fuse")

@@ -411,14 +411,18 @@ def build_constants(
 # --- the key --------------------------------------------------------------------------------
 
 
-def _tensor_key(t: Any) -> Any:
+def _tensor_key(t: Any, layout: tuple | None = None) -> Any:
+    """A tensor or plain value as the key sees it; ``layout`` (sizes, strides, storage offset) given
+    where they are symbolic (``_input_key``), else the tensor's own, which must be concrete."""
     if isinstance(t, torch.Tensor):
-        meta = tensor_meta(t)
-        if meta is None:
-            raise NotCacheable("a tensor of the graph with symbolic sizes")
+        if layout is None:
+            meta = tensor_meta(t)
+            if meta is None:
+                raise NotCacheable("a tensor of the graph with symbolic sizes")
+            layout = meta[:3]
         return (
             type(t).__name__,
-            *meta[:3],
+            *layout,
             str(t.dtype),
             str(t.device),
             t.requires_grad,
@@ -449,16 +453,8 @@ def _input_key(x: Any, placeholder: fx.Node) -> Any:
     if isinstance(x, torch.SymInt) or isinstance(traced, torch.SymInt):
         return ("SymInt", _symbolic(traced if isinstance(traced, torch.SymInt) else x))
     if isinstance(x, torch.Tensor) and isinstance(traced, torch.Tensor) and tensor_meta(traced) is None:
-        return (
-            type(x).__name__,
-            [_symbolic(d) for d in traced.shape],
-            [_symbolic(d) for d in traced.stride()],
-            _symbolic(traced.storage_offset()),
-            str(x.dtype),
-            str(x.device),
-            x.requires_grad,
-            getattr(x, "_dynamo_static_input_type", None),
-        )
+        sizes, strides = (tuple(_symbolic(d) for d in dims) for dims in (traced.shape, traced.stride()))
+        return _tensor_key(x, (sizes, strides, _symbolic(traced.storage_offset())))
     return _tensor_key(x)
 
 

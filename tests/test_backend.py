@@ -1,6 +1,5 @@
 """The backend as a user meets it: entry point, options, modes, the report, cache correctness."""
 
-import importlib.metadata
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ from numerics import rel_err
 from toy_models import TinyLlama
 
 import inductor_fuse
+from inductor_fuse.backend import entry_point_installed
 
 TESTS_DIR = os.path.dirname(__file__)
 
@@ -33,7 +33,7 @@ def run_script(code: str, env_extra: dict | None = None, timeout: int = 600) -> 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_fresh_process_without_import(device):
     # The entry point registers the backend: no `import inductor_fuse` before compiling.
-    if not any(e.name == "inductor_fuse" for e in importlib.metadata.entry_points(group="torch_dynamo_backends")):
+    if not entry_point_installed():
         pytest.skip("inductor_fuse is not pip-installed here (a source tree on PYTHONPATH): no entry point to test")
     out = run_script(
         """
