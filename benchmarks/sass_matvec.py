@@ -55,7 +55,7 @@ def compile_matvec(fmt: str, M: int, cfg: _common.MatvecConfig, even: bool, arch
     constants = dict(
         LOAD=spec.load_units, DECODE=spec.decode, ROW_DOT=spec.row_dot, UNIT=spec.unit, GROUP=spec.group,
         HAS_BIAS=False, SPLIT=False, PREFETCH=cfg.prefetch, BLOCK_M=block_m, M_BLOCKS=triton.cdiv(M, block_m),
-        BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u, USE_ASM=True, GLU=0, EVEN=even,
+        BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u, USE_ASM=True, GLU=0, EVEN=even, L2_UNITS=0,
     )  # fmt: skip
     fn = _common.matvec_kernel
     signature = {a: "constexpr" if a in constants else types.get(a, "i32") for a in fn.arg_names}

@@ -95,7 +95,14 @@ def _launches() -> dict[str, object]:
         ),  # fmt: skip
         "matvec M=1": lambda: _matvec(1),
         "matvec M=2 (prefetch)": lambda: _matvec(2),
+        "matvec M=1 (L2 prefetch)": lambda: _matvec_l2(1),
     }
+
+
+def _matvec_l2(M: int) -> torch.Tensor:
+    """The matvec with config.settings.l2_prefetch on (its weights asked of L2 before the wait)."""
+    with config.patch(l2_prefetch=max(config.settings.l2_prefetch, 64)):
+        return _matvec(M)
 
 
 @contextlib.contextmanager
@@ -122,7 +129,7 @@ def order(k) -> list[str]:
         cubin.write_bytes(k.asm["cubin"])
         sass = disassemble(cubin)
     lines = [x for x in sass.splitlines() if re.match(r"^\s+/\*[0-9a-f]{4}\*/", x)]
-    ops = [op for op in map(opcode, lines) if op in ("LDG", "LDGSTS", "ACQBULK", "PREEXIT")]
+    ops = [op for op in map(opcode, lines) if op in ("LDG", "LDGSTS", "ACQBULK", "PREEXIT", "CCTL")]
     return ["LDG" if op == "LDGSTS" else op for op in ops]
 
 
@@ -132,6 +139,7 @@ def summarize(ops: list[str]) -> dict:
         "waits": ops.count("ACQBULK"),
         "loads_before_wait": ops[:wait].count("LDG") if wait is not None else None,
         "loads_after_wait": ops[wait:].count("LDG") if wait is not None else None,
+        "l2_prefetches_before_wait": ops[:wait].count("CCTL") if wait is not None else None,
         "triggers": ops.count("PREEXIT"),
         "trigger_after_wait": None if "PREEXIT" not in ops or wait is None else ops.index("PREEXIT") > wait,
         "loads_after_trigger": ops[ops.index("PREEXIT") :].count("LDG") if "PREEXIT" in ops else None,

@@ -61,6 +61,12 @@
                                                                  the code comes from Inductor's FX graph cache
                                                                  (inductor_fuse/frozen_cache.py); "0": every compile
                                                                  runs them
+    INDUCTOR_FUSE_L2_PREFETCH=64    l2_prefetch        0         with pdl, the W4A8 matvec asks L2 for this many more
+                                                                 K units of each of its rows' weights (every plane)
+                                                                 before its griddepcontrol.wait, after its first
+                                                                 step's loads: HBM streams them while the kernel
+                                                                 before it still runs; 0: off (docs/kernels.md,
+                                                                 "PDL")
     (no variable)                   on_matvec_launch   None      called with the compiled kernel after every matvec
                                                                  launch (benchmarks read registers, spills, asm)
 
@@ -110,6 +116,7 @@ class Settings:
     pdl_early: bool | str = "auto"  # True, False or "auto" ("1" / "0" taken for True / False)
     full_fake_prop: bool = False
     frozen_cache: bool = True
+    l2_prefetch: int = 0
     on_matvec_launch: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
@@ -142,6 +149,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         pdl_early=environ.get("INDUCTOR_FUSE_PDL_EARLY", "") or "auto",
         full_fake_prop=environ.get("INDUCTOR_FUSE_FULL_FAKE_PROP", "0") == "1",
         frozen_cache=environ.get("INDUCTOR_FUSE_FROZEN_CACHE", "1") != "0",
+        l2_prefetch=int(environ.get("INDUCTOR_FUSE_L2_PREFETCH", "") or 0),
     )
 
 

@@ -188,6 +188,39 @@ def _dp4a(a, b, SIGNED_A: tl.constexpr, USE_ASM: tl.constexpr):
     return r
 
 
+_PREFETCH_L2: tl.constexpr = tl.constexpr("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;")
+
+
+@triton.jit
+def prefetch_l2(p, row_off, row_bytes, u_a, u_b, n_units, BLOCK_N: tl.constexpr):
+    """Ask L2 for units [u_a, u_b) of rows row_off [BLOCK_N] (elements of p's view) of one weight
+    plane, row_bytes bytes a row (0: a plane not used, nothing asked): PTX prefetch.global.L2 of
+    each 128-byte line, nothing waited for, nothing read into registers. A unit's bytes are taken
+    as u * row_bytes / n_units (every plane's row is in unit order)."""
+    b_a = u_a * row_bytes // n_units
+    b_b = (u_b * row_bytes + n_units - 1) // n_units
+    # one line more than the span's length, the offsets clamped to its last byte: an unaligned start
+    n_lines = tl.where(b_b > b_a, (b_b - b_a + 127) // 128 + 1, 0)
+    base = p.to(tl.pointer_type(tl.int8)) + (row_off.to(tl.int64) * (p.dtype.element_ty.primitive_bitwidth // 8))
+    for c in range(0, n_lines, 16):
+        offs = tl.minimum(b_a + (c + tl.arange(0, 16)) * 128, b_b - 1)
+        tl.inline_asm_elementwise(
+            _PREFETCH_L2, "=r,l", [base[:, None] + offs[None, :]], dtype=tl.int32, is_pure=False, pack=1
+        )
+
+
+@triton.jit
+def prefetch_planes_l2(wctx, pf, u_a, u_b, BLOCK_N: tl.constexpr):
+    """prefetch_l2 of units [u_a, u_b) of the matvec's rows in each of its four plane views (wctx:
+    the pointers and the rows' offsets); pf = (row bytes of each plane, 0 where unused; n_units)."""
+    p0, p1, p2, p3, r0, r1, r2, r3, _, _ = wctx
+    rb0, rb1, rb2, rb3, n_units = pf
+    prefetch_l2(p0, r0, rb0, u_a, u_b, n_units, BLOCK_N)
+    prefetch_l2(p1, r1, rb1, u_a, u_b, n_units, BLOCK_N)
+    prefetch_l2(p2, r2, rb2, u_a, u_b, n_units, BLOCK_N)
+    prefetch_l2(p3, r3, rb3, u_a, u_b, n_units, BLOCK_N)
+
+
 # ---------------------------------------------------------------------------------------------
 # Activation quantization (per row m, per 32-group g of K):
 #   d[m,g]   = max_l |x[m, 32g+l]| / 127
@@ -474,6 +507,17 @@ def register_kernels(*specs: KernelSpec) -> tuple[KernelSpec, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
+def l2_prefetch_args(planes: Sequence[torch.Tensor], N: int, use_pdl: bool) -> dict[str, int]:
+    """The matvec's L2 prefetch arguments (config.settings.l2_prefetch units; with PDL only): each
+    plane's row bytes, 0 for a plane that is not [N, ...] (nothing asked of it)."""
+    units = config.settings.l2_prefetch
+    if not use_pdl or units <= 0:
+        return {}
+    rbs = [p.shape[1] * p.element_size() if p.dim() == 2 and p.shape[0] == N else 0 for p in planes]
+    rbs += [0] * (4 - len(rbs))
+    return dict(zip(("rb0", "rb1", "rb2", "rb3"), rbs, strict=True)) | {"L2_UNITS": units}
+
+
 def matvec_block_m(M: int) -> int:
     return min(triton.next_power_of_2(M), 8)
 
@@ -529,6 +573,7 @@ def launch_matvec(
             yq_ptr=ya[0].xq.view(torch.int8), yd_ptr=ya[0].xd, ys32_ptr=ya[0].xs32, ys16_ptr=ya[0].xs16, QUANT_OUT=True,
             INTERLEAVE_OUT=ya[1],
         )),
+        **l2_prefetch_args(planes, N, use_pdl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(dev),
     )  # fmt: skip
     if config.settings.on_matvec_launch is not None:
@@ -736,6 +781,8 @@ def matvec_units(
     EVEN: tl.constexpr,
     PDL: tl.constexpr = False,
     PDL_EARLY: tl.constexpr = False,
+    pf=None,
+    L2_UNITS: tl.constexpr = 0,
 ):
     """The K loop over units [u_lo, u_hi), BLOCK_U at a time -> accs. With PREFETCH the weight
     loads are double-buffered in registers: the next units' loads fly while these compute. EVEN
@@ -744,7 +791,9 @@ def matvec_units(
     and no zero-fill per load (IQ4_XS's loop at M = 1, sm_90: 169 -> 148 instructions per step,
     benchmarks/sass_matvec.py). PDL (a programmatic dependent launch, `pdl()`): the first step's
     weights are loaded, then griddepcontrol.wait waits for the kernel before this one (which makes
-    x), then x is read: the weights are constants, x is not."""
+    x), then x is read: the weights are constants, x is not. L2_UNITS (with PDL): before that wait,
+    the next L2_UNITS units of every plane are asked of L2 too (`prefetch_planes_l2`, pf = (the
+    planes' row bytes, n_units)), so HBM works while the kernel before runs."""
     ub = tl.arange(0, BLOCK_U)
     zero = tl.zeros([BLOCK_N, BLOCK_U], dtype=tl.float32)
     accs = (zero, zero, zero, zero, zero, zero, zero, zero)
@@ -753,6 +802,8 @@ def matvec_units(
         umask = u < u_hi
         w = LOAD(wctx, u, umask)
         if PDL:
+            if L2_UNITS > 0:
+                prefetch_planes_l2(wctx, pf, u_lo + BLOCK_U, tl.minimum(u_hi, u_lo + BLOCK_U + L2_UNITS), BLOCK_N)
             gdc_wait()
             if PDL_EARLY:
                 gdc_launch_dependents()
@@ -768,6 +819,8 @@ def matvec_units(
             u = u_lo + ub
             umask = u < u_hi
             w = LOAD(wctx, u, umask)
+            if L2_UNITS > 0:
+                prefetch_planes_l2(wctx, pf, u_lo + BLOCK_U, tl.minimum(u_hi, u_lo + BLOCK_U + L2_UNITS), BLOCK_N)
             gdc_wait()
             if PDL_EARLY:
                 gdc_launch_dependents()
@@ -916,6 +969,8 @@ def matvec_kernel(
     PDL_EARLY: tl.constexpr = False,  # pdl_early(): then let the kernel after it start (matvec_units)
     yq_ptr=None, yd_ptr=None, ys32_ptr=None, ys16_ptr=None,  # QUANT_OUT: quantize_act of the GLU's output
     QUANT_OUT: tl.constexpr = False, INTERLEAVE_OUT: tl.constexpr = False,
+    rb0=0, rb1=0, rb2=0, rb3=0,  # L2_UNITS: the planes' row bytes (0: unused) (matvec_units, prefetch_l2)
+    L2_UNITS: tl.constexpr = 0,  # l2_units(): with PDL, units of weights asked of L2 before the wait
 ):  # fmt: skip
     pid_m, pid_n, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, M_BLOCKS, BLOCK_N)
     # the loop invariants LOAD reads: plane pointers, the rows' offsets in each plane (int64 in
@@ -924,7 +979,7 @@ def matvec_kernel(
     xa = (xq_ptr, xd_ptr, xs32_ptr, xs16_ptr)
     accs = matvec_units(
         LOAD, DECODE, ROW_DOT, wctx, xa, pid_m, M, K, u_lo, u_hi, PREFETCH, BLOCK_M, BLOCK_N, BLOCK_U, USE_ASM, EVEN,
-        PDL, PDL_EARLY,
+        PDL, PDL_EARLY, (rb0, rb1, rb2, rb3, K // UNIT), L2_UNITS,
     )  # fmt: skip
     matvec_epilogue(
         accs, bias_ptr, out_ptr, pid_m, pid_n, pid_k, rows, M, N, HAS_BIAS, SPLIT, GLU, BLOCK_M, BLOCK_N,

@@ -276,14 +276,15 @@ def test_glu_matvec_quantizes_its_output(fmt, I, K, M):
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("early", [False, True])
+@pytest.mark.parametrize("early, l2", [(False, 0), (True, 0), (True, 4096)])
 @pytest.mark.parametrize("fmt", ["q4_k", "q6_k", "q8_0"])
-def test_programmatic_dependent_launch_same_bits(fmt, early):
+def test_programmatic_dependent_launch_same_bits(fmt, early, l2):
     """config.settings.pdl: a decode layer's chain (add + RMSNorm + act_quant in one kernel, a
     matvec, act_quant, a matvec whose input the kernel before it has just written, the next
     norm) captured in a CUDA graph, replayed with new inputs each time: the same bits as without
-    programmatic dependent launch, with and without the matvec's early trigger (pdl_early). A matvec
-    that read x before its producer finished would differ."""
+    programmatic dependent launch, with and without the matvec's early trigger (pdl_early), and with
+    its weights asked of L2 before its wait (l2_prefetch). A matvec that read x before its producer
+    finished would differ."""
     dev, D, inter = "cuda", 4096, 14336
     w_up = random_planes(fmt, inter, D, dev, seed=1)
     w_down = random_planes(fmt, D, inter, dev, seed=2)
@@ -304,7 +305,7 @@ def test_programmatic_dependent_launch_same_bits(fmt, early):
                torch.randn(1, D, device=dev, dtype=torch.bfloat16, generator=g)) for _ in range(8)]  # fmt: skip
     with config.patch(pdl=False):
         want = [[t.clone() for t in layer(h, r)] for h, r in inputs]
-    with config.patch(pdl=True, pdl_early=early):
+    with config.patch(pdl=True, pdl_early=early, l2_prefetch=l2):
         h0, r0 = (t.clone() for t in inputs[0])
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
