@@ -126,6 +126,11 @@ class Settings:
             raise ValueError(
                 f"inductor_fuse: small_m (INDUCTOR_FUSE_SMALL_M) must be one of {SMALL_M_MODES}, got {self.small_m!r}"
             )
+        if not isinstance(self.l2_prefetch, int) or self.l2_prefetch < 0:
+            raise ValueError(
+                f"inductor_fuse: l2_prefetch (INDUCTOR_FUSE_L2_PREFETCH) must be a count of K units >= 0, "
+                f"got {self.l2_prefetch!r}"
+            )
         early = self.pdl_early
         if isinstance(early, str):
             early = {"1": True, "0": False}.get(early, early)
@@ -134,6 +139,13 @@ class Settings:
                 f"inductor_fuse: pdl_early (INDUCTOR_FUSE_PDL_EARLY) must be 1, 0 or auto, got {self.pdl_early!r}"
             )
         object.__setattr__(self, "pdl_early", early)
+
+
+def _count(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"inductor_fuse: {name} must be a whole number, got {text!r}") from None
 
 
 def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -149,7 +161,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         pdl_early=environ.get("INDUCTOR_FUSE_PDL_EARLY", "") or "auto",
         full_fake_prop=environ.get("INDUCTOR_FUSE_FULL_FAKE_PROP", "0") == "1",
         frozen_cache=environ.get("INDUCTOR_FUSE_FROZEN_CACHE", "1") != "0",
-        l2_prefetch=int(environ.get("INDUCTOR_FUSE_L2_PREFETCH", "") or 0),
+        l2_prefetch=_count(environ.get("INDUCTOR_FUSE_L2_PREFETCH", "") or "0", "INDUCTOR_FUSE_L2_PREFETCH"),
     )
 
 

@@ -57,6 +57,11 @@ def test_settings_from_env():
         config.from_env({"INDUCTOR_FUSE_GEMM": "cublas"})
     with pytest.raises(ValueError, match="INDUCTOR_FUSE_SMALL_M"):
         config.from_env({"INDUCTOR_FUSE_SMALL_M": "mma"})
+    assert config.from_env({}).l2_prefetch == 0  # off unless asked for
+    assert config.from_env({"INDUCTOR_FUSE_L2_PREFETCH": "64"}).l2_prefetch == 64
+    for bad in ("-1", "all"):
+        with pytest.raises(ValueError, match="INDUCTOR_FUSE_L2_PREFETCH"):
+            config.from_env({"INDUCTOR_FUSE_L2_PREFETCH": bad})
 
 
 def test_pdl_is_on_by_default_and_only_for_cuda():
