@@ -4,7 +4,8 @@ sit against `griddepcontrol.wait` (SASS `ACQBULK`) and `griddepcontrol.launch_de
 (`PREEXIT`). What correctness asks of the order: a kernel launched this way may start while the
 kernel before it still runs, so it must not read anything another kernel writes before its wait.
 The small kernels load nothing before it; the matvec loads only its first weights (constants)
-before it; launch_dependents comes after the wait (right after it, but in the attention's split
+before it, and asks L2 for its next ones (`CCTL`, config.settings.l2_prefetch, where it triggers
+early); launch_dependents comes after the wait (right after it, but in the attention's split
 kernel after its loop: after all its loads; with `--early 0`, config.settings.pdl_early off, in
 the norm, act_quant and merge kernels only).
 
@@ -95,13 +96,14 @@ def _launches() -> dict[str, object]:
         ),  # fmt: skip
         "matvec M=1": lambda: _matvec(1),
         "matvec M=2 (prefetch)": lambda: _matvec(2),
-        "matvec M=1 (L2 prefetch)": lambda: _matvec_l2(1),
+        "matvec M=1 (l2_prefetch 0)": lambda: _matvec_no_l2(1),
     }
 
 
-def _matvec_l2(M: int) -> torch.Tensor:
-    """The matvec with config.settings.l2_prefetch on (its weights asked of L2 before the wait)."""
-    with config.patch(l2_prefetch=max(config.settings.l2_prefetch, 64)):
+def _matvec_no_l2(M: int) -> torch.Tensor:
+    """The matvec with config.settings.l2_prefetch off (by default, where it triggers early, it asks
+    L2 for its next weights before the wait)."""
+    with config.patch(l2_prefetch=0):
         return _matvec(M)
 
 
@@ -167,9 +169,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(r))
         return
-    print(f"{'launch: kernel':45} waits  loads before / after the wait  triggers (after the wait)  loads after it")
+    print(f"{'launch: kernel':47} waits  loads before / after the wait  L2 prefetches before it  "
+          "triggers (after the wait)  loads after it")  # fmt: skip
     for name, s in r.items():
-        print(f"{name:45} {s['waits']:5}  {s['loads_before_wait']!s:>12} / {s['loads_after_wait']!s:<14}  "
+        print(f"{name:47} {s['waits']:5}  {s['loads_before_wait']!s:>12} / {s['loads_after_wait']!s:<14}  "
+              f"{s['l2_prefetches_before_wait']!s:>23}  "
               f"{s['triggers']} ({s['trigger_after_wait']!s:5})             {s['loads_after_trigger']}")  # fmt: skip
 
 

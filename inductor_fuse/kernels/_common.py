@@ -507,11 +507,12 @@ def register_kernels(*specs: KernelSpec) -> tuple[KernelSpec, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
-def l2_prefetch_args(planes: Sequence[torch.Tensor], N: int, use_pdl: bool) -> dict[str, int]:
-    """The matvec's L2 prefetch arguments (config.settings.l2_prefetch units; with PDL only): each
+def l2_prefetch_args(planes: Sequence[torch.Tensor], N: int, device: torch.device) -> dict[str, int]:
+    """The matvec's L2 prefetch arguments (config.settings.l2_prefetch units, where the matvec
+    triggers early, `pdl_early`: so by default in graphs of 2 GiB of linear weights or more): each
     plane's row bytes, 0 for a plane that is not [N, ...] (nothing asked of it)."""
     units = config.settings.l2_prefetch
-    if not use_pdl or units <= 0:
+    if units <= 0 or not pdl_early(device):
         return {}
     rbs = [p.shape[1] * p.element_size() if p.dim() == 2 and p.shape[0] == N else 0 for p in planes]
     rbs += [0] * (4 - len(rbs))
@@ -573,7 +574,7 @@ def launch_matvec(
             yq_ptr=ya[0].xq.view(torch.int8), yd_ptr=ya[0].xd, ys32_ptr=ya[0].xs32, ys16_ptr=ya[0].xs16, QUANT_OUT=True,
             INTERLEAVE_OUT=ya[1],
         )),
-        **l2_prefetch_args(planes, N, use_pdl),
+        **l2_prefetch_args(planes, N, dev),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(dev),
     )  # fmt: skip
     if config.settings.on_matvec_launch is not None:

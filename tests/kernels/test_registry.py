@@ -57,7 +57,8 @@ def test_settings_from_env():
         config.from_env({"INDUCTOR_FUSE_GEMM": "cublas"})
     with pytest.raises(ValueError, match="INDUCTOR_FUSE_SMALL_M"):
         config.from_env({"INDUCTOR_FUSE_SMALL_M": "mma"})
-    assert config.from_env({}).l2_prefetch == 0  # off unless asked for
+    assert config.from_env({}).l2_prefetch == config.L2_PREFETCH_UNITS == 8
+    assert config.from_env({"INDUCTOR_FUSE_L2_PREFETCH": "0"}).l2_prefetch == 0
     assert config.from_env({"INDUCTOR_FUSE_L2_PREFETCH": "64"}).l2_prefetch == 64
     for bad in ("-1", "all"):
         with pytest.raises(ValueError, match="INDUCTOR_FUSE_L2_PREFETCH"):
