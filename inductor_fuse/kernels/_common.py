@@ -5,6 +5,8 @@
 - `act_quant`: per-row, per-32-wide-K-group int8 quantization of the activation (W4A8), run once
   per call and shared by every weight format; `quantize_tiles`, its formula, which the RMSNorm
   that quantizes its own output (kernels/norm_quant.py) shares.
+- `prefetch_l2` / `prefetch_planes_l2`: ask L2 for a matvec program's next weights (PTX
+  prefetch.global.L2), before its PDL wait (`l2_prefetch_args`, config.settings.l2_prefetch).
 - `splitk_reduce`: sums split-K partials, adds the bias, casts to the output dtype.
 - `MatvecConfig`, `GemmConfig` and `pick_config`: the small config spaces and the
   (kernel, fmt, M, N, K)-keyed tuner.
@@ -971,7 +973,7 @@ def matvec_kernel(
     yq_ptr=None, yd_ptr=None, ys32_ptr=None, ys16_ptr=None,  # QUANT_OUT: quantize_act of the GLU's output
     QUANT_OUT: tl.constexpr = False, INTERLEAVE_OUT: tl.constexpr = False,
     rb0=0, rb1=0, rb2=0, rb3=0,  # L2_UNITS: the planes' row bytes (0: unused) (matvec_units, prefetch_l2)
-    L2_UNITS: tl.constexpr = 0,  # l2_units(): with PDL, units of weights asked of L2 before the wait
+    L2_UNITS: tl.constexpr = 0,  # l2_prefetch_args(): K units of weights asked of L2 before the PDL wait
 ):  # fmt: skip
     pid_m, pid_n, pid_k, rows, rows_c, u_lo, u_hi = matvec_prologue(N, K, UNITS_PER_SPLIT, UNIT, M_BLOCKS, BLOCK_N)
     # the loop invariants LOAD reads: plane pointers, the rows' offsets in each plane (int64 in
