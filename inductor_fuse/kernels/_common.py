@@ -14,9 +14,9 @@
   registry, kernels/registry.py, collects them).
 - The W4A8 matvec every format shares: `launch_matvec` (host), `matvec_kernel`, generic over the
   format's LOAD / DECODE / ROW_DOT functions, built of `matvec_prologue`, `matvec_units` (the K
-  loop), `matvec_step`, `add_to_row` and `matvec_epilogue` (device), and the helpers the format
-  functions read planes and x with (`unit_words`, `unit_scalars`, `x_words`, `x_group`,
-  `x_scales`, `group_dot`, `dot_pair`).
+  loop; its PDL wait in `wait_after_first_step`), `matvec_step`, `add_to_row` and
+  `matvec_epilogue` (device), and the helpers the format functions read planes and x with
+  (`unit_words`, `unit_scalars`, `x_words`, `x_group`, `x_scales`, `group_dot`, `dot_pair`).
 - `loop_bound`: a runtime loop bound that Triton's interpreter also accepts.
 - `kernel_or_reference`: the body every op's CUDA registration shares: the kernel, or the
   pure-torch reference (and a WARNING once per error) when the kernel raises.
@@ -765,6 +765,20 @@ def matvec_step(
 
 
 @triton.jit
+def wait_after_first_step(
+    wctx, pf, u_lo, u_hi, BLOCK_U: tl.constexpr, BLOCK_N: tl.constexpr, PDL_EARLY: tl.constexpr, L2_UNITS: tl.constexpr
+):
+    """A PDL matvec's wait, once its first step's weights are loaded: L2 asked for the next L2_UNITS
+    units of every plane (`prefetch_planes_l2`), griddepcontrol.wait for the kernel before (which
+    makes x), then, with PDL_EARLY, the kernel after let launch."""
+    if L2_UNITS > 0:
+        prefetch_planes_l2(wctx, pf, u_lo + BLOCK_U, tl.minimum(u_hi, u_lo + BLOCK_U + L2_UNITS), BLOCK_N)
+    gdc_wait()
+    if PDL_EARLY:
+        gdc_launch_dependents()
+
+
+@triton.jit
 def matvec_units(
     LOAD: tl.constexpr,
     DECODE: tl.constexpr,
@@ -805,11 +819,7 @@ def matvec_units(
         umask = u < u_hi
         w = LOAD(wctx, u, umask)
         if PDL:
-            if L2_UNITS > 0:
-                prefetch_planes_l2(wctx, pf, u_lo + BLOCK_U, tl.minimum(u_hi, u_lo + BLOCK_U + L2_UNITS), BLOCK_N)
-            gdc_wait()
-            if PDL_EARLY:
-                gdc_launch_dependents()
+            wait_after_first_step(wctx, pf, u_lo, u_hi, BLOCK_U, BLOCK_N, PDL_EARLY, L2_UNITS)
         for u0 in range(loop_bound(u_lo), loop_bound(u_hi), BLOCK_U):
             un = u0 + BLOCK_U + ub
             unmask = un < u_hi
@@ -822,11 +832,7 @@ def matvec_units(
             u = u_lo + ub
             umask = u < u_hi
             w = LOAD(wctx, u, umask)
-            if L2_UNITS > 0:
-                prefetch_planes_l2(wctx, pf, u_lo + BLOCK_U, tl.minimum(u_hi, u_lo + BLOCK_U + L2_UNITS), BLOCK_N)
-            gdc_wait()
-            if PDL_EARLY:
-                gdc_launch_dependents()
+            wait_after_first_step(wctx, pf, u_lo, u_hi, BLOCK_U, BLOCK_N, PDL_EARLY, L2_UNITS)
             accs = matvec_step(DECODE, ROW_DOT, w, u, umask, xa, pid_m, M, K, accs, BLOCK_M, USE_ASM)
             u_first = u_lo + BLOCK_U
         for u0 in range(loop_bound(u_first), loop_bound(u_hi), BLOCK_U):
