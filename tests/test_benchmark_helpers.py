@@ -1,6 +1,7 @@
 """Helpers of the GPU benchmarks that run without a GPU: bench_kernels.small_m_summary (the verdict
 line per shape against the few-rows targets, docs/kernels.md "A few rows") and w4a16_grid;
-ab_decode's setting parser and summary, and one A/B run of it on the tiny CPU model; the
+ab_decode's setting parser and summary, and one A/B run of it on the tiny CPU model; bench_decode's
+README table from a results file (markdown_table, --from-json); the
 fragment-order layouts of bench_fragment_order, their pure-torch reading against the Q4_K
 dequantizer, and its dp4a prototype under the interpreter (the MMA prototype is Gluon, GPU only:
 the benchmark checks it there)."""
@@ -18,6 +19,7 @@ from inductor_fuse.quant.formats import FORMATS
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import ab_decode  # noqa: E402 -- importing these launches nothing
+import bench_decode  # noqa: E402
 import bench_fragment_order as fragment  # noqa: E402
 import bench_kernels  # noqa: E402
 
@@ -150,3 +152,39 @@ def test_ab_decode_runs_both_values_in_turn(tmp_path, monkeypatch, capsys):
     assert all(r["decode_tok_s"] > 0 and r["system"] == "inductor_fuse" for r in doc["rows"])
     assert [s["value"] for s in doc["summary"]] == [False, True]
     assert "A/B of pdl" in capsys.readouterr().out
+
+
+def _decode_row(model, system, ctx, tok_s, kv_buffer=32904, graphs="trees"):
+    return {"model": model, "system": system, "context": ctx, "decode_tok_s": tok_s, "decode_min": tok_s - 1,
+            "decode_max": tok_s + 1, "kv_buffer": kv_buffer, "cuda_graphs": graphs, "compile_s": 30.0,
+            "load_s": 3.0}  # fmt: skip
+
+
+def test_decode_markdown_table_rows_ratios_and_gaps():
+    rows = [
+        _decode_row("llama3-8b-q4_k_m", "inductor_fuse", 512, 440.0),
+        _decode_row("llama3-8b-q4_k_m", "inductor-tinygemm", 512, 200.0),
+        _decode_row("llama3-8b-q4_k_m", "inductor_fuse", 4096, 400.0),  # no tinygemm row there
+        _decode_row("llama3-8b-q4_k_m", "inductor_fuse", 512, 999.0, kv_buffer=648),  # a short buffer: left out
+        _decode_row("llama3-8b-q4_k_m", "inductor_fuse", 512, 777.0, graphs="plain"),  # the second mode: left out
+    ]
+    lines = bench_decode.markdown_table(rows).splitlines()
+    assert lines[0].startswith("| model | context | inductor_fuse, tok/s | stock, tinygemm, tok/s | llama.cpp")
+    assert lines[0].endswith("| inductor_fuse / stock, tinygemm |")
+    assert lines[2] == "| llama3-8b-q4_k_m | 512 | **440.0** (439.0-441.0) | 200.0 | 272.2 | 2.20x |"
+    assert lines[3] == "| llama3-8b-q4_k_m | 4,096 | **400.0** (399.0-401.0) | - | 253.5 | - |"
+    assert len([x for x in lines if x.startswith("| llama3")]) == 2
+    assert lines[-1] == (
+        "llama3-8b-q4_k_m inductor_fuse: compile 30.0 s, load 3.0 s; "
+        "llama3-8b-q4_k_m stock, tinygemm: compile 30.0 s, load 3.0 s."
+    )
+
+
+def test_decode_from_json_prints_the_table_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "2026-01-01-decode.json"
+    rows = [_decode_row("llama3-1b-q4_k_m", "inductor_fuse", 512, 1500.0)]
+    path.write_text(json.dumps(rows))
+    monkeypatch.setattr(bench_decode, "collect", lambda args: pytest.fail("--from-json ran a benchmark"))
+    monkeypatch.setattr(sys, "argv", ["bench_decode.py", "--from-json", str(path)])
+    bench_decode.main()
+    assert "| llama3-1b-q4_k_m | 512 | **1,500.0** (1,499.0-1,501.0) | 893.3 |" in capsys.readouterr().out
