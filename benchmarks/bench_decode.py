@@ -343,11 +343,12 @@ def markdown_table(rows: list[dict]) -> str:
     models = sorted({r["model"] for r in rows}, key=lambda m: MODELS.index(m) if m in MODELS else len(MODELS))
     systems = [s for s in SYSTEMS if any(r["system"] == s for r in rows)]
     stock = [s for s in systems if s != "inductor_fuse"]
-    cells: dict[tuple, dict] = {}
-    for r in rows:
-        big = max(x["kv_buffer"] for x in rows if x["model"] == r["model"])
-        if r.get("cuda_graphs") == mode and r["kv_buffer"] == big:
-            cells[r["model"], r["context"], r["system"]] = r
+    big = {m: max(r["kv_buffer"] for r in rows if r["model"] == m) for m in models}
+    cells = {
+        (r["model"], r["context"], r["system"]): r
+        for r in rows
+        if r.get("cuda_graphs") == mode and r["kv_buffer"] == big[r["model"]]
+    }
     head = ["model", "context", *(f"{SYSTEM_TITLES[s]}, tok/s" for s in systems), "llama.cpp (H200), tok/s"]
     head += [f"inductor_fuse / {SYSTEM_TITLES[s]}" for s in stock if "inductor_fuse" in systems]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
