@@ -509,12 +509,12 @@ def register_kernels(*specs: KernelSpec) -> tuple[KernelSpec, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
-def l2_prefetch_args(planes: Sequence[torch.Tensor], N: int, device: torch.device) -> dict[str, int]:
+def l2_prefetch_args(planes: Sequence[torch.Tensor], N: int, early: bool) -> dict[str, int]:
     """The matvec's L2 prefetch arguments (config.settings.l2_prefetch units, where the matvec
-    triggers early, `pdl_early`: so by default in graphs of 2 GiB of linear weights or more): each
-    plane's row bytes, 0 for a plane that is not [N, ...] (nothing asked of it)."""
+    triggers early, `early` = `pdl_early(device)`: so by default in graphs of 2 GiB of linear weights
+    or more): each plane's row bytes, 0 for a plane that is not [N, ...] (nothing asked of it)."""
     units = config.settings.l2_prefetch
-    if units <= 0 or not pdl_early(device):
+    if units <= 0 or not early:
         return {}
     rbs = [p.shape[1] * p.element_size() if p.dim() == 2 and p.shape[0] == N else 0 for p in planes]
     rbs += [0] * (4 - len(rbs))
@@ -564,6 +564,7 @@ def launch_matvec(
     else:
         dst = out
     use_pdl = pdl(dev)
+    early = pdl_early(dev)
     compiled = matvec_kernel[grid](
         xa.xq, xa.xd, xa.xs32, xa.xs16, *ps, bias if bias is not None else dst, dst, M, N, K, ups,
         *(p.stride(0) for p in ps),
@@ -571,12 +572,12 @@ def launch_matvec(
         UNIT=spec.unit, GROUP=spec.group, HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=cfg.prefetch,
         BLOCK_M=block_m, M_BLOCKS=triton.cdiv(M, block_m), BLOCK_N=cfg.block_n, BLOCK_U=cfg.block_u,
         USE_ASM=not interpreting(), GLU=glu if split == 1 else 0, EVEN=n_units % cfg.block_u == 0, PDL=use_pdl,
-        PDL_EARLY=pdl_early(dev),
+        PDL_EARLY=early,
         **({} if ya is None else dict(
             yq_ptr=ya[0].xq.view(torch.int8), yd_ptr=ya[0].xd, ys32_ptr=ya[0].xs32, ys16_ptr=ya[0].xs16, QUANT_OUT=True,
             INTERLEAVE_OUT=ya[1],
         )),
-        **l2_prefetch_args(planes, N, dev),
+        **l2_prefetch_args(planes, N, early),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(dev),
     )  # fmt: skip
     if config.settings.on_matvec_launch is not None:
