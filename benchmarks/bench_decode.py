@@ -286,6 +286,13 @@ def run(model_name: str, system: str, args, workdir: Path, graphs: str = "trees"
     return rows
 
 
+def largest_buffers(rows: list[dict]) -> dict[str, int]:
+    """model -> the largest KV buffer of its rows (the one `plot` and `markdown_table` show), the
+    models in MODELS' order (others first)."""
+    models = sorted({r["model"] for r in rows}, key=lambda m: MODELS.index(m) if m in MODELS else -1)
+    return {m: max(r["kv_buffer"] for r in rows if r["model"] == m) for m in models}
+
+
 def plot(rows: list[dict], path: Path) -> None:
     try:
         import matplotlib
@@ -295,15 +302,14 @@ def plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         print("matplotlib not installed: no plot")
         return
-    models = sorted({r["model"] for r in rows}, key=lambda m: MODELS.index(m) if m in MODELS else -1)
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
-    for ax, m in zip(axes[0], models):
+    big = largest_buffers(rows)  # one buffer per line
+    fig, axes = plt.subplots(1, len(big), figsize=(5 * len(big), 4), squeeze=False)
+    for ax, m in zip(axes[0], big):
         for s, g in [(s, g) for s in SYSTEMS for g in ("trees", "plain", None)]:
-            big = max((r["kv_buffer"] for r in rows if r["model"] == m), default=0)  # one buffer per line
             pts = sorted(
                 (r["context"], r["decode_tok_s"])
                 for r in rows
-                if r["model"] == m and r["system"] == s and r.get("cuda_graphs", "trees") == g and r["kv_buffer"] == big
+                if (r["model"], r["system"], r.get("cuda_graphs", "trees"), r["kv_buffer"]) == (m, s, g, big[m])
             )
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=s if g in ("trees", None) else f"{s} ({g} graphs)")
@@ -340,19 +346,18 @@ def markdown_table(rows: list[dict]) -> str:
     seconds. Rows of the first CUDA-graph mode and of each model's largest KV buffer only (as
     `plot`); a cell without a row is "-"."""
     mode = rows[0].get("cuda_graphs") if rows else None
-    models = sorted({r["model"] for r in rows}, key=lambda m: MODELS.index(m) if m in MODELS else len(MODELS))
+    big = largest_buffers(rows)
     systems = [s for s in SYSTEMS if any(r["system"] == s for r in rows)]
-    stock = [s for s in systems if s != "inductor_fuse"]
-    big = {m: max(r["kv_buffer"] for r in rows if r["model"] == m) for m in models}
+    ratios = [s for s in systems if s != "inductor_fuse"] if "inductor_fuse" in systems else []
     cells = {
         (r["model"], r["context"], r["system"]): r
         for r in rows
         if r.get("cuda_graphs") == mode and r["kv_buffer"] == big[r["model"]]
     }
     head = ["model", "context", *(f"{SYSTEM_TITLES[s]}, tok/s" for s in systems), "llama.cpp (H200), tok/s"]
-    head += [f"inductor_fuse / {SYSTEM_TITLES[s]}" for s in stock if "inductor_fuse" in systems]
+    head += [f"inductor_fuse / {SYSTEM_TITLES[s]}" for s in ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in models:
+    for m in big:
         for c in sorted({ctx for (mm, ctx, _) in cells if mm == m}):
             row = [m, f"{c:,}"]
             for s in systems:
@@ -366,13 +371,13 @@ def markdown_table(rows: list[dict]) -> str:
             ref = LLAMA_CPP.get(m, {}).get(c)
             row.append("-" if ref is None else f"{ref:,.1f}")
             ours = cells.get((m, c, "inductor_fuse"))
-            for s in stock if "inductor_fuse" in systems else []:
+            for s in ratios:
                 other = cells.get((m, c, s))
                 ratio = None if ours is None or other is None else ours["decode_tok_s"] / other["decode_tok_s"]
                 row.append("-" if ratio is None else f"{ratio:.2f}x")
             lines.append("| " + " | ".join(row) + " |")
     seconds = []
-    for m in models:
+    for m in big:
         for s in systems:
             r = next((x for (mm, _, ss), x in cells.items() if mm == m and ss == s), None)
             if r is not None:
