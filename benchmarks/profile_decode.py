@@ -11,6 +11,11 @@ kernel kind (matvec per format, attention, norm, act_quant, Inductor's fused ker
 launches and microseconds, the sum of kernel time against the wall time (the rest is gaps: launch
 latency inside the CUDA graph and the host's read of each token), and the byte floor: the bytes a
 token must read (the quantized weights and the live KV cache) over the measured copy bandwidth.
+With programmatic dependent launch a kernel starts, and waits, while the one before it runs, so
+those device times overlap and add up to more than the wall time. A second table (`timeline`)
+splits the GPU's timeline itself: each kernel is charged only the time it adds past the end of
+the kernels before it, grouped by role (kernel, grid, and the kind of kernel before it: a Llama
+layer's q|k|v, o, gate|up and down matvecs differ by those), plus the gaps where nothing ran.
 `--configs` names the rule families switched off per configuration (`default`: none;
 `act_quant`: the act_quant family off; `act_quant+glu`: both). `--prefill N` profiles the compiled
 prefill of an N-token prompt instead (`compile_prefill`, as examples/decode.py runs it on a GPU):
@@ -27,6 +32,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,6 +63,55 @@ KINDS = (
 
 def kind_of(name: str) -> str:
     return next((k for k, pat in KINDS if pat.search(name)), "other")
+
+
+def timeline(events: list[dict], steps: int) -> dict:
+    """The GPU timeline of `steps` decode steps split among the kernels that ran. `events`: the GPU
+    events of one stream as a Chrome trace has them (`name`, `ts` and `dur` in microseconds,
+    `args.grid`). Each kernel is charged its exclusive time, from the later of its start and the end
+    of every event before it to its own end: under PDL a kernel starts and waits while the one
+    before it still runs, and that overlap counts once, to the earlier kernel. Where the stream
+    idles between two events it is a gap. Exclusive times and gaps add up to the span, first start
+    to last end. Roles: (name, grid, kind of the event before), per token."""
+    events = sorted(events, key=lambda e: e["ts"])
+    roles: dict[tuple, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    gaps = 0.0
+    done, before = None, "(start)"
+    for e in events:
+        start, end = float(e["ts"]), float(e["ts"]) + float(e["dur"])
+        if done is None:
+            excl = end - start
+        else:
+            gaps += max(0.0, start - done)
+            excl = max(0.0, end - max(start, done))
+        grid = "x".join(str(g) for g in (e.get("args") or {}).get("grid", ()) if g != 1) or "1"
+        r = roles[(e["name"], grid, before)]
+        r[0] += 1
+        r[1] += excl
+        r[2] += end - start
+        done = end if done is None else max(done, end)
+        before = kind_of(e["name"])
+    span = done - events[0]["ts"] if events else 0.0
+    rows = [
+        {"name": n, "kind": kind_of(n), "grid": g, "after": b, "launches_per_token": c / steps,
+         "exclusive_us_per_token": x / steps, "device_us_per_launch": d / c}
+        for (n, g, b), (c, x, d) in roles.items()
+    ]  # fmt: skip
+    rows.sort(key=lambda r: -r["exclusive_us_per_token"])
+    return {"span_us_per_token": span / steps, "gap_us_per_token": gaps / steps, "roles": rows}
+
+
+def trace_events(prof) -> list[dict]:
+    """The GPU events (kernels, copies, sets) of the stream that ran the most of them, from the
+    profiler's Chrome trace."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    gpu = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+    streams = collections.Counter((e.get("args") or {}).get("stream") for e in gpu)
+    main = streams.most_common(1)[0][0] if streams else None
+    return [e for e in gpu if (e.get("args") or {}).get("stream") == main]
 
 
 def copy_bandwidth() -> float:
@@ -107,6 +162,7 @@ def profile_config(model, off: list[str], ctx: int, tokens: int) -> dict:
         for n, ts in per_name.items()
     ]
     kernels.sort(key=lambda k: -k["us_per_token"])
+    line = timeline(trace_events(prof), steps)
     del step
     torch._dynamo.reset()  # the next configuration compiles decode_one_token afresh
     return {
@@ -115,6 +171,7 @@ def profile_config(model, off: list[str], ctx: int, tokens: int) -> dict:
         "decode_min": walls[0],
         "decode_max": walls[-1],
         "kernels": kernels,
+        "timeline": line,
     }
 
 
@@ -212,6 +269,21 @@ def main() -> None:
                         for k in r["kernels"][:15]
                     ],
                 )  # fmt: skip
+                if "timeline" in r:
+                    t = r["timeline"]
+                    print_table(
+                        f"timeline: {t['span_us_per_token']:.0f} us/token from the first kernel's start to the last "
+                        f"one's end, {t['gap_us_per_token']:.1f} of it idle; each kernel charged the time it adds "
+                        "past the end of those before it",
+                        ["kernel", "grid", "after", "per token", "excl. us/token", "us/launch", "device us/launch"],
+                        [
+                            [x["name"][:40], x["grid"], x["after"], f"{x['launches_per_token']:.1f}",
+                             f"{x['exclusive_us_per_token']:.1f}",
+                             f"{x['exclusive_us_per_token'] / x['launches_per_token']:.2f}",
+                             f"{x['device_us_per_launch']:.2f}"]
+                            for x in t["roles"][:25]
+                        ],
+                    )  # fmt: skip
                 results.append(
                     {
                         "model": name,

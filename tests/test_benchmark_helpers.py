@@ -1,7 +1,8 @@
 """Helpers of the GPU benchmarks that run without a GPU: bench_kernels.small_m_summary (the verdict
 line per shape against the few-rows targets, docs/kernels.md "A few rows") and w4a16_grid;
 ab_decode's setting parser and summary, and one A/B run of it on the tiny CPU model; bench_decode's
-README table from a results file (markdown_table, --from-json); the
+README table from a results file (markdown_table, --from-json); profile_decode's timeline (the
+GPU's time split among overlapping kernels); the
 fragment-order layouts of bench_fragment_order, their pure-torch reading against the Q4_K
 dequantizer, and its dp4a prototype under the interpreter (the MMA prototype is Gluon, GPU only:
 the benchmark checks it there)."""
@@ -22,6 +23,7 @@ import ab_decode  # noqa: E402 -- importing these launches nothing
 import bench_decode  # noqa: E402
 import bench_fragment_order as fragment  # noqa: E402
 import bench_kernels  # noqa: E402
+import profile_decode  # noqa: E402
 
 
 def _row(shape, M, op, bf16, fmt="q4_k"):
@@ -188,3 +190,26 @@ def test_decode_from_json_prints_the_table_and_runs_nothing(tmp_path, monkeypatc
     monkeypatch.setattr(sys, "argv", ["bench_decode.py", "--from-json", str(path)])
     bench_decode.main()
     assert "| llama3-1b-q4_k_m | 512 | **1,500.0** (1,499.0-1,501.0) | 893.3 |" in capsys.readouterr().out
+
+
+def test_profile_timeline_charges_overlap_once_and_adds_up_to_the_span():
+    # a matvec; a norm launched early under PDL (starts at 5, ends at 15: it adds 5); idle 15-20; a
+    # merge; an act_quant inside the merge's run (adds nothing); then the norm again after a merge
+    ev = [
+        {"name": "matvec_kernel", "ts": 0.0, "dur": 10.0, "args": {"grid": [2048, 1, 1]}},
+        {"name": "_rmsnorm_quantize_kernel", "ts": 5.0, "dur": 10.0, "args": {"grid": [1, 1, 1]}},
+        {"name": "_merge_kernel", "ts": 20.0, "dur": 2.0, "args": {"grid": [32, 1, 1]}},
+        {"name": "_act_quant_kernel", "ts": 21.0, "dur": 0.5, "args": {"grid": [1, 1, 1]}},
+        {"name": "_rmsnorm_quantize_kernel", "ts": 23.0, "dur": 1.0, "args": {"grid": [1, 1, 1]}},
+    ]
+    t = profile_decode.timeline(list(reversed(ev)), steps=2)  # sorted by start inside
+    assert t["span_us_per_token"] == 12.0 and t["gap_us_per_token"] == 3.0  # (24 - 0) / 2, (5 + 1) / 2
+    roles = {(r["name"], r["grid"], r["after"]): r for r in t["roles"]}
+    assert roles[("matvec_kernel", "2048", "(start)")]["exclusive_us_per_token"] == 5.0
+    norm_after_matvec = roles[("_rmsnorm_quantize_kernel", "1", "matvec")]
+    assert norm_after_matvec["exclusive_us_per_token"] == 2.5 and norm_after_matvec["device_us_per_launch"] == 10.0
+    assert roles[("_act_quant_kernel", "1", "attention")]["exclusive_us_per_token"] == 0.0
+    assert roles[("_rmsnorm_quantize_kernel", "1", "act_quant")]["launches_per_token"] == 0.5
+    total = sum(r["exclusive_us_per_token"] for r in t["roles"]) + t["gap_us_per_token"]
+    assert total == t["span_us_per_token"]
+    assert t["roles"][0]["name"] == "matvec_kernel"  # the largest share first
