@@ -71,33 +71,33 @@ def timeline(events: list[dict], steps: int) -> dict:
     `args.grid`). Each kernel is charged its exclusive time, from the later of its start and the end
     of every event before it to its own end: under PDL a kernel starts and waits while the one
     before it still runs, and that overlap counts once, to the earlier kernel. Where the stream
-    idles between two events it is a gap. Exclusive times and gaps add up to the span, first start
-    to last end. Roles: (name, grid, kind of the event before), per token."""
+    idles between two events it is a gap, charged to the role of the event after it (`idle_before`).
+    Exclusive times and gaps add up to the span, first start to last end. Roles: (name, grid, kind
+    of the event before), per token, the largest exclusive + idle time first."""
     events = sorted(events, key=lambda e: e["ts"])
-    roles: dict[tuple, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    roles: dict[tuple, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     gaps = 0.0
     done, before = None, "(start)"
     for e in events:
         start, end = float(e["ts"]), float(e["ts"]) + float(e["dur"])
-        if done is None:
-            excl = end - start
-        else:
-            gaps += max(0.0, start - done)
-            excl = max(0.0, end - max(start, done))
+        idle = 0.0 if done is None else max(0.0, start - done)
+        excl = max(0.0, end - max(start, start if done is None else done))
+        gaps += idle
         grid = "x".join(str(g) for g in (e.get("args") or {}).get("grid", ()) if g != 1) or "1"
         r = roles[(e["name"], grid, before)]
         r[0] += 1
         r[1] += excl
         r[2] += end - start
+        r[3] += idle
         done = end if done is None else max(done, end)
         before = kind_of(e["name"])
     span = done - events[0]["ts"] if events else 0.0
     rows = [
         {"name": n, "kind": kind_of(n), "grid": g, "after": b, "launches_per_token": c / steps,
-         "exclusive_us_per_token": x / steps, "device_us_per_launch": d / c}
-        for (n, g, b), (c, x, d) in roles.items()
+         "exclusive_us_per_token": x / steps, "device_us_per_launch": d / c, "idle_before_us_per_token": i / steps}
+        for (n, g, b), (c, x, d, i) in roles.items()
     ]  # fmt: skip
-    rows.sort(key=lambda r: -r["exclusive_us_per_token"])
+    rows.sort(key=lambda r: -(r["exclusive_us_per_token"] + r["idle_before_us_per_token"]))
     return {"span_us_per_token": span / steps, "gap_us_per_token": gaps / steps, "roles": rows}
 
 
@@ -275,12 +275,13 @@ def main() -> None:
                         f"timeline: {t['span_us_per_token']:.0f} us/token from the first kernel's start to the last "
                         f"one's end, {t['gap_us_per_token']:.1f} of it idle; each kernel charged the time it adds "
                         "past the end of those before it",
-                        ["kernel", "grid", "after", "per token", "excl. us/token", "us/launch", "device us/launch"],
+                        ["kernel", "grid", "after", "per token", "excl. us/token", "us/launch", "device us/launch",
+                         "idle before"],
                         [
                             [x["name"][:40], x["grid"], x["after"], f"{x['launches_per_token']:.1f}",
                              f"{x['exclusive_us_per_token']:.1f}",
                              f"{x['exclusive_us_per_token'] / x['launches_per_token']:.2f}",
-                             f"{x['device_us_per_launch']:.2f}"]
+                             f"{x['device_us_per_launch']:.2f}", f"{x['idle_before_us_per_token']:.1f}"]
                             for x in t["roles"][:25]
                         ],
                     )  # fmt: skip

@@ -210,6 +210,8 @@ def test_profile_timeline_charges_overlap_once_and_adds_up_to_the_span():
     assert norm_after_matvec["exclusive_us_per_token"] == 2.5 and norm_after_matvec["device_us_per_launch"] == 10.0
     assert roles[("_act_quant_kernel", "1", "attention")]["exclusive_us_per_token"] == 0.0
     assert roles[("_rmsnorm_quantize_kernel", "1", "act_quant")]["launches_per_token"] == 0.5
+    assert roles[("_merge_kernel", "32", "rmsnorm+act_quant")]["idle_before_us_per_token"] == 2.5  # 15 -> 20
+    assert roles[("_rmsnorm_quantize_kernel", "1", "act_quant")]["idle_before_us_per_token"] == 0.5  # 22 -> 23
     total = sum(r["exclusive_us_per_token"] for r in t["roles"]) + t["gap_us_per_token"]
     assert total == t["span_us_per_token"]
     assert t["roles"][0]["name"] == "matvec_kernel"  # the largest share first
