@@ -156,7 +156,7 @@ def profile_config(model, off: list[str], ctx: int, tokens: int) -> dict:
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
             per_name[e.name].append(e.device_time if hasattr(e, "device_time") else e.cuda_time)
-    steps = tokens + 1  # the first token comes from the prefill stand-in; `tokens` decode steps run
+    steps = tokens - 1  # the first token comes from the prefill stand-in: `tokens` - 1 decode steps run
     kernels = [
         {"name": n, "kind": kind_of(n), "launches_per_token": len(ts) / steps, "us_per_token": sum(ts) / steps}
         for n, ts in per_name.items()
@@ -167,6 +167,7 @@ def profile_config(model, off: list[str], ctx: int, tokens: int) -> dict:
     torch._dynamo.reset()  # the next configuration compiles decode_one_token afresh
     return {
         "families_off": off,
+        "decode_steps": steps,
         "decode_tok_s": tok_s,
         "decode_min": walls[0],
         "decode_max": walls[-1],
