@@ -77,11 +77,12 @@ def timeline(events: list[dict], steps: int) -> dict:
     events = sorted(events, key=lambda e: e["ts"])
     roles: dict[tuple, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     gaps = 0.0
-    done, before = None, "(start)"
+    first = float(events[0]["ts"]) if events else 0.0
+    done, before = first, "(start)"  # done: the end of every event so far
     for e in events:
         start, end = float(e["ts"]), float(e["ts"]) + float(e["dur"])
-        idle = 0.0 if done is None else max(0.0, start - done)
-        excl = max(0.0, end - max(start, start if done is None else done))
+        idle = max(0.0, start - done)
+        excl = max(0.0, end - max(start, done))
         gaps += idle
         grid = "x".join(str(g) for g in (e.get("args") or {}).get("grid", ()) if g != 1) or "1"
         r = roles[(e["name"], grid, before)]
@@ -89,9 +90,9 @@ def timeline(events: list[dict], steps: int) -> dict:
         r[1] += excl
         r[2] += end - start
         r[3] += idle
-        done = end if done is None else max(done, end)
+        done = max(done, end)
         before = kind_of(e["name"])
-    span = done - events[0]["ts"] if events else 0.0
+    span = done - first
     rows = [
         {"name": n, "kind": kind_of(n), "grid": g, "after": b, "launches_per_token": c / steps,
          "exclusive_us_per_token": x / steps, "device_us_per_launch": d / c, "idle_before_us_per_token": i / steps}
