@@ -194,7 +194,8 @@ def test_decode_from_json_prints_the_table_and_runs_nothing(tmp_path, monkeypatc
 
 def test_profile_timeline_charges_overlap_once_and_adds_up_to_the_span():
     # a matvec; a norm launched early under PDL (starts at 5, ends at 15: it adds 5); idle 15-20; a
-    # merge; an act_quant inside the merge's run (adds nothing); then the norm again after a merge
+    # merge; an act_quant inside the merge's run (adds nothing); idle 22-23; then the norm again,
+    # after that act_quant
     ev = [
         {"name": "matvec_kernel", "ts": 0.0, "dur": 10.0, "args": {"grid": [2048, 1, 1]}},
         {"name": "_rmsnorm_quantize_kernel", "ts": 5.0, "dur": 10.0, "args": {"grid": [1, 1, 1]}},
