@@ -30,6 +30,12 @@ loads the compiled graph from Inductor's FX graph cache by its key with those co
 it as AOT's wrapper would. A second model of the same class with other weights thus gets its own
 weights, and a miss anywhere (an evicted FX entry, an unreadable file) compiles cold.
 
+One kind of constant is not read by the compiled code but written into it: Inductor inlines a 0-d
+tensor and a 1-d one of at most 8 elements (a small bias, a scale) by value. The key therefore holds
+the values of every such tensor of the Dynamo graph (a model with other values gets an entry of its
+own), and the entry holds the values of each one its code inlined; a warm start whose recipes give
+other values (a small fold of large tensors) compiles cold.
+
 A graph with symbolic shapes (``dynamic=True``: a compiled prefill) is keyed by its traced sizes,
 not by a call's: one entry serves every length. The FX graph cache's shape guards decide whether its
 compiled code holds for the call's sizes, as on a stock AOT-cache hit; since it may keep several
@@ -59,7 +65,7 @@ import torch.fx as fx
 from . import config
 from .freezing import tensor_meta
 
-FORMAT = 2  # bump when an entry's layout changes
+FORMAT = 3  # bump when an entry's layout changes
 # Part of every key. The test suite sets it to each test's id, so that no test meets an entry
 # another test wrote (tests that spy on the compile would see a warm start instead).
 KEY_SALT = ""
@@ -293,10 +299,23 @@ class Recorder:
                 idx = len(recipes) - 1
             constants[orig_name] = idx
 
+        # the small constants Inductor wrote into the compiled code by value (not read as frozen
+        # parameters, so not in `constants`): a warm start must find the same values
+        inlined: dict[str, tuple[int, torch.Tensor]] = {}
+        for node in frozen_gm.graph.find_nodes(op="get_attr"):
+            value = _attr(frozen_gm, node.target)
+            if node.target in constants or not isinstance(value, torch.Tensor) or not _inlinable(value):
+                continue
+            idx = self._by_tensor.get(id(value))
+            if idx is None:
+                recipes.append(alias(value))
+                idx = len(recipes) - 1
+            inlined[node.target] = (idx, value.detach().to("cpu", copy=True))
+
         # every recipe the entry uses, re-run now, must give its constant back
         build = _Builder(recipes, tensors, keep=False)
         fold_bytes = 0  # what a warm start allocates on the host
-        for name, idx in constants.items():
+        for name, idx in [*constants.items(), *((n, i) for n, (i, _) in inlined.items())]:
             want, got = _attr(frozen_gm, name), build(idx)
             if tensor_meta(want) != tensor_meta(got) or not _same_values(want, got):
                 raise NotCacheable(f"re-running the recipe of {name} did not reproduce it")
@@ -309,6 +328,7 @@ class Recorder:
             "fx_key": fx_key,
             "recipes": recipes,
             "constants": constants,
+            "inlined": inlined,
             "args": args,
             "bump_versions": mutated,
             "cudagraphs": initial["cudagraphs"],
@@ -327,6 +347,21 @@ def _compiled_id(compiled: Any) -> tuple[str | None, str]:
     """The shape guards an FX graph cache entry was saved with, and a hash of its code."""
     code = getattr(compiled, "source_code", None) or ""
     return (getattr(compiled, "guards_expr", None), hashlib.sha256(code.encode()).hexdigest())
+
+
+def _inlinable(t: torch.Tensor) -> bool:
+    """Whether Inductor may write t into the compiled code by value instead of reading it: a 0-d
+    tensor, or a 1-d one of at most 8 elements (``GraphLowering.get_attr``). Its FX graph cache
+    hashes such a constant's values, so an entry loaded by its key carries another model's values."""
+    return t.dim() == 0 or (t.dim() == 1 and t.shape[0] <= 8)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal dtype, sizes and bits (a NaN equals itself, -0.0 is not 0.0)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a, b = (t.detach().to("cpu").reshape(-1).contiguous() for t in (a, b))
+    return bool(torch.equal(a.view(torch.uint8), b.view(torch.uint8))) if a.numel() else True
 
 
 def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -498,6 +533,8 @@ def cache_key(
     first_of: dict[tuple[Any, int], str] = {}
     for name, t in tensors.items():
         add(name, isinstance(t, torch.nn.Parameter), _tensor_key(t), first_of.setdefault(_storage(t), name))
+        if _inlinable(t):  # its values may be in the compiled code: a model with others gets its own entry
+            add(t.detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).tolist() if t.numel() else [])
     placeholders = gm.graph.find_nodes(op="placeholder")
     if len(placeholders) != len(inputs):
         raise NotCacheable("the graph's placeholders are not its inputs")
@@ -581,6 +618,12 @@ def compiled_from(entry: dict[str, Any], gm: fx.GraphModule, inputs: Sequence[An
             f"its CPU constants ({entry['cpu_fold_bytes'] / 2**30:.1f} GiB) need more memory than is available now"
         )
     tensors = _graph_tensors(gm)
+    build = _Builder(entry["recipes"], tensors, keep=False)
+    for name, (idx, value) in entry["inlined"].items():
+        if not _same_bits(build(idx), value):
+            raise NotCacheable(
+                f"its compiled code holds the values of {name} {list(value.shape)}, and this model's differ"
+            )
     holder = torch.nn.Module()  # what CompiledFxGraphConstantsWithGm reads the frozen constants from
     for name, value in build_constants(entry["recipes"], entry["constants"], tensors).items():
         setattr(holder, name, value)

@@ -1,5 +1,6 @@
 import os
 import sys
+import uuid
 
 # Triton kernels run on the CPU under the interpreter unless INDUCTOR_FUSE_GPU_TESTS=1 asks for
 # the real GPU kernels. Set here, before anything imports a kernel module: `triton.jit` reads the
@@ -30,14 +31,18 @@ torch._dynamo.config.recompile_limit = 256
 torch._dynamo.config.accumulated_recompile_limit = 4096
 
 
+_RUN = uuid.uuid4().hex  # this run's (each xdist worker draws its own: a test runs in one worker)
+
+
 @pytest.fixture(autouse=True)
 def _frozen_cache_per_test(request, monkeypatch):
     """The frozen-graph cache (inductor_fuse/frozen_cache.py) works within a test as for a user (a
     second model instance starts warm from the first one's entry), but no test meets an entry that
-    another test wrote: a test that spies on the compile must see it run, whatever ran before it."""
+    another test wrote: a test that spies on the compile must see it run, whatever ran before it,
+    in this run or in an earlier run on the same machine (Inductor's cache directory outlives it)."""
     from inductor_fuse import frozen_cache
 
-    monkeypatch.setattr(frozen_cache, "KEY_SALT", request.node.nodeid)
+    monkeypatch.setattr(frozen_cache, "KEY_SALT", f"{_RUN} {request.node.nodeid}")
 
 
 @pytest.fixture(autouse=True)

@@ -208,6 +208,49 @@ def test_in_process_hit_uses_the_new_models_weights(tmp_path, monkeypatch):
     assert rel_err(want0, want1) > 0.1
 
 
+class SmallTensors(torch.nn.Module):
+    """Tensors Inductor writes into the compiled code by value (a 0-d one, a 1-d one of 8 elements:
+    a bias), beside one it reads (the weight)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.nn.Parameter(torch.randn(8, 32, generator=g))
+        self.bias = torch.nn.Parameter(torch.randn(8, generator=g))
+        self.scale = torch.nn.Parameter(torch.rand((), generator=g) + 0.5)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight, self.bias) * self.scale
+
+
+def test_small_tensors_written_into_the_code_are_the_new_models(tmp_path, monkeypatch):
+    # Inductor inlines a 0-d tensor and a 1-d one of <= 8 elements into the compiled code by value;
+    # the FX graph cache hashes those values, but a warm start loads its entry by the recorded key.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    runs = {}
+    for tag, seed in [("a", 30), ("b", 31), ("a again", 30)]:
+        got, want, rep = compile_once(SmallTensors(seed), X)
+        runs[tag] = rep.frozen_cache
+        assert rel_err(got, want) < 1e-6, (tag, rep.notes)
+    # another model's values key an entry of their own; the same values hit
+    assert runs == {"a": "saved", "b": "saved", "a again": "hit"}, runs
+    entries = list((tmp_path / "inductor_fuse_frozen").rglob("*.pkl"))
+    assert len(entries) == 2
+    for path in entries:  # the entries record the values they hold in their code
+        data = pickle.loads(path.read_bytes())
+        shapes = sorted(tuple(v.shape) for _, v in data["inlined"].values())
+        assert shapes == [(), (8,)], data["inlined"]
+        # an entry whose values are not the model's (one reached past the key) is not used
+        for _, value in data["inlined"].values():
+            value.add_(1.0)
+        path.write_bytes(pickle.dumps(data))
+    for seed in (30, 31):
+        got, want, rep = compile_once(SmallTensors(seed), X)
+        assert rep.frozen_cache == "saved", rep.notes  # compiled cold, the entry written anew
+        assert any("this model's differ" in n for n in rep.notes), rep.notes
+        assert rel_err(got, want) < 1e-6
+
+
 def test_off_switch(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     with config.patch(frozen_cache=False):
