@@ -66,8 +66,9 @@ from . import config
 from .freezing import tensor_meta
 
 FORMAT = 3  # bump when an entry's layout changes
-# Part of every key. The test suite sets it to each test's id, so that no test meets an entry
-# another test wrote (tests that spy on the compile would see a warm start instead).
+# Part of every key. The test suite sets it to the run's and each test's id, so that no test meets
+# an entry another test or an earlier run wrote (tests that spy on the compile would see a warm
+# start instead).
 KEY_SALT = ""
 
 
