@@ -291,15 +291,19 @@ class Recorder:
                 args.append(("input", i - len(params)))
 
         recipes: list[Alias | Fold] = [alias(r.tensor) if isinstance(r, _Source) else r for r in self.recipes]
-        constants: dict[str, int] = {}
-        for orig_name in dict.fromkeys(getattr(compiled, "frozen_param_names", {}).values()):
-            value = _attr(frozen_gm, orig_name)
+
+        def recipe_of(value: torch.Tensor) -> int:
+            """The recipe index of a constant of the frozen graph: recorded, else one of the model's tensors."""
             idx = self._by_tensor.get(id(value))
             if idx is None:
                 recipes.append(alias(value))
                 idx = len(recipes) - 1
-            constants[orig_name] = idx
+            return idx
 
+        constants = {
+            name: recipe_of(_attr(frozen_gm, name))
+            for name in dict.fromkeys(getattr(compiled, "frozen_param_names", {}).values())
+        }
         # the small constants Inductor wrote into the compiled code by value (not read as frozen
         # parameters, so not in `constants`): a warm start must find the same values
         inlined: dict[str, tuple[int, torch.Tensor]] = {}
@@ -307,11 +311,7 @@ class Recorder:
             value = _attr(frozen_gm, node.target)
             if node.target in constants or not isinstance(value, torch.Tensor) or not _inlinable(value):
                 continue
-            idx = self._by_tensor.get(id(value))
-            if idx is None:
-                recipes.append(alias(value))
-                idx = len(recipes) - 1
-            inlined[node.target] = (idx, value.detach().to("cpu", copy=True))
+            inlined[node.target] = (recipe_of(value), value.detach().to("cpu", copy=True))
 
         # every recipe the entry uses, re-run now, must give its constant back
         build = _Builder(recipes, tensors, keep=False)
@@ -357,12 +357,15 @@ def _inlinable(t: torch.Tensor) -> bool:
     return t.dim() == 0 or (t.dim() == 1 and t.shape[0] <= 8)
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """t's bytes, flat, on the CPU (uint8)."""
+    flat = t.detach().to("cpu").reshape(-1).contiguous()
+    return flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
+
+
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal dtype, sizes and bits (a NaN equals itself, -0.0 is not 0.0)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    a, b = (t.detach().to("cpu").reshape(-1).contiguous() for t in (a, b))
-    return bool(torch.equal(a.view(torch.uint8), b.view(torch.uint8))) if a.numel() else True
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(_bits(a), _bits(b)))
 
 
 def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -434,14 +437,6 @@ class _Builder:
         if self.keep or not top:
             self.memo[idx] = out
         return out
-
-
-def build_constants(
-    recipes: Sequence[Alias | Fold], constants: dict[str, int], tensors: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Each constant the entry names, made from the model's ``tensors`` by its recipe."""
-    build = _Builder(recipes, tensors)
-    return {name: build(idx) for name, idx in constants.items()}
 
 
 # --- the key --------------------------------------------------------------------------------
@@ -535,7 +530,7 @@ def cache_key(
     for name, t in tensors.items():
         add(name, isinstance(t, torch.nn.Parameter), _tensor_key(t), first_of.setdefault(_storage(t), name))
         if _inlinable(t):  # its values may be in the compiled code: a model with others gets its own entry
-            add(t.detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).tolist() if t.numel() else [])
+            add(_bits(t).tolist())
     placeholders = gm.graph.find_nodes(op="placeholder")
     if len(placeholders) != len(inputs):
         raise NotCacheable("the graph's placeholders are not its inputs")
@@ -619,15 +614,15 @@ def compiled_from(entry: dict[str, Any], gm: fx.GraphModule, inputs: Sequence[An
             f"its CPU constants ({entry['cpu_fold_bytes'] / 2**30:.1f} GiB) need more memory than is available now"
         )
     tensors = _graph_tensors(gm)
-    build = _Builder(entry["recipes"], tensors, keep=False)
+    build = _Builder(entry["recipes"], tensors)  # the model's constants, by the entry's recipes (folds once)
     for name, (idx, value) in entry["inlined"].items():
         if not _same_bits(build(idx), value):
             raise NotCacheable(
                 f"its compiled code holds the values of {name} {list(value.shape)}, and this model's differ"
             )
     holder = torch.nn.Module()  # what CompiledFxGraphConstantsWithGm reads the frozen constants from
-    for name, value in build_constants(entry["recipes"], entry["constants"], tensors).items():
-        setattr(holder, name, value)
+    for name, idx in entry["constants"].items():
+        setattr(holder, name, build(idx))
     arg_map = entry["args"]
     fixed = {k: tensors[x] for k, (kind, x) in enumerate(arg_map) if kind == "attr"}
     bump, n_out, dynamic_dims = entry["bump_versions"], entry["num_outputs"], entry["dynamic_dims"]
