@@ -22,6 +22,11 @@ What it does, per Dynamo graph:
    frozen"). A guard on each tensor's version counter would catch all but ``.data``, but reading
    ``_version`` through the guard tree cost 0.75 us a tensor: Gemma-3-270M decode ran 16% slower
    (benchmarks/bench_guards.py, benchmarks/results/2026-12-01-guards-version-guards.json).
+   The one in-place edit of ordinary use is seen: a ``torch.optim`` optimizer's step (a training
+   loop that evaluates under ``no_grad`` between steps). A global post-step hook marks the
+   parameters each step updated; a frozen graph called after a step looks for its own among them
+   and, where one is, runs stock Inductor without freezing from then on (``_TrainedWeights``, a
+   WARNING). Between steps a call costs one integer compare.
 2. Our rule families (``patterns/``) run as ``joint_custom_post_pass``, just before freezing.
    They express weight concatenations as graph nodes; freezing folds them into constants once,
    before Inductor's FX-graph-cache key is taken. Folded constants are frozen parameters: the
@@ -54,6 +59,7 @@ import logging
 import threading
 import time
 import unittest.mock
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,6 +72,8 @@ from torch._inductor import list_mode_options
 from torch._inductor.codecache import CppPythonBindingsCodeCache
 from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import config, frozen_cache, report
 from .freezing import incremental_freezing_props
@@ -102,6 +110,62 @@ def _id_match(builder: GuardBuilder, guard: Any) -> None:
     cache or not. Torch 2.13 writes the type alone; there the patched name is not read."""
     with unittest.mock.patch.object(dynamo_guards, "repr", _short_repr, create=True):
         GuardBuilder.ID_MATCH(builder, guard)
+
+
+_optimizer_steps = 0  # steps of torch.optim optimizers since the first frozen graph (_count_step)
+_stepped_at = WeakIdKeyDictionary()  # parameter -> _optimizer_steps after the last step that updated it
+
+
+def _count_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    """After each optimizer step: the parameters it updated (those with a gradient) are marked with
+    the step's number. Marks, not version counters: a fused optimizer's step (``Adam(fused=True)``)
+    leaves the counters as they were."""
+    global _optimizer_steps
+    _optimizer_steps += 1
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                _stepped_at[p] = _optimizer_steps
+
+
+@functools.cache
+def _count_optimizer_steps() -> None:
+    """Count every torch.optim optimizer's steps from now on: one global post-step hook, registered
+    with the first frozen graph (an import of the package leaves torch.optim alone)."""
+    register_optimizer_step_post_hook(_count_step)
+
+
+class _TrainedWeights:
+    """The parameters a frozen graph baked in. `moved()` is asked on every call and looks at them
+    only after an optimizer step. Weak references: the graph's record keeps no model alive."""
+
+    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+        _count_optimizer_steps()
+        self.steps = _optimizer_steps
+        self.params = [weakref.ref(p) for p in params]
+
+    def moved(self) -> int:
+        """How many of the parameters an optimizer step updated since the compile (0 where no
+        optimizer stepped since the last call)."""
+        if self.steps == _optimizer_steps:
+            return 0
+        since, self.steps = self.steps, _optimizer_steps
+        return sum((p := ref()) is not None and _stepped_at.get(p, 0) > since for ref in self.params)
+
+
+TRAINED = (
+    "an optimizer step changed {n} of the {total} parameter(s) this graph froze at compile time: "
+    "compiled again by stock Inductor without freezing (weights read at every call, no rewrites, "
+    "no CUDA graphs), used from this call on"
+)
+
+
+@torch._dynamo.disable  # called while a compiled frame runs: nothing in the compile is traced
+def _compile_unfrozen(gm: fx.GraphModule, inputs: list[Any], patches: dict[str, Any]) -> Callable:
+    """The graph by stock Inductor without freezing: the parameters stay graph attributes that
+    each call reads (TRAINED)."""
+    with torch.no_grad():
+        return compile_fx(gm, inputs, config_patches={**patches, "freezing": False, "triton.cudagraphs": False})
 
 
 def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[int]:
@@ -321,12 +385,22 @@ def inductor_fuse_backend(
 
     n_all, n_keep = len(example_inputs), len(keep)
     graph_pdl_early = config.graph_pdl_early
+    kept = set(keep)
+    params = [t for i, t in enumerate(example_inputs) if i not in kept and isinstance(t, torch.nn.Parameter)]
+    trained = _TrainedWeights(params) if params else None
 
     def run(*args):
+        nonlocal compiled, trained
         # Dynamo passes either every original input or, having seen the lifted placeholders
         # disappear from its graph, only the ones that are still inputs.
         if n_keep != n_all and len(args) == n_all:
             args = [args[i] for i in keep]
+        if trained is not None and (n := trained.moved()):
+            message = TRAINED.format(n=n, total=len(trained.params))
+            log.warning("inductor_fuse: %s", message)
+            rep.notes.append(message)
+            trained = None
+            compiled = _compile_unfrozen(gm, list(args), patches)
         # the kernels this graph launches (or a CUDA graph records) read it: config.pdl_early_wanted
         token = graph_pdl_early.set(early)
         try:
