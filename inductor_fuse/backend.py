@@ -163,9 +163,14 @@ TRAINED = (
 @torch._dynamo.disable  # called while a compiled frame runs: nothing in the compile is traced
 def _compile_unfrozen(gm: fx.GraphModule, inputs: list[Any], patches: dict[str, Any]) -> Callable:
     """The graph by stock Inductor without freezing: the parameters stay graph attributes that
-    each call reads (TRAINED)."""
-    with torch.no_grad():
-        return compile_fx(gm, inputs, config_patches={**patches, "freezing": False, "triton.cudagraphs": False})
+    each call reads (TRAINED). Where that compile fails, the graph itself, run eagerly."""
+    try:
+        with torch.no_grad():
+            return compile_fx(gm, inputs, config_patches={**patches, "freezing": False, "triton.cudagraphs": False})
+    except Exception as e:  # noqa: BLE001 -- the user's call must still get the trained weights' result
+        failed = f"{type(e).__name__}: {e}"
+        log.warning("inductor_fuse: compiling without freezing failed (%s); running the graph eagerly", failed)
+        return gm
 
 
 def _lift_parameters(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[int]:

@@ -225,6 +225,28 @@ def test_an_optimizer_step_is_seen_by_the_frozen_graph(make_optimizer, device):
     assert len(notes) == 1 and notes[0].startswith(f"an optimizer step changed {n} of the {n} parameter(s)"), notes
 
 
+def test_a_step_runs_the_graph_eagerly_where_the_stock_compile_fails(monkeypatch, caplog):
+    class Eager(TinyLlama):
+        def forward(self, x):
+            return super().forward(x)
+
+    x = torch.randn(1, 3, 64)
+    model = Eager(n_layers=1)
+    compiled = torch.compile(model, backend="inductor_fuse")
+    with torch.no_grad():
+        compiled(x)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(inductor_fuse.backend, "compile_fx", fails)
+    model(x).sum().backward()
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+    with torch.no_grad(), caplog.at_level("WARNING", logger="inductor_fuse"):
+        assert rel_err(compiled(x), model(x)) < 1e-6
+    assert "compiling without freezing failed (RuntimeError: no compiler here)" in caplog.text
+
+
 def test_a_step_of_another_models_parameters_keeps_the_frozen_graph():
     class Kept(TinyLlama):
         def forward(self, x):
