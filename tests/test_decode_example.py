@@ -2,7 +2,9 @@
 
 import importlib.util
 import json
+import math
 import os
+import struct
 import subprocess
 import sys
 
@@ -11,19 +13,69 @@ import pytest
 DECODE = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "decode.py")
 
 
-@pytest.mark.parametrize("bad", ["missing", "not_gguf"])
+@pytest.mark.parametrize("bad", ["missing", "not_gguf", "directory"])
 def test_bad_gguf_path_is_one_line_on_stderr(tmp_path, bad):
     path = tmp_path / f"{bad}.gguf"
     if bad == "not_gguf":
         path.write_text("hello, not a model\n")
+    if bad == "directory":
+        path.mkdir()
     cmd = [sys.executable, DECODE, "--gguf", str(path), "--device", "cpu", "--max-new-tokens", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0], proc.stderr
-    cause = "no such file" if bad == "missing" else "bad magic"
+    cause = {"missing": "no such file", "not_gguf": "bad magic", "directory": "not a regular file (a directory)"}[bad]
     assert cause in lines[0], lines[0]
+
+
+def tiny_gguf(path, arch="llama", nan_tensor=None):
+    """A tiny model file (tests/gguf/tiny_gguf.py); nan_tensor: a float32 tensor whose values are
+    then overwritten with NaN in the file."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "gguf"))
+    from gguf import GGUFReader
+    from tiny_gguf import write_tiny_gguf
+
+    write_tiny_gguf(path, arch)
+    if nan_tensor is not None:
+        (t,) = [t for t in GGUFReader(path).tensors if t.name == nan_tensor]
+        with open(path, "r+b") as f:
+            f.seek(t.data_offset)
+            f.write(struct.pack("<f", math.nan) * int(t.n_elements))
+    return path
+
+
+@pytest.mark.parametrize("warmup, where", [("1", "in the warm-up's decode steps"), ("0", "at new token 0")])
+def test_nan_weights_are_one_line_on_stderr(tmp_path, warmup, where):
+    # NaN logits (here every output_norm weight NaN) stop generation: one line naming the file and
+    # the cause, not a traceback, and in the warm-up no token that is not the model's
+    path = tiny_gguf(tmp_path / "nan.gguf", nan_tensor="output_norm.weight")
+    cmd = [sys.executable, DECODE, "--gguf", str(path), "--device", "cpu", "--backend", "eager"]
+    cmd += ["--max-new-tokens", "2", "--warmup-tokens", warmup]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {path}: the model's logits are NaN {where}: its weights"), proc.stderr
+
+
+def test_a_prompt_the_vocabulary_cannot_spell_is_one_line(tmp_path, monkeypatch):
+    example = load_example()
+    path = tiny_gguf(tmp_path / "tiny.gguf")
+    real = example.load_gguf
+
+    def load(*args, **kwargs):
+        model, tokenizer = real(*args, **kwargs)
+
+        def encode(text):
+            raise ValueError("character 'x' has no piece")
+
+        monkeypatch.setattr(tokenizer, "encode", encode)
+        return model, tokenizer
+
+    monkeypatch.setattr(example, "load_gguf", load)
+    with pytest.raises(SystemExit, match=f"error: {path}: the prompt cannot be encoded: character 'x' has no piece"):
+        example.main(["--gguf", str(path), "--device", "cpu", "--backend", "eager", "--max-new-tokens", "1"])
 
 
 def test_the_timed_run_reuses_the_step_the_warm_up_compiled(tmp_path):
@@ -160,12 +212,14 @@ def test_auto_prefill_steps_short_prompts_on_cuda_only():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--temperature", "nan"], "--temperature must be >= 0"),
-        (["--temperature", "-1"], "--temperature must be >= 0"),
+        (["--temperature", "nan"], "--temperature must be finite and >= 0"),
+        (["--temperature", "inf"], "--temperature must be finite and >= 0"),
+        (["--temperature", "-1"], "--temperature must be finite and >= 0"),
         (["--top-k", "0"], "--top-k must be >= 1"),
         (["--top-p", "0"], "--top-p must be in (0, 1]"),
         (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["--max-seq-len", "0"], "--max-seq-len must be at least 1"),
+        (["--warmup-tokens", "-5"], "--warmup-tokens must be at least 0"),
     ],
 )
 def test_meaningless_options_are_refused_before_anything_loads(argv, message, capsys):

@@ -115,8 +115,12 @@ def _start_device(device: torch.device) -> None:
 
 
 def _open(path: str) -> GGUFFile:
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise GGUFLoadError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise GGUFLoadError(
+            f"{path}: not a regular file ({'a directory' if os.path.isdir(path) else 'a device, pipe or socket'})"
+        )
     return read_gguf(path, populate=True)  # every declared length and tensor byte range checked
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -64,6 +65,18 @@ def _argmax_chunk(n: int) -> int | None:
 NAN_TOKEN = -1  # what `sample` returns for a row of logits that holds a NaN
 
 
+class NaNLogitsError(RuntimeError):
+    """`generate`: the model's logits turned NaN (broken weights or header values). `index`: the
+    new token where they did; `tokens`: the new tokens before it."""
+
+    def __init__(self, index: int, tokens: list[int]) -> None:
+        super().__init__(
+            f"generate: the model's logits are NaN at new token {index} (after {index} token(s): {tokens}); "
+            "its weights or its header values (rope base, norm epsilon) are broken"
+        )
+        self.index, self.tokens = index, tokens
+
+
 def argmax_last(x: Tensor) -> Tensor:
     """x.argmax(-1) (the first index of the maximum), NAN_TOKEN for a row that holds a NaN, in two
     stages, so that a long row such as a vocabulary of logits is reduced by many programs: Inductor
@@ -84,8 +97,8 @@ def argmax_last(x: Tensor) -> Tensor:
 
 def check_sampling(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None) -> None:
     """Raise ValueError for sampling settings that mean nothing (``sample``'s arguments)."""
-    if not temperature >= 0.0:
-        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if not 0.0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be finite and >= 0 (0: greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 (None: no limit), got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -100,10 +113,12 @@ def sample(logits: Tensor, temperature: float = 0.0, top_k: int | None = None, t
     (broken weights or header values) gives NAN_TOKEN, never a token."""
     if temperature <= 0.0:
         return argmax_last(logits)
-    logits = logits.float() / temperature
-    if top_k is not None:
+    logits = logits.float()
+    if top_k is not None:  # picked before the temperature divides: a large one rounds logits into ties
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = torch.where(logits < kth, float("-inf"), logits)
+        logits = torch.where(logits < kth, float("-inf"), logits / temperature)
+    else:
+        logits = logits / temperature
     if top_p is not None and top_p < 1.0:
         ranked, order = torch.sort(logits, dim=-1, descending=True)
         p = torch.softmax(ranked, dim=-1)
@@ -413,8 +428,9 @@ def generate(
     position each (a WARNING says so when that cuts max_new_tokens). temperature, top_k, top_p:
     `sample`'s (checked first: ValueError); top_p reaches decode_fn and prefill_fn as a keyword,
     only when set. ValueError for an empty prompt, one longer than the cache, or a model whose
-    cache was set up for more than one sequence; RuntimeError when the model's logits turn NaN
-    (`sample` gives NAN_TOKEN: broken weights or header values), at the token where they did.
+    cache was set up for more than one sequence; NaNLogitsError (a RuntimeError) when the model's
+    logits turn NaN (`sample` gives NAN_TOKEN: broken weights or header values), at the token where
+    they did.
 
     The host reads token t after step t + 1 has been launched (`_HostTokens`): the device never
     waits for the host between steps. A step that turns out to follow the EOS has then run for
@@ -468,10 +484,7 @@ def generate(
         if step_timer is not None:
             step_timer.read()
         if t == NAN_TOKEN:
-            raise RuntimeError(
-                f"generate: the model's logits are NaN at new token {len(out)} (after {len(out)} token(s): {out}); "
-                "its weights or its header values (rope base, norm epsilon) are broken"
-            )
+            raise NaNLogitsError(len(out), out)
         out.append(t)
         if on_token is not None:
             on_token(t)

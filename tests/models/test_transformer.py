@@ -10,6 +10,7 @@ from inductor_fuse.models import ModelArgs, Transformer
 from inductor_fuse.models.generate import (
     NAN_TOKEN,
     GraphedStep,
+    NaNLogitsError,
     argmax_last,
     decode_one_token,
     generate,
@@ -172,7 +173,7 @@ def test_nan_logits_stop_generation_with_an_error(temperature):
     assert sample(logits, temperature).tolist()[1] == NAN_TOKEN
     with torch.no_grad():
         model.output.weight[3, 0] = float("nan")  # NaN logits wherever the final hidden state's feature 0 is nonzero
-    with pytest.raises(RuntimeError, match="logits are NaN at new token 0"):
+    with pytest.raises(NaNLogitsError, match="logits are NaN at new token 0"):
         generate(model, [1, 2, 3], 5, temperature=temperature)
 
 
@@ -297,6 +298,9 @@ def test_sample():
     assert (draws == torch.tensor([1, 0])).all()  # top_k=1 is greedy
     draws = torch.stack([sample(logits, temperature=100.0) for _ in range(200)])
     assert len(set(draws[:, 0].tolist())) == 3
+    # top_k picks before the temperature divides: 1e39 / float32 rounds every logit to 0, a tie
+    draws = torch.stack([sample(logits, temperature=1e39, top_k=1) for _ in range(20)])
+    assert (draws == torch.tensor([1, 0])).all()
 
 
 def test_sample_top_p_draws_from_the_nucleus_in_proportion():
@@ -324,6 +328,7 @@ def test_sample_top_p_draws_from_the_nucleus_in_proportion():
     [
         (dict(temperature=-1.0), "temperature"),
         (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature=float("inf")), "temperature must be finite"),
         (dict(top_k=0), "top_k"),
         (dict(top_p=0.0), "top_p"),
         (dict(top_p=1.5), "top_p"),
