@@ -28,6 +28,7 @@ import torch
 
 import inductor_fuse
 from inductor_fuse.gguf import GGUFLoadError, load_gguf
+from inductor_fuse.models import CacheTooLarge
 from inductor_fuse.models.generate import (
     DeviceStepTimer,
     GraphedStep,
@@ -225,7 +226,7 @@ def main(argv=None) -> dict:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
         model, tokenizer = load_gguf(path, device=args.device, max_seq_len=args.max_seq_len or 256, dtype=dtype)
-    except GGUFLoadError as e:  # the message names the file and the cause: one line, no traceback
+    except (GGUFLoadError, CacheTooLarge) as e:  # the message names the cause: one line, no traceback
         sys.exit(f"error: {e}")
     try:
         prompt = tokenizer.encode(args.prompt)
@@ -241,7 +242,10 @@ def main(argv=None) -> dict:
         )
     max_seq_len = args.max_seq_len or -(-need // 256) * 256
     if max_seq_len != model.max_seq_len:
-        model.setup_caches(1, max_seq_len)
+        try:
+            model.setup_caches(1, max_seq_len)
+        except CacheTooLarge as e:
+            sys.exit(f"error: --max-new-tokens {args.max_new_tokens}: {e}")
     load_s = time.perf_counter() - t0
     print(
         f"loaded {path} in {load_s:.1f} s: {model.args.n_layers} layers, dim {model.args.dim}, "

@@ -59,6 +59,17 @@ def test_nan_weights_are_one_line_on_stderr(tmp_path, warmup, where):
     assert last.startswith(f"error: {path}: the model's logits are NaN {where}: its weights"), proc.stderr
 
 
+def test_more_positions_than_memory_is_one_line(tmp_path):
+    # A KV cache of 10^7 positions (and its [S, S] masks) is refused before it is allocated, naming
+    # the option, not the file
+    path = tiny_gguf(tmp_path / "tiny.gguf")
+    cmd = [sys.executable, DECODE, "--gguf", str(path), "--device", "cpu", "--max-new-tokens", "10000000"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --max-new-tokens 10000000: setup_caches: 1 x 10000128 positions need"), last
+
+
 def test_a_prompt_the_vocabulary_cannot_spell_is_one_line(tmp_path, monkeypatch):
     example = load_example()
     path = tiny_gguf(tmp_path / "tiny.gguf")

@@ -41,7 +41,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 from tqdm.auto import tqdm
 
-from ..models.transformer import ModelArgs, RMSNorm, Transformer
+from ..models.transformer import CacheTooLarge, ModelArgs, RMSNorm, Transformer
 from ..quant import QuantizedLinear, QuantizedWeight
 from ..quant.formats import GGUF_FORMATS
 from .metadata import GGUFLoadError, field_value, require
@@ -65,7 +65,8 @@ def load_gguf(
     """Build the model and tokenizer a GGUF file describes.
 
     dtype: activations, KV cache, embedding and float weights (default: float32 on CPU, bfloat16
-    elsewhere). Returns the model in eval mode with caches for `max_batch_size` x `max_seq_len`.
+    elsewhere). Returns the model in eval mode with caches for `max_batch_size` x `max_seq_len`
+    (CacheTooLarge, a ValueError, where those do not fit the device's free memory).
     """
     path = os.fspath(path)
     device = torch.device(device)  # (a bad string: RuntimeError naming it)
@@ -102,7 +103,7 @@ def load_gguf(
             model.setup_caches(max_batch_size, max_seq_len, dtype)
             if device_job is not None:
                 device_job.result()  # its error, if the build did not meet it first
-        except GGUFLoadError:
+        except (GGUFLoadError, CacheTooLarge):  # (the second is the caller's max_seq_len, not the file)
             raise
         except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as e:
             raise GGUFLoadError(f"{path}: {type(e).__name__}: {e}") from e

@@ -1,5 +1,5 @@
 """Plain model definitions (no fusion: the compiler does that)."""
 
-from .transformer import ModelArgs, Transformer
+from .transformer import CacheTooLarge, ModelArgs, Transformer
 
-__all__ = ["ModelArgs", "Transformer"]
+__all__ = ["CacheTooLarge", "ModelArgs", "Transformer"]

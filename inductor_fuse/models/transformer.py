@@ -90,19 +90,27 @@ class Transformer(nn.Module):
         args = self.args
         device = self.tok_embeddings.weight.device
         dtype = dtype or self.tok_embeddings.weight.dtype
+        need = cache_bytes(args, max_batch_size, max_seq_len, dtype)
+        free = free_bytes(device)
+        if free is not None:
+            free += sum(b.nbytes for name, b in self.named_buffers() if name.endswith(_CACHE_BUFFERS))  # (replaced)
+            if need > free:
+                raise CacheTooLarge(
+                    f"setup_caches: {max_batch_size} x {max_seq_len} positions need {need / 2**30:.1f} GiB on {device} "
+                    f"(KV cache and attention masks), {free / 2**30:.1f} GiB is free: ask for fewer positions"
+                )
         self.max_seq_len = max_seq_len
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(
                 max_batch_size, args.n_kv_heads, max_seq_len, args.head_dim, dtype, device
             )
-        pos = torch.arange(max_seq_len, device=device)
-        # causal[i, j]: query at position i sees key at j
-        causal = pos[:, None] >= pos[None, :]
+        # causal[i, j]: query at position i sees key at j (bool [S, S] throughout: no int64 temporaries)
+        causal = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=device).tril()
         self.register_buffer("causal_mask", causal, persistent=False)
         rope = rope_table(args.head_dim, args.rope_base, args.rope_scale, args.rope_freq_factors, max_seq_len, device)
         self.register_buffer("rope_global", rope, persistent=False)
         if args.sliding_window_pattern:
-            window = causal & (pos[:, None] - pos[None, :] < args.sliding_window)
+            window = causal & ~causal.tril(-args.sliding_window)  # i - j < sliding_window
             self.register_buffer("sliding_mask", window, persistent=False)
             rope = rope_table(args.head_dim, args.rope_local_base, 1.0, None, max_seq_len, device)
             self.register_buffer("rope_local", rope, persistent=False)
@@ -231,6 +239,40 @@ class RMSNorm(nn.Module):
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.float()).type_as(x)
+
+
+class CacheTooLarge(ValueError):
+    """`Transformer.setup_caches`: the KV cache and masks asked for do not fit the device's free memory."""
+
+
+_CACHE_BUFFERS = ("kv", "causal_mask", "sliding_mask", "rope_global", "rope_local")
+
+
+def cache_bytes(args: ModelArgs, max_batch_size: int, max_seq_len: int, dtype: torch.dtype) -> int:
+    """What `setup_caches` allocates at its peak: the KV caches, the causal (and sliding) [S, S] bool
+    masks with one more [S, S] while the sliding one is made, and the rope tables (float32 cos and
+    sin, [S, 2, head_dim] each)."""
+    kv = 2 * args.n_layers * max_batch_size * args.n_kv_heads * max_seq_len * args.head_dim * dtype.itemsize
+    n_tables = 2 if args.sliding_window_pattern else 1
+    masks = (2 * n_tables - 1) * max_seq_len * max_seq_len
+    return kv + masks + n_tables * max_seq_len * 2 * args.head_dim * 4
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can take on `device`: on CUDA the driver's free memory plus what the
+    caching allocator holds unused; on CPU the kernel's MemAvailable (Linux). None where unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
 
 
 class KVCache(nn.Module):

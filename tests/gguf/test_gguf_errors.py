@@ -4,6 +4,7 @@ import pytest
 from tiny_gguf import write_tiny_gguf
 
 from inductor_fuse.gguf import GGUFLoadError, load_gguf
+from inductor_fuse.models import CacheTooLarge
 
 
 def load(path):
@@ -14,6 +15,12 @@ def test_missing_file(tmp_path):
     path = tmp_path / "nope.gguf"
     with pytest.raises(GGUFLoadError, match="nope.gguf: no such file"):
         load(path)
+
+
+def test_a_cache_past_free_memory_is_the_callers_error_not_the_files(tiny_gguf):
+    with pytest.raises(CacheTooLarge, match=r"setup_caches: 1 x 10000000 positions need") as caught:
+        load_gguf(tiny_gguf("llama")[0], max_seq_len=10_000_000, progress=False)
+    assert not isinstance(caught.value, GGUFLoadError)
 
 
 def test_error_is_a_value_error():

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from inductor_fuse.models import ModelArgs, Transformer
+from inductor_fuse.models import ModelArgs, Transformer, transformer
 from inductor_fuse.models.generate import (
     NAN_TOKEN,
     GraphedStep,
@@ -288,6 +288,23 @@ def test_graphed_step_gives_the_steps_tokens_on_cuda(compiled):
         model.to(torch.float64).to(torch.float32)
     assert run(step) == run(base) == want and len(step.graphs) == 1
     assert next(iter(step.graphs.values()))[0] is not recorded
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_setup_caches_counts_what_it_allocates_and_refuses_what_does_not_fit(family, monkeypatch):
+    args = {"llama": LLAMA, "gemma": GEMMA}[family]
+    model = build(args, max_seq_len=40)
+    n_masks = 2 if args.sliding_window_pattern else 1
+    held = sum(b.nbytes for name, b in model.named_buffers() if name.endswith(transformer._CACHE_BUFFERS))
+    # the buffers, plus the [S, S] temporary of the sliding mask
+    assert transformer.cache_bytes(args, 1, 40, torch.float32) == held + (n_masks - 1) * 40 * 40
+    kv = model.layers[0].attention.kv_cache.kv
+    monkeypatch.setattr(transformer, "free_bytes", lambda device: 1 << 20)  # 1 MiB free
+    with pytest.raises(transformer.CacheTooLarge, match=r"1 x 100000 positions need \d+\.\d GiB on cpu"):
+        model.setup_caches(1, 100_000)
+    assert model.max_seq_len == 40 and model.layers[0].attention.kv_cache.kv is kv  # left as it was
+    model.setup_caches(1, 48)  # fits in the MiB plus the caches it replaces
+    assert model.max_seq_len == 48
 
 
 def test_sample():
