@@ -177,6 +177,31 @@ def _positive(reader: GGUFFile, key: str, path: str, default: Any = None, cast: 
     return value
 
 
+# Header values the model built here does not compute, which change what a model computes: a value
+# other than these defaults is refused (the model would run, with other logits).
+_UNBUILT = {
+    "expert_count": (0, "a mixture of experts"),
+    "attn_logit_softcapping": (0, "attention logit softcapping"),
+    "final_logit_softcapping": (0, "final logit softcapping"),
+    "attention.layer_norm_epsilon": (None, "LayerNorm (not RMSNorm)"),
+    "attention.causal": (True, "non-causal attention"),
+    "use_parallel_residual": (False, "parallel attention and MLP"),
+}
+
+
+def _refuse_unbuilt(reader: GGUFFile, arch: str, path: str) -> None:
+    """GGUFLoadError for a header value of `_UNBUILT` off its default. A sliding window outside gemma3
+    is ignored with a WARNING: full attention (llama.cpp's for phi3 too)."""
+    for key, (default, what) in _UNBUILT.items():
+        value = field_value(reader, f"{arch}.{key}")
+        if value is not None and value != default:
+            raise GGUFLoadError(f"{path}: {arch}.{key} = {value!r}: {what} is not supported")
+    window = field_value(reader, f"{arch}.attention.sliding_window")
+    if arch != "gemma3" and window:
+        also = ", as llama.cpp does" if arch == "phi3" else ""
+        log.warning("%s: %s.attention.sliding_window = %s ignored%s: full attention", path, arch, window, also)
+
+
 def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
     """ModelArgs from a GGUF file's metadata (and the shapes of its tensors)."""
     arch = field_value(reader, "general.architecture")
@@ -251,16 +276,12 @@ def model_args(reader: GGUFFile, path: str = "<gguf>") -> ModelArgs:
     # values that would turn every logit NaN: a negative epsilon (rope bases and scales: _positive)
     if not 0 <= common["norm_eps"] < 1:  # (NaN fails every comparison)
         raise GGUFLoadError(f"{path}: {arch}.attention.layer_norm_rms_epsilon is {common['norm_eps']}, not in [0, 1)")
+    _refuse_unbuilt(reader, arch, path)
     if arch == "llama":
         return ModelArgs(**common)
     if arch == "phi3":
         if "rope_factors_long.weight" in tensors or "rope_factors_short.weight" in tensors:
             raise GGUFLoadError(f"{path}: phi3 LongRoPE (rope_factors_long / rope_factors_short) is not supported")
-        window = field_value(reader, "phi3.attention.sliding_window")
-        if window:
-            log.warning(
-                "%s: phi3.attention.sliding_window = %s ignored, as llama.cpp does: full attention", path, window
-            )
         return ModelArgs(**common)
     if arch == "qwen2":
         return ModelArgs(**common, qkv_bias=True)

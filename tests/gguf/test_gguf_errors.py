@@ -80,3 +80,40 @@ def test_missing_tensor(tmp_path, tiny_gguf):
     write_tiny_gguf(path, "qwen3", skip=("blk.1.ffn_up.weight",), tokenizer=tiny_gguf("qwen3")[3])
     with pytest.raises(GGUFLoadError, match=r"missing\.gguf: missing tensor 'blk\.1\.ffn_up\.weight'"):
         load(path)
+
+
+@pytest.mark.parametrize(
+    "key, value, what",
+    [
+        ("expert_count", 8, "a mixture of experts"),
+        ("attn_logit_softcapping", 50.0, "attention logit softcapping"),
+        ("final_logit_softcapping", 30.0, "final logit softcapping"),
+        ("attention.layer_norm_epsilon", 1e-5, "LayerNorm"),
+        ("attention.causal", False, "non-causal attention"),
+        ("use_parallel_residual", True, "parallel attention and MLP"),
+    ],
+)
+def test_a_header_value_the_model_does_not_compute_is_refused(tmp_path, tiny_gguf, key, value, what):
+    # loaded, such a file would run, with other logits than the model it describes
+    path = tmp_path / "unbuilt.gguf"
+    write_tiny_gguf(path, "llama", tokenizer=tiny_gguf("llama")[3], extra_kv={f"llama.{key}": value})
+    with pytest.raises(GGUFLoadError, match=rf"unbuilt\.gguf: llama\.{key} = .*: {what}.* is not supported"):
+        load(path)
+
+
+@pytest.mark.parametrize(
+    "key, value", [("expert_count", 0), ("final_logit_softcapping", 0.0), ("attention.causal", True)]
+)
+def test_the_same_header_values_at_their_defaults_load(tmp_path, tiny_gguf, key, value):
+    path = tmp_path / "default.gguf"
+    write_tiny_gguf(path, "llama", tokenizer=tiny_gguf("llama")[3], extra_kv={f"llama.{key}": value})
+    assert load(path)[0].args.n_layers == 2
+
+
+def test_a_llama_sliding_window_is_ignored_with_a_warning(tmp_path, tiny_gguf, caplog):
+    path = tmp_path / "window.gguf"
+    write_tiny_gguf(path, "llama", tokenizer=tiny_gguf("llama")[3], extra_kv={"llama.attention.sliding_window": 4096})
+    with caplog.at_level("WARNING", logger="inductor_fuse"):
+        model, _ = load(path)
+    assert model.args.sliding_window_pattern == 0
+    assert "llama.attention.sliding_window = 4096 ignored: full attention" in caplog.text
