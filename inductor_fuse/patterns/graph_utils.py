@@ -10,6 +10,7 @@ parameters, keyed by metadata and re-read from the live graph on a cache hit.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -240,14 +241,17 @@ def activation_key(x: fx.Node):
 # Activations, recognised by what they compute, not by how they are spelled: the pointwise nodes
 # between a node and its activation (``F.silu``, ``x * sigmoid(x)``, its ``x / (1 + exp(-x))``
 # decomposition, ``F.gelu(approximate="tanh")`` and its decomposition, float32 round trips of a
-# bf16 value, ...) are evaluated in float64 on a probe of 257 points in [-8, 8] (dtype casts taken
-# as exact) and must equal one of ACTIVATIONS to 1e-9 (GELU with erf, 4.7e-4 away, is not
-# GELU-tanh). `glu` walks up from the product's operand (pointwise_chain, reads_stay_inside,
+# bf16 value, ...) are evaluated in float64 on a probe of 257 points in [-8, 8] and 64 of each sign
+# spaced geometrically from 8 to 1e30 (dtype casts taken as exact) and must equal one of ACTIVATIONS
+# to 1e-9 (GELU with erf, 4.7e-4 away, is not GELU-tanh). The far points see a clamp: with the probe
+# in [-8, 8] alone, `silu(g.clamp(-10, 10))` was taken for SiLU and fused without its clamp.
+# `glu` walks up from the product's operand (pointwise_chain, reads_stay_inside,
 # activation_of), `conv1d` down from the convolution's output (activation_after).
 # ---------------------------------------------------------------------------------------------
 
 MAX_ACT_NODES = 32  # pointwise nodes of one activation, at most
-_PROBE = torch.linspace(-8.0, 8.0, 257, dtype=torch.float64)
+_FAR = torch.logspace(math.log10(8.0), 30.0, 65, dtype=torch.float64)[1:]
+_PROBE = torch.cat([-_FAR.flip(0), torch.linspace(-8.0, 8.0, 257, dtype=torch.float64), _FAR])
 ACTIVATIONS = {"silu": F.silu(_PROBE), "gelu_tanh": F.gelu(_PROBE, approximate="tanh")}
 
 

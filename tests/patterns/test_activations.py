@@ -20,6 +20,12 @@ CASES = {  # y = x.abs() (pointwise itself: the walk stops at y) -> (activation,
     "gelu erf": (lambda y: F.gelu(y), None),
     "another reader of y": (lambda y: F.silu(y) + y, None),
     "not an activation": (lambda y: y * 2, None),
+    # equal to SiLU / GELU-tanh in [-8, 8] only: fused without their clamp before the probe reached 1e30
+    "silu of a clamp": (lambda y: F.silu(y.clamp(-10, 10)), None),
+    "a clamped silu": (lambda y: F.silu(y).clamp(max=20), "silu"),  # the clamp a reader after it
+    "gelu tanh of a clamp": (lambda y: F.gelu(y.clamp(max=12), approximate="tanh"), None),
+    "silu of hardtanh": (lambda y: F.silu(F.hardtanh(y, -9.5, 9.5)), None),
+    "silu of a far clamp": (lambda y: F.silu(y.clamp(max=1e20)), None),
 }
 
 
@@ -58,3 +64,31 @@ def test_pointwise_chain_and_activation_of_from_the_output():
     assert root is y and chain[-1] is out and activation_of(root, chain, out) == "silu"
     root, chain = pointwise_chain(out)  # without stop: through abs, to the input
     assert root.op == "placeholder" and activation_of(root, chain, out) is None  # silu(|x|) is not silu(x)
+
+
+@pytest.mark.parametrize(
+    "act",
+    [lambda g: F.silu(g.clamp(-10, 10)), lambda g: F.silu(g).clamp(max=20)],
+    ids=["silu-of-clamp", "clamped-silu"],
+)
+def test_a_glu_whose_gate_is_clamped_stays_as_written(act):
+    # end to end, as it was met: gate values past the clamp, compiled against eager (the product's
+    # operand is the clamp in the second: activation_of's chain holds it)
+    import inductor_fuse
+
+    class ClampedGLU(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g, self.u = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)
+
+        def forward(self, x):
+            return act(self.g(x)) * self.u(x)
+
+    torch.manual_seed(0)
+    model, x = ClampedGLU().eval(), 20 * torch.randn(4, 64)
+    with torch.no_grad():
+        want = model(x)
+        got = torch.compile(model, backend="inductor_fuse")(x)
+    assert model.g(x).abs().max() > 25  # both clamps bite
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert inductor_fuse.last_report().counts["glu"] == 0
