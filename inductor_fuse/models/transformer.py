@@ -260,18 +260,15 @@ def cache_bytes(args: ModelArgs, max_batch_size: int, max_seq_len: int, dtype: t
 
 def free_bytes(device: torch.device) -> int | None:
     """Memory a new allocation can take on `device`: on CUDA the driver's free memory plus what the
-    caching allocator holds unused; on CPU the kernel's MemAvailable (Linux). None where unknown."""
+    caching allocator holds unused; on CPU `dequant_cpu.available_memory` (Linux: MemAvailable).
+    None where unknown."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            return None
+        from ..patterns.dequant_cpu import available_memory  # (loaded with the package already)
+
+        return available_memory()
     return None
 
 
